@@ -1,0 +1,152 @@
+//! Command line: parse, load config, dispatch. Exit codes: 0 success,
+//! 1 runtime failure, 2 bad config or arguments.
+
+use crate::config::{self, Config, LogFormat};
+use crate::simulate::{self, SimulateArgs};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "iotpipe", version, about = "IoT telemetry pipeline: MQTT → Kafka with end-to-end acknowledgement.")]
+#[command(long_about = "IoT telemetry pipeline. Devices publish JSON over MQTT on topics such as \
+mtic/msg/client/realtime/{tenantId}/{projectId}; iotpipe forwards every message to Kafka and acks \
+it to the broker only once Kafka has it.\n\nConfig: a TOML file (see `iotpipe config`), every key \
+overridable as IOTPIPE_<SECTION>__<KEY>.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// MQTT → Kafka. PUBACKs go to the broker only after Kafka acknowledged the message.
+    Bridge {
+        /// Config file (TOML). Without it: defaults plus IOTPIPE_* environment.
+        #[arg(long, short, env = "IOTPIPE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Publish simulated device telemetry (or count messages with --subscribe).
+    Simulate(SimulateArgs),
+    /// Validate a config and try each connection it names.
+    Check {
+        #[arg(long, short, env = "IOTPIPE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a documented example config.
+    Config,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config => {
+            print!("{}", config::EXAMPLE);
+            ExitCode::SUCCESS
+        }
+        Command::Bridge { config } => with_config(config, |cfg| {
+            runtime()?.block_on(async move {
+                crate::bridge::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+            })
+        }),
+        Command::Check { config } => with_config(config, |cfg| {
+            let checks = runtime()?.block_on(crate::check::run(&cfg));
+            let mut failed = false;
+            for c in &checks {
+                match &c.result {
+                    Ok(m) => println!("ok    {:<7} {m}", c.name),
+                    Err(m) => {
+                        failed = true;
+                        println!("FAIL  {:<7} {m}", c.name);
+                    }
+                }
+            }
+            if failed {
+                Err("some checks failed".into())
+            } else {
+                Ok(())
+            }
+        }),
+        Command::Simulate(args) => {
+            init_logging("warn", LogFormat::Text);
+            let res = runtime().and_then(|rt| {
+                rt.block_on(async {
+                    match &args.subscribe {
+                        Some(filter) => simulate::subscribe(&args, filter).await.map(|s| {
+                            println!("received {} messages in {:.3} s ({:.0} msg/s)", s.messages, s.elapsed.as_secs_f64(), s.rate());
+                        }),
+                        None => simulate::publish(&args).await.map(|s| {
+                            println!("published {} messages in {:.3} s ({:.0} msg/s)", s.messages, s.elapsed.as_secs_f64(), s.rate());
+                        }),
+                    }
+                    .map_err(|e| e.to_string())
+                })
+            });
+            finish(res)
+        }
+    }
+}
+
+fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> Result<(), String>) -> ExitCode {
+    let cfg = match config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.log.level, cfg.log.format);
+    crate::source::mqtt::install_crypto_provider();
+    finish(f(cfg))
+}
+
+fn finish(res: Result<(), String>) -> ExitCode {
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received."),
+                    _ = int.recv() => tracing::info!("SIGINT received."),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,161 @@
+//! Reading the config: TOML file, then the environment overlay, then
+//! secrets from `*_file` keys, then validation. Every failure names the key.
+
+use super::{validate, Config};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use toml::Value;
+
+/// Prefix of environment overrides: `IOTPIPE_MQTT__URL` sets `mqtt.url`.
+const ENV_PREFIX: &str = "IOTPIPE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config key `{key}`{origin}: {message}")]
+    Key { key: String, origin: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn key(key: &str, message: impl Into<String>) -> Self {
+        Self::Key { key: key.to_string(), origin: String::new(), message: message.into() }
+    }
+}
+
+/// Load `path` (or only defaults and environment when `None`) with the
+/// process environment as overlay.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let (text, name) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
+            p.display().to_string(),
+        ),
+        None => (String::new(), "(defaults)".to_string()),
+    };
+    load_str(&text, &name, std::env::vars())
+}
+
+/// Load from TOML text and an explicit environment (testable without touching the process).
+pub fn load_str(
+    text: &str,
+    name: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut root: Value = toml::from_str::<toml::Table>(text)
+        .map(Value::Table)
+        .map_err(|e| ConfigError::Syntax { path: name.to_string(), message: e.to_string() })?;
+    let mut origins: BTreeMap<String, String> = BTreeMap::new();
+    for (var, raw) in env {
+        let Some(path) = env_path(&var) else { continue };
+        origins.insert(path.join("."), var.clone());
+        set_path(&mut root, &path, env_value(&raw)).map_err(|message| ConfigError::Key {
+            key: path.join("."),
+            origin: format!(" (from {var})"),
+            message,
+        })?;
+    }
+    let mut config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+        let key = e.path().to_string();
+        let origin = origins.get(&key).map(|v| format!(" (from {v})")).unwrap_or_default();
+        let key = if key == "." { "(top level)".to_string() } else { key };
+        ConfigError::Key { key, origin, message: e.into_inner().to_string() }
+    })?;
+    resolve_secret_files(&mut config)?;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+/// `IOTPIPE_KAFKA__PROPERTIES__SECURITY_PROTOCOL` -> `kafka.properties.security.protocol`:
+/// sections and keys are lower-cased; under `kafka.properties` `_` becomes `.`
+/// because librdkafka property names are dotted.
+fn env_path(var: &str) -> Option<Vec<String>> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    if !rest.contains("__") {
+        return None;
+    }
+    let mut parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    if parts.len() == 3 && parts[0] == "kafka" && parts[1] == "properties" {
+        parts[2] = parts[2].replace('_', ".");
+    }
+    Some(parts)
+}
+
+/// Environment values are strings; booleans, integers, arrays and inline
+/// tables written in TOML syntax are understood as such.
+fn env_value(raw: &str) -> Value {
+    let t = raw.trim();
+    if t.starts_with('[') || t.starts_with('{') {
+        if let Ok(table) = toml::from_str::<toml::Table>(&format!("v = {t}")) {
+            if let Some(v) = table.get("v") {
+                return v.clone();
+            }
+        }
+    }
+    match t {
+        "true" => return Value::Boolean(true),
+        "false" => return Value::Boolean(false),
+        _ => {}
+    }
+    if !t.is_empty() && t.len() < 19 && t.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = t.parse::<i64>() {
+            return Value::Integer(n);
+        }
+    }
+    Value::String(raw.to_string())
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let mut cur = root;
+    for (i, part) in path.iter().enumerate() {
+        let table = cur.as_table_mut().ok_or_else(|| "is not a table in the config file".to_string())?;
+        if i + 1 == path.len() {
+            table.insert(part.clone(), value);
+            return Ok(());
+        }
+        cur = table.entry(part.clone()).or_insert_with(|| Value::Table(toml::Table::new()));
+    }
+    Ok(())
+}
+
+fn resolve_secret_files(config: &mut Config) -> Result<(), ConfigError> {
+    if let Some(path) = &config.mqtt.password_file {
+        let secret = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::key("mqtt.password_file", format!("cannot read {}: {e}", path.display())))?;
+        config.mqtt.password = Some(secret.trim_end_matches(['\n', '\r']).to_string());
+    }
+    let file_keys: Vec<String> =
+        config.kafka.properties.keys().filter(|k| k.ends_with("_file")).cloned().collect();
+    for key in file_keys {
+        let path = config.kafka.properties.remove(&key).unwrap_or_default();
+        let secret = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::key(&format!("kafka.properties.{key}"), format!("cannot read {path}: {e}")))?;
+        let target = key.trim_end_matches("_file").to_string();
+        config.kafka.properties.insert(target, secret.trim_end_matches(['\n', '\r']).to_string());
+    }
+    Ok(())
+}
+
+/// Accepts a string or a number for string-valued keys (ids, user names and
+/// passwords that happen to be all digits in the environment).
+pub(crate) fn lenient_opt_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Str(String),
+        Int(i64),
+        Float(f64),
+    }
+    Ok(Option::<S>::deserialize(d)?.map(|s| match s {
+        S::Str(s) => s,
+        S::Int(i) => i.to_string(),
+        S::Float(f) => f.to_string(),
+    }))
+}

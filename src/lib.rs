@@ -1,0 +1,14 @@
+//! iotpipe: an IoT telemetry pipeline. MQTT → Kafka with end-to-end
+//! acknowledgement (`bridge`), plus the tools around it.
+
+pub mod bridge;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod record;
+pub mod route;
+pub mod simulate;
+pub mod sink;
+pub mod source;
+pub mod telemetry;

@@ -1,0 +1,249 @@
+//! Routing: from an MQTT topic and payload to a Kafka topic, key, headers
+//! and value, or to a dead letter with its reason. Pure: no I/O.
+
+mod pattern;
+mod payload;
+mod template;
+
+pub use pattern::{validate_filter, PatternError, TopicPattern};
+pub use payload::format_ms;
+pub use template::{check_topic_name, Template, TemplateError};
+
+use crate::config::{Config, PayloadFormat};
+use crate::record::{DeadLetterReason, Inbound, Outbound, RecordId};
+use bytes::Bytes;
+
+/// Header names: part of the public contract.
+pub mod headers {
+    pub const TENANT_ID: &str = "tenant_id";
+    pub const PROJECT_ID: &str = "project_id";
+    pub const DEVICE_ID: &str = "device_id";
+    pub const MQTT_TOPIC: &str = "mqtt_topic";
+    pub const ID: &str = "id";
+    pub const RECEIVED_AT: &str = "received_at";
+    pub const EVENT_TIME: &str = "event_time";
+    pub const REASON: &str = "reason";
+    pub const ERROR: &str = "error";
+    pub const TRUNCATED: &str = "truncated";
+    pub const ORIGINAL_SIZE: &str = "original_size";
+}
+
+/// Field names every template may use besides the pattern's own.
+const BUILTIN_FIELDS: [&str; 3] = ["tenant_id", "project_id", "device_id"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("route.topic_pattern: {0}")]
+    Pattern(#[from] PatternError),
+    #[error("route.topic_pattern must name segments {{tenant_id}} and {{project_id}}")]
+    MissingNames,
+    #[error("kafka.{key}: {source}")]
+    Template { key: &'static str, source: TemplateError },
+    #[error("kafka.dead_letter_topic: {0}")]
+    DeadLetterTopic(String),
+    #[error("route.{key}: `{value}` is not a JSON pointer (it must start with `/`)")]
+    Pointer { key: &'static str, value: String },
+}
+
+/// Compiled routing rules.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pattern: TopicPattern,
+    /// For each field index (BUILTIN_FIELDS, then extra pattern names): the capture index.
+    capture_of_field: Vec<Option<usize>>,
+    topic: Template,
+    key: Template,
+    dead_letter_topic: String,
+    dead_letter_max_payload: usize,
+    device_pointer: Option<String>,
+    time_pointer: Option<String>,
+    require_json: bool,
+    max_payload: usize,
+    format: PayloadFormat,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Result<Self, RouterError> {
+        let pattern = TopicPattern::parse(&config.route.topic_pattern)?;
+        let names = pattern.names();
+        if !names.iter().any(|n| n == "tenant_id") || !names.iter().any(|n| n == "project_id") {
+            return Err(RouterError::MissingNames);
+        }
+        let mut fields: Vec<&str> = BUILTIN_FIELDS.to_vec();
+        fields.extend(names.iter().map(String::as_str).filter(|n| !BUILTIN_FIELDS.contains(n)));
+        let capture_of_field = fields.iter().map(|f| names.iter().position(|n| n == f)).collect();
+        let topic = Template::parse(&config.kafka.topic, &fields)
+            .map_err(|source| RouterError::Template { key: "topic", source })?;
+        let key = Template::parse(&config.kafka.key, &fields)
+            .map_err(|source| RouterError::Template { key: "key", source })?;
+        check_topic_name(&config.kafka.dead_letter_topic).map_err(RouterError::DeadLetterTopic)?;
+        let pointer = |key: &'static str, v: &Option<String>| -> Result<Option<String>, RouterError> {
+            match v.as_deref() {
+                None | Some("") => Ok(None),
+                Some(p) if p.starts_with('/') => Ok(Some(p.to_string())),
+                Some(p) => Err(RouterError::Pointer { key, value: p.to_string() }),
+            }
+        };
+        Ok(Self {
+            capture_of_field,
+            topic,
+            key,
+            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            dead_letter_max_payload: usize::try_from(config.kafka.dead_letter_max_payload.bytes()).unwrap_or(usize::MAX),
+            device_pointer: pointer("device_id", &config.route.device_id)?,
+            time_pointer: pointer("event_time", &config.route.event_time)?,
+            require_json: config.route.require_json,
+            max_payload: usize::try_from(config.route.max_payload_size.bytes()).unwrap_or(usize::MAX),
+            format: config.route.format,
+            pattern,
+        })
+    }
+
+    pub fn dead_letter_topic(&self) -> &str {
+        &self.dead_letter_topic
+    }
+
+    /// Route one message. Never fails: what cannot be routed becomes a dead letter.
+    pub fn route(&self, msg: &Inbound) -> Outbound {
+        if msg.payload.len() > self.max_payload {
+            let detail = format!("payload is {} bytes; the limit is {}", msg.payload.len(), self.max_payload);
+            return self.dead_letter(msg, DeadLetterReason::Oversize, detail);
+        }
+        if msg.payload.is_empty() {
+            return self.dead_letter(msg, DeadLetterReason::EmptyPayload, "payload is empty".into());
+        }
+        let Some(captures) = self.pattern.captures(&msg.topic) else {
+            return self.dead_letter(msg, DeadLetterReason::TopicMismatch, "topic does not match route.topic_pattern".into());
+        };
+        let needs_doc = self.device_pointer.is_some() || self.time_pointer.is_some();
+        let mut doc = None;
+        if self.require_json || needs_doc {
+            match std::str::from_utf8(&msg.payload) {
+                Err(e) if self.require_json => {
+                    return self.dead_letter(msg, DeadLetterReason::InvalidUtf8, format!("payload is not UTF-8: {e}"));
+                }
+                Err(_) => {}
+                Ok(text) if needs_doc => match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(v) => doc = Some(v),
+                    Err(e) if self.require_json => {
+                        return self.dead_letter(msg, DeadLetterReason::InvalidJson, format!("payload is not JSON: {e}"));
+                    }
+                    Err(_) => {}
+                },
+                Ok(text) => {
+                    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                        return self.dead_letter(msg, DeadLetterReason::InvalidJson, format!("payload is not JSON: {e}"));
+                    }
+                }
+            }
+        }
+        let captured = |field: usize| self.capture_of_field[field].map(|c| captures[c]).unwrap_or("");
+        let device_id = match (&doc, &self.device_pointer) {
+            (Some(d), Some(p)) => payload::device_id(d, p).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let device_id = if device_id.is_empty() { captured(2).to_string() } else { device_id };
+        let event_ms = match (&doc, &self.time_pointer) {
+            (Some(d), Some(p)) => payload::event_time_ms(d, p),
+            _ => None,
+        };
+        let values: Vec<&str> = (0..self.capture_of_field.len())
+            .map(|i| if i == 2 { device_id.as_str() } else { captured(i) })
+            .collect();
+        let topic = match self.topic.render_topic(&values) {
+            Ok(t) => t,
+            Err(e) => return self.dead_letter(msg, DeadLetterReason::InvalidTopicName, e),
+        };
+        let key = self.key.render(&values);
+        let id = RecordId::derive(event_ms, msg.received_ms, &msg.topic, &msg.payload);
+        let (tenant_id, project_id) = (values[0].to_string(), values[1].to_string());
+        let received_at = format_ms(msg.received_ms);
+        let value = match self.format {
+            PayloadFormat::Raw => msg.payload.clone(),
+            PayloadFormat::Envelope => envelope(&tenant_id, &project_id, &device_id, msg, id, event_ms, doc),
+        };
+        let mut hdrs = Vec::with_capacity(7);
+        hdrs.push((headers::TENANT_ID, tenant_id.clone()));
+        hdrs.push((headers::PROJECT_ID, project_id.clone()));
+        hdrs.push((headers::DEVICE_ID, device_id));
+        hdrs.push((headers::MQTT_TOPIC, msg.topic.clone()));
+        hdrs.push((headers::ID, id.to_hyphenated()));
+        hdrs.push((headers::RECEIVED_AT, received_at));
+        if let Some(ms) = event_ms {
+            hdrs.push((headers::EVENT_TIME, format_ms(ms)));
+        }
+        Outbound {
+            id,
+            topic,
+            key: Some(key),
+            value,
+            headers: hdrs,
+            timestamp_ms: event_ms.unwrap_or(msg.received_ms),
+            reason: None,
+            tenant_id,
+            project_id,
+        }
+    }
+
+    /// A dead letter for `msg`: the original payload bytes (truncated past
+    /// `kafka.dead_letter_max_payload`, with headers saying so) and the reason.
+    pub fn dead_letter(&self, msg: &Inbound, reason: DeadLetterReason, detail: String) -> Outbound {
+        let id = RecordId::derive(None, msg.received_ms, &msg.topic, &msg.payload);
+        let mut hdrs = vec![
+            (headers::REASON, reason.as_str().to_string()),
+            (headers::ERROR, detail),
+            (headers::MQTT_TOPIC, msg.topic.clone()),
+            (headers::ID, id.to_hyphenated()),
+            (headers::RECEIVED_AT, format_ms(msg.received_ms)),
+        ];
+        let value = if msg.payload.len() > self.dead_letter_max_payload {
+            hdrs.push((headers::TRUNCATED, "true".into()));
+            hdrs.push((headers::ORIGINAL_SIZE, msg.payload.len().to_string()));
+            msg.payload.slice(..self.dead_letter_max_payload)
+        } else {
+            msg.payload.clone()
+        };
+        Outbound {
+            id,
+            topic: self.dead_letter_topic.clone(),
+            key: Some(msg.topic.clone()),
+            value,
+            headers: hdrs,
+            timestamp_ms: msg.received_ms,
+            reason: Some(reason),
+            tenant_id: String::new(),
+            project_id: String::new(),
+        }
+    }
+}
+
+/// The `envelope` format: what the replaced service's consumers read.
+fn envelope(
+    tenant_id: &str,
+    project_id: &str,
+    device_id: &str,
+    msg: &Inbound,
+    id: RecordId,
+    event_ms: Option<i64>,
+    doc: Option<serde_json::Value>,
+) -> Bytes {
+    let payload = match doc {
+        Some(v) => v,
+        None => serde_json::from_slice(&msg.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&msg.payload).into_owned())),
+    };
+    let obj = serde_json::json!({
+        "id": id.to_hyphenated(),
+        "tenant_id": tenant_id,
+        "project_id": project_id,
+        "device_id": device_id,
+        "mqtt_topic": msg.topic,
+        "timestamp": event_ms.unwrap_or(msg.received_ms),
+        "received_at": msg.received_ms,
+        "payload": payload,
+    });
+    Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+use super::*;
+use crate::config::load_str;
+
+fn router(extra: &str) -> Router {
+    let cfg = load_str(
+        &format!("[route]\ndevice_id = \"/deviceId\"\nevent_time = \"/ts\"\n{extra}"),
+        "test",
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap();
+    Router::new(&cfg).unwrap()
+}
+
+fn inbound(topic: &str, payload: &[u8]) -> Inbound {
+    Inbound { topic: topic.into(), payload: Bytes::copy_from_slice(payload), received_ms: 1_700_000_000_000, redelivered: false }
+}
+
+fn header<'a>(o: &'a Outbound, name: &str) -> Option<&'a str> {
+    o.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn routes_to_tenant_topic_with_key_and_headers() {
+    let r = router("");
+    let payload = br#"{"deviceId":"dev-7","ts":1700000000123,"temperature":21.5}"#;
+    let o = r.route(&inbound("mtic/msg/client/realtime/acme/solar", payload));
+    assert_eq!(o.reason, None);
+    assert_eq!(o.topic, "iot.acme.solar");
+    assert_eq!(o.key.as_deref(), Some("acme/solar/dev-7"));
+    assert_eq!(&o.value[..], payload, "payload bytes are forwarded unchanged");
+    assert_eq!(header(&o, "tenant_id"), Some("acme"));
+    assert_eq!(header(&o, "project_id"), Some("solar"));
+    assert_eq!(header(&o, "device_id"), Some("dev-7"));
+    assert_eq!(header(&o, "mqtt_topic"), Some("mtic/msg/client/realtime/acme/solar"));
+    assert_eq!(header(&o, "received_at"), Some("2023-11-14T22:13:20.000Z"));
+    assert_eq!(header(&o, "event_time"), Some("2023-11-14T22:13:20.123Z"));
+    assert_eq!(header(&o, "id"), Some(o.id.to_hyphenated().as_str()));
+    assert_eq!(o.timestamp_ms, 1_700_000_000_123);
+}
+
+#[test]
+fn bad_input_becomes_dead_letters_with_reasons() {
+    let r = router("max_payload_size = \"1KiB\"");
+    let cases: Vec<(&str, Vec<u8>, DeadLetterReason)> = vec![
+        ("other/topic", b"{}".to_vec(), DeadLetterReason::TopicMismatch),
+        ("mtic/msg/client/realtime/acme", b"{}".to_vec(), DeadLetterReason::TopicMismatch),
+        ("mtic/msg/client/realtime/acme/p", b"{not json".to_vec(), DeadLetterReason::InvalidJson),
+        ("mtic/msg/client/realtime/acme/p", vec![0xff, 0xfe, b'{'], DeadLetterReason::InvalidUtf8),
+        ("mtic/msg/client/realtime/acme/p", vec![], DeadLetterReason::EmptyPayload),
+        ("mtic/msg/client/realtime/acme/p", vec![b' '; 2000], DeadLetterReason::Oversize),
+    ];
+    for (topic, payload, reason) in cases {
+        let o = r.route(&inbound(topic, &payload));
+        assert_eq!(o.reason, Some(reason), "{topic} {payload:?}");
+        assert_eq!(o.topic, "iot-dead-letters");
+        assert_eq!(header(&o, "reason"), Some(reason.as_str()));
+        assert_eq!(&o.value[..], &payload[..], "dead letters carry the original bytes");
+    }
+}
+
+#[test]
+fn large_dead_letters_are_truncated_and_say_so() {
+    let r = router("max_payload_size = \"1KiB\"\n[kafka]\ndead_letter_max_payload = \"100B\"");
+    let o = r.route(&inbound("mtic/msg/client/realtime/a/p", &[b'x'; 5000]));
+    assert_eq!(o.value.len(), 100);
+    assert_eq!(header(&o, "truncated"), Some("true"));
+    assert_eq!(header(&o, "original_size"), Some("5000"));
+}
+
+#[test]
+fn non_json_is_forwarded_when_json_is_not_required() {
+    let r = router("require_json = false");
+    let o = r.route(&inbound("mtic/msg/client/realtime/a/p", b"\xff raw bytes"));
+    assert_eq!(o.reason, None);
+    assert_eq!(o.key.as_deref(), Some("a/p/"));
+}
+
+#[test]
+fn envelope_format_wraps_the_payload() {
+    let r = router("format = \"envelope\"");
+    let o = r.route(&inbound("mtic/msg/client/realtime/a/p", br#"{"deviceId":"d","ts":1700000000000,"v":1}"#));
+    let v: serde_json::Value = serde_json::from_slice(&o.value).unwrap();
+    assert_eq!(v["tenant_id"], "a");
+    assert_eq!(v["project_id"], "p");
+    assert_eq!(v["mqtt_topic"], "mtic/msg/client/realtime/a/p");
+    assert_eq!(v["payload"]["v"], 1);
+    assert_eq!(v["timestamp"], 1_700_000_000_000_i64);
+}
+
+#[test]
+fn device_id_can_come_from_the_topic() {
+    let cfg = load_str(
+        "[route]\ntopic_pattern = \"rt/{tenant_id}/{project_id}/{device_id}\"",
+        "t",
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap();
+    let r = Router::new(&cfg).unwrap();
+    let o = r.route(&inbound("rt/a/p/d9", b"{}"));
+    assert_eq!(o.key.as_deref(), Some("a/p/d9"));
+}
+
+#[test]
+fn extra_pattern_names_are_usable_in_templates() {
+    let cfg = load_str(
+        "[route]\ntopic_pattern = \"rt/{tenant_id}/{project_id}/{kind}\"\n[kafka]\ntopic = \"iot.{kind}\"",
+        "t",
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap();
+    let o = Router::new(&cfg).unwrap().route(&inbound("rt/a/p/alarm", b"{}"));
+    assert_eq!(o.topic, "iot.alarm");
+}
+
+#[test]
+fn redelivered_message_keeps_its_id() {
+    let r = router("");
+    let p = br#"{"deviceId":"d","ts":1700000000000}"#;
+    let mut second = inbound("mtic/msg/client/realtime/a/p", p);
+    second.received_ms += 60_000;
+    assert_eq!(r.route(&inbound("mtic/msg/client/realtime/a/p", p)).id, r.route(&second).id);
+}

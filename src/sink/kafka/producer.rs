@@ -1,0 +1,179 @@
+//! The Kafka producer: librdkafka with `enable.idempotence`, `acks=all`;
+//! every record carries its pipeline state as the delivery opaque, and the
+//! delivery callback hands it back over a channel.
+
+use crate::config::KafkaConfig;
+use crate::record::{Inbound, Outbound};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A message on its way to Kafka.
+#[derive(Debug)]
+pub struct Pending {
+    /// Place in the MQTT ack order.
+    pub seq: u64,
+    /// The message as received (kept to dead-letter it if Kafka rejects it).
+    pub inbound: Inbound,
+    pub out: Outbound,
+    pub received_at: Instant,
+    pub attempts: u32,
+}
+
+/// The outcome of one send.
+#[derive(Debug)]
+pub enum Delivery {
+    Delivered(Box<Pending>),
+    Failed(Box<Pending>, KafkaError),
+}
+
+pub struct Context {
+    reports: mpsc::UnboundedSender<Delivery>,
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka reported an error.");
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<Pending>;
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        let report = match result {
+            Ok(_) => Delivery::Delivered(pending),
+            Err((e, _)) => Delivery::Failed(pending, e.clone()),
+        };
+        // The receiver is gone only when the bridge is exiting.
+        let _ = self.reports.send(report);
+    }
+}
+
+/// librdkafka settings from the config; `kafka.properties` wins.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", &cfg.compression)
+        .set("linger.ms", cfg.linger.get().as_millis().to_string())
+        .set("message.timeout.ms", cfg.delivery_timeout.get().as_millis().max(1).to_string())
+        .set("queue.buffering.max.messages", "100000")
+        .set("queue.buffering.max.kbytes", "65536")
+        .set("batch.num.messages", "10000")
+        .set("statistics.interval.ms", "0")
+        .set("log.connection.close", "false");
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The producer, recreated in place after a fatal error.
+pub struct Producer {
+    inner: ThreadedProducer<Context>,
+    cfg: ClientConfig,
+    reports: mpsc::UnboundedSender<Delivery>,
+}
+
+/// Wait between attempts when librdkafka's queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
+
+impl Producer {
+    pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, KafkaError> {
+        let cc = client_config(cfg);
+        let inner = cc.create_with_context(Context { reports: reports.clone() })?;
+        Ok(Self { inner, cfg: cc, reports })
+    }
+
+    /// Hand one record to librdkafka; waits (asynchronously) while its queue is full.
+    pub async fn send(&self, mut pending: Box<Pending>) {
+        loop {
+            let topic = pending.out.topic.clone();
+            let key = pending.out.key.clone();
+            let value = pending.out.value.clone();
+            let mut headers = OwnedHeaders::new_with_capacity(pending.out.headers.len());
+            for (k, v) in &pending.out.headers {
+                headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+            }
+            let ts = pending.out.timestamp_ms;
+            let mut record = BaseRecord::with_opaque_to(&topic, pending).payload(&value[..]).headers(headers).timestamp(ts);
+            if let Some(k) = key.as_deref() {
+                record = record.key(k);
+            }
+            match self.inner.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    pending = rec.delivery_opaque;
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err((e, rec)) => {
+                    // Not enqueued: report it like a failed delivery so the
+                    // caller's retry / dead-letter logic applies.
+                    let _ = self.reports.send(Delivery::Failed(rec.delivery_opaque, e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The idempotent producer's fatal error, if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner.client().fatal_error().map(|(code, msg)| format!("{code:?}: {msg}"))
+    }
+
+    /// Replace a producer that hit a fatal error; what the old one still
+    /// held comes back as failed deliveries and is sent again.
+    pub fn recreate(&mut self) -> Result<(), KafkaError> {
+        let fresh: ThreadedProducer<Context> = self.cfg.create_with_context(Context { reports: self.reports.clone() })?;
+        let old = std::mem::replace(&mut self.inner, fresh);
+        old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        drop(old);
+        Ok(())
+    }
+
+    pub fn in_flight(&self) -> i32 {
+        self.inner.in_flight_count()
+    }
+
+    /// Wait for outstanding deliveries (blocking; call from a blocking context).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
+
+    pub fn handle(&self) -> &ThreadedProducer<Context> {
+        &self.inner
+    }
+}
+
+/// Asks the cluster for metadata: can the brokers be reached?
+pub struct Prober {
+    client: rdkafka::consumer::BaseConsumer,
+}
+
+impl Prober {
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(Self { client: client_config_for_probe(cfg).create()? })
+    }
+
+    /// Number of brokers in the metadata (blocking).
+    pub fn check(&self, timeout: Duration) -> Result<usize, KafkaError> {
+        let md = rdkafka::consumer::Consumer::fetch_metadata(&self.client, None, timeout)?;
+        Ok(md.brokers().len())
+    }
+}
+
+fn client_config_for_probe(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers).set("log.connection.close", "false");
+    for (k, v) in &cfg.properties {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") || k == "client.id" {
+            c.set(k, v);
+        }
+    }
+    c
+}

@@ -1,0 +1,3 @@
+//! Destinations of the pipeline.
+
+pub mod kafka;

@@ -1,0 +1,239 @@
+//! MQTT source: a persistent session whose PUBACKs are sent only when the
+//! pipeline says a message is durable, in arrival order.
+//!
+//! The task that polls the event loop never waits on an ack: acks are queued
+//! with `try_ack` by whoever completes a message (see rumqtt#1025), and the
+//! connection epoch guards against acking on a connection that did not
+//! deliver the message.
+
+mod options;
+mod sequencer;
+mod session;
+
+pub use options::{install_crypto_provider, OptionsError};
+pub use sequencer::Sequencer;
+pub use session::{connect, AckToken, Client, Driver, Event};
+
+use crate::config::MqttConfig;
+use crate::record::Inbound;
+use crate::telemetry::Metrics;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// A message handed to the pipeline with its place in the ack order.
+#[derive(Debug)]
+pub struct Received {
+    pub seq: u64,
+    pub msg: Inbound,
+}
+
+struct AckState {
+    seq: Sequencer<AckToken>,
+    /// Incremented when a connection ends.
+    epoch: u64,
+    /// Acks released by the sequencer that the request channel had no room for yet.
+    queued: VecDeque<AckToken>,
+}
+
+/// Shared between the session task (registers messages) and the pipeline
+/// (completes them).
+#[derive(Clone)]
+pub struct AckHandle {
+    state: Arc<Mutex<AckState>>,
+    client: Client,
+    metrics: Arc<Metrics>,
+}
+
+impl AckHandle {
+    fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let state = AckState { seq: Sequencer::new(), epoch: 0, queued: VecDeque::new() };
+        Self { state: Arc::new(Mutex::new(state)), client, metrics }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AckState> {
+        // A poisoned lock means a panic elsewhere; the state itself stays consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, token: Option<AckToken>) -> u64 {
+        let mut s = self.lock();
+        let epoch = s.epoch;
+        s.seq.push(epoch, token)
+    }
+
+    /// The message `seq` is durable downstream: ack it, and whatever it was holding back.
+    pub fn complete(&self, seq: u64) {
+        let mut s = self.lock();
+        s.seq.complete(seq);
+        self.release(&mut s);
+    }
+
+    /// Retry acks that did not fit in the request channel.
+    pub fn flush(&self) {
+        let mut s = self.lock();
+        self.release(&mut s);
+    }
+
+    /// Messages received and not yet acked (or abandoned).
+    pub fn outstanding(&self) -> usize {
+        let s = self.lock();
+        s.seq.len() + s.queued.len()
+    }
+
+    fn release(&self, s: &mut AckState) {
+        let mut ready = Vec::new();
+        let epoch = s.epoch;
+        let drained = s.seq.drain_ready(epoch, &mut ready);
+        self.metrics.acks_abandoned.fetch_add(drained.abandoned, Relaxed);
+        s.queued.extend(ready);
+        while let Some(t) = s.queued.front().copied() {
+            if self.client.try_ack(t).is_err() {
+                break;
+            }
+            s.queued.pop_front();
+            self.metrics.acks_sent.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The connection ended: nothing received on it may be acked any more.
+    fn end_epoch(&self, driver: &mut Driver) {
+        let mut s = self.lock();
+        s.epoch += 1;
+        let dropped = s.queued.len() as u64;
+        s.queued.clear();
+        self.metrics.acks_abandoned.fetch_add(dropped, Relaxed);
+        // Under the lock, so no ack of the old epoch can slip in after this.
+        driver.clean();
+        self.release(&mut s);
+    }
+}
+
+/// Everything the session task needs.
+pub struct Source {
+    cfg: MqttConfig,
+    filters: Vec<String>,
+    driver: Driver,
+    client: Client,
+    acks: AckHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl Source {
+    pub fn new(cfg: &MqttConfig, metrics: Arc<Metrics>) -> Result<Self, OptionsError> {
+        let client_id = cfg.effective_client_id();
+        let (client, driver) = connect(cfg, &client_id, false)?;
+        let filters = cfg
+            .topics
+            .iter()
+            .map(|t| match &cfg.shared_group {
+                Some(g) => format!("$share/{g}/{t}"),
+                None => t.clone(),
+            })
+            .collect();
+        let acks = AckHandle::new(client.clone(), metrics.clone());
+        tracing::info!(client_id, url = cfg.url, "MQTT session configured.");
+        Ok(Self { cfg: cfg.clone(), filters, driver, client, acks, metrics })
+    }
+
+    pub fn acks(&self) -> AckHandle {
+        self.acks.clone()
+    }
+
+    /// Poll the session until `stop` turns true and the disconnect went out.
+    /// While `drain` is true, new messages are left unacked with the broker.
+    pub async fn run(mut self, tx: mpsc::Sender<Received>, mut drain: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = self.cfg.reconnect_backoff_min.get();
+        let mut last_error: Option<String> = None;
+        let mut subscribed_once = false;
+        let mut draining = false;
+        let mut stopping = false;
+        loop {
+            let event = tokio::select! {
+                biased;
+                Ok(()) = stop.changed(), if !stopping => {
+                    stopping = true;
+                    if !self.client.try_disconnect() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(()) = drain.changed(), if !draining => {
+                    draining = *drain.borrow();
+                    continue;
+                }
+                ev = self.driver.poll() => ev,
+            };
+            match event {
+                Ok(Event::Publish(msg, token)) => {
+                    if draining {
+                        self.metrics.left_with_broker.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    self.metrics.on_received(msg.redelivered);
+                    let seq = self.acks.register(token);
+                    if tx.send(Received { seq, msg }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Connected { session_present }) => {
+                    backoff = self.cfg.reconnect_backoff_min.get();
+                    self.metrics.mqtt_connected.store(true, Relaxed);
+                    tracing::info!(session_present, "Connected to the MQTT broker.");
+                    last_error = None;
+                    if !session_present || !subscribed_once {
+                        if self.client.try_subscribe(&self.filters, self.cfg.qos) {
+                            subscribed_once = true;
+                        } else {
+                            tracing::error!("Could not queue the subscription request.");
+                        }
+                    } else {
+                        self.metrics.mqtt_subscribed.store(true, Relaxed);
+                    }
+                }
+                Ok(Event::Subscribed { failures }) => {
+                    if failures.is_empty() {
+                        self.metrics.mqtt_subscribed.store(true, Relaxed);
+                        tracing::info!(filters = ?self.filters, qos = self.cfg.qos.level(), "Subscribed.");
+                    } else {
+                        tracing::error!(filters = ?self.filters, ?failures, "The broker refused the subscription.");
+                    }
+                }
+                Ok(Event::Refused(code)) => {
+                    tracing::error!(code, "The MQTT broker refused the connection.");
+                }
+                Ok(Event::DisconnectSent) => {
+                    if stopping {
+                        return;
+                    }
+                }
+                Ok(Event::Other) => {}
+                Err(error) => {
+                    if stopping {
+                        return;
+                    }
+                    let was_connected = self.metrics.mqtt_connected.swap(false, Relaxed);
+                    self.metrics.mqtt_subscribed.store(false, Relaxed);
+                    if was_connected {
+                        self.metrics.mqtt_reconnects.fetch_add(1, Relaxed);
+                    }
+                    self.acks.end_epoch(&mut self.driver);
+                    if last_error.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(%error, retry_in = ?backoff, "MQTT connection lost or refused; reconnecting.");
+                        last_error = Some(error);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        Ok(()) = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(self.cfg.reconnect_backoff_max.get());
+                }
+            }
+        }
+    }
+}
+
+/// Poll for acks that did not fit in the request channel.
+pub const ACK_RETRY_INTERVAL: Duration = Duration::from_millis(5);
