@@ -43,8 +43,11 @@
 #             --advertised-listener-url tcp://127.0.0.1:PORT \
 #             --storage-engine memory://tansu/
 #     It logs 4 lines and is ready in milliseconds; it binds only that port.
-#   * Topics are auto-created on first produce/metadata request, with 4
-#     partitions. acks=all and the idempotent producer work.
+#   * A producer's first send auto-creates the topic with 4 partitions.
+#     A consumer does not: librdkafka's subscribe() to a topic that does not
+#     exist yet reports UNKNOWN_TOPIC_OR_PART. Produce first, or create the
+#     topic with the admin API (CreateTopics with a partition count, and
+#     DeleteTopics, work). acks=all and the idempotent producer work.
 #   * Consumer groups work (subscribe, assignment, commit, resume from the
 #     committed offsets in a new consumer), BUT the first join of a group takes
 #     about session.timeout.ms / 2 (23 s with librdkafka's default 45 s): set
@@ -219,13 +222,17 @@ wait_ready() {
 
 # render TEMPLATE OUT KEY VALUE...: copy TEMPLATE to OUT, replacing @KEY@.
 render() {
-    local text out=$2
-    text=$(<"$1")
+    local tmpl=$1 out=$2 text
+    text=$(<"$tmpl")
     shift 2
     while (($#)); do
         text=${text//"@$1@"/"$2"}
         shift 2
     done
+    # A marker left over would end up as a literal (relative) path or value.
+    if [[ $text =~ @[A-Z_]+@ ]]; then
+        die "render: $tmpl: no value for ${BASH_REMATCH[0]}"
+    fi
     printf '%s\n' "$text" >"$out"
 }
 

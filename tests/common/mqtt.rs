@@ -1,0 +1,119 @@
+//! Test-side MQTT: a publisher of known payloads and a session reader.
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::time::{Duration, Instant};
+
+pub const TENANTS: u64 = 3;
+pub const PROJECTS: u64 = 2;
+pub const DEVICES: u64 = 20;
+
+/// Where message `seq` is published and what it says. Deterministic, so a
+/// test can check the bytes that reach Kafka.
+pub fn message(seq: u64) -> (String, Vec<u8>) {
+    let d = seq % (TENANTS * PROJECTS * DEVICES);
+    let t = d / (PROJECTS * DEVICES) + 1;
+    let p = (d / DEVICES) % PROJECTS + 1;
+    let dev = d % DEVICES + 1;
+    let topic = format!("mtic/msg/client/realtime/tenant-{t}/project-{p}");
+    let payload = format!(
+        r#"{{"deviceId":"dev-{t}-{p}-{dev}","ts":{},"seq":{seq},"temperature":{}.5,"note":"ünïcødé ✓"}}"#,
+        1_700_000_000_000u64 + seq,
+        seq % 40
+    );
+    (topic, payload.into_bytes())
+}
+
+fn options(url: &str, id: &str) -> MqttOptions {
+    let addr = url.trim_start_matches("mqtt://");
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let mut o = MqttOptions::new(id, host, port.parse().expect("port"));
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(500);
+    o.set_max_packet_size(8 << 20, 8 << 20);
+    o
+}
+
+/// Publish messages `range` at QoS 1 (at about `rate` per second when given)
+/// and wait until the broker acknowledged each one.
+pub async fn publish(url: &str, range: std::ops::Range<u64>, rate: Option<u64>) {
+    let id = format!("test-pub-{}-{}", std::process::id(), range.start);
+    let (client, mut el) = AsyncClient::new(options(url, &id), 1024);
+    let total = range.end - range.start;
+    let acker = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher lost its connection: {e}"),
+            }
+        }
+    });
+    let start = Instant::now();
+    for (i, seq) in range.enumerate() {
+        let (topic, payload) = message(seq);
+        client.publish(topic, QoS::AtLeastOnce, false, payload).await.expect("publish");
+        if let Some(r) = rate {
+            let due = start + Duration::from_secs_f64((i + 1) as f64 / r as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(120), acker).await.expect("broker acked in time").expect("acker");
+    let _ = client.disconnect().await;
+}
+
+/// Publish raw (topic, payload) pairs at QoS 1 and wait for the acks.
+pub async fn publish_raw(url: &str, msgs: Vec<(String, Vec<u8>)>) {
+    let (client, mut el) = AsyncClient::new(options(url, &format!("test-raw-{}", std::process::id())), 64);
+    let total = msgs.len();
+    let acker = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
+            if let Ok(Event::Incoming(Packet::PubAck(_))) = el.poll().await {
+                acked += 1;
+            }
+        }
+    });
+    for (t, p) in msgs {
+        client.publish(t, QoS::AtLeastOnce, false, p).await.expect("publish");
+    }
+    tokio::time::timeout(Duration::from_secs(60), acker).await.expect("acks").expect("acker");
+}
+
+/// Take over the persistent MQTT 5 session `client_id` and return the `seq`
+/// of every message the broker still held for it (those never acked).
+pub async fn drain_session(url: &str, client_id: &str, idle: Duration) -> Vec<u64> {
+    use rumqttc::v5::{AsyncClient as C5, Event as E5, Incoming as I5, MqttOptions as O5};
+    let addr = url.trim_start_matches("mqtt://");
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let mut o = O5::new(client_id, host, port.parse().expect("port"));
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(3600));
+    o.set_max_packet_size(Some(8 << 20));
+    let (_client, mut el) = C5::new(o, 64);
+    let mut seqs = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, el.poll()).await {
+            Err(_) => break,
+            Ok(Ok(E5::Incoming(I5::Publish(p)))) => {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                    if let Some(s) = v["seq"].as_u64() {
+                        seqs.push(s);
+                    }
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("session reader: {e}"),
+        }
+    }
+    seqs
+}
+
+/// Run `publish` on a thread of its own (tests stay synchronous).
+pub fn spawn_publish(url: String, range: std::ops::Range<u64>, rate: Option<u64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || block_on(publish(&url, range, rate)))
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+}
