@@ -11,4 +11,5 @@ pub mod route;
 pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod store;
 pub mod telemetry;

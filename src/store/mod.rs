@@ -1,0 +1,1 @@
+//! Time-series stores (PostgreSQL/TimescaleDB, InfluxDB).
