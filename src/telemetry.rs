@@ -12,8 +12,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds of the delivery latency histogram, seconds.
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: [f64; 22] = [
+    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 #[derive(Default)]
 pub struct Histogram {
@@ -200,7 +202,7 @@ mod tests {
         assert!(text.contains("iotpipe_messages_dead_lettered_total{reason=\"invalid_json\"} 1\n"));
         assert!(text.contains("iotpipe_messages_in_flight 0\n"));
         assert!(text.contains("iotpipe_mqtt_redelivered_total 1\n"));
-        assert!(text.contains("iotpipe_delivery_latency_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("iotpipe_delivery_latency_seconds_bucket{le=\"0.002\"} 1\n"));
         assert!(text.contains("iotpipe_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("iotpipe_delivery_latency_seconds_count 2\n"));
         assert!(text.contains("iotpipe_tenant_messages_total{tenant_id=\"acme\",project_id=\"p\\\"1\"} 1\n"));

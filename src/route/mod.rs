@@ -123,27 +123,22 @@ impl Router {
                     return self.dead_letter(msg, DeadLetterReason::InvalidUtf8, format!("payload is not UTF-8: {e}"));
                 }
                 Err(_) => {}
-                Ok(text) if needs_doc => match serde_json::from_str::<serde_json::Value>(text) {
-                    Ok(v) => doc = Some(v),
+                Ok(text) => match payload::parse(text) {
+                    Ok(d) => doc = Some(d),
                     Err(e) if self.require_json => {
                         return self.dead_letter(msg, DeadLetterReason::InvalidJson, format!("payload is not JSON: {e}"));
                     }
                     Err(_) => {}
                 },
-                Ok(text) => {
-                    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                        return self.dead_letter(msg, DeadLetterReason::InvalidJson, format!("payload is not JSON: {e}"));
-                    }
-                }
             }
         }
         let captured = |field: usize| self.capture_of_field[field].map(|c| captures[c]).unwrap_or("");
-        let device_id = match (&doc, &self.device_pointer) {
+        let device_id = match (doc, &self.device_pointer) {
             (Some(d), Some(p)) => payload::device_id(d, p).unwrap_or_default(),
             _ => String::new(),
         };
         let device_id = if device_id.is_empty() { captured(2).to_string() } else { device_id };
-        let event_ms = match (&doc, &self.time_pointer) {
+        let event_ms = match (doc, &self.time_pointer) {
             (Some(d), Some(p)) => payload::event_time_ms(d, p),
             _ => None,
         };
@@ -160,7 +155,7 @@ impl Router {
         let received_at = format_ms(msg.received_ms);
         let value = match self.format {
             PayloadFormat::Raw => msg.payload.clone(),
-            PayloadFormat::Envelope => envelope(&tenant_id, &project_id, &device_id, msg, id, event_ms, doc),
+            PayloadFormat::Envelope => envelope(&tenant_id, &project_id, &device_id, msg, id, event_ms),
         };
         let mut hdrs = Vec::with_capacity(7);
         hdrs.push((headers::TENANT_ID, tenant_id.clone()));
@@ -225,13 +220,9 @@ fn envelope(
     msg: &Inbound,
     id: RecordId,
     event_ms: Option<i64>,
-    doc: Option<serde_json::Value>,
 ) -> Bytes {
-    let payload = match doc {
-        Some(v) => v,
-        None => serde_json::from_slice(&msg.payload)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&msg.payload).into_owned())),
-    };
+    let payload: serde_json::Value = serde_json::from_slice(&msg.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&msg.payload).into_owned()));
     let obj = serde_json::json!({
         "id": id.to_hyphenated(),
         "tenant_id": tenant_id,

@@ -1,27 +1,118 @@
 //! Fields read from a JSON payload through JSON pointers (RFC 6901).
+//!
+//! Lookups walk the raw text level by level with `serde_json`'s borrowed
+//! `RawValue` instead of building a `Value` tree: the message path parses
+//! each payload once and allocates almost nothing.
 
-use serde_json::Value;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
 
 /// Epoch values at or above this are milliseconds, below it seconds
 /// (1e11 s is the year 5138; 1e11 ms is 1973).
 const MILLIS_THRESHOLD: f64 = 1e11;
 
+/// Parse (and so validate) a whole JSON document without building a tree.
+pub fn parse(text: &str) -> Result<&RawValue, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// The value at `pointer` (`""` is the whole document).
+pub fn lookup<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
+    let mut cur = doc;
+    if pointer.is_empty() {
+        return Some(cur);
+    }
+    for token in pointer.strip_prefix('/')?.split('/') {
+        let token: Cow<str> =
+            if token.contains('~') { Cow::Owned(token.replace("~1", "/").replace("~0", "~")) } else { Cow::Borrowed(token) };
+        let mut de = serde_json::Deserializer::from_str(cur.get());
+        cur = Child { token: &token }.deserialize(&mut de).ok()??;
+    }
+    Some(cur)
+}
+
+/// Finds one member of an object (by key) or array (by index) in raw JSON.
+struct Child<'t> {
+    token: &'t str,
+}
+
+impl<'de> DeserializeSeed<'de> for Child<'_> {
+    type Value = Option<&'de RawValue>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Child<'_> {
+    type Value = Option<&'de RawValue>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object or array")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if found.is_none() && key == self.token {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let Ok(index) = self.token.parse::<usize>() else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(None);
+        };
+        let mut i = 0;
+        let mut found = None;
+        while let Some(v) = seq.next_element::<&'de RawValue>()? {
+            if i == index {
+                found = Some(v);
+            }
+            i += 1;
+        }
+        Ok(found)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
 /// The device id at `pointer`: strings verbatim, numbers and booleans as text.
-pub fn device_id(doc: &Value, pointer: &str) -> Option<String> {
-    match doc.pointer(pointer)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+pub fn device_id(doc: &RawValue, pointer: &str) -> Option<String> {
+    let raw = lookup(doc, pointer)?.get().trim();
+    match raw.as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(raw).ok().filter(|s| !s.is_empty()),
+        b'-' | b'0'..=b'9' | b't' | b'f' => Some(raw.to_string()),
         _ => None,
     }
 }
 
 /// The event time at `pointer` in epoch milliseconds: epoch ms or s (number or
 /// numeric string) or an RFC 3339 string.
-pub fn event_time_ms(doc: &Value, pointer: &str) -> Option<i64> {
-    match doc.pointer(pointer)? {
-        Value::Number(n) => epoch_to_ms(n.as_f64()?),
-        Value::String(s) => parse_time_str(s),
+pub fn event_time_ms(doc: &RawValue, pointer: &str) -> Option<i64> {
+    let raw = lookup(doc, pointer)?.get().trim();
+    match raw.as_bytes().first()? {
+        b'"' => parse_time_str(&serde_json::from_str::<Cow<str>>(raw).ok()?),
+        b'-' | b'0'..=b'9' => epoch_to_ms(raw.parse::<f64>().ok()?),
         _ => None,
     }
 }
@@ -57,34 +148,75 @@ pub fn format_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use proptest::prelude::*;
+
+    fn doc(text: &str) -> &RawValue {
+        parse(text).unwrap()
+    }
 
     #[test]
     fn device_id_from_string_or_number() {
-        let doc = json!({"deviceId": "dev-1", "meta": {"id": 42}, "empty": ""});
-        assert_eq!(device_id(&doc, "/deviceId").as_deref(), Some("dev-1"));
-        assert_eq!(device_id(&doc, "/meta/id").as_deref(), Some("42"));
-        assert_eq!(device_id(&doc, "/empty"), None);
-        assert_eq!(device_id(&doc, "/missing"), None);
+        let d = doc(r#"{"deviceId": "dev-1", "meta": {"id": 42, "list": ["a", "b"]}, "empty": "", "n": null, "a/b": "slash", "t~x": "tilde"}"#);
+        assert_eq!(device_id(d, "/deviceId").as_deref(), Some("dev-1"));
+        assert_eq!(device_id(d, "/meta/id").as_deref(), Some("42"));
+        assert_eq!(device_id(d, "/meta/list/1").as_deref(), Some("b"));
+        assert_eq!(device_id(d, "/a~1b").as_deref(), Some("slash"));
+        assert_eq!(device_id(d, "/t~0x").as_deref(), Some("tilde"));
+        assert_eq!(device_id(d, "/empty"), None);
+        assert_eq!(device_id(d, "/n"), None);
+        assert_eq!(device_id(d, "/meta"), None);
+        assert_eq!(device_id(d, "/missing"), None);
+        assert_eq!(device_id(d, "/meta/list/9"), None);
+        assert_eq!(device_id(d, "/deviceId/deeper"), None);
+    }
+
+    #[test]
+    fn escaped_keys_and_values_are_decoded() {
+        let d = doc(r#"{"dev\u0069ceId": "d\"1"}"#);
+        assert_eq!(device_id(d, "/deviceId").as_deref(), Some("d\"1"));
     }
 
     #[test]
     fn event_time_accepts_ms_seconds_and_rfc3339() {
-        let doc = json!({
-            "ms": 1_700_000_000_123_i64, "s": 1_700_000_000, "f": 1_700_000_000.5,
-            "rfc": "2023-11-14T22:13:20.123Z", "str": "1700000000123", "bad": "yesterday", "neg": -5
-        });
-        assert_eq!(event_time_ms(&doc, "/ms"), Some(1_700_000_000_123));
-        assert_eq!(event_time_ms(&doc, "/s"), Some(1_700_000_000_000));
-        assert_eq!(event_time_ms(&doc, "/f"), Some(1_700_000_000_500));
-        assert_eq!(event_time_ms(&doc, "/rfc"), Some(1_700_000_000_123));
-        assert_eq!(event_time_ms(&doc, "/str"), Some(1_700_000_000_123));
-        assert_eq!(event_time_ms(&doc, "/bad"), None);
-        assert_eq!(event_time_ms(&doc, "/neg"), None);
+        let d = doc(
+            r#"{"ms": 1700000000123, "s": 1700000000, "f": 1700000000.5, "rfc": "2023-11-14T22:13:20.123Z",
+                "str": "1700000000123", "bad": "yesterday", "neg": -5, "obj": {}}"#,
+        );
+        assert_eq!(event_time_ms(d, "/ms"), Some(1_700_000_000_123));
+        assert_eq!(event_time_ms(d, "/s"), Some(1_700_000_000_000));
+        assert_eq!(event_time_ms(d, "/f"), Some(1_700_000_000_500));
+        assert_eq!(event_time_ms(d, "/rfc"), Some(1_700_000_000_123));
+        assert_eq!(event_time_ms(d, "/str"), Some(1_700_000_000_123));
+        assert_eq!(event_time_ms(d, "/bad"), None);
+        assert_eq!(event_time_ms(d, "/neg"), None);
+        assert_eq!(event_time_ms(d, "/obj"), None);
+    }
+
+    #[test]
+    fn invalid_documents_are_rejected_by_parse() {
+        assert!(parse("{\"a\":1").is_err());
+        assert!(parse("{\"a\":1} trailing").is_err());
+        assert!(parse("[1, 2,]").is_err());
+        assert!(parse(" {\"a\": [1, {\"b\": null}]} ").is_ok());
     }
 
     #[test]
     fn formats_rfc3339_millis() {
         assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    proptest! {
+        /// The raw lookup agrees with serde_json's own pointer on arbitrary documents.
+        #[test]
+        fn lookup_agrees_with_value_pointer(keys in proptest::collection::vec("[a-z~/]{1,4}", 1..5), n in 0i64..1000) {
+            let mut v = serde_json::json!(n);
+            for k in keys.iter().rev() {
+                v = serde_json::json!({ k.clone(): v, "other": [1, "x"] });
+            }
+            let text = v.to_string();
+            let pointer: String = keys.iter().map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1"))).collect();
+            let raw = lookup(parse(&text).unwrap(), &pointer).map(|r| r.get().to_string());
+            prop_assert_eq!(raw, v.pointer(&pointer).map(|x| x.to_string()));
+        }
     }
 }
