@@ -108,7 +108,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or_default();
     let _ = tokio::time::timeout(remaining.max(Duration::from_secs(1)), session).await;
     let flush_for = remaining.max(Duration::from_millis(500));
-    let flushed = tokio::task::block_in_place(|| producer.flush(flush_for));
+    // Everything is delivered or given up on by now; blocking the one runtime thread is fine.
+    let flushed = producer.flush(flush_for);
     if let Err(error) = flushed {
         tracing::warn!(%error, "Kafka producer flush did not complete.");
     }

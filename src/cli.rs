@@ -45,7 +45,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bridge { config } => with_config(config, |cfg| {
-            runtime()?.block_on(async move {
+            single_thread_runtime()?.block_on(async move {
                 crate::bridge::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
@@ -113,6 +113,16 @@ fn finish(res: Result<(), String>) -> ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// The bridge's own work is light next to librdkafka's threads; one runtime
+/// thread avoids cross-thread wake-ups on every message (measured: fewer
+/// context switches, lower CPU per message).
+fn single_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))

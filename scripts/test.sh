@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a fresh Debian machine and runs
+# it: Debian packages and Tansu (via scripts/services.sh), formatting and lint
+# checks, then every unit and integration test against real services.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "test.sh: cargo is not installed; install the Rust toolchain first (https://rustup.rs)" >&2
+    exit 1
+fi
+
+echo "== services"
+bash scripts/services.sh install
+bash scripts/services.sh up
+
+echo "== format and lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --profile ci
+else
+    cargo test --locked -- --test-threads=2
+fi
