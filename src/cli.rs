@@ -26,6 +26,12 @@ enum Command {
         #[arg(long, short, env = "IOTPIPE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Kafka → PostgreSQL/TimescaleDB or InfluxDB. Offsets are committed only after the database commit.
+    Sink {
+        /// Config file (TOML). Without it: defaults plus IOTPIPE_* environment.
+        #[arg(long, short, env = "IOTPIPE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Publish simulated device telemetry (or count messages with --subscribe).
     Simulate(SimulateArgs),
     /// Validate a config and try each connection it names.
@@ -46,7 +52,12 @@ pub fn main() -> ExitCode {
         }
         Command::Bridge { config } => with_config(config, |cfg| {
             single_thread_runtime()?.block_on(async move {
-                crate::bridge::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+                crate::pipeline::bridge::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+            })
+        }),
+        Command::Sink { config } => with_config(config, |cfg| {
+            runtime()?.block_on(async move {
+                crate::pipeline::sink::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
         Command::Check { config } => with_config(config, |cfg| {
@@ -130,7 +141,7 @@ fn single_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},tokio_postgres=warn")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match format {

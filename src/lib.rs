@@ -1,11 +1,12 @@
 //! iotpipe: an IoT telemetry pipeline. MQTT → Kafka with end-to-end
 //! acknowledgement (`bridge`), plus the tools around it.
 
-pub mod bridge;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod pipeline;
+pub mod journal;
 pub mod record;
 pub mod route;
 pub mod simulate;

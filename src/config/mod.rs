@@ -37,6 +37,15 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// `iotpipe sink`: the consumer group.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Where `iotpipe sink` and `iotpipe run` store telemetry.
+    #[serde(default)]
+    pub store: crate::store::StoreConfig,
+    /// Local journal; in a bridge config it switches the bridge to journal mode.
+    #[serde(default)]
+    pub journal: Option<crate::journal::JournalConfig>,
 }
 
 /// MQTT protocol version spoken to the broker.
@@ -267,6 +276,48 @@ pub struct BridgeConfig {
 impl Default for BridgeConfig {
     fn default() -> Self {
         Self { grace_period: HumanDuration::secs(25) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Topic names, or regexes when they start with `^` (e.g. `^iot\\..+`).
+    pub topics: Vec<String>,
+    /// Topics whose records are the bridge's dead letters: stored in the dead-letter table.
+    pub dead_letter_topics: Vec<String>,
+    pub group_id: String,
+    /// A batch ends at this many records …
+    pub batch_max_rows: usize,
+    /// … or this many payload bytes …
+    pub batch_max_bytes: ByteSize,
+    /// … or this long after its first record.
+    pub batch_max_wait: HumanDuration,
+    /// Longest wait between store retries.
+    pub retry_backoff_max: HumanDuration,
+    /// librdkafka `max.poll.interval.ms`: how long a store outage may last
+    /// before this member leaves the group (its records are then re-read elsewhere).
+    pub max_poll_interval: HumanDuration,
+    /// Extra librdkafka consumer properties, verbatim.
+    pub properties: BTreeMap<String, String>,
+    /// On SIGTERM: time to finish the current batch and commit.
+    pub grace_period: HumanDuration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            topics: vec!["^iot\\..+".into()],
+            dead_letter_topics: vec!["iot-dead-letters".into()],
+            group_id: "iotpipe-sink".into(),
+            batch_max_rows: 5000,
+            batch_max_bytes: ByteSize::mib(8),
+            batch_max_wait: HumanDuration::millis(500),
+            retry_backoff_max: HumanDuration::secs(10),
+            max_poll_interval: HumanDuration::secs(1800),
+            properties: BTreeMap::new(),
+            grace_period: HumanDuration::secs(25),
+        }
     }
 }
 

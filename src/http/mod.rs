@@ -1,7 +1,7 @@
 //! `/healthz` (alive), `/readyz` (connected, subscribed, downstream
 //! reachable) and `/metrics` (Prometheus text).
 
-use crate::telemetry::Metrics;
+use crate::telemetry::Render;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -13,7 +13,7 @@ pub type ReadyFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Render>,
     ready: ReadyFn,
 }
 
@@ -21,7 +21,7 @@ struct AppState {
 /// at once so a wrong address stops start-up with a clear message.
 pub async fn serve(
     listen: &str,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Render>,
     ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
 ) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -1,3 +1,4 @@
 //! Where messages come from.
 
 pub mod mqtt;
+pub mod kafka;

@@ -1,1 +1,157 @@
-//! Time-series stores (PostgreSQL/TimescaleDB, InfluxDB).
+//! Time-series stores: PostgreSQL (daily partitions, or a TimescaleDB
+//! hypertable when the extension is there) and InfluxDB 1.x.
+//!
+//! The sink hands [`Store::write`] one batch at a time: telemetry rows and
+//! the dead letters that came with them. A batch is written whole or not at
+//! all (one transaction on PostgreSQL), and writing it again is harmless:
+//! rows are keyed by their record id, so a replay after a crash never
+//! creates a second row. [`Store::enforce_retention`] runs on a timer and
+//! drops what is older than `store.retention`.
+//!
+//! A backend is one variant of [`Store`] and one folder here; the SQLite
+//! backend of `iotpipe run` will be a third.
+
+mod config;
+mod error;
+pub mod influx;
+pub mod postgres;
+pub mod time_rule;
+mod tls;
+
+pub use config::{InfluxUrl, StoreConfig, StoreUrl};
+pub use error::StoreError;
+
+use bytes::Bytes;
+
+/// One telemetry record as the store receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreRow {
+    /// Record id (UUIDv7), stable across replays: part of the primary key.
+    pub id: uuid::Uuid,
+    /// Event time if known, else received time (epoch ms). The store may
+    /// still file the row under `received_ms`; see [`time_rule`].
+    pub time_ms: i64,
+    /// The device's own timestamp, when the payload had one (epoch ms).
+    pub event_time_ms: Option<i64>,
+    /// When iotpipe received the message from MQTT (epoch ms).
+    pub received_ms: i64,
+    /// Tenant extracted from the MQTT topic.
+    pub tenant_id: String,
+    /// Project extracted from the MQTT topic.
+    pub project_id: String,
+    /// Device id (from the payload or the topic; may be empty).
+    pub device_id: String,
+    /// The MQTT topic the message arrived on.
+    pub mqtt_topic: String,
+    /// The original payload bytes, whatever they are.
+    pub payload: Bytes,
+}
+
+/// A message that could not be routed, kept with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRow {
+    /// Unique origin, e.g. `kafka:iot-dead-letters/2@1234`: a replay of the
+    /// same origin is stored once.
+    pub source: String,
+    /// When iotpipe received the message (epoch ms); retention uses it.
+    pub received_ms: i64,
+    /// Machine-readable reason, e.g. `invalid_json`.
+    pub reason: String,
+    /// Human-readable detail.
+    pub error: String,
+    /// The MQTT topic, when known.
+    pub mqtt_topic: Option<String>,
+    /// Metadata that travelled with the message (e.g. Kafka headers).
+    pub headers: Vec<(String, String)>,
+    /// The payload bytes as they were dead-lettered.
+    pub payload: Bytes,
+}
+
+/// What one [`Store::write`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Telemetry rows newly stored.
+    pub inserted: u64,
+    /// Telemetry rows skipped because a row with the same key was already
+    /// stored (a replay). InfluxDB overwrites instead and always reports 0.
+    pub duplicates: u64,
+    /// Telemetry rows the database refused individually while storing the
+    /// rest (InfluxDB partial writes, e.g. a field type conflict). Logged.
+    pub rejected: u64,
+    /// Dead letters newly stored.
+    pub dead_letters_inserted: u64,
+    /// Dead letters already stored under the same `source`.
+    pub dead_letters_duplicates: u64,
+}
+
+/// What one [`Store::enforce_retention`] run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Daily partitions (or TimescaleDB chunks) dropped.
+    pub partitions_dropped: Vec<String>,
+    /// Partitions created ahead of time.
+    pub partitions_created: Vec<String>,
+    /// Expired telemetry rows deleted one by one (from the default partition).
+    pub rows_deleted: u64,
+    /// Expired dead letters deleted.
+    pub dead_letters_deleted: u64,
+}
+
+/// A connected store. One per sink task; not shared between tasks.
+// Created once per task and never moved in a hot path: boxing the larger
+// variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Store {
+    /// PostgreSQL, with or without TimescaleDB.
+    Postgres(postgres::PostgresStore),
+    /// InfluxDB 1.x over HTTP.
+    Influx(influx::InfluxStore),
+}
+
+impl Store {
+    /// Connect to the database `cfg.url` names. PostgreSQL: create the
+    /// database if missing (when `create_database` is set and the user may),
+    /// run the migrations, create today's partitions and those ahead.
+    /// InfluxDB: create the database and the `iotpipe` retention policy.
+    pub async fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        match cfg.parse_url()? {
+            StoreUrl::Postgres(url) => Ok(Store::Postgres(postgres::PostgresStore::connect(cfg, &url).await?)),
+            StoreUrl::Influx(target) => Ok(Store::Influx(influx::InfluxStore::connect(cfg, target).await?)),
+        }
+    }
+
+    /// Store one batch: all of it or nothing (one transaction on PostgreSQL).
+    /// Rows and dead letters already stored are skipped, so a batch can be
+    /// written again after an error or a crash.
+    pub async fn write(&mut self, rows: &[StoreRow], dead: &[DeadLetterRow]) -> Result<WriteOutcome, StoreError> {
+        match self {
+            Store::Postgres(s) => s.write(rows, dead).await,
+            Store::Influx(s) => s.write(rows, dead).await,
+        }
+    }
+
+    /// Drop data older than the retention window and prepare the partitions
+    /// of the days ahead. Run it every `store.retention_interval`.
+    pub async fn enforce_retention(&mut self) -> Result<RetentionOutcome, StoreError> {
+        match self {
+            Store::Postgres(s) => s.enforce_retention().await,
+            Store::Influx(s) => s.enforce_retention().await,
+        }
+    }
+
+    /// Check that the database answers (reconnecting if needed).
+    pub async fn ping(&mut self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.ping().await,
+            Store::Influx(s) => s.ping().await,
+        }
+    }
+
+    /// Where the store writes, without secrets, e.g. `postgres 127.0.0.1:5432/iot`.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Postgres(s) => s.describe(),
+            Store::Influx(s) => s.describe(),
+        }
+    }
+}

@@ -98,3 +98,63 @@ pub fn read_until_complete(brokers: &str, n: u64, within: Duration) -> Vec<Recor
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// The bridge's record for message `seq`: headers as the bridge writes them.
+pub fn bridge_record(seq: u64) -> (String, String, Vec<u8>, Vec<(&'static str, String)>) {
+    let (mqtt_topic, payload) = super::mqtt::message(seq);
+    let parts: Vec<&str> = mqtt_topic.rsplitn(3, '/').collect();
+    let (project, tenant) = (parts[0].to_string(), parts[1].to_string());
+    let v: serde_json::Value = serde_json::from_slice(&payload).expect("json");
+    let device = v["deviceId"].as_str().unwrap_or_default().to_string();
+    let ts = v["ts"].as_i64().unwrap_or_default();
+    // Event times spread over the last two days, so rows land in several partitions.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let event_ms = now - ((seq as i64 * 7_919) % (2 * 86_400_000)) - 60_000;
+    let _ = ts;
+    let id = uuid::Uuid::from_u128(0x0180_0000_0000_7000_8000_0000_0000_0000 | u128::from(seq));
+    let fmt = |ms: i64| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let headers = vec![
+        ("tenant_id", tenant.clone()),
+        ("project_id", project.clone()),
+        ("device_id", device.clone()),
+        ("mqtt_topic", mqtt_topic),
+        ("id", id.to_string()),
+        ("received_at", fmt(event_ms + 5)),
+        ("event_time", fmt(event_ms)),
+    ];
+    (format!("iot.{tenant}.{project}"), format!("{tenant}/{project}/{device}"), payload, headers)
+}
+
+/// Produce records (topic, key, payload, headers) and wait for every delivery.
+pub fn produce(brokers: &str, records: impl IntoIterator<Item = (String, String, Vec<u8>, Vec<(&'static str, String)>)>) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for (topic, key, payload, headers) in records {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in &headers {
+            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut rec = BaseRecord::to(&topic).key(&key).payload(&payload).headers(h);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}

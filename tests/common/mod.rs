@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod mqtt;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -153,9 +154,10 @@ impl Drop for Tansu {
     }
 }
 
-/// A running `iotpipe bridge`.
+/// A running `iotpipe bridge` (or another long-running subcommand).
 pub struct Bridge {
     child: Option<Child>,
+    command: &'static str,
     pub http_port: u16,
     config: PathBuf,
     log: PathBuf,
@@ -168,10 +170,15 @@ pub fn iotpipe() -> &'static str {
 impl Bridge {
     /// Write `toml` (with `{HTTP}` replaced by a free port) and start the bridge on it.
     pub fn start(dir: &Path, toml: &str) -> Self {
+        Self::start_command(dir, "bridge", toml)
+    }
+
+    /// Start `iotpipe <command> --config` on `toml`.
+    pub fn start_command(dir: &Path, command: &'static str, toml: &str) -> Self {
         let http_port = free_port();
-        let config = dir.join("bridge.toml");
+        let config = dir.join(format!("{command}.toml"));
         std::fs::write(&config, toml.replace("{HTTP}", &format!("127.0.0.1:{http_port}"))).expect("write config");
-        let mut b = Self { child: None, http_port, config, log: dir.join("bridge.log") };
+        let mut b = Self { child: None, command, http_port, config, log: dir.join(format!("{command}.log")) };
         b.restart();
         b
     }
@@ -179,13 +186,13 @@ impl Bridge {
     pub fn restart(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(iotpipe())
-            .args(["bridge", "--config"])
+            .args([self.command, "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start bridge");
+            .expect("start iotpipe");
         self.child = Some(child);
         wait_for_port(self.http_port, Duration::from_secs(15));
     }

@@ -16,7 +16,7 @@ pub use session::{connect, AckToken, Client, Driver, Event};
 
 use crate::config::MqttConfig;
 use crate::record::Inbound;
-use crate::telemetry::Metrics;
+use crate::telemetry::BridgeMetrics;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,11 +44,11 @@ struct AckState {
 pub struct AckHandle {
     state: Arc<Mutex<AckState>>,
     client: Client,
-    metrics: Arc<Metrics>,
+    metrics: Arc<BridgeMetrics>,
 }
 
 impl AckHandle {
-    fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+    fn new(client: Client, metrics: Arc<BridgeMetrics>) -> Self {
         let state = AckState { seq: Sequencer::new(), epoch: 0, queued: VecDeque::new() };
         Self { state: Arc::new(Mutex::new(state)), client, metrics }
     }
@@ -118,11 +118,11 @@ pub struct Source {
     driver: Driver,
     client: Client,
     acks: AckHandle,
-    metrics: Arc<Metrics>,
+    metrics: Arc<BridgeMetrics>,
 }
 
 impl Source {
-    pub fn new(cfg: &MqttConfig, metrics: Arc<Metrics>) -> Result<Self, OptionsError> {
+    pub fn new(cfg: &MqttConfig, metrics: Arc<BridgeMetrics>) -> Result<Self, OptionsError> {
         let client_id = cfg.effective_client_id();
         let (client, driver) = connect(cfg, &client_id, false)?;
         let filters = cfg

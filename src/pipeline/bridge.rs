@@ -9,9 +9,9 @@ use crate::config::Config;
 use crate::http;
 use crate::record::DeadLetterReason;
 use crate::route::Router;
-use crate::sink::kafka::{classify, Delivery, Failure, Pending, Prober, Producer, TopicAdmin};
+use crate::sink::kafka::{classify, Delivery, Failure, Pending, Producer, TopicAdmin};
 use crate::source::mqtt::{Received, Source, ACK_RETRY_INTERVAL};
-use crate::telemetry::Metrics;
+use crate::telemetry::BridgeMetrics;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,17 +28,13 @@ pub enum BridgeError {
     Mqtt(#[from] crate::source::mqtt::OptionsError),
     #[error("http.listen: {0}")]
     Http(std::io::Error),
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
 }
 
 /// Longest wait before a failed delivery is sent again.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
-/// How often Kafka reachability is checked for /readyz.
-const KAFKA_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BridgeError> {
-    let metrics = Arc::new(Metrics::new(config.http.per_tenant_metrics));
+    let metrics = Arc::new(BridgeMetrics::new(config.http.per_tenant_metrics));
     let router = Router::new(&config)?;
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let mut producer = Producer::new(&config.kafka, reports_tx)?;
@@ -54,7 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         };
         http::serve(&config.http.listen, metrics.clone(), ready).await.map_err(BridgeError::Http)?;
     }
-    probe_kafka(&config.kafka, metrics.clone())?;
+    crate::sink::kafka::spawn_probe(&config.kafka, Arc::new(ProbeFlag(metrics.clone())))?;
 
     let (tx, mut inbound) = mpsc::channel::<Received>(usize::from(config.mqtt.max_in_flight).max(16));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -128,7 +124,7 @@ fn handle_report(
     router: &Router,
     producer: &mut Producer,
     acks: &crate::source::mqtt::AckHandle,
-    metrics: &Metrics,
+    metrics: &BridgeMetrics,
     retry_tx: &mpsc::UnboundedSender<Box<Pending>>,
 ) {
     match report {
@@ -167,7 +163,7 @@ fn handle_report(
     }
 }
 
-fn readiness(m: &Metrics, draining: bool) -> Result<(), String> {
+fn readiness(m: &BridgeMetrics, draining: bool) -> Result<(), String> {
     let mut why = Vec::new();
     if draining {
         why.push("shutting down");
@@ -187,24 +183,11 @@ fn readiness(m: &Metrics, draining: bool) -> Result<(), String> {
     }
 }
 
-/// Checks Kafka reachability for /readyz on a thread of its own (the probe blocks).
-fn probe_kafka(cfg: &crate::config::KafkaConfig, metrics: Arc<Metrics>) -> Result<(), BridgeError> {
-    let prober = Prober::new(cfg)?;
-    let brokers = cfg.brokers.clone();
-    std::thread::Builder::new()
-        .name("kafka-probe".into())
-        .spawn(move || loop {
-            let ok = prober.check(Duration::from_secs(3)).is_ok();
-            let was = metrics.kafka_reachable.swap(ok, Relaxed);
-            if was != ok {
-                if ok {
-                    tracing::info!(brokers, "Kafka reachable.");
-                } else {
-                    tracing::warn!(brokers, "Kafka unreachable; messages wait and are not acked.");
-                }
-            }
-            std::thread::sleep(KAFKA_PROBE_INTERVAL);
-        })
-        .map_err(BridgeError::Thread)?;
-    Ok(())
+/// Where the Kafka probe reports.
+struct ProbeFlag(Arc<BridgeMetrics>);
+
+impl crate::sink::kafka::Reachability for ProbeFlag {
+    fn set(&self, ok: bool) -> bool {
+        self.0.kafka_reachable.swap(ok, Relaxed)
+    }
 }

@@ -1,56 +1,16 @@
-//! Every metric, and the log events that go with them, in one place.
-//!
-//! Names follow Prometheus conventions: `iotpipe_*`, counters end in
-//! `_total`, durations in `_seconds`. No per-device labels; per-tenant
-//! counters only behind `http.per_tenant_metrics`.
+//! The bridge's metrics and the log events that go with them.
 
 use crate::record::DeadLetterReason;
+use super::{counter, escape, gauge, Histogram};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Upper bounds of the delivery latency histogram, seconds.
-const LATENCY_BUCKETS: [f64; 22] = [
-    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
+/// The bridge's metrics. Shared as `Arc<BridgeMetrics>`.
 #[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, n) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
-/// The bridge's metrics. Shared as `Arc<Metrics>`.
-#[derive(Default)]
-pub struct Metrics {
+pub struct BridgeMetrics {
     pub received: AtomicU64,
     pub delivered: AtomicU64,
     dead_lettered: [AtomicU64; DeadLetterReason::ALL.len()],
@@ -72,7 +32,7 @@ pub struct Metrics {
     per_tenant: Option<Mutex<HashMap<(String, String), u64>>>,
 }
 
-impl Metrics {
+impl BridgeMetrics {
     pub fn new(per_tenant: bool) -> Self {
         Self { per_tenant: per_tenant.then(|| Mutex::new(HashMap::new())), ..Self::default() }
     }
@@ -173,25 +133,13 @@ impl Metrics {
     }
 }
 
-fn counter(o: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-}
-
-fn gauge(o: &mut String, name: &str, help: &str, v: i64) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn renders_counters_gauges_and_histogram() {
-        let m = Metrics::new(true);
+        let m = BridgeMetrics::new(true);
         m.on_received(false);
         m.on_received(true);
         m.on_delivered(None, "acme", "p\"1", Duration::from_millis(3));
@@ -210,7 +158,7 @@ mod tests {
 
     #[test]
     fn per_tenant_counters_are_off_by_default() {
-        let m = Metrics::new(false);
+        let m = BridgeMetrics::new(false);
         m.on_delivered(None, "acme", "p", Duration::ZERO);
         assert!(!m.render().contains("iotpipe_tenant_messages_total"));
     }

@@ -1,0 +1,152 @@
+//! The `[journal]` section of the config file, and its validation.
+
+use super::frame::{FRAME_HEADER, MAX_PAYLOAD, SEGMENT_HEADER};
+use super::JournalError;
+use crate::config::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Smallest accepted `segment_size`.
+const MIN_SEGMENT_SIZE: u64 = 4 * 1024;
+/// Smallest accepted `max_batch`.
+const MIN_BATCH: u64 = 1024;
+
+/// Where the local journal lives and how large it may grow.
+///
+/// TOML: `[journal] path = "data/journal"  max_size = "1GiB"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Directory of the segment files and the ack file; created when missing.
+    pub path: PathBuf,
+    /// Most bytes the live segments may take; an append beyond it fails with
+    /// `JournalError::Full` (backpressure). At least twice `segment_size`.
+    pub max_size: ByteSize,
+    /// A segment file is closed and a new one started once it reaches this size.
+    /// Delivered records are freed a whole segment at a time.
+    pub segment_size: ByteSize,
+    /// Most bytes written per `fdatasync` (one group commit). Also bounds the
+    /// torn tail that recovery accepts after a crash.
+    pub max_batch: ByteSize,
+    /// How often the delivered position is written to disk while acks arrive.
+    pub ack_sync_interval: HumanDuration,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/journal"),
+            max_size: ByteSize::mib(1024),
+            segment_size: ByteSize::mib(64),
+            max_batch: ByteSize::mib(1),
+            ack_sync_interval: HumanDuration::millis(100),
+        }
+    }
+}
+
+impl JournalConfig {
+    /// A config with the defaults and the given directory.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Check the sizes against each other; the error names the key.
+    pub fn validate(&self) -> Result<(), JournalError> {
+        let bad = |key, reason: String| Err(JournalError::Config { key, reason });
+        if self.path.as_os_str().is_empty() {
+            return bad("path", "must not be empty".into());
+        }
+        let seg = self.segment_size.bytes();
+        if seg < MIN_SEGMENT_SIZE {
+            return bad(
+                "segment_size",
+                format!(
+                    "{} is too small (at least {})",
+                    self.segment_size,
+                    ByteSize(MIN_SEGMENT_SIZE)
+                ),
+            );
+        }
+        let max_seg = MAX_PAYLOAD as u64 + (FRAME_HEADER + SEGMENT_HEADER) as u64;
+        if seg > max_seg {
+            return bad(
+                "segment_size",
+                format!(
+                    "{} is too large (at most {})",
+                    self.segment_size,
+                    ByteSize(max_seg)
+                ),
+            );
+        }
+        if self.max_size.bytes() < seg.saturating_mul(2) {
+            return bad(
+                "max_size",
+                format!(
+                    "{} must be at least twice journal.segment_size ({})",
+                    self.max_size, self.segment_size
+                ),
+            );
+        }
+        if self.max_batch.bytes() < MIN_BATCH || self.max_batch.bytes() > u64::from(u32::MAX) {
+            return bad(
+                "max_batch",
+                format!("{} must be between 1KiB and 4GiB", self.max_batch),
+            );
+        }
+        if self.ack_sync_interval.get().is_zero() {
+            return bad("ack_sync_interval", "must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// Largest payload one append accepts: a frame must fit in an empty segment.
+    pub fn max_record(&self) -> u64 {
+        self.segment_size
+            .bytes()
+            .saturating_sub((SEGMENT_HEADER + FRAME_HEADER) as u64)
+            .min(MAX_PAYLOAD as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_keys_with_defaults() {
+        let cfg: JournalConfig =
+            toml::from_str("path = \"/var/lib/iotpipe/journal\"\nmax_size = \"2GiB\"\n").unwrap();
+        assert_eq!(cfg.path, PathBuf::from("/var/lib/iotpipe/journal"));
+        assert_eq!(cfg.max_size, ByteSize(2 << 30));
+        assert_eq!(cfg.segment_size, ByteSize::mib(64));
+        assert_eq!(
+            cfg.ack_sync_interval.get(),
+            std::time::Duration::from_millis(100)
+        );
+        cfg.validate().unwrap();
+        JournalConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_inconsistent_sizes() {
+        assert!(toml::from_str::<JournalConfig>("max_sise = \"1GiB\"").is_err());
+        let cfg = JournalConfig {
+            max_size: ByteSize::mib(100),
+            ..JournalConfig::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("journal.max_size"), "{err}");
+        let cfg = JournalConfig {
+            segment_size: ByteSize(100),
+            ..JournalConfig::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("journal.segment_size"));
+    }
+}

@@ -1,0 +1,299 @@
+//! Group commit: one thread owns the active segment; appends queue up while
+//! it fsyncs, and the next batch takes all of them in one write and one
+//! `fdatasync`. Each append's future resolves only after the fsync that
+//! covers its record, so the async runtime never waits on the disk.
+
+use super::frame::{self, FRAME_HEADER};
+use super::segment::{self, SegmentInfo};
+use super::shared::Shared;
+use super::JournalError;
+use bytes::Bytes;
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A message to the writer thread.
+pub enum Request {
+    /// Append one record (its frame is already reserved against `max_size`).
+    Append {
+        /// The record.
+        payload: Bytes,
+        /// Resolved with the sequence number after the fsync, or the error.
+        done: oneshot::Sender<Result<u64, JournalError>>,
+    },
+    /// Commit what is queued before this, then stop.
+    Shutdown {
+        /// Resolved once the thread has stopped and released the directory lock.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable handle that appends records; obtained from `Journal::appender`.
+#[derive(Clone)]
+pub struct Appender {
+    shared: Arc<Shared>,
+    tx: Sender<Request>,
+}
+
+impl Appender {
+    pub(super) fn new(shared: Arc<Shared>, tx: Sender<Request>) -> Self {
+        Self { shared, tx }
+    }
+
+    /// Append a record; resolves with its sequence number once it is fsync'd.
+    ///
+    /// Fails at once with `Full` when the journal is at `max_size` (the caller
+    /// should stop acking upstream and retry later), with `TooLarge` for a
+    /// payload bigger than a segment, and with `Closed` after `close()`.
+    /// Dropping the future does not withdraw the record: it is still written.
+    pub async fn append(&self, payload: Bytes) -> Result<u64, JournalError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(JournalError::Closed);
+        }
+        let max = self.shared.cfg.max_record();
+        if payload.len() as u64 > max {
+            return Err(JournalError::TooLarge {
+                size: payload.len() as u64,
+                max,
+            });
+        }
+        let bytes = frame::frame_len(payload.len()) as u64;
+        self.shared.reserve(bytes)?;
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Request::Append { payload, done }).is_err() {
+            self.shared.release(bytes);
+            return Err(JournalError::Closed);
+        }
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+}
+
+/// A staged record waiting for its fsync.
+struct Pending {
+    seq: u64,
+    bytes: u64,
+    done: oneshot::Sender<Result<u64, JournalError>>,
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    shared: Arc<Shared>,
+    /// The active segment, opened for appending.
+    file: File,
+    active_first: u64,
+    /// Bytes of the active segment on disk (written and fsync'd).
+    active_len: u64,
+    /// Sequence number the next staged record gets.
+    next_seq: u64,
+    /// Frames staged for the next write.
+    buf: Vec<u8>,
+    pending: Vec<Pending>,
+    /// Set after a failed write or fsync: nothing more is written.
+    failed: Option<String>,
+}
+
+impl Writer {
+    /// A writer appending to the segment `active_first`, `active_len` bytes long.
+    pub fn new(
+        shared: Arc<Shared>,
+        file: File,
+        active_first: u64,
+        active_len: u64,
+        next_seq: u64,
+    ) -> Self {
+        Self {
+            shared,
+            file,
+            active_first,
+            active_len,
+            next_seq,
+            buf: Vec::new(),
+            pending: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Start the thread. It holds `lock` (the directory lock) until it has
+    /// stopped, and only then confirms a `Shutdown`.
+    pub fn spawn(
+        self,
+        rx: Receiver<Request>,
+        lock: Arc<File>,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || {
+                let done = self.run(rx);
+                drop(lock);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            })
+    }
+
+    /// Serve requests until `Shutdown` (returned, to be confirmed) or until every sender is gone.
+    fn run(mut self, rx: Receiver<Request>) -> Option<oneshot::Sender<()>> {
+        let max_batch = self.shared.cfg.max_batch.bytes() as usize;
+        let mut carry: Option<Request> = None;
+        let mut shutdown = None;
+        while shutdown.is_none() {
+            let mut next = match carry.take() {
+                Some(r) => Some(r),
+                None => rx.recv().ok(),
+            };
+            if next.is_none() {
+                break; // every sender is gone
+            }
+            // The batch: everything that queued up while the last fsync ran.
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Shutdown { done } => {
+                        shutdown = Some(done);
+                        break;
+                    }
+                    Request::Append { payload, done } => {
+                        if !self.buf.is_empty()
+                            && self.buf.len() + FRAME_HEADER + payload.len() > max_batch
+                        {
+                            carry = Some(Request::Append { payload, done });
+                            break;
+                        }
+                        self.stage(payload, done);
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            self.commit();
+        }
+        if let Some(req) = carry {
+            self.refuse(req);
+        }
+        while let Ok(req) = rx.try_recv() {
+            self.refuse(req);
+        }
+        self.shared.committed.send_modify(|c| c.closed = true);
+        shutdown
+    }
+
+    /// Encode one record into the batch, rolling to a new segment first when it would not fit.
+    fn stage(&mut self, payload: Bytes, done: oneshot::Sender<Result<u64, JournalError>>) {
+        let bytes = frame::frame_len(payload.len()) as u64;
+        let staged = self.active_len + self.buf.len() as u64;
+        if self.failed.is_none()
+            && staged > segment::EMPTY_LEN
+            && staged + bytes > self.shared.cfg.segment_size.bytes()
+        {
+            self.commit();
+            if self.failed.is_none() {
+                if let Err(error) = self.roll() {
+                    self.fail(self.next_seq, &error);
+                }
+            }
+        }
+        if let Some(reason) = &self.failed {
+            self.shared.release(bytes);
+            let _ = done.send(Err(JournalError::Poisoned(reason.clone())));
+            return;
+        }
+        frame::encode(self.next_seq, &payload, &mut self.buf);
+        self.pending.push(Pending {
+            seq: self.next_seq,
+            bytes,
+            done,
+        });
+        self.next_seq += 1;
+    }
+
+    /// Write and fsync the staged frames, publish them, resolve their appends.
+    fn commit(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.failed.is_none() {
+            if let Err(error) = self.write_and_sync() {
+                self.fail(self.active_first, &error);
+            }
+        }
+        let written = self.buf.len() as u64;
+        self.buf.clear();
+        match &self.failed {
+            None => {
+                self.active_len += written;
+                self.shared.grew(written, true);
+                if let Some(last) = self.shared.segments().last_mut() {
+                    last.len = self.active_len;
+                }
+                self.publish();
+                for p in self.pending.drain(..) {
+                    let _ = p.done.send(Ok(p.seq));
+                }
+            }
+            Some(reason) => {
+                for p in self.pending.drain(..) {
+                    self.shared.release(p.bytes);
+                    let _ = p.done.send(Err(JournalError::Poisoned(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// One write and one `fdatasync` per `max_batch` bytes (a batch is at most
+    /// that, unless one record alone is larger: then it goes in several).
+    fn write_and_sync(&mut self) -> io::Result<()> {
+        let chunk = self.shared.cfg.max_batch.bytes() as usize;
+        for part in self.buf.chunks(chunk.max(1)) {
+            self.file.write_all(part)?;
+            self.file.sync_data()?;
+            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Close the active segment and start one at `next_seq`.
+    fn roll(&mut self) -> io::Result<()> {
+        let window = u32::try_from(self.shared.cfg.max_batch.bytes()).unwrap_or(u32::MAX);
+        self.file = segment::create(&self.shared.dir, self.next_seq, window)?;
+        self.active_first = self.next_seq;
+        self.active_len = segment::EMPTY_LEN;
+        self.shared.segments().push(SegmentInfo {
+            first_seq: self.next_seq,
+            len: segment::EMPTY_LEN,
+        });
+        self.shared.grew(segment::EMPTY_LEN, false);
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        // Called once every staged record is written: all of them are committed.
+        let (next_seq, active_first, active_len) =
+            (self.next_seq, self.active_first, self.active_len);
+        self.shared.committed.send_modify(|c| {
+            c.next_seq = next_seq;
+            c.active_first = active_first;
+            c.active_len = active_len;
+        });
+    }
+
+    /// Stop writing for good after an error on the segment `segment_first`.
+    fn fail(&mut self, segment_first: u64, error: &io::Error) {
+        let path = segment::path(&self.shared.dir, segment_first);
+        tracing::error!(path = %path.display(), %error, "Journal write failed; appends are refused until the journal is reopened.");
+        self.failed = Some(format!("{}: {error}", path.display()));
+    }
+
+    fn refuse(&self, req: Request) {
+        match req {
+            Request::Append { payload, done } => {
+                self.shared.release(frame::frame_len(payload.len()) as u64);
+                let _ = done.send(Err(JournalError::Closed));
+            }
+            Request::Shutdown { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+}

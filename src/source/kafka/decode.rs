@@ -1,0 +1,247 @@
+//! From a Kafka record to a store row or a dead letter. Pure.
+//!
+//! Understood, in order: the bridge's dead letters (`reason` header); the
+//! bridge's records (headers `tenant_id`, `project_id`, `id`, …); the
+//! `envelope` JSON format; and plain JSON that names `tenant_id` and
+//! `project_id` itself. Anything else is dead-lettered with the reason.
+
+use crate::record::RecordId;
+use crate::route::headers as h;
+use crate::store::{DeadLetterRow, StoreRow};
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+
+/// A consumed record, detached from librdkafka.
+#[derive(Debug, Clone)]
+pub struct KafkaRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+impl KafkaRecord {
+    /// Unique origin of the record: dead letters are keyed by it.
+    pub fn source(&self) -> String {
+        format!("kafka:{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// What a record becomes.
+#[derive(Debug)]
+pub enum Decoded {
+    Row(StoreRow),
+    Dead(DeadLetterRow),
+}
+
+/// Reasons the sink dead-letters a record (labels of `iotpipe_sink_dead_lettered_total`).
+pub mod reasons {
+    pub const MISSING_TENANT: &str = "missing_tenant";
+    pub const INVALID_ID: &str = "invalid_id";
+    pub const UNDECODABLE: &str = "undecodable";
+    pub const EMPTY: &str = "empty_payload";
+}
+
+pub fn decode(rec: &KafkaRecord, now_ms: i64) -> Decoded {
+    let hdr: HashMap<&str, &str> = rec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let received_ms = hdr
+        .get(h::RECEIVED_AT)
+        .and_then(|v| parse_time(v))
+        .or(rec.timestamp_ms)
+        .unwrap_or(now_ms);
+    if let Some(reason) = hdr.get(h::REASON) {
+        let detail = hdr.get(h::ERROR).copied().unwrap_or("");
+        return dead(rec, &hdr, received_ms, reason, detail);
+    }
+    if let (Some(t), Some(p)) = (hdr.get(h::TENANT_ID), hdr.get(h::PROJECT_ID)) {
+        if t.is_empty() || p.is_empty() {
+            return dead(rec, &hdr, received_ms, reasons::MISSING_TENANT, "empty tenant_id or project_id header");
+        }
+        let event_ms = hdr.get(h::EVENT_TIME).and_then(|v| parse_time(v));
+        let id = match hdr.get(h::ID) {
+            Some(s) => match uuid::Uuid::parse_str(s) {
+                Ok(id) => id,
+                Err(e) => return dead(rec, &hdr, received_ms, reasons::INVALID_ID, &format!("id header `{s}`: {e}")),
+            },
+            None => position_id(rec, received_ms),
+        };
+        return Decoded::Row(StoreRow {
+            id,
+            time_ms: event_ms.unwrap_or(received_ms),
+            event_time_ms: event_ms,
+            received_ms,
+            tenant_id: t.to_string(),
+            project_id: p.to_string(),
+            device_id: hdr.get(h::DEVICE_ID).copied().unwrap_or("").to_string(),
+            mqtt_topic: hdr.get(h::MQTT_TOPIC).copied().unwrap_or("").to_string(),
+            payload: rec.payload.clone(),
+        });
+    }
+    if rec.payload.is_empty() {
+        return dead(rec, &hdr, received_ms, reasons::EMPTY, "no headers and an empty payload");
+    }
+    match from_json(rec, received_ms) {
+        Ok(row) => Decoded::Row(row),
+        Err((reason, detail)) => dead(rec, &hdr, received_ms, reason, &detail),
+    }
+}
+
+/// Envelope `{tenant_id, project_id, payload, …}` or a plain JSON object that
+/// carries `tenant_id` and `project_id` (or `tenantId` / `projectId`).
+fn from_json(rec: &KafkaRecord, received_ms: i64) -> Result<StoreRow, (&'static str, String)> {
+    let text = std::str::from_utf8(&rec.payload).map_err(|e| (reasons::UNDECODABLE, format!("not UTF-8: {e}")))?;
+    let obj: HashMap<String, &RawValue> =
+        serde_json::from_str(text).map_err(|e| (reasons::UNDECODABLE, format!("not a JSON object: {e}")))?;
+    let field = |names: &[&str]| -> Option<String> {
+        names.iter().find_map(|n| obj.get(*n)).and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+    };
+    let (Some(tenant), Some(project)) = (field(&["tenant_id", "tenantId"]), field(&["project_id", "projectId"])) else {
+        return Err((reasons::MISSING_TENANT, "no tenant_id/project_id headers or fields".into()));
+    };
+    if tenant.is_empty() || project.is_empty() {
+        return Err((reasons::MISSING_TENANT, "empty tenant_id or project_id".into()));
+    }
+    let is_envelope = obj.contains_key("payload") && obj.contains_key("mqtt_topic");
+    let payload = match (is_envelope, obj.get("payload")) {
+        (true, Some(inner)) => Bytes::copy_from_slice(inner.get().as_bytes()),
+        _ => rec.payload.clone(),
+    };
+    let event_ms = obj
+        .get("timestamp")
+        .or_else(|| obj.get("ts"))
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+        .and_then(|v| match v {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => parse_time(&s),
+            _ => None,
+        });
+    let id = field(&["id"])
+        .and_then(|s| uuid::Uuid::parse_str(&s).ok())
+        .unwrap_or_else(|| position_id(rec, received_ms));
+    Ok(StoreRow {
+        id,
+        time_ms: event_ms.unwrap_or(received_ms),
+        event_time_ms: event_ms,
+        received_ms,
+        tenant_id: tenant,
+        project_id: project,
+        device_id: field(&["device_id", "deviceId"]).unwrap_or_default(),
+        mqtt_topic: field(&["mqtt_topic"]).unwrap_or_default(),
+        payload,
+    })
+}
+
+/// A record without an id gets one from its Kafka position, so re-reading it is idempotent.
+fn position_id(rec: &KafkaRecord, received_ms: i64) -> uuid::Uuid {
+    let pos = format!("{}/{}@{}", rec.topic, rec.partition, rec.offset);
+    RecordId::derive(Some(rec.timestamp_ms.unwrap_or(received_ms)), received_ms, &pos, &rec.payload).0
+}
+
+fn dead(rec: &KafkaRecord, hdr: &HashMap<&str, &str>, received_ms: i64, reason: &str, detail: &str) -> Decoded {
+    Decoded::Dead(DeadLetterRow {
+        source: rec.source(),
+        received_ms,
+        reason: reason.to_string(),
+        error: detail.to_string(),
+        mqtt_topic: hdr.get(h::MQTT_TOPIC).map(|s| s.to_string()),
+        headers: rec.headers.clone(),
+        payload: rec.payload.clone(),
+    })
+}
+
+fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(dt.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(headers: &[(&str, &str)], payload: &[u8]) -> KafkaRecord {
+        KafkaRecord {
+            topic: "iot.a.p".into(),
+            partition: 1,
+            offset: 42,
+            timestamp_ms: Some(1_700_000_000_000),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
+    const ID: &str = "018bcfe5-6800-7000-8000-000000000001";
+
+    #[test]
+    fn bridge_records_become_rows() {
+        let r = rec(
+            &[
+                ("tenant_id", "acme"),
+                ("project_id", "p1"),
+                ("device_id", "d1"),
+                ("mqtt_topic", "mtic/msg/client/realtime/acme/p1"),
+                ("id", ID),
+                ("received_at", "2023-11-14T22:13:20.500Z"),
+                ("event_time", "2023-11-14T22:13:20.123Z"),
+            ],
+            br#"{"v":1}"#,
+        );
+        let Decoded::Row(row) = decode(&r, 0) else { panic!("row expected") };
+        assert_eq!((row.tenant_id.as_str(), row.project_id.as_str(), row.device_id.as_str()), ("acme", "p1", "d1"));
+        assert_eq!(row.id.to_string(), ID);
+        assert_eq!(row.received_ms, 1_700_000_000_500);
+        assert_eq!(row.event_time_ms, Some(1_700_000_000_123));
+        assert_eq!(row.time_ms, 1_700_000_000_123);
+        assert_eq!(&row.payload[..], br#"{"v":1}"#);
+    }
+
+    #[test]
+    fn bridge_dead_letters_stay_dead_letters() {
+        let r = rec(&[("reason", "invalid_json"), ("error", "bad"), ("mqtt_topic", "t")], b"{x");
+        let Decoded::Dead(d) = decode(&r, 0) else { panic!("dead letter expected") };
+        assert_eq!(d.reason, "invalid_json");
+        assert_eq!(d.source, "kafka:iot.a.p/1@42");
+        assert_eq!(d.mqtt_topic.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn envelope_payload_is_unwrapped_byte_for_byte() {
+        let env = br#"{"id":"018bcfe5-6800-7000-8000-000000000001","tenant_id":"a","project_id":"p","device_id":"d","mqtt_topic":"x/a/p","timestamp":1700000000000,"payload":{"t": 1.50}}"#;
+        let Decoded::Row(row) = decode(&rec(&[], env), 0) else { panic!("row expected") };
+        assert_eq!(&row.payload[..], br#"{"t": 1.50}"#);
+        assert_eq!(row.id.to_string(), ID);
+        assert_eq!(row.event_time_ms, Some(1_700_000_000_000));
+        assert_eq!(row.mqtt_topic, "x/a/p");
+    }
+
+    #[test]
+    fn headerless_json_with_tenant_fields_is_stored_with_a_stable_id() {
+        let r = rec(&[], br#"{"tenantId":"a","projectId":"p","deviceId":"d","ts":1700000000000}"#);
+        let (Decoded::Row(a), Decoded::Row(b)) = (decode(&r, 1), decode(&r, 2)) else { panic!("rows expected") };
+        assert_eq!(a.id, b.id, "re-reading the same Kafka position gives the same id");
+        assert_eq!(a.device_id, "d");
+    }
+
+    #[test]
+    fn poison_records_are_dead_lettered_with_reasons() {
+        let cases: Vec<(KafkaRecord, &str)> = vec![
+            (rec(&[], b"\xff\xfe"), reasons::UNDECODABLE),
+            (rec(&[], b"[1,2]"), reasons::UNDECODABLE),
+            (rec(&[], br#"{"deviceId":"d"}"#), reasons::MISSING_TENANT),
+            (rec(&[], b""), reasons::EMPTY),
+            (rec(&[("tenant_id", ""), ("project_id", "p")], b"{}"), reasons::MISSING_TENANT),
+            (rec(&[("tenant_id", "a"), ("project_id", "p"), ("id", "nope")], b"{}"), reasons::INVALID_ID),
+        ];
+        for (r, reason) in cases {
+            match decode(&r, 0) {
+                Decoded::Dead(d) => assert_eq!(d.reason, reason, "{:?}", r.payload),
+                Decoded::Row(_) => panic!("{:?} should be dead-lettered", r.payload),
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `iotpipe sink` against real Tansu and PostgreSQL (and InfluxDB).
+
+mod common;
+
+use common::kafka::{bridge_record, produce};
+use common::postgres::{count, query, shared_base, unique_db, PrivatePostgres};
+use common::{eventually, Bridge, Tansu};
+use std::time::Duration;
+
+fn sink_config(brokers: &str, store_url: &str, group: &str, extra: &str) -> String {
+    format!(
+        r#"[kafka]
+brokers = "{brokers}"
+
+[sink]
+topics = ["^iot\\..+"]
+group_id = "{group}"
+batch_max_rows = 2000
+batch_max_wait = "200ms"
+retry_backoff_max = "1s"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+[store]
+url = "{store_url}"
+retention = "3d"
+
+[http]
+listen = "{{HTTP}}"
+{extra}
+"#
+    )
+}
+
+fn wait_ready(sink: &Bridge) {
+    eventually(Duration::from_secs(30), "sink ready", || sink.get("/readyz").0 == 200);
+}
+
+#[test]
+fn stores_50000_records_exactly_once_even_when_replayed() {
+    const N: u64 = 50_000;
+    let kafka = Tansu::start();
+    let url = format!("{}/{}", shared_base(), unique_db("sink_once"));
+    produce(&kafka.brokers(), (0..N).map(bridge_record));
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-once", ""));
+    wait_ready(&sink);
+    eventually(Duration::from_secs(120), "50,000 rows", || count(&url, "SELECT count(*) FROM telemetry") == N as i64);
+
+    // Correct tenant/project/device and byte-identical payloads.
+    for seq in [0, 1, 59, 120, 4_999, 49_999] {
+        let (_, _, payload, headers) = bridge_record(seq);
+        let id = &headers.iter().find(|(k, _)| *k == "id").unwrap().1;
+        let row = query(&url, &format!("SELECT tenant_id || '|' || project_id || '|' || device_id || '|' || encode(raw, 'hex') FROM telemetry WHERE id = '{id}'")).unwrap();
+        let want: Vec<&str> = ["tenant_id", "project_id", "device_id"]
+            .iter()
+            .map(|k| headers.iter().find(|(h, _)| h == k).unwrap().1.as_str())
+            .collect();
+        let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(row, format!("{}|{}|{}|{hex}", want[0], want[1], want[2]), "row of seq {seq}");
+    }
+    assert_eq!(count(&url, "SELECT count(DISTINCT (tenant_id, project_id)) FROM telemetry"), 6);
+
+    // A replay of every record adds nothing.
+    produce(&kafka.brokers(), (0..N).map(bridge_record));
+    eventually(Duration::from_secs(120), "replay consumed", || sink.metric("iotpipe_sink_records_consumed_total") >= (2 * N) as f64);
+    eventually(Duration::from_secs(30), "duplicates counted", || sink.metric("iotpipe_sink_rows_duplicate_total") == N as f64);
+    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
+    assert_eq!(sink.metric("iotpipe_sink_rows_written_total"), N as f64);
+}
+
+#[test]
+fn sigkill_three_times_still_one_row_per_record() {
+    const N: u64 = 30_000;
+    let kafka = Tansu::start();
+    let url = format!("{}/{}", shared_base(), unique_db("sink_kill"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-kill", ""));
+    let brokers = kafka.brokers();
+    let producer = std::thread::spawn(move || {
+        for chunk in 0..30 {
+            produce(&brokers, (chunk * 1_000..(chunk + 1) * 1_000).map(bridge_record));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1_500));
+        sink.kill9();
+        sink.restart();
+    }
+    producer.join().unwrap();
+    eventually(Duration::from_secs(180), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= N as i64);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
+    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
+}
+
+#[test]
+fn postgres_down_for_20s_loses_nothing_and_resumes() {
+    const N: u64 = 20_000;
+    let kafka = Tansu::start();
+    let pg = PrivatePostgres::start();
+    let url = format!("{}/{}", pg.base, "sink_outage");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-outage", ""));
+    wait_ready(&sink);
+    produce(&kafka.brokers(), (0..N / 2).map(bridge_record));
+    eventually(Duration::from_secs(60), "first half stored", || count(&url, "SELECT count(*) FROM telemetry") == (N / 2) as i64);
+
+    pg.stop();
+    produce(&kafka.brokers(), (N / 2..N).map(bridge_record));
+    eventually(Duration::from_secs(30), "readyz reports the store down", || sink.get("/readyz").0 == 503);
+    std::thread::sleep(Duration::from_secs(18));
+    pg.restart();
+    eventually(Duration::from_secs(90), "all rows after the outage", || count(&url, "SELECT count(*) FROM telemetry") == N as i64);
+    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
+    assert!(sink.metric("iotpipe_sink_store_errors_total") > 0.0);
+    eventually(Duration::from_secs(30), "ready again", || sink.get("/readyz").0 == 200);
+}
+
+#[test]
+fn poison_records_land_in_dead_letters_and_the_consumer_moves_on() {
+    let kafka = Tansu::start();
+    let url = format!("{}/{}", shared_base(), unique_db("sink_poison"));
+    let mut records: Vec<_> = (0..10).map(bridge_record).collect();
+    let topic = records[0].0.clone();
+    records.insert(3, (topic.clone(), "k".into(), b"\xff\xfe not json".to_vec(), vec![]));
+    records.insert(5, (topic.clone(), "k".into(), br#"{"deviceId":"d"}"#.to_vec(), vec![]));
+    records.insert(7, (topic.clone(), "k".into(), b"{}".to_vec(), vec![("tenant_id", "a".into()), ("project_id", "p".into()), ("id", "not-a-uuid".into())]));
+    records.push(("iot-dead-letters".into(), "x".into(), b"{oops".to_vec(), vec![("reason", "invalid_json".into()), ("error", "bad".into()), ("mqtt_topic", "mtic/msg/client/realtime/a/p".into())]));
+    produce(&kafka.brokers(), records);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-poison", ""));
+    eventually(Duration::from_secs(60), "good rows", || count(&url, "SELECT count(*) FROM telemetry") == 10);
+    eventually(Duration::from_secs(30), "dead letters", || count(&url, "SELECT count(*) FROM dead_letters") == 4);
+    let reasons = query(&url, "SELECT string_agg(reason, ',' ORDER BY reason) FROM dead_letters").unwrap();
+    assert_eq!(reasons, "invalid_id,invalid_json,missing_tenant,undecodable");
+    let raw = query(&url, "SELECT encode(payload, 'escape') FROM dead_letters WHERE reason = 'invalid_json'").unwrap();
+    assert_eq!(raw, "{oops");
+    assert_eq!(sink.metric("iotpipe_sink_dead_lettered_total{reason=\"missing_tenant\"}"), 1.0);
+}
+
+#[test]
+fn writes_to_influxdb_with_tags_fields_and_retention_policy() {
+    let kafka = Tansu::start();
+    let env = &common::binaries().env;
+    let influx = match env.get("IOTPIPE_TEST_INFLUX_URL") {
+        Some(u) => u.clone(),
+        None => {
+            let out = std::process::Command::new("bash").arg(common::repo().join("scripts/services.sh")).args(["up", "influxdb"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.strip_prefix("IOTPIPE_TEST_INFLUX_URL=")).unwrap().to_string()
+        }
+    };
+    let db = unique_db("sink_influx");
+    let store_url = format!("{}/{db}", influx.replace("http://", "influxdb://"));
+    produce(&kafka.brokers(), (0..600).map(bridge_record));
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &store_url, "sink-influx", ""));
+    let q = |q: &str| {
+        let path = format!("/query?db={db}&q={}", q.replace(' ', "%20").replace('\'', "%27").replace('"', "%22").replace('=', "%3D"));
+        let port: u16 = influx.rsplit(':').next().unwrap().parse().unwrap();
+        common::http_get(port, &path).1
+    };
+    eventually(Duration::from_secs(60), "points", || q("SELECT count(temperature) FROM telemetry").contains("600"));
+    let one = q("SELECT temperature, device_id FROM telemetry WHERE tenant_id = 'tenant-1' AND project_id = 'project-1' AND device_id = 'dev-1-1-1'");
+    assert!(one.contains("dev-1-1-1"), "{one}");
+    let rp = q("SHOW RETENTION POLICIES");
+    assert!(rp.contains("72h0m0s"), "{rp}");
+    drop(sink);
+}
