@@ -32,13 +32,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3.0);
     let size: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(200);
     let base = PathBuf::from(args.next().unwrap_or_else(|| "/var/tmp".into()));
-    let tmp = tempfile::Builder::new()
-        .prefix("iotpipe-journal-bench")
-        .tempdir_in(&base)?;
-    println!(
-        "journal bench: {size}-byte records, {secs} s per run, in {}",
-        tmp.path().display()
-    );
+    let tmp = tempfile::Builder::new().prefix("iotpipe-journal-bench").tempdir_in(&base)?;
+    println!("journal bench: {size}-byte records, {secs} s per run, in {}", tmp.path().display());
 
     let mut rows = Vec::new();
     for appenders in CONCURRENCY {
@@ -100,11 +95,8 @@ async fn run(
     }
     let secs = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let pct = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-    };
+    let pct =
+        |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied();
     let records = latencies.len() as u64;
     let fsyncs = journal.fsyncs();
 

@@ -84,10 +84,20 @@ pub fn main() -> ExitCode {
                 rt.block_on(async {
                     match &args.subscribe {
                         Some(filter) => simulate::subscribe(&args, filter).await.map(|s| {
-                            println!("received {} messages in {:.3} s ({:.0} msg/s)", s.messages, s.elapsed.as_secs_f64(), s.rate());
+                            println!(
+                                "received {} messages in {:.3} s ({:.0} msg/s)",
+                                s.messages,
+                                s.elapsed.as_secs_f64(),
+                                s.rate()
+                            );
                         }),
                         None => simulate::publish(&args).await.map(|s| {
-                            println!("published {} messages in {:.3} s ({:.0} msg/s)", s.messages, s.elapsed.as_secs_f64(), s.rate());
+                            println!(
+                                "published {} messages in {:.3} s ({:.0} msg/s)",
+                                s.messages,
+                                s.elapsed.as_secs_f64(),
+                                s.rate()
+                            );
                         }),
                     }
                     .map_err(|e| e.to_string())

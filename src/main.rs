@@ -1,4 +1,3 @@
 fn main() -> std::process::ExitCode {
     iotpipe::cli::main()
 }
-

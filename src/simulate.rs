@@ -137,7 +137,8 @@ pub async fn publish(args: &SimulateArgs) -> Result<Summary, SimulateError> {
     let fleet = u64::from(args.tenants) * u64::from(args.projects) * u64::from(args.devices);
     let mut next_tick = Instant::now();
     let per_tick = if args.rate == 0 { u64::MAX } else { (args.rate / 100).max(1) };
-    let tick = if args.rate == 0 { Duration::ZERO } else { Duration::from_secs_f64(per_tick as f64 / args.rate as f64) };
+    let tick =
+        if args.rate == 0 { Duration::ZERO } else { Duration::from_secs_f64(per_tick as f64 / args.rate as f64) };
     let mut sent = 0u64;
     while sent < args.count {
         let batch_end = (sent.saturating_add(per_tick)).min(args.count);
@@ -224,11 +225,20 @@ pub async fn subscribe(args: &SimulateArgs, filter: &str) -> Result<Summary, Sim
     let mut got = 0u64;
     let mut failures = 0u32;
     while got < args.count {
-        let remaining = if limit.is_zero() { Duration::from_secs(3600 * 24 * 365) } else { limit.saturating_sub(started.elapsed()) };
+        let remaining = if limit.is_zero() {
+            Duration::from_secs(3600 * 24 * 365)
+        } else {
+            limit.saturating_sub(started.elapsed())
+        };
         let ev = match tokio::time::timeout(remaining, el.poll()).await {
             Ok(ev) => ev,
             Err(_) => {
-                return Err(SimulateError::Timeout { elapsed: started.elapsed(), done: got, count: args.count, what: "received" })
+                return Err(SimulateError::Timeout {
+                    elapsed: started.elapsed(),
+                    done: got,
+                    count: args.count,
+                    what: "received",
+                })
             }
         };
         match ev {

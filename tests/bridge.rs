@@ -58,7 +58,9 @@ fn forwards_20000_messages_to_tenant_topics_with_keys_headers_and_unchanged_byte
         assert!(ids.insert(id), "ids are unique");
     }
     assert_eq!(topics(&kafka.brokers(), "iot.").len(), 6, "3 tenants x 2 projects");
-    eventually(Duration::from_secs(10), "metrics settle", || bridge.metric("iotpipe_messages_delivered_total") == N as f64);
+    eventually(Duration::from_secs(10), "metrics settle", || {
+        bridge.metric("iotpipe_messages_delivered_total") == N as f64
+    });
     assert_eq!(bridge.metric("iotpipe_messages_received_total"), N as f64);
     assert_eq!(bridge.metric("iotpipe_messages_in_flight"), 0.0);
     assert_eq!(bridge.metric("iotpipe_mqtt_acks_sent_total"), N as f64);
@@ -70,7 +72,8 @@ fn speaks_mqtt_311_too() {
     let mqtt = Mosquitto::start(100_000);
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-311", "").replace("qos = 1", "qos = 1\nversion = \"3.1.1\"");
+    let cfg = bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-311", "")
+        .replace("qos = 1", "qos = 1\nversion = \"3.1.1\"");
     let bridge = Bridge::start(dir.path(), &cfg);
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
     spawn_publish(mqtt.url(), 0..N, None).join().unwrap();
@@ -166,7 +169,9 @@ fn bad_input_is_dead_lettered_with_reasons_and_counted() {
     msgs.push((good.clone(), br#"{"deviceId":"d1","ts":1700000000000,"seq":0}"#.to_vec()));
     block_on(publish_raw(&mqtt.url(), msgs));
 
-    let dlq = read_all(&kafka.brokers(), &["iot-dead-letters".to_string()], Duration::from_secs(10), |rs| rs.len() == cases.len());
+    let dlq = read_all(&kafka.brokers(), &["iot-dead-letters".to_string()], Duration::from_secs(10), |rs| {
+        rs.len() == cases.len()
+    });
     assert_eq!(dlq.len(), cases.len(), "one dead letter per bad message");
     for (topic, payload, reason) in &cases {
         let r = dlq
@@ -181,11 +186,22 @@ fn bad_input_is_dead_lettered_with_reasons_and_counted() {
             assert_eq!(&r.payload, payload, "dead letters carry the original bytes ({reason})");
         }
     }
-    let good_recs = read_all(&kafka.brokers(), &["iot.acme.p1".to_string()], Duration::from_secs(10), |rs| !rs.is_empty());
+    let good_recs =
+        read_all(&kafka.brokers(), &["iot.acme.p1".to_string()], Duration::from_secs(10), |rs| !rs.is_empty());
     assert_eq!(good_recs.len(), 1, "the process kept running and forwarded the good message");
     eventually(Duration::from_secs(10), "metrics", || bridge.metric("iotpipe_messages_delivered_total") == 1.0);
-    for (reason, n) in [("topic_mismatch", 2.0), ("invalid_json", 1.0), ("invalid_utf8", 1.0), ("empty_payload", 1.0), ("oversize", 1.0)] {
-        assert_eq!(bridge.metric(&format!("iotpipe_messages_dead_lettered_total{{reason=\"{reason}\"}}")), n, "{reason}");
+    for (reason, n) in [
+        ("topic_mismatch", 2.0),
+        ("invalid_json", 1.0),
+        ("invalid_utf8", 1.0),
+        ("empty_payload", 1.0),
+        ("oversize", 1.0),
+    ] {
+        assert_eq!(
+            bridge.metric(&format!("iotpipe_messages_dead_lettered_total{{reason=\"{reason}\"}}")),
+            n,
+            "{reason}"
+        );
     }
     assert_eq!(bridge.get("/healthz").0, 200);
 }

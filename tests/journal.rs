@@ -3,9 +3,7 @@
 
 use bytes::Bytes;
 use iotpipe::config::{ByteSize, HumanDuration};
-use iotpipe::journal::{
-    decode_inbound_shared, encode_inbound, Journal, JournalConfig, JournalError, Reader,
-};
+use iotpipe::journal::{decode_inbound_shared, encode_inbound, Journal, JournalConfig, JournalError, Reader};
 use iotpipe::record::Inbound;
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -29,11 +27,7 @@ fn config(dir: &Path) -> JournalConfig {
 
 /// A payload whose bytes say which record it is.
 fn payload(i: usize, len: usize) -> Bytes {
-    Bytes::from(
-        (0..len)
-            .map(|k| (i * 31 + k * 7) as u8)
-            .collect::<Vec<u8>>(),
-    )
+    Bytes::from((0..len).map(|k| (i * 31 + k * 7) as u8).collect::<Vec<u8>>())
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -80,46 +74,20 @@ async fn appends_are_read_back_and_survive_a_reopen() {
     let cfg = config(tmp.path());
     let payloads: Vec<Bytes> = (0..300).map(|i| payload(i, i % 80)).collect();
     let (j, rec) = Journal::open(cfg.clone()).unwrap();
-    assert_eq!(
-        (rec.next_seq, rec.truncated_bytes, rec.undelivered),
-        (0, 0, 0)
-    );
-    assert_eq!(
-        append_all(&j, &payloads).await,
-        (0..300).collect::<Vec<u64>>()
-    );
-    assert_eq!(
-        (j.committed_seq(), j.acked_seq(), j.depth()),
-        (Some(299), None, 300)
-    );
-    assert!(
-        segments(&cfg.path).len() > 3,
-        "records span several segments"
-    );
+    assert_eq!((rec.next_seq, rec.truncated_bytes, rec.undelivered), (0, 0, 0));
+    assert_eq!(append_all(&j, &payloads).await, (0..300).collect::<Vec<u64>>());
+    assert_eq!((j.committed_seq(), j.acked_seq(), j.depth()), (Some(299), None, 300));
+    assert!(segments(&cfg.path).len() > 3, "records span several segments");
     j.close().await.unwrap();
 
     let (j, rec) = Journal::open(cfg).unwrap();
-    assert_eq!(
-        (
-            rec.first_seq,
-            rec.next_seq,
-            rec.replay_from,
-            rec.truncated_bytes
-        ),
-        (0, 300, 0, 0)
-    );
+    assert_eq!((rec.first_seq, rec.next_seq, rec.replay_from, rec.truncated_bytes), (0, 300, 0, 0));
     let read = drain(&mut j.reader_from_ack().unwrap());
     assert_eq!(read.len(), 300);
     for (i, (seq, p)) in read.iter().enumerate() {
         assert_eq!((*seq, p), (i as u64, &payloads[i]));
     }
-    assert_eq!(
-        j.appender()
-            .append(Bytes::from_static(b"next"))
-            .await
-            .unwrap(),
-        300
-    );
+    assert_eq!(j.appender().append(Bytes::from_static(b"next")).await.unwrap(), 300);
     j.close().await.unwrap();
 }
 
@@ -128,11 +96,7 @@ async fn concurrent_appenders_get_contiguous_seqs_and_each_record_is_read_once()
     const TASKS: usize = 8;
     const EACH: usize = 2_000;
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = JournalConfig {
-        segment_size: ByteSize::kib(64),
-        max_size: ByteSize::mib(16),
-        ..config(tmp.path())
-    };
+    let cfg = JournalConfig { segment_size: ByteSize::kib(64), max_size: ByteSize::mib(16), ..config(tmp.path()) };
     let (j, _) = Journal::open(cfg).unwrap();
     let mut reader = j.reader(0).unwrap();
     let consumer = tokio::spawn(async move {
@@ -191,10 +155,7 @@ async fn a_reader_tails_new_appends_and_ends_on_close() {
     assert_eq!(first, Some((0, Bytes::from_static(b"one"))));
     assert_eq!(second, Some((1, Bytes::from_static(b"two"))));
     assert_eq!(end, None);
-    assert!(matches!(
-        a.append(Bytes::from_static(b"late")).await,
-        Err(JournalError::Closed)
-    ));
+    assert!(matches!(a.append(Bytes::from_static(b"late")).await, Err(JournalError::Closed)));
 }
 
 #[tokio::test]
@@ -206,21 +167,12 @@ async fn replay_starts_at_the_persisted_ack_position() {
     append_all(&j, &payloads).await;
     j.ack(39).unwrap();
     j.ack(20).unwrap(); // stale: ignored
-    assert!(matches!(
-        j.ack(100),
-        Err(JournalError::AckBeyondCommitted {
-            seq: 100,
-            next: 100
-        })
-    ));
+    assert!(matches!(j.ack(100), Err(JournalError::AckBeyondCommitted { seq: 100, next: 100 })));
     assert_eq!((j.acked_seq(), j.depth()), (Some(39), 60));
     // Dropped without close(): the threads still persist the ack and release the lock.
     drop(j);
     let (j, rec) = reopen(&cfg).await;
-    assert_eq!(
-        (rec.replay_from, rec.undelivered, rec.next_seq),
-        (40, 60, 100)
-    );
+    assert_eq!((rec.replay_from, rec.undelivered, rec.next_seq), (40, 60, 100));
     assert_eq!(j.acked_seq(), Some(39));
     let read = drain(&mut j.reader_from_ack().unwrap());
     assert_eq!(read.first().map(|r| r.0), Some(40));
@@ -266,46 +218,24 @@ async fn delivered_segments_are_deleted() {
     let middle = wait_for_fewer_segments(&cfg.path, before).await;
     assert!(middle < before && middle > 1, "{middle} of {before} left");
     assert!(j.used_bytes() < used);
-    assert_eq!(
-        drain(&mut j.reader_from_ack().unwrap())
-            .first()
-            .map(|r| r.0),
-        Some(200)
-    );
-    assert!(matches!(
-        j.reader(0),
-        Err(JournalError::OutOfRange { seq: 0, .. })
-    ));
+    assert_eq!(drain(&mut j.reader_from_ack().unwrap()).first().map(|r| r.0), Some(200));
+    assert!(matches!(j.reader(0), Err(JournalError::OutOfRange { seq: 0, .. })));
     j.ack(399).unwrap();
     j.sync_acks().await.unwrap();
-    assert_eq!(
-        segments(&cfg.path).len(),
-        1,
-        "only the active segment is kept"
-    );
+    assert_eq!(segments(&cfg.path).len(), 1, "only the active segment is kept");
     assert_eq!(j.depth(), 0);
     j.close().await.unwrap();
     let (j, rec) = Journal::open(cfg.clone()).unwrap();
-    assert_eq!(
-        (rec.first_seq, rec.next_seq, rec.undelivered),
-        (400, 400, 0)
-    );
-    assert_eq!(
-        segments(&cfg.path).len(),
-        1,
-        "the segment left active is deleted at reopen"
-    );
+    assert_eq!((rec.first_seq, rec.next_seq, rec.undelivered), (400, 400, 0));
+    assert_eq!(segments(&cfg.path).len(), 1, "the segment left active is deleted at reopen");
     j.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_full_journal_refuses_appends_until_acks_free_space() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = JournalConfig {
-        max_size: ByteSize::kib(8),
-        ack_sync_interval: HumanDuration::secs(60),
-        ..config(tmp.path())
-    };
+    let cfg =
+        JournalConfig { max_size: ByteSize::kib(8), ack_sync_interval: HumanDuration::secs(60), ..config(tmp.path()) };
     let (j, _) = Journal::open(cfg).unwrap();
     let a = j.appender();
     let mut last = None;
@@ -315,31 +245,20 @@ async fn a_full_journal_refuses_appends_until_acks_free_space() {
             Err(e) => break e,
         }
     };
-    let JournalError::Full { used, max } = err else {
-        panic!("expected Full, got {err}")
-    };
+    let JournalError::Full { used, max } = err else { panic!("expected Full, got {err}") };
     assert_eq!(max, 8 * 1024);
-    assert!(
-        used <= max && used + FRAME_HEADER + 100 > max,
-        "used {used}"
-    );
+    assert!(used <= max && used + FRAME_HEADER + 100 > max, "used {used}");
     assert!(j.used_bytes() <= max);
     let last = last.unwrap();
     assert!(last > 50, "{last} records fit");
     j.ack(last).unwrap();
     assert!(
-        matches!(
-            a.append(payload(0, 100)).await,
-            Err(JournalError::Full { .. })
-        ),
+        matches!(a.append(payload(0, 100)).await, Err(JournalError::Full { .. })),
         "not freed before the ack is persisted"
     );
     j.sync_acks().await.unwrap();
     assert_eq!(a.append(payload(0, 100)).await.unwrap(), last + 1);
-    assert!(matches!(
-        a.append(Bytes::from(vec![0u8; 8 * 1024])).await,
-        Err(JournalError::TooLarge { .. })
-    ));
+    assert!(matches!(a.append(Bytes::from(vec![0u8; 8 * 1024])).await, Err(JournalError::TooLarge { .. })));
     j.close().await.unwrap();
 }
 
@@ -358,14 +277,8 @@ async fn a_failed_write_poisons_the_journal_until_it_is_reopened() {
     for i in 0..35 {
         assert_eq!(a.append(payload(i, 100)).await.unwrap(), i as u64);
     }
-    assert!(matches!(
-        a.append(payload(35, 100)).await,
-        Err(JournalError::Poisoned(_))
-    ));
-    assert!(matches!(
-        a.append(payload(35, 10)).await,
-        Err(JournalError::Poisoned(_))
-    ));
+    assert!(matches!(a.append(payload(35, 100)).await, Err(JournalError::Poisoned(_))));
+    assert!(matches!(a.append(payload(35, 10)).await, Err(JournalError::Poisoned(_))));
     assert_eq!(j.committed_seq(), Some(34));
     j.close().await.unwrap();
     std::fs::remove_file(cfg.path.join("00000000000000000035.seg")).unwrap();
@@ -380,10 +293,7 @@ async fn a_failed_write_poisons_the_journal_until_it_is_reopened() {
 async fn a_second_open_of_the_same_directory_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (j, _) = Journal::open(config(tmp.path())).unwrap();
-    assert!(matches!(
-        Journal::open(config(tmp.path())),
-        Err(JournalError::Locked { .. })
-    ));
+    assert!(matches!(Journal::open(config(tmp.path())), Err(JournalError::Locked { .. })));
     j.close().await.unwrap();
     let (j, _) = Journal::open(config(tmp.path())).unwrap();
     j.close().await.unwrap();
@@ -399,21 +309,11 @@ async fn inbound_messages_round_trip_through_the_journal() {
         received_ms: 1_700_000_000_123,
         redelivered: true,
     };
-    let seq = j
-        .appender()
-        .append(Bytes::from(encode_inbound(&msg)))
-        .await
-        .unwrap();
+    let seq = j.appender().append(Bytes::from(encode_inbound(&msg))).await.unwrap();
     let (got, bytes) = j.reader(seq).unwrap().try_next().unwrap().unwrap();
     let back = decode_inbound_shared(&bytes).unwrap();
     assert_eq!(
-        (
-            got,
-            back.topic,
-            back.payload,
-            back.received_ms,
-            back.redelivered
-        ),
+        (got, back.topic, back.payload, back.received_ms, back.redelivered),
         (seq, msg.topic, msg.payload, msg.received_ms, true)
     );
     j.close().await.unwrap();
@@ -422,16 +322,9 @@ async fn inbound_messages_round_trip_through_the_journal() {
 /// Write `sizes.len()` records, close, and return the journal directory and
 /// the payloads. The last segment holds the newest records.
 fn build(root: &Path, sizes: &[usize]) -> (JournalConfig, Vec<Bytes>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let cfg = config(root);
-    let payloads: Vec<Bytes> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| payload(i, n))
-        .collect();
+    let payloads: Vec<Bytes> = sizes.iter().enumerate().map(|(i, &n)| payload(i, n)).collect();
     rt.block_on(async {
         let (j, _) = Journal::open(cfg.clone()).unwrap();
         append_all(&j, &payloads).await;
@@ -462,32 +355,15 @@ fn check_recovery(
     cut: u64,
     garbage: usize,
 ) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (j, rec) =
-        Journal::open(cfg.clone()).unwrap_or_else(|e| panic!("cut {cut} garbage {garbage}: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (j, rec) = Journal::open(cfg.clone()).unwrap_or_else(|e| panic!("cut {cut} garbage {garbage}: {e}"));
     let kept = in_earlier_segments + ends.iter().filter(|&&e| e <= cut).count();
-    let boundary = ends
-        .iter()
-        .copied()
-        .filter(|&e| e <= cut)
-        .max()
-        .unwrap_or(SEGMENT_HEADER.min(cut));
+    let boundary = ends.iter().copied().filter(|&e| e <= cut).max().unwrap_or(SEGMENT_HEADER.min(cut));
     let boundary = if cut < SEGMENT_HEADER { 0 } else { boundary };
     assert_eq!(rec.next_seq, kept as u64, "cut {cut}");
-    assert_eq!(
-        rec.truncated_bytes,
-        cut - boundary + garbage as u64,
-        "cut {cut} garbage {garbage}"
-    );
+    assert_eq!(rec.truncated_bytes, cut - boundary + garbage as u64, "cut {cut} garbage {garbage}");
     if cut > 0 {
-        assert_eq!(
-            rec.torn_tail.is_some(),
-            rec.truncated_bytes > 0,
-            "cut {cut}"
-        );
+        assert_eq!(rec.torn_tail.is_some(), rec.truncated_bytes > 0, "cut {cut}");
     }
     let read = drain(&mut j.reader(0).unwrap());
     assert_eq!(read.len(), kept);
@@ -515,12 +391,7 @@ fn truncation_at_every_byte_of_the_last_segment_keeps_the_committed_prefix() {
         std::fs::remove_dir_all(&cfg.path).unwrap();
         copy_dir(&pristine, &cfg.path);
         let victim = segments(&cfg.path).pop().unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&victim)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(cut).unwrap();
         check_recovery(&cfg, &payloads, earlier, &ends, cut, 0);
     }
 }
@@ -572,19 +443,13 @@ async fn corruption_in_an_older_segment_is_an_error() {
     b[200] ^= 0x10;
     std::fs::write(&first, &b).unwrap();
     std::fs::remove_file(&segments(&cfg.path)[1]).unwrap();
-    assert!(matches!(
-        Journal::open(cfg),
-        Err(JournalError::Corrupt { .. })
-    ));
+    assert!(matches!(Journal::open(cfg), Err(JournalError::Corrupt { .. })));
 }
 
 #[tokio::test]
 async fn corruption_far_from_the_end_of_the_last_segment_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = JournalConfig {
-        segment_size: ByteSize::kib(64),
-        ..config(tmp.path())
-    };
+    let cfg = JournalConfig { segment_size: ByteSize::kib(64), ..config(tmp.path()) };
     let (j, _) = Journal::open(cfg.clone()).unwrap();
     append_all(&j, &(0..300).map(|i| payload(i, 50)).collect::<Vec<_>>()).await;
     j.close().await.unwrap();
@@ -594,26 +459,15 @@ async fn corruption_far_from_the_end_of_the_last_segment_is_an_error() {
     let mut b = pristine.clone();
     b[100] ^= 1;
     std::fs::write(&last, &b).unwrap();
-    let err = Journal::open(cfg.clone())
-        .err()
-        .expect("must refuse to open");
-    assert!(
-        matches!(err, JournalError::Corrupt { ref path, .. } if *path == last),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("a crash tears at most 1024 bytes"),
-        "{err}"
-    );
+    let err = Journal::open(cfg.clone()).err().expect("must refuse to open");
+    assert!(matches!(err, JournalError::Corrupt { ref path, .. } if *path == last), "{err}");
+    assert!(err.to_string().contains("a crash tears at most 1024 bytes"), "{err}");
     // Damage in the last record: within one batch of the end, a torn write.
     let mut b = pristine;
     let n = b.len();
     b[n - 3] ^= 1;
     std::fs::write(&last, &b).unwrap();
     let (j, rec) = Journal::open(cfg).unwrap();
-    assert_eq!(
-        (rec.next_seq, rec.truncated_bytes),
-        (299, FRAME_HEADER + 50)
-    );
+    assert_eq!((rec.next_seq, rec.truncated_bytes), (299, FRAME_HEADER + 50));
     j.close().await.unwrap();
 }

@@ -62,8 +62,12 @@ fn stores_50000_records_exactly_once_even_when_replayed() {
 
     // A replay of every record adds nothing.
     produce(&kafka.brokers(), (0..N).map(bridge_record));
-    eventually(Duration::from_secs(120), "replay consumed", || sink.metric("iotpipe_sink_records_consumed_total") >= (2 * N) as f64);
-    eventually(Duration::from_secs(30), "duplicates counted", || sink.metric("iotpipe_sink_rows_duplicate_total") == N as f64);
+    eventually(Duration::from_secs(120), "replay consumed", || {
+        sink.metric("iotpipe_sink_records_consumed_total") >= (2 * N) as f64
+    });
+    eventually(Duration::from_secs(30), "duplicates counted", || {
+        sink.metric("iotpipe_sink_rows_duplicate_total") == N as f64
+    });
     assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
     assert_eq!(sink.metric("iotpipe_sink_rows_written_total"), N as f64);
 }
@@ -104,14 +108,18 @@ fn postgres_down_for_20s_loses_nothing_and_resumes() {
     let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-outage", ""));
     wait_ready(&sink);
     produce(&kafka.brokers(), (0..N / 2).map(bridge_record));
-    eventually(Duration::from_secs(60), "first half stored", || count(&url, "SELECT count(*) FROM telemetry") == (N / 2) as i64);
+    eventually(Duration::from_secs(60), "first half stored", || {
+        count(&url, "SELECT count(*) FROM telemetry") == (N / 2) as i64
+    });
 
     pg.stop();
     produce(&kafka.brokers(), (N / 2..N).map(bridge_record));
     eventually(Duration::from_secs(30), "readyz reports the store down", || sink.get("/readyz").0 == 503);
     std::thread::sleep(Duration::from_secs(18));
     pg.restart();
-    eventually(Duration::from_secs(90), "all rows after the outage", || count(&url, "SELECT count(*) FROM telemetry") == N as i64);
+    eventually(Duration::from_secs(90), "all rows after the outage", || {
+        count(&url, "SELECT count(*) FROM telemetry") == N as i64
+    });
     assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
     assert!(sink.metric("iotpipe_sink_store_errors_total") > 0.0);
     eventually(Duration::from_secs(30), "ready again", || sink.get("/readyz").0 == 200);
@@ -125,8 +133,25 @@ fn poison_records_land_in_dead_letters_and_the_consumer_moves_on() {
     let topic = records[0].0.clone();
     records.insert(3, (topic.clone(), "k".into(), b"\xff\xfe not json".to_vec(), vec![]));
     records.insert(5, (topic.clone(), "k".into(), br#"{"deviceId":"d"}"#.to_vec(), vec![]));
-    records.insert(7, (topic.clone(), "k".into(), b"{}".to_vec(), vec![("tenant_id", "a".into()), ("project_id", "p".into()), ("id", "not-a-uuid".into())]));
-    records.push(("iot-dead-letters".into(), "x".into(), b"{oops".to_vec(), vec![("reason", "invalid_json".into()), ("error", "bad".into()), ("mqtt_topic", "mtic/msg/client/realtime/a/p".into())]));
+    records.insert(
+        7,
+        (
+            topic.clone(),
+            "k".into(),
+            b"{}".to_vec(),
+            vec![("tenant_id", "a".into()), ("project_id", "p".into()), ("id", "not-a-uuid".into())],
+        ),
+    );
+    records.push((
+        "iot-dead-letters".into(),
+        "x".into(),
+        b"{oops".to_vec(),
+        vec![
+            ("reason", "invalid_json".into()),
+            ("error", "bad".into()),
+            ("mqtt_topic", "mtic/msg/client/realtime/a/p".into()),
+        ],
+    ));
     produce(&kafka.brokers(), records);
     let dir = tempfile::tempdir().unwrap();
     let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-poison", ""));
@@ -146,8 +171,16 @@ fn writes_to_influxdb_with_tags_fields_and_retention_policy() {
     let influx = match env.get("IOTPIPE_TEST_INFLUX_URL") {
         Some(u) => u.clone(),
         None => {
-            let out = std::process::Command::new("bash").arg(common::repo().join("scripts/services.sh")).args(["up", "influxdb"]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.strip_prefix("IOTPIPE_TEST_INFLUX_URL=")).unwrap().to_string()
+            let out = std::process::Command::new("bash")
+                .arg(common::repo().join("scripts/services.sh"))
+                .args(["up", "influxdb"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("IOTPIPE_TEST_INFLUX_URL="))
+                .unwrap()
+                .to_string()
         }
     };
     let db = unique_db("sink_influx");
@@ -156,7 +189,10 @@ fn writes_to_influxdb_with_tags_fields_and_retention_policy() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &store_url, "sink-influx", ""));
     let q = |q: &str| {
-        let path = format!("/query?db={db}&q={}", q.replace(' ', "%20").replace('\'', "%27").replace('"', "%22").replace('=', "%3D"));
+        let path = format!(
+            "/query?db={db}&q={}",
+            q.replace(' ', "%20").replace('\'', "%27").replace('"', "%22").replace('=', "%3D")
+        );
         let port: u16 = influx.rsplit(':').next().unwrap().parse().unwrap();
         common::http_get(port, &path).1
     };

@@ -31,8 +31,7 @@ impl ConfigError {
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     let (text, name) = match path {
         Some(p) => (
-            std::fs::read_to_string(p)
-                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
             p.display().to_string(),
         ),
         None => (String::new(), "(defaults)".to_string()),
@@ -131,8 +130,7 @@ fn resolve_secret_files(config: &mut Config) -> Result<(), ConfigError> {
             .map_err(|e| ConfigError::key("mqtt.password_file", format!("cannot read {}: {e}", path.display())))?;
         config.mqtt.password = Some(secret.trim_end_matches(['\n', '\r']).to_string());
     }
-    let file_keys: Vec<String> =
-        config.kafka.properties.keys().filter(|k| k.ends_with("_file")).cloned().collect();
+    let file_keys: Vec<String> = config.kafka.properties.keys().filter(|k| k.ends_with("_file")).cloned().collect();
     for key in file_keys {
         let path = config.kafka.properties.remove(&key).unwrap_or_default();
         let secret = std::fs::read_to_string(&path)

@@ -28,9 +28,9 @@ impl HumanDuration {
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| format!("`{s}` is not a duration ({e}); write it with a unit, e.g. \"30s\", \"500ms\", \"3d\""))
+        humantime::parse_duration(s.trim()).map(HumanDuration).map_err(|e| {
+            format!("`{s}` is not a duration ({e}); write it with a unit, e.g. \"30s\", \"500ms\", \"3d\"")
+        })
     }
 }
 

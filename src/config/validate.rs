@@ -38,7 +38,10 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(err("kafka.brokers", "is empty"));
     }
     if !COMPRESSIONS.contains(&c.kafka.compression.as_str()) {
-        return Err(err("kafka.compression", format!("`{}` is not one of {}", c.kafka.compression, COMPRESSIONS.join(", "))));
+        return Err(err(
+            "kafka.compression",
+            format!("`{}` is not one of {}", c.kafka.compression, COMPRESSIONS.join(", ")),
+        ));
     }
     if c.kafka.partitions < 1 {
         return Err(err("kafka.partitions", "must be at least 1"));
@@ -50,7 +53,10 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(err("http.listen", format!("`{}` is not an address like 127.0.0.1:8080", c.http.listen)));
     }
     if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
-        return Err(err("log.level", format!("`{}` is not a log filter such as `info` or `iotpipe=debug`", c.log.level)));
+        return Err(err(
+            "log.level",
+            format!("`{}` is not a log filter such as `info` or `iotpipe=debug`", c.log.level),
+        ));
     }
     Router::new(c).map_err(|e| {
         let text = e.to_string();
@@ -139,7 +145,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("[mqtt]\nqos = 3", &[], "mqtt.qos"),
             ("[mqtt]\nurl = \"http://x\"", &[], "mqtt.url"),
             ("[mqtt]\ntopics = [\"a/#/b\"]", &[], "mqtt.topics"),

@@ -42,10 +42,7 @@ pub fn read(dir: &Path) -> Result<AckFile, JournalError> {
         Err(e) => return Err(JournalError::io(p, e)),
     };
     if b.len() != LEN || b[..8] != MAGIC {
-        return Ok(AckFile::Damaged(format!(
-            "{} bytes, not a journal ack file",
-            b.len()
-        )));
+        return Ok(AckFile::Damaged(format!("{} bytes, not a journal ack file", b.len())));
     }
     let mut crc = [0u8; 4];
     crc.copy_from_slice(&b[16..20]);
@@ -133,10 +130,7 @@ pub fn remove_delivered(shared: &Shared) {
     let persisted = shared.ack_persisted.load(Ordering::Acquire);
     let doomed: Vec<_> = {
         let mut segs = shared.segments();
-        let n = segs
-            .windows(2)
-            .take_while(|w| w[1].first_seq <= persisted)
-            .count();
+        let n = segs.windows(2).take_while(|w| w[1].first_seq <= persisted).count();
         segs.drain(..n).collect()
     };
     for s in &doomed {

@@ -36,28 +36,18 @@ pub fn encode_inbound(msg: &Inbound) -> Vec<u8> {
 /// Decode a journal record written by [`encode_inbound`] (copies the payload).
 pub fn decode_inbound(bytes: &[u8]) -> Result<Inbound, JournalError> {
     let (meta, topic, payload_at) = decode_head(bytes)?;
-    Ok(Inbound {
-        topic,
-        payload: Bytes::copy_from_slice(&bytes[payload_at..]),
-        ..meta
-    })
+    Ok(Inbound { topic, payload: Bytes::copy_from_slice(&bytes[payload_at..]), ..meta })
 }
 
 /// Like [`decode_inbound`], but the payload shares `bytes` instead of copying it.
 pub fn decode_inbound_shared(bytes: &Bytes) -> Result<Inbound, JournalError> {
     let (meta, topic, payload_at) = decode_head(bytes)?;
-    Ok(Inbound {
-        topic,
-        payload: bytes.slice(payload_at..),
-        ..meta
-    })
+    Ok(Inbound { topic, payload: bytes.slice(payload_at..), ..meta })
 }
 
 /// The fields before the payload, and where the payload starts.
 fn decode_head(b: &[u8]) -> Result<(Inbound, String, usize), JournalError> {
-    let fixed = b
-        .get(..FIXED)
-        .ok_or(JournalError::BadRecord("shorter than its fixed fields"))?;
+    let fixed = b.get(..FIXED).ok_or(JournalError::BadRecord("shorter than its fixed fields"))?;
     if fixed[0] != VERSION {
         return Err(JournalError::BadRecord("unknown layout version"));
     }
@@ -73,8 +63,7 @@ fn decode_head(b: &[u8]) -> Result<(Inbound, String, usize), JournalError> {
         .and_then(|n| FIXED.checked_add(n))
         .filter(|&end| end <= b.len())
         .ok_or(JournalError::BadRecord("topic length beyond the record"))?;
-    let topic = std::str::from_utf8(&b[FIXED..topic_end])
-        .map_err(|_| JournalError::BadRecord("topic is not UTF-8"))?;
+    let topic = std::str::from_utf8(&b[FIXED..topic_end]).map_err(|_| JournalError::BadRecord("topic is not UTF-8"))?;
     let meta = Inbound {
         topic: String::new(),
         payload: Bytes::new(),
@@ -91,43 +80,24 @@ mod tests {
 
     #[test]
     fn layout_is_stable() {
-        let msg = Inbound {
-            topic: "t/a".into(),
-            payload: Bytes::from_static(b"{}"),
-            received_ms: 0x0102,
-            redelivered: true,
-        };
+        let msg =
+            Inbound { topic: "t/a".into(), payload: Bytes::from_static(b"{}"), received_ms: 0x0102, redelivered: true };
         let b = encode_inbound(&msg);
-        assert_eq!(
-            b,
-            [&[1u8, 1, 2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0][..], b"t/a{}"].concat()
-        );
+        assert_eq!(b, [&[1u8, 1, 2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0][..], b"t/a{}"].concat());
         let shared = Bytes::from(b);
         let back = decode_inbound_shared(&shared).unwrap();
         assert_eq!(
-            (
-                back.topic.as_str(),
-                &back.payload[..],
-                back.received_ms,
-                back.redelivered
-            ),
+            (back.topic.as_str(), &back.payload[..], back.received_ms, back.redelivered),
             ("t/a", &b"{}"[..], 0x0102, true)
         );
     }
 
     #[test]
     fn rejects_damaged_records() {
-        let b = encode_inbound(&Inbound {
-            topic: "x".into(),
-            payload: Bytes::new(),
-            received_ms: 1,
-            redelivered: false,
-        });
+        let b =
+            encode_inbound(&Inbound { topic: "x".into(), payload: Bytes::new(), received_ms: 1, redelivered: false });
         assert!(decode_inbound(&b[..FIXED]).is_err(), "topic cut off");
-        assert!(
-            decode_inbound(&[&[2u8][..], &b[1..]].concat()).is_err(),
-            "version"
-        );
+        assert!(decode_inbound(&[&[2u8][..], &b[1..]].concat()).is_err(), "version");
         let mut bad = b.clone();
         bad[FIXED] = 0xff;
         assert!(decode_inbound(&bad).is_err(), "utf-8");

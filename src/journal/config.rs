@@ -47,10 +47,7 @@ impl Default for JournalConfig {
 impl JournalConfig {
     /// A config with the defaults and the given directory.
     pub fn at(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            ..Self::default()
-        }
+        Self { path: path.into(), ..Self::default() }
     }
 
     /// Check the sizes against each other; the error names the key.
@@ -63,38 +60,21 @@ impl JournalConfig {
         if seg < MIN_SEGMENT_SIZE {
             return bad(
                 "segment_size",
-                format!(
-                    "{} is too small (at least {})",
-                    self.segment_size,
-                    ByteSize(MIN_SEGMENT_SIZE)
-                ),
+                format!("{} is too small (at least {})", self.segment_size, ByteSize(MIN_SEGMENT_SIZE)),
             );
         }
         let max_seg = MAX_PAYLOAD as u64 + (FRAME_HEADER + SEGMENT_HEADER) as u64;
         if seg > max_seg {
-            return bad(
-                "segment_size",
-                format!(
-                    "{} is too large (at most {})",
-                    self.segment_size,
-                    ByteSize(max_seg)
-                ),
-            );
+            return bad("segment_size", format!("{} is too large (at most {})", self.segment_size, ByteSize(max_seg)));
         }
         if self.max_size.bytes() < seg.saturating_mul(2) {
             return bad(
                 "max_size",
-                format!(
-                    "{} must be at least twice journal.segment_size ({})",
-                    self.max_size, self.segment_size
-                ),
+                format!("{} must be at least twice journal.segment_size ({})", self.max_size, self.segment_size),
             );
         }
         if self.max_batch.bytes() < MIN_BATCH || self.max_batch.bytes() > u64::from(u32::MAX) {
-            return bad(
-                "max_batch",
-                format!("{} must be between 1KiB and 4GiB", self.max_batch),
-            );
+            return bad("max_batch", format!("{} must be between 1KiB and 4GiB", self.max_batch));
         }
         if self.ack_sync_interval.get().is_zero() {
             return bad("ack_sync_interval", "must be greater than zero".into());
@@ -104,10 +84,7 @@ impl JournalConfig {
 
     /// Largest payload one append accepts: a frame must fit in an empty segment.
     pub fn max_record(&self) -> u64 {
-        self.segment_size
-            .bytes()
-            .saturating_sub((SEGMENT_HEADER + FRAME_HEADER) as u64)
-            .min(MAX_PAYLOAD as u64)
+        self.segment_size.bytes().saturating_sub((SEGMENT_HEADER + FRAME_HEADER) as u64).min(MAX_PAYLOAD as u64)
     }
 }
 
@@ -117,15 +94,11 @@ mod tests {
 
     #[test]
     fn parses_the_documented_keys_with_defaults() {
-        let cfg: JournalConfig =
-            toml::from_str("path = \"/var/lib/iotpipe/journal\"\nmax_size = \"2GiB\"\n").unwrap();
+        let cfg: JournalConfig = toml::from_str("path = \"/var/lib/iotpipe/journal\"\nmax_size = \"2GiB\"\n").unwrap();
         assert_eq!(cfg.path, PathBuf::from("/var/lib/iotpipe/journal"));
         assert_eq!(cfg.max_size, ByteSize(2 << 30));
         assert_eq!(cfg.segment_size, ByteSize::mib(64));
-        assert_eq!(
-            cfg.ack_sync_interval.get(),
-            std::time::Duration::from_millis(100)
-        );
+        assert_eq!(cfg.ack_sync_interval.get(), std::time::Duration::from_millis(100));
         cfg.validate().unwrap();
         JournalConfig::default().validate().unwrap();
     }
@@ -133,20 +106,10 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_inconsistent_sizes() {
         assert!(toml::from_str::<JournalConfig>("max_sise = \"1GiB\"").is_err());
-        let cfg = JournalConfig {
-            max_size: ByteSize::mib(100),
-            ..JournalConfig::default()
-        };
+        let cfg = JournalConfig { max_size: ByteSize::mib(100), ..JournalConfig::default() };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("journal.max_size"), "{err}");
-        let cfg = JournalConfig {
-            segment_size: ByteSize(100),
-            ..JournalConfig::default()
-        };
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("journal.segment_size"));
+        let cfg = JournalConfig { segment_size: ByteSize(100), ..JournalConfig::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("journal.segment_size"));
     }
 }

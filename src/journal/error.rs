@@ -15,9 +15,7 @@ pub enum JournalError {
     },
     /// The live segments would exceed `journal.max_size`: stop accepting input
     /// (do not ack upstream) until the forwarder has delivered and acked records.
-    #[error(
-        "journal is full: {used} of {max} bytes in use; waiting for delivered records to be acked"
-    )]
+    #[error("journal is full: {used} of {max} bytes in use; waiting for delivered records to be acked")]
     Full {
         /// Bytes of the live segments plus appends already queued.
         used: u64,
@@ -91,9 +89,6 @@ pub enum JournalError {
 impl JournalError {
     /// Wrap an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
 }

@@ -59,10 +59,7 @@ impl std::fmt::Display for FrameError {
             Self::Incomplete { needed } => write!(f, "short frame ({needed} bytes needed)"),
             Self::BadLength(len) => write!(f, "bad length field {len}"),
             Self::Checksum { stored, computed } => {
-                write!(
-                    f,
-                    "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-                )
+                write!(f, "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
             }
         }
     }
@@ -92,9 +89,7 @@ pub fn encode(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
 /// Decode the frame at the start of `buf`; returns it and its length on disk.
 pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), FrameError> {
     let Some(header) = buf.get(..FRAME_HEADER) else {
-        return Err(FrameError::Incomplete {
-            needed: FRAME_HEADER,
-        });
+        return Err(FrameError::Incomplete { needed: FRAME_HEADER });
     };
     let len = le_u32(&header[0..4]);
     let stored = le_u32(&header[4..8]);
@@ -141,10 +136,7 @@ impl SegmentHeader {
         if b[0..8] != SEGMENT_MAGIC || crc32c::crc32c(&b[..20]) != le_u32(&b[20..24]) {
             return None;
         }
-        Some(Self {
-            first_seq: le_u64(&b[8..16]),
-            tail_window: le_u32(&b[16..20]),
-        })
+        Some(Self { first_seq: le_u64(&b[8..16]), tail_window: le_u32(&b[16..20]) })
     }
 }
 
@@ -181,10 +173,7 @@ mod tests {
         let mut buf = Vec::new();
         encode(1, b"abc", &mut buf);
         for cut in 0..buf.len() {
-            assert!(
-                matches!(decode(&buf[..cut]), Err(FrameError::Incomplete { .. })),
-                "cut {cut}"
-            );
+            assert!(matches!(decode(&buf[..cut]), Err(FrameError::Incomplete { .. })), "cut {cut}");
         }
         buf[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&buf), Err(FrameError::BadLength(u32::MAX)));
@@ -192,10 +181,7 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
-        let h = SegmentHeader {
-            first_seq: 42,
-            tail_window: 1 << 20,
-        };
+        let h = SegmentHeader { first_seq: 42, tail_window: 1 << 20 };
         let mut b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Some(h));
         assert_eq!(SegmentHeader::decode(&b[..SEGMENT_HEADER - 1]), None);

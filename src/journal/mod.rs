@@ -89,15 +89,9 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
         });
         let (writer, rx) = mpsc::channel();
-        Writer::new(
-            shared.clone(),
-            rec.active,
-            next_seq,
-            segment::EMPTY_LEN,
-            next_seq,
-        )
-        .spawn(rx, lock.clone())
-        .map_err(|e| JournalError::io(&dir, e))?;
+        Writer::new(shared.clone(), rec.active, next_seq, segment::EMPTY_LEN, next_seq)
+            .spawn(rx, lock.clone())
+            .map_err(|e| JournalError::io(&dir, e))?;
         let (acks, rx) = mpsc::channel();
         if let Err(e) = ack::spawn(shared.clone(), rx, lock) {
             let (done, _) = oneshot::channel();
@@ -112,14 +106,7 @@ impl Journal {
             truncated_bytes = recovery.truncated_bytes,
             "Journal opened."
         );
-        Ok((
-            Self {
-                shared,
-                writer,
-                acks,
-            },
-            recovery,
-        ))
+        Ok((Self { shared, writer, acks }, recovery))
     }
 
     /// A handle for appending; clone it freely.
@@ -160,9 +147,7 @@ impl Journal {
     /// Persist the ack position now and delete fully delivered segments.
     pub async fn sync_acks(&self) -> Result<(), JournalError> {
         let (done, rx) = oneshot::channel();
-        self.acks
-            .send(AckRequest::Sync(done))
-            .map_err(|_| JournalError::Closed)?;
+        self.acks.send(AckRequest::Sync(done)).map_err(|_| JournalError::Closed)?;
         rx.await.unwrap_or(Err(JournalError::Closed))
     }
 
@@ -234,17 +219,11 @@ impl Drop for Journal {
 /// Take an exclusive `flock` on `<dir>/lock`, so two processes never share a journal.
 fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let p = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(|e| JournalError::io(&p, e))?;
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| JournalError::io(&p, e))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(JournalError::Locked {
-            path: dir.to_path_buf(),
-        }),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(JournalError::Locked { path: dir.to_path_buf() }),
         Err(e) => Err(JournalError::io(p, e.into())),
     }
 }

@@ -38,12 +38,7 @@ impl Reader {
         if seq < first || seq > next {
             return Err(JournalError::OutOfRange { seq, first, next });
         }
-        Ok(Self {
-            shared,
-            rx,
-            next_seq: seq,
-            cur: None,
-        })
+        Ok(Self { shared, rx, next_seq: seq, cur: None })
     }
 
     /// Sequence number of the record the next call returns.
@@ -80,9 +75,7 @@ impl Reader {
         loop {
             let cur = match &mut self.cur {
                 Some(cur) => cur,
-                None => self
-                    .cur
-                    .insert(Cursor::open(&self.shared, self.next_seq, c)?),
+                None => self.cur.insert(Cursor::open(&self.shared, self.next_seq, c)?),
             };
             match cur.frame(c)? {
                 Some((seq, payload)) if seq == self.next_seq => {
@@ -98,11 +91,7 @@ impl Reader {
                     self.cur = None;
                     switched = true;
                 }
-                None => {
-                    return Err(
-                        cur.corrupt(format!("committed record {} is missing", self.next_seq))
-                    )
-                }
+                None => return Err(cur.corrupt(format!("committed record {} is missing", self.next_seq))),
             }
         }
     }
@@ -128,19 +117,9 @@ impl Cursor {
         let (first_seq, first) = {
             let segs = shared.segments();
             let first = segs.first().map_or(0, |s| s.first_seq);
-            (
-                segs.iter()
-                    .rev()
-                    .find(|s| s.first_seq <= seq)
-                    .map(|s| s.first_seq),
-                first,
-            )
+            (segs.iter().rev().find(|s| s.first_seq <= seq).map(|s| s.first_seq), first)
         };
-        let out_of_range = JournalError::OutOfRange {
-            seq,
-            first,
-            next: c.next_seq,
-        };
+        let out_of_range = JournalError::OutOfRange { seq, first, next: c.next_seq };
         let Some(first_seq) = first_seq else {
             return Err(out_of_range);
         };
@@ -151,33 +130,16 @@ impl Cursor {
             Err(e) => return Err(JournalError::io(path, e)),
         };
         let pos = SEGMENT_HEADER as u64;
-        let mut cur = Self {
-            file,
-            path,
-            first_seq,
-            pos,
-            buf: Vec::new(),
-            buf_pos: pos,
-            sealed_len: None,
-        };
+        let mut cur = Self { file, path, first_seq, pos, buf: Vec::new(), buf_pos: pos, sealed_len: None };
         for want in first_seq..seq {
             let bound = cur.bound(c)?;
             let header = match cur.fill(FRAME_HEADER, bound)? {
-                FRAME_HEADER => Some((
-                    read_u32(&cur.available()[0..4]),
-                    read_u64(&cur.available()[8..16]),
-                )),
+                FRAME_HEADER => Some((read_u32(&cur.available()[0..4]), read_u64(&cur.available()[8..16]))),
                 _ => None,
             };
             match header {
-                Some((len, found)) if found == want => {
-                    cur.pos += frame::frame_len(len as usize) as u64
-                }
-                _ => {
-                    return Err(
-                        cur.corrupt(format!("cannot find record {want} while seeking to {seq}"))
-                    )
-                }
+                Some((len, found)) if found == want => cur.pos += frame::frame_len(len as usize) as u64,
+                _ => return Err(cur.corrupt(format!("cannot find record {want} while seeking to {seq}"))),
             }
         }
         Ok(cur)
@@ -215,11 +177,7 @@ impl Cursor {
         if let Some(len) = self.sealed_len {
             return Ok(len);
         }
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| JournalError::io(&self.path, e))?
-            .len();
+        let len = self.file.metadata().map_err(|e| JournalError::io(&self.path, e))?.len();
         self.sealed_len = Some(len);
         Ok(len)
     }
@@ -248,10 +206,7 @@ impl Cursor {
         }
         self.buf.resize(want, 0);
         while filled < want {
-            match self
-                .file
-                .read_at(&mut self.buf[filled..], self.buf_pos + filled as u64)
-            {
+            match self.file.read_at(&mut self.buf[filled..], self.buf_pos + filled as u64) {
                 Ok(0) => break,
                 Ok(k) => filled += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -263,11 +218,7 @@ impl Cursor {
     }
 
     fn corrupt(&self, reason: String) -> JournalError {
-        JournalError::Corrupt {
-            path: self.path.clone(),
-            offset: self.pos,
-            reason,
-        }
+        JournalError::Corrupt { path: self.path.clone(), offset: self.pos, reason }
     }
 }
 

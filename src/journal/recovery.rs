@@ -105,11 +105,7 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
         if let Some(exp) = expected {
             if first != exp {
                 let reason = format!("records {exp}..{first} are missing: no segment holds them");
-                return Err(JournalError::Corrupt {
-                    path: p,
-                    offset: 0,
-                    reason,
-                });
+                return Err(JournalError::Corrupt { path: p, offset: 0, reason });
             }
         }
         let (info, torn) = scan_segment(&p, first, is_last)?;
@@ -118,10 +114,7 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
             torn_tail = Some(t);
         }
         expected = Some(info.next_seq);
-        segments.push(SegmentInfo {
-            first_seq: first,
-            len: info.len,
-        });
+        segments.push(SegmentInfo { first_seq: first, len: info.len });
         if is_last && info.records == 0 {
             // Empty last segment: it is recreated below with this run's header.
             segments.pop();
@@ -129,20 +122,12 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
     }
     let next_seq = expected.unwrap_or(acked);
     let active = segment::create(dir, next_seq, window).map_err(io_err)?;
-    segments.push(SegmentInfo {
-        first_seq: next_seq,
-        len: segment::EMPTY_LEN,
-    });
+    segments.push(SegmentInfo { first_seq: next_seq, len: segment::EMPTY_LEN });
 
     let oldest = segments[0].first_seq;
     if acked < oldest || acked > next_seq {
         if matches!(ack_file, AckFile::At(_)) {
-            tracing::warn!(
-                acked,
-                oldest,
-                next_seq,
-                "Journal ack position is outside the records held; clamping it."
-            );
+            tracing::warn!(acked, oldest, next_seq, "Journal ack position is outside the records held; clamping it.");
         }
         acked = acked.clamp(oldest, next_seq);
     }
@@ -169,12 +154,7 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
         torn_tail,
         ack_reset,
     };
-    Ok(Recovered {
-        segments,
-        active,
-        acked,
-        recovery,
-    })
+    Ok(Recovered { segments, active, acked, recovery })
 }
 
 /// A segment after its scan.
@@ -188,76 +168,35 @@ struct Scanned {
 }
 
 /// Check one segment; truncate a torn tail if it is the last one.
-fn scan_segment(
-    p: &Path,
-    first: u64,
-    is_last: bool,
-) -> Result<(Scanned, Option<TornTail>), JournalError> {
+fn scan_segment(p: &Path, first: u64, is_last: bool) -> Result<(Scanned, Option<TornTail>), JournalError> {
     let io_err = |e| JournalError::io(p, e);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(is_last)
-        .open(p)
-        .map_err(io_err)?;
+    let mut file = std::fs::OpenOptions::new().read(true).write(is_last).open(p).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
     let mut head = Vec::with_capacity(SEGMENT_HEADER);
-    (&mut file)
-        .take(SEGMENT_HEADER as u64)
-        .read_to_end(&mut head)
-        .map_err(io_err)?;
-    let corrupt = |offset, reason: String| JournalError::Corrupt {
-        path: p.to_path_buf(),
-        offset,
-        reason,
-    };
+    (&mut file).take(SEGMENT_HEADER as u64).read_to_end(&mut head).map_err(io_err)?;
+    let corrupt = |offset, reason: String| JournalError::Corrupt { path: p.to_path_buf(), offset, reason };
     let header = match SegmentHeader::decode(&head) {
         Some(h) => h,
         // Torn creation: the writer fsyncs the header before the first record.
         None if is_last && len <= SEGMENT_HEADER as u64 => {
             let reason = "incomplete segment header".to_string();
             warn_torn(p, 0, len, &reason);
-            let torn = TornTail {
-                segment: p.to_path_buf(),
-                offset: 0,
-                reason,
-            };
-            return Ok((
-                Scanned {
-                    records: 0,
-                    next_seq: first,
-                    len_before: len,
-                    len: 0,
-                },
-                Some(torn),
-            ));
+            let torn = TornTail { segment: p.to_path_buf(), offset: 0, reason };
+            return Ok((Scanned { records: 0, next_seq: first, len_before: len, len: 0 }, Some(torn)));
         }
         None => return Err(corrupt(0, "bad segment header".into())),
     };
     if header.first_seq != first {
-        return Err(corrupt(
-            0,
-            format!(
-                "the header says the segment starts at record {}",
-                header.first_seq
-            ),
-        ));
+        return Err(corrupt(0, format!("the header says the segment starts at record {}", header.first_seq)));
     }
     let scan = scan_frames(&mut file, SEGMENT_HEADER as u64, len, first).map_err(io_err)?;
-    let mut scanned = Scanned {
-        records: scan.records,
-        next_seq: scan.next_seq,
-        len_before: len,
-        len,
-    };
+    let mut scanned = Scanned { records: scan.records, next_seq: scan.next_seq, len_before: len, len };
     let Some((offset, reason)) = scan.defect else {
         return Ok((scanned, None));
     };
     let tail = len.saturating_sub(offset);
     if !is_last {
-        return Err(corrupt(
-            offset,
-            format!("{reason}, in a segment that is not the last"),
-        ));
+        return Err(corrupt(offset, format!("{reason}, in a segment that is not the last")));
     }
     if tail > u64::from(header.tail_window) {
         let reason = format!(
@@ -270,14 +209,7 @@ fn scan_segment(
     file.sync_all().map_err(io_err)?;
     warn_torn(p, offset, tail, &reason);
     scanned.len = offset;
-    Ok((
-        scanned,
-        Some(TornTail {
-            segment: p.to_path_buf(),
-            offset,
-            reason,
-        }),
-    ))
+    Ok((scanned, Some(TornTail { segment: p.to_path_buf(), offset, reason })))
 }
 
 fn warn_torn(p: &Path, offset: u64, truncated_bytes: u64, reason: &str) {

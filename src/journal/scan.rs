@@ -21,18 +21,8 @@ pub struct Scan {
 
 /// Scan frames from `r`, which is at file offset `offset` of a `file_len`-byte
 /// file, expecting sequence numbers from `first_seq` on.
-pub fn scan_frames(
-    mut r: impl Read,
-    offset: u64,
-    file_len: u64,
-    first_seq: u64,
-) -> io::Result<Scan> {
-    let mut scan = Scan {
-        records: 0,
-        next_seq: first_seq,
-        valid_len: offset,
-        defect: None,
-    };
+pub fn scan_frames(mut r: impl Read, offset: u64, file_len: u64, first_seq: u64) -> io::Result<Scan> {
+    let mut scan = Scan { records: 0, next_seq: first_seq, valid_len: offset, defect: None };
     let mut buf: Vec<u8> = Vec::new();
     let mut start = 0usize;
     let mut eof = false;
@@ -40,10 +30,7 @@ pub fn scan_frames(
         match frame::decode(&buf[start..]) {
             Ok((f, n)) => {
                 if f.seq != scan.next_seq {
-                    let reason = format!(
-                        "sequence number {} where {} was expected",
-                        f.seq, scan.next_seq
-                    );
+                    let reason = format!("sequence number {} where {} was expected", f.seq, scan.next_seq);
                     scan.defect = Some((scan.valid_len, reason));
                     return Ok(scan);
                 }
@@ -111,10 +98,7 @@ mod tests {
     fn a_clean_run_has_no_defect_and_a_gap_in_sequence_is_one() {
         let (buf, _) = build(&[3, 0, 400_000, 5]);
         let scan = scan_frames(&buf[..], 0, buf.len() as u64, 0).unwrap();
-        assert_eq!(
-            (scan.records, scan.next_seq, scan.valid_len, scan.defect),
-            (4, 4, buf.len() as u64, None)
-        );
+        assert_eq!((scan.records, scan.next_seq, scan.valid_len, scan.defect), (4, 4, buf.len() as u64, None));
         let mut other = Vec::new();
         frame::encode(0, b"a", &mut other);
         frame::encode(2, b"b", &mut other);

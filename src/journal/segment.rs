@@ -48,18 +48,8 @@ pub fn list(dir: &Path) -> io::Result<Vec<u64>> {
 /// fsync it and the directory. Returns the file positioned for appending.
 pub fn create(dir: &Path, first_seq: u64, tail_window: u32) -> io::Result<File> {
     let p = path(dir, first_seq);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&p)?;
-    file.write_all(
-        &SegmentHeader {
-            first_seq,
-            tail_window,
-        }
-        .encode(),
-    )?;
+    let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&p)?;
+    file.write_all(&SegmentHeader { first_seq, tail_window }.encode())?;
     file.sync_all()?;
     sync_dir(dir)?;
     Ok(file)
@@ -86,14 +76,8 @@ mod tests {
         std::fs::write(dir.path().join("ack"), b"x").unwrap();
         std::fs::write(dir.path().join("12.seg"), b"x").unwrap();
         assert_eq!(list(dir.path()).unwrap(), vec![2, 10, 300]);
-        assert_eq!(
-            path(dir.path(), 2).file_name().unwrap(),
-            "00000000000000000002.seg"
-        );
+        assert_eq!(path(dir.path(), 2).file_name().unwrap(), "00000000000000000002.seg");
         assert_eq!(parse_name("0000000000000000000a.seg"), None);
-        assert_eq!(
-            std::fs::metadata(path(dir.path(), 2)).unwrap().len(),
-            EMPTY_LEN
-        );
+        assert_eq!(std::fs::metadata(path(dir.path(), 2)).unwrap().len(), EMPTY_LEN);
     }
 }

@@ -60,12 +60,7 @@ impl Shared {
             if want > max {
                 return Err(JournalError::Full { used: cur, max });
             }
-            match self.reserved.compare_exchange_weak(
-                cur,
-                want,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self.reserved.compare_exchange_weak(cur, want, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),
                 Err(now) => cur = now,
             }

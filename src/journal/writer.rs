@@ -55,10 +55,7 @@ impl Appender {
         }
         let max = self.shared.cfg.max_record();
         if payload.len() as u64 > max {
-            return Err(JournalError::TooLarge {
-                size: payload.len() as u64,
-                max,
-            });
+            return Err(JournalError::TooLarge { size: payload.len() as u64, max });
         }
         let bytes = frame::frame_len(payload.len()) as u64;
         self.shared.reserve(bytes)?;
@@ -97,41 +94,20 @@ pub struct Writer {
 
 impl Writer {
     /// A writer appending to the segment `active_first`, `active_len` bytes long.
-    pub fn new(
-        shared: Arc<Shared>,
-        file: File,
-        active_first: u64,
-        active_len: u64,
-        next_seq: u64,
-    ) -> Self {
-        Self {
-            shared,
-            file,
-            active_first,
-            active_len,
-            next_seq,
-            buf: Vec::new(),
-            pending: Vec::new(),
-            failed: None,
-        }
+    pub fn new(shared: Arc<Shared>, file: File, active_first: u64, active_len: u64, next_seq: u64) -> Self {
+        Self { shared, file, active_first, active_len, next_seq, buf: Vec::new(), pending: Vec::new(), failed: None }
     }
 
     /// Start the thread. It holds `lock` (the directory lock) until it has
     /// stopped, and only then confirms a `Shutdown`.
-    pub fn spawn(
-        self,
-        rx: Receiver<Request>,
-        lock: Arc<File>,
-    ) -> io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("journal-writer".into())
-            .spawn(move || {
-                let done = self.run(rx);
-                drop(lock);
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-            })
+    pub fn spawn(self, rx: Receiver<Request>, lock: Arc<File>) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new().name("journal-writer".into()).spawn(move || {
+            let done = self.run(rx);
+            drop(lock);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        })
     }
 
     /// Serve requests until `Shutdown` (returned, to be confirmed) or until every sender is gone.
@@ -155,9 +131,7 @@ impl Writer {
                         break;
                     }
                     Request::Append { payload, done } => {
-                        if !self.buf.is_empty()
-                            && self.buf.len() + FRAME_HEADER + payload.len() > max_batch
-                        {
+                        if !self.buf.is_empty() && self.buf.len() + FRAME_HEADER + payload.len() > max_batch {
                             carry = Some(Request::Append { payload, done });
                             break;
                         }
@@ -182,9 +156,7 @@ impl Writer {
     fn stage(&mut self, payload: Bytes, done: oneshot::Sender<Result<u64, JournalError>>) {
         let bytes = frame::frame_len(payload.len()) as u64;
         let staged = self.active_len + self.buf.len() as u64;
-        if self.failed.is_none()
-            && staged > segment::EMPTY_LEN
-            && staged + bytes > self.shared.cfg.segment_size.bytes()
+        if self.failed.is_none() && staged > segment::EMPTY_LEN && staged + bytes > self.shared.cfg.segment_size.bytes()
         {
             self.commit();
             if self.failed.is_none() {
@@ -199,11 +171,7 @@ impl Writer {
             return;
         }
         frame::encode(self.next_seq, &payload, &mut self.buf);
-        self.pending.push(Pending {
-            seq: self.next_seq,
-            bytes,
-            done,
-        });
+        self.pending.push(Pending { seq: self.next_seq, bytes, done });
         self.next_seq += 1;
     }
 
@@ -258,10 +226,7 @@ impl Writer {
         self.file = segment::create(&self.shared.dir, self.next_seq, window)?;
         self.active_first = self.next_seq;
         self.active_len = segment::EMPTY_LEN;
-        self.shared.segments().push(SegmentInfo {
-            first_seq: self.next_seq,
-            len: segment::EMPTY_LEN,
-        });
+        self.shared.segments().push(SegmentInfo { first_seq: self.next_seq, len: segment::EMPTY_LEN });
         self.shared.grew(segment::EMPTY_LEN, false);
         self.publish();
         Ok(())
@@ -269,8 +234,7 @@ impl Writer {
 
     fn publish(&self) {
         // Called once every staged record is written: all of them are committed.
-        let (next_seq, active_first, active_len) =
-            (self.next_seq, self.active_first, self.active_len);
+        let (next_seq, active_first, active_len) = (self.next_seq, self.active_first, self.active_len);
         self.shared.committed.send_modify(|c| {
             c.next_seq = next_seq;
             c.active_first = active_first;

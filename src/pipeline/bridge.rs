@@ -152,7 +152,8 @@ fn handle_report(
                 }
                 metrics.on_kafka_retry(&p.out.topic, &error.to_string());
                 p.attempts = p.attempts.saturating_add(1);
-                let backoff = (Duration::from_millis(50) * 2u32.saturating_pow(p.attempts.min(8))).min(MAX_RETRY_BACKOFF);
+                let backoff =
+                    (Duration::from_millis(50) * 2u32.saturating_pow(p.attempts.min(8))).min(MAX_RETRY_BACKOFF);
                 let tx = retry_tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(backoff).await;

@@ -89,7 +89,8 @@ impl Router {
             topic,
             key,
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
-            dead_letter_max_payload: usize::try_from(config.kafka.dead_letter_max_payload.bytes()).unwrap_or(usize::MAX),
+            dead_letter_max_payload: usize::try_from(config.kafka.dead_letter_max_payload.bytes())
+                .unwrap_or(usize::MAX),
             device_pointer: pointer("device_id", &config.route.device_id)?,
             time_pointer: pointer("event_time", &config.route.event_time)?,
             require_json: config.route.require_json,
@@ -113,7 +114,11 @@ impl Router {
             return self.dead_letter(msg, DeadLetterReason::EmptyPayload, "payload is empty".into());
         }
         let Some(captures) = self.pattern.captures(&msg.topic) else {
-            return self.dead_letter(msg, DeadLetterReason::TopicMismatch, "topic does not match route.topic_pattern".into());
+            return self.dead_letter(
+                msg,
+                DeadLetterReason::TopicMismatch,
+                "topic does not match route.topic_pattern".into(),
+            );
         };
         let needs_doc = self.device_pointer.is_some() || self.time_pointer.is_some();
         let mut doc = None;
@@ -126,7 +131,11 @@ impl Router {
                 Ok(text) => match payload::parse(text) {
                     Ok(d) => doc = Some(d),
                     Err(e) if self.require_json => {
-                        return self.dead_letter(msg, DeadLetterReason::InvalidJson, format!("payload is not JSON: {e}"));
+                        return self.dead_letter(
+                            msg,
+                            DeadLetterReason::InvalidJson,
+                            format!("payload is not JSON: {e}"),
+                        );
                     }
                     Err(_) => {}
                 },
@@ -142,9 +151,8 @@ impl Router {
             (Some(d), Some(p)) => payload::event_time_ms(d, p),
             _ => None,
         };
-        let values: Vec<&str> = (0..self.capture_of_field.len())
-            .map(|i| if i == 2 { device_id.as_str() } else { captured(i) })
-            .collect();
+        let values: Vec<&str> =
+            (0..self.capture_of_field.len()).map(|i| if i == 2 { device_id.as_str() } else { captured(i) }).collect();
         let topic = match self.topic.render_topic(&values) {
             Ok(t) => t,
             Err(e) => return self.dead_letter(msg, DeadLetterReason::InvalidTopicName, e),

@@ -76,7 +76,8 @@ impl TopicPattern {
     /// Match a topic; on success the captured values, indexed like `names()`.
     pub fn captures<'t>(&self, topic: &'t str) -> Option<Vec<&'t str>> {
         let mut out: Vec<&'t str> = vec![""; self.names.len()];
-        let starts_with_wildcard = matches!(self.segments.first(), Some(Segment::Named(_) | Segment::AnyOne | Segment::Rest));
+        let starts_with_wildcard =
+            matches!(self.segments.first(), Some(Segment::Named(_) | Segment::AnyOne | Segment::Rest));
         if topic.starts_with('$') && starts_with_wildcard {
             return None;
         }

@@ -25,8 +25,11 @@ pub fn lookup<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
         return Some(cur);
     }
     for token in pointer.strip_prefix('/')?.split('/') {
-        let token: Cow<str> =
-            if token.contains('~') { Cow::Owned(token.replace("~1", "/").replace("~0", "~")) } else { Cow::Borrowed(token) };
+        let token: Cow<str> = if token.contains('~') {
+            Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+        } else {
+            Cow::Borrowed(token)
+        };
         let mut de = serde_json::Deserializer::from_str(cur.get());
         cur = Child { token: &token }.deserialize(&mut de).ok()??;
     }
@@ -139,9 +142,7 @@ pub fn format_ms(ms: i64) -> String {
     let Ok(dt) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
         return ms.to_string();
     };
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     dt.format(&fmt).unwrap_or_else(|_| ms.to_string())
 }
 
@@ -156,7 +157,9 @@ mod tests {
 
     #[test]
     fn device_id_from_string_or_number() {
-        let d = doc(r#"{"deviceId": "dev-1", "meta": {"id": 42, "list": ["a", "b"]}, "empty": "", "n": null, "a/b": "slash", "t~x": "tilde"}"#);
+        let d = doc(
+            r#"{"deviceId": "dev-1", "meta": {"id": 42, "list": ["a", "b"]}, "empty": "", "n": null, "a/b": "slash", "t~x": "tilde"}"#,
+        );
         assert_eq!(device_id(d, "/deviceId").as_deref(), Some("dev-1"));
         assert_eq!(device_id(d, "/meta/id").as_deref(), Some("42"));
         assert_eq!(device_id(d, "/meta/list/1").as_deref(), Some("b"));
@@ -178,10 +181,8 @@ mod tests {
 
     #[test]
     fn event_time_accepts_ms_seconds_and_rfc3339() {
-        let d = doc(
-            r#"{"ms": 1700000000123, "s": 1700000000, "f": 1700000000.5, "rfc": "2023-11-14T22:13:20.123Z",
-                "str": "1700000000123", "bad": "yesterday", "neg": -5, "obj": {}}"#,
-        );
+        let d = doc(r#"{"ms": 1700000000123, "s": 1700000000, "f": 1700000000.5, "rfc": "2023-11-14T22:13:20.123Z",
+                "str": "1700000000123", "bad": "yesterday", "neg": -5, "obj": {}}"#);
         assert_eq!(event_time_ms(d, "/ms"), Some(1_700_000_000_123));
         assert_eq!(event_time_ms(d, "/s"), Some(1_700_000_000_000));
         assert_eq!(event_time_ms(d, "/f"), Some(1_700_000_000_500));

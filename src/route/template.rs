@@ -74,7 +74,9 @@ impl Template {
     /// Render as a Kafka topic name, sanitising substituted values.
     pub fn render_topic(&self, values: &[&str]) -> Result<String, String> {
         let name = self.render_with(values, |out, v| {
-            out.extend(v.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }))
+            out.extend(
+                v.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }),
+            )
         });
         check_topic_name(&name).map(|()| name)
     }

@@ -12,7 +12,12 @@ fn router(extra: &str) -> Router {
 }
 
 fn inbound(topic: &str, payload: &[u8]) -> Inbound {
-    Inbound { topic: topic.into(), payload: Bytes::copy_from_slice(payload), received_ms: 1_700_000_000_000, redelivered: false }
+    Inbound {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload),
+        received_ms: 1_700_000_000_000,
+        redelivered: false,
+    }
 }
 
 fn header<'a>(o: &'a Outbound, name: &str) -> Option<&'a str> {

@@ -1,4 +1,4 @@
 //! Where messages come from.
 
-pub mod mqtt;
 pub mod kafka;
+pub mod mqtt;

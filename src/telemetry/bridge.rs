@@ -1,7 +1,7 @@
 //! The bridge's metrics and the log events that go with them.
 
-use crate::record::DeadLetterReason;
 use super::{counter, escape, gauge, Histogram};
+use crate::record::DeadLetterReason;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -89,30 +89,85 @@ impl BridgeMetrics {
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
         counter(&mut o, "iotpipe_messages_received_total", "Messages accepted from MQTT.", self.received.load(Relaxed));
-        counter(&mut o, "iotpipe_messages_delivered_total", "Messages acknowledged by Kafka.", self.delivered.load(Relaxed));
+        counter(
+            &mut o,
+            "iotpipe_messages_delivered_total",
+            "Messages acknowledged by Kafka.",
+            self.delivered.load(Relaxed),
+        );
         let _ = writeln!(
             o,
             "# HELP iotpipe_messages_dead_lettered_total Messages written to the dead-letter topic, by reason.\n# TYPE iotpipe_messages_dead_lettered_total counter"
         );
         for r in DeadLetterReason::ALL {
-            let _ = writeln!(o, "iotpipe_messages_dead_lettered_total{{reason=\"{}\"}} {}", r.as_str(), self.dead_lettered(r));
+            let _ = writeln!(
+                o,
+                "iotpipe_messages_dead_lettered_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.dead_lettered(r)
+            );
         }
-        gauge(&mut o, "iotpipe_messages_in_flight", "Messages received and not yet acknowledged by Kafka.", self.in_flight.load(Relaxed));
+        gauge(
+            &mut o,
+            "iotpipe_messages_in_flight",
+            "Messages received and not yet acknowledged by Kafka.",
+            self.in_flight.load(Relaxed),
+        );
         counter(&mut o, "iotpipe_mqtt_reconnects_total", "MQTT connections lost.", self.mqtt_reconnects.load(Relaxed));
-        counter(&mut o, "iotpipe_mqtt_redelivered_total", "Messages the broker flagged as redelivered.", self.mqtt_redelivered.load(Relaxed));
-        counter(&mut o, "iotpipe_mqtt_acks_sent_total", "PUBACKs (or PUBRECs) handed to the MQTT client.", self.acks_sent.load(Relaxed));
+        counter(
+            &mut o,
+            "iotpipe_mqtt_redelivered_total",
+            "Messages the broker flagged as redelivered.",
+            self.mqtt_redelivered.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "iotpipe_mqtt_acks_sent_total",
+            "PUBACKs (or PUBRECs) handed to the MQTT client.",
+            self.acks_sent.load(Relaxed),
+        );
         counter(
             &mut o,
             "iotpipe_mqtt_acks_abandoned_total",
             "Delivered messages not acked because their MQTT connection had ended (the broker redelivers them).",
             self.acks_abandoned.load(Relaxed),
         );
-        counter(&mut o, "iotpipe_mqtt_left_with_broker_total", "Messages received during shutdown and left unacked.", self.left_with_broker.load(Relaxed));
-        counter(&mut o, "iotpipe_kafka_retries_total", "Kafka deliveries that failed and were sent again.", self.kafka_retries.load(Relaxed));
-        counter(&mut o, "iotpipe_kafka_producer_restarts_total", "Kafka producers recreated after a fatal error.", self.kafka_producer_restarts.load(Relaxed));
-        gauge(&mut o, "iotpipe_mqtt_connected", "1 while connected to the MQTT broker.", i64::from(self.mqtt_connected.load(Relaxed)));
-        gauge(&mut o, "iotpipe_mqtt_subscribed", "1 once the subscriptions are in place.", i64::from(self.mqtt_subscribed.load(Relaxed)));
-        gauge(&mut o, "iotpipe_kafka_reachable", "1 while Kafka answers metadata requests.", i64::from(self.kafka_reachable.load(Relaxed)));
+        counter(
+            &mut o,
+            "iotpipe_mqtt_left_with_broker_total",
+            "Messages received during shutdown and left unacked.",
+            self.left_with_broker.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "iotpipe_kafka_retries_total",
+            "Kafka deliveries that failed and were sent again.",
+            self.kafka_retries.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "iotpipe_kafka_producer_restarts_total",
+            "Kafka producers recreated after a fatal error.",
+            self.kafka_producer_restarts.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "iotpipe_mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            i64::from(self.mqtt_connected.load(Relaxed)),
+        );
+        gauge(
+            &mut o,
+            "iotpipe_mqtt_subscribed",
+            "1 once the subscriptions are in place.",
+            i64::from(self.mqtt_subscribed.load(Relaxed)),
+        );
+        gauge(
+            &mut o,
+            "iotpipe_kafka_reachable",
+            "1 while Kafka answers metadata requests.",
+            i64::from(self.kafka_reachable.load(Relaxed)),
+        );
         self.delivery_latency.render(
             &mut o,
             "iotpipe_delivery_latency_seconds",
@@ -125,7 +180,12 @@ impl BridgeMetrics {
             );
             if let Ok(m) = map.lock() {
                 for ((t, p), n) in m.iter() {
-                    let _ = writeln!(o, "iotpipe_tenant_messages_total{{tenant_id=\"{}\",project_id=\"{}\"}} {n}", escape(t), escape(p));
+                    let _ = writeln!(
+                        o,
+                        "iotpipe_tenant_messages_total{{tenant_id=\"{}\",project_id=\"{}\"}} {n}",
+                        escape(t),
+                        escape(p)
+                    );
                 }
             }
         }

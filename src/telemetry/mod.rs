@@ -79,4 +79,3 @@ pub(crate) fn gauge(o: &mut String, name: &str, help: &str, v: i64) {
 pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
-

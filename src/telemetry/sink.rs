@@ -68,15 +68,55 @@ impl SinkMetrics {
 
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
-        counter(&mut o, "iotpipe_sink_records_consumed_total", "Kafka records read.", self.records_consumed.load(Relaxed));
-        counter(&mut o, "iotpipe_sink_rows_written_total", "Rows inserted into the store.", self.rows_written.load(Relaxed));
-        counter(&mut o, "iotpipe_sink_rows_duplicate_total", "Rows skipped because the store already had them.", self.rows_duplicate.load(Relaxed));
+        counter(
+            &mut o,
+            "iotpipe_sink_records_consumed_total",
+            "Kafka records read.",
+            self.records_consumed.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "iotpipe_sink_rows_written_total",
+            "Rows inserted into the store.",
+            self.rows_written.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "iotpipe_sink_rows_duplicate_total",
+            "Rows skipped because the store already had them.",
+            self.rows_duplicate.load(Relaxed),
+        );
         counter(&mut o, "iotpipe_sink_batches_total", "Batches committed to the store.", self.batches.load(Relaxed));
-        counter(&mut o, "iotpipe_sink_store_errors_total", "Failed store writes (each retried).", self.store_errors.load(Relaxed));
-        counter(&mut o, "iotpipe_sink_retention_partitions_dropped_total", "Partitions dropped by retention.", self.retention_partitions_dropped.load(Relaxed));
-        counter(&mut o, "iotpipe_sink_retention_rows_deleted_total", "Rows deleted by retention.", self.retention_rows_deleted.load(Relaxed));
-        gauge(&mut o, "iotpipe_sink_store_reachable", "1 while the store accepts writes.", i64::from(self.store_reachable.load(Relaxed)));
-        gauge(&mut o, "iotpipe_sink_kafka_reachable", "1 while Kafka answers metadata requests.", i64::from(self.kafka_reachable.load(Relaxed)));
+        counter(
+            &mut o,
+            "iotpipe_sink_store_errors_total",
+            "Failed store writes (each retried).",
+            self.store_errors.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "iotpipe_sink_retention_partitions_dropped_total",
+            "Partitions dropped by retention.",
+            self.retention_partitions_dropped.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "iotpipe_sink_retention_rows_deleted_total",
+            "Rows deleted by retention.",
+            self.retention_rows_deleted.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "iotpipe_sink_store_reachable",
+            "1 while the store accepts writes.",
+            i64::from(self.store_reachable.load(Relaxed)),
+        );
+        gauge(
+            &mut o,
+            "iotpipe_sink_kafka_reachable",
+            "1 while Kafka answers metadata requests.",
+            i64::from(self.kafka_reachable.load(Relaxed)),
+        );
         let _ = writeln!(o, "# HELP iotpipe_sink_dead_lettered_total Records stored as dead letters, by reason.\n# TYPE iotpipe_sink_dead_lettered_total counter");
         if let Ok(m) = self.dead_lettered.lock() {
             for (reason, n) in m.iter() {
@@ -89,7 +129,11 @@ impl SinkMetrics {
                 let _ = writeln!(o, "iotpipe_sink_consumer_lag{{topic=\"{}\",partition=\"{p}\"}} {lag}", escape(t));
             }
         }
-        self.batch_latency.render(&mut o, "iotpipe_sink_batch_seconds", "Time to write and commit one batch to the store.");
+        self.batch_latency.render(
+            &mut o,
+            "iotpipe_sink_batch_seconds",
+            "Time to write and commit one batch to the store.",
+        );
         o
     }
 }

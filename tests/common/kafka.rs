@@ -32,7 +32,12 @@ pub fn topics(brokers: &str, prefix: &str) -> Vec<String> {
 
 /// Read all records of `topics` from the beginning until `done(records)` or
 /// nothing new arrives for `idle` (after at least one full pass).
-pub fn read_all(brokers: &str, topic_names: &[String], idle: Duration, mut done: impl FnMut(&[Record]) -> bool) -> Vec<Record> {
+pub fn read_all(
+    brokers: &str,
+    topic_names: &[String],
+    idle: Duration,
+    mut done: impl FnMut(&[Record]) -> bool,
+) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-reader-{}", std::process::id()))
@@ -51,12 +56,15 @@ pub fn read_all(brokers: &str, topic_names: &[String], idle: Duration, mut done:
     let mut out = Vec::new();
     let mut last_new = Instant::now();
     while last_new.elapsed() < idle {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            {
                 let mut headers = HashMap::new();
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
-                        headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned());
+                        headers.insert(
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                        );
                     }
                 }
                 out.push(Record {
@@ -70,7 +78,6 @@ pub fn read_all(brokers: &str, topic_names: &[String], idle: Duration, mut done:
                     break;
                 }
             }
-            Some(Err(_)) | None => {}
         }
     }
     out
@@ -108,7 +115,10 @@ pub fn bridge_record(seq: u64) -> (String, String, Vec<u8>, Vec<(&'static str, S
     let device = v["deviceId"].as_str().unwrap_or_default().to_string();
     let ts = v["ts"].as_i64().unwrap_or_default();
     // Event times spread over the last two days, so rows land in several partitions.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // Fixed per test process, so producing a record twice gives identical headers (a replay).
+    static NOW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let now = *NOW
+        .get_or_init(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64);
     let event_ms = now - ((seq as i64 * 7_919) % (2 * 86_400_000)) - 60_000;
     let _ = ts;
     let id = uuid::Uuid::from_u128(0x0180_0000_0000_7000_8000_0000_0000_0000 | u128::from(seq));
@@ -131,7 +141,10 @@ pub fn bridge_record(seq: u64) -> (String, String, Vec<u8>, Vec<(&'static str, S
 }
 
 /// Produce records (topic, key, payload, headers) and wait for every delivery.
-pub fn produce(brokers: &str, records: impl IntoIterator<Item = (String, String, Vec<u8>, Vec<(&'static str, String)>)>) {
+pub fn produce(
+    brokers: &str,
+    records: impl IntoIterator<Item = (String, String, Vec<u8>, Vec<(&'static str, String)>)>,
+) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()

@@ -122,7 +122,8 @@ impl Tansu {
     pub fn start() -> Self {
         let b = binaries();
         let port = free_port();
-        let args: Vec<String> = b.tansu_args.replace("{PORT}", &port.to_string()).split_whitespace().map(String::from).collect();
+        let args: Vec<String> =
+            b.tansu_args.replace("{PORT}", &port.to_string()).split_whitespace().map(String::from).collect();
         let child = Command::new(&b.tansu)
             .args(&args)
             .stdout(Stdio::null())
@@ -235,7 +236,15 @@ impl Bridge {
         let (_, body) = self.get("/metrics");
         body.lines()
             .filter(|l| !l.starts_with('#'))
-            .find(|l| if prefix.contains('{') { l.starts_with(prefix) } else { l.split([' ', '{']).next() == Some(prefix) })
+            .find(
+                |l| {
+                    if prefix.contains('{') {
+                        l.starts_with(prefix)
+                    } else {
+                        l.split([' ', '{']).next() == Some(prefix)
+                    }
+                },
+            )
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN)

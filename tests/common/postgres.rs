@@ -20,9 +20,12 @@ fn services(dir: &std::path::Path, args: &[&str]) -> String {
 pub fn shared_base() -> String {
     static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     URL.get_or_init(|| {
-        let dir = std::env::var("IOTPIPE_SERVICES_DIR").map(PathBuf::from).unwrap_or_else(|_| super::repo().join(".services"));
+        let dir = std::env::var("IOTPIPE_SERVICES_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| super::repo().join(".services"));
         let env = services(&dir, &["up", "postgres"]);
-        let url = env.lines().find_map(|l| l.strip_prefix("IOTPIPE_TEST_POSTGRES_URL=")).expect("postgres url").to_string();
+        let url =
+            env.lines().find_map(|l| l.strip_prefix("IOTPIPE_TEST_POSTGRES_URL=")).expect("postgres url").to_string();
         url.trim_end_matches("/postgres").to_string()
     })
     .clone()

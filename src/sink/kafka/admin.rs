@@ -45,9 +45,16 @@ impl TopicAdmin {
             Ok(results) => {
                 for r in results {
                     match r {
-                        Ok(name) => tracing::info!(topic = name, partitions = self.partitions, retention_ms = self.retention_ms, "Created Kafka topic."),
+                        Ok(name) => tracing::info!(
+                            topic = name,
+                            partitions = self.partitions,
+                            retention_ms = self.retention_ms,
+                            "Created Kafka topic."
+                        ),
                         Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((name, code)) => tracing::warn!(topic = name, ?code, "Could not create Kafka topic; relying on the broker."),
+                        Err((name, code)) => {
+                            tracing::warn!(topic = name, ?code, "Could not create Kafka topic; relying on the broker.")
+                        }
                     }
                 }
             }

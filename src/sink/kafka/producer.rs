@@ -101,7 +101,8 @@ impl Producer {
                 headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
             }
             let ts = pending.out.timestamp_ms;
-            let mut record = BaseRecord::with_opaque_to(&topic, pending).payload(&value[..]).headers(headers).timestamp(ts);
+            let mut record =
+                BaseRecord::with_opaque_to(&topic, pending).payload(&value[..]).headers(headers).timestamp(ts);
             if let Some(k) = key.as_deref() {
                 record = record.key(k);
             }
@@ -129,7 +130,8 @@ impl Producer {
     /// Replace a producer that hit a fatal error; what the old one still
     /// held comes back as failed deliveries and is sent again.
     pub fn recreate(&mut self) -> Result<(), KafkaError> {
-        let fresh: ThreadedProducer<Context> = self.cfg.create_with_context(Context { reports: self.reports.clone() })?;
+        let fresh: ThreadedProducer<Context> =
+            self.cfg.create_with_context(Context { reports: self.reports.clone() })?;
         let old = std::mem::replace(&mut self.inner, fresh);
         old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         drop(old);

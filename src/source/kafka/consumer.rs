@@ -179,7 +179,11 @@ impl KafkaSource {
 
 /// Security and client settings from `[kafka.properties]` that a consumer shares with the producer.
 fn is_common_property(k: &str) -> bool {
-    k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") || k == "client.id" || k.starts_with("socket.")
+    k.starts_with("security.")
+        || k.starts_with("sasl.")
+        || k.starts_with("ssl.")
+        || k == "client.id"
+        || k.starts_with("socket.")
 }
 
 fn detach<M: Message>(m: &M) -> KafkaRecord {

@@ -47,11 +47,7 @@ pub mod reasons {
 
 pub fn decode(rec: &KafkaRecord, now_ms: i64) -> Decoded {
     let hdr: HashMap<&str, &str> = rec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let received_ms = hdr
-        .get(h::RECEIVED_AT)
-        .and_then(|v| parse_time(v))
-        .or(rec.timestamp_ms)
-        .unwrap_or(now_ms);
+    let received_ms = hdr.get(h::RECEIVED_AT).and_then(|v| parse_time(v)).or(rec.timestamp_ms).unwrap_or(now_ms);
     if let Some(reason) = hdr.get(h::REASON) {
         let detail = hdr.get(h::ERROR).copied().unwrap_or("");
         return dead(rec, &hdr, received_ms, reason, detail);
@@ -118,9 +114,8 @@ fn from_json(rec: &KafkaRecord, received_ms: i64) -> Result<StoreRow, (&'static 
             serde_json::Value::String(s) => parse_time(&s),
             _ => None,
         });
-    let id = field(&["id"])
-        .and_then(|s| uuid::Uuid::parse_str(&s).ok())
-        .unwrap_or_else(|| position_id(rec, received_ms));
+    let id =
+        field(&["id"]).and_then(|s| uuid::Uuid::parse_str(&s).ok()).unwrap_or_else(|| position_id(rec, received_ms));
     Ok(StoreRow {
         id,
         time_ms: event_ms.unwrap_or(received_ms),

@@ -144,7 +144,12 @@ impl Source {
 
     /// Poll the session until `stop` turns true and the disconnect went out.
     /// While `drain` is true, new messages are left unacked with the broker.
-    pub async fn run(mut self, tx: mpsc::Sender<Received>, mut drain: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<Received>,
+        mut drain: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut backoff = self.cfg.reconnect_backoff_min.get();
         let mut last_error: Option<String> = None;
         let mut subscribed_once = false;

@@ -151,7 +151,8 @@ impl Driver {
                             .collect(),
                     }),
                     E::Incoming(I::Publish(p)) => {
-                        let token = (p.qos != Qos5::AtMostOnce).then_some(AckToken { pkid: p.pkid, qos: level5(p.qos) });
+                        let token =
+                            (p.qos != Qos5::AtMostOnce).then_some(AckToken { pkid: p.pkid, qos: level5(p.qos) });
                         let topic = String::from_utf8(p.topic.to_vec())
                             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
                         Ok(Event::Publish(
@@ -167,7 +168,9 @@ impl Driver {
                 use rumqttc::{Event as E, Packet as P};
                 match el.poll().await.map_err(|e| e.to_string())? {
                     E::Incoming(P::ConnAck(ack)) => Ok(match ack.code {
-                        rumqttc::ConnectReturnCode::Success => Event::Connected { session_present: ack.session_present },
+                        rumqttc::ConnectReturnCode::Success => {
+                            Event::Connected { session_present: ack.session_present }
+                        }
                         code => Event::Refused(format!("{code:?}")),
                     }),
                     E::Incoming(P::SubAck(ack)) => Ok(Event::Subscribed {
