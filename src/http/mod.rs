@@ -24,6 +24,16 @@ pub async fn serve(
     metrics: Arc<dyn Render>,
     ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
 ) -> std::io::Result<std::net::SocketAddr> {
+    serve_with(listen, metrics, ready, axum::Router::new()).await
+}
+
+/// As `serve`, with more routes (the dashboard and its API) merged in.
+pub async fn serve_with(
+    listen: &str,
+    metrics: Arc<dyn Render>,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    extra: axum::Router,
+) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let state = AppState { metrics, ready: Arc::new(ready) };
@@ -31,7 +41,8 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(state);
+        .with_state(state)
+        .merge(extra);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "HTTP server stopped.");
