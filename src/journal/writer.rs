@@ -50,6 +50,16 @@ impl Appender {
     /// payload bigger than a segment, and with `Closed` after `close()`.
     /// Dropping the future does not withdraw the record: it is still written.
     pub async fn append(&self, payload: Bytes) -> Result<u64, JournalError> {
+        self.enqueue(payload)?.await
+    }
+
+    /// Hand `payload` to the writer now (so records keep the order of the
+    /// calls) and return a future that resolves after its fsync. Errors that
+    /// need no I/O (`Full`, `TooLarge`, `Closed`) come back at once.
+    pub fn enqueue(
+        &self,
+        payload: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<u64, JournalError>> + Send + 'static, JournalError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(JournalError::Closed);
         }
@@ -64,7 +74,7 @@ impl Appender {
             self.shared.release(bytes);
             return Err(JournalError::Closed);
         }
-        rx.await.unwrap_or(Err(JournalError::Closed))
+        Ok(async move { rx.await.unwrap_or(Err(JournalError::Closed)) })
     }
 }
 

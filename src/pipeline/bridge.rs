@@ -11,6 +11,7 @@ use crate::record::DeadLetterReason;
 use crate::route::Router;
 use crate::sink::kafka::{classify, Delivery, Failure, Pending, Producer, TopicAdmin};
 use crate::source::mqtt::{Received, Source, ACK_RETRY_INTERVAL};
+use super::journal_stage::{feed, ingest, publish_gauges, Completion, JournalAcks};
 use crate::telemetry::BridgeMetrics;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,7 +29,12 @@ pub enum BridgeError {
     Mqtt(#[from] crate::source::mqtt::OptionsError),
     #[error("http.listen: {0}")]
     Http(std::io::Error),
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
 }
+
+/// Records read ahead from the journal towards Kafka.
+const FORWARD_QUEUE: usize = 4096;
 
 /// Longest wait before a failed delivery is sent again.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
@@ -41,6 +47,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut admin = TopicAdmin::new(&config.kafka)?;
     let source = Source::new(&config.mqtt, metrics.clone())?;
     let acks = source.acks();
+    let journal = match &config.journal {
+        Some(jc) => Some(open_journal(jc, &metrics)?),
+        None => None,
+    };
 
     let (draining_tx, draining_rx) = watch::channel(false);
     if !config.http.listen.is_empty() {
@@ -52,9 +62,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     crate::sink::kafka::spawn_probe(&config.kafka, Arc::new(ProbeFlag(metrics.clone())))?;
 
-    let (tx, mut inbound) = mpsc::channel::<Received>(usize::from(config.mqtt.max_in_flight).max(16));
+    let (tx, mqtt_rx) = mpsc::channel::<Received>(usize::from(config.mqtt.max_in_flight).max(16));
     let (stop_tx, stop_rx) = watch::channel(false);
     let session = tokio::spawn(source.run(tx, draining_rx, stop_rx));
+    let (fatal_tx, mut fatal) = mpsc::unbounded_channel::<crate::journal::JournalError>();
+    // Direct mode: Kafka deliveries ack MQTT. Journal mode: MQTT is acked
+    // after the journal fsync, and Kafka deliveries advance the journal.
+    let (mut inbound, completion): (mpsc::Receiver<Received>, Arc<dyn Completion>) = match &journal {
+        None => (mqtt_rx, Arc::new(acks.clone())),
+        Some(j) => {
+            let jacks = Arc::new(JournalAcks::new(j.clone()));
+            let (ftx, frx) = mpsc::channel(FORWARD_QUEUE);
+            tokio::spawn(feed(j.reader_from_ack()?, jacks.clone(), ftx));
+            let (appender, a, m) = (j.appender(), acks.clone(), metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) = ingest(mqtt_rx, appender, a, m).await {
+                    let _ = fatal_tx.send(e);
+                }
+            });
+            (frx, jacks)
+        }
+    };
     let (retry_tx, mut retries) = mpsc::unbounded_channel::<Box<Pending>>();
     admin.ensure(router.dead_letter_topic()).await;
 
@@ -67,7 +95,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::select! {
             biased;
             Some(report) = reports.recv() => {
-                handle_report(report, &router, &mut producer, &acks, &metrics, &retry_tx);
+                handle_report(report, &router, &mut producer, completion.as_ref(), &metrics, &retry_tx);
+            }
+            Some(error) = fatal.recv() => {
+                tracing::error!(%error, "Journal failed; exiting (unacked messages stay with the broker).");
+                let _ = stop_tx.send(true);
+                return Err(error.into());
             }
             () = &mut shutdown, if deadline.is_none() => {
                 tracing::info!(in_flight = metrics.in_flight.load(Relaxed), grace = ?grace, "Shutting down: no new messages; finishing those in flight.");
@@ -88,8 +121,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             _ = tick.tick() => {
                 acks.flush();
+                if let Some(j) = &journal {
+                    publish_gauges(j, &metrics);
+                }
                 if let Some(d) = deadline {
-                    let idle = metrics.in_flight.load(Relaxed) <= 0 && acks.outstanding() == 0 && inbound.is_empty();
+                    // In journal mode what Kafka has not taken yet is safe in the journal.
+                    let forwarded = metrics.in_flight.load(Relaxed) <= 0
+                        || (journal.is_some() && !metrics.kafka_reachable.load(Relaxed));
+                    let idle = forwarded && acks.outstanding() == 0 && (journal.is_some() || inbound.is_empty());
                     if idle || Instant::now() >= d {
                         if !idle {
                             tracing::warn!(in_flight = metrics.in_flight.load(Relaxed), "Grace period over; unacked messages stay with the broker and will be redelivered.");
@@ -109,6 +148,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Err(error) = flushed {
         tracing::warn!(%error, "Kafka producer flush did not complete.");
     }
+    if let Some(j) = &journal {
+        if let Err(error) = j.close().await {
+            tracing::warn!(%error, "Journal close failed; it is recovered on the next start.");
+        }
+    }
     tracing::info!(
         received = metrics.received.load(Relaxed),
         delivered = metrics.delivered.load(Relaxed),
@@ -123,7 +167,7 @@ fn handle_report(
     report: Delivery,
     router: &Router,
     producer: &mut Producer,
-    acks: &crate::source::mqtt::AckHandle,
+    acks: &dyn Completion,
     metrics: &BridgeMetrics,
     retry_tx: &mpsc::UnboundedSender<Box<Pending>>,
 ) {
@@ -177,6 +221,9 @@ fn readiness(m: &BridgeMetrics, draining: bool) -> Result<(), String> {
     if !m.kafka_reachable.load(Relaxed) {
         why.push("Kafka not reachable");
     }
+    if m.journal_full.load(Relaxed) {
+        why.push("journal full (MQTT acks paused)");
+    }
     if why.is_empty() {
         Ok(())
     } else {
@@ -191,4 +238,22 @@ impl crate::sink::kafka::Reachability for ProbeFlag {
     fn set(&self, ok: bool) -> bool {
         self.0.kafka_reachable.swap(ok, Relaxed)
     }
+}
+
+/// Open the journal, report what recovery found, count the replay.
+pub(super) fn open_journal(
+    cfg: &crate::journal::JournalConfig,
+    metrics: &BridgeMetrics,
+) -> Result<Arc<crate::journal::Journal>, crate::journal::JournalError> {
+    let (journal, rec) = crate::journal::Journal::open(cfg.clone())?;
+    tracing::info!(
+        path = %cfg.path.display(),
+        undelivered = rec.undelivered,
+        truncated_bytes = rec.truncated_bytes,
+        "Journal open."
+    );
+    metrics.journal_replayed.store(rec.undelivered, Relaxed);
+    metrics.in_flight.fetch_add(i64::try_from(rec.undelivered).unwrap_or(i64::MAX), Relaxed);
+    publish_gauges(&journal, metrics);
+    Ok(Arc::new(journal))
 }

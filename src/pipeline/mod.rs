@@ -2,4 +2,6 @@
 //! destinations together and owns shutdown.
 
 pub mod bridge;
+mod journal_stage;
 pub mod sink;
+mod store_writer;

@@ -28,6 +28,13 @@ pub struct BridgeMetrics {
     pub mqtt_connected: AtomicBool,
     pub mqtt_subscribed: AtomicBool,
     pub kafka_reachable: AtomicBool,
+    /// Journal mode: records appended and not yet delivered, and bytes on disk.
+    pub journal_depth: AtomicI64,
+    pub journal_bytes: AtomicI64,
+    /// Journal mode: the journal refused appends (full).
+    pub journal_full: AtomicBool,
+    /// Records replayed from the journal at start-up (received by an earlier process).
+    pub journal_replayed: AtomicU64,
     pub delivery_latency: Histogram,
     per_tenant: Option<Mutex<HashMap<(String, String), u64>>>,
 }
@@ -168,6 +175,10 @@ impl BridgeMetrics {
             "1 while Kafka answers metadata requests.",
             i64::from(self.kafka_reachable.load(Relaxed)),
         );
+        gauge(&mut o, "iotpipe_journal_depth", "Journal records not yet delivered.", self.journal_depth.load(Relaxed));
+        gauge(&mut o, "iotpipe_journal_bytes", "Bytes of live journal segments.", self.journal_bytes.load(Relaxed));
+        gauge(&mut o, "iotpipe_journal_full", "1 while the journal refuses appends.", i64::from(self.journal_full.load(Relaxed)));
+        counter(&mut o, "iotpipe_journal_replayed_total", "Journal records replayed at start-up.", self.journal_replayed.load(Relaxed));
         self.delivery_latency.render(
             &mut o,
             "iotpipe_delivery_latency_seconds",

@@ -46,21 +46,29 @@ pub mod reasons {
 }
 
 pub fn decode(rec: &KafkaRecord, now_ms: i64) -> Decoded {
+    decode_from(rec, &rec.source(), now_ms)
+}
+
+/// As `decode`, naming the record's origin for dead letters (e.g. `journal:42`).
+pub fn decode_from(rec: &KafkaRecord, source: &str, now_ms: i64) -> Decoded {
+    let dead = |hdr: &HashMap<&str, &str>, received_ms: i64, reason: &str, detail: &str| {
+        dead_letter(rec, source, hdr, received_ms, reason, detail)
+    };
     let hdr: HashMap<&str, &str> = rec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let received_ms = hdr.get(h::RECEIVED_AT).and_then(|v| parse_time(v)).or(rec.timestamp_ms).unwrap_or(now_ms);
     if let Some(reason) = hdr.get(h::REASON) {
         let detail = hdr.get(h::ERROR).copied().unwrap_or("");
-        return dead(rec, &hdr, received_ms, reason, detail);
+        return dead(&hdr, received_ms, reason, detail);
     }
     if let (Some(t), Some(p)) = (hdr.get(h::TENANT_ID), hdr.get(h::PROJECT_ID)) {
         if t.is_empty() || p.is_empty() {
-            return dead(rec, &hdr, received_ms, reasons::MISSING_TENANT, "empty tenant_id or project_id header");
+            return dead(&hdr, received_ms, reasons::MISSING_TENANT, "empty tenant_id or project_id header");
         }
         let event_ms = hdr.get(h::EVENT_TIME).and_then(|v| parse_time(v));
         let id = match hdr.get(h::ID) {
             Some(s) => match uuid::Uuid::parse_str(s) {
                 Ok(id) => id,
-                Err(e) => return dead(rec, &hdr, received_ms, reasons::INVALID_ID, &format!("id header `{s}`: {e}")),
+                Err(e) => return dead(&hdr, received_ms, reasons::INVALID_ID, &format!("id header `{s}`: {e}")),
             },
             None => position_id(rec, received_ms),
         };
@@ -77,11 +85,11 @@ pub fn decode(rec: &KafkaRecord, now_ms: i64) -> Decoded {
         });
     }
     if rec.payload.is_empty() {
-        return dead(rec, &hdr, received_ms, reasons::EMPTY, "no headers and an empty payload");
+        return dead(&hdr, received_ms, reasons::EMPTY, "no headers and an empty payload");
     }
     match from_json(rec, received_ms) {
         Ok(row) => Decoded::Row(row),
-        Err((reason, detail)) => dead(rec, &hdr, received_ms, reason, &detail),
+        Err((reason, detail)) => dead(&hdr, received_ms, reason, &detail),
     }
 }
 
@@ -135,9 +143,16 @@ fn position_id(rec: &KafkaRecord, received_ms: i64) -> uuid::Uuid {
     RecordId::derive(Some(rec.timestamp_ms.unwrap_or(received_ms)), received_ms, &pos, &rec.payload).0
 }
 
-fn dead(rec: &KafkaRecord, hdr: &HashMap<&str, &str>, received_ms: i64, reason: &str, detail: &str) -> Decoded {
+fn dead_letter(
+    rec: &KafkaRecord,
+    source: &str,
+    hdr: &HashMap<&str, &str>,
+    received_ms: i64,
+    reason: &str,
+    detail: &str,
+) -> Decoded {
     Decoded::Dead(DeadLetterRow {
-        source: rec.source(),
+        source: source.to_string(),
         received_ms,
         reason: reason.to_string(),
         error: detail.to_string(),

@@ -5,4 +5,4 @@ mod consumer;
 mod decode;
 
 pub use consumer::{KafkaSource, SourceError};
-pub use decode::{decode, reasons, Decoded, KafkaRecord};
+pub use decode::{decode, decode_from, reasons, Decoded, KafkaRecord};
