@@ -234,3 +234,31 @@ fn sigterm_exits_0_and_everything_acked_is_in_kafka() {
     assert!(lost.is_empty(), "{} acked messages are not in Kafka, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
     assert!(!in_kafka.is_empty() && !unacked.is_empty(), "the test stopped the bridge mid-run");
 }
+
+#[test]
+fn journal_mode_rides_out_a_60s_kafka_outage_with_a_1000_message_broker_queue() {
+    const N: u64 = 30_000;
+    let mqtt = Mosquitto::start(1_000);
+    let kafka = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let extra = format!("[journal]\npath = {:?}\nmax_size = \"256MiB\"\nsegment_size = \"8MiB\"\n", journal.display().to_string());
+    let bridge = Bridge::start(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-journal", &extra));
+    eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
+
+    kafka.pause();
+    let publisher = spawn_publish(mqtt.url(), 0..N, Some(1_000));
+    publisher.join().unwrap();
+    // Every message was acked by the bridge (the publisher's broker had room
+    // for only 1,000) and sits in the journal.
+    eventually(Duration::from_secs(30), "all journaled", || bridge.metric("iotpipe_mqtt_acks_sent_total") == N as f64);
+    let depth = bridge.metric("iotpipe_journal_depth");
+    assert!(depth >= (N - 1_000) as f64, "journal holds the backlog: depth {depth}");
+    std::thread::sleep(Duration::from_secs(60u64.saturating_sub(30)));
+    kafka.resume();
+    let records = read_until_complete(&kafka.brokers(), N, Duration::from_secs(180));
+    let (missing, dups) = coverage(&records, N);
+    println!("journal mode, 60 s outage: {} records, {dups} duplicates", records.len());
+    assert!(missing.is_empty(), "{} messages lost", missing.len());
+    eventually(Duration::from_secs(30), "journal drained", || bridge.metric("iotpipe_journal_depth") == 0.0);
+}
