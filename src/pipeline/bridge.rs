@@ -94,6 +94,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     loop {
         tokio::select! {
             biased;
+            _ = tick.tick() => {
+                acks.flush();
+                if let Some(j) = &journal {
+                    publish_gauges(j, &metrics);
+                }
+                if let Some(d) = deadline {
+                    // In journal mode what Kafka has not taken yet is safe in the journal.
+                    let forwarded = metrics.in_flight.load(Relaxed) <= 0
+                        || (journal.is_some() && !metrics.kafka_reachable.load(Relaxed));
+                    let idle = forwarded && acks.outstanding() == 0 && (journal.is_some() || inbound.is_empty());
+                    if idle || Instant::now() >= d {
+                        if !idle {
+                            tracing::warn!(in_flight = metrics.in_flight.load(Relaxed), "Grace period over; unacked messages stay with the broker and will be redelivered.");
+                        }
+                        break;
+                    }
+                }
+            }
             Some(report) = reports.recv() => {
                 handle_report(report, &router, &mut producer, completion.as_ref(), &metrics, &retry_tx);
             }
@@ -118,24 +136,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
                 let pending = Box::new(Pending { seq: r.seq, inbound: r.msg, out, received_at: Instant::now(), attempts: 0 });
                 producer.send(pending).await;
-            }
-            _ = tick.tick() => {
-                acks.flush();
-                if let Some(j) = &journal {
-                    publish_gauges(j, &metrics);
-                }
-                if let Some(d) = deadline {
-                    // In journal mode what Kafka has not taken yet is safe in the journal.
-                    let forwarded = metrics.in_flight.load(Relaxed) <= 0
-                        || (journal.is_some() && !metrics.kafka_reachable.load(Relaxed));
-                    let idle = forwarded && acks.outstanding() == 0 && (journal.is_some() || inbound.is_empty());
-                    if idle || Instant::now() >= d {
-                        if !idle {
-                            tracing::warn!(in_flight = metrics.in_flight.load(Relaxed), "Grace period over; unacked messages stay with the broker and will be redelivered.");
-                        }
-                        break;
-                    }
-                }
             }
         }
     }

@@ -63,7 +63,7 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", cfg.linger.get().as_millis().to_string())
         .set("message.timeout.ms", cfg.delivery_timeout.get().as_millis().max(1).to_string())
         .set("queue.buffering.max.messages", "100000")
-        .set("queue.buffering.max.kbytes", "65536")
+        .set("queue.buffering.max.kbytes", "16384")
         .set("batch.num.messages", "10000")
         .set("statistics.interval.ms", "0")
         .set("log.connection.close", "false");
