@@ -9,101 +9,15 @@ absolute rates. Usage: scripts/bench-bridge.sh [--count N] [--rate R]
 """
 import argparse
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(REPO, "target", "release", "iotpipe")
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=15):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"port {port} did not open")
-
-
-def services_env():
-    subprocess.run(["bash", os.path.join(REPO, "scripts", "services.sh"), "install", "mosquitto", "tansu"], check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run(["bash", os.path.join(REPO, "scripts", "services.sh"), "up", "tansu"], check=True,
-                   stdout=subprocess.DEVNULL)
-    env = {}
-    with open(os.path.join(os.environ.get("IOTPIPE_SERVICES_DIR", os.path.join(REPO, ".services")), "env")) as f:
-        for line in f:
-            if "=" in line:
-                k, v = line.rstrip("\n").split("=", 1)
-                env[k] = v
-    return env
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def peak_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-def metrics(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
-
-
-def metric(text, name):
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def histogram(text, name):
-    return [(float("inf") if le == "+Inf" else float(le), float(v))
-            for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)]
-
-
-def quantile(before, after, q):
-    """Quantile from the difference of two cumulative histograms, interpolated within a bucket."""
-    diff = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
-    total = diff[-1][1]
-    if total == 0:
-        return float("nan")
-    rank, prev_le, prev_c = q * total, 0.0, 0.0
-    for le, c in diff:
-        if c >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-9)
-        prev_le, prev_c = le, c
-    return prev_le
-
-
-def simulate(broker, count, rate=0, extra=()):
-    out = subprocess.run([BIN, "simulate", "--broker", broker, "--count", str(count), "--rate", str(rate),
-                          "--qos", "1", "--payload-size", "200", "--timeout", "600s", *extra],
-                         check=True, capture_output=True, text=True).stdout
-    return out.strip()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BIN, cpu_seconds, histogram, metric, metrics, peak_rss_kib, quantile, services_env,  # noqa: E402
+                      simulate, start_mosquitto, start_tansu, stop_all, wait_port, wait_ready, free_port)
 
 
 def main():
@@ -117,22 +31,8 @@ def main():
     work = tempfile.mkdtemp(prefix="iotpipe-bench-")
     procs = []
     try:
-        mport = free_port()
-        conf = os.path.join(work, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write(f"listener {mport} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 1000000\nmax_inflight_messages 1000\nmessage_size_limit 0\n")
-            if os.geteuid() == 0:
-                f.write("user root\n")
-        procs.append(subprocess.Popen([env.get("IOTPIPE_TEST_MOSQUITTO_BIN", "mosquitto"), "-c", conf],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(mport)
-        kport = free_port()
-        targs = env["IOTPIPE_TEST_TANSU_ARGS"].replace("{PORT}", str(kport)).split()
-        procs.append(subprocess.Popen([env["IOTPIPE_TEST_TANSU_BIN"], *targs],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(kport)
-        broker = f"mqtt://127.0.0.1:{mport}"
+        broker = start_mosquitto(work, env, procs)
+        brokers = start_tansu(env, procs)
 
         # 1. Broker baseline: the same load into a do-nothing QoS 1 subscriber.
         sub = subprocess.Popen([BIN, "simulate", "--broker", broker, "--subscribe", "mtic/msg/client/realtime/#",
@@ -156,7 +56,7 @@ client_id = "iotpipe-bench"
 device_id = "/deviceId"
 event_time = "/ts"
 [kafka]
-brokers = "127.0.0.1:{kport}"
+brokers = "{brokers}"
 [http]
 listen = "127.0.0.1:{hport}"
 [log]
@@ -165,13 +65,7 @@ level = "warn"
         bridge = subprocess.Popen([BIN, "bridge", "--config", cfg], stderr=open(os.path.join(work, "bridge.log"), "w"))
         procs.append(bridge)
         wait_port(hport)
-        end = time.time() + 30
-        while time.time() < end:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=2)
-                break
-            except Exception:
-                time.sleep(0.2)
+        wait_ready(hport)
         # Warm-up creates the topics.
         simulate(broker, 2_000)
         while metric(metrics(hport), "iotpipe_messages_delivered_total") < 2_000:
@@ -214,12 +108,7 @@ level = "warn"
         print(f"| bridge peak RSS (VmHWM) | {rss:.1f} MiB |")
         print(f"| latency receive->Kafka ack at {args.rate:,} msg/s | p50 {p50:.2f} ms, p99 {p99:.2f} ms |")
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

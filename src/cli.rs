@@ -32,6 +32,14 @@ enum Command {
         #[arg(long, short, env = "IOTPIPE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Everything on one machine without Kafka: MQTT → local journal → store (SQLite by default) + dashboard.
+    Run {
+        /// Config file (TOML). Without it: defaults plus IOTPIPE_* environment.
+        #[arg(long, short, env = "IOTPIPE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Zero-config demo: embedded MQTT broker, simulated devices, the pipeline and the dashboard.
+    Demo(crate::demo::DemoArgs),
     /// Publish simulated device telemetry (or count messages with --subscribe).
     Simulate(SimulateArgs),
     /// Validate a config and try each connection it names.
@@ -60,6 +68,21 @@ pub fn main() -> ExitCode {
                 crate::pipeline::sink::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
+        Command::Run { config } => with_config_defaults(config, RUN_DEFAULTS, |cfg| {
+            let token = cfg.http.token.clone();
+            single_thread_runtime()?.block_on(async move {
+                crate::pipeline::run::run(cfg, shutdown_signal(), Some(crate::http::ui::routes(token)))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }),
+        Command::Demo(args) => {
+            init_logging("info,rumqttd=warn,rumqttc=warn", LogFormat::Text);
+            crate::source::mqtt::install_crypto_provider();
+            let res = single_thread_runtime()
+                .and_then(|rt| rt.block_on(crate::demo::run(args, shutdown_signal())).map_err(|e| e.to_string()));
+            finish(res)
+        }
         Command::Check { config } => with_config(config, |cfg| {
             let checks = runtime()?.block_on(crate::check::run(&cfg));
             let mut failed = false;
@@ -108,8 +131,24 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Defaults of `iotpipe run` under the config file: data in ./data, SQLite.
+const RUN_DEFAULTS: &str = r#"
+[store]
+url = "sqlite://data/iotpipe.db"
+[journal]
+path = "data/journal"
+"#;
+
 fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> Result<(), String>) -> ExitCode {
-    let cfg = match config::load(path.as_deref()) {
+    with_config_defaults(path, "", f)
+}
+
+fn with_config_defaults(
+    path: Option<PathBuf>,
+    defaults: &str,
+    f: impl FnOnce(Config) -> Result<(), String>,
+) -> ExitCode {
+    let cfg = match config::load_with_defaults(path.as_deref(), defaults) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

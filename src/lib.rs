@@ -4,6 +4,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod journal;
 pub mod pipeline;

@@ -242,7 +242,10 @@ fn journal_mode_rides_out_a_60s_kafka_outage_with_a_1000_message_broker_queue() 
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
-    let extra = format!("[journal]\npath = {:?}\nmax_size = \"256MiB\"\nsegment_size = \"8MiB\"\n", journal.display().to_string());
+    let extra = format!(
+        "[journal]\npath = {:?}\nmax_size = \"256MiB\"\nsegment_size = \"8MiB\"\n",
+        journal.display().to_string()
+    );
     let bridge = Bridge::start(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-journal", &extra));
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
 

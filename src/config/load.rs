@@ -29,6 +29,12 @@ impl ConfigError {
 /// Load `path` (or only defaults and environment when `None`) with the
 /// process environment as overlay.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with_defaults(path, "")
+}
+
+/// As `load`, with command-specific defaults (TOML) under the file: e.g.
+/// `iotpipe run` stores to SQLite unless the file or environment says otherwise.
+pub fn load_with_defaults(path: Option<&Path>, defaults: &str) -> Result<Config, ConfigError> {
     let (text, name) = match path {
         Some(p) => (
             std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
@@ -36,7 +42,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         ),
         None => (String::new(), "(defaults)".to_string()),
     };
-    load_str(&text, &name, std::env::vars())
+    load_layers(defaults, &text, &name, std::env::vars())
 }
 
 /// Load from TOML text and an explicit environment (testable without touching the process).
@@ -45,9 +51,22 @@ pub fn load_str(
     name: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let mut root: Value = toml::from_str::<toml::Table>(text)
+    load_layers("", text, name, env)
+}
+
+fn load_layers(
+    defaults: &str,
+    text: &str,
+    name: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut root: Value = toml::from_str::<toml::Table>(defaults)
+        .map(Value::Table)
+        .map_err(|e| ConfigError::Syntax { path: "(built-in defaults)".to_string(), message: e.to_string() })?;
+    let file: Value = toml::from_str::<toml::Table>(text)
         .map(Value::Table)
         .map_err(|e| ConfigError::Syntax { path: name.to_string(), message: e.to_string() })?;
+    merge(&mut root, file);
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
     for (var, raw) in env {
         let Some(path) = env_path(&var) else { continue };
@@ -111,6 +130,23 @@ fn env_value(raw: &str) -> Value {
     Value::String(raw.to_string())
 }
 
+/// Deep-merge `over` into `base` (tables merge, everything else replaces).
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Table(b), Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
 fn set_path(root: &mut Value, path: &[String], value: Value) -> Result<(), String> {
     let mut cur = root;
     for (i, part) in path.iter().enumerate() {
@@ -129,6 +165,11 @@ fn resolve_secret_files(config: &mut Config) -> Result<(), ConfigError> {
         let secret = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::key("mqtt.password_file", format!("cannot read {}: {e}", path.display())))?;
         config.mqtt.password = Some(secret.trim_end_matches(['\n', '\r']).to_string());
+    }
+    if let Some(path) = &config.http.token_file {
+        let secret = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::key("http.token_file", format!("cannot read {}: {e}", path.display())))?;
+        config.http.token = Some(secret.trim().to_string());
     }
     let file_keys: Vec<String> = config.kafka.properties.keys().filter(|k| k.ends_with("_file")).cloned().collect();
     for key in file_keys {

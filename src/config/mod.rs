@@ -5,7 +5,7 @@ mod load;
 mod units;
 pub mod validate;
 
-pub use load::{load, load_str, ConfigError};
+pub use load::{load, load_str, load_with_defaults, ConfigError};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::Deserialize;
@@ -258,11 +258,17 @@ pub struct HttpConfig {
     pub listen: String,
     /// Count messages per tenant and project (`iotpipe_tenant_messages_total`).
     pub per_tenant_metrics: bool,
+    /// Bearer token required by the dashboard API (`/api/`); set it when
+    /// `listen` is not a loopback address.
+    #[serde(deserialize_with = "load::lenient_opt_string")]
+    pub token: Option<String>,
+    /// File holding the token.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), per_tenant_metrics: false }
+        Self { listen: "127.0.0.1:8080".into(), per_tenant_metrics: false, token: None, token_file: None }
     }
 }
 

@@ -1,6 +1,10 @@
 //! `/healthz` (alive), `/readyz` (connected, subscribed, downstream
 //! reachable) and `/metrics` (Prometheus text).
 
+pub mod api;
+pub mod dashboard;
+pub mod ui;
+
 use crate::telemetry::Render;
 use axum::extract::State;
 use axum::http::{header, StatusCode};

@@ -5,13 +5,13 @@
 //! ack sequencer), the dispatcher below (routes, produces, handles delivery
 //! reports, retries), the Kafka readiness probe and the HTTP server.
 
+use super::journal_stage::{feed, ingest, publish_gauges, Completion, JournalAcks};
 use crate::config::Config;
 use crate::http;
 use crate::record::DeadLetterReason;
 use crate::route::Router;
 use crate::sink::kafka::{classify, Delivery, Failure, Pending, Producer, TopicAdmin};
 use crate::source::mqtt::{Received, Source, ACK_RETRY_INTERVAL};
-use super::journal_stage::{feed, ingest, publish_gauges, Completion, JournalAcks};
 use crate::telemetry::BridgeMetrics;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;

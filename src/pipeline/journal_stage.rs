@@ -128,7 +128,12 @@ pub async fn feed(mut reader: Reader, acks: Arc<JournalAcks>, tx: mpsc::Sender<R
             // Checksummed but not decodable (a newer format?): forwarded as a
             // message that will be dead-lettered, never dropped.
             tracing::error!(%error, jseq, "Journal record not decodable; dead-lettering it.");
-            Inbound { topic: String::new(), payload: bytes.clone(), received_ms: crate::record::now_ms(), redelivered: false }
+            Inbound {
+                topic: String::new(),
+                payload: bytes.clone(),
+                received_ms: crate::record::now_ms(),
+                redelivered: false,
+            }
         });
         let seq = acks.register(jseq);
         if tx.send(Received { seq, msg }).await.is_err() {

@@ -3,5 +3,6 @@
 
 pub mod bridge;
 mod journal_stage;
+pub mod run;
 pub mod sink;
 mod store_writer;

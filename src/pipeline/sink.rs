@@ -2,11 +2,11 @@
 //! database transaction committed, so a crash re-reads at most the batches
 //! in flight, and the store's `(time, id)` key makes the re-read harmless.
 
+use super::store_writer::{connect_store, retention_task, write_until_done};
 use crate::config::Config;
 use crate::http;
 use crate::record::now_ms;
 use crate::source::kafka::{decode, Decoded, KafkaRecord, KafkaSource};
-use super::store_writer::{connect_store, retention_task, write_until_done};
 use crate::store::{DeadLetterRow, StoreError, StoreRow};
 use crate::telemetry::SinkMetrics;
 use std::future::Future;
@@ -108,4 +108,3 @@ fn split(batch: &[KafkaRecord], metrics: &SinkMetrics) -> (Vec<StoreRow>, Vec<De
     }
     (rows, dead)
 }
-

@@ -20,7 +20,8 @@ const MIN_RETENTION: Duration = Duration::from_secs(3600);
 pub struct StoreConfig {
     /// `postgres://user[:password]@host:port/db[?sslmode=disable|prefer|require]`,
     /// `influxdb://[user:password@]host:port/db` (`influxdbs://` for HTTPS;
-    /// `http://` and `https://` are accepted too).
+    /// `http://` and `https://` are accepted too), or a SQLite file:
+    /// `sqlite:///absolute/path.db`, `sqlite://relative/path.db`.
     pub url: String,
     /// How long data is kept (e.g. `"3d"`); older partitions, chunks and
     /// points are dropped. At least `"1h"`.
@@ -29,7 +30,8 @@ pub struct StoreConfig {
     pub retention_interval: HumanDuration,
     /// Daily partitions created ahead of today (PostgreSQL without TimescaleDB).
     pub partitions_ahead: u32,
-    /// Create the database when it does not exist (the user needs the right to).
+    /// Create the database when it does not exist (the user needs the right
+    /// to; for SQLite: the file and its directory).
     pub create_database: bool,
     /// PEM CA bundle that signs the server's certificate; the system roots
     /// are used when absent. The certificate is always verified.
@@ -67,6 +69,8 @@ pub enum StoreUrl {
     Postgres(String),
     /// An InfluxDB 1.x HTTP endpoint and database.
     Influx(InfluxUrl),
+    /// A SQLite database file (relative paths are relative to the working directory).
+    Sqlite(PathBuf),
 }
 
 /// `influxdb://[user:password@]host[:port]/database`, decoded.
@@ -154,15 +158,29 @@ impl StoreConfig {
 }
 
 fn parse_url(url: &str) -> Result<StoreUrl, String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("`{}` needs a scheme: postgres://, influxdb:// or influxdbs://", redact(url)))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("`{}` needs a scheme: {SCHEMES}", redact(url)))?;
     match scheme {
         "postgres" | "postgresql" => Ok(StoreUrl::Postgres(url.to_string())),
         "influxdb" | "http" => parse_influx(rest, false).map(StoreUrl::Influx),
         "influxdbs" | "https" => parse_influx(rest, true).map(StoreUrl::Influx),
-        other => Err(format!("scheme `{other}` is not supported; use postgres://, influxdb:// or influxdbs://")),
+        "sqlite" => parse_sqlite(rest).map(StoreUrl::Sqlite),
+        other => Err(format!("scheme `{other}` is not supported; use {SCHEMES}")),
     }
+}
+
+/// The schemes `store.url` accepts, for messages.
+const SCHEMES: &str = "postgres://, influxdb://, influxdbs:// or sqlite://";
+
+/// `sqlite:///abs/path.db` → `/abs/path.db`; `sqlite://rel.db` → `rel.db`.
+fn parse_sqlite(rest: &str) -> Result<PathBuf, String> {
+    if rest.contains(['?', '#']) {
+        return Err("a SQLite URL takes no query parameters: sqlite:///path/to/iotpipe.db".into());
+    }
+    let path = percent_decode(rest)?;
+    if path.is_empty() || path.ends_with('/') || path.contains('\0') {
+        return Err("name the database file: sqlite:///var/lib/iotpipe/iotpipe.db or sqlite://iotpipe.db".into());
+    }
+    Ok(PathBuf::from(path))
 }
 
 fn parse_influx(rest: &str, tls: bool) -> Result<InfluxUrl, String> {
@@ -276,6 +294,20 @@ mod tests {
         assert!(parse_url("influxdb://host:80x/db").unwrap_err().contains("port"));
         assert!(parse_url("influxdb://host/db?rp=x").unwrap_err().contains("no query"));
         assert!(matches!(parse_url("postgresql://u@h/db"), Ok(StoreUrl::Postgres(_))));
+        assert!(parse_url("sqlite://").unwrap_err().contains("database file"));
+        assert!(parse_url("sqlite:///var/lib/").unwrap_err().contains("database file"));
+        assert!(parse_url("sqlite:///x.db?mode=ro").unwrap_err().contains("no query"));
+    }
+
+    #[test]
+    fn sqlite_urls_name_a_file() {
+        let path = |url: &str| match parse_url(url) {
+            Ok(StoreUrl::Sqlite(p)) => p,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert_eq!(path("sqlite:///var/lib/iotpipe/iotpipe.db"), PathBuf::from("/var/lib/iotpipe/iotpipe.db"));
+        assert_eq!(path("sqlite://iotpipe.db"), PathBuf::from("iotpipe.db"));
+        assert_eq!(path("sqlite://data/my%20db.sqlite"), PathBuf::from("data/my db.sqlite"));
     }
 
     #[test]

@@ -62,6 +62,39 @@ pub enum StoreError {
         /// The error InfluxDB reported.
         message: String,
     },
+    /// SQLite refused or failed an operation.
+    #[error("sqlite: {context}: {source}")]
+    Sqlite {
+        /// What was being done.
+        context: String,
+        /// The driver's error.
+        source: rusqlite::Error,
+    },
+    /// A file or directory of the store could not be created or inspected.
+    #[error("store: cannot {context} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. `create the directory`.
+        context: &'static str,
+        /// The file or directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The blocking task that ran a database call ended without an answer
+    /// (it panicked, or the runtime is shutting down).
+    #[error("{what}: the worker task failed: {message}")]
+    Worker {
+        /// What was being done.
+        what: &'static str,
+        /// Why the task ended.
+        message: String,
+    },
+    /// The store cannot answer dashboard queries.
+    #[error("queries are not supported by this store ({store})")]
+    QueriesUnsupported {
+        /// The store, as [`crate::store::Store::describe`] names it.
+        store: String,
+    },
     /// An operation took longer than its configured limit.
     #[error("{what} timed out after {}", humantime::format_duration(*.after))]
     Timeout {
@@ -81,6 +114,10 @@ impl StoreError {
         Self::Postgres { context: context.into(), source }
     }
 
+    pub(crate) fn sqlite(context: impl Into<String>, source: rusqlite::Error) -> Self {
+        Self::Sqlite { context: context.into(), source }
+    }
+
     /// Worth retrying the same operation later: the connection was lost, an
     /// operation timed out, the database is restarting, overloaded or broke a
     /// deadlock. Not worth it: bad configuration, bad SQL, a constraint.
@@ -90,6 +127,9 @@ impl StoreError {
             Self::Postgres { source, .. } => pg_retryable(source),
             Self::Http { source, .. } => !source.is_builder(),
             Self::Influx { status, .. } => http_status_retryable(*status),
+            Self::Sqlite { source, .. } => sqlite_retryable(source),
+            Self::Io { source, .. } => io_retryable(source.kind()),
+            Self::Worker { .. } | Self::QueriesUnsupported { .. } => false,
             Self::Timeout { .. } => true,
         }
     }
@@ -157,6 +197,31 @@ pub(crate) fn sqlstate_retryable(code: &str) -> bool {
         )
 }
 
+/// SQLite result codes that say "not now": another connection holds the
+/// lock, the operation was interrupted (a timeout), the disk is full or failed.
+fn sqlite_retryable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::OperationInterrupted
+                | C::SystemIoFailure
+                | C::DiskFull
+                | C::OutOfMemory
+                | C::FileLockingProtocolFailed
+                | C::SchemaChanged
+        )
+    )
+}
+
+/// I/O failures that may pass (a full disk is freed, a busy resource released).
+fn io_retryable(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(kind, K::Interrupted | K::WouldBlock | K::TimedOut | K::StorageFull | K::ResourceBusy | K::OutOfMemory)
+}
+
 fn http_status_retryable(status: u16) -> bool {
     // 404: the database was dropped under us; the store recreates it on the next write.
     status >= 500 || matches!(status, 404 | 408 | 429)
@@ -180,6 +245,14 @@ mod tests {
         assert!(!http_status_retryable(401));
         assert!(StoreError::Timeout { what: "write", after: Duration::from_secs(1) }.is_retryable());
         assert!(!StoreError::config("url", "bad").is_retryable());
+        let sqlite = |code: i32| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        assert!(StoreError::sqlite("write", sqlite(rusqlite::ffi::SQLITE_BUSY)).is_retryable());
+        assert!(StoreError::sqlite("write", sqlite(rusqlite::ffi::SQLITE_FULL)).is_retryable());
+        assert!(StoreError::sqlite("write", sqlite(rusqlite::ffi::SQLITE_INTERRUPT)).is_retryable());
+        assert!(!StoreError::sqlite("write", sqlite(rusqlite::ffi::SQLITE_CORRUPT)).is_retryable());
+        assert!(!StoreError::sqlite("write", sqlite(rusqlite::ffi::SQLITE_READONLY)).is_retryable());
+        assert!(!StoreError::sqlite("open", rusqlite::Error::InvalidQuery).is_retryable());
+        assert!(!StoreError::QueriesUnsupported { store: "influxdb h:8086/iot".into() }.is_retryable());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Time-series stores: PostgreSQL (daily partitions, or a TimescaleDB
-//! hypertable when the extension is there) and InfluxDB 1.x.
+//! hypertable when the extension is there), InfluxDB 1.x, and SQLite (one
+//! file, the embedded default of `iotpipe run`).
 //!
 //! The sink hands [`Store::write`] one batch at a time: telemetry rows and
 //! the dead letters that came with them. A batch is written whole or not at
@@ -8,18 +9,22 @@
 //! creates a second row. [`Store::enforce_retention`] runs on a timer and
 //! drops what is older than `store.retention`.
 //!
-//! A backend is one variant of [`Store`] and one folder here; the SQLite
-//! backend of `iotpipe run` will be a third.
+//! A backend is one variant of [`Store`] and one folder here. The
+//! dashboard reads through a [`QueryHandle`] ([`Store::query_handle`]), on
+//! connections separate from the writer's.
 
 mod config;
 mod error;
 pub mod influx;
 pub mod postgres;
+pub mod query;
+pub mod sqlite;
 pub mod time_rule;
 mod tls;
 
 pub use config::{InfluxUrl, StoreConfig, StoreUrl};
 pub use error::StoreError;
+pub use query::QueryHandle;
 
 use bytes::Bytes;
 
@@ -106,6 +111,8 @@ pub enum Store {
     Postgres(postgres::PostgresStore),
     /// InfluxDB 1.x over HTTP.
     Influx(influx::InfluxStore),
+    /// A SQLite file (WAL mode).
+    Sqlite(sqlite::SqliteStore),
 }
 
 impl Store {
@@ -113,20 +120,24 @@ impl Store {
     /// database if missing (when `create_database` is set and the user may),
     /// run the migrations, create today's partitions and those ahead.
     /// InfluxDB: create the database and the `iotpipe` retention policy.
+    /// SQLite: create the file and its directory (when `create_database`
+    /// is set), switch to WAL mode, run the migrations.
     pub async fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
         match cfg.parse_url()? {
             StoreUrl::Postgres(url) => Ok(Store::Postgres(postgres::PostgresStore::connect(cfg, &url).await?)),
             StoreUrl::Influx(target) => Ok(Store::Influx(influx::InfluxStore::connect(cfg, target).await?)),
+            StoreUrl::Sqlite(path) => Ok(Store::Sqlite(sqlite::SqliteStore::connect(cfg, &path).await?)),
         }
     }
 
-    /// Store one batch: all of it or nothing (one transaction on PostgreSQL).
+    /// Store one batch: all of it or nothing (one transaction on PostgreSQL and SQLite).
     /// Rows and dead letters already stored are skipped, so a batch can be
     /// written again after an error or a crash.
     pub async fn write(&mut self, rows: &[StoreRow], dead: &[DeadLetterRow]) -> Result<WriteOutcome, StoreError> {
         match self {
             Store::Postgres(s) => s.write(rows, dead).await,
             Store::Influx(s) => s.write(rows, dead).await,
+            Store::Sqlite(s) => s.write(rows, dead).await,
         }
     }
 
@@ -136,6 +147,7 @@ impl Store {
         match self {
             Store::Postgres(s) => s.enforce_retention().await,
             Store::Influx(s) => s.enforce_retention().await,
+            Store::Sqlite(s) => s.enforce_retention().await,
         }
     }
 
@@ -144,6 +156,7 @@ impl Store {
         match self {
             Store::Postgres(s) => s.ping().await,
             Store::Influx(s) => s.ping().await,
+            Store::Sqlite(s) => s.ping().await,
         }
     }
 
@@ -152,6 +165,18 @@ impl Store {
         match self {
             Store::Postgres(s) => s.describe(),
             Store::Influx(s) => s.describe(),
+            Store::Sqlite(s) => s.describe(),
+        }
+    }
+
+    /// A handle for the dashboard's queries, reading on connections of its
+    /// own so that reads never wait behind a batch being written. SQLite
+    /// only for now: the other stores answer
+    /// [`StoreError::QueriesUnsupported`].
+    pub fn query_handle(&self) -> Result<QueryHandle, StoreError> {
+        match self {
+            Store::Sqlite(s) => Ok(QueryHandle::sqlite(s.reader())),
+            Store::Postgres(_) | Store::Influx(_) => Err(StoreError::QueriesUnsupported { store: self.describe() }),
         }
     }
 }

@@ -177,8 +177,18 @@ impl BridgeMetrics {
         );
         gauge(&mut o, "iotpipe_journal_depth", "Journal records not yet delivered.", self.journal_depth.load(Relaxed));
         gauge(&mut o, "iotpipe_journal_bytes", "Bytes of live journal segments.", self.journal_bytes.load(Relaxed));
-        gauge(&mut o, "iotpipe_journal_full", "1 while the journal refuses appends.", i64::from(self.journal_full.load(Relaxed)));
-        counter(&mut o, "iotpipe_journal_replayed_total", "Journal records replayed at start-up.", self.journal_replayed.load(Relaxed));
+        gauge(
+            &mut o,
+            "iotpipe_journal_full",
+            "1 while the journal refuses appends.",
+            i64::from(self.journal_full.load(Relaxed)),
+        );
+        counter(
+            &mut o,
+            "iotpipe_journal_replayed_total",
+            "Journal records replayed at start-up.",
+            self.journal_replayed.load(Relaxed),
+        );
         self.delivery_latency.render(
             &mut o,
             "iotpipe_delivery_latency_seconds",

@@ -54,6 +54,25 @@ impl Histogram {
         self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// Estimated quantile (0..1) in seconds, interpolated within a bucket; `None` before any observation.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count.load(Relaxed);
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let (mut seen, mut lower) = (0.0, 0.0);
+        for (upper, n) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            let n = n.load(Relaxed) as f64;
+            if seen + n >= rank && n > 0.0 {
+                return Some(lower + (upper - lower) * ((rank - seen) / n));
+            }
+            seen += n;
+            lower = *upper;
+        }
+        Some(lower)
+    }
+
     pub(crate) fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Sink benchmark: rows/s from Kafka into PostgreSQL with realistic ~200-byte
+JSON payloads, the sink's peak RSS, and (same run) the store's naive
+one-INSERT-per-row baseline. Kafka is filled first through the bridge, so the
+records carry the bridge's headers. Usage: scripts/bench-sink.sh [--count N]
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BIN, REPO, cpu_seconds, free_port, metric, metrics, peak_rss_kib, services_env,  # noqa: E402
+                      simulate, start_mosquitto, start_tansu, stop_all, wait_metric, wait_port, wait_ready)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=200_000)
+    ap.add_argument("--naive-rows", type=int, default=20_000)
+    args = ap.parse_args()
+    env = services_env("postgres")
+    pg = env["IOTPIPE_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
+    work = tempfile.mkdtemp(prefix="iotpipe-bench-sink-")
+    procs = []
+    try:
+        broker = start_mosquitto(work, env, procs)
+        brokers = start_tansu(env, procs)
+        hport = free_port()
+        cfg = os.path.join(work, "bridge.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[mqtt]\nurl = "{broker}"\nclient_id = "bench-fill"\n[route]\ndevice_id = "/deviceId"\n'
+                    f'event_time = "/ts"\n[kafka]\nbrokers = "{brokers}"\n[http]\nlisten = "127.0.0.1:{hport}"\n'
+                    '[log]\nlevel = "warn"\n')
+        bridge = subprocess.Popen([BIN, "bridge", "--config", cfg])
+        wait_port(hport)
+        wait_ready(hport)
+        simulate(broker, args.count)
+        wait_metric(hport, "iotpipe_messages_delivered_total", args.count)
+        bridge.terminate()
+        bridge.wait(timeout=30)
+
+        db = f"bench_sink_{int(time.time())}"
+        sport = free_port()
+        scfg = os.path.join(work, "sink.toml")
+        with open(scfg, "w") as f:
+            f.write(f'[kafka]\nbrokers = "{brokers}"\n[sink]\ngroup_id = "bench-{db}"\n'
+                    'properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }\n'
+                    f'[store]\nurl = "{pg}/{db}"\n[http]\nlisten = "127.0.0.1:{sport}"\n[log]\nlevel = "warn"\n')
+        sink = subprocess.Popen([BIN, "sink", "--config", scfg])
+        procs.append(sink)
+        wait_port(sport)
+        wait_ready(sport)
+        cpu0 = cpu_seconds(sink.pid)
+        t0 = time.time()
+        # The clock starts when the sink is ready; group join is part of the cost.
+        wait_metric(sport, "iotpipe_sink_rows_written_total", 1, step=0.005)
+        t_first = time.time()
+        wait_metric(sport, "iotpipe_sink_rows_written_total", args.count, step=0.05)
+        wall = time.time() - t_first
+        cpu = cpu_seconds(sink.pid) - cpu0
+        rss = peak_rss_kib(sink.pid) / 1024
+        m = metrics(sport)
+        rate = args.count / wall
+        naive = subprocess.run([os.path.join(REPO, "target", "release", "examples", "bench_store"), "--copy-rows",
+                                "20000", "--naive-rows", str(args.naive_rows), "--influx-rows", "1000"],
+                               capture_output=True, text=True)
+        print("| measure | value |")
+        print("|---|---|")
+        print(f"| records | {args.count:,} from Kafka (bridge headers, ~200-byte JSON) |")
+        print(f"| sink Kafka -> PostgreSQL | {rate:,.0f} rows/s ({wall:.2f} s from first row; "
+              f"{t_first - t0:.2f} s to join the group and write the first batch) |")
+        print(f"| sink CPU | {cpu:.2f} s = {cpu / args.count * 1e6:.1f} us/row (PostgreSQL's own CPU not included) |")
+        print(f"| sink peak RSS (VmHWM) | {rss:.1f} MiB |")
+        print(f"| batches | {metric(m, 'iotpipe_sink_batches_total'):.0f} |")
+        print("\nStore benchmark in the same run (naive baseline):\n")
+        print(naive.stdout.strip() or naive.stderr.strip())
+    finally:
+        stop_all(procs)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

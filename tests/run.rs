@@ -1,0 +1,124 @@
+//! `iotpipe run` (MQTT → journal → SQLite) and `iotpipe demo`.
+
+mod common;
+
+use common::mqtt::spawn_publish;
+use common::{eventually, free_port, http_get, iotpipe, Bridge, Mosquitto};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn rows(db: &std::path::Path, sql: &str) -> i64 {
+    let Ok(c) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return -1;
+    };
+    c.query_row(sql, [], |r| r.get(0)).unwrap_or(-1)
+}
+
+fn run_config(mqtt_url: &str, dir: &std::path::Path, client_id: &str) -> String {
+    format!(
+        r#"[mqtt]
+url = "{mqtt_url}"
+client_id = "{client_id}"
+reconnect_backoff_max = "1s"
+[route]
+device_id = "/deviceId"
+event_time = "/ts"
+[store]
+url = "sqlite://{db}"
+[journal]
+path = {journal:?}
+[http]
+listen = "{{HTTP}}"
+"#,
+        db = dir.join("iotpipe.db").display(),
+        journal = dir.join("journal").display().to_string(),
+    )
+}
+
+#[test]
+fn run_with_sqlite_survives_three_sigkills_with_exactly_one_row_per_message() {
+    const N: u64 = 20_000;
+    let mqtt = Mosquitto::start(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("iotpipe.db");
+    let mut run = Bridge::start_command(dir.path(), "run", &run_config(&mqtt.url(), dir.path(), "run-kill"));
+    eventually(Duration::from_secs(20), "run ready", || run.get("/readyz").0 == 200);
+    let publisher = spawn_publish(mqtt.url(), 0..N, Some(2_000));
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(2_500));
+        run.kill9();
+        std::thread::sleep(Duration::from_millis(200));
+        run.restart();
+    }
+    publisher.join().unwrap();
+    eventually(Duration::from_secs(120), "20,000 rows", || rows(&db, "SELECT count(*) FROM telemetry") >= N as i64);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rows(&db, "SELECT count(*) FROM telemetry"), N as i64, "exactly one row per message");
+    assert_eq!(rows(&db, "SELECT count(DISTINCT json_extract(payload, '$.seq')) FROM telemetry"), N as i64);
+}
+
+#[test]
+fn run_stores_dead_letters_and_keeps_running() {
+    let mqtt = Mosquitto::start(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("iotpipe.db");
+    let run = Bridge::start_command(dir.path(), "run", &run_config(&mqtt.url(), dir.path(), "run-bad"));
+    eventually(Duration::from_secs(20), "run ready", || run.get("/readyz").0 == 200);
+    common::mqtt::block_on(common::mqtt::publish_raw(
+        &mqtt.url(),
+        vec![
+            ("mtic/msg/client/realtime/a".into(), b"{}".to_vec()),
+            ("mtic/msg/client/realtime/a/p".into(), b"{nope".to_vec()),
+            ("mtic/msg/client/realtime/a/p".into(), br#"{"deviceId":"d","ts":1700000000000,"v":1}"#.to_vec()),
+        ],
+    ));
+    eventually(Duration::from_secs(20), "dead letters", || rows(&db, "SELECT count(*) FROM dead_letters") == 2);
+    eventually(Duration::from_secs(20), "good row", || rows(&db, "SELECT count(*) FROM telemetry") == 1);
+    assert_eq!(run.metric("iotpipe_messages_dead_lettered_total{reason=\"invalid_json\"}"), 1.0);
+    assert_eq!(run.get("/healthz").0, 200);
+}
+
+#[test]
+fn demo_starts_shows_data_through_the_api_and_renders_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, mqtt) = (free_port(), free_port());
+    let mut demo = Command::new(iotpipe())
+        .args(["demo", "--listen", &format!("127.0.0.1:{http}"), "--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    eventually(Duration::from_secs(30), "tenants through the API", || {
+        let (status, body) = http_get(http, "/api/tenants");
+        status == 200 && body.contains("tenant_id")
+    });
+    println!("demo: first data through the API {:?} after start", started.elapsed());
+    let (status, body) = http_get(http, "/api/tenants/nope/projects");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("error"));
+    let (status, _) = http_get(http, "/api/dead-letters?limit=abc");
+    assert_eq!(status, 400);
+
+    let artifacts = common::repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard.png");
+    let check = Command::new("python3")
+        .arg(common::repo().join("scripts/dashboard_check.py"))
+        .arg(format!("http://127.0.0.1:{http}/"))
+        .arg(&shot)
+        .output()
+        .unwrap();
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert!(
+        check.status.success(),
+        "dashboard check failed:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&check.stdout).trim());
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "screenshot saved");
+}
