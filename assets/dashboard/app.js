@@ -44,6 +44,8 @@ function colorFor(name) {
   return PALETTE[x % PALETTE.length];
 }
 function showError(id, err) {
+  // "Cannot reach iotpipe" is said once, by the health panel, not by every panel.
+  if (err && err.status === 0 && id !== 'health-error') err = null;
   const el = $(id);
   el.hidden = !err;
   el.textContent = err ? (err.message || String(err)) : '';
@@ -465,12 +467,14 @@ async function loadHealth() {
   try {
     hl = await api('health');
   } catch (e) {
-    showError('health-error', e);
+    showError('health-error', e.status ? e : new ApiError(0, e.message + '. Showing the last data received; retrying.'));
+    document.body.classList.toggle('offline', !e.status);
     $('conn').className = 'conn bad';
     $('conn').textContent = e.status ? 'API error' : 'offline, retrying';
     return;
   }
   showError('health-error');
+  document.body.classList.remove('offline');
   $('conn').className = 'conn ok';
   $('conn').textContent = 'live · ' + hhmmss(new Date());
   const prev = state.health;
@@ -517,6 +521,7 @@ async function loadDeadLetters() {
     showError('dl-error');
   } catch (e) {
     showError('dl-error', e);
+    if ($('dl-body').querySelector('td.muted')) $('dl-body').replaceChildren(); // drop "Loading…"
     return;
   }
   rows = (Array.isArray(rows) ? rows : []).slice().sort((a, b) => (b.received_at || 0) - (a.received_at || 0));
