@@ -92,7 +92,7 @@ fn sigkill_three_times_still_one_row_per_record() {
         sink.restart();
     }
     producer.join().unwrap();
-    eventually(Duration::from_secs(180), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= N as i64);
+    eventually(Duration::from_secs(300), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= N as i64);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
     assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);

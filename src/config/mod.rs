@@ -245,7 +245,7 @@ impl Default for KafkaConfig {
             replication_factor: -1,
             retention: HumanDuration::secs(3 * 86400),
             delivery_timeout: HumanDuration::secs(60),
-            linger: HumanDuration::millis(5),
+            linger: HumanDuration::millis(20),
             properties: BTreeMap::new(),
         }
     }

@@ -49,32 +49,66 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     crate::sink::kafka::spawn_probe(&config.kafka, Arc::new(Flag(metrics.clone())))?;
 
-    let Some(mut store) = connect_store(&config, &metrics, &mut shutdown).await else { return Ok(()) };
+    let Some(store) = connect_store(&config, &metrics, &mut shutdown).await else { return Ok(()) };
     metrics.store_reachable.store(true, Relaxed);
     tracing::info!(store = store.describe(), "Store ready.");
     tokio::spawn(retention_task(config.clone(), metrics.clone()));
 
     let source = KafkaSource::new(&config.kafka, &config.sink, metrics.clone())?;
     let backoff_max = config.sink.retry_backoff_max.get();
+    // One batch is written while the next is read and decoded; offsets are
+    // stored strictly in batch order, each after its own commit.
+    let mut writing: Option<tokio::task::JoinHandle<Written>> = None;
+    let mut store = Some(store);
+    let mut next: Option<DecodedBatch> = None;
     loop {
-        let batch = tokio::select! {
+        if store.is_some() && next.is_some() {
+            let (Some(mut st), Some((rows, dead, offsets))) = (store.take(), next.take()) else { break };
+            let m = metrics.clone();
+            writing = Some(tokio::spawn(async move {
+                let started = Instant::now();
+                let counts = write_until_done(&mut st, rows, dead, &m, backoff_max).await;
+                Written { store: st, counts, offsets, started }
+            }));
+        }
+        tokio::select! {
             biased;
             () = &mut shutdown => break,
-            b = source.next_batch() => b,
-        };
-        metrics.records_consumed.fetch_add(batch.len() as u64, Relaxed);
-        let (rows, dead) = split(&batch, &metrics);
-        let started = Instant::now();
-        let written = tokio::select! {
-            biased;
-            () = &mut shutdown => {
-                tracing::info!("Shutting down during a store retry; the batch's offsets stay uncommitted.");
-                break;
+            done = async {
+                match writing.as_mut() {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
+            }, if writing.is_some() => {
+                writing = None;
+                match done {
+                    Ok(w) => {
+                        metrics.on_batch(w.counts.0, w.counts.1, w.started.elapsed());
+                        source.store_offsets(&w.offsets);
+                        store = Some(w.store);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "Store writer task failed; stopping (the batch is re-read next time).");
+                        break;
+                    }
+                }
             }
-            w = write_until_done(&mut store, rows, dead, &metrics, backoff_max) => w,
-        };
-        metrics.on_batch(written.0, written.1, started.elapsed());
-        source.store_offsets(&batch);
+            batch = source.next_batch(), if next.is_none() => {
+                metrics.records_consumed.fetch_add(batch.len() as u64, Relaxed);
+                let (rows, dead) = split(&batch, &metrics);
+                next = Some((rows, dead, KafkaSource::next_offsets(&batch)));
+            }
+        }
+    }
+    // Shutdown: let the batch being written finish within the grace period.
+    if let Some(h) = writing.take() {
+        match tokio::time::timeout(config.sink.grace_period.get(), h).await {
+            Ok(Ok(w)) => {
+                metrics.on_batch(w.counts.0, w.counts.1, w.started.elapsed());
+                source.store_offsets(&w.offsets);
+            }
+            _ => tracing::info!("The last batch did not finish in the grace period; it is re-read next time."),
+        }
     }
     source.commit_now();
     tracing::info!(
@@ -83,6 +117,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "Sink stopped."
     );
     Ok(())
+}
+
+/// A read, decoded batch waiting for the store: rows, dead letters, next offsets.
+type DecodedBatch = (Vec<StoreRow>, Vec<DeadLetterRow>, Vec<(String, i32, i64)>);
+
+/// A batch committed to the store, handing the store back.
+struct Written {
+    store: crate::store::Store,
+    counts: (u64, u64),
+    offsets: Vec<(String, i32, i64)>,
+    started: Instant,
 }
 
 struct Flag(Arc<SinkMetrics>);

@@ -82,6 +82,11 @@ impl KafkaSource {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("max.poll.interval.ms", sink.max_poll_interval.get().as_millis().to_string())
             .set("statistics.interval.ms", "5000")
+            // Bounded prefetch: librdkafka's default queue (64 MiB) alone
+            // would break the 64 MiB memory budget.
+            .set("queued.max.messages.kbytes", "4096")
+            .set("fetch.max.bytes", "4194304")
+            .set("max.partition.fetch.bytes", "1048576")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("log.connection.close", "false");
         for (k, v) in &kafka.properties {
@@ -144,18 +149,23 @@ impl KafkaSource {
         batch
     }
 
-    /// Mark everything in `batch` as processed: its offsets are committed
-    /// with the next auto-commit (or before a revoke). Partitions revoked in
-    /// the meantime are skipped; their new owner re-reads those records.
-    pub fn store_offsets(&self, batch: &[KafkaRecord]) {
+    /// The next offset to read for each partition in `batch`.
+    pub fn next_offsets(batch: &[KafkaRecord]) -> Vec<(String, i32, i64)> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in batch {
             let e = next.entry((r.topic.as_str(), r.partition)).or_insert(r.offset + 1);
             *e = (*e).max(r.offset + 1);
         }
-        for ((topic, partition), offset) in next {
+        next.into_iter().map(|((t, p), o)| (t.to_string(), p, o)).collect()
+    }
+
+    /// Mark a batch as processed: its offsets are committed with the next
+    /// auto-commit (or before a revoke). Partitions revoked in the meantime
+    /// are skipped; their new owner re-reads those records.
+    pub fn store_offsets(&self, offsets: &[(String, i32, i64)]) {
+        for (topic, partition, offset) in offsets {
             let mut tpl = TopicPartitionList::new();
-            if tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).is_ok() {
+            if tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_ok() {
                 if let Err(error) = self.consumer.store_offsets(&tpl) {
                     tracing::debug!(topic, partition, %error, "Offset not stored (partition no longer assigned).");
                 }
@@ -167,6 +177,7 @@ impl KafkaSource {
     pub fn commit_now(&self) {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("Committed consumer offsets."),
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "Final offset commit failed; records will be re-read."),
         }
     }

@@ -19,10 +19,11 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append; never edit an applied one.
-pub const MIGRATIONS: [Migration; 3] = [
+pub const MIGRATIONS: [Migration; 4] = [
     Migration { version: 1, name: "0001_telemetry", sql: include_str!("sql/0001_telemetry.sql") },
     Migration { version: 2, name: "0002_dead_letters", sql: include_str!("sql/0002_dead_letters.sql") },
     Migration { version: 3, name: "0003_telemetry_devices", sql: include_str!("sql/0003_telemetry_devices.sql") },
+    Migration { version: 4, name: "0004_unique_id", sql: include_str!("sql/0004_unique_id.sql") },
 ];
 
 const LEDGER_SQL: &str = "CREATE TABLE IF NOT EXISTS iotpipe_schema_migrations (\
