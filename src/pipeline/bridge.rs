@@ -5,7 +5,7 @@
 //! ack sequencer), the dispatcher below (routes, produces, handles delivery
 //! reports, retries), the Kafka readiness probe and the HTTP server.
 
-use super::journal_stage::{feed, ingest, publish_gauges, Completion, JournalAcks};
+use super::journal_stage::{feed, ingest, publish_gauges, spawn_gauges, Completion, JournalAcks};
 use crate::config::Config;
 use crate::http;
 use crate::record::DeadLetterReason;
@@ -96,9 +96,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             biased;
             _ = tick.tick() => {
                 acks.flush();
-                if let Some(j) = &journal {
-                    publish_gauges(j, &metrics);
-                }
                 if let Some(d) = deadline {
                     // In journal mode what Kafka has not taken yet is safe in the journal.
                     let forwarded = metrics.in_flight.load(Relaxed) <= 0
@@ -243,7 +240,7 @@ impl crate::sink::kafka::Reachability for ProbeFlag {
 /// Open the journal, report what recovery found, count the replay.
 pub(super) fn open_journal(
     cfg: &crate::journal::JournalConfig,
-    metrics: &BridgeMetrics,
+    metrics: &Arc<BridgeMetrics>,
 ) -> Result<Arc<crate::journal::Journal>, crate::journal::JournalError> {
     let (journal, rec) = crate::journal::Journal::open(cfg.clone())?;
     tracing::info!(
@@ -255,5 +252,7 @@ pub(super) fn open_journal(
     metrics.journal_replayed.store(rec.undelivered, Relaxed);
     metrics.in_flight.fetch_add(i64::try_from(rec.undelivered).unwrap_or(i64::MAX), Relaxed);
     publish_gauges(&journal, metrics);
-    Ok(Arc::new(journal))
+    let journal = Arc::new(journal);
+    spawn_gauges(&journal, metrics.clone());
+    Ok(journal)
 }

@@ -142,6 +142,25 @@ pub async fn feed(mut reader: Reader, acks: Arc<JournalAcks>, tx: mpsc::Sender<R
     }
 }
 
+/// How often the journal gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Refresh the journal gauges on their own task, so they stay current even
+/// while the forwarding loop waits (on a topic creation, for example).
+/// Stops once the journal is dropped.
+pub fn spawn_gauges(journal: &Arc<Journal>, metrics: Arc<BridgeMetrics>) {
+    let weak = Arc::downgrade(journal);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(journal) = weak.upgrade() else { return };
+            publish_gauges(&journal, &metrics);
+        }
+    });
+}
+
 /// Journal gauges for metrics and /readyz.
 pub fn publish_gauges(journal: &Journal, metrics: &BridgeMetrics) {
     metrics.journal_depth.store(i64::try_from(journal.depth()).unwrap_or(i64::MAX), Relaxed);

@@ -5,7 +5,7 @@
 //! one row per message.
 
 use super::bridge::open_journal;
-use super::journal_stage::{ingest, publish_gauges};
+use super::journal_stage::ingest;
 use super::store_writer::{connect_store, retention_task, write_until_done};
 use crate::config::Config;
 use crate::http;
@@ -114,7 +114,6 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 acks.flush();
-                publish_gauges(&journal, &bm);
                 if ingest_task.is_finished() && deadline.is_none() {
                     tracing::error!("Journal failed; exiting (unacked messages stay with the broker).");
                     break;
