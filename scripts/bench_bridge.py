@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Bridge benchmark: end-to-end QoS 1 throughput (PUBACK after Kafka ack)
 against the broker baseline, bridge CPU per message, peak RSS, and
-receive->Kafka-ack latency at a fixed rate.
+receive->Kafka-ack latency at a fixed rate. With --journal the bridge runs in
+journal mode (MQTT -> fsync'd journal -> Kafka), to compare with direct mode.
 
 Everything runs on this machine: Mosquitto, Tansu, the load generator and
 the bridge share the CPU, so ratios and per-message costs matter more than
-absolute rates. Usage: scripts/bench-bridge.sh [--count N] [--rate R]
+absolute rates. Usage: scripts/bench-bridge.sh [--count N] [--rate R] [--journal]
 """
 import argparse
 import os
@@ -25,6 +26,7 @@ def main():
     ap.add_argument("--count", type=int, default=200_000)
     ap.add_argument("--latency-count", type=int, default=50_000)
     ap.add_argument("--rate", type=int, default=5_000)
+    ap.add_argument("--journal", action="store_true", help="run the bridge in journal mode (a [journal] section)")
     ap.add_argument("--perf", metavar="FILE", help="record a perf profile of the bridge during the throughput run")
     args = ap.parse_args()
     env = services_env()
@@ -62,6 +64,8 @@ listen = "127.0.0.1:{hport}"
 [log]
 level = "warn"
 """)
+            if args.journal:
+                f.write(f'[journal]\npath = "{os.path.join(work, "journal")}"\nmax_size = "1GiB"\n')
         bridge = subprocess.Popen([BIN, "bridge", "--config", cfg], stderr=open(os.path.join(work, "bridge.log"), "w"))
         procs.append(bridge)
         wait_port(hport)
@@ -102,10 +106,13 @@ level = "warn"
         print("|---|---|")
         print(f"| messages | {args.count:,} QoS 1, ~200-byte JSON, 3 tenants x 2 projects x 20 devices |")
         print(f"| broker baseline (do-nothing QoS 1 subscriber) | {base_rate:,.0f} msg/s ({sub_out}) |")
-        print(f"| bridge end-to-end, PUBACK after Kafka ack | {e2e_rate:,.0f} msg/s |")
+        mode = "journal mode, PUBACK after journal fsync" if args.journal else "PUBACK after Kafka ack"
+        print(f"| bridge end-to-end, {mode} | {e2e_rate:,.0f} msg/s |")
         print(f"| bridge / baseline | {e2e_rate / base_rate:.2f} |")
         print(f"| bridge CPU (user+sys, librdkafka threads included) | {cpu:.2f} s = {cpu / args.count * 1e6:.1f} us/msg |")
         print(f"| bridge peak RSS (VmHWM) | {rss:.1f} MiB |")
+        if args.journal:
+            print(f"| journal fsyncs during the run | {metric(metrics(hport), 'iotpipe_journal_fsyncs_total'):,.0f} |")
         print(f"| latency receive->Kafka ack at {args.rate:,} msg/s | p50 {p50:.2f} ms, p99 {p99:.2f} ms |")
     finally:
         stop_all(procs)

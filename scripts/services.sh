@@ -16,6 +16,8 @@
 #   clean   [SERVICE...]  stop services and delete their state
 #   status  [SERVICE...]  one line per service; exit 1 if any is not running
 #   env                   print the env file written by `up`
+#   tools                 install the test tools that are not services:
+#                         Debian `chromium` for the dashboard test
 #
 # State lives in ${IOTPIPE_SERVICES_DIR:-<repo>/.services}:
 #   env        KEY=VALUE lines, no quotes, no comments (easy to parse from Rust);
@@ -754,6 +756,16 @@ cmd_status() {
     return "$rc"
 }
 
+cmd_tools() {
+    local -a pkgs=()
+    command -v chromium >/dev/null || [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
+    command -v python3 >/dev/null || pkgs+=(python3)
+    ((${#pkgs[@]} == 0)) && return 0
+    init_state_dir
+    take_lock
+    apt_install "${pkgs[@]}"
+}
+
 cmd_env() {
     [[ -f $STATE_DIR/env ]] || die "no env file in $STATE_DIR; run: $0 up"
     cat "$STATE_DIR/env"
@@ -774,6 +786,7 @@ main() {
         "cmd_$cmd"
         ;;
     env) cmd_env ;;
+    tools) cmd_tools ;;
     -h | --help | help) usage ;;
     *)
         log "unknown command: $cmd"

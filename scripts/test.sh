@@ -13,6 +13,7 @@ fi
 echo "== services"
 bash scripts/services.sh install
 bash scripts/services.sh up
+bash scripts/services.sh tools
 
 echo "== format and lint"
 cargo fmt --all -- --check

@@ -165,4 +165,5 @@ pub fn spawn_gauges(journal: &Arc<Journal>, metrics: Arc<BridgeMetrics>) {
 pub fn publish_gauges(journal: &Journal, metrics: &BridgeMetrics) {
     metrics.journal_depth.store(i64::try_from(journal.depth()).unwrap_or(i64::MAX), Relaxed);
     metrics.journal_bytes.store(i64::try_from(journal.used_bytes()).unwrap_or(i64::MAX), Relaxed);
+    metrics.journal_fsyncs.store(journal.fsyncs(), Relaxed);
 }

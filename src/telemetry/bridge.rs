@@ -35,6 +35,8 @@ pub struct BridgeMetrics {
     pub journal_full: AtomicBool,
     /// Records replayed from the journal at start-up (received by an earlier process).
     pub journal_replayed: AtomicU64,
+    /// Journal mode: fdatasync calls for appends (one per group commit).
+    pub journal_fsyncs: AtomicU64,
     pub delivery_latency: Histogram,
     per_tenant: Option<Mutex<HashMap<(String, String), u64>>>,
 }
@@ -188,6 +190,12 @@ impl BridgeMetrics {
             "iotpipe_journal_replayed_total",
             "Journal records replayed at start-up.",
             self.journal_replayed.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "iotpipe_journal_fsyncs_total",
+            "Journal fdatasync calls for appends (one per group commit).",
+            self.journal_fsyncs.load(Relaxed),
         );
         self.delivery_latency.render(
             &mut o,

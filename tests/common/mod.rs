@@ -256,7 +256,19 @@ impl Bridge {
 }
 
 impl Drop for Bridge {
+    /// Stops the process; when the test failed, prints the end of its log
+    /// (and its last metrics) so a CI failure can be diagnosed.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let metrics = self.get("/metrics").1;
+            let interesting: Vec<&str> =
+                metrics.lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket{")).collect();
+            eprintln!("--- iotpipe {} metrics at failure ---\n{}", self.command, interesting.join("\n"));
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("--- iotpipe {} log (last {} lines) ---\n{}", self.command, tail.len(), tail.join("\n"));
+        }
         self.kill9();
     }
 }

@@ -63,6 +63,9 @@ impl ConsumerContext for Context {
     }
 }
 
+/// Longest wait on the consumer queue before polling it afresh.
+const RECV_SLICE: Duration = Duration::from_millis(250);
+
 pub struct KafkaSource {
     consumer: StreamConsumer<Context>,
     max_rows: usize,
@@ -115,7 +118,15 @@ impl KafkaSource {
     pub async fn next_batch(&self) -> Vec<KafkaRecord> {
         let mut errors = 0u64;
         let first = loop {
-            match self.consumer.recv().await {
+            // The stream's wake-up is edge-triggered and can be lost when
+            // librdkafka serves an internal event (statistics, rebalance)
+            // ahead of a message (rust-rdkafka issue #665): the consumer
+            // would then sleep with records queued until the crate's
+            // fallback wake-up at half of max.poll.interval.ms. A fresh
+            // recv() polls the queue first, so waiting in short slices
+            // bounds that stall to one slice.
+            let Ok(received) = tokio::time::timeout(RECV_SLICE, self.consumer.recv()).await else { continue };
+            match received {
                 Ok(m) => break detach(&m),
                 // Consumer errors (a subscribed topic that does not exist yet,
                 // a broker going away) are reported by librdkafka and retried
