@@ -21,6 +21,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=200_000)
     ap.add_argument("--naive-rows", type=int, default=20_000)
+    ap.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra librdkafka consumer property for the sink (repeatable)")
+    ap.add_argument("--batch-rows", type=int, help="sink.batch_max_rows (default: the sink's default)")
     args = ap.parse_args()
     env = services_env("postgres")
     pg = env["IOTPIPE_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
@@ -46,9 +49,13 @@ def main():
         db = f"bench_sink_{int(time.time())}"
         sport = free_port()
         scfg = os.path.join(work, "sink.toml")
+        props = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
+        props.update(p.split("=", 1) for p in args.property)
+        props_toml = ", ".join(f'"{k}" = "{v}"' for k, v in props.items())
+        batch = f"batch_max_rows = {args.batch_rows}\n" if args.batch_rows else ""
         with open(scfg, "w") as f:
-            f.write(f'[kafka]\nbrokers = "{brokers}"\n[sink]\ngroup_id = "bench-{db}"\n'
-                    'properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }\n'
+            f.write(f'[kafka]\nbrokers = "{brokers}"\n[sink]\ngroup_id = "bench-{db}"\n{batch}'
+                    f'properties = {{ {props_toml} }}\n'
                     f'[store]\nurl = "{pg}/{db}"\n[http]\nlisten = "127.0.0.1:{sport}"\n[log]\nlevel = "warn"\n')
         sink = subprocess.Popen([BIN, "sink", "--config", scfg])
         procs.append(sink)

@@ -54,10 +54,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(store = store.describe(), "Store ready.");
     tokio::spawn(retention_task(config.clone(), metrics.clone()));
 
-    let source = KafkaSource::new(&config.kafka, &config.sink, metrics.clone())?;
+    let source = Arc::new(KafkaSource::new(&config.kafka, &config.sink, metrics.clone())?);
     let backoff_max = config.sink.retry_backoff_max.get();
-    // One batch is written while the next is read and decoded; offsets are
-    // stored strictly in batch order, each after its own commit.
+    // A reader task collects and decodes batches; the loop below writes one
+    // batch while the next waits, and stores offsets strictly in batch
+    // order, each after its own commit. The reader runs on its own task
+    // because a half-collected batch must never be dropped: its records are
+    // already taken from the consumer, and a later batch's offsets would
+    // skip them.
+    let (batch_tx, mut batches) = tokio::sync::mpsc::channel::<DecodedBatch>(1);
+    let reader = tokio::spawn(read_batches(source.clone(), metrics.clone(), batch_tx));
     let mut writing: Option<tokio::task::JoinHandle<Written>> = None;
     let mut store = Some(store);
     let mut next: Option<DecodedBatch> = None;
@@ -93,13 +99,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     }
                 }
             }
-            batch = source.next_batch(), if next.is_none() => {
-                metrics.records_consumed.fetch_add(batch.len() as u64, Relaxed);
-                let (rows, dead) = split(&batch, &metrics);
-                next = Some((rows, dead, KafkaSource::next_offsets(&batch)));
-            }
+            // mpsc::Receiver::recv is cancel-safe: a batch is either taken or left in the channel.
+            batch = batches.recv(), if next.is_none() => match batch {
+                Some(b) => next = Some(b),
+                None => {
+                    tracing::error!("Kafka reader stopped; stopping (unwritten records are re-read next time).");
+                    break;
+                }
+            },
         }
     }
+    reader.abort();
     // Shutdown: let the batch being written finish within the grace period.
     if let Some(h) = writing.take() {
         match tokio::time::timeout(config.sink.grace_period.get(), h).await {
@@ -135,6 +145,22 @@ struct Flag(Arc<SinkMetrics>);
 impl crate::sink::kafka::Reachability for Flag {
     fn set(&self, ok: bool) -> bool {
         self.0.kafka_reachable.swap(ok, Relaxed)
+    }
+}
+
+/// Collect, count and decode batches until the receiving side goes away.
+async fn read_batches(
+    source: Arc<KafkaSource>,
+    metrics: Arc<SinkMetrics>,
+    tx: tokio::sync::mpsc::Sender<DecodedBatch>,
+) {
+    loop {
+        let batch = source.next_batch().await;
+        metrics.records_consumed.fetch_add(batch.len() as u64, Relaxed);
+        let (rows, dead) = split(&batch, &metrics);
+        if tx.send((rows, dead, KafkaSource::next_offsets(&batch))).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -33,6 +33,21 @@ impl ClientContext for Context {
                 if *id >= 0 && p.consumer_lag >= 0 {
                     self.metrics.set_lag(name, *id, p.consumer_lag);
                 }
+                if *id >= 0 && p.consumer_lag > 0 {
+                    tracing::debug!(
+                        topic = name,
+                        partition = id,
+                        lag = p.consumer_lag,
+                        fetch_state = p.fetch_state,
+                        fetchq = p.fetchq_cnt,
+                        next = p.next_offset,
+                        app = p.app_offset,
+                        stored = p.stored_offset,
+                        committed = p.committed_offset,
+                        hi = p.hi_offset,
+                        "Partition behind."
+                    );
+                }
             }
         }
     }
