@@ -82,7 +82,10 @@ def main():
               f"{t_first - t0:.2f} s to join the group and write the first batch) |")
         print(f"| sink CPU | {cpu:.2f} s = {cpu / args.count * 1e6:.1f} us/row (PostgreSQL's own CPU not included) |")
         print(f"| sink peak RSS (VmHWM) | {rss:.1f} MiB |")
-        print(f"| batches | {metric(m, 'iotpipe_sink_batches_total'):.0f} |")
+        batches = metric(m, 'iotpipe_sink_batches_total')
+        busy = metric(m, 'iotpipe_sink_batch_seconds_sum')
+        print(f"| batches | {batches:.0f}, {busy / max(batches, 1) * 1e3:.1f} ms each on average; the store was busy "
+              f"{busy / wall * 100:.0f}% of the time |")
         print("\nStore benchmark in the same run (naive baseline):\n")
         print(naive.stdout.strip() or naive.stderr.strip())
     finally:

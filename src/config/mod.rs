@@ -299,6 +299,9 @@ pub struct SinkConfig {
     pub batch_max_bytes: ByteSize,
     /// … or this long after its first record.
     pub batch_max_wait: HumanDuration,
+    /// Batches written at the same time, each on its own database connection
+    /// (offsets are still stored strictly in batch order).
+    pub writers: usize,
     /// Longest wait between store retries.
     pub retry_backoff_max: HumanDuration,
     /// librdkafka `max.poll.interval.ms`: how long a store outage may last
@@ -319,6 +322,7 @@ impl Default for SinkConfig {
             batch_max_rows: 2000,
             batch_max_bytes: ByteSize::mib(8),
             batch_max_wait: HumanDuration::millis(500),
+            writers: 2,
             retry_backoff_max: HumanDuration::secs(10),
             max_poll_interval: HumanDuration::secs(1800),
             properties: BTreeMap::new(),

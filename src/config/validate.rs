@@ -49,6 +49,18 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     if c.kafka.replication_factor == 0 || c.kafka.replication_factor < -1 {
         return Err(err("kafka.replication_factor", "must be -1 (broker default) or at least 1"));
     }
+    if c.sink.topics.is_empty() {
+        return Err(err("sink.topics", "at least one topic name or regex is needed"));
+    }
+    if c.sink.group_id.trim().is_empty() {
+        return Err(err("sink.group_id", "is empty"));
+    }
+    if c.sink.batch_max_rows == 0 {
+        return Err(err("sink.batch_max_rows", "must be at least 1"));
+    }
+    if !(1..=8).contains(&c.sink.writers) {
+        return Err(err("sink.writers", format!("{} is outside 1..=8", c.sink.writers)));
+    }
     if !c.http.listen.is_empty() && c.http.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(err("http.listen", format!("`{}` is not an address like 127.0.0.1:8080", c.http.listen)));
     }
@@ -158,6 +170,9 @@ mod tests {
             ("[kafka]\ncompression = \"brotli\"", &[], "kafka.compression"),
             ("[kafka]\ndead_letter_topic = \"dead letters\"", &[], "kafka.dead_letter_topic"),
             ("[http]\nlisten = \"localhost\"", &[], "http.listen"),
+            ("[sink]\nwriters = 0", &[], "sink.writers"),
+            ("[sink]\nbatch_max_rows = 0", &[], "sink.batch_max_rows"),
+            ("[sink]\ntopics = []", &[], "sink.topics"),
             ("", &[("IOTPIPE_MQTT__QOS", "7")], "IOTPIPE_MQTT__QOS"),
             ("", &[("IOTPIPE_MQTT__MAX_IN_FLIGHT", "lots")], "mqtt.max_in_flight"),
         ];

@@ -9,6 +9,7 @@ use crate::record::now_ms;
 use crate::source::kafka::{decode, Decoded, KafkaRecord, KafkaSource};
 use crate::store::{DeadLetterRow, StoreError, StoreRow};
 use crate::telemetry::SinkMetrics;
+use futures::stream::{FuturesOrdered, StreamExt};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -49,29 +50,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     crate::sink::kafka::spawn_probe(&config.kafka, Arc::new(Flag(metrics.clone())))?;
 
-    let Some(store) = connect_store(&config, &metrics, &mut shutdown).await else { return Ok(()) };
+    // One connection per writer; the first proves the store works.
+    let mut pool = Vec::with_capacity(config.sink.writers);
+    while pool.len() < config.sink.writers.max(1) {
+        let Some(store) = connect_store(&config, &metrics, &mut shutdown).await else { return Ok(()) };
+        pool.push(store);
+    }
     metrics.store_reachable.store(true, Relaxed);
-    tracing::info!(store = store.describe(), "Store ready.");
+    tracing::info!(store = pool[0].describe(), writers = pool.len(), "Store ready.");
     tokio::spawn(retention_task(config.clone(), metrics.clone()));
 
     let source = Arc::new(KafkaSource::new(&config.kafka, &config.sink, metrics.clone())?);
     let backoff_max = config.sink.retry_backoff_max.get();
-    // A reader task collects and decodes batches; the loop below writes one
-    // batch while the next waits, and stores offsets strictly in batch
-    // order, each after its own commit. The reader runs on its own task
-    // because a half-collected batch must never be dropped: its records are
-    // already taken from the consumer, and a later batch's offsets would
-    // skip them.
+    // A reader task collects and decodes batches. Up to `writers` batches are
+    // written at once, each on its own connection; `FuturesOrdered` hands the
+    // finished writes back in batch order, so offsets are stored strictly in
+    // batch order, each after its own commit and every earlier one. The
+    // reader runs on its own task because a half-collected batch must never
+    // be dropped: its records are already taken from the consumer, and a
+    // later batch's offsets would skip them.
     let (batch_tx, mut batches) = tokio::sync::mpsc::channel::<DecodedBatch>(1);
     let reader = tokio::spawn(read_batches(source.clone(), metrics.clone(), batch_tx));
-    let mut writing: Option<tokio::task::JoinHandle<Written>> = None;
-    let mut store = Some(store);
+    let mut writing: FuturesOrdered<tokio::task::JoinHandle<Written>> = FuturesOrdered::new();
     let mut next: Option<DecodedBatch> = None;
     loop {
-        if store.is_some() && next.is_some() {
-            let (Some(mut st), Some((rows, dead, offsets))) = (store.take(), next.take()) else { break };
+        if !pool.is_empty() && next.is_some() {
+            let (Some(mut st), Some((rows, dead, offsets))) = (pool.pop(), next.take()) else { break };
             let m = metrics.clone();
-            writing = Some(tokio::spawn(async move {
+            writing.push_back(tokio::spawn(async move {
                 let started = Instant::now();
                 let counts = write_until_done(&mut st, rows, dead, &m, backoff_max).await;
                 Written { store: st, counts, offsets, started }
@@ -80,26 +86,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            done = async {
-                match writing.as_mut() {
-                    Some(h) => h.await,
-                    None => std::future::pending().await,
+            // FuturesOrdered::next and mpsc::Receiver::recv are cancel-safe:
+            // nothing is lost when another branch wins.
+            Some(done) = writing.next(), if !writing.is_empty() => match done {
+                Ok(w) => {
+                    metrics.on_batch(w.counts.0, w.counts.1, w.started.elapsed());
+                    source.store_offsets(&w.offsets);
+                    pool.push(w.store);
                 }
-            }, if writing.is_some() => {
-                writing = None;
-                match done {
-                    Ok(w) => {
-                        metrics.on_batch(w.counts.0, w.counts.1, w.started.elapsed());
-                        source.store_offsets(&w.offsets);
-                        store = Some(w.store);
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "Store writer task failed; stopping (the batch is re-read next time).");
-                        break;
-                    }
+                Err(error) => {
+                    tracing::error!(%error, "Store writer task failed; stopping (unwritten batches are re-read next time).");
+                    writing.clear();
+                    break;
                 }
-            }
-            // mpsc::Receiver::recv is cancel-safe: a batch is either taken or left in the channel.
+            },
             batch = batches.recv(), if next.is_none() => match batch {
                 Some(b) => next = Some(b),
                 None => {
@@ -110,15 +110,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     reader.abort();
-    // Shutdown: let the batch being written finish within the grace period.
-    if let Some(h) = writing.take() {
-        match tokio::time::timeout(config.sink.grace_period.get(), h).await {
-            Ok(Ok(w)) => {
-                metrics.on_batch(w.counts.0, w.counts.1, w.started.elapsed());
-                source.store_offsets(&w.offsets);
-            }
-            _ => tracing::info!("The last batch did not finish in the grace period; it is re-read next time."),
+    // Shutdown: let the batches being written finish within the grace period,
+    // storing offsets in order up to the first that does not.
+    let finish = async {
+        while let Some(done) = writing.next().await {
+            let Ok(w) = done else { break };
+            metrics.on_batch(w.counts.0, w.counts.1, w.started.elapsed());
+            source.store_offsets(&w.offsets);
         }
+    };
+    if tokio::time::timeout(config.sink.grace_period.get(), finish).await.is_err() {
+        tracing::info!("Batches still being written after the grace period are re-read next time.");
     }
     source.commit_now();
     tracing::info!(
@@ -132,7 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// A read, decoded batch waiting for the store: rows, dead letters, next offsets.
 type DecodedBatch = (Vec<StoreRow>, Vec<DeadLetterRow>, Vec<(String, i32, i64)>);
 
-/// A batch committed to the store, handing the store back.
+/// A batch committed to the store, handing its connection back.
 struct Written {
     store: crate::store::Store,
     counts: (u64, u64),

@@ -101,10 +101,14 @@ impl KafkaSource {
             .set("max.poll.interval.ms", sink.max_poll_interval.get().as_millis().to_string())
             .set("statistics.interval.ms", "5000")
             // Bounded prefetch: librdkafka's default queue (64 MiB) alone
-            // would break the 64 MiB memory budget.
-            .set("queued.max.messages.kbytes", "4096")
-            .set("fetch.max.bytes", "4194304")
+            // would break the 64 MiB memory budget. 1 MiB of prefetch, and
+            // fetching again 5 ms (not the default 1 s) after the queue had
+            // room, keeps the store busy at a peak RSS near 46 MiB
+            // (BENCHMARKS.md; 4 MiB cost ~40 MiB more for no gain).
+            .set("queued.max.messages.kbytes", "1024")
+            .set("fetch.max.bytes", "1048576")
             .set("max.partition.fetch.bytes", "1048576")
+            .set("fetch.queue.backoff.ms", "5")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("log.connection.close", "false");
         for (k, v) in &kafka.properties {
