@@ -70,12 +70,19 @@ fn run_stores_dead_letters_and_keeps_running() {
             ("mtic/msg/client/realtime/a".into(), b"{}".to_vec()),
             ("mtic/msg/client/realtime/a/p".into(), b"{nope".to_vec()),
             ("mtic/msg/client/realtime/a/p".into(), br#"{"deviceId":"d","ts":1700000000000,"v":1}"#.to_vec()),
+            ("mtic/msg/client/realtime/a/p".into(), Vec::new()),
+            ("mtic/msg/client/realtime/a/p".into(), b"\xff\xfe\x00".to_vec()),
         ],
     ));
-    eventually(Duration::from_secs(20), "dead letters", || rows(&db, "SELECT count(*) FROM dead_letters") == 2);
+    eventually(Duration::from_secs(20), "dead letters", || rows(&db, "SELECT count(*) FROM dead_letters") == 4);
     eventually(Duration::from_secs(20), "good row", || rows(&db, "SELECT count(*) FROM telemetry") == 1);
     assert_eq!(run.metric("iotpipe_messages_dead_lettered_total{reason=\"invalid_json\"}"), 1.0);
     assert_eq!(run.get("/healthz").0, 200);
+    // The dashboard's dead-letter list shows every one of them, whatever the payload.
+    let (status, body) = run.get("/api/dead-letters");
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(4), "{body}");
 }
 
 #[test]

@@ -44,8 +44,9 @@ const LATEST_SQL: &str = "SELECT time, received_at, event_time, id, mqtt_topic, 
     CASE WHEN is_json THEN NULL ELSE substr(raw, 1, ?4) END \
     FROM telemetry WHERE tenant_id = ?1 AND project_id = ?2 AND device_id = ?3 ORDER BY time DESC LIMIT 1";
 
-const DEAD_LETTERS_SQL: &str = "SELECT received_at, reason, error, mqtt_topic, source, substr(payload, 1, ?2), \
-    length(payload) FROM dead_letters ORDER BY received_at DESC, source DESC LIMIT ?1";
+// An empty payload reads back as NULL from substr(): coalesce to an empty blob.
+const DEAD_LETTERS_SQL: &str = "SELECT received_at, reason, error, mqtt_topic, source, \
+    coalesce(substr(payload, 1, ?2), x''), coalesce(length(payload), 0) FROM dead_letters ORDER BY received_at DESC, source DESC LIMIT ?1";
 
 /// Read-only connections to one SQLite file. Clones share them.
 #[derive(Clone)]
