@@ -106,3 +106,35 @@ fn transient(code: RDKafkaErrorCode) -> bool {
             | C::CoordinatorNotAvailable
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_tried_again_and_refusals_are_not() {
+        assert!(transient(RDKafkaErrorCode::OperationTimedOut));
+        assert!(transient(RDKafkaErrorCode::RequestTimedOut));
+        assert!(transient(RDKafkaErrorCode::AllBrokersDown));
+        assert!(transient(RDKafkaErrorCode::NotController));
+        assert!(!transient(RDKafkaErrorCode::TopicAuthorizationFailed));
+        assert!(!transient(RDKafkaErrorCode::InvalidPartitions));
+        assert!(!transient(RDKafkaErrorCode::PolicyViolation));
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_is_tried_again_only_after_the_pause() {
+        // Nothing listens on port 1: every create fails fast as transient.
+        let cfg = KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            properties: [("socket.connection.setup.timeout.ms".to_string(), "1000".to_string())].into(),
+            ..KafkaConfig::default()
+        };
+        let mut admin = TopicAdmin::new(&cfg).expect("admin client");
+        admin.ensure("iot.a.b").await;
+        assert!(!admin.known.contains("iot.a.b"), "not settled while Kafka is away");
+        let first = admin.failed.get("iot.a.b").copied().expect("failure recorded");
+        admin.ensure("iot.a.b").await;
+        assert_eq!(admin.failed.get("iot.a.b").copied(), Some(first), "no second attempt within RETRY_AFTER");
+    }
+}
