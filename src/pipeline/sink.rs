@@ -25,6 +25,9 @@ pub enum SinkError {
     Store(#[from] StoreError),
     #[error("http.listen: {0}")]
     Http(std::io::Error),
+    /// A task of the pipeline ended unexpectedly; what was not committed is re-read next time.
+    #[error("{0}")]
+    Stopped(&'static str),
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), SinkError> {
@@ -73,6 +76,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let reader = tokio::spawn(read_batches(source.clone(), metrics.clone(), batch_tx));
     let mut writing: FuturesOrdered<tokio::task::JoinHandle<Written>> = FuturesOrdered::new();
     let mut next: Option<DecodedBatch> = None;
+    let mut failure: Option<&'static str> = None;
     loop {
         if !pool.is_empty() && next.is_some() {
             let (Some(mut st), Some((rows, dead, offsets))) = (pool.pop(), next.take()) else { break };
@@ -97,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 Err(error) => {
                     tracing::error!(%error, "Store writer task failed; stopping (unwritten batches are re-read next time).");
                     writing.clear();
+                    failure = Some("a store writer task failed");
                     break;
                 }
             },
@@ -104,6 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 Some(b) => next = Some(b),
                 None => {
                     tracing::error!("Kafka reader stopped; stopping (unwritten records are re-read next time).");
+                    failure = Some("the Kafka reader task stopped");
                     break;
                 }
             },
@@ -128,7 +134,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         duplicates = metrics.rows_duplicate.load(Relaxed),
         "Sink stopped."
     );
-    Ok(())
+    match failure {
+        Some(why) => Err(SinkError::Stopped(why)),
+        None => Ok(()),
+    }
 }
 
 /// A read, decoded batch waiting for the store: rows, dead letters, next offsets.
