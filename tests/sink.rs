@@ -128,6 +128,45 @@ fn sigkill_three_times_still_one_row_per_record() {
     assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
 }
 
+/// Two sinks in one group: a second member joins mid-run (partitions move
+/// away from the first, which commits what it stored before they go) and
+/// leaves again with SIGTERM (they move back). Still one row per record.
+#[test]
+fn members_joining_and_leaving_the_group_keep_one_row_per_record() {
+    const N: u64 = 30_000;
+    let kafka = Tansu::start();
+    let url = format!("{}/{}", shared_base(), unique_db("sink_group"));
+    produce(&kafka.brokers(), (0..1_000).map(bridge_record));
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = sink_config(&kafka.brokers(), &url, "sink-group", "");
+    let a = Bridge::start_command(dir_a.path(), "sink", &config);
+    wait_ready(&a);
+    let brokers = kafka.brokers();
+    let producer = std::thread::spawn(move || {
+        for chunk in 1..N / 1_000 {
+            produce(&brokers, (chunk * 1_000..(chunk + 1) * 1_000).map(bridge_record));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    eventually(Duration::from_secs(60), "the first member has all partitions and reads", || {
+        a.metric("iotpipe_sink_records_consumed_total") > 0.0
+    });
+    let mut b = Bridge::start_command(dir_b.path(), "sink", &config);
+    eventually(Duration::from_secs(60), "the second member gets partitions and reads", || {
+        b.metric("iotpipe_sink_records_consumed_total") > 0.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _) = b.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "the second member leaves cleanly");
+    producer.join().unwrap();
+    eventually(Duration::from_secs(120), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= N as i64);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
+    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
+    let log = a.log_text();
+    assert!(log.contains("Partitions revoked."), "the first member gave partitions away:\n{log}");
+}
+
 #[test]
 fn postgres_down_for_20s_loses_nothing_and_resumes() {
     const N: u64 = 20_000;
