@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--naive-rows", type=int, default=20_000)
     ap.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
                     help="extra librdkafka consumer property for the sink (repeatable)")
+    ap.add_argument("--payload-size", type=int, default=200, help="bytes per payload (padded JSON)")
     ap.add_argument("--batch-rows", type=int, help="sink.batch_max_rows (default: the sink's default)")
     args = ap.parse_args()
     env = services_env("postgres")
@@ -41,7 +42,7 @@ def main():
         bridge = subprocess.Popen([BIN, "bridge", "--config", cfg])
         wait_port(hport)
         wait_ready(hport)
-        simulate(broker, args.count)
+        simulate(broker, args.count, payload_size=args.payload_size)
         wait_metric(hport, "iotpipe_messages_delivered_total", args.count)
         bridge.terminate()
         bridge.wait(timeout=30)
@@ -77,7 +78,7 @@ def main():
                                capture_output=True, text=True)
         print("| measure | value |")
         print("|---|---|")
-        print(f"| records | {args.count:,} from Kafka (bridge headers, ~200-byte JSON) |")
+        print(f"| records | {args.count:,} from Kafka (bridge headers, ~{args.payload_size}-byte JSON) |")
         print(f"| sink Kafka -> PostgreSQL | {rate:,.0f} rows/s ({wall:.2f} s from first row; "
               f"{t_first - t0:.2f} s to join the group and write the first batch) |")
         print(f"| sink CPU | {cpu:.2f} s = {cpu / args.count * 1e6:.1f} us/row (PostgreSQL's own CPU not included) |")

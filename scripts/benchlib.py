@@ -132,9 +132,9 @@ def wait_metric(port, name, target, timeout=600, step=0.01):
     sys.exit(f"{name} did not reach {target} within {timeout}s")
 
 
-def simulate(broker, count, rate=0, extra=()):
+def simulate(broker, count, rate=0, extra=(), payload_size=200):
     out = subprocess.run([BIN, "simulate", "--broker", broker, "--count", str(count), "--rate", str(rate),
-                          "--qos", "1", "--payload-size", "200", "--timeout", "600s", *extra],
+                          "--qos", "1", "--payload-size", str(payload_size), "--timeout", "600s", *extra],
                          check=True, capture_output=True, text=True).stdout
     return out.strip()
 

@@ -320,7 +320,7 @@ impl Default for SinkConfig {
             dead_letter_topics: vec!["iot-dead-letters".into()],
             group_id: "iotpipe-sink".into(),
             batch_max_rows: 2000,
-            batch_max_bytes: ByteSize::mib(8),
+            batch_max_bytes: ByteSize::mib(4),
             batch_max_wait: HumanDuration::millis(500),
             writers: 2,
             retry_backoff_max: HumanDuration::secs(10),
