@@ -54,8 +54,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     crate::sink::kafka::spawn_probe(&config.kafka, Arc::new(Flag(metrics.clone())))?;
 
     // One connection per writer; the first proves the store works.
-    let mut pool = Vec::with_capacity(config.sink.writers);
-    while pool.len() < config.sink.writers.max(1) {
+    let writers = config.sink.writers.max(1);
+    let mut pool = Vec::with_capacity(writers);
+    while pool.len() < writers {
         let Some(store) = connect_store(&config, &metrics, &mut shutdown).await else { return Ok(()) };
         pool.push(store);
     }
