@@ -10,6 +10,11 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+    echo "test.sh: installing the C toolchain the bundled librdkafka and SQLite build with" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential >/dev/null
+fi
+
 echo "== services"
 bash scripts/services.sh install
 bash scripts/services.sh up
