@@ -1,17 +1,19 @@
 //! iotpipe: an IoT telemetry pipeline. MQTT → Kafka with end-to-end
-//! acknowledgement (`bridge`), plus the tools around it.
+//! acknowledgement (`bridge`), Kafka → store (`sink`), and the single-node
+//! pipeline (`run`, `demo`). See docs/design.md for the layout.
 
-pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod journal;
+pub mod kafka;
+pub mod mqtt;
 pub mod pipeline;
 pub mod record;
 pub mod route;
 pub mod simulate;
-pub mod sink;
-pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod units;

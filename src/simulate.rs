@@ -2,7 +2,7 @@
 //! and a `--subscribe` mode that counts what a plain subscriber receives
 //! (the broker baseline for benchmarks).
 
-use crate::config::validate::parse_mqtt_url;
+use crate::mqtt::parse_mqtt_url;
 use crate::record::now_ms;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use std::time::{Duration, Instant};

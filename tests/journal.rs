@@ -22,6 +22,7 @@ fn config(dir: &Path) -> JournalConfig {
         segment_size: ByteSize::kib(4),
         max_batch: ByteSize::kib(1),
         ack_sync_interval: HumanDuration::millis(20),
+        ..JournalConfig::default()
     }
 }
 

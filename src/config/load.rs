@@ -2,7 +2,6 @@
 //! secrets from `*_file` keys, then validation. Every failure names the key.
 
 use super::{validate, Config};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use toml::Value;
@@ -23,6 +22,11 @@ pub enum ConfigError {
 impl ConfigError {
     pub(crate) fn key(key: &str, message: impl Into<String>) -> Self {
         Self::Key { key: key.to_string(), origin: String::new(), message: message.into() }
+    }
+
+    /// A section's own validation error, with the section's name in front of the key.
+    pub(crate) fn in_section(section: &str, e: crate::units::KeyError) -> Self {
+        Self::key(&format!("{section}.{}", e.key), e.message)
     }
 }
 
@@ -83,8 +87,15 @@ fn load_layers(
         let key = if key == "." { "(top level)".to_string() } else { key };
         ConfigError::Key { key, origin, message: e.into_inner().to_string() }
     })?;
-    resolve_secret_files(&mut config)?;
-    validate::validate(&config)?;
+    let with_origin = |e: ConfigError| match e {
+        ConfigError::Key { key, origin, message } if origin.is_empty() => {
+            let origin = origins.get(&key).map(|v| format!(" (from {v})")).unwrap_or_default();
+            ConfigError::Key { key, origin, message }
+        }
+        other => other,
+    };
+    resolve_secret_files(&mut config).map_err(with_origin)?;
+    validate::validate(&config).map_err(with_origin)?;
     Ok(config)
 }
 
@@ -161,40 +172,10 @@ fn set_path(root: &mut Value, path: &[String], value: Value) -> Result<(), Strin
 }
 
 fn resolve_secret_files(config: &mut Config) -> Result<(), ConfigError> {
-    if let Some(path) = &config.mqtt.password_file {
-        let secret = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::key("mqtt.password_file", format!("cannot read {}: {e}", path.display())))?;
-        config.mqtt.password = Some(secret.trim_end_matches(['\n', '\r']).to_string());
-    }
-    if let Some(path) = &config.http.token_file {
-        let secret = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::key("http.token_file", format!("cannot read {}: {e}", path.display())))?;
-        config.http.token = Some(secret.trim().to_string());
-    }
-    let file_keys: Vec<String> = config.kafka.properties.keys().filter(|k| k.ends_with("_file")).cloned().collect();
-    for key in file_keys {
-        let path = config.kafka.properties.remove(&key).unwrap_or_default();
-        let secret = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError::key(&format!("kafka.properties.{key}"), format!("cannot read {path}: {e}")))?;
-        let target = key.trim_end_matches("_file").to_string();
-        config.kafka.properties.insert(target, secret.trim_end_matches(['\n', '\r']).to_string());
-    }
+    let section = |name: &'static str| move |e: crate::units::KeyError| ConfigError::in_section(name, e);
+    config.mqtt.resolve_secrets().map_err(section("mqtt"))?;
+    config.http.resolve_secrets().map_err(section("http"))?;
+    config.kafka.resolve_secrets().map_err(section("kafka"))?;
+    config.sink.resolve_secrets().map_err(section("sink"))?;
     Ok(())
-}
-
-/// Accepts a string or a number for string-valued keys (ids, user names and
-/// passwords that happen to be all digits in the environment).
-pub(crate) fn lenient_opt_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum S {
-        Str(String),
-        Int(i64),
-        Float(f64),
-    }
-    Ok(Option::<S>::deserialize(d)?.map(|s| match s {
-        S::Str(s) => s,
-        S::Int(i) => i.to_string(),
-        S::Float(f) => f.to_string(),
-    }))
 }

@@ -1,112 +1,36 @@
-//! Checks that need more than a type: URLs, filters, templates, ranges.
-//! Pure; runs once, after loading.
+//! Validation of the whole file: every section's own rules, then the rules
+//! that span sections (routing templates over `[route]` and `[kafka]`).
+//! Pure; runs once, after loading. Each error names one key.
 
 use super::{Config, ConfigError};
-use crate::route::{validate_filter, Router};
-
-const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+use crate::units::KeyError;
 
 pub fn validate(c: &Config) -> Result<(), ConfigError> {
-    fn err(key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::key(key, message)
+    let section = |name: &'static str| move |e: KeyError| ConfigError::in_section(name, e);
+    c.mqtt.validate().map_err(section("mqtt"))?;
+    c.kafka.validate().map_err(section("kafka"))?;
+    c.http.validate().map_err(section("http"))?;
+    c.bridge.validate().map_err(section("bridge"))?;
+    c.sink.validate().map_err(section("sink"))?;
+    c.log.validate().map_err(section("log"))?;
+    c.store.validate().map_err(|e| match e {
+        crate::store::StoreError::Config { key, message } => ConfigError::key(&format!("store.{key}"), message),
+        other => ConfigError::key("store", other.to_string()),
+    })?;
+    if let Some(j) = &c.journal {
+        j.validate().map_err(|e| match e {
+            crate::journal::JournalError::Config { key, reason } => ConfigError::key(&format!("journal.{key}"), reason),
+            other => ConfigError::key("journal", other.to_string()),
+        })?;
     }
-    parse_mqtt_url(&c.mqtt.url).map_err(|m| err("mqtt.url", m))?;
-    if c.mqtt.topics.is_empty() {
-        return Err(err("mqtt.topics", "at least one topic filter is needed"));
-    }
-    for t in &c.mqtt.topics {
-        validate_filter(t).map_err(|m| err("mqtt.topics", m))?;
-    }
-    if let Some(g) = &c.mqtt.shared_group {
-        if g.is_empty() || g.contains(['/', '+', '#']) {
-            return Err(err("mqtt.shared_group", format!("`{g}` must be non-empty and contain no `/`, `+` or `#`")));
-        }
-    }
-    if c.mqtt.max_in_flight == 0 {
-        return Err(err("mqtt.max_in_flight", "must be at least 1"));
-    }
-    if c.mqtt.client_cert_file.is_some() != c.mqtt.client_key_file.is_some() {
-        return Err(err("mqtt.client_cert_file", "client_cert_file and client_key_file go together"));
-    }
-    if c.mqtt.keep_alive.get().as_secs() < 5 {
-        return Err(err("mqtt.keep_alive", "must be at least 5s"));
-    }
-    if c.mqtt.reconnect_backoff_min > c.mqtt.reconnect_backoff_max {
-        return Err(err("mqtt.reconnect_backoff_min", "is larger than mqtt.reconnect_backoff_max"));
-    }
-    if c.kafka.brokers.trim().is_empty() {
-        return Err(err("kafka.brokers", "is empty"));
-    }
-    if !COMPRESSIONS.contains(&c.kafka.compression.as_str()) {
-        return Err(err(
-            "kafka.compression",
-            format!("`{}` is not one of {}", c.kafka.compression, COMPRESSIONS.join(", ")),
-        ));
-    }
-    if c.kafka.partitions < 1 {
-        return Err(err("kafka.partitions", "must be at least 1"));
-    }
-    if c.kafka.replication_factor == 0 || c.kafka.replication_factor < -1 {
-        return Err(err("kafka.replication_factor", "must be -1 (broker default) or at least 1"));
-    }
-    if c.sink.topics.is_empty() {
-        return Err(err("sink.topics", "at least one topic name or regex is needed"));
-    }
-    if c.sink.group_id.trim().is_empty() {
-        return Err(err("sink.group_id", "is empty"));
-    }
-    if c.sink.batch_max_rows == 0 {
-        return Err(err("sink.batch_max_rows", "must be at least 1"));
-    }
-    if !(1..=8).contains(&c.sink.writers) {
-        return Err(err("sink.writers", format!("{} is outside 1..=8", c.sink.writers)));
-    }
-    if !c.http.listen.is_empty() && c.http.listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(err("http.listen", format!("`{}` is not an address like 127.0.0.1:8080", c.http.listen)));
-    }
-    if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
-        return Err(err(
-            "log.level",
-            format!("`{}` is not a log filter such as `info` or `iotpipe=debug`", c.log.level),
-        ));
-    }
-    Router::new(c).map_err(|e| {
+    c.router().map_err(|e| {
         let text = e.to_string();
         match text.split_once(": ") {
-            Some((key, msg)) => err(key, msg),
-            None => err("route", text),
+            Some((key, msg)) => ConfigError::key(key, msg),
+            None => ConfigError::key("route", text),
         }
     })?;
     Ok(())
-}
-
-/// An MQTT broker address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-pub fn parse_mqtt_url(url: &str) -> Result<MqttUrl, String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("`{url}` needs a scheme: mqtt:// or mqtts://"))?;
-    let tls = match scheme {
-        "mqtt" | "tcp" => false,
-        "mqtts" | "ssl" => true,
-        other => return Err(format!("scheme `{other}` is not supported; use mqtt:// or mqtts://")),
-    };
-    let hostport = rest.split(['/', '?']).next().unwrap_or("");
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h, p.parse::<u16>().map_err(|_| format!("`{p}` is not a port number"))?)
-        }
-        _ => (hostport, if tls { 8883 } else { 1883 }),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("`{url}` has no host"));
-    }
-    Ok(MqttUrl { tls, host: host.to_string(), port })
 }
 
 #[cfg(test)]
@@ -173,6 +97,16 @@ mod tests {
             ("[sink]\nwriters = 0", &[], "sink.writers"),
             ("[sink]\nbatch_max_rows = 0", &[], "sink.batch_max_rows"),
             ("[sink]\ntopics = []", &[], "sink.topics"),
+            ("[store]\nretention = \"10m\"", &[], "store.retention"),
+            ("[store]\nwrite_timeout = \"0s\"", &[], "store.write_timeout"),
+            ("[store]\nurl = \"mysql://x/y\"", &[], "store.url"),
+            ("[journal]\nmax_size = \"1MiB\"", &[], "journal.max_size"),
+            ("[journal]\nforward_max_records = 0", &[], "journal.forward_max_records"),
+            ("[sink]\nbatch_max_wait = \"0s\"", &[], "sink.batch_max_wait"),
+            ("[mqtt]\nconnect_timeout = \"0s\"", &[], "mqtt.connect_timeout"),
+            ("[kafka]\ndelivery_timeout = \"0s\"", &[], "kafka.delivery_timeout"),
+            ("[log]\nlevel = \"info,=[\"", &[], "log.level"),
+            ("", &[("IOTPIPE_STORE__RETENTION", "5m")], "IOTPIPE_STORE__RETENTION"),
             ("", &[("IOTPIPE_MQTT__QOS", "7")], "IOTPIPE_MQTT__QOS"),
             ("", &[("IOTPIPE_MQTT__MAX_IN_FLIGHT", "lots")], "mqtt.max_in_flight"),
         ];
@@ -197,15 +131,5 @@ mod tests {
         assert_eq!(c.mqtt.password.as_deref(), Some("s3cret"));
         let e = load("[mqtt]\npassword_file = \"/nonexistent/pw\"", &[]).unwrap_err().to_string();
         assert!(e.contains("mqtt.password_file"), "{e}");
-    }
-
-    #[test]
-    fn mqtt_urls() {
-        assert_eq!(parse_mqtt_url("mqtt://h:1884").unwrap(), MqttUrl { tls: false, host: "h".into(), port: 1884 });
-        assert_eq!(parse_mqtt_url("mqtts://h").unwrap().port, 8883);
-        assert_eq!(parse_mqtt_url("mqtt://[::1]:1883").unwrap().host, "::1");
-        assert!(parse_mqtt_url("h:1883").is_err());
-        assert!(parse_mqtt_url("mqtt://:1883").is_err());
-        assert!(parse_mqtt_url("mqtt://h:99999").is_err());
     }
 }

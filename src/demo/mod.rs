@@ -38,7 +38,7 @@ pub enum DemoError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Run(#[from] crate::pipeline::run::RunError),
+    Run(#[from] crate::pipeline::PipelineError),
 }
 
 pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DemoError> {
@@ -68,7 +68,7 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
         tokio::spawn(fleet::run(format!("mqtt://{mqtt}"), args.rate));
         tokio::spawn(fleet::malformed(mqtt.ip().to_string(), mqtt.port(), Duration::from_secs(7)));
     }
-    crate::pipeline::run::run(cfg, shutdown, Some(crate::http::ui::routes(None))).await?;
+    crate::pipeline::mqtt_store::run(cfg, shutdown, Some(crate::http::ui::routes(None))).await?;
     Ok(())
 }
 

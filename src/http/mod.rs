@@ -1,63 +1,68 @@
-//! `/healthz` (alive), `/readyz` (connected, subscribed, downstream
-//! reachable) and `/metrics` (Prometheus text).
+//! `/healthz` (alive), `/readyz` (the command's [`Health`]) and `/metrics`
+//! (the command's [`Exposition`]); `run` adds the dashboard and its API.
 
 pub mod api;
+mod config;
 pub mod dashboard;
 pub mod ui;
 
-use crate::telemetry::Render;
+pub use config::HttpConfig;
+
+use crate::health::Health;
+use crate::telemetry::Exposition;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use std::sync::Arc;
 
-/// Readiness: `Ok` or the reasons it is not ready.
-pub type ReadyFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
-
 #[derive(Clone)]
 struct AppState {
-    metrics: Arc<dyn Render>,
-    ready: ReadyFn,
+    metrics: Arc<Exposition>,
+    health: Arc<Health>,
 }
 
-/// Bind `listen` and serve in the background. Binding errors are returned
-/// at once so a wrong address stops start-up with a clear message.
-pub async fn serve(
-    listen: &str,
-    metrics: Arc<dyn Render>,
-    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
-) -> std::io::Result<std::net::SocketAddr> {
-    serve_with(listen, metrics, ready, axum::Router::new()).await
+/// A bound HTTP listener with its routes; [`Server::serve`] runs it.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
 }
 
-/// As `serve`, with more routes (the dashboard and its API) merged in.
-pub async fn serve_with(
-    listen: &str,
-    metrics: Arc<dyn Render>,
-    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
-    extra: axum::Router,
-) -> std::io::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let state = AppState { metrics, ready: Arc::new(ready) };
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(state)
-        .merge(extra);
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "HTTP server stopped.");
+impl Server {
+    /// Bind `listen` now, so a wrong or taken address stops start-up with a
+    /// clear message. `extra` routes (the dashboard) are merged in.
+    pub async fn bind(
+        listen: &str,
+        metrics: Arc<Exposition>,
+        health: Arc<Health>,
+        extra: axum::Router,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let state = AppState { metrics, health };
+        let app = axum::Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .with_state(state)
+            .merge(extra);
+        Ok(Self { listener, app })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until the task is dropped; an error ends the server.
+    pub async fn serve(self) -> std::io::Result<()> {
+        if let Ok(addr) = self.listener.local_addr() {
+            tracing::info!(%addr, "HTTP endpoints: /healthz /readyz /metrics");
         }
-    });
-    tracing::info!(%addr, "HTTP endpoints: /healthz /readyz /metrics");
-    Ok(addr)
+        axum::serve(self.listener, self.app).await
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    match (s.ready)() {
+    match s.health.ready() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }

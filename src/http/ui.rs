@@ -1,20 +1,33 @@
 //! The dashboard and its JSON API, mounted next to /healthz and /metrics by
 //! `iotpipe run` and `iotpipe demo`.
 
-use crate::pipeline::run::{ExtraRoutes, RunMetrics};
+use crate::health::Health;
+use crate::store::Store;
+use crate::telemetry::MessageMetrics;
 use serde_json::json;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// What the page's `/api/health` reports from.
+#[derive(Clone)]
+pub struct UiState {
+    pub health: Arc<Health>,
+    pub messages: Arc<MessageMetrics>,
+    pub started: Instant,
+}
+
+/// Builds the extra routes once the store is open.
+pub type ExtraRoutes = Box<dyn FnOnce(&Store, UiState) -> axum::Router + Send>;
+
 /// Routes for `/` (the page) and `/api/` (its data). Without a query
 /// connection to the store only the page is served, and it says so.
 pub fn routes(token: Option<String>) -> ExtraRoutes {
-    Box::new(move |store, metrics| {
+    Box::new(move |store, state| {
         let page = super::dashboard::router();
         match store.query_handle() {
             Ok(query) => {
-                let state = super::api::ApiState { query, health: health_fn(metrics), token };
+                let state = super::api::ApiState { query, health: health_fn(state), token };
                 page.merge(super::api::router(state))
             }
             Err(error) => {
@@ -25,12 +38,12 @@ pub fn routes(token: Option<String>) -> ExtraRoutes {
     })
 }
 
-/// `/api/health`: counters, the live rate and latency quantiles.
-fn health_fn(m: Arc<RunMetrics>) -> Arc<dyn Fn() -> serde_json::Value + Send + Sync> {
-    // (time, received) of the previous sample, for the rate.
+/// `/api/health`: state, counters, the live rate and latency quantiles.
+fn health_fn(s: UiState) -> Arc<dyn Fn() -> serde_json::Value + Send + Sync> {
+    // (time, received, rate) of the previous sample, for the rate.
     let last = Mutex::new((Instant::now(), 0u64, 0.0f64));
     Arc::new(move || {
-        let b = &m.bridge;
+        let b = &s.messages;
         let received = b.received.load(Relaxed);
         let rate = {
             let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
@@ -41,21 +54,12 @@ fn health_fn(m: Arc<RunMetrics>) -> Arc<dyn Fn() -> serde_json::Value + Send + S
             }
             l.2
         };
-        let mut reasons = Vec::new();
-        if !b.mqtt_connected.load(Relaxed) {
-            reasons.push("MQTT not connected");
-        }
-        if !m.store.store_reachable.load(Relaxed) {
-            reasons.push("store not reachable");
-        }
-        if b.journal_full.load(Relaxed) {
-            reasons.push("journal full");
-        }
+        let reasons = s.health.problems();
         let ms = |q: f64| b.delivery_latency.quantile(q).map(|s| (s * 1e5).round() / 100.0);
         json!({
             "status": if reasons.is_empty() { "ok" } else { "degraded" },
             "reasons": reasons,
-            "uptime_s": (m.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "uptime_s": (s.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             "received": received,
             "stored": b.delivered.load(Relaxed),
             "dead_lettered": b.dead_lettered_total(),
@@ -65,7 +69,7 @@ fn health_fn(m: Arc<RunMetrics>) -> Arc<dyn Fn() -> serde_json::Value + Send + S
             "journal_bytes": b.journal_bytes.load(Relaxed),
             "latency_p50_ms": ms(0.5),
             "latency_p99_ms": ms(0.99),
-            "mqtt_connected": b.mqtt_connected.load(Relaxed),
+            "mqtt_connected": s.health.mqtt_connected(),
         })
     })
 }

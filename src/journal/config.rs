@@ -2,14 +2,17 @@
 
 use super::frame::{FRAME_HEADER, MAX_PAYLOAD, SEGMENT_HEADER};
 use super::JournalError;
-use crate::config::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
 use std::path::PathBuf;
 
 /// Smallest accepted `segment_size`.
 const MIN_SEGMENT_SIZE: u64 = 4 * 1024;
-/// Smallest accepted `max_batch`.
+/// Smallest accepted `max_batch` and `forward_max_bytes`.
 const MIN_BATCH: u64 = 1024;
+/// Largest accepted `forward_max_records` (tokio's semaphore has a limit, and
+/// more would defeat the bound).
+const MAX_FORWARD_RECORDS: usize = 1 << 20;
 
 /// Where the local journal lives and how large it may grow.
 ///
@@ -30,6 +33,13 @@ pub struct JournalConfig {
     pub max_batch: ByteSize,
     /// How often the delivered position is written to disk while acks arrive.
     pub ack_sync_interval: HumanDuration,
+    /// Most records read from the journal and not yet delivered downstream
+    /// (Kafka or the store) at any time: what bounds the forwarder's memory,
+    /// however large the backlog on disk.
+    pub forward_max_records: usize,
+    /// Most payload bytes read from the journal and not yet delivered (a
+    /// record larger than this is forwarded on its own).
+    pub forward_max_bytes: ByteSize,
 }
 
 impl Default for JournalConfig {
@@ -40,6 +50,8 @@ impl Default for JournalConfig {
             segment_size: ByteSize::mib(64),
             max_batch: ByteSize::mib(1),
             ack_sync_interval: HumanDuration::millis(100),
+            forward_max_records: 4096,
+            forward_max_bytes: ByteSize::mib(8),
         }
     }
 }
@@ -78,6 +90,15 @@ impl JournalConfig {
         }
         if self.ack_sync_interval.get().is_zero() {
             return bad("ack_sync_interval", "must be greater than zero".into());
+        }
+        if !(1..=MAX_FORWARD_RECORDS).contains(&self.forward_max_records) {
+            return bad(
+                "forward_max_records",
+                format!("{} is outside 1..={MAX_FORWARD_RECORDS}", self.forward_max_records),
+            );
+        }
+        if self.forward_max_bytes.bytes() < MIN_BATCH || self.forward_max_bytes.bytes() > u64::from(u32::MAX) {
+            return bad("forward_max_bytes", format!("{} must be between 1KiB and 4GiB", self.forward_max_bytes));
         }
         Ok(())
     }

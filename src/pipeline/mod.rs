@@ -1,8 +1,53 @@
-//! The pipelines behind the subcommands: each wires sources, routing and
-//! destinations together and owns shutdown.
+//! The pipelines behind the subcommands, named after what they connect:
+//!
+//! - [`mqtt_kafka`]: `iotpipe bridge` (MQTT → Kafka, optionally through the journal);
+//! - [`kafka_store`]: `iotpipe sink` (Kafka → store);
+//! - [`mqtt_store`]: `iotpipe run` and `iotpipe demo` (MQTT → journal → store).
+//!
+//! They share the MQTT side ([`ingress`]), the journal stages
+//! ([`journal_stage`]), the store writer ([`store_writer`]), the record
+//! decoding ([`decode`]) and one way to run and stop their tasks
+//! ([`supervisor`]).
 
-pub mod bridge;
+mod config;
+pub mod decode;
+mod ingress;
 mod journal_stage;
-pub mod run;
-pub mod sink;
+mod kafka_forwarder;
+pub mod kafka_store;
+pub mod mqtt_kafka;
+pub mod mqtt_store;
 mod store_writer;
+pub mod supervisor;
+
+pub use config::{BridgeConfig, SinkConfig};
+
+/// Why a pipeline could not start, or why it ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Route(#[from] crate::route::RouterError),
+    #[error(transparent)]
+    MqttOptions(#[from] crate::mqtt::OptionsError),
+    #[error("mqtt: {0}")]
+    Mqtt(#[from] crate::mqtt::SourceError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("http.listen {listen}: {source}")]
+    Http { listen: String, source: std::io::Error },
+    #[error("HTTP server: {0}")]
+    HttpServe(std::io::Error),
+    /// A task ended with an error.
+    #[error("{task}: {source}")]
+    Failed { task: &'static str, source: Box<PipelineError> },
+    /// A task ended before it was asked to.
+    #[error("{task} stopped unexpectedly")]
+    Ended { task: &'static str },
+    /// A task panicked (or was cancelled from outside).
+    #[error("task {message}")]
+    Panicked { message: String },
+}

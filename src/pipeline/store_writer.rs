@@ -1,74 +1,92 @@
-//! Writing batches to a store: retries, isolation of rows the store
-//! refuses, and the retention task. Shared by `iotpipe sink` and `iotpipe run`.
+//! Writing batches to a store: connecting (retrying what may pass, failing
+//! on what will not), retries, isolation of rows the store refuses, and the
+//! retention task. Shared by `iotpipe sink` and `iotpipe run`.
 
-use crate::config::Config;
-use crate::store::{DeadLetterRow, Store, StoreRow};
-use crate::telemetry::SinkMetrics;
+use crate::health::Health;
+use crate::record::DeadLetterReason;
+use crate::store::{DeadLetterRow, Store, StoreConfig, StoreError, StoreRow};
+use crate::telemetry::StoreMetrics;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
-/// Reason given to rows the store refused one by one.
-const STORE_REJECTED: &str = "store_rejected";
+/// First wait before connecting again.
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 
-/// Connect (and migrate), retrying until it works or shutdown.
+/// Connect (and migrate). A retryable failure (the database is down or
+/// starting) is retried with backoff up to `backoff_max`, logged the first
+/// time and then every tenth; a permanent one (wrong role, password,
+/// database, setting) is returned. `Ok(None)` when `shutdown` came first.
 pub async fn connect_store(
-    config: &Config,
-    metrics: &SinkMetrics,
+    cfg: &StoreConfig,
+    backoff_max: Duration,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<Store> {
-    let mut backoff = Duration::from_millis(500);
+) -> Result<Option<Store>, StoreError> {
+    let mut backoff = CONNECT_BACKOFF_MIN;
+    let mut attempts = 0u64;
     loop {
-        match Store::connect(&config.store).await {
-            Ok(s) => return Some(s),
+        match Store::connect(cfg).await {
+            Ok(s) => return Ok(Some(s)),
             Err(e) if e.is_retryable() => {
-                metrics.on_store_error(&e.to_string(), backoff);
+                if attempts % 10 == 0 {
+                    tracing::warn!(error = %e, retry_in = ?backoff, attempts = attempts + 1, "Store not reachable yet; retrying.");
+                }
+                attempts += 1;
                 tokio::select! {
-                    () = shutdown.as_mut() => return None,
+                    () = shutdown.as_mut() => return Ok(None),
                     () = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(config.sink.retry_backoff_max.get());
+                backoff = (backoff * 2).min(backoff_max.max(CONNECT_BACKOFF_MIN));
             }
-            Err(e) => {
-                tracing::error!(error = %e, "Store setup failed.");
-                return None;
-            }
+            Err(e) => return Err(e),
         }
     }
 }
 
+/// How many rows a written batch inserted, and how many the store already had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub inserted: u64,
+    pub duplicates: u64,
+}
+
+/// Everything writing needs besides the store.
+pub struct WriteContext<'a> {
+    pub metrics: &'a StoreMetrics,
+    pub health: &'a Health,
+    pub backoff_max: Duration,
+}
+
 /// Write one batch, retrying retryable errors forever (with backoff). A
 /// batch the store refuses outright is written row by row; rows it still
-/// refuses become dead letters. Returns (inserted, duplicates).
+/// refuses become dead letters (`store_rejected`).
 pub async fn write_until_done(
     store: &mut Store,
     mut rows: Vec<StoreRow>,
     mut dead: Vec<DeadLetterRow>,
-    metrics: &SinkMetrics,
-    backoff_max: Duration,
-) -> (u64, u64) {
+    cx: &WriteContext<'_>,
+) -> Written {
     let mut backoff = Duration::from_millis(200);
-    let mut totals = (0, 0);
+    let mut totals = Written::default();
     loop {
         match store.write(&rows, &dead).await {
             Ok(o) => {
-                metrics.store_reachable.store(true, Relaxed);
-                totals.0 += o.inserted;
-                totals.1 += o.duplicates;
+                cx.health.set_store_reachable(true);
+                totals.inserted += o.inserted;
+                totals.duplicates += o.duplicates;
                 return totals;
             }
             Err(e) if e.is_retryable() => {
-                metrics.on_store_error(&e.to_string(), backoff);
+                let was = cx.health.set_store_reachable(false);
+                cx.metrics.on_store_error(&e.to_string(), backoff, was);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(backoff_max);
+                backoff = (backoff * 2).min(cx.backoff_max);
             }
             Err(e) => {
                 tracing::warn!(error = %e, rows = rows.len(), "Store refused the batch; writing row by row.");
                 let (ok, refused) = isolate(store, std::mem::take(&mut rows), &mut totals).await;
                 if ok {
                     for (row, error) in refused {
-                        metrics.on_dead_letter(STORE_REJECTED, &row.id.to_string(), &error);
+                        cx.metrics.on_dead_letter(DeadLetterReason::StoreRejected, &row.id.to_string(), &error);
                         dead.push(rejected(row, error));
                     }
                     if dead.is_empty() {
@@ -79,7 +97,7 @@ pub async fn write_until_done(
                     rows = refused.into_iter().map(|(r, _)| r).collect();
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(backoff_max);
+                backoff = (backoff * 2).min(cx.backoff_max);
             }
         }
     }
@@ -87,14 +105,14 @@ pub async fn write_until_done(
 
 /// Write rows one at a time; returns whether the store stayed reachable and
 /// the rows it refused (or all remaining rows if it became unreachable).
-async fn isolate(store: &mut Store, rows: Vec<StoreRow>, totals: &mut (u64, u64)) -> (bool, Vec<(StoreRow, String)>) {
+async fn isolate(store: &mut Store, rows: Vec<StoreRow>, totals: &mut Written) -> (bool, Vec<(StoreRow, String)>) {
     let mut refused = Vec::new();
     let mut iter = rows.into_iter();
     while let Some(row) = iter.next() {
         match store.write(std::slice::from_ref(&row), &[]).await {
             Ok(o) => {
-                totals.0 += o.inserted;
-                totals.1 += o.duplicates;
+                totals.inserted += o.inserted;
+                totals.duplicates += o.duplicates;
             }
             Err(e) if e.is_retryable() => {
                 refused.push((row, e.to_string()));
@@ -108,43 +126,50 @@ async fn isolate(store: &mut Store, rows: Vec<StoreRow>, totals: &mut (u64, u64)
 }
 
 fn rejected(row: StoreRow, error: String) -> DeadLetterRow {
+    use crate::record::headers as h;
     DeadLetterRow {
         source: format!("store:{}", row.id),
         received_ms: row.received_ms,
-        reason: STORE_REJECTED.into(),
+        reason: DeadLetterReason::StoreRejected.as_str().into(),
         error,
         mqtt_topic: Some(row.mqtt_topic),
         headers: vec![
-            ("tenant_id".into(), row.tenant_id),
-            ("project_id".into(), row.project_id),
-            ("device_id".into(), row.device_id),
+            (h::TENANT_ID.into(), row.tenant_id),
+            (h::PROJECT_ID.into(), row.project_id),
+            (h::DEVICE_ID.into(), row.device_id),
         ],
         payload: row.payload,
     }
 }
 
 /// Drops expired partitions every `store.retention_interval`, on a connection of its own.
-pub async fn retention_task(config: Config, metrics: Arc<SinkMetrics>) {
+pub async fn retention_task(cfg: StoreConfig, metrics: std::sync::Arc<StoreMetrics>) -> Result<(), StoreError> {
     let mut store: Option<Store> = None;
     loop {
         if store.is_none() {
-            store = Store::connect(&config.store).await.ok();
+            match Store::connect(&cfg).await {
+                Ok(s) => store = Some(s),
+                Err(error) => {
+                    metrics.on_retention_failed();
+                    tracing::warn!(%error, "Retention cannot connect to the store; will try again.");
+                }
+            }
         }
         if let Some(s) = store.as_mut() {
             match s.enforce_retention().await {
                 Ok(o) => {
-                    metrics.retention_partitions_dropped.fetch_add(o.partitions_dropped.len() as u64, Relaxed);
-                    metrics.retention_rows_deleted.fetch_add(o.rows_deleted + o.dead_letters_deleted, Relaxed);
+                    metrics.on_retention(o.partitions_dropped.len() as u64, o.rows_deleted + o.dead_letters_deleted);
                     if !o.partitions_dropped.is_empty() || o.rows_deleted > 0 {
                         tracing::info!(dropped = ?o.partitions_dropped, rows_deleted = o.rows_deleted, "Retention applied.");
                     }
                 }
                 Err(error) => {
+                    metrics.on_retention_failed();
                     tracing::warn!(%error, "Retention run failed; will try again.");
                     store = None;
                 }
             }
         }
-        tokio::time::sleep(config.store.retention_interval.get()).await;
+        tokio::time::sleep(cfg.retention_interval.get()).await;
     }
 }

@@ -1,32 +1,18 @@
 //! Routing: from an MQTT topic and payload to a Kafka topic, key, headers
 //! and value, or to a dead letter with its reason. Pure: no I/O.
 
+mod config;
 mod pattern;
 mod payload;
 mod template;
 
+pub use config::{PayloadFormat, RouteConfig, Targets};
 pub use pattern::{validate_filter, PatternError, TopicPattern};
-pub use payload::format_ms;
 pub use template::{check_topic_name, Template, TemplateError};
 
-use crate::config::{Config, PayloadFormat};
+use crate::record::headers::{self, DeadLetterMeta, RecordMeta};
 use crate::record::{DeadLetterReason, Inbound, Outbound, RecordId};
 use bytes::Bytes;
-
-/// Header names: part of the public contract.
-pub mod headers {
-    pub const TENANT_ID: &str = "tenant_id";
-    pub const PROJECT_ID: &str = "project_id";
-    pub const DEVICE_ID: &str = "device_id";
-    pub const MQTT_TOPIC: &str = "mqtt_topic";
-    pub const ID: &str = "id";
-    pub const RECEIVED_AT: &str = "received_at";
-    pub const EVENT_TIME: &str = "event_time";
-    pub const REASON: &str = "reason";
-    pub const ERROR: &str = "error";
-    pub const TRUNCATED: &str = "truncated";
-    pub const ORIGINAL_SIZE: &str = "original_size";
-}
 
 /// Field names every template may use besides the pattern's own.
 const BUILTIN_FIELDS: [&str; 3] = ["tenant_id", "project_id", "device_id"];
@@ -63,8 +49,8 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Result<Self, RouterError> {
-        let pattern = TopicPattern::parse(&config.route.topic_pattern)?;
+    pub fn new(route: &RouteConfig, targets: &Targets) -> Result<Self, RouterError> {
+        let pattern = TopicPattern::parse(&route.topic_pattern)?;
         let names = pattern.names();
         if !names.iter().any(|n| n == "tenant_id") || !names.iter().any(|n| n == "project_id") {
             return Err(RouterError::MissingNames);
@@ -72,11 +58,11 @@ impl Router {
         let mut fields: Vec<&str> = BUILTIN_FIELDS.to_vec();
         fields.extend(names.iter().map(String::as_str).filter(|n| !BUILTIN_FIELDS.contains(n)));
         let capture_of_field = fields.iter().map(|f| names.iter().position(|n| n == f)).collect();
-        let topic = Template::parse(&config.kafka.topic, &fields)
+        let topic = Template::parse(&targets.topic, &fields)
             .map_err(|source| RouterError::Template { key: "topic", source })?;
-        let key = Template::parse(&config.kafka.key, &fields)
-            .map_err(|source| RouterError::Template { key: "key", source })?;
-        check_topic_name(&config.kafka.dead_letter_topic).map_err(RouterError::DeadLetterTopic)?;
+        let key =
+            Template::parse(&targets.key, &fields).map_err(|source| RouterError::Template { key: "key", source })?;
+        check_topic_name(&targets.dead_letter_topic).map_err(RouterError::DeadLetterTopic)?;
         let pointer = |key: &'static str, v: &Option<String>| -> Result<Option<String>, RouterError> {
             match v.as_deref() {
                 None | Some("") => Ok(None),
@@ -88,14 +74,13 @@ impl Router {
             capture_of_field,
             topic,
             key,
-            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
-            dead_letter_max_payload: usize::try_from(config.kafka.dead_letter_max_payload.bytes())
-                .unwrap_or(usize::MAX),
-            device_pointer: pointer("device_id", &config.route.device_id)?,
-            time_pointer: pointer("event_time", &config.route.event_time)?,
-            require_json: config.route.require_json,
-            max_payload: usize::try_from(config.route.max_payload_size.bytes()).unwrap_or(usize::MAX),
-            format: config.route.format,
+            dead_letter_topic: targets.dead_letter_topic.clone(),
+            dead_letter_max_payload: usize::try_from(targets.dead_letter_max_payload.bytes()).unwrap_or(usize::MAX),
+            device_pointer: pointer("device_id", &route.device_id)?,
+            time_pointer: pointer("event_time", &route.event_time)?,
+            require_json: route.require_json,
+            max_payload: usize::try_from(route.max_payload_size.bytes()).unwrap_or(usize::MAX),
+            format: route.format,
             pattern,
         })
     }
@@ -160,21 +145,19 @@ impl Router {
         let key = self.key.render(&values);
         let id = RecordId::derive(event_ms, msg.received_ms, &msg.topic, &msg.payload);
         let (tenant_id, project_id) = (values[0].to_string(), values[1].to_string());
-        let received_at = format_ms(msg.received_ms);
         let value = match self.format {
             PayloadFormat::Raw => msg.payload.clone(),
             PayloadFormat::Envelope => envelope(&tenant_id, &project_id, &device_id, msg, id, event_ms),
         };
-        let mut hdrs = Vec::with_capacity(7);
-        hdrs.push((headers::TENANT_ID, tenant_id.clone()));
-        hdrs.push((headers::PROJECT_ID, project_id.clone()));
-        hdrs.push((headers::DEVICE_ID, device_id));
-        hdrs.push((headers::MQTT_TOPIC, msg.topic.clone()));
-        hdrs.push((headers::ID, id.to_hyphenated()));
-        hdrs.push((headers::RECEIVED_AT, received_at));
-        if let Some(ms) = event_ms {
-            hdrs.push((headers::EVENT_TIME, format_ms(ms)));
-        }
+        let hdrs = headers::encode_record(&RecordMeta {
+            tenant_id: &tenant_id,
+            project_id: &project_id,
+            device_id: &device_id,
+            mqtt_topic: &msg.topic,
+            id,
+            received_ms: msg.received_ms,
+            event_ms,
+        });
         Outbound {
             id,
             topic,
@@ -192,20 +175,16 @@ impl Router {
     /// `kafka.dead_letter_max_payload`, with headers saying so) and the reason.
     pub fn dead_letter(&self, msg: &Inbound, reason: DeadLetterReason, detail: String) -> Outbound {
         let id = RecordId::derive(None, msg.received_ms, &msg.topic, &msg.payload);
-        let mut hdrs = vec![
-            (headers::REASON, reason.as_str().to_string()),
-            (headers::ERROR, detail),
-            (headers::MQTT_TOPIC, msg.topic.clone()),
-            (headers::ID, id.to_hyphenated()),
-            (headers::RECEIVED_AT, format_ms(msg.received_ms)),
-        ];
-        let value = if msg.payload.len() > self.dead_letter_max_payload {
-            hdrs.push((headers::TRUNCATED, "true".into()));
-            hdrs.push((headers::ORIGINAL_SIZE, msg.payload.len().to_string()));
-            msg.payload.slice(..self.dead_letter_max_payload)
-        } else {
-            msg.payload.clone()
-        };
+        let truncated = msg.payload.len() > self.dead_letter_max_payload;
+        let hdrs = headers::encode_dead_letter(&DeadLetterMeta {
+            reason,
+            detail: &detail,
+            mqtt_topic: &msg.topic,
+            id,
+            received_ms: msg.received_ms,
+            truncated_from: truncated.then_some(msg.payload.len()),
+        });
+        let value = if truncated { msg.payload.slice(..self.dead_letter_max_payload) } else { msg.payload.clone() };
         Outbound {
             id,
             topic: self.dead_letter_topic.clone(),

@@ -1,14 +1,28 @@
 use super::*;
-use crate::config::load_str;
+use crate::units::ByteSize;
 
+/// A router from `[route]` keys (device id and event time pointers preset)
+/// and, after an optional `[kafka]` line, the dead-letter payload limit.
 fn router(extra: &str) -> Router {
-    let cfg = load_str(
-        &format!("[route]\ndevice_id = \"/deviceId\"\nevent_time = \"/ts\"\n{extra}"),
-        "test",
-        Vec::<(String, String)>::new(),
-    )
-    .unwrap();
-    Router::new(&cfg).unwrap()
+    let (route_keys, kafka_keys) = extra.split_once("[kafka]").unwrap_or((extra, ""));
+    let route: RouteConfig =
+        toml::from_str(&format!("device_id = \"/deviceId\"\nevent_time = \"/ts\"\n{route_keys}")).unwrap();
+    let limit = kafka_keys.trim().strip_prefix("dead_letter_max_payload = ").map(|v| v.trim_matches('"'));
+    let mut t = targets("iot.{tenant_id}.{project_id}");
+    if let Some(l) = limit {
+        t.dead_letter_max_payload = l.parse().unwrap();
+    }
+    Router::new(&route, &t).unwrap()
+}
+
+/// The default targets with the given topic template.
+fn targets(topic: &str) -> Targets {
+    Targets {
+        topic: topic.into(),
+        key: "{tenant_id}/{project_id}/{device_id}".into(),
+        dead_letter_topic: "iot-dead-letters".into(),
+        dead_letter_max_payload: ByteSize::kib(512),
+    }
 }
 
 fn inbound(topic: &str, payload: &[u8]) -> Inbound {
@@ -94,26 +108,16 @@ fn envelope_format_wraps_the_payload() {
 
 #[test]
 fn device_id_can_come_from_the_topic() {
-    let cfg = load_str(
-        "[route]\ntopic_pattern = \"rt/{tenant_id}/{project_id}/{device_id}\"",
-        "t",
-        Vec::<(String, String)>::new(),
-    )
-    .unwrap();
-    let r = Router::new(&cfg).unwrap();
+    let route: RouteConfig = toml::from_str("topic_pattern = \"rt/{tenant_id}/{project_id}/{device_id}\"").unwrap();
+    let r = Router::new(&route, &targets("iot.{tenant_id}.{project_id}")).unwrap();
     let o = r.route(&inbound("rt/a/p/d9", b"{}"));
     assert_eq!(o.key.as_deref(), Some("a/p/d9"));
 }
 
 #[test]
 fn extra_pattern_names_are_usable_in_templates() {
-    let cfg = load_str(
-        "[route]\ntopic_pattern = \"rt/{tenant_id}/{project_id}/{kind}\"\n[kafka]\ntopic = \"iot.{kind}\"",
-        "t",
-        Vec::<(String, String)>::new(),
-    )
-    .unwrap();
-    let o = Router::new(&cfg).unwrap().route(&inbound("rt/a/p/alarm", b"{}"));
+    let route: RouteConfig = toml::from_str("topic_pattern = \"rt/{tenant_id}/{project_id}/{kind}\"").unwrap();
+    let o = Router::new(&route, &targets("iot.{kind}")).unwrap().route(&inbound("rt/a/p/alarm", b"{}"));
     assert_eq!(o.topic, "iot.alarm");
 }
 

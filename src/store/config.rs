@@ -2,7 +2,7 @@
 //! and secrets. Parsing the URL is pure and checked once.
 
 use super::StoreError;
-use crate::config::HumanDuration;
+use crate::units::HumanDuration;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -102,6 +102,15 @@ pub struct RetentionOutcome {
     pub dead_letters_deleted: u64,
 }
 
+/// What `iotpipe check` found at a store, without changing anything there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// Where, without secrets (as [`Store::describe`]).
+    pub describe: String,
+    /// What is there, e.g. `schema version 3 of 3` or `database does not exist yet (created on first start)`.
+    pub detail: String,
+}
+
 /// A connected store. One per sink task; not shared between tasks.
 // Created once per task and never moved in a hot path: boxing the larger
 // variant would buy nothing.
@@ -127,6 +136,18 @@ impl Store {
             StoreUrl::Postgres(url) => Ok(Store::Postgres(postgres::PostgresStore::connect(cfg, &url).await?)),
             StoreUrl::Influx(target) => Ok(Store::Influx(influx::InfluxStore::connect(cfg, target).await?)),
             StoreUrl::Sqlite(path) => Ok(Store::Sqlite(sqlite::SqliteStore::connect(cfg, &path).await?)),
+        }
+    }
+
+    /// Connect without creating or migrating anything and report what is
+    /// there: the schema version, or that the database or file will be
+    /// created on first start. Fails as `connect` would (wrong role,
+    /// password, host, or a missing database that may not be created).
+    pub async fn inspect(cfg: &StoreConfig) -> Result<StoreStatus, StoreError> {
+        match cfg.parse_url()? {
+            StoreUrl::Postgres(url) => postgres::inspect(cfg, &url).await,
+            StoreUrl::Influx(target) => influx::InfluxStore::inspect(cfg, target).await,
+            StoreUrl::Sqlite(path) => sqlite::inspect(cfg, &path).await,
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 /// A client config trusting the certificates in `ca_file`, or the system
 /// roots when there is none. The server certificate is always verified.
 pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
-    crate::source::mqtt::install_crypto_provider();
+    crate::mqtt::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {

@@ -8,7 +8,9 @@ mod schema;
 use crate::record::now_ms;
 use crate::store::config::InfluxUrl;
 use crate::store::time_rule::effective_time_ms;
-use crate::store::{tls, DeadLetterRow, RetentionOutcome, StoreConfig, StoreError, StoreRow, WriteOutcome};
+use crate::store::{
+    tls, DeadLetterRow, RetentionOutcome, StoreConfig, StoreError, StoreRow, StoreStatus, WriteOutcome,
+};
 use std::time::Duration;
 
 pub use schema::{go_duration, RETENTION_POLICY};
@@ -33,7 +35,16 @@ pub struct InfluxStore {
 
 impl InfluxStore {
     /// Check the server answers, create the database and the retention policy.
-    pub async fn connect(cfg: &StoreConfig, mut url: InfluxUrl) -> Result<Self, StoreError> {
+    pub async fn connect(cfg: &StoreConfig, url: InfluxUrl) -> Result<Self, StoreError> {
+        let mut store = Self::unready(cfg, url)?;
+        store.ping().await?;
+        store.setup().await?;
+        tracing::info!(store = %store.describe, "Store ready.");
+        Ok(store)
+    }
+
+    /// The client, before anything was asked of the server.
+    fn unready(cfg: &StoreConfig, mut url: InfluxUrl) -> Result<Self, StoreError> {
         if let Some(password) = cfg.file_password()? {
             url.password = Some(password);
         }
@@ -45,11 +56,29 @@ impl InfluxStore {
             .build()
             .map_err(|source| StoreError::Http { context: "build the HTTP client", source })?;
         let describe = format!("influxdb {}/{}", url.base(), url.database);
-        let mut store = Self { http, url, retention: cfg.retention.get(), ready: false, describe };
+        Ok(Self { http, url, retention: cfg.retention.get(), ready: false, describe })
+    }
+
+    /// Ping and look for the database and its `iotpipe` retention policy, changing nothing.
+    pub async fn inspect(cfg: &StoreConfig, url: InfluxUrl) -> Result<StoreStatus, StoreError> {
+        let mut store = Self::unready(cfg, url)?;
         store.ping().await?;
-        store.setup().await?;
-        tracing::info!(store = %store.describe, "Store ready.");
-        Ok(store)
+        let answer = store.query("SHOW DATABASES").await?;
+        let db = &store.url.database;
+        let exists = answer
+            .pointer("/results/0/series/0/values")
+            .and_then(|v| v.as_array())
+            .is_some_and(|rows| rows.iter().any(|r| r.get(0).and_then(|n| n.as_str()) == Some(db.as_str())));
+        let detail = if !exists {
+            format!("database `{db}` does not exist yet (created on first start)")
+        } else {
+            let answer = store.query(&schema::show_retention_policies(db)).await?;
+            match schema::find_policy(&answer) {
+                Some(p) => format!("database `{db}`, retention policy {RETENTION_POLICY} of {}", p.duration),
+                None => format!("database `{db}`, no {RETENTION_POLICY} retention policy yet (created on first start)"),
+            }
+        };
+        Ok(StoreStatus { describe: store.describe, detail })
     }
 
     /// Write one batch; rows overwrite themselves on replay (same series and

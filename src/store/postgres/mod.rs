@@ -12,7 +12,7 @@ pub use migrate::Flavor;
 
 use crate::record::now_ms;
 use crate::store::time_rule::{duration_ms, effective_time_ms};
-use crate::store::{DeadLetterRow, RetentionOutcome, StoreConfig, StoreError, StoreRow, WriteOutcome};
+use crate::store::{DeadLetterRow, RetentionOutcome, StoreConfig, StoreError, StoreRow, StoreStatus, WriteOutcome};
 use connect::Target;
 use copy::{system_time, Staged};
 use std::collections::BTreeSet;
@@ -22,6 +22,32 @@ use tokio_postgres::Client;
 
 /// Advisory lock key of partition changes ("iotpipe" + 2); per database.
 const PARTITION_LOCK: i64 = 0x696f_7470_6970_6502;
+
+/// Connect (without creating the database) and read the schema version.
+pub async fn inspect(cfg: &StoreConfig, url: &str) -> Result<StoreStatus, StoreError> {
+    let target = Target::new(cfg, url)?;
+    let describe = target.describe.clone();
+    let client = match target.open().await {
+        Err(e) if e.sqlstate() == Some("3D000") && cfg.create_database => {
+            let detail = format!("database `{}` does not exist yet (created on first start)", target.database);
+            return Ok(StoreStatus { describe, detail });
+        }
+        other => other?,
+    };
+    let latest = migrate::MIGRATIONS.len();
+    let detail = match client.query_one("SELECT coalesce(max(version), 0) FROM iotpipe_schema_migrations", &[]).await {
+        Ok(row) => {
+            let version: i32 = row.get(0);
+            let flavor = migrate::detect(&client).await.map(|f| format!("{f:?}").to_lowercase()).unwrap_or_default();
+            format!("schema version {version} of {latest} ({flavor})")
+        }
+        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => {
+            format!("no iotpipe schema yet (version 0 of {latest}; created on first start)")
+        }
+        Err(e) => return Err(StoreError::pg("read iotpipe_schema_migrations", e)),
+    };
+    Ok(StoreStatus { describe, detail })
+}
 
 /// A PostgreSQL connection with the schema in place.
 pub struct PostgresStore {

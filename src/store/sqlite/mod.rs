@@ -19,7 +19,7 @@ pub use read::Reader;
 
 use crate::record::now_ms;
 use crate::store::time_rule::duration_ms;
-use crate::store::{DeadLetterRow, RetentionOutcome, StoreConfig, StoreError, StoreRow, WriteOutcome};
+use crate::store::{DeadLetterRow, RetentionOutcome, StoreConfig, StoreError, StoreRow, StoreStatus, WriteOutcome};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -41,6 +41,42 @@ pub struct SqliteStore {
     /// Limit on one batch, a retention run, a ping; also how long a call
     /// waits for the write lock of another connection (busy_timeout).
     write_timeout: Duration,
+}
+
+/// Read the schema version of the file, without creating or changing it.
+pub async fn inspect(cfg: &StoreConfig, path: &Path) -> Result<StoreStatus, StoreError> {
+    let describe = describe(path);
+    let latest = migrate::MIGRATIONS.len();
+    if !path.exists() {
+        if cfg.create_database {
+            let detail = format!("{} does not exist yet (created on first start)", path.display());
+            return Ok(StoreStatus { describe, detail });
+        }
+        return Err(StoreError::config(
+            "url",
+            format!("{} does not exist and store.create_database is false", path.display()),
+        ));
+    }
+    let owned = path.to_path_buf();
+    let timeout = cfg.write_timeout.get();
+    let version = tokio::task::spawn_blocking(move || {
+        let conn = open::reader(&owned, timeout)?;
+        let has_ledger: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'iotpipe_schema_migrations'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| StoreError::sqlite("read the schema", e))?;
+        if !has_ledger {
+            return Ok(0i64);
+        }
+        conn.query_row("SELECT coalesce(max(version), 0) FROM iotpipe_schema_migrations", [], |r| r.get(0))
+            .map_err(|e| StoreError::sqlite("read iotpipe_schema_migrations", e))
+    })
+    .await
+    .map_err(|e| StoreError::Worker { what: "sqlite inspect", message: e.to_string() })??;
+    Ok(StoreStatus { describe, detail: format!("schema version {version} of {latest}") })
 }
 
 impl SqliteStore {

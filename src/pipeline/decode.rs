@@ -5,44 +5,21 @@
 //! `envelope` JSON format; and plain JSON that names `tenant_id` and
 //! `project_id` itself. Anything else is dead-lettered with the reason.
 
-use crate::record::RecordId;
-use crate::route::headers as h;
+use crate::kafka::KafkaRecord;
+use crate::record::headers::{self, parse_time};
+use crate::record::{DeadLetterReason as Reason, RecordId};
 use crate::store::{DeadLetterRow, StoreRow};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 
-/// A consumed record, detached from librdkafka.
-#[derive(Debug, Clone)]
-pub struct KafkaRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub headers: Vec<(String, String)>,
-    pub payload: Bytes,
-}
-
-impl KafkaRecord {
-    /// Unique origin of the record: dead letters are keyed by it.
-    pub fn source(&self) -> String {
-        format!("kafka:{}/{}@{}", self.topic, self.partition, self.offset)
-    }
-}
-
 /// What a record becomes.
 #[derive(Debug)]
 pub enum Decoded {
     Row(StoreRow),
-    Dead(DeadLetterRow),
-}
-
-/// Reasons the sink dead-letters a record (labels of `iotpipe_sink_dead_lettered_total`).
-pub mod reasons {
-    pub const MISSING_TENANT: &str = "missing_tenant";
-    pub const INVALID_ID: &str = "invalid_id";
-    pub const UNDECODABLE: &str = "undecodable";
-    pub const EMPTY: &str = "empty_payload";
+    /// A dead letter, and the reason for the metrics' label (the row keeps
+    /// the reason text as the producer wrote it).
+    Dead(DeadLetterRow, Reason),
 }
 
 pub fn decode(rec: &KafkaRecord, now_ms: i64) -> Decoded {
@@ -51,62 +28,62 @@ pub fn decode(rec: &KafkaRecord, now_ms: i64) -> Decoded {
 
 /// As `decode`, naming the record's origin for dead letters (e.g. `journal:42`).
 pub fn decode_from(rec: &KafkaRecord, source: &str, now_ms: i64) -> Decoded {
-    let dead = |hdr: &HashMap<&str, &str>, received_ms: i64, reason: &str, detail: &str| {
-        dead_letter(rec, source, hdr, received_ms, reason, detail)
-    };
-    let hdr: HashMap<&str, &str> = rec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let received_ms = hdr.get(h::RECEIVED_AT).and_then(|v| parse_time(v)).or(rec.timestamp_ms).unwrap_or(now_ms);
-    if let Some(reason) = hdr.get(h::REASON) {
-        let detail = hdr.get(h::ERROR).copied().unwrap_or("");
-        return dead(&hdr, received_ms, reason, detail);
+    let hdr = headers::Decoded::parse(&rec.headers);
+    let received_ms = hdr.received_ms.or(rec.timestamp_ms).unwrap_or(now_ms);
+    let dead =
+        |reason: Reason, text: &str, detail: &str| dead_letter(rec, source, &hdr, received_ms, reason, text, detail);
+    if let Some(text) = hdr.reason {
+        return dead(Reason::parse(text), text, hdr.error.unwrap_or(""));
     }
-    if let (Some(t), Some(p)) = (hdr.get(h::TENANT_ID), hdr.get(h::PROJECT_ID)) {
+    if let (Some(t), Some(p)) = (hdr.tenant_id, hdr.project_id) {
         if t.is_empty() || p.is_empty() {
-            return dead(&hdr, received_ms, reasons::MISSING_TENANT, "empty tenant_id or project_id header");
+            let r = Reason::MissingTenant;
+            return dead(r, r.as_str(), "empty tenant_id or project_id header");
         }
-        let event_ms = hdr.get(h::EVENT_TIME).and_then(|v| parse_time(v));
-        let id = match hdr.get(h::ID) {
-            Some(s) => match uuid::Uuid::parse_str(s) {
-                Ok(id) => id,
-                Err(e) => return dead(&hdr, received_ms, reasons::INVALID_ID, &format!("id header `{s}`: {e}")),
-            },
+        let id = match hdr.record_id() {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => {
+                let r = Reason::InvalidId;
+                return dead(r, r.as_str(), &format!("id header `{}`: {e}", hdr.id.unwrap_or("")));
+            }
             None => position_id(rec, received_ms),
         };
         return Decoded::Row(StoreRow {
             id,
-            time_ms: event_ms.unwrap_or(received_ms),
-            event_time_ms: event_ms,
+            time_ms: hdr.event_ms.unwrap_or(received_ms),
+            event_time_ms: hdr.event_ms,
             received_ms,
             tenant_id: t.to_string(),
             project_id: p.to_string(),
-            device_id: hdr.get(h::DEVICE_ID).copied().unwrap_or("").to_string(),
-            mqtt_topic: hdr.get(h::MQTT_TOPIC).copied().unwrap_or("").to_string(),
+            device_id: hdr.device_id.unwrap_or("").to_string(),
+            mqtt_topic: hdr.mqtt_topic.unwrap_or("").to_string(),
             payload: rec.payload.clone(),
         });
     }
     if rec.payload.is_empty() {
-        return dead(&hdr, received_ms, reasons::EMPTY, "no headers and an empty payload");
+        let r = Reason::EmptyPayload;
+        return dead(r, r.as_str(), "no headers and an empty payload");
     }
     match from_json(rec, received_ms) {
         Ok(row) => Decoded::Row(row),
-        Err((reason, detail)) => dead(&hdr, received_ms, reason, &detail),
+        Err((r, detail)) => dead(r, r.as_str(), &detail),
     }
 }
 
 /// Envelope `{tenant_id, project_id, payload, …}` or a plain JSON object that
 /// carries `tenant_id` and `project_id` (or `tenantId` / `projectId`).
-fn from_json(rec: &KafkaRecord, received_ms: i64) -> Result<StoreRow, (&'static str, String)> {
-    let text = std::str::from_utf8(&rec.payload).map_err(|e| (reasons::UNDECODABLE, format!("not UTF-8: {e}")))?;
+fn from_json(rec: &KafkaRecord, received_ms: i64) -> Result<StoreRow, (Reason, String)> {
+    let text = std::str::from_utf8(&rec.payload).map_err(|e| (Reason::Undecodable, format!("not UTF-8: {e}")))?;
     let obj: HashMap<String, &RawValue> =
-        serde_json::from_str(text).map_err(|e| (reasons::UNDECODABLE, format!("not a JSON object: {e}")))?;
+        serde_json::from_str(text).map_err(|e| (Reason::Undecodable, format!("not a JSON object: {e}")))?;
     let field = |names: &[&str]| -> Option<String> {
         names.iter().find_map(|n| obj.get(*n)).and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
     };
     let (Some(tenant), Some(project)) = (field(&["tenant_id", "tenantId"]), field(&["project_id", "projectId"])) else {
-        return Err((reasons::MISSING_TENANT, "no tenant_id/project_id headers or fields".into()));
+        return Err((Reason::MissingTenant, "no tenant_id/project_id headers or fields".into()));
     };
     if tenant.is_empty() || project.is_empty() {
-        return Err((reasons::MISSING_TENANT, "empty tenant_id or project_id".into()));
+        return Err((Reason::MissingTenant, "empty tenant_id or project_id".into()));
     }
     let is_envelope = obj.contains_key("payload") && obj.contains_key("mqtt_topic");
     let payload = match (is_envelope, obj.get("payload")) {
@@ -146,28 +123,22 @@ fn position_id(rec: &KafkaRecord, received_ms: i64) -> uuid::Uuid {
 fn dead_letter(
     rec: &KafkaRecord,
     source: &str,
-    hdr: &HashMap<&str, &str>,
+    hdr: &headers::Decoded<'_>,
     received_ms: i64,
-    reason: &str,
+    reason: Reason,
+    text: &str,
     detail: &str,
 ) -> Decoded {
-    Decoded::Dead(DeadLetterRow {
+    let row = DeadLetterRow {
         source: source.to_string(),
         received_ms,
-        reason: reason.to_string(),
+        reason: text.to_string(),
         error: detail.to_string(),
-        mqtt_topic: hdr.get(h::MQTT_TOPIC).map(|s| s.to_string()),
+        mqtt_topic: hdr.mqtt_topic.map(str::to_string),
         headers: rec.headers.clone(),
         payload: rec.payload.clone(),
-    })
-}
-
-fn parse_time(s: &str) -> Option<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(dt.unix_timestamp_nanos() / 1_000_000).ok()
+    };
+    Decoded::Dead(row, reason)
 }
 
 #[cfg(test)]
@@ -213,8 +184,9 @@ mod tests {
     #[test]
     fn bridge_dead_letters_stay_dead_letters() {
         let r = rec(&[("reason", "invalid_json"), ("error", "bad"), ("mqtt_topic", "t")], b"{x");
-        let Decoded::Dead(d) = decode(&r, 0) else { panic!("dead letter expected") };
+        let Decoded::Dead(d, reason) = decode(&r, 0) else { panic!("dead letter expected") };
         assert_eq!(d.reason, "invalid_json");
+        assert_eq!(reason, Reason::InvalidJson);
         assert_eq!(d.source, "kafka:iot.a.p/1@42");
         assert_eq!(d.mqtt_topic.as_deref(), Some("t"));
     }
@@ -239,19 +211,30 @@ mod tests {
 
     #[test]
     fn poison_records_are_dead_lettered_with_reasons() {
-        let cases: Vec<(KafkaRecord, &str)> = vec![
-            (rec(&[], b"\xff\xfe"), reasons::UNDECODABLE),
-            (rec(&[], b"[1,2]"), reasons::UNDECODABLE),
-            (rec(&[], br#"{"deviceId":"d"}"#), reasons::MISSING_TENANT),
-            (rec(&[], b""), reasons::EMPTY),
-            (rec(&[("tenant_id", ""), ("project_id", "p")], b"{}"), reasons::MISSING_TENANT),
-            (rec(&[("tenant_id", "a"), ("project_id", "p"), ("id", "nope")], b"{}"), reasons::INVALID_ID),
+        let cases: Vec<(KafkaRecord, Reason)> = vec![
+            (rec(&[], b"\xff\xfe"), Reason::Undecodable),
+            (rec(&[], b"[1,2]"), Reason::Undecodable),
+            (rec(&[], br#"{"deviceId":"d"}"#), Reason::MissingTenant),
+            (rec(&[], b""), Reason::EmptyPayload),
+            (rec(&[("tenant_id", ""), ("project_id", "p")], b"{}"), Reason::MissingTenant),
+            (rec(&[("tenant_id", "a"), ("project_id", "p"), ("id", "nope")], b"{}"), Reason::InvalidId),
         ];
-        for (r, reason) in cases {
+        for (r, want) in cases {
             match decode(&r, 0) {
-                Decoded::Dead(d) => assert_eq!(d.reason, reason, "{:?}", r.payload),
+                Decoded::Dead(d, reason) => {
+                    assert_eq!(reason, want, "{:?}", r.payload);
+                    assert_eq!(d.reason, want.as_str());
+                }
                 Decoded::Row(_) => panic!("{:?} should be dead-lettered", r.payload),
             }
         }
+    }
+
+    #[test]
+    fn a_reason_nobody_knows_keeps_its_text_but_is_labelled_other() {
+        let r = rec(&[("reason", "made_up_by_someone"), ("error", "x")], b"{}");
+        let Decoded::Dead(d, reason) = decode(&r, 0) else { panic!("dead letter expected") };
+        assert_eq!(d.reason, "made_up_by_someone");
+        assert_eq!(reason, Reason::Other);
     }
 }

@@ -1,4 +1,11 @@
-//! What flows through every stage: the record id and the routed message.
+//! What flows through every stage: the record id, the message as received,
+//! the routed message, and (in submodules) the header contract and the
+//! dead-letter reasons shared by `bridge`, `sink` and `run`.
+
+pub mod headers;
+mod reason;
+
+pub use reason::DeadLetterReason;
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -43,41 +50,6 @@ fn build_v7(ms: i64, rand: [u8; 10]) -> Uuid {
     b[6] = (b[6] & 0x0F) | 0x70;
     b[8] = (b[8] & 0x3F) | 0x80;
     Uuid::from_bytes(b)
-}
-
-/// Why a message was dead-lettered. The label values are part of the metrics contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeadLetterReason {
-    TopicMismatch,
-    InvalidUtf8,
-    InvalidJson,
-    EmptyPayload,
-    Oversize,
-    InvalidTopicName,
-    KafkaRejected,
-}
-
-impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 7] = [
-        Self::TopicMismatch,
-        Self::InvalidUtf8,
-        Self::InvalidJson,
-        Self::EmptyPayload,
-        Self::Oversize,
-        Self::InvalidTopicName,
-        Self::KafkaRejected,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TopicMismatch => "topic_mismatch",
-            Self::InvalidUtf8 => "invalid_utf8",
-            Self::InvalidJson => "invalid_json",
-            Self::EmptyPayload => "empty_payload",
-            Self::Oversize => "oversize",
-            Self::InvalidTopicName => "invalid_topic_name",
-            Self::KafkaRejected => "kafka_rejected",
-        }
-    }
 }
 
 /// A message received from MQTT, before routing.

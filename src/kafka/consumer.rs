@@ -1,10 +1,9 @@
-//! The consumer: batches bounded by rows, bytes and time; offsets stored
-//! after the database commit (`enable.auto.offset.store=false`) and
-//! committed by librdkafka, synchronously before partitions are revoked.
+//! The sink's consumer group: batches bounded by rows, bytes and time;
+//! offsets stored after the database commit (`enable.auto.offset.store=false`)
+//! and committed by librdkafka, synchronously before partitions are revoked.
 
-use super::decode::KafkaRecord;
-use crate::config::{KafkaConfig, SinkConfig};
-use crate::telemetry::SinkMetrics;
+use super::KafkaConfig;
+use crate::telemetry::ConsumerMetrics;
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -16,22 +15,59 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("kafka consumer: {0}")]
-    Kafka(#[from] KafkaError),
+/// A consumed record, detached from librdkafka.
+#[derive(Debug, Clone)]
+pub struct KafkaRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+impl KafkaRecord {
+    /// Unique origin of the record: dead letters are keyed by it.
+    pub fn source(&self) -> String {
+        format!("kafka:{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// The next offset to read in one partition: what is stored once a batch is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What the consumer needs from `[sink]`.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Topic names, or regexes when they start with `^`.
+    pub topics: Vec<String>,
+    pub group_id: String,
+    /// A batch ends at this many records, payload bytes, or this long after its first record.
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_wait: Duration,
+    /// librdkafka `max.poll.interval.ms`.
+    pub max_poll_interval: Duration,
+    /// Extra consumer properties, verbatim (win over everything else).
+    pub properties: BTreeMap<String, String>,
 }
 
 pub struct Context {
-    metrics: Arc<SinkMetrics>,
+    metrics: Arc<ConsumerMetrics>,
 }
 
 impl ClientContext for Context {
     fn stats(&self, stats: Statistics) {
+        let mut lags = Vec::new();
         for (name, topic) in &stats.topics {
             for (id, p) in &topic.partitions {
                 if *id >= 0 && p.consumer_lag >= 0 {
-                    self.metrics.set_lag(name, *id, p.consumer_lag);
+                    lags.push((name.clone(), *id, p.consumer_lag));
                 }
                 if *id >= 0 && p.consumer_lag > 0 {
                     tracing::debug!(
@@ -50,6 +86,8 @@ impl ClientContext for Context {
                 }
             }
         }
+        // Replaced whole: partitions this member no longer holds disappear.
+        self.metrics.set_lags(lags);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -81,24 +119,28 @@ impl ConsumerContext for Context {
 /// Longest wait on the consumer queue before polling it afresh.
 const RECV_SLICE: Duration = Duration::from_millis(250);
 
-pub struct KafkaSource {
+/// A member of the sink's consumer group.
+pub struct GroupConsumer {
     consumer: StreamConsumer<Context>,
     max_rows: usize,
     max_bytes: usize,
     max_wait: Duration,
 }
 
-impl KafkaSource {
-    pub fn new(kafka: &KafkaConfig, sink: &SinkConfig, metrics: Arc<SinkMetrics>) -> Result<Self, SourceError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &kafka.brokers)
-            .set("group.id", &sink.group_id)
+impl GroupConsumer {
+    pub fn new(
+        kafka: &KafkaConfig,
+        settings: &ConsumerSettings,
+        metrics: Arc<ConsumerMetrics>,
+    ) -> Result<Self, KafkaError> {
+        let mut c: ClientConfig = super::common_config(kafka);
+        c.set("group.id", &settings.group_id)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("max.poll.interval.ms", sink.max_poll_interval.get().as_millis().to_string())
+            .set("max.poll.interval.ms", settings.max_poll_interval.as_millis().to_string())
             .set("statistics.interval.ms", "5000")
             // Bounded prefetch: librdkafka's default queue (64 MiB) alone
             // would break the 64 MiB memory budget. 1 MiB of prefetch, and
@@ -109,26 +151,17 @@ impl KafkaSource {
             .set("fetch.max.bytes", "1048576")
             .set("max.partition.fetch.bytes", "1048576")
             .set("fetch.queue.backoff.ms", "5")
-            .set("topic.metadata.refresh.interval.ms", "10000")
-            .set("log.connection.close", "false");
-        for (k, v) in &kafka.properties {
-            if is_common_property(k) {
-                c.set(k, v);
-            }
-        }
-        for (k, v) in &sink.properties {
-            c.set(k, v);
-        }
+            .set("topic.metadata.refresh.interval.ms", "10000");
+        super::client::apply(&mut c, &settings.properties, |_| true);
         let consumer: StreamConsumer<Context> = c.create_with_context(Context { metrics })?;
-        let mut topics: Vec<&str> = sink.topics.iter().map(String::as_str).collect();
-        topics.extend(sink.dead_letter_topics.iter().map(String::as_str));
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        tracing::info!(?topics, group_id = sink.group_id, "Subscribed to Kafka.");
+        tracing::info!(?topics, group_id = settings.group_id, "Subscribed to Kafka.");
         Ok(Self {
             consumer,
-            max_rows: sink.batch_max_rows.max(1),
-            max_bytes: usize::try_from(sink.batch_max_bytes.bytes()).unwrap_or(usize::MAX),
-            max_wait: sink.batch_max_wait.get(),
+            max_rows: settings.max_rows.max(1),
+            max_bytes: settings.max_bytes,
+            max_wait: settings.max_wait,
         })
     }
 
@@ -180,24 +213,24 @@ impl KafkaSource {
     }
 
     /// The next offset to read for each partition in `batch`.
-    pub fn next_offsets(batch: &[KafkaRecord]) -> Vec<(String, i32, i64)> {
+    pub fn next_offsets(batch: &[KafkaRecord]) -> Vec<NextOffset> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in batch {
             let e = next.entry((r.topic.as_str(), r.partition)).or_insert(r.offset + 1);
             *e = (*e).max(r.offset + 1);
         }
-        next.into_iter().map(|((t, p), o)| (t.to_string(), p, o)).collect()
+        next.into_iter().map(|((t, p), o)| NextOffset { topic: t.to_string(), partition: p, offset: o }).collect()
     }
 
     /// Mark a batch as processed: its offsets are committed with the next
     /// auto-commit (or before a revoke). Partitions revoked in the meantime
     /// are skipped; their new owner re-reads those records.
-    pub fn store_offsets(&self, offsets: &[(String, i32, i64)]) {
-        for (topic, partition, offset) in offsets {
+    pub fn store_offsets(&self, offsets: &[NextOffset]) {
+        for o in offsets {
             let mut tpl = TopicPartitionList::new();
-            if tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_ok() {
+            if tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset)).is_ok() {
                 if let Err(error) = self.consumer.store_offsets(&tpl) {
-                    tracing::debug!(topic, partition, %error, "Offset not stored (partition no longer assigned).");
+                    tracing::debug!(topic = o.topic, partition = o.partition, %error, "Offset not stored (partition no longer assigned).");
                 }
             }
         }
@@ -216,15 +249,6 @@ impl KafkaSource {
     pub fn assigned(&self) -> usize {
         self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
     }
-}
-
-/// Security and client settings from `[kafka.properties]` that a consumer shares with the producer.
-fn is_common_property(k: &str) -> bool {
-    k.starts_with("security.")
-        || k.starts_with("sasl.")
-        || k.starts_with("ssl.")
-        || k == "client.id"
-        || k.starts_with("socket.")
 }
 
 fn detach<M: Message>(m: &M) -> KafkaRecord {

@@ -1,8 +1,12 @@
 //! Command line: parse, load config, dispatch. Exit codes: 0 success,
-//! 1 runtime failure, 2 bad config or arguments.
+//! 1 runtime failure (a failed check, a pipeline task that failed or ended,
+//! a store that refuses the configured role), 2 bad config or arguments.
 
-use crate::config::{self, Config, LogFormat};
+mod check;
+
+use crate::config::{self, Config};
 use crate::simulate::{self, SimulateArgs};
+use crate::telemetry::{init_logging, LogFormat};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,10 +46,25 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Publish simulated device telemetry (or count messages with --subscribe).
     Simulate(SimulateArgs),
-    /// Validate a config and try each connection it names.
+    /// Validate a config and try each connection the command it is for uses.
+    ///
+    /// bridge: MQTT and Kafka (and the journal directory); sink: Kafka and the
+    /// store, with its schema version; run: MQTT, the store and the journal.
+    /// Exits 0 when everything works, 1 when a check failed, 2 when the
+    /// config is invalid.
     Check {
+        /// Config file (TOML). Without it: defaults plus IOTPIPE_* environment.
         #[arg(long, short, env = "IOTPIPE_CONFIG")]
         config: Option<PathBuf>,
+        /// Which command the config is for; inferred from its sections when
+        /// omitted ([store] or [sink] without [mqtt]: sink; [mqtt] with
+        /// [store] and without [kafka]: run; otherwise bridge).
+        #[arg(long, value_enum)]
+        command: Option<check::Target>,
+        /// Only validate the config; try no connection (for CI and
+        /// manifests rendered without the services).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print a documented example config.
     Config,
@@ -60,47 +79,30 @@ pub fn main() -> ExitCode {
         }
         Command::Bridge { config } => with_config(config, |cfg| {
             single_thread_runtime()?.block_on(async move {
-                crate::pipeline::bridge::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+                crate::pipeline::mqtt_kafka::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
         Command::Sink { config } => with_config(config, |cfg| {
             runtime()?.block_on(async move {
-                crate::pipeline::sink::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+                crate::pipeline::kafka_store::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
         Command::Run { config } => with_config_defaults(config, RUN_DEFAULTS, |cfg| {
             let token = cfg.http.token.clone();
             single_thread_runtime()?.block_on(async move {
-                crate::pipeline::run::run(cfg, shutdown_signal(), Some(crate::http::ui::routes(token)))
+                crate::pipeline::mqtt_store::run(cfg, shutdown_signal(), Some(crate::http::ui::routes(token)))
                     .await
                     .map_err(|e| e.to_string())
             })
         }),
         Command::Demo(args) => {
             init_logging("info,rumqttd=warn,rumqttc=warn", LogFormat::Text);
-            crate::source::mqtt::install_crypto_provider();
+            crate::mqtt::install_crypto_provider();
             let res = single_thread_runtime()
                 .and_then(|rt| rt.block_on(crate::demo::run(args, shutdown_signal())).map_err(|e| e.to_string()));
             finish(res)
         }
-        Command::Check { config } => with_config(config, |cfg| {
-            let checks = runtime()?.block_on(crate::check::run(&cfg));
-            let mut failed = false;
-            for c in &checks {
-                match &c.result {
-                    Ok(m) => println!("ok    {:<7} {m}", c.name),
-                    Err(m) => {
-                        failed = true;
-                        println!("FAIL  {:<7} {m}", c.name);
-                    }
-                }
-            }
-            if failed {
-                Err("some checks failed".into())
-            } else {
-                Ok(())
-            }
-        }),
+        Command::Check { config, command, offline } => check::main(config, command, offline),
         Command::Simulate(args) => {
             init_logging("warn", LogFormat::Text);
             let res = runtime().and_then(|rt| {
@@ -132,7 +134,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Defaults of `iotpipe run` under the config file: data in ./data, SQLite.
-const RUN_DEFAULTS: &str = r#"
+pub(crate) const RUN_DEFAULTS: &str = r#"
 [store]
 url = "sqlite://data/iotpipe.db"
 [journal]
@@ -156,7 +158,7 @@ fn with_config_defaults(
         }
     };
     init_logging(&cfg.log.level, cfg.log.format);
-    crate::source::mqtt::install_crypto_provider();
+    crate::mqtt::install_crypto_provider();
     finish(f(cfg))
 }
 
@@ -170,7 +172,7 @@ fn finish(res: Result<(), String>) -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -186,17 +188,6 @@ fn single_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
-}
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},tokio_postgres=warn")));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,7 +1,7 @@
 //! Building rumqttc options (3.1.1 and 5) from the config: persistent
 //! session, credentials, TLS, flow control.
 
-use crate::config::{validate::parse_mqtt_url, MqttConfig};
+use super::{parse_mqtt_url, MqttConfig};
 use rumqttc::{TlsConfiguration, Transport};
 use std::sync::Arc;
 

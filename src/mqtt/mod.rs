@@ -6,17 +6,19 @@
 //! connection epoch guards against acking on a connection that did not
 //! deliver the message.
 
+mod config;
 mod options;
 mod sequencer;
 mod session;
 
+pub use config::{parse_mqtt_url, MqttConfig, MqttUrl, MqttVersion, Qos};
 pub use options::{install_crypto_provider, OptionsError};
 pub use sequencer::Sequencer;
-pub use session::{connect, AckToken, Client, Driver, Event};
+pub use session::{connect, AckToken, Client, Driver, Event, SessionError};
 
-use crate::config::MqttConfig;
+use crate::health::Health;
 use crate::record::Inbound;
-use crate::telemetry::BridgeMetrics;
+use crate::telemetry::MessageMetrics;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,11 +46,11 @@ struct AckState {
 pub struct AckHandle {
     state: Arc<Mutex<AckState>>,
     client: Client,
-    metrics: Arc<BridgeMetrics>,
+    metrics: Arc<MessageMetrics>,
 }
 
 impl AckHandle {
-    fn new(client: Client, metrics: Arc<BridgeMetrics>) -> Self {
+    fn new(client: Client, metrics: Arc<MessageMetrics>) -> Self {
         let state = AckState { seq: Sequencer::new(), epoch: 0, queued: VecDeque::new() };
         Self { state: Arc::new(Mutex::new(state)), client, metrics }
     }
@@ -118,11 +120,20 @@ pub struct Source {
     driver: Driver,
     client: Client,
     acks: AckHandle,
-    metrics: Arc<BridgeMetrics>,
+    metrics: Arc<MessageMetrics>,
+    health: Arc<Health>,
+}
+
+/// Why the session task ended before it was told to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The pipeline stopped taking messages (the task reading them ended).
+    #[error("the pipeline stopped taking MQTT messages")]
+    Downstream,
 }
 
 impl Source {
-    pub fn new(cfg: &MqttConfig, metrics: Arc<BridgeMetrics>) -> Result<Self, OptionsError> {
+    pub fn new(cfg: &MqttConfig, metrics: Arc<MessageMetrics>, health: Arc<Health>) -> Result<Self, OptionsError> {
         let client_id = cfg.effective_client_id();
         let (client, driver) = connect(cfg, &client_id, false)?;
         let filters = cfg
@@ -135,7 +146,7 @@ impl Source {
             .collect();
         let acks = AckHandle::new(client.clone(), metrics.clone());
         tracing::info!(client_id, url = cfg.url, "MQTT session configured.");
-        Ok(Self { cfg: cfg.clone(), filters, driver, client, acks, metrics })
+        Ok(Self { cfg: cfg.clone(), filters, driver, client, acks, metrics, health })
     }
 
     pub fn acks(&self) -> AckHandle {
@@ -144,12 +155,13 @@ impl Source {
 
     /// Poll the session until `stop` turns true and the disconnect went out.
     /// While `drain` is true, new messages are left unacked with the broker.
+    /// Ends early only when nothing takes the messages any more.
     pub async fn run(
         mut self,
         tx: mpsc::Sender<Received>,
         mut drain: watch::Receiver<bool>,
         mut stop: watch::Receiver<bool>,
-    ) {
+    ) -> Result<(), SourceError> {
         let mut backoff = self.cfg.reconnect_backoff_min.get();
         let mut last_error: Option<String> = None;
         let mut subscribed_once = false;
@@ -161,7 +173,7 @@ impl Source {
                 Ok(()) = stop.changed(), if !stopping => {
                     stopping = true;
                     if !self.client.try_disconnect() {
-                        return;
+                        return Ok(());
                     }
                     continue;
                 }
@@ -180,12 +192,12 @@ impl Source {
                     self.metrics.on_received(msg.redelivered);
                     let seq = self.acks.register(token);
                     if tx.send(Received { seq, msg }).await.is_err() {
-                        return;
+                        return if stopping { Ok(()) } else { Err(SourceError::Downstream) };
                     }
                 }
                 Ok(Event::Connected { session_present }) => {
                     backoff = self.cfg.reconnect_backoff_min.get();
-                    self.metrics.mqtt_connected.store(true, Relaxed);
+                    self.health.set_mqtt_connected(true);
                     tracing::info!(session_present, "Connected to the MQTT broker.");
                     last_error = None;
                     if !session_present || !subscribed_once {
@@ -195,12 +207,12 @@ impl Source {
                             tracing::error!("Could not queue the subscription request.");
                         }
                     } else {
-                        self.metrics.mqtt_subscribed.store(true, Relaxed);
+                        self.health.set_mqtt_subscribed(true);
                     }
                 }
                 Ok(Event::Subscribed { failures }) => {
                     if failures.is_empty() {
-                        self.metrics.mqtt_subscribed.store(true, Relaxed);
+                        self.health.set_mqtt_subscribed(true);
                         tracing::info!(filters = ?self.filters, qos = self.cfg.qos.level(), "Subscribed.");
                     } else {
                         tracing::error!(filters = ?self.filters, ?failures, "The broker refused the subscription.");
@@ -211,27 +223,27 @@ impl Source {
                 }
                 Ok(Event::DisconnectSent) => {
                     if stopping {
-                        return;
+                        return Ok(());
                     }
                 }
                 Ok(Event::Other) => {}
                 Err(error) => {
                     if stopping {
-                        return;
+                        return Ok(());
                     }
-                    let was_connected = self.metrics.mqtt_connected.swap(false, Relaxed);
-                    self.metrics.mqtt_subscribed.store(false, Relaxed);
+                    let was_connected = self.health.set_mqtt_connected(false);
                     if was_connected {
                         self.metrics.mqtt_reconnects.fetch_add(1, Relaxed);
                     }
                     self.acks.end_epoch(&mut self.driver);
-                    if last_error.as_deref() != Some(error.as_str()) {
+                    let text = error.to_string();
+                    if last_error.as_deref() != Some(text.as_str()) {
                         tracing::warn!(%error, retry_in = ?backoff, "MQTT connection lost or refused; reconnecting.");
-                        last_error = Some(error);
+                        last_error = Some(text);
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        Ok(()) = stop.changed() => return,
+                        Ok(()) = stop.changed() => return Ok(()),
                     }
                     backoff = (backoff * 2).min(self.cfg.reconnect_backoff_max.get());
                 }

@@ -1,11 +1,16 @@
-//! Creating missing topics with the configured partitions and retention.
+//! Creating missing topics with the configured partitions and retention, on
+//! a task of its own: a create request can take seconds while Kafka is
+//! away, and nothing on the message path may wait for it (the produce itself
+//! waits for the topic inside librdkafka, and is retried).
 
-use crate::config::KafkaConfig;
+use super::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
+use std::collections::BTreeSet;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 pub struct TopicAdmin {
     client: Option<AdminClient<DefaultClientContext>>,
@@ -27,7 +32,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl TopicAdmin {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        let client = if cfg.create_topics { Some(super::client_config(cfg).create()?) } else { None };
+        let client = if cfg.create_topics { Some(super::common_config(cfg).create()?) } else { None };
         Ok(Self {
             client,
             known: HashSet::new(),
@@ -88,6 +93,65 @@ impl TopicAdmin {
             self.failed.insert(topic.to_string(), Instant::now());
         }
     }
+
+    /// The failed topics whose pause is over, oldest first.
+    fn due(&self) -> Vec<String> {
+        let mut due: Vec<(&Instant, &String)> =
+            self.failed.iter().filter(|(_, at)| at.elapsed() >= RETRY_AFTER).map(|(t, at)| (at, t)).collect();
+        due.sort();
+        due.into_iter().map(|(_, t)| t.clone()).collect()
+    }
+}
+
+/// Requests for topics to exist, from the message path to the creator task.
+/// Each topic is requested once per process; `request` never waits.
+pub struct TopicRequests {
+    tx: mpsc::Sender<String>,
+    /// Topics handed to the creator (a bounded set: one per tenant and project).
+    sent: BTreeSet<String>,
+}
+
+/// Topic requests that may wait for the creator before one is dropped (and asked again later).
+const REQUEST_QUEUE: usize = 1024;
+
+impl TopicRequests {
+    /// A request handle and the receiving end for [`run_topic_creator`].
+    pub fn channel() -> (Self, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        (Self { tx, sent: BTreeSet::new() }, rx)
+    }
+
+    /// Ask for `topic` to exist. Returns at once; a full queue means the
+    /// topic is asked for again with a later message.
+    pub fn request(&mut self, topic: &str) {
+        if self.sent.contains(topic) {
+            return;
+        }
+        if self.tx.try_send(topic.to_string()).is_ok() {
+            self.sent.insert(topic.to_string());
+        }
+    }
+}
+
+/// The creator task: makes sure every requested topic exists, trying again
+/// (every `RETRY_AFTER`) those whose creation failed for a reason that may
+/// pass. Ends when every request handle is gone.
+pub async fn run_topic_creator(mut admin: TopicAdmin, mut requests: mpsc::Receiver<String>) {
+    let mut tick = tokio::time::interval(RETRY_AFTER / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            topic = requests.recv() => match topic {
+                Some(t) => admin.ensure(&t).await,
+                None => return,
+            },
+            _ = tick.tick() => {
+                for t in admin.due() {
+                    admin.ensure(&t).await;
+                }
+            }
+        }
+    }
 }
 
 /// Failures that may pass by themselves (timeouts, Kafka down or busy).
@@ -136,5 +200,28 @@ mod tests {
         let first = admin.failed.get("iot.a.b").copied().expect("failure recorded");
         admin.ensure("iot.a.b").await;
         assert_eq!(admin.failed.get("iot.a.b").copied(), Some(first), "no second attempt within RETRY_AFTER");
+        assert!(admin.due().is_empty(), "not due before the pause is over");
+    }
+
+    #[tokio::test]
+    async fn requests_never_wait_and_each_topic_is_asked_for_once() {
+        let (mut requests, mut rx) = TopicRequests::channel();
+        // Nobody reads the queue: requests still return at once, even past its capacity.
+        for i in 0..(REQUEST_QUEUE + 10) {
+            requests.request(&format!("iot.t{i}.p"));
+        }
+        requests.request("iot.t0.p");
+        let mut seen = Vec::new();
+        while let Ok(t) = rx.try_recv() {
+            seen.push(t);
+        }
+        assert_eq!(seen.len(), REQUEST_QUEUE, "the queue holds what fits; the rest is asked for again later");
+        assert_eq!(seen.iter().filter(|t| *t == "iot.t0.p").count(), 1);
+        requests.request(&format!("iot.t{}.p", REQUEST_QUEUE + 5));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(format!("iot.t{}.p", REQUEST_QUEUE + 5)),
+            "a dropped request is sent again"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! (acks, subscribe, disconnect) and the event-loop driver.
 
 use super::options;
-use crate::config::{MqttConfig, MqttVersion, Qos};
+use super::{MqttConfig, MqttVersion, Qos};
 use crate::record::{now_ms, Inbound};
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Qos5;
@@ -110,6 +110,15 @@ pub enum Event {
     Other,
 }
 
+/// The connection failed or ended (the driver reconnects on the next poll).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    V5(#[from] rumqttc::v5::ConnectionError),
+    #[error(transparent)]
+    V311(#[from] rumqttc::ConnectionError),
+}
+
 /// Owns the socket; must be polled continuously.
 pub enum Driver {
     V5(Box<rumqttc::v5::EventLoop>),
@@ -133,11 +142,11 @@ pub fn connect(cfg: &MqttConfig, client_id: &str, clean: bool) -> Result<(Client
 }
 
 impl Driver {
-    pub async fn poll(&mut self) -> Result<Event, String> {
+    pub async fn poll(&mut self) -> Result<Event, SessionError> {
         match self {
             Driver::V5(el) => {
                 use rumqttc::v5::{Event as E, Incoming as I};
-                match el.poll().await.map_err(|e| e.to_string())? {
+                match el.poll().await? {
                     E::Incoming(I::ConnAck(ack)) => Ok(match ack.code {
                         p5::ConnectReturnCode::Success => Event::Connected { session_present: ack.session_present },
                         code => Event::Refused(format!("{code:?}")),
@@ -166,7 +175,7 @@ impl Driver {
             }
             Driver::V311(el) => {
                 use rumqttc::{Event as E, Packet as P};
-                match el.poll().await.map_err(|e| e.to_string())? {
+                match el.poll().await? {
                     E::Incoming(P::ConnAck(ack)) => Ok(match ack.code {
                         rumqttc::ConnectReturnCode::Success => {
                             Event::Connected { session_present: ack.session_present }

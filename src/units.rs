@@ -1,10 +1,14 @@
-//! Durations and byte sizes with units, as they appear in the config file.
+//! Value types shared by every component's config section: durations and
+//! byte sizes with units, lenient strings, and the error a section's
+//! validation returns (`KeyError`, naming the key). A leaf module: component
+//! configs depend on it, and `config/` assembles the components.
 //!
 //! Durations use humantime syntax (`"500ms"`, `"30s"`, `"3d"`); sizes accept
 //! `B`, `KB`/`KiB`, `MB`/`MiB`, `GB`/`GiB` (decimal and binary) or a plain
 //! number of bytes.
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -133,6 +137,41 @@ impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
     }
+}
+
+/// A config key whose value is wrong: the key within its section (e.g.
+/// `retention` of `[store]`) and what is wrong with it. `config/` adds the
+/// section when it reports the error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyError {
+    /// The key, relative to its section (`retention`, `properties.sasl.password`).
+    pub key: Cow<'static, str>,
+    /// What is wrong with the value, for the user.
+    pub message: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+/// Accepts a string or a number for string-valued keys (ids, user names and
+/// passwords that happen to be all digits in the environment).
+pub fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Str(String),
+        Int(i64),
+        Float(f64),
+    }
+    Ok(Option::<S>::deserialize(d)?.map(|s| match s {
+        S::Str(s) => s,
+        S::Int(i) => i.to_string(),
+        S::Float(f) => f.to_string(),
+    }))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! every record carries its pipeline state as the delivery opaque, and the
 //! delivery callback hands it back over a channel.
 
-use crate::config::KafkaConfig;
+use super::KafkaConfig;
 use crate::record::{Inbound, Outbound};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -53,11 +53,10 @@ impl ProducerContext for Context {
     }
 }
 
-/// librdkafka settings from the config; `kafka.properties` wins.
-pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("enable.idempotence", "true")
+/// The producer's librdkafka settings; every `kafka.properties` entry wins.
+pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = super::common_config(cfg);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", &cfg.compression)
         .set("linger.ms", cfg.linger.get().as_millis().to_string())
@@ -65,11 +64,8 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("queue.buffering.max.messages", "100000")
         .set("queue.buffering.max.kbytes", "16384")
         .set("batch.num.messages", "10000")
-        .set("statistics.interval.ms", "0")
-        .set("log.connection.close", "false");
-    for (k, v) in &cfg.properties {
-        c.set(k, v);
-    }
+        .set("statistics.interval.ms", "0");
+    super::client::apply(&mut c, &cfg.properties, |_| true);
     c
 }
 
@@ -85,7 +81,7 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
 
 impl Producer {
     pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, KafkaError> {
-        let cc = client_config(cfg);
+        let cc = producer_config(cfg);
         let inner = cc.create_with_context(Context { reports: reports.clone() })?;
         Ok(Self { inner, cfg: cc, reports })
     }
@@ -150,32 +146,4 @@ impl Producer {
     pub fn handle(&self) -> &ThreadedProducer<Context> {
         &self.inner
     }
-}
-
-/// Asks the cluster for metadata: can the brokers be reached?
-pub struct Prober {
-    client: rdkafka::consumer::BaseConsumer,
-}
-
-impl Prober {
-    pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
-        Ok(Self { client: client_config_for_probe(cfg).create()? })
-    }
-
-    /// Number of brokers in the metadata (blocking).
-    pub fn check(&self, timeout: Duration) -> Result<usize, KafkaError> {
-        let md = rdkafka::consumer::Consumer::fetch_metadata(&self.client, None, timeout)?;
-        Ok(md.brokers().len())
-    }
-}
-
-fn client_config_for_probe(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers).set("log.connection.close", "false");
-    for (k, v) in &cfg.properties {
-        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") || k == "client.id" {
-            c.set(k, v);
-        }
-    }
-    c
 }

@@ -1,0 +1,133 @@
+//! The `[kafka]` section: brokers, routing templates, topic creation,
+//! producer settings and the librdkafka passthrough; its validation and
+//! secrets. Owned by the Kafka client parts (producer, consumer, admin, probe).
+
+use crate::units::{ByteSize, HumanDuration, KeyError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Topic template over `{tenant_id}`, `{project_id}`, `{device_id}` and pattern fields.
+    pub topic: String,
+    /// Key template.
+    pub key: String,
+    pub dead_letter_topic: String,
+    /// Dead-lettered payloads larger than this are truncated (headers say so).
+    pub dead_letter_max_payload: ByteSize,
+    /// none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// Create missing topics with `partitions`, `replication_factor`, `retention`.
+    pub create_topics: bool,
+    pub partitions: i32,
+    /// -1 uses the broker's default.
+    pub replication_factor: i32,
+    pub retention: HumanDuration,
+    /// How long librdkafka tries one send before the bridge re-sends it itself.
+    pub delivery_timeout: HumanDuration,
+    pub linger: HumanDuration,
+    /// Any librdkafka property, passed through verbatim (wins over the keys
+    /// above). A key ending in `_file` names a file whose content is the
+    /// value of the key without `_file` (secrets).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "iot.{tenant_id}.{project_id}".into(),
+            key: "{tenant_id}/{project_id}/{device_id}".into(),
+            dead_letter_topic: "iot-dead-letters".into(),
+            dead_letter_max_payload: ByteSize::kib(512),
+            compression: "lz4".into(),
+            create_topics: true,
+            partitions: 3,
+            replication_factor: -1,
+            retention: HumanDuration::secs(3 * 86400),
+            delivery_timeout: HumanDuration::secs(60),
+            linger: HumanDuration::millis(20),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Check the keys that need more than a type; keys are relative to `[kafka]`.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        if self.brokers.trim().is_empty() {
+            return Err(KeyError::new("brokers", "is empty"));
+        }
+        if !COMPRESSIONS.contains(&self.compression.as_str()) {
+            return Err(KeyError::new(
+                "compression",
+                format!("`{}` is not one of {}", self.compression, COMPRESSIONS.join(", ")),
+            ));
+        }
+        if self.partitions < 1 {
+            return Err(KeyError::new("partitions", "must be at least 1"));
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            return Err(KeyError::new("replication_factor", "must be -1 (broker default) or at least 1"));
+        }
+        if self.delivery_timeout.get().is_zero() {
+            return Err(KeyError::new("delivery_timeout", "must be more than 0s"));
+        }
+        if self.retention.get().as_millis() < 1 {
+            return Err(KeyError::new("retention", "must be more than 0s"));
+        }
+        Ok(())
+    }
+
+    /// Replace every `properties.<key>_file` by `<key>` holding the file's
+    /// content (trailing newline stripped).
+    pub fn resolve_secrets(&mut self) -> Result<(), KeyError> {
+        resolve_property_files(&mut self.properties, "properties")
+    }
+}
+
+/// `<key>_file = PATH` → `<key> = content of PATH`, in a librdkafka property map.
+pub fn resolve_property_files(props: &mut BTreeMap<String, String>, prefix: &str) -> Result<(), KeyError> {
+    let file_keys: Vec<String> = props.keys().filter(|k| k.ends_with("_file")).cloned().collect();
+    for key in file_keys {
+        let path = props.remove(&key).unwrap_or_default();
+        let secret = std::fs::read_to_string(&path)
+            .map_err(|e| KeyError::new(format!("{prefix}.{key}"), format!("cannot read {path}: {e}")))?;
+        let target = key.trim_end_matches("_file").to_string();
+        props.insert(target, secret.trim_end_matches(['\n', '\r']).to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_key() {
+        assert_eq!(KafkaConfig::default().validate(), Ok(()));
+        let bad = KafkaConfig { compression: "brotli".into(), ..KafkaConfig::default() };
+        assert_eq!(bad.validate().unwrap_err().key, "compression");
+        let bad = KafkaConfig { delivery_timeout: HumanDuration::secs(0), ..KafkaConfig::default() };
+        assert_eq!(bad.validate().unwrap_err().key, "delivery_timeout");
+    }
+
+    #[test]
+    fn property_files_become_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let mut c = KafkaConfig::default();
+        c.properties.insert("sasl.password_file".into(), f.display().to_string());
+        c.resolve_secrets().unwrap();
+        assert_eq!(c.properties.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert!(!c.properties.contains_key("sasl.password_file"));
+        c.properties.insert("ssl.key.password_file".into(), "/nonexistent".into());
+        assert_eq!(c.resolve_secrets().unwrap_err().key, "properties.ssl.key.password_file");
+    }
+}

@@ -1,0 +1,38 @@
+//! The MQTT side of `bridge` and `run`: the persistent session on its own
+//! task, and the ack handle through which whatever makes a message durable
+//! releases its PUBACK. The supervisor's drain and stop signals reach the
+//! session here; the supervisor's tick retries acks the client had no room
+//! for (`acks.flush()`), and `acks.outstanding() == 0` tells it that every
+//! received message has been acked.
+
+use super::supervisor::{Signals, Tasks};
+use super::PipelineError;
+use crate::health::Health;
+use crate::mqtt::{AckHandle, MqttConfig, Received, Source};
+use crate::telemetry::MessageMetrics;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub struct Ingress {
+    /// Completes messages (in any order) and sends their acks (in order).
+    pub acks: AckHandle,
+    /// The received messages, in arrival order.
+    pub messages: mpsc::Receiver<Received>,
+}
+
+impl Ingress {
+    /// Configure the session and start it as the `mqtt-session` task.
+    pub fn start(
+        cfg: &MqttConfig,
+        metrics: Arc<MessageMetrics>,
+        health: Arc<Health>,
+        tasks: &mut Tasks,
+        signals: &Signals,
+    ) -> Result<Self, PipelineError> {
+        let source = Source::new(cfg, metrics, health)?;
+        let acks = source.acks();
+        let (tx, messages) = mpsc::channel::<Received>(usize::from(cfg.max_in_flight).max(16));
+        tasks.finishing("mqtt-session", source.run(tx, signals.drain(), signals.stop()));
+        Ok(Self { acks, messages })
+    }
+}

@@ -1,0 +1,221 @@
+//! Route → Kafka, for `iotpipe bridge`: hands each message to the producer,
+//! completes it when Kafka acknowledges it (or its dead letter), sends
+//! failed deliveries again after a backoff, and asks for missing topics
+//! without waiting for them. Nothing on this loop waits on anything but the
+//! producer's own queue, so acks, delivery reports and shutdown are never
+//! held up by a topic being created.
+
+use super::journal_stage::Completion;
+use super::supervisor::until_set;
+use super::PipelineError;
+use crate::kafka::{classify, Delivery, Failure, Pending, Producer, TopicRequests};
+use crate::mqtt::Received;
+use crate::record::{headers, DeadLetterReason};
+use crate::route::Router;
+use crate::telemetry::MessageMetrics;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Longest wait before a failed delivery is sent again.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Shortest time given to outstanding deliveries once told to stop.
+const MIN_FLUSH: Duration = Duration::from_millis(500);
+
+pub struct Forwarder {
+    pub router: Router,
+    pub producer: Producer,
+    /// Delivery reports from the producer's callback.
+    pub reports: mpsc::UnboundedReceiver<Delivery>,
+    /// Where delivered messages are reported (MQTT acks or the journal).
+    pub completion: Arc<dyn Completion>,
+    pub metrics: Arc<MessageMetrics>,
+    /// Missing topics are asked for here, never waited for.
+    pub topics: TopicRequests,
+    /// How long outstanding deliveries may take once told to stop.
+    pub flush_within: Duration,
+}
+
+/// Failed deliveries waiting for their backoff, soonest first. Holds at most
+/// what is in flight (bounded by `mqtt.max_in_flight` or the journal window).
+#[derive(Default)]
+struct Retries {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    parked: std::collections::HashMap<u64, Box<Pending>>,
+    next_id: u64,
+}
+
+impl Retries {
+    fn push(&mut self, due: Instant, p: Box<Pending>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.heap.push(Reverse((due, id)));
+        self.parked.insert(id, p);
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((due, _))| *due)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Box<Pending>> {
+        match self.heap.peek() {
+            Some(Reverse((due, _))) if *due <= now => {
+                let Reverse((_, id)) = self.heap.pop()?;
+                self.parked.remove(&id)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Forwarder {
+    /// Forward `inbound` until `stop`, then give outstanding deliveries up to
+    /// `flush_within`; what Kafka has not acknowledged by then stays unacked
+    /// (with the broker, or in the journal) and is sent again next time.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Received>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), PipelineError> {
+        let mut retries = Retries::default();
+        let mut upstream_open = true;
+        loop {
+            let retry_at = retries.next_due();
+            tokio::select! {
+                biased;
+                Some(report) = self.reports.recv() => self.handle_report(report, &mut retries),
+                () = sleep_until(retry_at), if retry_at.is_some() => {
+                    while let Some(p) = retries.pop_due(Instant::now()) {
+                        self.producer.send(p).await;
+                    }
+                }
+                () = until_set(&mut stop) => break,
+                r = inbound.recv(), if upstream_open => match r {
+                    Some(r) => self.forward(r).await,
+                    None => upstream_open = false,
+                },
+            }
+        }
+        self.flush().await;
+        Ok(())
+    }
+
+    async fn forward(&mut self, r: Received) {
+        let out = self.router.route(&r.msg);
+        if let Some(reason) = out.reason {
+            let detail = out.headers.iter().find(|(k, _)| *k == headers::ERROR).map(|(_, v)| v.as_str()).unwrap_or("");
+            self.metrics.on_dead_letter_routed(reason, &r.msg.topic, detail);
+        }
+        self.topics.request(&out.topic);
+        let pending = Box::new(Pending { seq: r.seq, inbound: r.msg, out, received_at: Instant::now(), attempts: 0 });
+        self.producer.send(pending).await;
+    }
+
+    /// Keep completing deliveries until the producer holds none or the time is up.
+    async fn flush(&mut self) {
+        let until = Instant::now() + self.flush_within.max(MIN_FLUSH);
+        let mut discard = Retries::default();
+        while self.producer.in_flight() > 0 && Instant::now() < until {
+            tokio::select! {
+                Some(report) = self.reports.recv() => self.handle_report(report, &mut discard),
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        let left = self.producer.in_flight();
+        if left > 0 || !discard.parked.is_empty() {
+            tracing::warn!(
+                unacknowledged = left,
+                failed = discard.parked.len(),
+                "Stopping with deliveries Kafka has not acknowledged; they stay unacked and are sent again next time."
+            );
+        }
+    }
+
+    fn handle_report(&mut self, report: Delivery, retries: &mut Retries) {
+        match report {
+            Delivery::Delivered(p) => {
+                self.metrics.on_delivered(p.out.reason, &p.out.tenant_id, &p.out.project_id, p.received_at.elapsed());
+                self.completion.complete(p.seq);
+            }
+            Delivery::Failed(mut p, error) => match classify(&error) {
+                Failure::Reject if p.out.reason.is_none() => {
+                    tracing::warn!(topic = p.out.topic, %error, "Kafka rejected the message; dead-lettering it.");
+                    p.out = self.router.dead_letter(&p.inbound, DeadLetterReason::KafkaRejected, error.to_string());
+                    retries.push(Instant::now(), p);
+                }
+                kind => {
+                    if kind == Failure::Fatal {
+                        if let Some(fatal) = self.producer.fatal_error() {
+                            tracing::error!(error = fatal, "Kafka producer hit a fatal error; recreating it.");
+                            self.metrics.kafka_producer_restarts.fetch_add(1, Relaxed);
+                            if let Err(e) = self.producer.recreate() {
+                                tracing::error!(%e, "Could not recreate the Kafka producer.");
+                            }
+                        }
+                    } else if kind == Failure::Reject {
+                        tracing::error!(topic = p.out.topic, %error, "Kafka rejected a dead letter; retrying it (it is never dropped).");
+                    }
+                    self.metrics.on_kafka_retry(&p.out.topic, &error.to_string());
+                    p.attempts = p.attempts.saturating_add(1);
+                    let backoff =
+                        (Duration::from_millis(50) * 2u32.saturating_pow(p.attempts.min(8))).min(MAX_RETRY_BACKOFF);
+                    retries.push(Instant::now() + backoff, p);
+                }
+            },
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Inbound, Outbound, RecordId};
+    use bytes::Bytes;
+
+    fn pending(seq: u64) -> Box<Pending> {
+        Box::new(Pending {
+            seq,
+            inbound: Inbound { topic: "t".into(), payload: Bytes::new(), received_ms: 0, redelivered: false },
+            out: Outbound {
+                id: RecordId::derive(None, 0, "t", b""),
+                topic: "t".into(),
+                key: None,
+                value: Bytes::new(),
+                headers: vec![],
+                timestamp_ms: 0,
+                reason: None,
+                tenant_id: String::new(),
+                project_id: String::new(),
+            },
+            received_at: Instant::now(),
+            attempts: 0,
+        })
+    }
+
+    #[test]
+    fn retries_come_back_soonest_first_and_only_when_due() {
+        let mut r = Retries::default();
+        let now = Instant::now();
+        r.push(now + Duration::from_millis(200), pending(1));
+        r.push(now + Duration::from_millis(100), pending(2));
+        r.push(now, pending(3));
+        assert_eq!(r.pop_due(now).map(|p| p.seq), Some(3));
+        assert!(r.pop_due(now).is_none(), "the others are not due yet");
+        assert_eq!(r.next_due(), Some(now + Duration::from_millis(100)));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(r.pop_due(later).map(|p| p.seq), Some(2));
+        assert_eq!(r.pop_due(later).map(|p| p.seq), Some(1));
+        assert!(r.parked.is_empty());
+    }
+}

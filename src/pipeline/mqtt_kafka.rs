@@ -1,0 +1,125 @@
+//! `iotpipe bridge`: MQTT → route → Kafka, acking each message to the broker
+//! only after Kafka acknowledged it (or its dead letter) — or, with
+//! `[journal]`, after the journal's fsync, forwarding the journal to Kafka.
+//!
+//! Tasks (see [`super::supervisor`]): `mqtt-session`, `kafka-forwarder`,
+//! in journal mode `journal-ingest` and `journal-reader`; in the
+//! background `http`, `kafka-probe`, `topic-creator`, `journal-gauges`.
+
+use super::ingress::Ingress;
+use super::journal_stage::{self, Completion, JournalAcks, Window};
+use super::kafka_forwarder::Forwarder;
+use super::supervisor::{supervise, Plan, Signals, Tasks};
+use super::PipelineError;
+use crate::config::Config;
+use crate::health::{Health, Parts};
+use crate::http::Server;
+use crate::kafka::{run_probe, run_topic_creator, Producer, TopicAdmin, TopicRequests};
+use crate::telemetry::{Exposition, MessageMetrics, ProcessInfo};
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
+    let journal_mode = config.journal.is_some();
+    let health = Health::new(Parts { mqtt: true, kafka: true, journal: journal_mode, store: false });
+    let metrics = Arc::new(MessageMetrics::new(config.http.per_tenant_metrics));
+    let exposition = Arc::new(Exposition {
+        command: "bridge",
+        health: health.clone(),
+        messages: Some(metrics.clone()),
+        store: None,
+        consumer: None,
+        process: ProcessInfo::default(),
+    });
+    let router = config.router()?;
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let producer = Producer::new(&config.kafka, reports_tx)?;
+    let admin = TopicAdmin::new(&config.kafka)?;
+    let journal = match &config.journal {
+        Some(jc) => Some(journal_stage::open_journal(jc, &metrics)?),
+        None => None,
+    };
+
+    let mut tasks = Tasks::new();
+    let signals = Signals::default();
+    if !config.http.listen.is_empty() {
+        let server = Server::bind(&config.http.listen, exposition, health.clone(), axum::Router::new())
+            .await
+            .map_err(|source| PipelineError::Http { listen: config.http.listen.clone(), source })?;
+        tasks.background("http", async move { server.serve().await.map_err(PipelineError::HttpServe) });
+    }
+    tasks.background("kafka-probe", run_probe(config.kafka.clone(), health.clone()));
+    let (mut topics, topic_rx) = TopicRequests::channel();
+    topics.request(router.dead_letter_topic());
+    tasks.background("topic-creator", async move {
+        run_topic_creator(admin, topic_rx).await;
+        Ok::<(), PipelineError>(())
+    });
+
+    let ingress = Ingress::start(&config.mqtt, metrics.clone(), health.clone(), &mut tasks, &signals)?;
+    let acks = ingress.acks.clone();
+    // Direct mode: Kafka deliveries ack MQTT. Journal mode: MQTT is acked
+    // after the journal fsync, and Kafka deliveries advance the journal.
+    let (inbound, completion): (_, Arc<dyn Completion>) = match (&journal, &config.journal) {
+        (Some(j), Some(jc)) => {
+            let window = Arc::new(Window::new(jc));
+            let jacks = Arc::new(JournalAcks::new(j.clone()));
+            let (tx, rx) = mpsc::channel(jc.forward_max_records.min(4096));
+            tasks.finishing(
+                "journal-ingest",
+                journal_stage::ingest(ingress.messages, j.appender(), acks.clone(), health.clone()),
+            );
+            tasks.finishing(
+                "journal-reader",
+                journal_stage::feed(j.reader_from_ack()?, jacks.clone(), window.clone(), tx, signals.stop()),
+            );
+            tasks.background("journal-gauges", journal_stage::gauges(j.clone(), Some(window), metrics.clone()));
+            (rx, jacks)
+        }
+        _ => (ingress.messages, Arc::new(acks.clone())),
+    };
+    let forwarder = Forwarder {
+        router,
+        producer,
+        reports,
+        completion,
+        metrics: metrics.clone(),
+        topics,
+        flush_within: config.bridge.grace_period.get(),
+    };
+    tasks.finishing("kafka-forwarder", forwarder.run(inbound, signals.stop()));
+
+    let plan = Plan {
+        grace: config.bridge.grace_period.get(),
+        // Direct mode: everything received is in Kafka and acked. Journal
+        // mode: everything received is journaled and acked; what Kafka has
+        // not taken yet is safe in the journal once Kafka is away.
+        drained: || {
+            let forwarded = metrics.in_flight.load(Relaxed) <= 0 || (journal_mode && !health.kafka_reachable());
+            forwarded && acks.outstanding() == 0
+        },
+        tick: || acks.flush(),
+    };
+    let result = supervise(&mut tasks, &signals, &health, shutdown, plan).await;
+    if let Some(j) = &journal {
+        if let Err(error) = j.close().await {
+            tracing::warn!(%error, "Journal close failed; it is recovered on the next start.");
+        }
+    }
+    if metrics.in_flight.load(Relaxed) > 0 && !journal_mode {
+        tracing::warn!(
+            in_flight = metrics.in_flight.load(Relaxed),
+            "Unacked messages stay with the broker and will be redelivered."
+        );
+    }
+    tracing::info!(
+        received = metrics.received.load(Relaxed),
+        delivered = metrics.delivered.load(Relaxed),
+        dead_lettered = metrics.dead_lettered_total(),
+        left_with_broker = metrics.left_with_broker.load(Relaxed),
+        "Bridge stopped."
+    );
+    result
+}

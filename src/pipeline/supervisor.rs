@@ -1,0 +1,292 @@
+//! One way to run a pipeline's tasks, for `bridge`, `sink` and `run`.
+//!
+//! Every task is spawned into one [`Tasks`] set, named, and of one of two
+//! kinds: a *finishing* task (the message path: MQTT session, journal
+//! stages, forwarders, store writers) runs until it is told to stop and then
+//! finishes its work; a *background* task (HTTP server, probes, gauges,
+//! retention) runs until the end and is then aborted. [`supervise`] is the
+//! only place that waits on them:
+//!
+//! 1. running: until the shutdown signal, or until any task ends — which is
+//!    unexpected at that point and makes the run a failure;
+//! 2. draining (`drain` turns true): no new input; wait until the pipeline
+//!    says nothing is in flight, every finishing task has ended, or the grace
+//!    period is over;
+//! 3. stopping (`stop` turns true): finishing tasks wrap up within what is
+//!    left of the grace period (at least a second); then everything still
+//!    running is aborted.
+//!
+//! The run fails (and the process exits non-zero) when any task failed or
+//! ended before it was asked to.
+
+use super::PipelineError;
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio::sync::watch;
+use tokio::task::{Id, JoinSet};
+
+/// How often the supervisor ticks: the MQTT ack retry interval.
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// How a task is expected to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Ends by itself once `drain` or `stop` says so.
+    Finishing,
+    /// Runs until aborted.
+    Background,
+}
+
+/// The drain and stop signals every finishing task watches.
+pub struct Signals {
+    drain: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self { drain: watch::channel(false).0, stop: watch::channel(false).0 }
+    }
+}
+
+impl Signals {
+    /// Turns true when shutdown begins: take no new input.
+    pub fn drain(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
+    /// Turns true when the drain is over: finish up and end.
+    pub fn stop(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+}
+
+/// Wait until a drain/stop signal turns true (or its sender is gone).
+pub async fn until_set(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|set| *set).await;
+}
+
+/// The tasks of one pipeline.
+#[derive(Default)]
+pub struct Tasks {
+    set: JoinSet<Result<(), PipelineError>>,
+    names: HashMap<Id, (&'static str, Kind)>,
+}
+
+impl Tasks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A task of the message path: it ends by itself when told to.
+    pub fn finishing<F, E>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<PipelineError>,
+    {
+        self.spawn(name, Kind::Finishing, task);
+    }
+
+    /// A task that runs until the end and is then aborted.
+    pub fn background<F, E>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<PipelineError>,
+    {
+        self.spawn(name, Kind::Background, task);
+    }
+
+    fn spawn<F, E>(&mut self, name: &'static str, kind: Kind, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<PipelineError>,
+    {
+        let handle = self.set.spawn(async move { task.await.map_err(Into::into) });
+        self.names.insert(handle.id(), (name, kind));
+    }
+
+    fn finishing_left(&self) -> usize {
+        self.names.values().filter(|(_, k)| *k == Kind::Finishing).count()
+    }
+
+    /// The next task to end: its name, kind and outcome (a panic is a failure).
+    async fn next(&mut self) -> Option<(&'static str, Kind, Result<(), PipelineError>)> {
+        let joined = self.set.join_next_with_id().await?;
+        let (id, result) = match joined {
+            Ok((id, r)) => (id, r),
+            Err(e) => {
+                let message = if e.is_panic() { "panicked".to_string() } else { "was cancelled".to_string() };
+                (e.id(), Err(PipelineError::Panicked { message }))
+            }
+        };
+        let (name, kind) = self.names.remove(&id).unwrap_or(("unknown", Kind::Background));
+        Some((name, kind, result))
+    }
+}
+
+/// What the supervisor needs to know of the pipeline it runs.
+pub struct Plan<D: Fn() -> bool, T: FnMut()> {
+    /// Longest drain after the shutdown signal (or a failure).
+    pub grace: Duration,
+    /// True once nothing is in flight any more (the drain may end early).
+    pub drained: D,
+    /// Run on every tick (the MQTT ack retry).
+    pub tick: T,
+}
+
+/// Run `tasks` through the three phases; `Err` names the first task that
+/// failed or ended before its time.
+pub async fn supervise<D: Fn() -> bool, T: FnMut()>(
+    tasks: &mut Tasks,
+    signals: &Signals,
+    health: &crate::health::Health,
+    shutdown: impl Future<Output = ()>,
+    mut plan: Plan<D, T>,
+) -> Result<(), PipelineError> {
+    tokio::pin!(shutdown);
+    let mut failure: Option<PipelineError> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let begin_drain = |deadline: &mut Option<Instant>| {
+        if deadline.is_none() {
+            health.set_draining();
+            let _ = signals.drain.send(true);
+            *deadline = Some(Instant::now() + plan.grace);
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = tick.tick() => {
+                (plan.tick)();
+                if let Some(d) = deadline {
+                    if (plan.drained)() || tasks.finishing_left() == 0 || Instant::now() >= d {
+                        break;
+                    }
+                }
+            }
+            Some((task, kind, result)) = tasks.next() => {
+                let draining = deadline.is_some();
+                match result {
+                    Ok(()) if draining && kind == Kind::Finishing => {}
+                    Ok(()) => {
+                        tracing::error!(task, "A pipeline task stopped unexpectedly; shutting down.");
+                        failure.get_or_insert(PipelineError::Ended { task });
+                    }
+                    Err(error) => {
+                        tracing::error!(task, %error, "A pipeline task failed; shutting down.");
+                        failure.get_or_insert(PipelineError::Failed { task, source: Box::new(error) });
+                    }
+                }
+                begin_drain(&mut deadline);
+            }
+            () = &mut shutdown, if deadline.is_none() => {
+                tracing::info!(grace = ?plan.grace, "Shutting down: no new input; finishing what is in flight.");
+                begin_drain(&mut deadline);
+            }
+        }
+    }
+    let _ = signals.stop.send(true);
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or_default();
+    let until = Instant::now() + left.max(Duration::from_secs(1));
+    while tasks.finishing_left() > 0 {
+        let Ok(Some((task, kind, result))) = tokio::time::timeout_at(until, tasks.next()).await else {
+            tracing::warn!(tasks = tasks.finishing_left(), "Grace period over; stopping what is still running.");
+            break;
+        };
+        match result {
+            Err(error) => {
+                tracing::error!(task, %error, "A pipeline task failed while stopping.");
+                failure.get_or_insert(PipelineError::Failed { task, source: Box::new(error) });
+            }
+            Ok(()) if kind == Kind::Background => {
+                tracing::error!(task, "A pipeline task stopped unexpectedly.");
+                failure.get_or_insert(PipelineError::Ended { task });
+            }
+            Ok(()) => {}
+        }
+    }
+    tasks.set.shutdown().await;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Health, Parts};
+
+    fn plan(grace: Duration) -> Plan<impl Fn() -> bool, impl FnMut()> {
+        Plan { grace, drained: || false, tick: || {} }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_ends_early_fails_the_run_after_the_drain() {
+        let signals = Signals::default();
+        let health = Health::new(Parts::default());
+        let mut tasks = Tasks::new();
+        tasks.background("reader", async { Ok::<(), PipelineError>(()) });
+        let mut stop = signals.stop();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tasks.finishing("writer", async move {
+            until_set(&mut stop).await;
+            let _ = done_tx.send(());
+            Ok::<(), PipelineError>(())
+        });
+        let r = supervise(&mut tasks, &signals, &health, std::future::pending(), plan(Duration::from_secs(2))).await;
+        assert!(matches!(r, Err(PipelineError::Ended { task: "reader" })), "{r:?}");
+        assert!(done_rx.await.is_ok(), "the finishing task was told to stop and finished");
+        assert!(health.draining());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_reported_with_its_task_and_cause() {
+        let signals = Signals::default();
+        let health = Health::new(Parts::default());
+        let mut tasks = Tasks::new();
+        tasks.finishing("journal-reader", async { Err::<(), _>(crate::journal::JournalError::BadRecord("test")) });
+        let r = supervise(&mut tasks, &signals, &health, std::future::pending(), plan(Duration::from_secs(1))).await;
+        let text = r.unwrap_err().to_string();
+        assert!(text.contains("journal-reader") && text.contains("test"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_drains_then_stops_and_aborts_background_tasks() {
+        let signals = Signals::default();
+        let health = Health::new(Parts::default());
+        let mut tasks = Tasks::new();
+        tasks.background("probe", async {
+            std::future::pending::<()>().await;
+            Ok::<(), PipelineError>(())
+        });
+        let mut drain = signals.drain();
+        tasks.finishing("session", async move {
+            until_set(&mut drain).await;
+            Ok::<(), PipelineError>(())
+        });
+        let r = supervise(&mut tasks, &signals, &health, async {}, plan(Duration::from_secs(30))).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert!(tasks.set.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_ignores_stop_is_aborted_after_the_grace_period() {
+        let signals = Signals::default();
+        let health = Health::new(Parts::default());
+        let mut tasks = Tasks::new();
+        tasks.finishing("stuck", async {
+            std::future::pending::<()>().await;
+            Ok::<(), PipelineError>(())
+        });
+        let started = tokio::time::Instant::now();
+        let r = supervise(&mut tasks, &signals, &health, async {}, plan(Duration::from_secs(3))).await;
+        assert!(r.is_ok());
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(5), "{took:?}");
+    }
+}

@@ -1,0 +1,213 @@
+//! The record contract between stages: the Kafka header names, how the
+//! bridge writes them and how the sink (and `run`) reads them back. One
+//! place, so the two sides cannot drift apart. Header names and value
+//! formats are public: consumers outside iotpipe read them.
+//!
+//! Values are UTF-8 text. Times are RFC 3339 UTC with milliseconds
+//! (`2026-01-01T00:00:00.000Z`); readers also accept epoch milliseconds.
+
+use super::{DeadLetterReason, RecordId};
+
+pub const TENANT_ID: &str = "tenant_id";
+pub const PROJECT_ID: &str = "project_id";
+pub const DEVICE_ID: &str = "device_id";
+pub const MQTT_TOPIC: &str = "mqtt_topic";
+pub const ID: &str = "id";
+pub const RECEIVED_AT: &str = "received_at";
+pub const EVENT_TIME: &str = "event_time";
+/// Dead letters only: the [`DeadLetterReason`].
+pub const REASON: &str = "reason";
+/// Dead letters only: a human-readable detail.
+pub const ERROR: &str = "error";
+/// Dead letters only: `true` when the payload was cut to `kafka.dead_letter_max_payload`.
+pub const TRUNCATED: &str = "truncated";
+/// Dead letters only: the payload's size before truncation.
+pub const ORIGINAL_SIZE: &str = "original_size";
+
+/// What a routed record carries besides its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta<'a> {
+    pub tenant_id: &'a str,
+    pub project_id: &'a str,
+    pub device_id: &'a str,
+    pub mqtt_topic: &'a str,
+    pub id: RecordId,
+    pub received_ms: i64,
+    pub event_ms: Option<i64>,
+}
+
+/// Headers of a routed record, in the documented order.
+pub fn encode_record(m: &RecordMeta<'_>) -> Vec<(&'static str, String)> {
+    let mut h = Vec::with_capacity(7);
+    h.push((TENANT_ID, m.tenant_id.to_string()));
+    h.push((PROJECT_ID, m.project_id.to_string()));
+    h.push((DEVICE_ID, m.device_id.to_string()));
+    h.push((MQTT_TOPIC, m.mqtt_topic.to_string()));
+    h.push((ID, m.id.to_hyphenated()));
+    h.push((RECEIVED_AT, format_ms(m.received_ms)));
+    if let Some(ms) = m.event_ms {
+        h.push((EVENT_TIME, format_ms(ms)));
+    }
+    h
+}
+
+/// What a dead letter carries besides its (possibly truncated) payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterMeta<'a> {
+    pub reason: DeadLetterReason,
+    pub detail: &'a str,
+    pub mqtt_topic: &'a str,
+    pub id: RecordId,
+    pub received_ms: i64,
+    /// The original size, when the payload was truncated.
+    pub truncated_from: Option<usize>,
+}
+
+/// Headers of a dead letter, in the documented order.
+pub fn encode_dead_letter(m: &DeadLetterMeta<'_>) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        (REASON, m.reason.as_str().to_string()),
+        (ERROR, m.detail.to_string()),
+        (MQTT_TOPIC, m.mqtt_topic.to_string()),
+        (ID, m.id.to_hyphenated()),
+        (RECEIVED_AT, format_ms(m.received_ms)),
+    ];
+    if let Some(size) = m.truncated_from {
+        h.push((TRUNCATED, "true".into()));
+        h.push((ORIGINAL_SIZE, size.to_string()));
+    }
+    h
+}
+
+/// Headers as a reader finds them (any producer; every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    pub tenant_id: Option<&'a str>,
+    pub project_id: Option<&'a str>,
+    pub device_id: Option<&'a str>,
+    pub mqtt_topic: Option<&'a str>,
+    /// The `id` header as written (parse with [`Decoded::record_id`]).
+    pub id: Option<&'a str>,
+    pub received_ms: Option<i64>,
+    pub event_ms: Option<i64>,
+    /// The `reason` header as written; a dead letter has one.
+    pub reason: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+impl<'a> Decoded<'a> {
+    /// Read the known headers; unknown ones are ignored, the last of a repeated one wins.
+    pub fn parse(headers: &'a [(String, String)]) -> Self {
+        let mut d = Self::default();
+        for (k, v) in headers {
+            let v = v.as_str();
+            match k.as_str() {
+                TENANT_ID => d.tenant_id = Some(v),
+                PROJECT_ID => d.project_id = Some(v),
+                DEVICE_ID => d.device_id = Some(v),
+                MQTT_TOPIC => d.mqtt_topic = Some(v),
+                ID => d.id = Some(v),
+                RECEIVED_AT => d.received_ms = parse_time(v),
+                EVENT_TIME => d.event_ms = parse_time(v),
+                REASON => d.reason = Some(v),
+                ERROR => d.error = Some(v),
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// The record id, when the `id` header holds a UUID.
+    pub fn record_id(&self) -> Option<Result<uuid::Uuid, uuid::Error>> {
+        self.id.map(uuid::Uuid::parse_str)
+    }
+
+    /// The dead-letter reason, for labels (unknown text is `Other`).
+    pub fn reason(&self) -> Option<DeadLetterReason> {
+        self.reason.map(DeadLetterReason::parse)
+    }
+}
+
+/// Epoch milliseconds as RFC 3339 UTC with milliseconds.
+pub fn format_ms(ms: i64) -> String {
+    let Ok(dt) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return ms.to_string();
+    };
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    dt.format(&fmt).unwrap_or_else(|_| ms.to_string())
+}
+
+/// A header time: epoch milliseconds or RFC 3339.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(dt.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn owned(h: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+        h.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    #[test]
+    fn what_the_bridge_writes_the_sink_reads() {
+        let id = RecordId::derive(Some(1_700_000_000_123), 0, "t", b"{}");
+        let meta = RecordMeta {
+            tenant_id: "acme",
+            project_id: "p1",
+            device_id: "d1",
+            mqtt_topic: "mtic/msg/client/realtime/acme/p1",
+            id,
+            received_ms: 1_700_000_000_500,
+            event_ms: Some(1_700_000_000_123),
+        };
+        let h = owned(encode_record(&meta));
+        assert_eq!(h[5], ("received_at".to_string(), "2023-11-14T22:13:20.500Z".to_string()));
+        let d = Decoded::parse(&h);
+        assert_eq!(d.tenant_id, Some("acme"));
+        assert_eq!(d.device_id, Some("d1"));
+        assert_eq!(d.received_ms, Some(1_700_000_000_500));
+        assert_eq!(d.event_ms, Some(1_700_000_000_123));
+        assert_eq!(d.record_id().and_then(Result::ok), Some(id.0));
+        assert_eq!(d.reason, None);
+    }
+
+    #[test]
+    fn dead_letters_carry_reason_detail_and_truncation() {
+        let id = RecordId::derive(None, 5, "t", b"x");
+        let meta = DeadLetterMeta {
+            reason: DeadLetterReason::Oversize,
+            detail: "too big",
+            mqtt_topic: "t",
+            id,
+            received_ms: 5,
+            truncated_from: Some(9000),
+        };
+        let h = owned(encode_dead_letter(&meta));
+        let d = Decoded::parse(&h);
+        assert_eq!(d.reason(), Some(DeadLetterReason::Oversize));
+        assert_eq!(d.error, Some("too big"));
+        assert!(h.contains(&("original_size".to_string(), "9000".to_string())));
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_or_epoch_ms() {
+        assert_eq!(parse_time("1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(parse_time("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    proptest! {
+        #[test]
+        fn formatted_times_parse_back(ms in 0i64..253_402_300_799_000) {
+            prop_assert_eq!(parse_time(&format_ms(ms)), Some(ms));
+        }
+    }
+}

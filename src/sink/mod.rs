@@ -1,3 +1,0 @@
-//! Destinations of the pipeline.
-
-pub mod kafka;

@@ -1,4 +1,0 @@
-//! Where messages come from.
-
-pub mod kafka;
-pub mod mqtt;

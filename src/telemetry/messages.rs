@@ -1,0 +1,299 @@
+//! Metrics of the message path from MQTT: received, delivered (to Kafka in
+//! `bridge`, to the store in `run`), dead-lettered, in flight, the MQTT
+//! session, the Kafka producer and the journal, and the log events that go
+//! with them.
+
+use super::{counter, escape, gauge, Histogram};
+use crate::record::DeadLetterReason;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Most (tenant, project) series `iotpipe_tenant_messages_total` keeps; the
+/// rest are counted under `tenant_id="other",project_id="other"`.
+pub const MAX_TENANT_SERIES: usize = 5000;
+
+/// Shared as `Arc<MessageMetrics>`.
+#[derive(Default)]
+pub struct MessageMetrics {
+    pub received: AtomicU64,
+    pub delivered: AtomicU64,
+    dead_lettered: [AtomicU64; DeadLetterReason::ALL.len()],
+    pub in_flight: AtomicI64,
+    pub mqtt_reconnects: AtomicU64,
+    pub mqtt_redelivered: AtomicU64,
+    pub acks_sent: AtomicU64,
+    /// Deliveries whose ack was not sent because the MQTT connection that
+    /// carried the message had ended; the broker redelivers those.
+    pub acks_abandoned: AtomicU64,
+    pub kafka_retries: AtomicU64,
+    pub kafka_producer_restarts: AtomicU64,
+    /// Messages received while shutting down, left unacked for the broker to keep.
+    pub left_with_broker: AtomicU64,
+    /// Journal: records appended and not yet delivered, and bytes on disk.
+    pub journal_depth: AtomicI64,
+    pub journal_bytes: AtomicI64,
+    /// Records replayed from the journal at start-up (received by an earlier process).
+    pub journal_replayed: AtomicU64,
+    /// Journal: fdatasync calls for appends (one per group commit).
+    pub journal_fsyncs: AtomicU64,
+    /// Journal: records read from the journal and not yet delivered (bounded
+    /// by `journal.forward_max_records`), and their payload bytes.
+    pub journal_forward_records: AtomicI64,
+    pub journal_forward_bytes: AtomicI64,
+    pub delivery_latency: Histogram,
+    per_tenant: Option<Mutex<HashMap<(String, String), u64>>>,
+    /// Dead letters logged so far (the log is thinned out past the first few).
+    dead_letters_logged: AtomicU64,
+}
+
+/// Which groups of series a command exposes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageSeries {
+    /// The Kafka producer's (bridge).
+    pub kafka: bool,
+    /// The journal's (run, demo, bridge with `[journal]`).
+    pub journal: bool,
+}
+
+impl MessageMetrics {
+    pub fn new(per_tenant: bool) -> Self {
+        Self { per_tenant: per_tenant.then(|| Mutex::new(HashMap::new())), ..Self::default() }
+    }
+
+    pub fn dead_lettered(&self, reason: DeadLetterReason) -> u64 {
+        self.dead_lettered[reason.index()].load(Relaxed)
+    }
+
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// A message accepted from MQTT into the pipeline.
+    pub fn on_received(&self, redelivered: bool) {
+        self.received.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+        if redelivered {
+            self.mqtt_redelivered.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A message is durable downstream (or its dead letter is).
+    pub fn on_delivered(&self, reason: Option<DeadLetterReason>, tenant: &str, project: &str, latency: Duration) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.delivery_latency.observe(latency);
+        match reason {
+            Some(r) => {
+                self.dead_lettered[r.index()].fetch_add(1, Relaxed);
+            }
+            None => {
+                self.delivered.fetch_add(1, Relaxed);
+                if let Some(map) = &self.per_tenant {
+                    if let Ok(mut m) = map.lock() {
+                        let key = if m.len() < MAX_TENANT_SERIES || m.contains_key(&(tenant.into(), project.into())) {
+                            (tenant.to_string(), project.to_string())
+                        } else {
+                            ("other".to_string(), "other".to_string())
+                        };
+                        *m.entry(key).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routing turned a message into a dead letter. Logged: the first ten,
+    /// then one in a thousand (bad input must not flood the log).
+    pub fn on_dead_letter_routed(&self, reason: DeadLetterReason, mqtt_topic: &str, detail: &str) {
+        let n = self.dead_letters_logged.fetch_add(1, Relaxed) + 1;
+        if n <= 10 || n % 1000 == 0 {
+            let topic: String = mqtt_topic.chars().take(200).collect();
+            tracing::warn!(reason = reason.as_str(), mqtt_topic = topic, detail, count = n, "Dead-lettering message.");
+        }
+    }
+
+    pub fn on_kafka_retry(&self, topic: &str, error: &str) {
+        let n = self.kafka_retries.fetch_add(1, Relaxed);
+        // One line per hundred retries: an outage must not flood the log.
+        if n % 100 == 0 {
+            tracing::warn!(topic, error, retries = n + 1, "Kafka delivery failed; sending again.");
+        }
+    }
+
+    /// Prometheus text of the series `series` selects.
+    pub fn render(&self, o: &mut String, series: MessageSeries) {
+        counter(o, "iotpipe_messages_received_total", "Messages accepted from MQTT.", self.received.load(Relaxed));
+        counter(
+            o,
+            "iotpipe_messages_delivered_total",
+            "Messages durable downstream (acknowledged by Kafka in `bridge`, stored in `run`).",
+            self.delivered.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP iotpipe_messages_dead_lettered_total Messages dead-lettered, by reason.\n# TYPE iotpipe_messages_dead_lettered_total counter"
+        );
+        for r in DeadLetterReason::ALL {
+            let n = self.dead_lettered(r);
+            if DeadLetterReason::ROUTING.contains(&r) || n > 0 {
+                let _ = writeln!(o, "iotpipe_messages_dead_lettered_total{{reason=\"{}\"}} {n}", r.as_str());
+            }
+        }
+        gauge(
+            o,
+            "iotpipe_messages_in_flight",
+            "Messages received and not yet durable downstream.",
+            self.in_flight.load(Relaxed),
+        );
+        counter(o, "iotpipe_mqtt_reconnects_total", "MQTT connections lost.", self.mqtt_reconnects.load(Relaxed));
+        counter(
+            o,
+            "iotpipe_mqtt_redelivered_total",
+            "Messages the broker flagged as redelivered.",
+            self.mqtt_redelivered.load(Relaxed),
+        );
+        counter(
+            o,
+            "iotpipe_mqtt_acks_sent_total",
+            "PUBACKs (or PUBRECs) handed to the MQTT client.",
+            self.acks_sent.load(Relaxed),
+        );
+        counter(
+            o,
+            "iotpipe_mqtt_acks_abandoned_total",
+            "Delivered messages not acked because their MQTT connection had ended (the broker redelivers them).",
+            self.acks_abandoned.load(Relaxed),
+        );
+        counter(
+            o,
+            "iotpipe_mqtt_left_with_broker_total",
+            "Messages received during shutdown and left unacked.",
+            self.left_with_broker.load(Relaxed),
+        );
+        if series.kafka {
+            counter(
+                o,
+                "iotpipe_kafka_retries_total",
+                "Kafka deliveries that failed and were sent again.",
+                self.kafka_retries.load(Relaxed),
+            );
+            counter(
+                o,
+                "iotpipe_kafka_producer_restarts_total",
+                "Kafka producers recreated after a fatal error.",
+                self.kafka_producer_restarts.load(Relaxed),
+            );
+        }
+        if series.journal {
+            self.render_journal(o);
+        }
+        self.delivery_latency.render(
+            o,
+            "iotpipe_delivery_latency_seconds",
+            "Time from receiving a message to it being durable downstream (Kafka ack, or store commit in `run`).",
+        );
+        if let Some(map) = &self.per_tenant {
+            let _ = writeln!(
+                o,
+                "# HELP iotpipe_tenant_messages_total Messages delivered, by tenant and project.\n# TYPE iotpipe_tenant_messages_total counter"
+            );
+            if let Ok(m) = map.lock() {
+                let mut rows: Vec<_> = m.iter().collect();
+                rows.sort();
+                for ((t, p), n) in rows {
+                    let _ = writeln!(
+                        o,
+                        "iotpipe_tenant_messages_total{{tenant_id=\"{}\",project_id=\"{}\"}} {n}",
+                        escape(t),
+                        escape(p)
+                    );
+                }
+            }
+        }
+    }
+
+    fn render_journal(&self, o: &mut String) {
+        gauge(o, "iotpipe_journal_depth", "Journal records not yet delivered.", self.journal_depth.load(Relaxed));
+        gauge(o, "iotpipe_journal_bytes", "Bytes of live journal segments.", self.journal_bytes.load(Relaxed));
+        counter(
+            o,
+            "iotpipe_journal_replayed_total",
+            "Journal records replayed at start-up.",
+            self.journal_replayed.load(Relaxed),
+        );
+        counter(
+            o,
+            "iotpipe_journal_fsyncs_total",
+            "Journal fdatasync calls for appends (one per group commit).",
+            self.journal_fsyncs.load(Relaxed),
+        );
+        gauge(
+            o,
+            "iotpipe_journal_forward_records",
+            "Records read from the journal and not yet delivered (at most journal.forward_max_records).",
+            self.journal_forward_records.load(Relaxed),
+        );
+        gauge(
+            o,
+            "iotpipe_journal_forward_bytes",
+            "Payload bytes read from the journal and not yet delivered (at most journal.forward_max_bytes).",
+            self.journal_forward_bytes.load(Relaxed),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &MessageMetrics, series: MessageSeries) -> String {
+        let mut o = String::new();
+        m.render(&mut o, series);
+        o
+    }
+
+    #[test]
+    fn renders_counters_gauges_and_histogram() {
+        let m = MessageMetrics::new(true);
+        m.on_received(false);
+        m.on_received(true);
+        m.on_delivered(None, "acme", "p\"1", Duration::from_millis(3));
+        m.on_delivered(Some(DeadLetterReason::InvalidJson), "", "", Duration::from_millis(1));
+        let text = text(&m, MessageSeries { kafka: true, journal: false });
+        assert!(text.contains("iotpipe_messages_received_total 2\n"));
+        assert!(text.contains("iotpipe_messages_delivered_total 1\n"));
+        assert!(text.contains("iotpipe_messages_dead_lettered_total{reason=\"invalid_json\"} 1\n"));
+        assert!(text.contains("iotpipe_messages_dead_lettered_total{reason=\"oversize\"} 0\n"));
+        assert!(!text.contains("reason=\"store_rejected\""), "reasons routing never gives stay out until they happen");
+        assert!(text.contains("iotpipe_messages_in_flight 0\n"));
+        assert!(text.contains("iotpipe_mqtt_redelivered_total 1\n"));
+        assert!(text.contains("iotpipe_kafka_retries_total 0\n"));
+        assert!(!text.contains("iotpipe_journal_depth"), "no journal, no journal series");
+        assert!(text.contains("iotpipe_delivery_latency_seconds_bucket{le=\"0.002\"} 1\n"));
+        assert!(text.contains("iotpipe_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("iotpipe_delivery_latency_seconds_count 2\n"));
+        assert!(text.contains("iotpipe_tenant_messages_total{tenant_id=\"acme\",project_id=\"p\\\"1\"} 1\n"));
+    }
+
+    #[test]
+    fn per_tenant_counters_are_off_by_default() {
+        let m = MessageMetrics::new(false);
+        m.on_delivered(None, "acme", "p", Duration::ZERO);
+        assert!(!text(&m, MessageSeries::default()).contains("iotpipe_tenant_messages_total"));
+        assert!(!text(&m, MessageSeries::default()).contains("iotpipe_kafka_retries_total"));
+    }
+
+    #[test]
+    fn per_tenant_series_are_capped() {
+        let m = MessageMetrics::new(true);
+        for i in 0..(MAX_TENANT_SERIES + 50) {
+            m.on_delivered(None, &format!("t{i}"), "p", Duration::ZERO);
+        }
+        let t = text(&m, MessageSeries::default());
+        let series = t.lines().filter(|l| l.starts_with("iotpipe_tenant_messages_total{")).count();
+        assert_eq!(series, MAX_TENANT_SERIES + 1);
+        assert!(t.contains("iotpipe_tenant_messages_total{tenant_id=\"other\",project_id=\"other\"} 50\n"));
+    }
+}
