@@ -16,6 +16,7 @@ use iotpipe::store::postgres::Flavor;
 use iotpipe::store::{Store, StoreConfig};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One of the engines.
@@ -360,8 +361,10 @@ fn timescale_server() -> Option<&'static Server> {
     static SKIPPED: std::sync::Once = std::sync::Once::new();
     let server = Server::timescale();
     if server.is_none() {
+        // Straight to stderr: the test harness captures `eprintln!`.
         SKIPPED.call_once(|| {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: TimescaleDB tests: the timescaledb extension is not installed; \
                  run scripts/services.sh up timescaledb (see docs/storage.md)"
             );
