@@ -5,12 +5,23 @@
 //!
 //! Arguments (all optional): `--copy-rows N --batch N --naive-rows N --influx-rows N`.
 
-#[path = "../tests/common_store/mod.rs"]
-mod common_store;
+#[allow(dead_code)]
+#[path = "../tests/common/influx.rs"]
+mod influx;
+#[allow(dead_code)]
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
+#[allow(dead_code)]
+#[path = "../tests/common/services.rs"]
+mod services;
+#[allow(dead_code)]
+#[path = "../tests/common/store.rs"]
+mod store;
 
-use common_store::*;
 use iotpipe::store::{Store, StoreRow};
+use postgres::Server;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use store::{config, fleet_rows, fresh_name, DAY_MS};
 
 struct Args {
     copy_rows: usize,
@@ -48,8 +59,8 @@ fn avg_payload(rows: &[StoreRow]) -> usize {
 
 /// The store's path: COPY into staging, INSERT .. ON CONFLICT DO NOTHING, one transaction per batch.
 async fn copy_path(rows: &[StoreRow], batch: usize) -> f64 {
-    let name = fresh_name();
-    let mut store = Store::connect(&config(pg_url(&name), 3)).await.expect("connect");
+    let name = fresh_name("iot_bench");
+    let mut store = Store::connect(&config(Server::shared().url(&name), 3)).await.expect("connect");
     let start = Instant::now();
     let mut inserted = 0;
     for chunk in rows.chunks(batch) {
@@ -58,15 +69,15 @@ async fn copy_path(rows: &[StoreRow], batch: usize) -> f64 {
     let took = start.elapsed();
     assert_eq!(inserted as usize, rows.len());
     drop(store);
-    drop_pg_database(&name).await;
+    Server::shared().drop_database(&name).await;
     rate(rows.len(), took)
 }
 
 /// The naive baseline: one INSERT (one autocommit transaction) per row.
 async fn naive_path(rows: &[StoreRow]) -> f64 {
-    let name = fresh_name();
-    let store = Store::connect(&config(pg_url(&name), 3)).await.expect("connect");
-    let db = pg_admin(&name).await;
+    let name = fresh_name("iot_bench");
+    let store = Store::connect(&config(Server::shared().url(&name), 3)).await.expect("connect");
+    let db = Server::shared().admin(&name).await;
     let stmt = db
         .prepare(
             "INSERT INTO telemetry (time, received_at, event_time, tenant_id, project_id, device_id, mqtt_topic, id, payload, raw) \
@@ -99,13 +110,13 @@ async fn naive_path(rows: &[StoreRow]) -> f64 {
     }
     let took = start.elapsed();
     drop(store);
-    drop_pg_database(&name).await;
+    Server::shared().drop_database(&name).await;
     rate(rows.len(), took)
 }
 
 async fn influx_path(rows: &[StoreRow], batch: usize) -> f64 {
-    let name = fresh_name();
-    let mut store = Store::connect(&config(influx_url(&name), 3)).await.expect("connect");
+    let name = fresh_name("iot_bench");
+    let mut store = Store::connect(&config(influx::store_url(&name), 3)).await.expect("connect");
     let start = Instant::now();
     for chunk in rows.chunks(batch) {
         let out = store.write(chunk, &[]).await.expect("write");
@@ -113,14 +124,15 @@ async fn influx_path(rows: &[StoreRow], batch: usize) -> f64 {
     }
     let took = start.elapsed();
     drop(store);
-    drop_influx_database(&name).await;
+    influx::drop_database(&name).await;
     rate(rows.len(), took)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
-    services();
+    Server::shared();
+    influx::base_url();
     let rows = fleet_rows(a.copy_rows.max(a.naive_rows).max(a.influx_rows), 2 * DAY_MS);
     println!(
         "store benchmark: {} rows prepared, payload {} bytes on average, 3 tenants x 2 projects x 20 devices",

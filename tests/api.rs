@@ -2,9 +2,9 @@
 //! the router on 127.0.0.1:0, and a tiny HTTP/1.1 client that can send any
 //! request target (including ones a URL library would refuse to build).
 
-mod common_store;
+mod common;
 
-use common_store::{dead_letter, row};
+use common::store::{dead_letter, row};
 use iotpipe::http::api::{router, ApiState};
 use iotpipe::record::now_ms;
 use iotpipe::store::{Store, StoreConfig, StoreRow};

@@ -2,9 +2,10 @@
 
 mod common;
 
-use common::kafka::{read_all, read_until_complete, topics, Record};
-use common::mqtt::{block_on, drain_session, message, publish_raw, spawn_publish};
-use common::{bridge_config, eventually, Bridge, Mosquitto, Tansu};
+use common::eventually;
+use common::kafka::{read_all, read_until_complete, topics, Record, Tansu};
+use common::mqtt::{block_on, drain_session, message, publish_raw, spawn_publish, Mosquitto};
+use common::process::{bridge_config, Iotpipe};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ fn forwards_20000_messages_to_tenant_topics_with_keys_headers_and_unchanged_byte
     let mqtt = Mosquitto::start(100_000);
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-fwd", ""));
+    let bridge = Iotpipe::bridge(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-fwd", ""));
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
 
     spawn_publish(mqtt.url(), 0..N, None).join().unwrap();
@@ -74,7 +75,7 @@ fn speaks_mqtt_311_too() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-311", "")
         .replace("qos = 1", "qos = 1\nversion = \"3.1.1\"");
-    let bridge = Bridge::start(dir.path(), &cfg);
+    let bridge = Iotpipe::bridge(dir.path(), &cfg);
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
     spawn_publish(mqtt.url(), 0..N, None).join().unwrap();
     let records = read_until_complete(&kafka.brokers(), N, Duration::from_secs(60));
@@ -89,7 +90,7 @@ fn sigkill_three_times_loses_nothing() {
     let mqtt = Mosquitto::start(100_000);
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut bridge = Bridge::start(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-kill", ""));
+    let mut bridge = Iotpipe::bridge(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-kill", ""));
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
 
     let publisher = spawn_publish(mqtt.url(), 0..N, Some(2_000));
@@ -120,7 +121,7 @@ fn kafka_stalled_for_20s_loses_nothing_and_applies_backpressure() {
     let mqtt = Mosquitto::start(100_000);
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-stall", ""));
+    let bridge = Iotpipe::bridge(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-stall", ""));
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
 
     let publisher = spawn_publish(mqtt.url(), 0..N, Some(500));
@@ -152,7 +153,7 @@ fn bad_input_is_dead_lettered_with_reasons_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-bad", "")
         .replace("topics = [\"mtic/msg/client/realtime/#\"]", "topics = [\"mtic/msg/client/realtime/#\", \"other/#\"]");
-    let bridge = Bridge::start(dir.path(), &cfg);
+    let bridge = Iotpipe::bridge(dir.path(), &cfg);
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
 
     let good = "mtic/msg/client/realtime/acme/p1".to_string();
@@ -212,7 +213,7 @@ fn sigterm_exits_0_and_everything_acked_is_in_kafka() {
     let mqtt = Mosquitto::start(100_000);
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut bridge = Bridge::start(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-term", ""));
+    let mut bridge = Iotpipe::bridge(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-term", ""));
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
 
     let publisher = spawn_publish(mqtt.url(), 0..N, Some(2_000));
@@ -246,7 +247,7 @@ fn journal_mode_rides_out_a_60s_kafka_outage_with_a_1000_message_broker_queue() 
         "[journal]\npath = {:?}\nmax_size = \"256MiB\"\nsegment_size = \"8MiB\"\n",
         journal.display().to_string()
     );
-    let bridge = Bridge::start(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-journal", &extra));
+    let bridge = Iotpipe::bridge(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-journal", &extra));
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
 
     kafka.pause();

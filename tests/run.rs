@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::mqtt::spawn_publish;
-use common::{eventually, free_port, http_get, iotpipe, Bridge, Mosquitto};
+use common::mqtt::{spawn_publish, Mosquitto};
+use common::process::Iotpipe;
+use common::{eventually, free_port, http_get};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ fn run_with_sqlite_survives_three_sigkills_with_exactly_one_row_per_message() {
     let mqtt = Mosquitto::start(100_000);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("iotpipe.db");
-    let mut run = Bridge::start_command(dir.path(), "run", &run_config(&mqtt.url(), dir.path(), "run-kill"));
+    let mut run = Iotpipe::run(dir.path(), &run_config(&mqtt.url(), dir.path(), "run-kill"));
     eventually(Duration::from_secs(20), "run ready", || run.get("/readyz").0 == 200);
     let publisher = spawn_publish(mqtt.url(), 0..N, Some(2_000));
     for _ in 0..3 {
@@ -62,7 +63,7 @@ fn run_stores_dead_letters_and_keeps_running() {
     let mqtt = Mosquitto::start(100_000);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("iotpipe.db");
-    let run = Bridge::start_command(dir.path(), "run", &run_config(&mqtt.url(), dir.path(), "run-bad"));
+    let run = Iotpipe::run(dir.path(), &run_config(&mqtt.url(), dir.path(), "run-bad"));
     eventually(Duration::from_secs(20), "run ready", || run.get("/readyz").0 == 200);
     common::mqtt::block_on(common::mqtt::publish_raw(
         &mqtt.url(),
@@ -89,7 +90,7 @@ fn run_stores_dead_letters_and_keeps_running() {
 fn demo_starts_shows_data_through_the_api_and_renders_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let (http, mqtt) = (free_port(), free_port());
-    let mut demo = Command::new(iotpipe())
+    let mut demo = Command::new(Iotpipe::binary())
         .args(["demo", "--listen", &format!("127.0.0.1:{http}"), "--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
         .arg("--data-dir")
         .arg(dir.path())
@@ -109,11 +110,11 @@ fn demo_starts_shows_data_through_the_api_and_renders_in_chromium() {
     let (status, _) = http_get(http, "/api/dead-letters?limit=abc");
     assert_eq!(status, 400);
 
-    let artifacts = common::repo().join("target/test-artifacts");
+    let artifacts = common::services::repo().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("dashboard.png");
     let check = Command::new("python3")
-        .arg(common::repo().join("scripts/dashboard_check.py"))
+        .arg(common::services::repo().join("scripts/dashboard_check.py"))
         .arg(format!("http://127.0.0.1:{http}/"))
         .arg(&shot)
         .output()

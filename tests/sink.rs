@@ -2,9 +2,11 @@
 
 mod common;
 
-use common::kafka::{bridge_record, produce};
-use common::postgres::{count, query, shared_base, unique_db, PrivatePostgres};
-use common::{eventually, Bridge, Tansu};
+use common::eventually;
+use common::kafka::{bridge_record, produce, Tansu};
+use common::postgres::{count, query, PrivatePostgres, Server};
+use common::process::Iotpipe;
+use common::store::fresh_name;
 use std::time::Duration;
 
 fn sink_config(brokers: &str, store_url: &str, group: &str, extra: &str) -> String {
@@ -31,7 +33,7 @@ listen = "{{HTTP}}"
     )
 }
 
-fn wait_ready(sink: &Bridge) {
+fn wait_ready(sink: &Iotpipe) {
     eventually(Duration::from_secs(30), "sink ready", || sink.get("/readyz").0 == 200);
 }
 
@@ -39,10 +41,10 @@ fn wait_ready(sink: &Bridge) {
 fn stores_50000_records_exactly_once_even_when_replayed() {
     const N: u64 = 50_000;
     let kafka = Tansu::start();
-    let url = format!("{}/{}", shared_base(), unique_db("sink_once"));
+    let url = Server::shared().url(&fresh_name("sink_once"));
     produce(&kafka.brokers(), (0..N).map(bridge_record));
     let dir = tempfile::tempdir().unwrap();
-    let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-once", ""));
+    let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-once", ""));
     wait_ready(&sink);
     eventually(Duration::from_secs(120), "50,000 rows", || count(&url, "SELECT count(*) FROM telemetry") == N as i64);
 
@@ -79,14 +81,14 @@ fn records_trickling_in_are_all_stored() {
     const N: u64 = 6_000;
     const CHUNK: u64 = 100;
     let kafka = Tansu::start();
-    let url = format!("{}/{}", shared_base(), unique_db("sink_trickle"));
+    let url = Server::shared().url(&fresh_name("sink_trickle"));
     // The topics exist before the sink subscribes.
     produce(&kafka.brokers(), (0..CHUNK).map(bridge_record));
     let dir = tempfile::tempdir().unwrap();
     let config = sink_config(&kafka.brokers(), &url, "sink-trickle", "")
         .replace("batch_max_rows = 2000", "batch_max_rows = 150")
         .replace("batch_max_wait = \"200ms\"", "batch_max_wait = \"50ms\"");
-    let sink = Bridge::start_command(dir.path(), "sink", &config);
+    let sink = Iotpipe::sink(dir.path(), &config);
     wait_ready(&sink);
     for start in (CHUNK..N).step_by(CHUNK as usize) {
         produce(&kafka.brokers(), (start..start + CHUNK).map(bridge_record));
@@ -106,9 +108,9 @@ fn records_trickling_in_are_all_stored() {
 fn sigkill_three_times_still_one_row_per_record() {
     const N: u64 = 30_000;
     let kafka = Tansu::start();
-    let url = format!("{}/{}", shared_base(), unique_db("sink_kill"));
+    let url = Server::shared().url(&fresh_name("sink_kill"));
     let dir = tempfile::tempdir().unwrap();
-    let mut sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-kill", ""));
+    let mut sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-kill", ""));
     let brokers = kafka.brokers();
     let producer = std::thread::spawn(move || {
         for chunk in 0..30 {
@@ -135,11 +137,11 @@ fn sigkill_three_times_still_one_row_per_record() {
 fn members_joining_and_leaving_the_group_keep_one_row_per_record() {
     const N: u64 = 30_000;
     let kafka = Tansu::start();
-    let url = format!("{}/{}", shared_base(), unique_db("sink_group"));
+    let url = Server::shared().url(&fresh_name("sink_group"));
     produce(&kafka.brokers(), (0..1_000).map(bridge_record));
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = sink_config(&kafka.brokers(), &url, "sink-group", "");
-    let a = Bridge::start_command(dir_a.path(), "sink", &config);
+    let a = Iotpipe::sink(dir_a.path(), &config);
     wait_ready(&a);
     let brokers = kafka.brokers();
     let producer = std::thread::spawn(move || {
@@ -151,7 +153,7 @@ fn members_joining_and_leaving_the_group_keep_one_row_per_record() {
     eventually(Duration::from_secs(60), "the first member has all partitions and reads", || {
         a.metric("iotpipe_sink_records_consumed_total") > 0.0
     });
-    let mut b = Bridge::start_command(dir_b.path(), "sink", &config);
+    let mut b = Iotpipe::sink(dir_b.path(), &config);
     eventually(Duration::from_secs(60), "the second member gets partitions and reads", || {
         b.metric("iotpipe_sink_records_consumed_total") > 0.0
     });
@@ -172,9 +174,9 @@ fn postgres_down_for_20s_loses_nothing_and_resumes() {
     const N: u64 = 20_000;
     let kafka = Tansu::start();
     let pg = PrivatePostgres::start();
-    let url = format!("{}/{}", pg.base, "sink_outage");
+    let url = pg.url("sink_outage");
     let dir = tempfile::tempdir().unwrap();
-    let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-outage", ""));
+    let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-outage", ""));
     wait_ready(&sink);
     produce(&kafka.brokers(), (0..N / 2).map(bridge_record));
     eventually(Duration::from_secs(60), "first half stored", || {
@@ -197,7 +199,7 @@ fn postgres_down_for_20s_loses_nothing_and_resumes() {
 #[test]
 fn poison_records_land_in_dead_letters_and_the_consumer_moves_on() {
     let kafka = Tansu::start();
-    let url = format!("{}/{}", shared_base(), unique_db("sink_poison"));
+    let url = Server::shared().url(&fresh_name("sink_poison"));
     let mut records: Vec<_> = (0..10).map(bridge_record).collect();
     let topic = records[0].0.clone();
     records.insert(3, (topic.clone(), "k".into(), b"\xff\xfe not json".to_vec(), vec![]));
@@ -223,7 +225,7 @@ fn poison_records_land_in_dead_letters_and_the_consumer_moves_on() {
     ));
     produce(&kafka.brokers(), records);
     let dir = tempfile::tempdir().unwrap();
-    let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &url, "sink-poison", ""));
+    let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-poison", ""));
     eventually(Duration::from_secs(60), "good rows", || count(&url, "SELECT count(*) FROM telemetry") == 10);
     eventually(Duration::from_secs(30), "dead letters", || count(&url, "SELECT count(*) FROM dead_letters") == 4);
     let reasons = query(&url, "SELECT string_agg(reason, ',' ORDER BY reason) FROM dead_letters").unwrap();
@@ -236,27 +238,12 @@ fn poison_records_land_in_dead_letters_and_the_consumer_moves_on() {
 #[test]
 fn writes_to_influxdb_with_tags_fields_and_retention_policy() {
     let kafka = Tansu::start();
-    let env = &common::binaries().env;
-    let influx = match env.get("IOTPIPE_TEST_INFLUX_URL") {
-        Some(u) => u.clone(),
-        None => {
-            let out = std::process::Command::new("bash")
-                .arg(common::repo().join("scripts/services.sh"))
-                .args(["up", "influxdb"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("IOTPIPE_TEST_INFLUX_URL="))
-                .unwrap()
-                .to_string()
-        }
-    };
-    let db = unique_db("sink_influx");
-    let store_url = format!("{}/{db}", influx.replace("http://", "influxdb://"));
+    let influx = common::influx::base_url();
+    let db = fresh_name("sink_influx");
+    let store_url = common::influx::store_url(&db);
     produce(&kafka.brokers(), (0..600).map(bridge_record));
     let dir = tempfile::tempdir().unwrap();
-    let sink = Bridge::start_command(dir.path(), "sink", &sink_config(&kafka.brokers(), &store_url, "sink-influx", ""));
+    let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &store_url, "sink-influx", ""));
     let q = |q: &str| {
         let path = format!(
             "/query?db={db}&q={}",

@@ -1,11 +1,61 @@
-//! Test-side Kafka: read every record of the given topics from the start.
+//! Test-side Kafka: a private Tansu per test, a reader of every record of
+//! the given topics from the start, and a producer of bridge-like records.
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A private Tansu (in-memory engine) on a free port; the binary and its
+/// command line come from `scripts/services.sh`.
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let env = super::services::shared(&["tansu"]);
+        let port = super::free_port();
+        let args: Vec<String> = env
+            .require("IOTPIPE_TEST_TANSU_ARGS")
+            .replace("{PORT}", &port.to_string())
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let child = Command::new(env.require("IOTPIPE_TEST_TANSU_BIN"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        super::wait_for_port(port, Duration::from_secs(10));
+        Self { child, port }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pause(&self) {
+        super::signal(self.child.id(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        super::signal(self.child.id(), "CONT");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        super::signal(self.child.id(), "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Record {

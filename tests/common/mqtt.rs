@@ -1,7 +1,53 @@
-//! Test-side MQTT: a publisher of known payloads and a session reader.
+//! Test-side MQTT: a private Mosquitto per test, a publisher of known
+//! payloads and a session reader.
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A private Mosquitto on a free port (the binary comes from `scripts/services.sh`).
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start(max_queued: u32) -> Self {
+        let bin = super::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = super::free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages {max_queued}\nmax_inflight_messages 1000\nmessage_size_limit 0\nlog_dest file {}\n",
+                dir.path().join("mosquitto.log").display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        super::wait_for_port(port, Duration::from_secs(10));
+        Self { child, port, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 pub const TENANTS: u64 = 3;
 pub const PROJECTS: u64 = 2;

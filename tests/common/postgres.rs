@@ -1,71 +1,99 @@
-//! PostgreSQL for tests: the shared instance of scripts/services.sh, or a
-//! private one (its own state dir) for tests that stop and start it.
+//! PostgreSQL for tests: the shared server of `scripts/services.sh` (and the
+//! TimescaleDB one, when the env file names it), or a private cluster (its
+//! own state dir) for tests that stop and start it; psql and tokio-postgres
+//! access for checks.
+//!
+//! Needs only `super::services`, so examples can include it with `#[path]`.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use super::services;
+use std::process::Command;
+use std::sync::OnceLock;
 
-fn services(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(super::repo().join("scripts/services.sh"))
-        .args(args)
-        .env("IOTPIPE_SERVICES_DIR", dir)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run services.sh");
-    assert!(out.status.success(), "services.sh {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A PostgreSQL server, known by its base URL (`postgres://iotpipe@127.0.0.1:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub base: String,
 }
 
-/// The shared instance's base URL (`postgres://iotpipe@127.0.0.1:PORT`).
-pub fn shared_base() -> String {
-    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    URL.get_or_init(|| {
-        let dir = std::env::var("IOTPIPE_SERVICES_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| super::repo().join(".services"));
-        let env = services(&dir, &["up", "postgres"]);
-        let url =
-            env.lines().find_map(|l| l.strip_prefix("IOTPIPE_TEST_POSTGRES_URL=")).expect("postgres url").to_string();
-        url.trim_end_matches("/postgres").to_string()
-    })
-    .clone()
+impl Server {
+    /// From a URL that names a database (`…/postgres`), as the env file has it.
+    pub fn from_url(url: &str) -> Self {
+        let (base, _) = url.rsplit_once('/').expect("postgres URL with a database");
+        Self { base: base.to_string() }
+    }
+
+    /// The shared server (`scripts/services.sh up postgres`).
+    pub fn shared() -> &'static Server {
+        static S: OnceLock<Server> = OnceLock::new();
+        S.get_or_init(|| Server::from_url(services::shared(&["postgres"]).require("IOTPIPE_TEST_POSTGRES_URL")))
+    }
+
+    /// The TimescaleDB server, when the services env file names one
+    /// (`IOTPIPE_TEST_TIMESCALE_URL`).
+    pub fn timescale() -> Option<&'static Server> {
+        static S: OnceLock<Option<Server>> = OnceLock::new();
+        S.get_or_init(|| services::shared(&["postgres"]).get("IOTPIPE_TEST_TIMESCALE_URL").map(Server::from_url))
+            .as_ref()
+    }
+
+    /// The URL of `database` on this server.
+    pub fn url(&self, database: &str) -> String {
+        format!("{}/{database}?sslmode=disable", self.base)
+    }
+
+    /// A client on `database`, for checks and cleanup.
+    pub async fn admin(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(database), tokio_postgres::NoTls).await.expect("connect to postgres");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    pub async fn drop_database(&self, name: &str) {
+        let admin = self.admin("postgres").await;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.expect("drop database");
+    }
 }
 
 /// A private cluster that a test may stop and start.
 pub struct PrivatePostgres {
     pub dir: tempfile::TempDir,
-    pub base: String,
+    pub server: Server,
 }
 
 impl PrivatePostgres {
     pub fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("iotpipe-pg-").tempdir_in("/var/tmp").expect("tempdir");
-        let env = services(dir.path(), &["up", "postgres"]);
-        let url = env.lines().find_map(|l| l.strip_prefix("IOTPIPE_TEST_POSTGRES_URL=")).expect("postgres url");
-        Self { base: url.trim_end_matches("/postgres").to_string(), dir }
+        let env = services::up_in(dir.path(), &["postgres"]);
+        let server = Server::from_url(env.require("IOTPIPE_TEST_POSTGRES_URL"));
+        Self { dir, server }
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        self.server.url(database)
     }
 
     pub fn stop(&self) {
-        services(self.dir.path(), &["down", "postgres"]);
+        services::down_in(self.dir.path(), &["postgres"]);
     }
 
     /// Start again on the same port.
     pub fn restart(&self) {
-        let env = services(self.dir.path(), &["up", "postgres"]);
-        let url = env.lines().find_map(|l| l.strip_prefix("IOTPIPE_TEST_POSTGRES_URL=")).unwrap_or_default();
-        assert_eq!(url.trim_end_matches("/postgres"), self.base, "postgres came back on the same port");
+        let env = services::up_in(self.dir.path(), &["postgres"]);
+        let again = env.get("IOTPIPE_TEST_POSTGRES_URL").map(Server::from_url);
+        assert_eq!(again.as_ref(), Some(&self.server), "postgres came back on the same port");
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let _ = Command::new("bash")
-            .arg(super::repo().join("scripts/services.sh"))
+            .arg(services::repo().join("scripts/services.sh"))
             .args(["down", "postgres"])
             .env("IOTPIPE_SERVICES_DIR", self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            .output();
     }
 }
 
@@ -77,14 +105,4 @@ pub fn query(url: &str, sql: &str) -> Option<String> {
 
 pub fn count(url: &str, sql: &str) -> i64 {
     query(url, sql).and_then(|s| s.parse().ok()).unwrap_or(-1)
-}
-
-/// A fresh database name.
-pub fn unique_db(prefix: &str) -> String {
-    format!("{prefix}_{}_{}", std::process::id(), rand_suffix())
-}
-
-fn rand_suffix() -> u32 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    t % 1_000_000
 }

@@ -1,0 +1,171 @@
+//! A running `iotpipe <command>` (bridge, sink, run): its config on a free
+//! HTTP port, its log file, SIGTERM/SIGKILL, metrics; when the test panics
+//! it prints the end of its log and its last metrics.
+
+use super::{free_port, http_get, signal, wait_for_port};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A long-running iotpipe subcommand.
+pub struct Iotpipe {
+    child: Option<Child>,
+    command: &'static str,
+    pub http_port: u16,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Iotpipe {
+    /// The binary under test.
+    pub fn binary() -> &'static str {
+        env!("CARGO_BIN_EXE_iotpipe")
+    }
+
+    /// `iotpipe bridge` on `toml`.
+    pub fn bridge(dir: &Path, toml: &str) -> Self {
+        Self::start(dir, "bridge", toml)
+    }
+
+    /// `iotpipe sink` on `toml`.
+    pub fn sink(dir: &Path, toml: &str) -> Self {
+        Self::start(dir, "sink", toml)
+    }
+
+    /// `iotpipe run` on `toml`.
+    pub fn run(dir: &Path, toml: &str) -> Self {
+        Self::start(dir, "run", toml)
+    }
+
+    /// Write `toml` (with `{HTTP}` replaced by a free port) to `dir` and
+    /// start `iotpipe <command> --config` on it; returns once the HTTP port is open.
+    pub fn start(dir: &Path, command: &'static str, toml: &str) -> Self {
+        let http_port = free_port();
+        let config = dir.join(format!("{command}.toml"));
+        std::fs::write(&config, toml.replace("{HTTP}", &format!("127.0.0.1:{http_port}"))).expect("write config");
+        let mut p = Self { child: None, command, http_port, config, log: dir.join(format!("{command}.log")) };
+        p.restart();
+        p
+    }
+
+    /// Start the process again (same config, same port, same log).
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(Self::binary())
+            .args([self.command, "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start iotpipe");
+        self.child = Some(child);
+        wait_for_port(self.http_port, Duration::from_secs(15));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code and how long the exit took.
+    pub fn terminate(&mut self, within: Duration) -> (Option<i32>, Duration) {
+        let mut c = self.child.take().unwrap_or_else(|| panic!("iotpipe {} is not running", self.command));
+        let start = Instant::now();
+        signal(c.id(), "TERM");
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (status.code(), start.elapsed());
+            }
+            if start.elapsed() > within {
+                let _ = c.kill();
+                let _ = c.wait();
+                return (None, start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_port, path)
+    }
+
+    /// A metric's value (the first sample whose name and labels start with `prefix`).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(
+                |l| {
+                    if prefix.contains('{') {
+                        l.starts_with(prefix)
+                    } else {
+                        l.split([' ', '{']).next() == Some(prefix)
+                    }
+                },
+            )
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Iotpipe {
+    /// Stops the process; when the test failed, prints the end of its log
+    /// (and its last metrics) so a CI failure can be diagnosed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let metrics = self.get("/metrics").1;
+            let interesting: Vec<&str> =
+                metrics.lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket{")).collect();
+            eprintln!("--- iotpipe {} metrics at failure ---\n{}", self.command, interesting.join("\n"));
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("--- iotpipe {} log (last {} lines) ---\n{}", self.command, tail.len(), tail.join("\n"));
+        }
+        self.kill9();
+    }
+}
+
+/// The standard bridge config for tests.
+pub fn bridge_config(mqtt_url: &str, brokers: &str, client_id: &str, extra: &str) -> String {
+    format!(
+        r#"[mqtt]
+url = "{mqtt_url}"
+client_id = "{client_id}"
+topics = ["mtic/msg/client/realtime/#"]
+qos = 1
+reconnect_backoff_max = "1s"
+
+[route]
+topic_pattern = "mtic/msg/client/realtime/{{tenant_id}}/{{project_id}}/#"
+device_id = "/deviceId"
+event_time = "/ts"
+
+[kafka]
+brokers = "{brokers}"
+topic = "iot.{{tenant_id}}.{{project_id}}"
+key = "{{tenant_id}}/{{project_id}}/{{device_id}}"
+dead_letter_topic = "iot-dead-letters"
+partitions = 3
+
+[http]
+listen = "{{HTTP}}"
+
+[bridge]
+grace_period = "20s"
+{extra}
+"#
+    )
+}
