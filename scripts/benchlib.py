@@ -9,7 +9,8 @@ import time
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(REPO, "target", "release", "iotpipe")
+# IOTPIPE_BIN runs another build (e.g. an older commit's) under the same load.
+BIN = os.environ.get("IOTPIPE_BIN") or os.path.join(REPO, "target", "release", "iotpipe")
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -51,9 +52,14 @@ def cpu_seconds(pid):
 
 
 def peak_rss_kib(pid):
+    return status_kib(pid, "VmHWM")
+
+
+def status_kib(pid, field):
+    """A /proc/<pid>/status field in KiB (VmRSS, VmHWM, RssAnon ...); 0 if absent."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 

@@ -78,6 +78,12 @@ fn run_stores_dead_letters_and_keeps_running() {
     eventually(Duration::from_secs(20), "dead letters", || rows(&db, "SELECT count(*) FROM dead_letters") == 4);
     eventually(Duration::from_secs(20), "good row", || rows(&db, "SELECT count(*) FROM telemetry") == 1);
     assert_eq!(run.metric("iotpipe_messages_dead_lettered_total{reason=\"invalid_json\"}"), 1.0);
+    // `run` has no Kafka: its metrics say nothing about one.
+    let (_, metrics) = run.get("/metrics");
+    assert!(!metrics.contains("kafka_reachable"), "run reports a Kafka it does not have");
+    assert!(!metrics.contains("iotpipe_sink_records_consumed_total"));
+    assert!(metrics.contains("iotpipe_build_info{command=\"run\""));
+    assert_eq!(run.metric("iotpipe_sink_store_reachable"), 1.0);
     assert_eq!(run.get("/healthz").0, 200);
     // The dashboard's dead-letter list shows every one of them, whatever the payload.
     let (status, body) = run.get("/api/dead-letters");

@@ -223,16 +223,37 @@ fn poison_records_land_in_dead_letters_and_the_consumer_moves_on() {
             ("mqtt_topic", "mtic/msg/client/realtime/a/p".into()),
         ],
     ));
+    // Dead letters from some other producer, each with a reason of its own:
+    // stored with that text, but the metric's label stays in the fixed set.
+    for i in 0..5 {
+        records.push((
+            "iot-dead-letters".into(),
+            "x".into(),
+            b"{}".to_vec(),
+            vec![("reason", format!("made_up_reason_{i}")), ("error", "elsewhere".into())],
+        ));
+    }
     produce(&kafka.brokers(), records);
     let dir = tempfile::tempdir().unwrap();
     let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-poison", ""));
     eventually(Duration::from_secs(60), "good rows", || count(&url, "SELECT count(*) FROM telemetry") == 10);
-    eventually(Duration::from_secs(30), "dead letters", || count(&url, "SELECT count(*) FROM dead_letters") == 4);
-    let reasons = query(&url, "SELECT string_agg(reason, ',' ORDER BY reason) FROM dead_letters").unwrap();
+    eventually(Duration::from_secs(30), "dead letters", || count(&url, "SELECT count(*) FROM dead_letters") == 9);
+    let reasons = query(
+        &url,
+        "SELECT string_agg(reason, ',' ORDER BY reason) FROM dead_letters WHERE reason NOT LIKE 'made_up_reason_%'",
+    )
+    .unwrap();
     assert_eq!(reasons, "invalid_id,invalid_json,missing_tenant,undecodable");
+    assert_eq!(count(&url, "SELECT count(*) FROM dead_letters WHERE reason LIKE 'made_up_reason_%'"), 5);
     let raw = query(&url, "SELECT encode(payload, 'escape') FROM dead_letters WHERE reason = 'invalid_json'").unwrap();
     assert_eq!(raw, "{oops");
     assert_eq!(sink.metric("iotpipe_sink_dead_lettered_total{reason=\"missing_tenant\"}"), 1.0);
+    assert_eq!(sink.metric("iotpipe_sink_dead_lettered_total{reason=\"other\"}"), 5.0);
+    let (_, metrics) = sink.get("/metrics");
+    assert!(!metrics.contains("made_up_reason"), "a producer's reason text must not become a label value");
+    // Lag per topic is behind http.per_tenant_metrics (off here); the sum is always there.
+    assert!(!metrics.contains("iotpipe_sink_consumer_lag{"), "per-topic lag series without the switch");
+    assert!(metrics.contains("\niotpipe_sink_consumer_lag_records "));
 }
 
 #[test]

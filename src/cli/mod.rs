@@ -78,18 +78,18 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bridge { config } => with_config(config, |cfg| {
-            single_thread_runtime()?.block_on(async move {
+            block_on(single_thread_runtime()?, async move {
                 crate::pipeline::mqtt_kafka::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
         Command::Sink { config } => with_config(config, |cfg| {
-            runtime()?.block_on(async move {
+            block_on(runtime()?, async move {
                 crate::pipeline::kafka_store::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
         Command::Run { config } => with_config_defaults(config, RUN_DEFAULTS, |cfg| {
             let token = cfg.http.token.clone();
-            single_thread_runtime()?.block_on(async move {
+            block_on(single_thread_runtime()?, async move {
                 crate::pipeline::mqtt_store::run(cfg, shutdown_signal(), Some(crate::http::ui::routes(token)))
                     .await
                     .map_err(|e| e.to_string())
@@ -99,7 +99,7 @@ pub fn main() -> ExitCode {
             init_logging("info,rumqttd=warn,rumqttc=warn", LogFormat::Text);
             crate::mqtt::install_crypto_provider();
             let res = single_thread_runtime()
-                .and_then(|rt| rt.block_on(crate::demo::run(args, shutdown_signal())).map_err(|e| e.to_string()));
+                .and_then(|rt| block_on(rt, crate::demo::run(args, shutdown_signal())).map_err(|e| e.to_string()));
             finish(res)
         }
         Command::Check { config, command, offline } => check::main(config, command, offline),
@@ -178,6 +178,15 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Run `fut` to completion, then stop the runtime without waiting on calls
+/// still blocking its pool (a Kafka metadata probe against a stalled broker
+/// would otherwise hold the exit for seconds after the pipeline is done).
+fn block_on<T>(rt: tokio::runtime::Runtime, fut: impl std::future::Future<Output = T>) -> T {
+    let out = rt.block_on(fut);
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    out
 }
 
 /// The bridge's own work is light next to librdkafka's threads; one runtime

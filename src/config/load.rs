@@ -85,7 +85,7 @@ fn load_layers(
         let key = e.path().to_string();
         let origin = origins.get(&key).map(|v| format!(" (from {v})")).unwrap_or_default();
         let key = if key == "." { "(top level)".to_string() } else { key };
-        ConfigError::Key { key, origin, message: e.into_inner().to_string() }
+        ConfigError::Key { key, origin, message: first_line(&e.into_inner().to_string()) }
     })?;
     let with_origin = |e: ConfigError| match e {
         ConfigError::Key { key, origin, message } if origin.is_empty() => {
@@ -169,6 +169,12 @@ fn set_path(root: &mut Value, path: &[String], value: Value) -> Result<(), Strin
         cur = table.entry(part.clone()).or_insert_with(|| Value::Table(toml::Table::new()));
     }
     Ok(())
+}
+
+/// The deserializer's message without the `in <key>` line it may append
+/// (the key is reported separately): errors stay on one line.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or("").trim().to_string()
 }
 
 fn resolve_secret_files(config: &mut Config) -> Result<(), ConfigError> {

@@ -6,7 +6,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
 pub enum Failure {
     /// Kafka is slow, down or electing a leader: send again, keep the ack back.
     Retry,
-    /// The producer hit a fatal error (idempotence state lost): recreate it, then send again.
+    /// The producer is stuck (a fatal error, or the broker fenced its
+    /// idempotence state): recreate it, then send again.
     Fatal,
     /// Kafka will never take this record (too large, invalid): dead-letter it.
     Reject,
@@ -18,7 +19,9 @@ pub fn classify(e: &KafkaError) -> Failure {
         _ => return Failure::Retry,
     };
     match code {
-        C::Fatal => Failure::Fatal,
+        // A fenced or forgotten producer id never recovers by itself: with
+        // the same producer every retry fails the same way.
+        C::Fatal | C::ProducerFenced | C::InvalidProducerEpoch | C::InvalidProducerIdMapping => Failure::Fatal,
         C::MessageSizeTooLarge
         | C::InvalidMessageSize
         | C::InvalidMessage
@@ -45,6 +48,8 @@ mod tests {
         assert_eq!(classify(&KafkaError::MessageProduction(C::MessageSizeTooLarge)), Failure::Reject);
         assert_eq!(classify(&KafkaError::MessageProduction(C::InvalidRecord)), Failure::Reject);
         assert_eq!(classify(&KafkaError::MessageProduction(C::Fatal)), Failure::Fatal);
+        assert_eq!(classify(&KafkaError::MessageProduction(C::ProducerFenced)), Failure::Fatal);
+        assert_eq!(classify(&KafkaError::MessageProduction(C::InvalidProducerEpoch)), Failure::Fatal);
         assert_eq!(classify(&KafkaError::Canceled), Failure::Retry);
     }
 }

@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, watch};
 /// Longest wait before a failed delivery is sent again.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Shortest time between two recreations of the producer.
+const RECREATE_PAUSE: Duration = Duration::from_secs(5);
+
 /// Shortest time given to outstanding deliveries once told to stop.
 const MIN_FLUSH: Duration = Duration::from_millis(500);
 
@@ -38,6 +41,8 @@ pub struct Forwarder {
     pub topics: TopicRequests,
     /// How long outstanding deliveries may take once told to stop.
     pub flush_within: Duration,
+    /// When the producer was last recreated.
+    pub recreated_at: Option<Instant>,
 }
 
 /// Failed deliveries waiting for their backoff, soonest first. Holds at most
@@ -135,6 +140,23 @@ impl Forwarder {
         }
     }
 
+    /// Replace a stuck producer, at most once per `RECREATE_PAUSE` (every
+    /// record it held fails with the same error; one new producer is enough).
+    /// What the old one still held comes back as failed deliveries and is
+    /// sent again.
+    fn recreate_producer(&mut self, error: &rdkafka::error::KafkaError) {
+        if self.recreated_at.is_some_and(|at| at.elapsed() < RECREATE_PAUSE) {
+            return;
+        }
+        self.recreated_at = Some(Instant::now());
+        let reason = self.producer.fatal_error().unwrap_or_else(|| error.to_string());
+        tracing::error!(error = reason, "Kafka producer is stuck; recreating it.");
+        self.metrics.kafka_producer_restarts.fetch_add(1, Relaxed);
+        if let Err(e) = self.producer.recreate() {
+            tracing::error!(%e, "Could not recreate the Kafka producer.");
+        }
+    }
+
     fn handle_report(&mut self, report: Delivery, retries: &mut Retries) {
         match report {
             Delivery::Delivered(p) => {
@@ -149,13 +171,7 @@ impl Forwarder {
                 }
                 kind => {
                     if kind == Failure::Fatal {
-                        if let Some(fatal) = self.producer.fatal_error() {
-                            tracing::error!(error = fatal, "Kafka producer hit a fatal error; recreating it.");
-                            self.metrics.kafka_producer_restarts.fetch_add(1, Relaxed);
-                            if let Err(e) = self.producer.recreate() {
-                                tracing::error!(%e, "Could not recreate the Kafka producer.");
-                            }
-                        }
+                        self.recreate_producer(&error);
                     } else if kind == Failure::Reject {
                         tracing::error!(topic = p.out.topic, %error, "Kafka rejected a dead letter; retrying it (it is never dropped).");
                     }

@@ -88,6 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: metrics.clone(),
         topics,
         flush_within: config.bridge.grace_period.get(),
+        recreated_at: None,
     };
     tasks.finishing("kafka-forwarder", forwarder.run(inbound, signals.stop()));
 

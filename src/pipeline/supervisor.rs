@@ -23,9 +23,9 @@ use super::PipelineError;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
 
 /// How often the supervisor ticks: the MQTT ack retry interval.
 pub const TICK: Duration = Duration::from_millis(5);

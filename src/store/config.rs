@@ -14,6 +14,21 @@ const INFLUX_DEFAULT_PORT: u16 = 8086;
 /// hour, and a day partition would be dropped as soon as it was made.
 const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
+/// Whether `telemetry` becomes a TimescaleDB hypertable on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimescaleMode {
+    /// When the server offers the extension and preloads it
+    /// (`shared_preload_libraries`); otherwise daily partitions, with a warning
+    /// when the extension is there but not preloaded.
+    #[default]
+    Auto,
+    /// Required: refuse to start without it.
+    On,
+    /// Never: daily partitions managed by iotpipe.
+    Off,
+}
+
 /// Where and how telemetry is stored.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,6 +59,9 @@ pub struct StoreConfig {
     pub write_timeout: HumanDuration,
     /// Longest time to open a connection (TCP, TLS and authentication).
     pub connect_timeout: HumanDuration,
+    /// PostgreSQL only: `"auto"`, `"on"` or `"off"` (see [`TimescaleMode`]).
+    /// Decides only when the schema is first created.
+    pub timescaledb: TimescaleMode,
 }
 
 impl Default for StoreConfig {
@@ -58,6 +76,7 @@ impl Default for StoreConfig {
             password_file: None,
             write_timeout: HumanDuration::secs(30),
             connect_timeout: HumanDuration::secs(10),
+            timescaledb: TimescaleMode::Auto,
         }
     }
 }

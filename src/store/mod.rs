@@ -22,7 +22,7 @@ pub mod sqlite;
 pub mod time_rule;
 mod tls;
 
-pub use config::{InfluxUrl, StoreConfig, StoreUrl};
+pub use config::{InfluxUrl, StoreConfig, StoreUrl, TimescaleMode};
 pub use error::StoreError;
 pub use query::QueryHandle;
 

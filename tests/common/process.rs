@@ -74,6 +74,24 @@ impl Iotpipe {
         }
     }
 
+    /// Wait for the process to exit by itself (SIGKILL after `within`); its
+    /// exit code (`None` if it had to be killed) and how long it took.
+    pub fn wait_exit(&mut self, within: Duration) -> (Option<i32>, Duration) {
+        let mut c = self.child.take().unwrap_or_else(|| panic!("iotpipe {} is not running", self.command));
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (status.code(), start.elapsed());
+            }
+            if start.elapsed() > within {
+                let _ = c.kill();
+                let _ = c.wait();
+                return (None, start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait; returns the exit code and how long the exit took.
     pub fn terminate(&mut self, within: Duration) -> (Option<i32>, Duration) {
         let mut c = self.child.take().unwrap_or_else(|| panic!("iotpipe {} is not running", self.command));

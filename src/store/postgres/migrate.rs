@@ -3,7 +3,7 @@
 //! start together take turns) and recorded in `iotpipe_schema_migrations`.
 
 use super::timescale;
-use crate::store::StoreError;
+use crate::store::{StoreError, TimescaleMode};
 use tokio_postgres::{Client, Transaction};
 
 /// Advisory lock key of migrations ("iotpipe" + 1); per database.
@@ -58,7 +58,7 @@ pub enum Flavor {
 }
 
 /// Apply what is missing; returns how `telemetry` is stored.
-pub async fn run(client: &mut Client, store: &str) -> Result<Flavor, StoreError> {
+pub async fn run(client: &mut Client, store: &str, mode: TimescaleMode) -> Result<Flavor, StoreError> {
     for m in MIGRATIONS {
         let mut tx = client.transaction().await.map_err(|e| StoreError::pg("begin migration", e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -74,7 +74,7 @@ pub async fn run(client: &mut Client, store: &str) -> Result<Flavor, StoreError>
             continue;
         }
         let sql = match m.hypertable_sql {
-            Some(h) if use_hypertable(&mut tx, store).await? => h,
+            Some(h) if use_hypertable(&mut tx, store, mode).await? => h,
             _ => m.sql,
         };
         let context = format!("migration {}", m.name);
@@ -89,12 +89,48 @@ pub async fn run(client: &mut Client, store: &str) -> Result<Flavor, StoreError>
 }
 
 /// On a fresh schema: TimescaleDB if the extension is installed, or is
-/// available and can be created; otherwise plain partitions.
-async fn use_hypertable(tx: &mut Transaction<'_>, store: &str) -> Result<bool, StoreError> {
+/// available, preloaded and can be created; otherwise plain partitions.
+/// `store.timescaledb = "on"` turns every "otherwise" into an error.
+///
+/// The preload is checked first because `CREATE EXTENSION` on a server that
+/// does not preload the library ends the connection (FATAL "extension
+/// timescaledb must be preloaded"), which would hide the reason behind a
+/// lost connection and a retry loop.
+async fn use_hypertable(tx: &mut Transaction<'_>, store: &str, mode: TimescaleMode) -> Result<bool, StoreError> {
+    let refuse = |why: &str| {
+        StoreError::config(
+            "timescaledb",
+            format!("is \"on\" but {why}; set store.timescaledb = \"auto\" to use daily partitions instead"),
+        )
+    };
+    if mode == TimescaleMode::Off {
+        return Ok(false);
+    }
     if query_bool(tx, timescale::INSTALLED_SQL).await? {
         return Ok(true);
     }
     if !query_bool(tx, timescale::AVAILABLE_SQL).await? {
+        return match mode {
+            TimescaleMode::On => Err(refuse("the server does not offer the timescaledb extension")),
+            _ => Ok(false),
+        };
+    }
+    let preload: String = tx
+        .query_one(timescale::PRELOAD_SQL, &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| StoreError::pg("read shared_preload_libraries", e))?;
+    if !timescale::preloads_timescaledb(&preload) {
+        let why = "the server has the timescaledb extension but does not preload it: add timescaledb to \
+                   shared_preload_libraries in postgresql.conf and restart PostgreSQL";
+        if mode == TimescaleMode::On {
+            return Err(refuse(why));
+        }
+        tracing::warn!(
+            store,
+            shared_preload_libraries = preload,
+            "TimescaleDB not used: {why}. Using daily partitions."
+        );
         return Ok(false);
     }
     let sp = tx.savepoint("timescaledb").await.map_err(|e| StoreError::pg("savepoint", e))?;
@@ -107,6 +143,9 @@ async fn use_hypertable(tx: &mut Transaction<'_>, store: &str) -> Result<bool, S
         Err(e) => {
             let error = StoreError::pg("create extension timescaledb", e);
             sp.rollback().await.map_err(|e| StoreError::pg("rollback savepoint", e))?;
+            if mode == TimescaleMode::On {
+                return Err(refuse(&error.to_string()));
+            }
             tracing::warn!(store, %error, "TimescaleDB is available but cannot be created; using daily partitions.");
             Ok(false)
         }

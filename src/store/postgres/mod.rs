@@ -75,7 +75,7 @@ impl PostgresStore {
         let mut client = target.open_creating(cfg.create_database).await?;
         let write_timeout = cfg.write_timeout.get();
         let setup = async {
-            let flavor = migrate::run(&mut client, &target.describe).await?;
+            let flavor = migrate::run(&mut client, &target.describe, cfg.timescaledb).await?;
             let mut known_days = BTreeSet::new();
             match flavor {
                 Flavor::Partitioned => {
@@ -83,9 +83,16 @@ impl PostgresStore {
                     ensure_partitions(&mut client, &mut known_days, &days).await?;
                 }
                 Flavor::Hypertable => {
+                    // Under the migration lock: two sinks starting at once
+                    // would otherwise both remove and both add the policy.
+                    let tx = client.transaction().await.map_err(|e| StoreError::pg("begin", e))?;
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migrate::MIGRATION_LOCK])
+                        .await
+                        .map_err(|e| StoreError::pg("take the migration lock", e))?;
                     for sql in timescale::retention_policy_sql(cfg.retention.get()) {
-                        client.batch_execute(&sql).await.map_err(|e| StoreError::pg("set the retention policy", e))?;
+                        tx.batch_execute(&sql).await.map_err(|e| StoreError::pg("set the retention policy", e))?;
                     }
+                    tx.commit().await.map_err(|e| StoreError::pg("set the retention policy", e))?;
                 }
             }
             Ok::<_, StoreError>((flavor, known_days))

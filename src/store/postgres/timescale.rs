@@ -15,6 +15,18 @@ pub const INSTALLED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE
 /// Installs the extension (needs the right to, and `shared_preload_libraries`).
 pub const CREATE_EXTENSION_SQL: &str = "CREATE EXTENSION IF NOT EXISTS timescaledb";
 
+/// The server's `shared_preload_libraries`.
+pub const PRELOAD_SQL: &str = "SELECT current_setting('shared_preload_libraries')";
+
+/// Whether a `shared_preload_libraries` value loads TimescaleDB (the
+/// library may be named with its version, `timescaledb-2.28.3`).
+pub fn preloads_timescaledb(setting: &str) -> bool {
+    setting.split(',').map(|lib| lib.trim().trim_matches('"').trim_matches('\'')).any(|lib| {
+        let name = lib.rsplit('/').next().unwrap_or(lib);
+        name == "timescaledb" || name.starts_with("timescaledb-")
+    })
+}
+
 /// An interval literal of whole seconds (at least one).
 pub fn interval(d: Duration) -> String {
     format!("INTERVAL '{} seconds'", d.as_secs().max(1))
@@ -40,6 +52,17 @@ mod tests {
     use super::*;
 
     const HYPERTABLE_MIGRATION: &str = include_str!("sql/0001_telemetry.hypertable.sql");
+
+    #[test]
+    fn the_preload_setting_is_read_like_the_server_reads_it() {
+        assert!(preloads_timescaledb("timescaledb"));
+        assert!(preloads_timescaledb("pg_stat_statements, timescaledb"));
+        assert!(preloads_timescaledb("'timescaledb'"));
+        assert!(preloads_timescaledb("\"timescaledb-2.28.3\""));
+        assert!(!preloads_timescaledb(""));
+        assert!(!preloads_timescaledb("pg_stat_statements"));
+        assert!(!preloads_timescaledb("timescaledb_toolkit"));
+    }
 
     #[test]
     fn retention_policy_replaces_the_old_one() {
