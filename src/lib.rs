@@ -11,6 +11,7 @@ pub mod journal;
 pub mod kafka;
 pub mod mqtt;
 pub mod pipeline;
+pub mod pipeline_config;
 pub mod record;
 pub mod route;
 pub mod simulate;

@@ -3,8 +3,9 @@
 //!
 //! This module only assembles: each section's type, defaults, validation and
 //! secrets belong to the component that uses it (`mqtt`, `route`, `kafka`,
-//! `store`, `journal`, `http`, `pipeline`, `telemetry`). Nothing below this
-//! module imports it back.
+//! `store`, `journal`, `http`, `pipeline_config`, `telemetry`). None of them
+//! imports this module back; only `cli`, `demo` and `pipeline` (the wiring)
+//! read the assembled [`Config`].
 
 mod load;
 pub mod validate;
@@ -16,7 +17,7 @@ pub use crate::http::HttpConfig;
 pub use crate::journal::JournalConfig;
 pub use crate::kafka::KafkaConfig;
 pub use crate::mqtt::{MqttConfig, MqttVersion, Qos};
-pub use crate::pipeline::{BridgeConfig, SinkConfig};
+pub use crate::pipeline_config::{BridgeConfig, SinkConfig};
 pub use crate::route::{PayloadFormat, RouteConfig};
 pub use crate::store::StoreConfig;
 pub use crate::telemetry::{LogConfig, LogFormat};

@@ -115,13 +115,17 @@ impl BatchWriter {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), PipelineError> {
         let mut writing: FuturesOrdered<tokio::task::JoinHandle<Committed>> = FuturesOrdered::new();
+        // The same writes, to abort what is left when told to stop.
+        let mut aborts: std::collections::VecDeque<tokio::task::AbortHandle> = Default::default();
         let mut next: Option<DecodedBatch> = None;
         let mut draining = false;
         let mut failure = None;
         loop {
             if !draining && next.is_some() && !self.pool.is_empty() {
                 if let (Some(store), Some(batch)) = (self.pool.pop(), next.take()) {
-                    writing.push_back(tokio::spawn(write_one(store, batch, self.context())));
+                    let write = tokio::spawn(write_one(store, batch, self.context()));
+                    aborts.push_back(write.abort_handle());
+                    writing.push_back(write);
                 }
             }
             if draining && writing.is_empty() {
@@ -134,6 +138,7 @@ impl BatchWriter {
                 // nothing is lost when another branch wins.
                 Some(done) = writing.next(), if !writing.is_empty() => match done {
                     Ok(c) => {
+                        aborts.pop_front();
                         self.metrics.on_batch(c.written.inserted, c.written.duplicates, c.started.elapsed());
                         self.consumer.store_offsets(&c.offsets);
                         self.pool.push(c.store);
@@ -150,6 +155,10 @@ impl BatchWriter {
                     None => draining = true,
                 },
             }
+        }
+        // Writes not finished by now roll back; their records are re-read next time.
+        for write in aborts {
+            write.abort();
         }
         writing.clear();
         self.consumer.commit_now();

@@ -9,7 +9,6 @@
 //! decoding ([`decode`]) and one way to run and stop their tasks
 //! ([`supervisor`]).
 
-mod config;
 pub mod decode;
 mod ingress;
 mod journal_stage;
@@ -20,7 +19,7 @@ pub mod mqtt_store;
 mod store_writer;
 pub mod supervisor;
 
-pub use config::{BridgeConfig, SinkConfig};
+pub use crate::pipeline_config::{BridgeConfig, SinkConfig};
 
 /// Why a pipeline could not start, or why it ended.
 #[derive(Debug, thiserror::Error)]

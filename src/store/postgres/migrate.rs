@@ -59,6 +59,7 @@ pub enum Flavor {
 
 /// Apply what is missing; returns how `telemetry` is stored.
 pub async fn run(client: &mut Client, store: &str, mode: TimescaleMode) -> Result<Flavor, StoreError> {
+    check_loaded(client).await?;
     for m in MIGRATIONS {
         let mut tx = client.transaction().await.map_err(|e| StoreError::pg("begin migration", e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -155,6 +156,34 @@ async fn use_hypertable(tx: &mut Transaction<'_>, store: &str, mode: TimescaleMo
 async fn query_bool(tx: &Transaction<'_>, sql: &str) -> Result<bool, StoreError> {
     let row = tx.query_one(sql, &[]).await.map_err(|e| StoreError::pg("inspect extensions", e))?;
     row.try_get(0).map_err(|e| StoreError::pg("inspect extensions", e))
+}
+
+/// The extension exists in this database but the server does not load the
+/// library: reading and writing the hypertable now would lose rows.
+pub async fn check_loaded(client: &Client) -> Result<(), StoreError> {
+    let installed = client
+        .query_one(timescale::INSTALLED_SQL, &[])
+        .await
+        .and_then(|r| r.try_get::<_, bool>(0))
+        .map_err(|e| StoreError::pg("inspect extensions", e))?;
+    if !installed {
+        return Ok(());
+    }
+    let loaded = client
+        .query_one(timescale::LOADED_SQL, &[])
+        .await
+        .and_then(|r| r.try_get::<_, bool>(0))
+        .map_err(|e| StoreError::pg("inspect the timescaledb library", e))?;
+    if loaded {
+        Ok(())
+    } else {
+        Err(StoreError::config(
+            "url",
+            "the database has the timescaledb extension but the server does not preload the library: add \
+             timescaledb to shared_preload_libraries in postgresql.conf and restart PostgreSQL (without it, \
+             compressed rows are invisible and new rows are lost to the hypertable)",
+        ))
+    }
 }
 
 /// How the existing `telemetry` table is stored.

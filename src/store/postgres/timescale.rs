@@ -15,6 +15,13 @@ pub const INSTALLED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE
 /// Installs the extension (needs the right to, and `shared_preload_libraries`).
 pub const CREATE_EXTENSION_SQL: &str = "CREATE EXTENSION IF NOT EXISTS timescaledb";
 
+/// Whether the TimescaleDB library is loaded in this session: its
+/// `timescaledb.license` setting exists only then. A database where the
+/// extension was created on a server that no longer preloads it silently
+/// leaves out compressed rows and files new rows where the hypertable does
+/// not see them, so that case is refused.
+pub const LOADED_SQL: &str = "SELECT current_setting('timescaledb.license', true) IS NOT NULL";
+
 /// The server's `shared_preload_libraries`.
 pub const PRELOAD_SQL: &str = "SELECT current_setting('shared_preload_libraries')";
 

@@ -1,6 +1,10 @@
 //! The pipelines' own sections: `[bridge]` (shutdown of the MQTT side, shared
 //! by `bridge` and `run`) and `[sink]` (the consumer group, batching and
 //! writers of `sink`; `run` takes its batch size from it too).
+//!
+//! They live beside `pipeline/`, not in it: the pipelines read the assembled
+//! `config::Config`, which is built from these, and `config` must not import
+//! a module that imports it back.
 
 use crate::kafka::ConsumerSettings;
 use crate::units::{ByteSize, HumanDuration, KeyError};
