@@ -9,11 +9,10 @@
 
 use super::decode::{decode, Decoded};
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext, Written};
-use super::supervisor::{supervise, until_set, Plan, Signals, Tasks};
+use super::supervisor::{serve_http, supervise, until_set, Plan, Signals, Tasks};
 use super::PipelineError;
 use crate::config::Config;
 use crate::health::{Health, Parts};
-use crate::http::Server;
 use crate::kafka::{run_probe, GroupConsumer, KafkaRecord, NextOffset};
 use crate::record::now_ms;
 use crate::store::{DeadLetterRow, Store, StoreRow};
@@ -39,12 +38,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     let mut tasks = Tasks::new();
     let signals = Signals::default();
-    if !config.http.listen.is_empty() {
-        let server = Server::bind(&config.http.listen, exposition, health.clone(), axum::Router::new())
-            .await
-            .map_err(|source| PipelineError::Http { listen: config.http.listen.clone(), source })?;
-        tasks.background("http", async move { server.serve().await.map_err(PipelineError::HttpServe) });
-    }
+    serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), axum::Router::new()).await?;
     tasks.background("kafka-probe", run_probe(config.kafka.clone(), health.clone()));
 
     // One connection per writer; the first proves the store works.

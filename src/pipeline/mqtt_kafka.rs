@@ -9,11 +9,10 @@
 use super::ingress::Ingress;
 use super::journal_stage::{self, Completion, JournalAcks, Window};
 use super::kafka_forwarder::Forwarder;
-use super::supervisor::{supervise, Plan, Signals, Tasks};
+use super::supervisor::{serve_http, supervise, Plan, Signals, Tasks};
 use super::PipelineError;
 use crate::config::Config;
 use crate::health::{Health, Parts};
-use crate::http::Server;
 use crate::kafka::{run_probe, run_topic_creator, Producer, TopicAdmin, TopicRequests};
 use crate::telemetry::{Exposition, MessageMetrics, ProcessInfo};
 use std::future::Future;
@@ -44,12 +43,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let mut tasks = Tasks::new();
     let signals = Signals::default();
-    if !config.http.listen.is_empty() {
-        let server = Server::bind(&config.http.listen, exposition, health.clone(), axum::Router::new())
-            .await
-            .map_err(|source| PipelineError::Http { listen: config.http.listen.clone(), source })?;
-        tasks.background("http", async move { server.serve().await.map_err(PipelineError::HttpServe) });
-    }
+    serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), axum::Router::new()).await?;
     tasks.background("kafka-probe", run_probe(config.kafka.clone(), health.clone()));
     let (mut topics, topic_rx) = TopicRequests::channel();
     topics.request(router.dead_letter_topic());

@@ -12,12 +12,11 @@ use super::decode::{decode_from, Decoded};
 use super::ingress::Ingress;
 use super::journal_stage;
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext};
-use super::supervisor::{supervise, until_set, Plan, Signals, Tasks};
+use super::supervisor::{serve_http, supervise, until_set, Plan, Signals, Tasks};
 use super::PipelineError;
 use crate::config::Config;
 use crate::health::{Health, Parts};
 use crate::http::ui::{ExtraRoutes, UiState};
-use crate::http::Server;
 use crate::journal::{decode_inbound_shared, Journal, JournalError, Reader};
 use crate::kafka::KafkaRecord;
 use crate::record::{now_ms, DeadLetterReason};
@@ -63,10 +62,7 @@ pub async fn run(
             consumer: None,
             process: ProcessInfo::default(),
         });
-        let server = Server::bind(&config.http.listen, exposition, health.clone(), routes)
-            .await
-            .map_err(|source| PipelineError::Http { listen: config.http.listen.clone(), source })?;
-        tasks.background("http", async move { server.serve().await.map_err(PipelineError::HttpServe) });
+        serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), routes).await?;
     }
     tasks.background("retention", retention_task(config.store.clone(), store_metrics.clone()));
     tasks.background("journal-gauges", journal_stage::gauges(journal.clone(), None, metrics.clone()));

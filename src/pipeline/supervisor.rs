@@ -126,6 +126,25 @@ impl Tasks {
     }
 }
 
+/// Bind the HTTP endpoints now (a wrong or taken address stops start-up) and
+/// serve them as the background task `http`. An empty `listen` serves nothing.
+pub async fn serve_http(
+    tasks: &mut Tasks,
+    listen: &str,
+    metrics: std::sync::Arc<crate::telemetry::Exposition>,
+    health: std::sync::Arc<crate::health::Health>,
+    extra: axum::Router,
+) -> Result<(), PipelineError> {
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let server = crate::http::Server::bind(listen, metrics, health, extra)
+        .await
+        .map_err(|source| PipelineError::Http { listen: listen.to_string(), source })?;
+    tasks.background("http", async move { server.serve().await.map_err(PipelineError::HttpServe) });
+    Ok(())
+}
+
 /// What the supervisor needs to know of the pipeline it runs.
 pub struct Plan<D: Fn() -> bool, T: FnMut()> {
     /// Longest drain after the shutdown signal (or a failure).

@@ -94,20 +94,8 @@ impl Iotpipe {
 
     /// SIGTERM and wait; returns the exit code and how long the exit took.
     pub fn terminate(&mut self, within: Duration) -> (Option<i32>, Duration) {
-        let mut c = self.child.take().unwrap_or_else(|| panic!("iotpipe {} is not running", self.command));
-        let start = Instant::now();
-        signal(c.id(), "TERM");
-        loop {
-            if let Ok(Some(status)) = c.try_wait() {
-                return (status.code(), start.elapsed());
-            }
-            if start.elapsed() > within {
-                let _ = c.kill();
-                let _ = c.wait();
-                return (None, start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        signal(self.pid(), "TERM");
+        self.wait_exit(within)
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
