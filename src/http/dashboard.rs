@@ -15,7 +15,7 @@ const APP_CSS: &str = include_str!("../../assets/dashboard/app.css");
 const FAVICON_SVG: &str = include_str!("../../assets/dashboard/favicon.svg");
 
 /// Same origin only: no inline script or style, no third-party hosts, no
-/// framing. `scripts/dashboard_mock.py` sends the same policy.
+/// framing.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                        connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 

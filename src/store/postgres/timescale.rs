@@ -1,8 +1,8 @@
-//! TimescaleDB: when the extension is available, `telemetry` is a
-//! hypertable with daily chunks and TimescaleDB's own retention policy,
-//! instead of manual partitions. The SQL is generated here (pure); the
-//! extension cannot be installed on the project's test machines, so this
-//! text is what the unit tests check.
+//! TimescaleDB: when the extension is available and preloaded, `telemetry`
+//! is a hypertable with daily chunks and TimescaleDB's own retention policy,
+//! instead of manual partitions. The SQL is generated here (pure) and
+//! unit-tested as text; the store tests run it against a real TimescaleDB
+//! where one is installed (docs/storage.md).
 
 use std::time::Duration;
 
