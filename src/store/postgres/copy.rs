@@ -36,7 +36,7 @@ const INSERT_SQL: &str = "INSERT INTO telemetry \
 
 const DEAD_LETTER_SQL: &str = "INSERT INTO dead_letters \
     (source, received_at, reason, error, mqtt_topic, headers, payload) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source) DO NOTHING";
+    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
 
 /// PostgreSQL's timestamptz range in epoch milliseconds (4713 BC to 294276 AD).
 const PG_MIN_MS: i64 = -210_866_803_200_000;

@@ -23,7 +23,7 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append; never edit an applied one.
-pub const MIGRATIONS: [Migration; 3] = [
+pub const MIGRATIONS: [Migration; 4] = [
     Migration {
         version: 1,
         name: "0001_telemetry",
@@ -34,12 +34,18 @@ pub const MIGRATIONS: [Migration; 3] = [
         version: 2,
         name: "0002_dead_letters",
         sql: include_str!("sql/0002_dead_letters.sql"),
-        hypertable_sql: None,
+        hypertable_sql: Some(include_str!("sql/0002_dead_letters.hypertable.sql")),
     },
     Migration {
         version: 3,
         name: "0003_telemetry_numeric",
         sql: include_str!("sql/0003_telemetry_numeric.sql"),
+        hypertable_sql: None,
+    },
+    Migration {
+        version: 4,
+        name: "0004_numeric_fields",
+        sql: include_str!("sql/0004_numeric_fields.sql"),
         hypertable_sql: None,
     },
 ];
@@ -60,6 +66,9 @@ pub enum Flavor {
 /// Apply what is missing; returns how `telemetry` is stored.
 pub async fn run(client: &mut Client, store: &str, mode: TimescaleMode) -> Result<Flavor, StoreError> {
     check_loaded(client).await?;
+    // Decided once (by the first migration with a hypertable variant) and
+    // kept for the others: an existing telemetry table decides by its kind.
+    let mut hypertable: Option<bool> = None;
     for m in MIGRATIONS {
         let mut tx = client.transaction().await.map_err(|e| StoreError::pg("begin migration", e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -75,8 +84,22 @@ pub async fn run(client: &mut Client, store: &str, mode: TimescaleMode) -> Resul
             continue;
         }
         let sql = match m.hypertable_sql {
-            Some(h) if use_hypertable(&mut tx, store, mode).await? => h,
-            _ => m.sql,
+            Some(h) => {
+                let hyper = match hypertable {
+                    Some(known) => known,
+                    None => match existing_flavor(&tx).await? {
+                        Some(f) => f == Flavor::Hypertable,
+                        None => use_hypertable(&mut tx, store, mode).await?,
+                    },
+                };
+                hypertable = Some(hyper);
+                if hyper {
+                    h
+                } else {
+                    m.sql
+                }
+            }
+            None => m.sql,
         };
         let context = format!("migration {}", m.name);
         tx.batch_execute(sql).await.map_err(|e| StoreError::pg(context.clone(), e))?;
@@ -86,7 +109,33 @@ pub async fn run(client: &mut Client, store: &str, mode: TimescaleMode) -> Resul
         tx.commit().await.map_err(|e| StoreError::pg(context, e))?;
         tracing::info!(store, migration = m.name, "Applied schema migration.");
     }
-    detect(client).await
+    let flavor = detect(client).await?;
+    if flavor == Flavor::Partitioned && mode == TimescaleMode::On {
+        return Err(StoreError::config(
+            "timescaledb",
+            "is \"on\" but telemetry in this database is already partitioned by day (created without \
+             TimescaleDB); iotpipe does not convert an existing table: use a new database, or move the data \
+             yourself, or set store.timescaledb = \"auto\"",
+        ));
+    }
+    Ok(flavor)
+}
+
+/// How `telemetry` is stored, if it exists yet (inside the migration transaction).
+async fn existing_flavor(tx: &Transaction<'_>) -> Result<Option<Flavor>, StoreError> {
+    let row = tx
+        .query_opt("SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass('telemetry')", &[])
+        .await
+        .map_err(|e| StoreError::pg("inspect table telemetry", e))?;
+    let kind: Option<String> = match row {
+        Some(r) => r.try_get(0).map_err(|e| StoreError::pg("inspect table telemetry", e))?,
+        None => None,
+    };
+    Ok(match kind.as_deref() {
+        Some("p") => Some(Flavor::Partitioned),
+        Some(_) => Some(Flavor::Hypertable),
+        None => None,
+    })
 }
 
 /// On a fresh schema: TimescaleDB if the extension is installed, or is
@@ -251,5 +300,9 @@ mod tests {
         assert!(t.contains("(tenant_id, project_id, device_id, time DESC)"));
         assert!(MIGRATIONS[1].sql.contains("source      text        PRIMARY KEY"));
         assert!(MIGRATIONS[2].sql.contains("CREATE OR REPLACE VIEW telemetry_numeric"));
+        assert!(MIGRATIONS[3].sql.contains("CROSS JOIN LATERAL iotpipe_numeric_fields(t.payload)"));
+        let dead_hyper = MIGRATIONS[1].hypertable_sql.unwrap_or("");
+        assert!(dead_hyper.contains("PRIMARY KEY (received_at, source)"));
+        assert!(dead_hyper.contains("create_hypertable('dead_letters', 'received_at'"));
     }
 }

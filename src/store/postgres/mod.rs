@@ -23,6 +23,32 @@ use tokio_postgres::Client;
 /// Advisory lock key of partition changes ("iotpipe" + 2); per database.
 const PARTITION_LOCK: i64 = 0x696f_7470_6970_6502;
 
+/// Bring chunking, retention, compression and the rollup to what `cfg`
+/// says, in one transaction under the migration lock: two sinks starting at
+/// once would otherwise both remove and both add a policy.
+async fn apply_policies(client: &mut Client, cfg: &StoreConfig) -> Result<(), StoreError> {
+    let policies = timescale::Policies {
+        retention: cfg.retention.get(),
+        chunk_interval: cfg.chunk_interval.get(),
+        compress_after: cfg.compression.then(|| cfg.compress_after.get()),
+        rollup_bucket: cfg.rollup.then(|| cfg.rollup_bucket.get()),
+    };
+    let tx = client.transaction().await.map_err(|e| StoreError::pg("begin", e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migrate::MIGRATION_LOCK])
+        .await
+        .map_err(|e| StoreError::pg("take the migration lock", e))?;
+    let row = tx.query_one(timescale::FOUND_SQL, &[]).await.map_err(|e| StoreError::pg("inspect hypertables", e))?;
+    let found = timescale::Found {
+        compression_enabled: row.try_get(0).map_err(|e| StoreError::pg("inspect hypertables", e))?,
+        dead_letters_hypertable: row.try_get(1).map_err(|e| StoreError::pg("inspect hypertables", e))?,
+        rollup_exists: row.try_get(2).map_err(|e| StoreError::pg("inspect hypertables", e))?,
+    };
+    for sql in timescale::policy_sql(&policies, &found) {
+        tx.batch_execute(&sql).await.map_err(|e| StoreError::pg(format!("TimescaleDB setup: {sql}"), e))?;
+    }
+    tx.commit().await.map_err(|e| StoreError::pg("commit the TimescaleDB setup", e))
+}
+
 /// Connect (without creating the database) and read the schema version.
 pub async fn inspect(cfg: &StoreConfig, url: &str) -> Result<StoreStatus, StoreError> {
     let target = Target::new(cfg, url)?;
@@ -82,18 +108,7 @@ impl PostgresStore {
                     let days = partition::days_ahead(now_ms(), cfg.partitions_ahead);
                     ensure_partitions(&mut client, &mut known_days, &days).await?;
                 }
-                Flavor::Hypertable => {
-                    // Under the migration lock: two sinks starting at once
-                    // would otherwise both remove and both add the policy.
-                    let tx = client.transaction().await.map_err(|e| StoreError::pg("begin", e))?;
-                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migrate::MIGRATION_LOCK])
-                        .await
-                        .map_err(|e| StoreError::pg("take the migration lock", e))?;
-                    for sql in timescale::retention_policy_sql(cfg.retention.get()) {
-                        tx.batch_execute(&sql).await.map_err(|e| StoreError::pg("set the retention policy", e))?;
-                    }
-                    tx.commit().await.map_err(|e| StoreError::pg("set the retention policy", e))?;
-                }
+                Flavor::Hypertable => apply_policies(&mut client, cfg).await?,
             }
             Ok::<_, StoreError>((flavor, known_days))
         };
@@ -185,7 +200,7 @@ impl PostgresStore {
                 }
                 Flavor::Hypertable => {
                     for row in tx
-                        .query(&timescale::drop_chunks_sql(retention), &[])
+                        .query(&timescale::drop_chunks_sql("telemetry", retention), &[])
                         .await
                         .map_err(|e| StoreError::pg("drop chunks", e))?
                     {
@@ -193,6 +208,8 @@ impl PostgresStore {
                     }
                 }
             }
+            // A dead-letter hypertable (TimescaleDB) loses whole chunks to its
+            // policy; the DELETE then finds little, and catches the rest.
             out.dead_letters_deleted = tx
                 .execute("DELETE FROM dead_letters WHERE received_at < $1", &[&cutoff])
                 .await

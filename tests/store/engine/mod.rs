@@ -349,7 +349,9 @@ impl Engine {
     pub fn expected_schema(&self, retention_days: u64) -> Vec<String> {
         match self.kind {
             Kind::Sqlite => iotpipe::store::sqlite::migrate::MIGRATIONS.iter().map(|m| m.version.to_string()).collect(),
-            Kind::Postgres | Kind::Timescale => ["1", "2", "3"].map(String::from).to_vec(),
+            Kind::Postgres | Kind::Timescale => {
+                iotpipe::store::postgres::migrate::MIGRATIONS.iter().map(|m| m.version.to_string()).collect()
+            }
             Kind::Influx => vec![format!("iotpipe {}h0m0s default", retention_days * 24)],
         }
     }
