@@ -62,7 +62,8 @@ pub struct StoreConfig {
     /// PostgreSQL only: `"auto"`, `"on"` or `"off"` (see [`TimescaleMode`]).
     /// Decides only when the schema is first created.
     pub timescaledb: TimescaleMode,
-    /// TimescaleDB: the time one chunk of `telemetry` covers (new chunks).
+    /// TimescaleDB: the time one chunk of `telemetry` covers (new chunks);
+    /// a window shorter than this is used instead.
     pub chunk_interval: HumanDuration,
     /// TimescaleDB: compress chunks (segmented by tenant, project and device).
     pub compression: bool,
@@ -172,20 +173,19 @@ impl StoreConfig {
         if self.connect_timeout.get().is_zero() {
             return Err(StoreError::config("connect_timeout", "must be more than 0s"));
         }
-        if self.chunk_interval.get() < Duration::from_secs(60) || self.chunk_interval.get() > self.retention.get() {
-            return Err(StoreError::config(
-                "chunk_interval",
-                format!(
-                    "`{}` must be at least 1m and at most store.retention ({})",
-                    self.chunk_interval, self.retention
-                ),
-            ));
+        if self.chunk_interval.get() < Duration::from_secs(60) {
+            return Err(StoreError::config("chunk_interval", format!("`{}` must be at least 1m", self.chunk_interval)));
         }
         if self.compress_after.get() < Duration::from_secs(60) {
             return Err(StoreError::config("compress_after", "must be at least 1m"));
         }
-        if self.rollup_bucket.get() < Duration::from_secs(1) || self.rollup_bucket.get() > Duration::from_secs(86_400) {
-            return Err(StoreError::config("rollup_bucket", "must be between 1s and 1d"));
+        let bucket = self.rollup_bucket.get();
+        if bucket < Duration::from_secs(1) || bucket > Duration::from_secs(86_400) || bucket * 3 > self.retention.get()
+        {
+            return Err(StoreError::config(
+                "rollup_bucket",
+                format!("`{}` must be between 1s and 1d, and at most a third of store.retention", self.rollup_bucket),
+            ));
         }
         Ok(())
     }
@@ -372,6 +372,25 @@ mod tests {
         assert!(c.validate().is_ok());
         c.retention = HumanDuration::secs(60);
         assert!(c.validate().unwrap_err().to_string().starts_with("store.retention:"));
+        let key = |c: StoreConfig| match c.validate() {
+            Err(StoreError::Config { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            key(StoreConfig { chunk_interval: HumanDuration::secs(30), ..StoreConfig::default() }),
+            "chunk_interval"
+        );
+        assert_eq!(
+            key(StoreConfig { compress_after: HumanDuration::secs(0), ..StoreConfig::default() }),
+            "compress_after"
+        );
+        let long_bucket = StoreConfig {
+            retention: HumanDuration::secs(3600),
+            chunk_interval: HumanDuration::secs(600),
+            rollup_bucket: HumanDuration::secs(1800),
+            ..StoreConfig::default()
+        };
+        assert_eq!(key(long_bucket), "rollup_bucket");
     }
 
     #[test]

@@ -18,7 +18,19 @@ async fn run_jobs(db: &tokio_postgres::Client, proc: &str) -> usize {
         .expect("jobs");
     for j in &jobs {
         let id: i32 = j.get(0);
-        db.batch_execute(&format!("CALL run_job({id})")).await.unwrap_or_else(|e| panic!("run_job({id}) {proc}: {e}"));
+        // TimescaleDB's scheduler runs new jobs by itself within seconds; a
+        // refresh it has under way makes ours wait (55P03), not fail.
+        let mut attempts = 0;
+        loop {
+            match db.batch_execute(&format!("CALL run_job({id})")).await {
+                Ok(()) => break,
+                Err(e) if e.code().map(|c| c.code()) == Some("55P03") && attempts < 40 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("run_job({id}) {proc}: {e}"),
+            }
+        }
     }
     jobs.len()
 }

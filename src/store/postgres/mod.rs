@@ -29,7 +29,7 @@ const PARTITION_LOCK: i64 = 0x696f_7470_6970_6502;
 async fn apply_policies(client: &mut Client, cfg: &StoreConfig) -> Result<(), StoreError> {
     let policies = timescale::Policies {
         retention: cfg.retention.get(),
-        chunk_interval: cfg.chunk_interval.get(),
+        chunk_interval: cfg.chunk_interval.get().min(cfg.retention.get()),
         compress_after: cfg.compression.then(|| cfg.compress_after.get()),
         rollup_bucket: cfg.rollup.then(|| cfg.rollup_bucket.get()),
     };

@@ -107,6 +107,11 @@ pub fn policy_sql(p: &Policies, found: &Found) -> Vec<String> {
             if !found.rollup_exists {
                 sql.push(create_rollup_sql(bucket));
             }
+            // Dashboards ask for one device and field over a time range.
+            sql.push(format!(
+                "CREATE INDEX IF NOT EXISTS {ROLLUP}_device_idx ON {ROLLUP} \
+                 (tenant_id, project_id, device_id, field, bucket DESC)"
+            ));
             // Refresh the last day (late data) up to the last whole bucket;
             // the raw chunks must still be there for what is refreshed.
             let start = Duration::from_secs(86_400).min(p.retention / 2).max(bucket * 3);
