@@ -40,9 +40,7 @@ pub fn writer(path: &Path, create: bool, busy_timeout: Duration) -> Result<Conne
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::sqlite(format!("open {}{hint}", path.display()), e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| StoreError::sqlite("set busy_timeout", e))?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(|e| StoreError::sqlite("set journal_mode = WAL", e))?;
+    let mode = set_wal(&conn, busy_timeout)?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(path = %path.display(), mode, "SQLite refused WAL mode; readers will wait for writers.");
     }
@@ -53,6 +51,26 @@ pub fn writer(path: &Path, create: bool, busy_timeout: Duration) -> Result<Conne
     conn.execute_batch(&settings).map_err(|e| StoreError::sqlite("apply connection settings", e))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// `PRAGMA journal_mode = WAL`. Two connections switching a new file at the
+/// same moment can get SQLITE_BUSY without the busy handler being called
+/// (the change needs an exclusive lock), so it is tried again until
+/// `busy_timeout` is spent.
+fn set_wal(conn: &Connection, busy_timeout: Duration) -> Result<String, StoreError> {
+    let until = std::time::Instant::now() + busy_timeout;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(mode) => return Ok(mode),
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(StoreError::sqlite("set journal_mode = WAL", e)),
+        }
+    }
 }
 
 /// Open a read-only connection for dashboard queries. It never takes the
