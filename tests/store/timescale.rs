@@ -119,7 +119,8 @@ pub async fn compressed_chunks_keep_one_row_per_id(engine: &Engine) {
 
 pub async fn the_rollup_aggregates_the_numeric_fields(engine: &Engine) {
     let mut store = engine.connect(3).await;
-    let start = now_ms() - 30 * 60_000;
+    // Aligned to a minute so that 120 samples 10 s apart fill exactly 20 buckets.
+    let start = (now_ms() - 30 * 60_000) / 60_000 * 60_000;
     let rows: Vec<_> = (0..120)
         .map(|i| {
             let body = format!("{{\"temp\": {}, \"battery\": {{\"v\": 3.5}}, \"mode\": \"eco\"}}", i % 10);
