@@ -708,8 +708,8 @@ def metric_names(text):
             rest = text[i:].lstrip()
             if word in ("by", "without", "on", "ignoring", "group_left", "group_right"):
                 label_list = True
-            elif word.lower() in PROMQL_KEYWORDS or rest.startswith("("):
-                pass
+            elif word.lower() in PROMQL_KEYWORDS or rest.startswith("(") or re.match(r"(by|without)\b", rest):
+                pass  # keyword, function, or an aggregation followed by its label list
             elif re.match(r"\d", word) is None:
                 names.add(word)
         else:
