@@ -27,20 +27,31 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends prometheus >/dev/null
     ((made_policy == 0)) || rm -f "$policy"
 fi
-# A service the package may have started anyway (systemd machines): stop and disable it.
+# A service the package may have started anyway: stop and disable it (it is
+# not ours to run; the check starts a private server on a free port).
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
     say "stopping and disabling the system prometheus service"
     systemctl disable --now prometheus >/dev/null 2>&1 || true
+elif [[ -x /etc/init.d/prometheus ]] && service prometheus status >/dev/null 2>&1; then
+    say "stopping and disabling the system prometheus service"
+    service prometheus stop >/dev/null 2>&1 || true
+    update-rc.d prometheus disable >/dev/null 2>&1 || true
 fi
 
 # --- Python dependencies (PyYAML) in a cached dir ---------------------------
+if ! command -v python3 >/dev/null 2>&1; then
+    say "installing python3"
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends python3 >/dev/null
+fi
 state=${IOTPIPE_SERVICES_DIR:-$PWD/.services}
 pydir=$state/tools/observability-python
 if ! python3 -c 'import yaml' >/dev/null 2>&1; then
     if ! PYTHONPATH=$pydir python3 -c 'import yaml' >/dev/null 2>&1; then
         say "installing PyYAML into $pydir"
-        python3 -m pip --version >/dev/null 2>&1 || apt-get install -y -qq python3-pip >/dev/null
-        python3 -m pip install -q --disable-pip-version-check --target "$pydir" 'PyYAML==6.0.3'
+        python3 -m pip --version >/dev/null 2>&1 ||
+            apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends python3-pip >/dev/null || true
+        python3 -m pip install -q --disable-pip-version-check --target "$pydir" 'PyYAML==6.0.3' ||
+            apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends python3-yaml >/dev/null
     fi
     export PYTHONPATH=$pydir${PYTHONPATH:+:$PYTHONPATH}
 fi

@@ -1028,6 +1028,23 @@ def self_test_live(prom, dashboards, datasources, rules, scraped, st, influx, db
     p["targets"][0]["rawSql"] = p["targets"][0]["rawSql"].replace("GROUP BY 1, 2", "AND reason = 'nope' GROUP BY 1, 2")
     expect_caught("a SQL query that returns no rows", lambda: sql_dashboard_checks(
         "x", d["iotpipe-telemetry-postgres.json"], datasources, st.stores["postgres"]))
+    if "timescaledb" in st.stores:
+        # The 24h range must take the rollup branch and get rows from it, the 15m range the raw one.
+        for what, old, new in (("the rollup branch (TimescaleDB, long range)", "$__interval_ms >= 60000",
+                                "$__interval_ms >= 600000000"),
+                               ("the raw branch (TimescaleDB, short range)", "$__interval_ms < 60000",
+                                "$__interval_ms < 0")):
+            d = copy.deepcopy(dashboards)
+            p = next(p for p in all_panels(d["iotpipe-telemetry-timescaledb.json"]) if p["title"] == "Numeric fields")
+            assert old in p["targets"][0]["rawSql"]
+            p["targets"][0]["rawSql"] = p["targets"][0]["rawSql"].replace(old, new)
+            expect_caught(what, lambda: sql_dashboard_checks(
+                "x", d["iotpipe-telemetry-timescaledb.json"], datasources, st.stores["timescaledb"]))
+        d = copy.deepcopy(dashboards)
+        p = next(p for p in all_panels(d["iotpipe-telemetry-timescaledb.json"]) if p["title"] == "Numeric fields")
+        p["targets"][0]["rawSql"] = p["targets"][0]["rawSql"].replace("sum(avg * samples)", "sum(average * samples)")
+        expect_caught("a rollup column (TimescaleDB)", lambda: sql_dashboard_checks(
+            "x", d["iotpipe-telemetry-timescaledb.json"], datasources, st.stores["timescaledb"]))
     d = copy.deepcopy(dashboards)
     p = next(p for p in all_panels(d["iotpipe-telemetry-influxdb.json"]) if p["title"] == "Dead letters by reason")
     p["targets"][0]["query"] = p["targets"][0]["query"].replace('"dead_letters"', '"dead_letter"')
