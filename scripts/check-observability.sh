@@ -5,7 +5,7 @@
 # prometheus (Debian `prometheus`, its own service left stopped), PyYAML into
 # a cached dir, the test services (scripts/services.sh), and builds
 # target/release/iotpipe unless IOTPIPE_BIN names a binary.
-# Usage: scripts/check-observability.sh [--static] [--self-test] [--keep]
+# Usage: scripts/check-observability.sh [--static] [--no-self-test] [--keep] [--load-seconds N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -13,6 +13,14 @@ PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 say() { printf 'check-observability: %s\n' "$*" >&2; }
 start=$(date +%s)
+apt_updated=0
+apt_install() {
+    if ((apt_updated == 0)); then
+        apt-get -o DPkg::Lock::Timeout=300 update -qq
+        apt_updated=1
+    fi
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >/dev/null
+}
 
 # --- promtool and prometheus (Debian package) ------------------------------
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
@@ -23,8 +31,7 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
     fi
-    apt-get -o DPkg::Lock::Timeout=300 update -qq
-    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends prometheus >/dev/null
+    apt_install prometheus
     ((made_policy == 0)) || rm -f "$policy"
 fi
 # A service the package may have started anyway: stop and disable it (it is
@@ -38,10 +45,17 @@ elif [[ -x /etc/init.d/prometheus ]] && service prometheus status >/dev/null 2>&
     update-rc.d prometheus disable >/dev/null 2>&1 || true
 fi
 
+# --- kubectl, to render deploy/grafana/kustomization.yaml (Debian kubernetes-client) ---
+if ! command -v kubectl >/dev/null 2>&1; then
+    say "installing the Debian package kubernetes-client (kubectl kustomize)"
+    apt_install kubernetes-client ||
+        say "could not install kubernetes-client; the kustomize render is skipped"
+fi
+
 # --- Python dependencies (PyYAML) in a cached dir ---------------------------
 if ! command -v python3 >/dev/null 2>&1; then
     say "installing python3"
-    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends python3 >/dev/null
+    apt_install python3
 fi
 state=${IOTPIPE_SERVICES_DIR:-$PWD/.services}
 pydir=$state/tools/observability-python
@@ -49,9 +63,9 @@ if ! python3 -c 'import yaml' >/dev/null 2>&1; then
     if ! PYTHONPATH=$pydir python3 -c 'import yaml' >/dev/null 2>&1; then
         say "installing PyYAML into $pydir"
         python3 -m pip --version >/dev/null 2>&1 ||
-            apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends python3-pip >/dev/null || true
+            apt_install python3-pip || true
         python3 -m pip install -q --disable-pip-version-check --target "$pydir" 'PyYAML==6.0.3' ||
-            apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends python3-yaml >/dev/null
+            apt_install python3-yaml
     fi
     export PYTHONPATH=$pydir${PYTHONPATH:+:$PYTHONPATH}
 fi

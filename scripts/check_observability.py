@@ -22,9 +22,9 @@ and PyYAML). Stages:
              against InfluxDB.
 
 Exit status 1 with one FAIL line per problem. --static runs the first two
-stages only. --self-test also breaks copies of the artifacts on purpose
-(renamed metric, renamed column, unit test removed, unknown datasource uid)
-and fails unless each break is caught.
+stages only. Each stage then breaks copies of the artifacts on purpose
+(renamed metric, renamed column, unit test removed, unknown datasource uid,
+...) and fails unless each break is caught (--no-self-test skips that).
 """
 import argparse
 import copy
@@ -60,6 +60,8 @@ PG_BINDIR = os.environ.get("IOTPIPE_PG_BINDIR", "/usr/lib/postgresql/15/bin")
 # Grafana's own variables and macros (not dashboard variables).
 BUILTIN_VARS = {"__interval", "__interval_ms", "__rate_interval", "__range", "__range_s", "__range_ms",
                 "__from", "__to", "__dashboard", "__org", "__user", "timeFilter", "__timeFilter"}
+GRAFANA_PANELS = {"timeseries", "table", "stat", "gauge", "bargauge", "barchart", "piechart", "state-timeline",
+                  "status-history", "heatmap", "histogram", "text", "logs", "row"}
 # Metrics that exist only under a condition the check cannot create here; the
 # name must still be defined in src/telemetry (so a rename is caught), and a
 # query over them alone may be empty.
@@ -187,6 +189,8 @@ def check_dashboard(name, dash, datasources):
     for p in all_panels(dash):
         if p.get("type") == "row":
             continue
+        if p.get("type") not in GRAFANA_PANELS:
+            fail(f"{name}: panel {p.get('title')}: type {p.get('type')!r} is not a Grafana core panel")
         if "gridPos" not in p:
             fail(f"{name}: panel {p.get('title')}: no gridPos")
         ds_ok(f"panel {p.get('title')}", p.get("datasource"))
@@ -255,6 +259,7 @@ def static_checks(dashboards, datasources, rules, test_files):
     size = sum(os.path.getsize(os.path.join(GRAFANA, "dashboards", n)) for n in dashboards)
     if size > 900_000:
         fail(f"dashboards total {size} bytes: too close to the 1 MiB ConfigMap limit")
+    check_kustomize(dashboards)
     # Generated files.
     for path, text in observability_gen.outputs().items():
         old = open(path).read() if os.path.exists(path) else None
@@ -285,6 +290,34 @@ def static_checks(dashboards, datasources, rules, test_files):
     with open(os.path.join(REPO, "README.md")) as f:
         if "docs/observability.md" not in f.read():
             fail("README.md does not link docs/observability.md")
+
+
+def check_kustomize(dashboards):
+    """Renders deploy/grafana with `kubectl kustomize`: one ConfigMap, the sidecar label, every dashboard."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        say("SKIPPED: rendering deploy/grafana/kustomization.yaml (no kubectl); "
+            "apt-get install kubernetes-client to enable")
+        return
+    r = subprocess.run([kubectl, "kustomize", os.path.join(GRAFANA)], capture_output=True, text=True)
+    if r.returncode:
+        fail(f"kubectl kustomize deploy/grafana: {r.stderr.strip()}")
+        return
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    cms = [d for d in docs if d.get("kind") == "ConfigMap"]
+    if len(cms) != 1 or len(docs) != 1:
+        fail(f"kubectl kustomize deploy/grafana: expected one ConfigMap, got {[d.get('kind') for d in docs]}")
+        return
+    cm = cms[0]
+    if str(cm["metadata"].get("labels", {}).get("grafana_dashboard")) != "1":
+        fail("the rendered dashboards ConfigMap lacks the label grafana_dashboard: \"1\"")
+    data = cm.get("data", {})
+    if set(data) != set(dashboards):
+        fail(f"the rendered ConfigMap holds {sorted(data)}, dashboards are {sorted(dashboards)}")
+    for name, text in data.items():
+        if name in dashboards and json.loads(text) != dashboards[name]:
+            fail(f"the rendered ConfigMap's {name} differs from deploy/grafana/dashboards/{name}")
+    count("kustomize renders")
 
 
 def promtool_checks(test_files):
@@ -1057,7 +1090,8 @@ def self_test_live(prom, dashboards, datasources, rules, scraped, st, influx, db
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--static", action="store_true", help="static checks and promtool only (no services)")
-    ap.add_argument("--self-test", action="store_true", help="also check that deliberate breaks are caught")
+    ap.add_argument("--no-self-test", dest="self_test", action="store_false",
+                    help="skip breaking copies of the artifacts on purpose (each break must be caught)")
     ap.add_argument("--load-seconds", type=int, default=15, help="seconds of steady load while scraping")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     args = ap.parse_args()
