@@ -177,6 +177,14 @@ def check_dashboard(name, dash, datasources):
         if ref.get("type") and ref["type"] != want:
             fail(f"{name}: {where}: datasource type {ref['type']} but {ref['uid']} is {want}")
 
+    boxes = [(p.get("title"), p["gridPos"]) for p in dash.get("panels", []) if "gridPos" in p]
+    for i, (ta, a) in enumerate(boxes):
+        if a["x"] < 0 or a["w"] <= 0 or a["x"] + a["w"] > 24:
+            fail(f"{name}: panel {ta}: gridPos outside the 24 columns: {a}")
+        for tb, b in boxes[i + 1:]:
+            if (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"]
+                    and b["y"] < a["y"] + a["h"]):
+                fail(f"{name}: panels {ta} and {tb} overlap")
     for vname, v in variables.items():
         ds_ok(f"variable {vname}", v.get("datasource"))
         q = v.get("query")

@@ -170,7 +170,7 @@ def telemetry_sql(store):
             "ORDER BY 1")
         b.panel("timeseries", "Numeric fields", [sql_target(numeric)], w=24, h=10,
                 description="Average per interval of every selected numeric payload field. Ranges longer than about "
-                            f"{ROLLUP_MAX_DATA_POINTS} minutes (interval of 1m or more) read the continuous aggregate "
+                            "4 hours ($__interval of 1m or more) read the continuous aggregate "
                             "telemetry_numeric_rollup (materialized up to about two buckets ago), shorter ones the "
                             "raw view telemetry_numeric.",
                 extra={"maxDataPoints": ROLLUP_MAX_DATA_POINTS})
