@@ -46,7 +46,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
-from benchlib import BIN, REPO, free_port, metric, metrics, wait_port, wait_ready  # noqa: E402
+from benchlib import BIN, REPO, free_port, metrics, wait_port, wait_ready  # noqa: E402
 import observability_gen  # noqa: E402
 
 import yaml  # noqa: E402  (installed by check-observability.sh)
@@ -407,8 +407,6 @@ def interpolate(text, ctx, kind, variables):
         var = variables.get(name, {})
         is_all = ctx.values.get("__all__" + name, False)
         if is_all and var.get("allValue"):
-            if kind == "sql":
-                return var["allValue"]
             return var["allValue"]
         if fmt in ("sqlstring", "singlequote"):
             return ",".join(sql_quote(v) for v in vals)
@@ -942,11 +940,10 @@ def sql_dashboard_checks(name, dash, datasources, url):
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=1)
     for label, f, t in ranges(now):
         ctx = Ctx(f, t, 1000, {})
-        tsdb = {}
+        var_ds = datasources[dash["templating"]["list"][0]["datasource"]["uid"]]
 
-        def run_var(q, uid=None):
-            ds = datasources[dash["templating"]["list"][0]["datasource"]["uid"]]
-            sql = expand_sql_macros(q, ctx, ds.get("jsonData", {}).get("timescaledb", False))
+        def run_var(q):
+            sql = expand_sql_macros(q, ctx, var_ds.get("jsonData", {}).get("timescaledb", False))
             return [r[0] for r in psql(url, sql)]
 
         variables = resolve_variables(name, dash, datasources, ctx, run_var)
