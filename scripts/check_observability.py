@@ -9,7 +9,8 @@ and PyYAML). Stages:
              exist), generated files are up to date, PrometheusRule = rule
              file, every alert has a runbook anchor in docs/observability.md
              and a firing and a quiet unit test
-  promtool   promtool check rules, promtool test rules (every *_test.yaml)
+  promtool   promtool check rules, promtool test rules (every *_test.yaml),
+             promtool check config of the example prometheus.yml
   live       bridge (journal), sink -> PostgreSQL, sink -> InfluxDB,
              sink -> TimescaleDB (when IOTPIPE_TEST_TIMESCALE_URL is set) and
              run (SQLite) against private Mosquitto/Tansu and the test
@@ -332,6 +333,14 @@ def promtool_checks(test_files):
     r = subprocess.run(["promtool", "check", "rules", RULES], capture_output=True, text=True)
     if r.returncode:
         fail(f"promtool check rules:\n{r.stdout}{r.stderr}")
+    r = subprocess.run(["promtool", "check", "config", "prometheus.yml"], cwd=PROM_DIR, capture_output=True, text=True)
+    if r.returncode:
+        fail(f"promtool check config deploy/prometheus/prometheus.yml:\n{r.stdout}{r.stderr}")
+    with open(os.path.join(PROM_DIR, "prometheus.yml")) as f:
+        jobs = {j["job_name"] for j in yaml.safe_load(f)["scrape_configs"]}
+    for job in re.findall(r'job="([^"]+)"', open(RULES).read()):
+        if job not in jobs:
+            fail(f"iotpipe.rules.yaml matches job {job}, which deploy/prometheus/prometheus.yml does not scrape")
     for path in test_files:
         r = subprocess.run(["promtool", "test", "rules", os.path.basename(path)], cwd=os.path.dirname(path),
                            capture_output=True, text=True)
