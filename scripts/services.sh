@@ -23,6 +23,8 @@
 #   status  [SERVICE...]  one line per service; exit 1 if any is not running
 #   env                   print the env file written by `up`
 #   tools                 install the test tools that are not services:
+#                         Debian `stunnel4` (TLS in front of Tansu for the
+#                         Kafka TLS tests) and
 #                         Debian `chromium` for the dashboard test
 #
 # State lives in ${IOTPIPE_SERVICES_DIR:-<repo>/.services}:
@@ -799,6 +801,7 @@ cmd_tools() {
     local -a pkgs=()
     command -v chromium >/dev/null || [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
     command -v python3 >/dev/null || pkgs+=(python3)
+    command -v stunnel4 >/dev/null || [[ -x /usr/bin/stunnel4 ]] || pkgs+=(stunnel4)
     ((${#pkgs[@]} == 0)) && return 0
     init_state_dir
     take_lock

@@ -1,11 +1,12 @@
 //! `iotpipe check`: validate the config, then try exactly what the command
 //! it is for uses — MQTT and Kafka for `bridge`, Kafka and the store for
 //! `sink`, MQTT and the store for `run` (and the journal directory where
-//! there is one) — printing one line per check. Nothing is created or
+//! there is one) — printing one line per check; Kafka step by step (TCP,
+//! TLS handshake, authentication) so that a failure names its step. Nothing is created or
 //! changed: the store's schema version is read, not migrated.
 
 use crate::config::{self, Config};
-use crate::kafka::Prober;
+use crate::kafka::{Diagnosis, Prober, Step};
 use crate::mqtt::{connect, Event};
 use crate::store::Store;
 use std::collections::BTreeSet;
@@ -127,7 +128,7 @@ async fn run(cfg: &Config, target: Target) -> Vec<Check> {
         checks.push(Check { name: "mqtt", result: check_mqtt(cfg).await });
     }
     if target != Target::Run {
-        checks.push(Check { name: "kafka", result: check_kafka(cfg).await });
+        checks.extend(check_kafka(cfg).await);
     }
     if target != Target::Bridge {
         let result = Store::inspect(&cfg.store)
@@ -146,17 +147,69 @@ async fn run(cfg: &Config, target: Target) -> Vec<Check> {
     checks
 }
 
-async fn check_kafka(cfg: &Config) -> Result<String, String> {
-    let kafka = cfg.kafka.clone();
-    tokio::task::spawn_blocking(move || {
-        let prober = Prober::new(&kafka).map_err(|e| e.to_string())?;
-        prober
-            .check(Duration::from_secs(5))
-            .map(|n| format!("{} reachable, {n} broker(s)", kafka.brokers))
-            .map_err(|e| format!("{}: {e}", kafka.brokers))
+/// Kafka step by step: TCP to each bootstrap server, then a metadata
+/// request through librdkafka, whose failure names the TLS handshake or the
+/// authentication when that is where it stopped.
+async fn check_kafka(cfg: &Config) -> Vec<Check> {
+    let kafka = &cfg.kafka;
+    let mut checks = Vec::new();
+    let mut reachable = 0;
+    for server in kafka.brokers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let result = check_tcp(server).await;
+        reachable += usize::from(result.is_ok());
+        checks.push(Check { name: "kafka", result });
+    }
+    if reachable == 0 {
+        return checks;
+    }
+    let protocol = crate::kafka::protocol(&kafka.properties);
+    let tls = crate::kafka::uses_tls(&protocol);
+    let sasl = crate::kafka::uses_sasl(&protocol).then(|| {
+        let user = kafka.properties.get("sasl.username").map(|u| format!(" as `{u}`")).unwrap_or_default();
+        format!("SASL {}{user}", crate::kafka::mechanism(&kafka.properties))
+    });
+    let owned = kafka.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let prober = Prober::new(&owned).map_err(|e| Diagnosis { step: Step::Other, detail: e.to_string() })?;
+        prober.diagnose(Duration::from_secs(5))
     })
     .await
-    .unwrap_or_else(|e| Err(e.to_string()))
+    .unwrap_or_else(|e| Err(Diagnosis { step: Step::Other, detail: e.to_string() }));
+    let ca = kafka.properties.get("ssl.ca.location").map(String::as_str).unwrap_or("system roots");
+    let tls_ok = || Check { name: "kafka", result: Ok(format!("TLS handshake ok (CA: {ca})")) };
+    match outcome {
+        Ok(n) => {
+            if tls {
+                checks.push(tls_ok());
+            }
+            if let Some(s) = &sasl {
+                checks.push(Check { name: "kafka", result: Ok(format!("authentication ok ({s})")) });
+            }
+            checks.push(Check { name: "kafka", result: Ok(format!("{n} broker(s) answered ({protocol})")) });
+        }
+        Err(d) => {
+            if d.step == Step::Auth && tls {
+                checks.push(tls_ok());
+            }
+            let what = match (&d.step, &sasl) {
+                (Step::Auth, Some(s)) => format!("authentication failed ({s}): {}", d.detail),
+                _ => format!("{d} ({protocol})"),
+            };
+            checks.push(Check { name: "kafka", result: Err(what) });
+        }
+    }
+    checks
+}
+
+/// A TCP connection to one `host:port` (a `scheme://` prefix is ignored).
+async fn check_tcp(server: &str) -> Result<String, String> {
+    let addr = server.rsplit_once("://").map_or(server, |(_, a)| a);
+    let timeout = Duration::from_secs(3);
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(format!("TCP {addr} connected")),
+        Ok(Err(e)) => Err(format!("TCP connection to {addr} failed: {e}")),
+        Err(_) => Err(format!("TCP connection to {addr} failed: no answer within {timeout:?}")),
+    }
 }
 
 /// Connect with a throw-away clean session (a different client id, so the

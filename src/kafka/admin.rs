@@ -3,9 +3,9 @@
 //! away, and nothing on the message path may wait for it (the produce itself
 //! waits for the topic inside librdkafka, and is retried).
 
+use super::diagnosis::Reporting;
 use super::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use std::collections::BTreeSet;
 use std::collections::{HashMap, HashSet};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub struct TopicAdmin {
-    client: Option<AdminClient<DefaultClientContext>>,
+    client: Option<AdminClient<Reporting>>,
     known: HashSet<String>,
     /// Topics whose creation failed for a reason that may pass (Kafka down),
     /// with the time of the attempt: tried again after `RETRY_AFTER`.
@@ -32,7 +32,11 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl TopicAdmin {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        let client = if cfg.create_topics { Some(super::common_config(cfg).create()?) } else { None };
+        let client = if cfg.create_topics {
+            Some(super::common_config(cfg).create_with_context(Reporting::new("admin"))?)
+        } else {
+            None
+        };
         Ok(Self {
             client,
             known: HashSet::new(),

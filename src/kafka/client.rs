@@ -22,6 +22,7 @@ pub fn is_common_property(key: &str) -> bool {
 pub fn common_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers).set("log.connection.close", "false");
+    super::security::apply_defaults(&mut c, &cfg.properties);
     apply(&mut c, &cfg.properties, is_common_property);
     c
 }

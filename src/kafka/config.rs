@@ -81,7 +81,7 @@ impl KafkaConfig {
         if self.retention.get().as_millis() < 1 {
             return Err(KeyError::new("retention", "must be more than 0s"));
         }
-        Ok(())
+        super::security::validate(&self.properties, "properties")
     }
 
     /// Replace every `properties.<key>_file` by `<key>` holding the file's

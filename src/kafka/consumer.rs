@@ -2,10 +2,11 @@
 //! offsets stored after the database commit (`enable.auto.offset.store=false`)
 //! and committed by librdkafka, synchronously before partitions are revoked.
 
+use super::diagnosis::ErrorReporter;
 use super::KafkaConfig;
 use crate::telemetry::ConsumerMetrics;
 use bytes::Bytes;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -59,6 +60,7 @@ pub struct ConsumerSettings {
 
 pub struct Context {
     metrics: Arc<ConsumerMetrics>,
+    errors: ErrorReporter,
 }
 
 impl ClientContext for Context {
@@ -90,8 +92,12 @@ impl ClientContext for Context {
         self.metrics.set_lags(lags);
     }
 
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.errors.log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(%error, reason, "librdkafka reported an error.");
+        self.errors.error(&error, reason);
     }
 }
 
@@ -153,7 +159,8 @@ impl GroupConsumer {
             .set("fetch.queue.backoff.ms", "5")
             .set("topic.metadata.refresh.interval.ms", "10000");
         super::client::apply(&mut c, &settings.properties, |_| true);
-        let consumer: StreamConsumer<Context> = c.create_with_context(Context { metrics })?;
+        let consumer: StreamConsumer<Context> =
+            c.create_with_context(Context { metrics, errors: ErrorReporter::new("consumer") })?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         tracing::info!(?topics, group_id = settings.group_id, "Subscribed to Kafka.");

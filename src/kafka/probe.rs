@@ -2,8 +2,10 @@
 //! `iotpipe_kafka_reachable` gauges and `iotpipe check`. The request blocks,
 //! so the periodic probe runs it on the blocking pool.
 
+use super::diagnosis::{Diagnosis, Reporting, Step};
 use super::KafkaConfig;
 use crate::health::Health;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::error::KafkaError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +18,37 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Asks the cluster for metadata: can the brokers be reached?
 pub struct Prober {
-    client: rdkafka::consumer::BaseConsumer,
+    client: rdkafka::consumer::BaseConsumer<Reporting>,
 }
 
 impl Prober {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
-        Ok(Self { client: super::common_config(cfg).create()? })
+        Ok(Self { client: super::common_config(cfg).create_with_context(Reporting::new("probe"))? })
     }
 
     /// Number of brokers in the metadata (blocking).
     pub fn check(&self, timeout: Duration) -> Result<usize, KafkaError> {
         let md = rdkafka::consumer::Consumer::fetch_metadata(&self.client, None, timeout)?;
         Ok(md.brokers().len())
+    }
+
+    /// Like [`check`](Self::check), but a failure says which step of
+    /// connecting failed when librdkafka reported why.
+    pub fn diagnose(&self, timeout: Duration) -> Result<usize, Diagnosis> {
+        self.client.context().errors.clear();
+        let result = self.check(timeout);
+        // Error events reach the context when the client is polled.
+        for _ in 0..32 {
+            if self.client.poll(Duration::ZERO).is_none() {
+                break;
+            }
+        }
+        result.map_err(|e| {
+            self.client.context().errors.last().unwrap_or_else(|| Diagnosis {
+                step: Step::Other,
+                detail: format!("no metadata within {timeout:?}: {e}"),
+            })
+        })
     }
 }
 
@@ -38,12 +59,14 @@ pub async fn run_probe(cfg: KafkaConfig, health: Arc<Health>) -> Result<(), Kafk
     let mut first = true;
     loop {
         let p = prober.clone();
-        let ok = tokio::task::spawn_blocking(move || p.check(PROBE_TIMEOUT).is_ok()).await.unwrap_or(false);
+        let outcome = tokio::task::spawn_blocking(move || p.diagnose(PROBE_TIMEOUT))
+            .await
+            .unwrap_or_else(|e| Err(Diagnosis { step: Step::Other, detail: format!("the probe task failed: {e}") }));
+        let ok = outcome.is_ok();
         if health.set_kafka_reachable(ok) != ok || (first && !ok) {
-            if ok {
-                tracing::info!(brokers = cfg.brokers, "Kafka reachable.");
-            } else {
-                tracing::warn!(brokers = cfg.brokers, "Kafka unreachable.");
+            match outcome {
+                Ok(_) => tracing::info!(brokers = cfg.brokers, "Kafka reachable."),
+                Err(d) => tracing::warn!(brokers = cfg.brokers, reason = %d, "Kafka unreachable: {d}."),
             }
         }
         first = false;

@@ -2,13 +2,15 @@
 //! every record carries its pipeline state as the delivery opaque, and the
 //! delivery callback hands it back over a channel.
 
+use super::diagnosis::ErrorReporter;
 use super::KafkaConfig;
 use crate::record::{Inbound, Outbound};
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -33,11 +35,16 @@ pub enum Delivery {
 
 pub struct Context {
     reports: mpsc::UnboundedSender<Delivery>,
+    errors: Arc<ErrorReporter>,
 }
 
 impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.errors.log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(%error, reason, "librdkafka reported an error.");
+        self.errors.error(&error, reason);
     }
 }
 
@@ -74,6 +81,7 @@ pub struct Producer {
     inner: ThreadedProducer<Context>,
     cfg: ClientConfig,
     reports: mpsc::UnboundedSender<Delivery>,
+    errors: Arc<ErrorReporter>,
 }
 
 /// Wait between attempts when librdkafka's queue is full.
@@ -82,8 +90,9 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
 impl Producer {
     pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, KafkaError> {
         let cc = producer_config(cfg);
-        let inner = cc.create_with_context(Context { reports: reports.clone() })?;
-        Ok(Self { inner, cfg: cc, reports })
+        let errors = Arc::new(ErrorReporter::new("producer"));
+        let inner = cc.create_with_context(Context { reports: reports.clone(), errors: errors.clone() })?;
+        Ok(Self { inner, cfg: cc, reports, errors })
     }
 
     /// Hand one record to librdkafka; waits (asynchronously) while its queue is full.
@@ -127,11 +136,16 @@ impl Producer {
     /// held comes back as failed deliveries and is sent again.
     pub fn recreate(&mut self) -> Result<(), KafkaError> {
         let fresh: ThreadedProducer<Context> =
-            self.cfg.create_with_context(Context { reports: self.reports.clone() })?;
+            self.cfg.create_with_context(Context { reports: self.reports.clone(), errors: self.errors.clone() })?;
         let old = std::mem::replace(&mut self.inner, fresh);
         old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         drop(old);
         Ok(())
+    }
+
+    /// The last connection problem librdkafka reported, if any.
+    pub fn last_problem(&self) -> Option<super::Diagnosis> {
+        self.errors.last()
     }
 
     pub fn in_flight(&self) -> i32 {

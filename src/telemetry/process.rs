@@ -73,14 +73,26 @@ fn memory_kib() -> Option<(i64, i64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// `memory.max` of the cgroup (v2) the process is in, when it is a number.
+/// The memory limit of the cgroup the process is in: `memory.max` (cgroup
+/// v2) or `memory.limit_in_bytes` (v1), when there is one.
 fn cgroup_memory_limit() -> Option<i64> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", path.trim_end_matches('/')))
-        .or_else(|_| std::fs::read_to_string("/sys/fs/cgroup/memory.max"))
-        .ok()?;
-    max.trim().parse().ok()
+    let read = |path: String| std::fs::read_to_string(path).ok()?.trim().parse::<i64>().ok();
+    let v1 = cgroup.lines().find_map(|l| {
+        let (_, rest) = l.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        controllers.split(',').any(|c| c == "memory").then(|| path.trim_end_matches('/').to_string())
+    });
+    let limit = match v1 {
+        Some(path) => read(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+            .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes".into())),
+        None => {
+            let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim_end_matches('/').to_string();
+            read(format!("/sys/fs/cgroup{path}/memory.max")).or_else(|| read("/sys/fs/cgroup/memory.max".into()))
+        }
+    }?;
+    // v1 says "no limit" with a number near 2^63; v2 with "max" (not a number).
+    (limit < (1 << 62)).then_some(limit)
 }
 
 #[cfg(test)]

@@ -26,8 +26,34 @@ impl Tansu {
             .split_whitespace()
             .map(String::from)
             .collect();
-        let child = Command::new(env.require("IOTPIPE_TEST_TANSU_BIN"))
-            .args(&args)
+        Self::spawn(env.require("IOTPIPE_TEST_TANSU_BIN"), port, &args)
+    }
+
+    /// `bin broker` on a free port that tells clients to connect to
+    /// `advertised` (a TLS terminator in front of it), with `extra` flags.
+    pub fn start_behind(bin: &str, advertised: u16, storage: &str, extra: &[&str]) -> Self {
+        let port = super::free_port();
+        let mut args: Vec<String> = [
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised}"),
+            "--storage-engine",
+            storage,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(bin, port, &args)
+    }
+
+    fn spawn(bin: &str, port: u16, args: &[String]) -> Self {
+        let child = Command::new(bin)
+            .args(args)
+            .env_remove("SCHEMA_REGISTRY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

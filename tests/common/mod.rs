@@ -4,6 +4,7 @@
 //! - [`mqtt`], [`kafka`]: a private Mosquitto / Tansu per test, publishers, readers;
 //! - [`postgres`], [`influx`]: the shared servers, a private PostgreSQL, queries;
 //! - [`store`]: store rows, payloads and dead letters;
+//! - [`tls`]: test certificates, Tansu behind stunnel (TLS, mTLS, SASL);
 //! - [`process`]: a running `iotpipe bridge|sink|run` (`Iotpipe`);
 //! - here: ports, signals, a tiny HTTP GET, polling.
 #![allow(dead_code)]
@@ -15,6 +16,7 @@ pub mod postgres;
 pub mod process;
 pub mod services;
 pub mod store;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
