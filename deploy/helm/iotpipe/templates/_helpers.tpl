@@ -16,8 +16,13 @@
 {{- default (include "iotpipe.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{/* repository:tag, or repository@digest when image.digest is set */}}
 {{- define "iotpipe.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* labels: pass (dict "ctx" $ "component" "bridge") */}}
