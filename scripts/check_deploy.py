@@ -739,7 +739,11 @@ def run_checkov(checkov: str, rendered_dir: Path, report: Report) -> None:
     targets = [("kubernetes", ["-d", str(rendered_dir)])]
     containerfile = ROOT / "Containerfile"
     if containerfile.exists():
-        targets.append(("dockerfile", ["-f", str(containerfile)]))
+        # checkov reads Dockerfile-named files only: scan a copy under that name.
+        copy_dir = rendered_dir.parent / "containerfile"
+        copy_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(containerfile, copy_dir / "Dockerfile")
+        targets.append(("dockerfile", ["-f", str(copy_dir / "Dockerfile")]))
     else:
         report.skip("checkov scan of Containerfile (there is none at the repository root yet; it is scanned once it exists)")
     matched = set()
@@ -769,7 +773,7 @@ def run_checkov(checkov: str, rendered_dir: Path, report: Report) -> None:
                 sev = fc.get("severity") or "no severity"
                 report.fail(
                     f"checkov {fc.get('check_id')} ({sev}) {fc.get('check_name')}: {fc.get('resource')} in "
-                    f"{Path(fc.get('file_path', '')).name} (fix it, or skip it with a reason in deploy/checkov-skips.yaml)"
+                    f"{'Containerfile' if framework == 'dockerfile' else Path(fc.get('file_path', '')).name} (fix it, or skip it with a reason in deploy/checkov-skips.yaml)"
                 )
     for sid in skip_ids:
         if sid not in matched:
@@ -927,7 +931,7 @@ def main() -> int:
     if args.checkov:
         run_checkov(args.checkov, rendered, report)
     else:
-        report.skip("checkov scan (checkov could not be installed; see the pip output above)")
+        report.skip("checkov scan (no checkov: it could not be installed, see the pip output above, or --checkov was not given; run scripts/check-deploy.sh)")
 
     print(f"==> summary ({time.monotonic() - t0:.0f}s), rendered manifests in {rendered}")
     for k, v in report.counts.items():
