@@ -84,10 +84,10 @@ url = {{ .url | toJson }}
 retention = {{ $s.retention | toJson }}
 timescaledb = {{ $s.timescaledb | toJson }}
 create_database = {{ $s.createDatabase }}
-{{- if $s.existingSecret }}
+{{- if and $s.existingSecret (not (hasPrefix "sqlite:" .url)) }}
 password_file = {{ printf "/run/secrets/iotpipe/store/%s" $s.passwordKey | toJson }}
 {{- end }}
-{{- if $s.tls.existingSecret }}
+{{- if and $s.tls.existingSecret (not (hasPrefix "sqlite:" .url)) }}
 ca_file = {{ printf "/etc/iotpipe/store-tls/%s" $s.tls.caKey | toJson }}
 {{- end }}
 {{- end -}}
@@ -158,11 +158,11 @@ grace_period = {{ .Values.sink.gracePeriod | toJson }}
 [journal]
 path = "/var/lib/iotpipe/journal"
 max_size = {{ .Values.run.journalMaxSize | toJson }}
-
 {{- $token := "" }}
 {{- if .Values.run.dashboardToken.existingSecret }}
 {{- $token = printf "/run/secrets/iotpipe/dashboard/%s" .Values.run.dashboardToken.tokenKey }}
 {{- end }}
+
 {{ include "iotpipe.config.common" (dict "ctx" . "token" $token) }}
 {{- with .Values.run.extraConfig }}
 
