@@ -8,9 +8,9 @@
 # Installs its tools (PyPI, pinned in scripts/check-deploy-requirements.txt)
 # into a cached virtualenv, by default ${XDG_CACHE_HOME:-$HOME/.cache}/iotpipe/deploy-tools
 # (IOTPIPE_DEPLOY_TOOLS overrides it). Anything that cannot be installed is
-# reported on one `SKIPPED:` line. The iotpipe binary: $IOTPIPE_BIN, else
-# target/{release,debug}/iotpipe (also under $CARGO_TARGET_DIR), else
-# `cargo build --bin iotpipe`. Exit status 1 on any failure.
+# reported on one `SKIPPED:` line. The iotpipe binary: $IOTPIPE_BIN, else the
+# newest of target/{release,debug}/iotpipe (also under $CARGO_TARGET_DIR),
+# else `cargo build --bin iotpipe`. Exit status 1 on any failure.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -93,9 +93,10 @@ fi
 iotpipe_args=()
 bin="${IOTPIPE_BIN:-}"
 if [ -z "$bin" ]; then
+    # The most recently built of the candidates.
     for candidate in target/release/iotpipe target/debug/iotpipe \
         ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR/release/iotpipe" "$CARGO_TARGET_DIR/debug/iotpipe"}; do
-        if [ -x "$candidate" ]; then bin=$candidate; break; fi
+        if [ -x "$candidate" ] && { [ -z "$bin" ] || [ "$candidate" -nt "$bin" ]; }; then bin=$candidate; fi
     done
 fi
 if [ -z "$bin" ]; then
