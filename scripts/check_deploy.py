@@ -487,7 +487,18 @@ def check_workloads(r: Render, report: Report, quiet: bool = False) -> list[str]
                 bad(w, f"{cname}: adds capabilities")
             if ((eff("seccompProfile") or {}).get("type")) != "RuntimeDefault":
                 bad(w, f"{cname}: seccompProfile is not RuntimeDefault")
-            tmp = [m for m in c.get("volumeMounts") or [] if m.get("mountPath") == "/tmp"]
+            # A mount inside a configMap/secret volume's mount needs a mount
+            # point in a read-only volume: the container fails to start.
+            mounts = c.get("volumeMounts") or []
+            for outer in mounts:
+                ov = volumes.get(outer.get("name"), {})
+                if not any(k in ov for k in ("configMap", "secret", "projected", "downwardAPI")):
+                    continue
+                prefix = outer["mountPath"].rstrip("/") + "/"
+                for inner in mounts:
+                    if inner is not outer and inner.get("mountPath", "").startswith(prefix):
+                        bad(w, f"{cname}: {inner['mountPath']} is mounted inside the read-only volume at {outer['mountPath']}")
+            tmp = [m for m in mounts if m.get("mountPath") == "/tmp"]
             if not tmp or "emptyDir" not in volumes.get(tmp[0].get("name"), {}):
                 bad(w, f"{cname}: /tmp is not an emptyDir")
             for e in c.get("env") or []:
@@ -808,6 +819,7 @@ def self_test(renders: list[Render], report: Report) -> None:
         "capabilities not dropped": lambda docs: first_container(docs, "Deployment")[1]["securityContext"].pop("capabilities", None),
         "privilege escalation allowed": lambda docs: first_container(docs, "StatefulSet")[1]["securityContext"].update(allowPrivilegeEscalation=True),
         "literal password in env": lambda docs: first_container(docs, "Deployment")[1].setdefault("env", []).append({"name": "PG_PASSWORD", "value": "x"}),
+        "mount inside the config volume": lambda docs: first_container(docs, "Deployment")[1]["volumeMounts"].append({"name": "tmp", "mountPath": "/etc/iotpipe/ca"}),
         "PodDisruptionBudget removed": lambda docs: docs.remove(next(d for d in docs if d.get("kind") == "PodDisruptionBudget")),
     }
     for what, breaker in breaks.items():

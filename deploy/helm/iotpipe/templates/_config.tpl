@@ -26,11 +26,11 @@ password_file = {{ printf "/run/secrets/iotpipe/mqtt/%s" $m.passwordKey | toJson
 {{- end }}
 {{- if $m.tls.enabled }}
 {{- if $m.tls.existingSecret }}
-ca_file = {{ printf "/etc/iotpipe/mqtt-tls/%s" $m.tls.caKey | toJson }}
+ca_file = {{ printf "/run/secrets/iotpipe/mqtt-tls/%s" $m.tls.caKey | toJson }}
 {{- end }}
 {{- if $m.tls.clientCert }}
-client_cert_file = "/etc/iotpipe/mqtt-tls/tls.crt"
-client_key_file = "/etc/iotpipe/mqtt-tls/tls.key"
+client_cert_file = "/run/secrets/iotpipe/mqtt-tls/tls.crt"
+client_key_file = "/run/secrets/iotpipe/mqtt-tls/tls.key"
 {{- end }}
 {{- end }}
 
@@ -69,7 +69,7 @@ retention = {{ $k.retention | toJson }}
 "sasl.password_file" = {{ printf "/run/secrets/iotpipe/kafka/%s" $u.passwordKey | toJson }}
 {{- end }}
 {{- if $k.tls.enabled }}
-"ssl.ca.location" = {{ printf "/etc/iotpipe/kafka-tls/%s" $k.tls.caKey | toJson }}
+"ssl.ca.location" = {{ printf "/run/secrets/iotpipe/kafka-tls/%s" $k.tls.caKey | toJson }}
 {{- end }}
 {{- range $key, $value := $k.properties }}
 {{ $key | toJson }} = {{ $value | toString | toJson }}
@@ -88,7 +88,7 @@ create_database = {{ $s.createDatabase }}
 password_file = {{ printf "/run/secrets/iotpipe/store/%s" $s.passwordKey | toJson }}
 {{- end }}
 {{- if and $s.tls.existingSecret (not (hasPrefix "sqlite:" .url)) }}
-ca_file = {{ printf "/etc/iotpipe/store-tls/%s" $s.tls.caKey | toJson }}
+ca_file = {{ printf "/run/secrets/iotpipe/store-tls/%s" $s.tls.caKey | toJson }}
 {{- end }}
 {{- end -}}
 
