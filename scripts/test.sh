@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian machine and runs
 # it: Debian packages and Tansu (via scripts/services.sh), formatting and lint
-# checks, then every unit and integration test against real services.
+# checks, every unit and integration test against real services, then the
+# deployment manifests (scripts/check-deploy.sh), the dashboards and alerts
+# against live processes (scripts/check-observability.sh) and the container
+# image under a 64 MiB limit (scripts/container-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,11 @@ echo "== services"
 bash scripts/services.sh install
 bash scripts/services.sh up
 bash scripts/services.sh tools
+# Opt in to the Kafka SASL tests: they need a Tansu built with SQLite storage.
+if [[ ${IOTPIPE_TEST_SASL:-0} == 1 ]]; then
+    bash scripts/services.sh tansu-sql
+    bash scripts/services.sh up tansu >/dev/null
+fi
 
 echo "== format and lint"
 cargo fmt --all -- --check
@@ -30,3 +38,15 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --locked -- --test-threads=2
 fi
+
+# The checks below run the binary the tests just built.
+cargo build --locked --bin iotpipe
+
+echo "== deployment manifests"
+IOTPIPE_BIN=target/debug/iotpipe bash scripts/check-deploy.sh
+
+echo "== dashboards and alerts"
+IOTPIPE_BIN=target/debug/iotpipe bash scripts/check-observability.sh
+
+echo "== container image"
+bash scripts/container-test.sh

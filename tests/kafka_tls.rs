@@ -139,7 +139,7 @@ fn a_wrong_ca_is_named_by_check_and_keeps_bridge_and_sink_up_and_not_ready() {
 fn sasl_scram_over_tls_delivers_and_a_wrong_password_is_named() {
     let Some(bin) = sasl_tansu() else {
         eprintln!(
-            "SKIPPED: Kafka SASL/SCRAM tests: no Tansu with SQLite storage on this machine (the in-memory build cannot keep users); build it once with `bash scripts/services.sh install tansu-sql` (about 25 minutes), then `bash scripts/services.sh up`"
+            "SKIPPED: Kafka SASL/SCRAM tests: no Tansu with SQLite storage on this machine (the in-memory build cannot keep users); build it once with `bash scripts/services.sh tansu-sql` (about 25 minutes; or IOTPIPE_TEST_SASL=1 bash scripts/test.sh), then `bash scripts/services.sh up`"
         );
         return;
     };

@@ -6,6 +6,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,12 +27,13 @@ impl Tansu {
             .split_whitespace()
             .map(String::from)
             .collect();
-        Self::spawn(env.require("IOTPIPE_TEST_TANSU_BIN"), port, &args)
+        Self::spawn(env.require("IOTPIPE_TEST_TANSU_BIN"), port, &args, None)
     }
 
     /// `bin broker` on a free port that tells clients to connect to
-    /// `advertised` (a TLS terminator in front of it), with `extra` flags.
-    pub fn start_behind(bin: &str, advertised: u16, storage: &str, extra: &[&str]) -> Self {
+    /// `advertised` (a TLS terminator in front of it), with `extra` flags,
+    /// run in `cwd` (Tansu's SQLite engine puts `sqlite://NAME` there).
+    pub fn start_behind(bin: &str, advertised: u16, storage: &str, extra: &[&str], cwd: Option<&Path>) -> Self {
         let port = super::free_port();
         let mut args: Vec<String> = [
             "broker",
@@ -46,11 +48,15 @@ impl Tansu {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(bin, port, &args)
+        Self::spawn(bin, port, &args, cwd)
     }
 
-    fn spawn(bin: &str, port: u16, args: &[String]) -> Self {
-        let child = Command::new(bin)
+    fn spawn(bin: &str, port: u16, args: &[String], cwd: Option<&Path>) -> Self {
+        let mut cmd = Command::new(bin);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let child = cmd
             .args(args)
             .env_remove("SCHEMA_REGISTRY")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -112,7 +112,7 @@ impl TlsKafka {
     pub fn start(dir: &Path, mutual: bool) -> Self {
         let env = super::services::shared(&["tansu"]);
         let port = free_port();
-        let tansu = Tansu::start_behind(env.require("IOTPIPE_TEST_TANSU_BIN"), port, "memory://tansu/", &[]);
+        let tansu = Tansu::start_behind(env.require("IOTPIPE_TEST_TANSU_BIN"), port, "memory://tansu/", &[], None);
         Self::front(dir, tansu, port, mutual)
     }
 
@@ -120,10 +120,11 @@ impl TlsKafka {
     /// users are created on a first run without authentication, then the
     /// broker is started again on the same storage, requiring it.
     pub fn start_sasl(dir: &Path, bin: &str, users: &[User]) -> Self {
-        let storage = format!("sqlite://{}", dir.join("tansu.db").display());
+        // Tansu's SQLite engine resolves the URL against its working directory.
+        let storage = "sqlite://tansu.db";
         let port = free_port();
         {
-            let open = Tansu::start_behind(bin, port, &storage, &[]);
+            let open = Tansu::start_behind(bin, port, storage, &[], Some(dir));
             for u in users {
                 let out = Command::new(bin)
                     .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{}", open.port)])
@@ -133,7 +134,7 @@ impl TlsKafka {
                 assert!(out.status.success(), "tansu user create {}: {}", u.name, String::from_utf8_lossy(&out.stderr));
             }
         }
-        let tansu = Tansu::start_behind(bin, port, &storage, &["--authentication"]);
+        let tansu = Tansu::start_behind(bin, port, storage, &["--authentication"], Some(dir));
         Self::front(dir, tansu, port, false)
     }
 
