@@ -74,6 +74,9 @@ fi
 if [[ " $* " != *" --static "* ]]; then
     if [[ -n ${IOTPIPE_BIN:-} ]]; then
         [[ -x $IOTPIPE_BIN ]] || { say "IOTPIPE_BIN=$IOTPIPE_BIN is not an executable"; exit 1; }
+        # The processes run in scratch directories: make the path absolute.
+        IOTPIPE_BIN=$(realpath "$IOTPIPE_BIN")
+        export IOTPIPE_BIN
     else
         say "building target/release/iotpipe (IOTPIPE_BIN=path skips this)"
         cargo build --release --locked --quiet --bin iotpipe

@@ -39,14 +39,16 @@ else
     cargo test --locked -- --test-threads=2
 fi
 
-# The checks below run the binary the tests just built.
-cargo build --locked --bin iotpipe
+# The checks below run the binary the tests just built (the integration
+# tests build it; a plain `cargo build` would build it again with other
+# features, since dev-dependencies unify differently).
+[[ -x target/debug/iotpipe ]] || cargo build --locked --bin iotpipe
 
 echo "== deployment manifests"
-IOTPIPE_BIN=target/debug/iotpipe bash scripts/check-deploy.sh
+IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/check-deploy.sh
 
 echo "== dashboards and alerts"
-IOTPIPE_BIN=target/debug/iotpipe bash scripts/check-observability.sh
+IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/check-observability.sh
 
 echo "== container image"
 bash scripts/container-test.sh

@@ -51,6 +51,7 @@ scenarios! {
     scenarios::rows => a_replay_stores_no_second_row: sqlite, postgres, timescale, influx;
     scenarios::rows => payloads_that_are_not_json_keep_their_bytes: sqlite, postgres, timescale, influx;
     scenarios::rows => event_times_outside_the_window_are_filed_under_the_receive_time: sqlite, postgres, timescale, influx;
+    scenarios::rows => hostile_ids_are_stored_as_given: sqlite, postgres, timescale, influx;
     scenarios::dead_letters => dead_letters_are_kept_with_their_reason_once_per_source: sqlite, postgres, timescale, influx;
     scenarios::retention => retention_drops_what_is_expired: sqlite, postgres, timescale;
     scenarios::schema => reopening_keeps_the_data_and_migrates_once: sqlite, postgres, timescale, influx;

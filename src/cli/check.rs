@@ -51,7 +51,11 @@ pub fn main(path: Option<PathBuf>, command: Option<Target>, offline: bool) -> Ex
         return ExitCode::from(2);
     };
     let defaults = if target == Target::Run { super::RUN_DEFAULTS } else { "" };
-    let cfg = match config::load_with_defaults(path.as_deref(), defaults) {
+    let for_target = |c: Config| match target {
+        Target::Run => config::validate::validate_for_run(&c).map(|()| c),
+        Target::Bridge | Target::Sink => Ok(c),
+    };
+    let cfg = match config::load_with_defaults(path.as_deref(), defaults).and_then(for_target) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

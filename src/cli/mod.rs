@@ -87,14 +87,16 @@ pub fn main() -> ExitCode {
                 crate::pipeline::kafka_store::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
-        Command::Run { config } => with_config_defaults(config, RUN_DEFAULTS, |cfg| {
-            let token = cfg.http.token.clone();
-            block_on(single_thread_runtime()?, async move {
-                crate::pipeline::mqtt_store::run(cfg, shutdown_signal(), Some(crate::http::ui::routes(token)))
-                    .await
-                    .map_err(|e| e.to_string())
+        Command::Run { config } => {
+            with_config_defaults(config, RUN_DEFAULTS, crate::config::validate::validate_for_run, |cfg| {
+                let token = cfg.http.token.clone();
+                block_on(single_thread_runtime()?, async move {
+                    crate::pipeline::mqtt_store::run(cfg, shutdown_signal(), Some(crate::http::ui::routes(token)))
+                        .await
+                        .map_err(|e| e.to_string())
+                })
             })
-        }),
+        }
         Command::Demo(args) => {
             init_logging("info,rumqttd=warn,rumqttc=warn", LogFormat::Text);
             crate::mqtt::install_crypto_provider();
@@ -142,15 +144,16 @@ path = "data/journal"
 "#;
 
 fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> Result<(), String>) -> ExitCode {
-    with_config_defaults(path, "", f)
+    with_config_defaults(path, "", |_| Ok(()), f)
 }
 
 fn with_config_defaults(
     path: Option<PathBuf>,
     defaults: &str,
+    check: fn(&Config) -> Result<(), config::ConfigError>,
     f: impl FnOnce(Config) -> Result<(), String>,
 ) -> ExitCode {
-    let cfg = match config::load_with_defaults(path.as_deref(), defaults) {
+    let cfg = match config::load_with_defaults(path.as_deref(), defaults).and_then(|c| check(&c).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -33,6 +33,12 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What `iotpipe run` needs beyond [`validate`]: it serves the dashboard
+/// API, which must not be open to the network by accident.
+pub fn validate_for_run(c: &Config) -> Result<(), ConfigError> {
+    c.http.check_api_exposure().map_err(|e| ConfigError::in_section("http", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

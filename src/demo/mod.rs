@@ -64,6 +64,12 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     );
     println!("  curl -s {url}api/tenants");
     println!("Ctrl-C stops the demo.");
+    if !http.ip().is_loopback() {
+        tracing::warn!(
+            listen = %http,
+            "the demo's dashboard API has no token and listens beyond loopback: anyone who can reach {http} can read the data"
+        );
+    }
     if args.rate > 0 {
         tokio::spawn(fleet::run(format!("mqtt://{mqtt}"), args.rate));
         tokio::spawn(fleet::malformed(mqtt.ip().to_string(), mqtt.port(), Duration::from_secs(7)));

@@ -19,11 +19,20 @@ pub struct HttpConfig {
     pub token: Option<String>,
     /// File holding the token.
     pub token_file: Option<PathBuf>,
+    /// Serve the dashboard API of `iotpipe run` on a `listen` address that
+    /// is not loopback without a token (refused unless this is set).
+    pub api_without_token: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), per_tenant_metrics: false, token: None, token_file: None }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            per_tenant_metrics: false,
+            token: None,
+            token_file: None,
+            api_without_token: false,
+        }
     }
 }
 
@@ -34,6 +43,26 @@ impl HttpConfig {
             return Err(KeyError::new("listen", format!("`{}` is not an address like 127.0.0.1:8080", self.listen)));
         }
         Ok(())
+    }
+
+    /// `iotpipe run` serves the dashboard API on `listen`: an address other
+    /// machines can reach needs a token, unless `api_without_token` says
+    /// that anyone who reaches it may read the data.
+    pub fn check_api_exposure(&self) -> Result<(), KeyError> {
+        if self.token.is_some() || self.api_without_token {
+            return Ok(());
+        }
+        match self.listen.parse::<std::net::SocketAddr>() {
+            Ok(addr) if !addr.ip().is_loopback() => Err(KeyError::new(
+                "token",
+                format!(
+                    "the dashboard API would listen on {} (not loopback) without a token: set token_file (or token), \
+                     or api_without_token = true to let anyone who can reach it read the data",
+                    self.listen
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Read `token_file` into `token`; an empty token means none.
@@ -47,5 +76,28 @@ impl HttpConfig {
             self.token = None;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(listen: &str, token: Option<&str>, api_without_token: bool) -> HttpConfig {
+        HttpConfig { listen: listen.into(), token: token.map(String::from), api_without_token, ..HttpConfig::default() }
+    }
+
+    #[test]
+    fn the_api_beyond_loopback_needs_a_token_or_a_yes() {
+        assert_eq!(http("127.0.0.1:8080", None, false).check_api_exposure(), Ok(()));
+        assert_eq!(http("[::1]:8080", None, false).check_api_exposure(), Ok(()));
+        assert_eq!(http("", None, false).check_api_exposure(), Ok(()));
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
+            let e = http(listen, None, false).check_api_exposure().unwrap_err();
+            assert_eq!(e.key, "token", "{listen}");
+            assert!(e.to_string().contains("api_without_token"), "{e}");
+            assert_eq!(http(listen, Some("t"), false).check_api_exposure(), Ok(()));
+            assert_eq!(http(listen, None, true).check_api_exposure(), Ok(()));
+        }
     }
 }

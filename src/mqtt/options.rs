@@ -95,10 +95,12 @@ fn tls(cfg: &MqttConfig) -> Result<TlsConfiguration, OptionsError> {
             let key_pem = read("mqtt.client_key_file", key)?;
             let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect();
             let certs = certs.map_err(|e| OptionsError::Tls(format!("mqtt.client_cert_file: {e}")))?;
-            let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
                 .map_err(|e| OptionsError::Tls(format!("mqtt.client_key_file: {e}")))?
                 .ok_or_else(|| OptionsError::Tls("mqtt.client_key_file holds no private key".into()))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| OptionsError::Tls(e.to_string()))?
+            builder.with_client_auth_cert(certs, private_key).map_err(|e| {
+                OptionsError::Tls(format!("mqtt.client_cert_file / mqtt.client_key_file ({}): {e}", key.display()))
+            })?
         }
         _ => builder.with_no_client_auth(),
     };

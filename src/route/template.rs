@@ -1,8 +1,11 @@
 //! Templates for Kafka topic and key: `iot.{tenant_id}.{project_id}`.
 //!
 //! Field values are substituted verbatim into keys. For topic names, every
-//! character of a substituted value outside `[A-Za-z0-9._-]` becomes `_`
-//! (Kafka's legal set); a rendered name that is empty, `.`, `..` or longer
+//! character of a substituted value outside `[A-Za-z0-9_-]` becomes `_`:
+//! Kafka's legal set without `.`, so that a value cannot add a level to the
+//! name (tenant `a.b` of project `c` and tenant `a` of project `b.c` would
+//! otherwise share `iot.a.b.c`), and the template's own literals (`iot.`)
+//! are the only dots. A rendered name that is empty, `.`, `..` or longer
 //! than 249 characters is rejected and the message is dead-lettered.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,9 +77,7 @@ impl Template {
     /// Render as a Kafka topic name, sanitising substituted values.
     pub fn render_topic(&self, values: &[&str]) -> Result<String, String> {
         let name = self.render_with(values, |out, v| {
-            out.extend(
-                v.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }),
-            )
+            out.extend(v.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '_' }))
         });
         check_topic_name(&name).map(|()| name)
     }
@@ -137,6 +138,26 @@ mod tests {
     }
 
     #[test]
+    fn a_value_cannot_steer_the_topic_name() {
+        let t = Template::parse("iot.{tenant_id}.{project_id}", &FIELDS).unwrap();
+        // A dot in a value would make tenant `a.b` / project `c` and tenant
+        // `a` / project `b.c` share a topic (and a per-tenant prefix ACL).
+        assert_eq!(t.render_topic(&["a.b", "c", ""]).unwrap(), "iot.a_b.c");
+        assert_eq!(t.render_topic(&["a", "b.c", ""]).unwrap(), "iot.a.b_c");
+        for hostile in
+            ["..", "../../etc", ".", "$SYS", "#", "+", "iot-dead-letters", "\0x", "a\u{0}b", "__consumer_offsets"]
+        {
+            let name = t.render_topic(&[hostile, "p", ""]).unwrap();
+            assert!(name.starts_with("iot.") && name.ends_with(".p"), "{hostile:?} -> {name}");
+            assert_eq!(name.matches('.').count(), 2, "{hostile:?} -> {name}");
+        }
+        // A template that is only a field cannot be turned into `.`/`..`.
+        let bare = Template::parse("{tenant_id}", &FIELDS).unwrap();
+        assert_eq!(bare.render_topic(&["..", "", ""]).unwrap(), "__");
+        assert!(bare.render_topic(&["", "", ""]).is_err());
+    }
+
+    #[test]
     fn template_errors_are_reported() {
         assert_eq!(Template::parse("iot.{tenant", &FIELDS).unwrap_err(), TemplateError::Unclosed);
         assert_eq!(Template::parse("iot.}x", &FIELDS).unwrap_err(), TemplateError::Stray);
@@ -156,6 +177,9 @@ mod tests {
             let t = Template::parse("iot.{tenant_id}.{project_id}", &FIELDS).unwrap();
             if let Ok(name) = t.render_topic(&[&a, &b, ""]) {
                 prop_assert!(check_topic_name(&name).is_ok());
+                // The prefix stays, and each value is exactly one level.
+                prop_assert!(name.starts_with("iot."));
+                prop_assert_eq!(name.split('.').count(), 3);
             }
         }
     }

@@ -14,6 +14,8 @@ pub struct Iotpipe {
     pub http_port: u16,
     config: PathBuf,
     log: PathBuf,
+    /// Extra environment (after `RUST_LOG=info`, so it may override it).
+    env: Vec<(String, String)>,
 }
 
 impl Iotpipe {
@@ -40,10 +42,17 @@ impl Iotpipe {
     /// Write `toml` (with `{HTTP}` replaced by a free port) to `dir` and
     /// start `iotpipe <command> --config` on it; returns once the HTTP port is open.
     pub fn start(dir: &Path, command: &'static str, toml: &str) -> Self {
+        Self::start_named(dir, command, command, toml, &[])
+    }
+
+    /// As [`Iotpipe::start`], with files named after `name` (several of one
+    /// command in a dir) and `env` added to the environment.
+    pub fn start_named(dir: &Path, command: &'static str, name: &str, toml: &str, env: &[(&str, &str)]) -> Self {
         let http_port = free_port();
-        let config = dir.join(format!("{command}.toml"));
+        let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml.replace("{HTTP}", &format!("127.0.0.1:{http_port}"))).expect("write config");
-        let mut p = Self { child: None, command, http_port, config, log: dir.join(format!("{command}.log")) };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut p = Self { child: None, command, http_port, config, log: dir.join(format!("{name}.log")), env };
         p.restart();
         p
     }
@@ -55,6 +64,7 @@ impl Iotpipe {
             .args([self.command, "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

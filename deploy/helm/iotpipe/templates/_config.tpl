@@ -161,6 +161,8 @@ max_size = {{ .Values.run.journalMaxSize | toJson }}
 {{- $token := "" }}
 {{- if .Values.run.dashboardToken.existingSecret }}
 {{- $token = printf "/run/secrets/iotpipe/dashboard/%s" .Values.run.dashboardToken.tokenKey }}
+{{- else }}
+{{- fail "run.enabled needs run.dashboardToken.existingSecret (a Secret with the dashboard API's bearer token): iotpipe run refuses to serve its API beyond loopback without one" }}
 {{- end }}
 
 {{ include "iotpipe.config.common" (dict "ctx" . "token" $token) }}
