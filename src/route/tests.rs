@@ -129,3 +129,65 @@ fn redelivered_message_keeps_its_id() {
     second.received_ms += 60_000;
     assert_eq!(r.route(&inbound("mtic/msg/client/realtime/a/p", p)).id, r.route(&second).id);
 }
+
+/// Hostile MQTT input, case by case: each message is forwarded with the
+/// fields it really has, or dead-lettered with its reason; nothing panics
+/// (deep nesting included) and dead letters stay within their size limit.
+#[test]
+fn hostile_input_is_forwarded_or_dead_lettered_with_a_reason() {
+    use DeadLetterReason as R;
+    let r = router("");
+    let t = "mtic/msg/client/realtime/acme/p";
+    let long = "t".repeat(64 * 1024);
+    let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object = format!("{}1{}", r#"{"a":"#.repeat(50_000), "}".repeat(50_000));
+    let deep_device = format!(r#"{{"deviceId":"d","x":{}1{}}}"#, "[".repeat(5_000), "]".repeat(5_000));
+    let huge = vec![b'x'; 16 << 20];
+    let sql_tenant = "mtic/msg/client/realtime/'; DROP TABLE telemetry; --/p\"x";
+    // (topic, payload, expected reason, expected device id when forwarded)
+    let cases: Vec<(String, Vec<u8>, Option<R>, &str)> = vec![
+        (format!("mtic/msg/client/realtime/{long}/p"), b"{}".to_vec(), Some(R::InvalidTopicName), ""),
+        (format!("mtic/msg/client/realtime/acme/{long}"), b"{}".to_vec(), Some(R::InvalidTopicName), ""),
+        (t.into(), huge.clone(), Some(R::Oversize), ""),
+        (t.into(), deep_array.into_bytes(), None, ""),
+        (t.into(), deep_object.into_bytes(), None, ""),
+        (t.into(), deep_device.into_bytes(), None, "d"),
+        (t.into(), br#"{"deviceId":"a\u0000b"}"#.to_vec(), None, "a\u{0}b"),
+        (t.into(), b"{\"deviceId\":\"a\0b\"}".to_vec(), Some(R::InvalidJson), ""),
+        (t.into(), br#"{"deviceId":"d","v":1e400}"#.to_vec(), None, "d"),
+        (t.into(), br#"{"deviceId":"d","v":-99999999999999999999999999999}"#.to_vec(), None, "d"),
+        (t.into(), br#"{"deviceId":"a","deviceId":"b"}"#.to_vec(), None, "a"),
+        (t.into(), br#"{"deviceId":123}"#.to_vec(), None, "123"),
+        (t.into(), br#"{"deviceId":null}"#.to_vec(), None, ""),
+        (t.into(), br#"{"deviceId":{"x":1}}"#.to_vec(), None, ""),
+        (t.into(), br#"{"deviceId":["a"]}"#.to_vec(), None, ""),
+        (t.into(), br#"{"deviceId":true,"ts":"yesterday"}"#.to_vec(), None, "true"),
+        (t.into(), br#"{"deviceId":"d","ts":1e300}"#.to_vec(), None, "d"),
+        (t.into(), br#"{"deviceId":"d","ts":-1}"#.to_vec(), None, "d"),
+        (t.into(), br#"{"deviceId":"d","ts":{"ms":1}}"#.to_vec(), None, "d"),
+        (t.into(), br#"{"deviceId":"d","ts":"9999999-01-01T00:00:00Z"}"#.to_vec(), None, "d"),
+        (t.into(), br#"[1,2,3]"#.to_vec(), None, ""),
+        (t.into(), br#""just a string""#.to_vec(), None, ""),
+        (sql_tenant.into(), br#"{"deviceId":"x' OR '1'='1"}"#.to_vec(), None, "x' OR '1'='1"),
+    ];
+    for (topic, payload, reason, device) in cases {
+        let o = r.route(&inbound(&topic, &payload));
+        let what = format!("{:.80} / {:.60}", topic, String::from_utf8_lossy(&payload));
+        assert_eq!(o.reason, reason, "{what}");
+        match reason {
+            Some(reason) => {
+                assert_eq!(o.topic, "iot-dead-letters", "{what}");
+                assert_eq!(header(&o, "reason"), Some(reason.as_str()), "{what}");
+                assert!(o.value.len() <= 512 * 1024, "{what}: dead letter of {} bytes", o.value.len());
+            }
+            None => {
+                assert!(o.topic.starts_with("iot.") && o.topic.split('.').count() == 3, "{what}: {}", o.topic);
+                assert_eq!(header(&o, "device_id").unwrap_or(""), device, "{what}");
+                assert_eq!(&o.value[..], &payload[..], "{what}: forwarded unchanged");
+                assert_eq!(o.timestamp_ms, 1_700_000_000_000, "{what}: no usable event time, so the receive time");
+                let tenant = topic.split('/').nth(4).unwrap_or_default();
+                assert_eq!(header(&o, "tenant_id"), Some(tenant), "{what}: the tenant as given");
+            }
+        }
+    }
+}

@@ -65,19 +65,22 @@ pub async fn a_replay_stores_no_second_row(engine: &Engine) {
     store.ping().await.expect("ping");
 }
 
-/// Binary, text, empty, out-of-range and NUL-bearing payloads: every byte
-/// kept; only real JSON counts as JSON.
+/// Binary, text, empty, out-of-range, NUL-bearing and 1,000-deep
+/// payloads: every byte kept; only real JSON counts as JSON (nesting deeper
+/// than 128 levels does not: it is kept as bytes, and nothing recurses on it).
 pub async fn payloads_that_are_not_json_keep_their_bytes(engine: &Engine) {
     let mut store = engine.connect(3).await;
     let now = now_ms();
-    let bodies: [&[u8]; 5] = [b"\xff\xfe\x00binary", b"plain text", b"", b"1e400", br#"{"nul": "a\u0000b"}"#];
+    let deep = format!("{}{}", "[".repeat(1_000), "]".repeat(1_000));
+    let bodies: [&[u8]; 6] =
+        [b"\xff\xfe\x00binary", b"plain text", b"", b"1e400", br#"{"nul": "a\u0000b"}"#, deep.as_bytes()];
     let rows: Vec<_> = bodies
         .iter()
         .enumerate()
         .map(|(i, b)| row("acme", "p1", &format!("d{i}"), now - i as i64, b.to_vec()))
         .collect();
     let out = store.write(&rows, &[]).await.expect("write");
-    assert_eq!((out.inserted, out.rejected), (5, 0));
+    assert_eq!((out.inserted, out.rejected), (6, 0));
     for (i, r) in rows.iter().enumerate() {
         let s = engine.row(r.id).await;
         let json = i == 4 && engine.json_may_contain_nul();
@@ -92,7 +95,7 @@ pub async fn payloads_that_are_not_json_keep_their_bytes(engine: &Engine) {
     if engine.answers_queries() {
         // The queries cope with every kind of payload.
         let q = store.query_handle().expect("query handle");
-        for i in 0..5 {
+        for i in 0..6 {
             let device = format!("d{i}");
             let series = q.series("acme", "p1", &device, SeriesRange::Minutes15, None).await.expect("series");
             series.expect("known device");
