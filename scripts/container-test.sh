@@ -30,7 +30,7 @@ size=$(podman "${PODMAN_OPTS[@]}" image inspect "$IMAGE" --format '{{.Size}}')
 
 bash scripts/services.sh up mosquitto tansu postgres >/dev/null
 # shellcheck source=/dev/null
-. .services/env.sh
+. "${IOTPIPE_SERVICES_DIR:-.services}/env.sh"
 
 work=$(mktemp -d)
 chmod 755 "$work"

@@ -164,7 +164,11 @@ impl Source {
     ) -> Result<(), SourceError> {
         let mut backoff = self.cfg.reconnect_backoff_min.get();
         let mut last_error: Option<String> = None;
-        let mut subscribed_once = false;
+        // Whether the broker accepted our subscriptions (SUBACK without
+        // failures): only then does a resumed session (session_present)
+        // still hold them. A refused or unanswered request is sent again on
+        // the next connection.
+        let mut accepted = false;
         let mut draining = false;
         let mut stopping = false;
         loop {
@@ -200,10 +204,8 @@ impl Source {
                     self.health.set_mqtt_connected(true);
                     tracing::info!(session_present, "Connected to the MQTT broker.");
                     last_error = None;
-                    if !session_present || !subscribed_once {
-                        if self.client.try_subscribe(&self.filters, self.cfg.qos) {
-                            subscribed_once = true;
-                        } else {
+                    if !session_present || !accepted {
+                        if !self.client.try_subscribe(&self.filters, self.cfg.qos) {
                             tracing::error!("Could not queue the subscription request.");
                         }
                     } else {
@@ -211,7 +213,8 @@ impl Source {
                     }
                 }
                 Ok(Event::Subscribed { failures }) => {
-                    if failures.is_empty() {
+                    accepted = failures.is_empty();
+                    if accepted {
                         self.health.set_mqtt_subscribed(true);
                         tracing::info!(filters = ?self.filters, qos = self.cfg.qos.level(), "Subscribed.");
                     } else {
