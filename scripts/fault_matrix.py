@@ -265,8 +265,9 @@ class Postgres:
                 shutil.chown(base, "postgres")
         self.base = base
         self.datadir = os.path.join(base, "data")
-        self.sock = os.path.join(base, "sock")
-        os.makedirs(self.sock, exist_ok=True)
+        # a short path: a Unix socket address holds at most 107 bytes
+        self.sock = subprocess.run(["mktemp", "-d", "/tmp/fm-pgsock-XXXXXX"], check=True,
+                                   capture_output=True, text=True).stdout.strip()
         if os.geteuid() == 0:
             shutil.chown(self.sock, "postgres")
         r = self._as_pg([f"{PG_BINDIR}/initdb", "-D", self.datadir, "-U", "postgres", "-E", "UTF8", "--locale=C",
@@ -305,6 +306,7 @@ class Postgres:
             except ScenarioError:
                 pass
             shutil.rmtree(self.base, ignore_errors=True)
+            shutil.rmtree(self.sock, ignore_errors=True)
         else:
             try:
                 self.sql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)', db="postgres")
@@ -461,8 +463,8 @@ level = "info"
 
     def stored_count(self, run=None):
         try:
-            return int(self.pg.sql(f"SELECT count(*) FROM telemetry WHERE payload->>'run' = '{run or self.run_id}'",
-                                   timeout=10).strip())
+            return int(self.pg.sql("SELECT count(DISTINCT payload->>'seq') FROM telemetry "
+                                   f"WHERE payload->>'run' = '{run or self.run_id}'", timeout=10).strip())
         except Exception:  # noqa: BLE001
             return -1
 
@@ -631,7 +633,8 @@ class Sim:
             self.proc = subprocess.Popen(
                 NICE + [BIN, "simulate", "--broker", run.mqtt.url, "--count", str(count), "--rate", str(rate),
                         "--qos", "1", "--tenants", str(TENANTS), "--projects", str(PROJECTS), "--devices",
-                        str(DEVICES), "--run-id", run_id, "--start-seq", str(start), "--timeout", "900s",
+                        str(DEVICES), "--run-id", run_id, "--start-seq", str(start),
+                        "--timeout", f"{count // max(rate, 1) + 120}s",
                         "--client-id", f"fm-sim-{run.run_id}-{start}"], stdout=f, stderr=f)
 
     def sample(self):
@@ -1003,11 +1006,9 @@ def table(rows):
         peaks = r["peaks"]
         br = max((p["peak_kib"] for n, p in peaks.items() if n.startswith("bridge")), default=0)
         sk = peaks.get("sink", {}).get("peak_kib", 0)
-        kd = r.get("kafka_duplicates", "?")
+        kd = r.get("kafka_duplicates")
+        kd = "?" if kd is None else f"{kd:,}"
         lines.append(f"| {r['scenario']} | {r['mode']} | {r['published']:,} | {r['stored_distinct']:,} | {r['lost']:,} | "
-                     f"{r['duplicate_rows']:,} | {kd:,} | {longest} | {mib(br)} / {mib(sk)} | {r['verdict']} |"
-                     if isinstance(kd, int) else
-                     f"| {r['scenario']} | {r['mode']} | {r['published']:,} | {r['stored_distinct']:,} | {r['lost']:,} | "
                      f"{r['duplicate_rows']:,} | {kd} | {longest} | {mib(br)} / {mib(sk)} | {r['verdict']} |")
     return "\n".join(lines)
 
