@@ -531,33 +531,31 @@ level = "info"
         return res, lost
 
     def kafka_counts(self):
+        """Every record of the run in the iot.* topics, read from the beginning
+        until each partition reports its end twice in a row with no new record."""
         if Consumer is None:
             return {"kafka_error": "confluent-kafka is not installed (FAULT_MATRIX_PYLIB)"}
         c = Consumer({"bootstrap.servers": self.kafka.brokers, "group.id": f"fm-reader-{uuid.uuid4().hex[:8]}",
                       "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True})
         try:
             md = c.list_topics(timeout=15)
-            parts = []
-            for name, t in md.topics.items():
-                if name.startswith("iot."):
-                    for p in t.partitions:
-                        lo, hi = c.get_watermark_offsets(TopicPartition(name, p), timeout=15)
-                        if hi > lo:
-                            parts.append((name, p, lo, hi))
-            c.assign([TopicPartition(n, p, lo) for n, p, lo, _ in parts])
-            left = {(n, p): hi for n, p, _, hi in parts}
-            per_seq, records, end = {}, 0, time.time() + 120
-            while left and time.time() < end:
+            parts = [(name, p) for name, t in md.topics.items() if name.startswith("iot.") for p in t.partitions]
+            c.assign([TopicPartition(n, p, 0) for n, p in parts])
+            per_seq, records, end = {}, 0, time.time() + 180
+            eof, highs = set(), {}
+            while time.time() < end:
                 m = c.poll(1.0)
                 if m is None:
+                    if len(eof) == len(parts):
+                        break
                     continue
                 key = (m.topic(), m.partition())
                 if m.error():
                     if m.error().code() == -191:  # _PARTITION_EOF
-                        left.pop(key, None)
+                        eof.add(key)
+                        highs[key] = m.offset()
                     continue
-                if key in left and m.offset() + 1 >= left[key]:
-                    left.pop(key, None)
+                eof.discard(key)
                 try:
                     v = json.loads(m.value())
                 except ValueError:
@@ -565,12 +563,14 @@ level = "info"
                 if v.get("run") == self.run_id:
                     records += 1
                     per_seq[v["seq"]] = per_seq.get(v["seq"], 0) + 1
-            if left:
-                return {"kafka_error": f"could not read {len(left)} partitions to their end"}
+            if len(eof) < len(parts):
+                return {"kafka_error": f"{len(parts) - len(eof)} of {len(parts)} partitions not read to their end"}
             published = self.published()
+            missing = sorted(published - set(per_seq))
             return {"kafka_records": records, "kafka_distinct": len(per_seq),
-                    "kafka_duplicates": records - len(per_seq),
-                    "kafka_missing": len(published - set(per_seq))}
+                    "kafka_duplicates": records - len(per_seq), "kafka_missing": len(missing),
+                    "kafka_missing_sample": missing[:20], "kafka_partitions": len(parts),
+                    "kafka_end_offsets": {f"{n}/{p}": o for (n, p), o in highs.items()}}
         finally:
             c.close()
 
@@ -939,6 +939,10 @@ def run_spec(h, spec):
         row["status"] = "ERROR"
         row["error"] = f"{type(e).__name__}: {e}"
         log(f"  {spec.name}: ERROR {row['error']}")
+    except BaseException:  # interrupted: stop this scenario's processes, then stop
+        if run is not None:
+            run.teardown()
+        raise
     finally:
         if run is not None:
             try:
@@ -1032,6 +1036,7 @@ def main():
         for line in SKIP_LINES.values():
             print(line)
         return
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     h = Harness(args)
     all_specs = specs(h)
     if args.scenario:
