@@ -952,6 +952,9 @@ def run_spec(h, spec):
             row["peaks"] = run.peaks()
             row["events"] = run.events
             row.setdefault("notes", []).extend(run.notes)
+            dropped = run.mqtt.log_lines("are being dropped")
+            if dropped:
+                row["notes"].append(f"Mosquitto logged {len(dropped)}× '{dropped[0].split(': ', 1)[-1]}'")
             row["extra"] = getattr(run, "extra", {})
             row["exits"] = {r.name: r.exits for r in run.roles}
             row["work"] = run.work
