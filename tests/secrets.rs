@@ -11,7 +11,7 @@ mod common;
 
 use common::eventually;
 use common::kafka::Tansu;
-use common::mqtt::spawn_publish;
+use common::mqtt::{spawn_mosquitto, spawn_publish};
 use common::postgres::{count, Server};
 use common::process::{bridge_config, Iotpipe};
 use common::store::fresh_name;
@@ -51,7 +51,6 @@ struct AuthMosquitto {
 
 impl AuthMosquitto {
     fn start(dir: &Path) -> Self {
-        let bin = common::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
         let passwd = dir.join("mosquitto.passwd");
         let out = Command::new("mosquitto_passwd")
             .args(["-b", "-c"])
@@ -73,15 +72,7 @@ impl AuthMosquitto {
             ),
         )
         .expect("mosquitto.conf");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        common::wait_for_port(open, Duration::from_secs(10));
-        common::wait_for_port(auth, Duration::from_secs(10));
+        let child = spawn_mosquitto(&conf, &[open, auth]);
         Self { child, open, auth }
     }
 }

@@ -8,12 +8,12 @@ mod common;
 
 use common::eventually;
 use common::kafka::Tansu;
-use common::mqtt::spawn_publish;
+use common::mqtt::{spawn_mosquitto, spawn_publish};
 use common::postgres::{count, query, PrivatePostgres};
 use common::process::{bridge_config, Iotpipe};
 use common::tls::Certs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// Mosquitto with a plain listener for the test's publisher and a TLS
@@ -26,7 +26,6 @@ struct TlsMosquitto {
 
 impl TlsMosquitto {
     fn start(dir: &Path, certs: &Certs) -> Self {
-        let bin = common::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
         let (open, tls) = (common::free_port(), common::free_port());
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
@@ -43,15 +42,7 @@ impl TlsMosquitto {
             ),
         )
         .expect("mosquitto.conf");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        common::wait_for_port(open, Duration::from_secs(10));
-        common::wait_for_port(tls, Duration::from_secs(10));
+        let child = spawn_mosquitto(&conf, &[open, tls]);
         Self { child, open, tls }
     }
 }

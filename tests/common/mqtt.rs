@@ -14,7 +14,6 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(max_queued: u32) -> Self {
-        let bin = super::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = super::free_port();
         let conf = dir.path().join("mosquitto.conf");
@@ -26,20 +25,30 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        super::wait_for_port(port, Duration::from_secs(10));
+        let child = spawn_mosquitto(&conf, &[port]);
         Self { child, port, dir }
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+}
+
+/// Start the services' Mosquitto on `conf` and wait until each of its
+/// listener `ports` is open (for tests that need their own listeners).
+pub fn spawn_mosquitto(conf: &std::path::Path, ports: &[u16]) -> Child {
+    let bin = super::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    for &port in ports {
+        super::wait_for_port(port, Duration::from_secs(10));
+    }
+    child
 }
 
 impl Drop for Mosquitto {
