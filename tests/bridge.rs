@@ -268,3 +268,46 @@ fn journal_mode_rides_out_a_60s_kafka_outage_with_a_1000_message_broker_queue() 
     assert!(missing.is_empty(), "{} messages lost", missing.len());
     eventually(Duration::from_secs(30), "journal drained", || bridge.metric("iotpipe_journal_depth") == 0.0);
 }
+
+/// Scale-down of a shared group: with `mqtt.leave_group_on_shutdown` the
+/// member that gets SIGTERM unsubscribes, takes what the broker had already
+/// sent it, and exits; the broker routes the rest to the member that stays,
+/// so nothing is stranded in the departed member's offline session.
+#[test]
+fn a_member_leaving_its_shared_group_on_sigterm_strands_nothing() {
+    const N: u64 = 6_000;
+    let mqtt = Mosquitto::start(100_000);
+    let kafka = Tansu::start();
+    let shared = |id: &str| {
+        bridge_config(&mqtt.url(), &kafka.brokers(), id, "")
+            .replace("qos = 1", "qos = 1\nshared_group = \"fleet\"\nleave_group_on_shutdown = true")
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stays = Iotpipe::bridge(dir_a.path(), &shared("leave-stays"));
+    let mut leaves = Iotpipe::bridge(dir_b.path(), &shared("leave-goes"));
+    for b in [&stays, &leaves] {
+        eventually(Duration::from_secs(20), "bridge ready", || b.get("/readyz").0 == 200);
+    }
+
+    let publisher = spawn_publish(mqtt.url(), 0..N, Some(1_000));
+    eventually(Duration::from_secs(20), "both members take a share", || {
+        stays.metric("iotpipe_messages_received_total") > 200.0
+            && leaves.metric("iotpipe_messages_received_total") > 200.0
+    });
+    let (code, _) = leaves.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "exit code after SIGTERM; log:\n{}", leaves.log_text());
+    assert!(leaves.log_text().contains("Left the shared subscription group"), "log:\n{}", leaves.log_text());
+    publisher.join().unwrap();
+
+    let records = read_until_complete(&kafka.brokers(), N, Duration::from_secs(60));
+    let (missing, dups) = coverage(&records, N);
+    let stranded = block_on(drain_session(&mqtt.url(), "leave-goes", Duration::from_secs(3)));
+    println!("leave on SIGTERM: {} records, {dups} duplicates, {} stranded", records.len(), stranded.len());
+    assert!(stranded.is_empty(), "{} messages queued for the departed member", stranded.len());
+    assert!(
+        missing.is_empty(),
+        "{} messages not in Kafka, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}

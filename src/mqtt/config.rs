@@ -74,6 +74,11 @@ pub struct MqttConfig {
     pub qos: Qos,
     /// Shared subscription group: subscribes to `$share/{group}/{filter}`.
     pub shared_group: Option<String>,
+    /// On shutdown, UNSUBSCRIBE from the shared group before draining, so
+    /// the broker stops routing this member's share to its offline session.
+    /// Only with `shared_group`; off by default (see docs/bridge.md: with it
+    /// on, a group whose members all stop at once receives nothing meanwhile).
+    pub leave_group_on_shutdown: bool,
     /// "5" (default) or "3.1.1".
     pub version: MqttVersion,
     #[serde(deserialize_with = "lenient_opt_string")]
@@ -106,6 +111,7 @@ impl Default for MqttConfig {
             topics: vec!["mtic/msg/client/realtime/#".into()],
             qos: Qos::AtLeastOnce,
             shared_group: None,
+            leave_group_on_shutdown: false,
             version: MqttVersion::V5,
             username: None,
             password: None,
@@ -140,6 +146,13 @@ impl MqttConfig {
                     format!("`{g}` must be non-empty and contain no `/`, `+` or `#`"),
                 ));
             }
+        }
+        if self.leave_group_on_shutdown && self.shared_group.is_none() {
+            return Err(KeyError::new(
+                "leave_group_on_shutdown",
+                "needs mqtt.shared_group: without a group, unsubscribing on shutdown would drop what is \
+                 published while the bridge is away",
+            ));
         }
         if self.max_in_flight == 0 {
             return Err(KeyError::new("max_in_flight", "must be at least 1"));
@@ -234,5 +247,9 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().key, "max_in_flight");
         let bad = MqttConfig { connect_timeout: HumanDuration::secs(0), ..MqttConfig::default() };
         assert_eq!(bad.validate().unwrap_err().key, "connect_timeout");
+        let bad = MqttConfig { leave_group_on_shutdown: true, ..MqttConfig::default() };
+        assert_eq!(bad.validate().unwrap_err().key, "leave_group_on_shutdown");
+        let ok = MqttConfig { leave_group_on_shutdown: true, shared_group: Some("g".into()), ..MqttConfig::default() };
+        assert_eq!(ok.validate(), Ok(()));
     }
 }

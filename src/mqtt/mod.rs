@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// A message handed to the pipeline with its place in the ack order.
 #[derive(Debug)]
@@ -34,6 +35,7 @@ pub struct Received {
 
 struct AckState {
     seq: Sequencer<AckToken>,
+    leave: Leave,
     /// Incremented when a connection ends.
     epoch: u64,
     /// Acks released by the sequencer that the request channel had no room for yet.
@@ -51,7 +53,7 @@ pub struct AckHandle {
 
 impl AckHandle {
     fn new(client: Client, metrics: Arc<MessageMetrics>) -> Self {
-        let state = AckState { seq: Sequencer::new(), epoch: 0, queued: VecDeque::new() };
+        let state = AckState { seq: Sequencer::new(), leave: Leave::Staying, epoch: 0, queued: VecDeque::new() };
         Self { state: Arc::new(Mutex::new(state)), client, metrics }
     }
 
@@ -85,6 +87,45 @@ impl AckHandle {
         s.seq.len() + s.queued.len()
     }
 
+    /// False while a shared-group member that is leaving may still be sent
+    /// messages: its UNSUBACKs are not all in, or the last message arrived
+    /// less than [`LEAVE_QUIET`] ago. Always true for a member that stays.
+    pub fn settled(&self) -> bool {
+        match self.lock().leave {
+            Leave::Staying => true,
+            Leave::Requested { .. } => false,
+            Leave::Left { last } => last.elapsed() >= LEAVE_QUIET,
+        }
+    }
+
+    fn set_leave(&self, leave: Leave) {
+        self.lock().leave = leave;
+    }
+
+    /// One UNSUBACK came in; true when it was the last one awaited.
+    fn unsubscribed(&self) -> bool {
+        let mut s = self.lock();
+        match s.leave {
+            Leave::Requested { waiting } if waiting > 1 => {
+                s.leave = Leave::Requested { waiting: waiting - 1 };
+                false
+            }
+            Leave::Requested { .. } => {
+                s.leave = Leave::Left { last: Instant::now() };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A message arrived: a member that has left waits a little longer.
+    fn arrived(&self) {
+        let mut s = self.lock();
+        if let Leave::Left { .. } = s.leave {
+            s.leave = Leave::Left { last: Instant::now() };
+        }
+    }
+
     fn release(&self, s: &mut AckState) {
         let mut ready = Vec::new();
         let epoch = s.epoch;
@@ -112,6 +153,25 @@ impl AckHandle {
         self.release(&mut s);
     }
 }
+
+/// Leaving a shared subscription group on shutdown
+/// (`mqtt.leave_group_on_shutdown`).
+#[derive(Debug, Clone, Copy)]
+enum Leave {
+    Staying,
+    /// UNSUBSCRIBEs sent; this many UNSUBACKs still to come.
+    Requested {
+        waiting: usize,
+    },
+    /// Unsubscribed; `last` is when the latest message (or the UNSUBACK) came.
+    Left {
+        last: Instant,
+    },
+}
+
+/// After the UNSUBACK, what the broker had already queued for this member
+/// still arrives; the drain waits until nothing has come for this long.
+pub const LEAVE_QUIET: Duration = Duration::from_millis(500);
 
 /// Everything the session task needs.
 pub struct Source {
@@ -170,6 +230,9 @@ impl Source {
         // the next connection.
         let mut accepted = false;
         let mut draining = false;
+        // Draining by leaving the shared group: what still arrives is taken,
+        // not left with the broker.
+        let mut leaving = false;
         let mut stopping = false;
         loop {
             let event = tokio::select! {
@@ -183,13 +246,17 @@ impl Source {
                 }
                 Ok(()) = drain.changed(), if !draining => {
                     draining = *drain.borrow();
+                    if draining && self.cfg.leave_group_on_shutdown && self.cfg.shared_group.is_some() {
+                        leaving = self.leave_group();
+                    }
                     continue;
                 }
                 ev = self.driver.poll() => ev,
             };
             match event {
                 Ok(Event::Publish(msg, token)) => {
-                    if draining {
+                    self.acks.arrived();
+                    if draining && !leaving {
                         self.metrics.left_with_broker.fetch_add(1, Relaxed);
                         continue;
                     }
@@ -204,7 +271,15 @@ impl Source {
                     self.health.set_mqtt_connected(true);
                     tracing::info!(session_present, "Connected to the MQTT broker.");
                     last_error = None;
-                    if !session_present || !accepted {
+                    if leaving {
+                        // Reconnected while leaving: a resumed session may
+                        // still hold the subscriptions (the UNSUBACK was lost).
+                        if session_present {
+                            leaving = self.leave_group();
+                        } else {
+                            self.acks.set_leave(Leave::Left { last: Instant::now() });
+                        }
+                    } else if !session_present || !accepted {
                         if !self.client.try_subscribe(&self.filters, self.cfg.qos) {
                             tracing::error!("Could not queue the subscription request.");
                         }
@@ -219,6 +294,15 @@ impl Source {
                         tracing::info!(filters = ?self.filters, qos = self.cfg.qos.level(), "Subscribed.");
                     } else {
                         tracing::error!(filters = ?self.filters, ?failures, "The broker refused the subscription.");
+                    }
+                }
+                Ok(Event::Unsubscribed) => {
+                    if self.acks.unsubscribed() {
+                        self.health.set_mqtt_subscribed(false);
+                        tracing::info!(
+                            filters = ?self.filters,
+                            "Left the shared subscription group; finishing what the broker had already sent."
+                        );
                     }
                 }
                 Ok(Event::Refused(code)) => {
@@ -252,6 +336,21 @@ impl Source {
                 }
             }
         }
+    }
+}
+
+impl Source {
+    /// Send the UNSUBSCRIBEs that take this member out of its shared group.
+    /// False (and the member drains as if staying) when they cannot be queued.
+    fn leave_group(&mut self) -> bool {
+        if !self.client.try_unsubscribe(&self.filters) {
+            tracing::warn!("Could not queue the UNSUBSCRIBE; leaving unacked messages with the broker instead.");
+            self.acks.set_leave(Leave::Staying);
+            return false;
+        }
+        self.acks.set_leave(Leave::Requested { waiting: self.filters.len() });
+        tracing::info!(filters = ?self.filters, "Shutting down: leaving the shared subscription group.");
+        true
     }
 }
 

@@ -59,6 +59,14 @@ impl Client {
         }
     }
 
+    /// Queue one UNSUBSCRIBE per filter without waiting.
+    pub fn try_unsubscribe(&self, filters: &[String]) -> bool {
+        filters.iter().all(|f| match self {
+            Client::V5(c) => c.try_unsubscribe(f.clone()).is_ok(),
+            Client::V311(c) => c.try_unsubscribe(f.clone()).is_ok(),
+        })
+    }
+
     pub fn try_disconnect(&self) -> bool {
         match self {
             Client::V5(c) => c.try_disconnect().is_ok(),
@@ -102,9 +110,15 @@ fn qos4(level: u8) -> rumqttc::QoS {
 /// What the driver reports, whatever the protocol version.
 #[derive(Debug)]
 pub enum Event {
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     Refused(String),
-    Subscribed { failures: Vec<String> },
+    Subscribed {
+        failures: Vec<String>,
+    },
+    /// One UNSUBACK (one per filter: they are sent one by one).
+    Unsubscribed,
     Publish(Inbound, Option<AckToken>),
     DisconnectSent,
     Other,
@@ -159,6 +173,7 @@ impl Driver {
                             .map(|c| format!("{c:?}"))
                             .collect(),
                     }),
+                    E::Incoming(I::UnsubAck(_)) => Ok(Event::Unsubscribed),
                     E::Incoming(I::Publish(p)) => {
                         let token =
                             (p.qos != Qos5::AtMostOnce).then_some(AckToken { pkid: p.pkid, qos: level5(p.qos) });
@@ -190,6 +205,7 @@ impl Driver {
                             .map(|c| format!("{c:?}"))
                             .collect(),
                     }),
+                    E::Incoming(P::UnsubAck(_)) => Ok(Event::Unsubscribed),
                     E::Incoming(P::Publish(p)) => {
                         let token = (p.qos != rumqttc::QoS::AtMostOnce)
                             .then_some(AckToken { pkid: p.pkid, qos: level4(p.qos) });

@@ -3,7 +3,8 @@
 //! releases its PUBACK. The supervisor's drain and stop signals reach the
 //! session here; the supervisor's tick retries acks the client had no room
 //! for (`acks.flush()`), and `acks.outstanding() == 0` tells it that every
-//! received message has been acked.
+//! received message has been acked (`acks.settled()`: and that a member
+//! leaving its shared group expects no more).
 
 use super::supervisor::{Signals, Tasks};
 use super::PipelineError;

@@ -93,7 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // not taken yet is safe in the journal once Kafka is away.
         drained: || {
             let forwarded = metrics.in_flight.load(Relaxed) <= 0 || (journal_mode && !health.kafka_reachable());
-            forwarded && acks.outstanding() == 0
+            forwarded && acks.outstanding() == 0 && acks.settled()
         },
         tick: || acks.flush(),
     };

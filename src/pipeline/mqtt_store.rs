@@ -88,7 +88,7 @@ pub async fn run(
     let plan = Plan {
         grace: config.bridge.grace_period.get(),
         // Everything received is journaled, acked and stored.
-        drained: || acks.outstanding() == 0 && journal.depth() == 0,
+        drained: || acks.outstanding() == 0 && acks.settled() && journal.depth() == 0,
         tick: || acks.flush(),
     };
     let result = supervise(&mut tasks, &signals, &health, shutdown, plan).await;

@@ -17,6 +17,9 @@ session_expiry = {{ $m.sessionExpiry | toJson }}
 max_in_flight = {{ $m.maxInFlight | int }}
 {{- if and .shared $m.sharedGroup }}
 shared_group = {{ $m.sharedGroup | toJson }}
+{{- if $m.leaveGroupOnShutdown }}
+leave_group_on_shutdown = true
+{{- end }}
 {{- end }}
 {{- if $m.username }}
 username = {{ $m.username | toJson }}
