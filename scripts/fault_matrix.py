@@ -28,6 +28,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -322,7 +324,7 @@ class Run:
     """The processes of one scenario, its fault timeline and its reconciliation."""
 
     def __init__(self, h, name, journal=False, bridges=1, shared=False, max_queued=1_000_000, private_pg=False,
-                 tansu_sqlite=False):
+                 tansu_sqlite=False, journal_fs=None, journal_extra=""):
         self.h, self.name, self.journal = h, name, journal
         self.work = os.path.join(h.results, name)
         shutil.rmtree(self.work, ignore_errors=True)
@@ -341,6 +343,12 @@ class Run:
         self.shared = shared
         self.nbridges = bridges
         self.next_seq = 0
+        self.journal_extra = journal_extra
+        self.journal_root = self.work
+        self.small_fs = None
+        if journal_fs:
+            self.small_fs = SmallFs(os.path.join(self.work, "journal-fs"), journal_fs)
+            self.journal_root = self.small_fs.path
         self.sampler = threading.Thread(target=self._sample_loop, daemon=True)
 
     # ---- configs
@@ -367,9 +375,9 @@ level = "info"
 """
             if self.journal:
                 text += f"""[journal]
-path = "{os.path.join(self.work, 'journal-' + client_id)}"
+path = "{os.path.join(self.journal_root, 'journal-' + client_id)}"
 max_size = "1GiB"
-"""
+{self.journal_extra}"""
             return text
         return cfg
 
@@ -618,8 +626,44 @@ level = "info"
                 s.proc.kill()
         self.kafka.stop()
         self.mqtt.stop()
+        if self.small_fs:
+            self.small_fs.unmount()
         if not self.h.keep:
             self.pg.drop()
+
+
+class SmallFs:
+    """A tmpfs of a given size (root only), for a journal that fills its
+    filesystem; unmounted at teardown (and at exit, should a scenario die)."""
+
+    def __init__(self, path, size):
+        os.makedirs(path, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ScenarioError(f"mount -t tmpfs -o size={size} {path} failed: {r.stderr.strip()}")
+        self.path, self.size, self.mounted = path, size, True
+
+    def unmount(self):
+        if self.mounted:
+            r = subprocess.run(["umount", self.path], capture_output=True, text=True)
+            if r.returncode != 0:
+                subprocess.run(["umount", "-l", self.path], capture_output=True)
+            self.mounted = False
+
+    def usage(self):
+        st = os.statvfs(self.path)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def readyz(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return r.status, r.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()
+    except OSError as e:
+        return 0, str(e)
 
 
 class Sim:
@@ -743,29 +787,26 @@ def sc_shared_group(run):
 
 
 def sc_mosquitto_restart(run):
-    """Mosquitto restarted (SIGTERM, persistence file kept) while it holds a
-    backlog for the bridge: Kafka is stalled, so the bridge has
-    mqtt.max_in_flight messages unacked and the rest queue in its session.
-    The load pauses across the restart itself: `iotpipe simulate` drops its own
-    unacknowledged publishes when it reconnects (RELIABILITY.md, Findings)."""
+    """Mosquitto restarted (SIGTERM, persistence file kept) in the middle of
+    the load while it holds a backlog for the bridge: Kafka is stalled, so
+    the bridge has mqtt.max_in_flight messages unacked and the rest queue in
+    its session. The simulator keeps publishing across the restart (it sends
+    its unacknowledged publishes again after reconnecting)."""
     run.setup()
-    n = run.h.rate * run.h.dur // 2
+    d = run.h.dur
+    load(run, d)
+    at(run, run.h.margin)
     run.kafka.stall()
     run.event("tansu SIGSTOP: the bridge cannot deliver, the broker holds the backlog")
-    run.load_t0 = time.time()
-    run.event(f"load 1: {n} messages at {run.h.rate} msg/s")
-    run.publish(n, run.h.rate).wait()
-    run.event("load 1 acknowledged by the broker")
+    at(run, d / 2)
     run.mqtt.stop()
-    run.event("mosquitto SIGTERM (persistence written)")
+    run.event("mosquitto SIGTERM (persistence written), load running")
     time.sleep(2.0)
     run.mqtt.start()
-    run.event("mosquitto restarted")
-    time.sleep(2.0)
+    run.fault_end("mosquitto restarted on the same port and persistence file")
+    at(run, d / 2 + 4)
     run.kafka.resume()
-    run.fault_end("tansu SIGCONT after the broker restart")
-    run.event(f"load 2: {n} messages")
-    run.publish(n, run.h.rate)
+    run.fault_end("tansu SIGCONT")
     run.settle()
 
 
@@ -824,6 +865,59 @@ def sc_kafka_restart(run):
     run.kafka.start()
     run.fault_end("tansu restarted on the same SQLite file")
     run.settle()
+
+
+def sc_journal_disk_full(run, seconds):
+    """Journal mode, the journal on a small tmpfs (far below journal.max_size),
+    Kafka stalled long enough for the journal to fill the filesystem. The
+    bridge must stop acking MQTT (the backlog stays in Mosquitto, whose queue
+    is large here), say so in /metrics, /readyz and its log, stay up, and go
+    on once Kafka is back and delivered segments are deleted."""
+    run.setup()
+    b = run.bridges[0]
+    d = seconds + 2 * run.h.margin
+    load(run, d)
+    at(run, run.h.margin)
+    run.kafka.stall()
+    run.event(f"tansu SIGSTOP for {seconds}s (journal on a {run.small_fs.size} tmpfs)")
+    seen = {"journal_full": False, "readyz": None, "peak_fs_used": 0, "fs_size": run.small_fs.usage()[1],
+            "journal_bytes_max": 0}
+    end = run.load_t0 + run.h.margin + seconds
+    while time.time() < end:
+        if not b.alive():
+            raise ScenarioError(f"bridge exited during the stall (rc {b.proc.returncode}); see {run.work}/bridge-a.log")
+        try:
+            m = metrics(b.port)
+        except OSError:
+            m = ""
+        seen["journal_bytes_max"] = max(seen["journal_bytes_max"], int(metric(m, "iotpipe_journal_bytes")))
+        seen["peak_fs_used"] = max(seen["peak_fs_used"], run.small_fs.usage()[0])
+        if metric(m, "iotpipe_journal_full") == 1 and not seen["journal_full"]:
+            seen["journal_full"] = True
+            run.event("bridge reports iotpipe_journal_full 1")
+            seen["readyz"] = readyz(b.port)
+        time.sleep(0.5)
+    run.kafka.resume()
+    run.fault_end("tansu SIGCONT")
+    run.settle()
+    if not b.alive():
+        raise ScenarioError(f"bridge exited after the stall (rc {b.proc.returncode}); see {run.work}/bridge-a.log")
+    seen["journal_full_after"] = metric(metrics(b.port), "iotpipe_journal_full")
+    seen["readyz_after"] = readyz(b.port)
+    with open(os.path.join(run.work, "bridge-a.log")) as f:
+        log_text = f.read()
+    seen["log_nearly_full"] = log_text.count("filesystem nearly full")
+    seen["log_write_failed"] = log_text.count("Journal write failed")
+    seen["bridge_starts"] = b.incarnation
+    run.extra["disk_full"] = seen
+    run.notes.append(f"journal filesystem {seen['fs_size'] // 1024} KiB, peak {seen['peak_fs_used'] // 1024} KiB used; "
+                     f"iotpipe_journal_full seen: {seen['journal_full']}, /readyz then: {seen['readyz']}; "
+                     f"after: journal_full {seen['journal_full_after']:.0f}, /readyz {seen['readyz_after']}; "
+                     f"log 'nearly full' lines: {seen['log_nearly_full']}, write failures: {seen['log_write_failed']}")
+    if not seen["journal_full"]:
+        raise ScenarioError("the journal's filesystem did not fill up (no iotpipe_journal_full 1): the fault did not happen")
+    if seen["log_write_failed"] or b.incarnation != 1 or seen["journal_full_after"] != 0:
+        raise ScenarioError("the bridge did not back off cleanly: " + run.notes[-1])
 
 
 def sc_combined(run):
@@ -898,16 +992,16 @@ def specs(h):
              lambda r: sc_kafka_stall(r, long_s), journal=True, max_queued=1000),
         Spec("combined", "journal mode: bridge SIGKILL, Kafka stall + sink SIGKILL, PostgreSQL down, bridge SIGKILL",
              sc_combined, journal=True, private_pg=True),
+        Spec("journal-disk-full", "journal mode, journal on a 3 MiB tmpfs, Kafka stalled 30 s: the filesystem fills up",
+             lambda r: sc_journal_disk_full(r, 30), journal=True, journal_fs="3m",
+             journal_extra='segment_size = "512KiB"\nmax_batch = "128KiB"\n', needs_root=True),
         Spec("kafka-restart", "Kafka restart (Tansu with SQLite storage, SIGKILL) during load", sc_kafka_restart,
              tansu_sqlite=True),
     ]
     return out
 
 
-SKIP_LINES = {
-    "journal-disk-full": "SKIPPED: journal-disk-full: not implemented in this harness (the journal's Full path is "
-                         "covered by tests/journal.rs; a loop-mounted small filesystem would be needed here)",
-}
+SKIP_LINES = {}
 
 
 # --------------------------------------------------------------------------
@@ -930,6 +1024,9 @@ class Harness:
 
 
 def run_spec(h, spec):
+    if spec.opts.pop("needs_root", False) and os.geteuid() != 0:
+        return {"scenario": spec.name, "title": spec.title, "status": "SKIPPED",
+                "reason": "needs root (mounts a small tmpfs for the journal)"}
     if spec.opts.get("tansu_sqlite") and not os.access(TANSU_SQL_BIN, os.X_OK):
         return {"scenario": spec.name, "title": spec.title, "status": "SKIPPED",
                 "reason": f"no Tansu with SQLite storage at {TANSU_SQL_BIN}; build it with "

@@ -3,8 +3,9 @@
 # it: Debian packages and Tansu (via scripts/services.sh), formatting and lint
 # checks, every unit and integration test against real services, then the
 # deployment manifests (scripts/check-deploy.sh), the dashboards and alerts
-# against live processes (scripts/check-observability.sh) and the container
-# image under a 64 MiB limit (scripts/container-test.sh).
+# against live processes (scripts/check-observability.sh), the container
+# image under a 64 MiB limit (scripts/container-test.sh) and the short fault
+# matrix (scripts/fault-matrix.sh --short).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,3 +53,8 @@ IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/check-observability.sh
 
 echo "== container image"
 bash scripts/container-test.sh
+
+# The short fault matrix (RELIABILITY.md): five scenarios of real process
+# faults, nothing lost or stored twice, every bridge and sink below 64 MiB.
+echo "== fault matrix (--short)"
+IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/fault-matrix.sh --short

@@ -2,9 +2,14 @@
 //! and a `--subscribe` mode that counts what a plain subscriber receives
 //! (the broker baseline for benchmarks).
 
+mod acks;
+
 use crate::mqtt::parse_mqtt_url;
 use crate::record::now_ms;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+pub use acks::Reconnects;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to publish (or count).
@@ -28,7 +33,10 @@ pub struct SimulateArgs {
     /// Devices per project.
     #[arg(long, default_value_t = 20)]
     pub devices: u32,
-    /// QoS of the publishes (0, 1 or 2).
+    /// QoS of the publishes (0, 1 or 2). At QoS 1 and 2, publishes not yet
+    /// acknowledged when the connection drops (a broker restart) are sent
+    /// again after the reconnect, so nothing is lost; at QoS 1 a message whose
+    /// acknowledgement was lost may then arrive twice.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
     /// Pad each payload to at least this many bytes.
@@ -52,7 +60,9 @@ pub struct SimulateArgs {
     /// Count messages on this filter instead of publishing.
     #[arg(long, value_name = "FILTER")]
     pub subscribe: Option<String>,
-    /// Give up after this long (e.g. "60s"); 0 waits forever.
+    /// Give up after this long (e.g. "60s"), counted from the start of the
+    /// run (publishing included); 0 waits forever. The error says how many
+    /// messages were acknowledged by then.
     #[arg(long, default_value = "0s")]
     pub timeout: humantime::Duration,
 }
@@ -74,6 +84,8 @@ pub enum SimulateError {
 pub struct Summary {
     pub messages: u64,
     pub elapsed: Duration,
+    /// Reconnects while publishing, and the publishes sent again after them.
+    pub reconnects: Reconnects,
 }
 
 impl Summary {
@@ -133,7 +145,19 @@ pub async fn publish(args: &SimulateArgs) -> Result<Summary, SimulateError> {
     }
     let (client, eventloop) = AsyncClient::new(options(args, "")?, usize::from(args.inflight) * 2 + 16);
     let start = Instant::now();
-    let ack_task = tokio::spawn(count_acks(eventloop, args.count, args.qos));
+    let acked = Arc::new(AtomicU64::new(0));
+    let ack_task = tokio::spawn(acks::count_acks(eventloop, args.count, args.qos, acked.clone()));
+    // The sender ends by itself when the event loop is gone (its channel closes).
+    let sender = tokio::spawn(send_all(client.clone(), args.clone()));
+    let res = wait(ack_task, &acked, args, start, "acknowledged").await;
+    sender.abort();
+    let reconnects = res?;
+    let _ = client.disconnect().await;
+    Ok(Summary { messages: acked.load(Ordering::Relaxed), elapsed: start.elapsed(), reconnects })
+}
+
+/// Hand the `count` publishes to the client at `rate`.
+async fn send_all(client: AsyncClient, args: SimulateArgs) {
     let fleet = u64::from(args.tenants) * u64::from(args.projects) * u64::from(args.devices);
     let mut next_tick = Instant::now();
     let per_tick = if args.rate == 0 { u64::MAX } else { (args.rate / 100).max(1) };
@@ -152,7 +176,7 @@ pub async fn publish(args: &SimulateArgs) -> Result<Summary, SimulateError> {
             let topic = format!("{}/tenant-{t}/project-{p}", args.topic_prefix);
             let payload = device_payload(&device, seq, seq / fleet, &args.run_id, args.payload_size);
             if client.publish(topic, qos(args.qos), false, payload).await.is_err() {
-                break;
+                return;
             }
             sent += 1;
         }
@@ -160,27 +184,26 @@ pub async fn publish(args: &SimulateArgs) -> Result<Summary, SimulateError> {
             next_tick += tick;
             tokio::time::sleep_until(next_tick.into()).await;
         }
-        if ack_task.is_finished() {
-            break;
-        }
     }
-    let acked = wait(ack_task, args, start, "acknowledged").await?;
-    let _ = client.disconnect().await;
-    Ok(Summary { messages: acked, elapsed: start.elapsed() })
 }
 
+/// Wait for the event loop task, up to `--timeout` from `start`.
 async fn wait(
-    task: tokio::task::JoinHandle<Result<u64, String>>,
+    task: tokio::task::JoinHandle<Result<Reconnects, String>>,
+    acked: &AtomicU64,
     args: &SimulateArgs,
     start: Instant,
     what: &'static str,
-) -> Result<u64, SimulateError> {
+) -> Result<Reconnects, SimulateError> {
     let limit: Duration = args.timeout.into();
     let res = if limit.is_zero() {
         task.await
     } else {
+        let abort = task.abort_handle();
         let Ok(r) = tokio::time::timeout(limit.saturating_sub(start.elapsed()), task).await else {
-            return Err(SimulateError::Timeout { elapsed: start.elapsed(), done: 0, count: args.count, what });
+            abort.abort();
+            let done = acked.load(Ordering::Relaxed);
+            return Err(SimulateError::Timeout { elapsed: start.elapsed(), done, count: args.count, what });
         };
         r
     };
@@ -189,29 +212,6 @@ async fn wait(
         Ok(Err(e)) => Err(SimulateError::Mqtt(e)),
         Err(e) => Err(SimulateError::Mqtt(e.to_string())),
     }
-}
-
-/// Poll the event loop until `count` publishes are acknowledged (QoS 1/2)
-/// or written (QoS 0). Connection errors are retried for a while.
-async fn count_acks(mut el: EventLoop, count: u64, qos_level: u8) -> Result<u64, String> {
-    let mut done = 0u64;
-    let mut failures = 0u32;
-    while done < count {
-        match el.poll().await {
-            Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) if qos_level > 0 => done += 1,
-            Ok(Event::Outgoing(Outgoing::Publish(_))) if qos_level == 0 => done += 1,
-            Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
-            Ok(_) => {}
-            Err(e) => {
-                failures += 1;
-                if failures > 50 {
-                    return Err(e.to_string());
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-    Ok(done)
 }
 
 /// Subscribe to `filter` and count `count` messages; the rate is measured
@@ -258,7 +258,7 @@ pub async fn subscribe(args: &SimulateArgs, filter: &str) -> Result<Summary, Sim
         }
     }
     let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
-    Ok(Summary { messages: got, elapsed })
+    Ok(Summary { messages: got, elapsed, reconnects: Reconnects::default() })
 }
 
 #[cfg(test)]

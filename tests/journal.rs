@@ -263,6 +263,75 @@ async fn a_full_journal_refuses_appends_until_acks_free_space() {
     j.close().await.unwrap();
 }
 
+/// A tmpfs of `size` mounted on a fresh directory (root only: the journal's
+/// filesystem filling up needs a small filesystem); unmounted on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount -t tmpfs failed (this test needs root)");
+        Self { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// A journal whose filesystem is smaller than `max_size`: when it fills up,
+/// appends fail with `NoSpace` (backpressure, nothing written) instead of
+/// meeting ENOSPC and poisoning the journal; every record before is intact,
+/// and deleting delivered segments lets appends go on.
+#[tokio::test]
+async fn a_full_filesystem_refuses_appends_without_poisoning_until_space_frees() {
+    let fs = SmallFs::mount("2m");
+    let cfg = JournalConfig {
+        max_size: ByteSize::mib(1024),
+        segment_size: ByteSize::kib(64),
+        max_batch: ByteSize::kib(16),
+        ack_sync_interval: HumanDuration::secs(60),
+        ..config(fs.dir.path())
+    };
+    let (j, _) = Journal::open(cfg.clone()).unwrap();
+    let a = j.appender();
+    let mut next = 0usize;
+    let err = loop {
+        match a.append(payload(next, 1000)).await {
+            Ok(seq) => {
+                assert_eq!(seq, next as u64);
+                next += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    let JournalError::NoSpace { available, reserve, .. } = err else { panic!("expected NoSpace, got {err}") };
+    assert!(available < reserve + FRAME_HEADER + 1000, "{available} free, {reserve} reserve");
+    assert!(next > 500, "{next} records fit");
+    // Refused again, not poisoned; what was written reads back whole.
+    assert!(matches!(a.append(payload(next, 1000)).await, Err(JournalError::NoSpace { .. })));
+    let got = drain(&mut j.reader(0).unwrap());
+    assert_eq!(got.len(), next);
+    assert!(got.iter().enumerate().all(|(i, (seq, b))| *seq == i as u64 && *b == payload(i, 1000)));
+    // Delivered segments deleted: space is free again.
+    j.ack(next as u64 - 1).unwrap();
+    j.sync_acks().await.unwrap();
+    assert_eq!(a.append(payload(next, 1000)).await.unwrap(), next as u64);
+    j.close().await.unwrap();
+    let (j, rec) = Journal::open(cfg).unwrap();
+    assert_eq!((rec.next_seq, rec.undelivered), (next as u64 + 1, 1));
+    j.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_failed_write_poisons_the_journal_until_it_is_reopened() {
     if !Path::new("/dev/full").exists() {

@@ -22,6 +22,18 @@ pub enum JournalError {
         /// `journal.max_size`.
         max: u64,
     },
+    /// The journal's filesystem has less free space than the journal keeps in
+    /// reserve: stop accepting input (do not ack upstream) until space frees,
+    /// by delivered segments being deleted or by something else on the disk.
+    #[error("journal {path}: filesystem nearly full ({available} bytes free for the journal, {reserve} kept in reserve); waiting for space")]
+    NoSpace {
+        /// The journal directory.
+        path: PathBuf,
+        /// Bytes the filesystem can still take, less appends not yet written.
+        available: u64,
+        /// Bytes the journal leaves free (ack file, segment header, a batch).
+        reserve: u64,
+    },
     /// A payload larger than one segment can hold.
     #[error("record of {size} bytes is larger than the journal accepts ({max} bytes; raise journal.segment_size)")]
     TooLarge {

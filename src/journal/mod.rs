@@ -17,6 +17,7 @@
 mod ack;
 mod codec;
 mod config;
+mod disk;
 mod error;
 mod frame;
 mod reader;
@@ -76,6 +77,7 @@ impl Journal {
             active_len: segment::EMPTY_LEN,
             closed: false,
         });
+        let cfg_max_batch = cfg.max_batch.bytes();
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             cfg,
@@ -87,6 +89,7 @@ impl Journal {
             ack_persisted: AtomicU64::new(rec.acked),
             closed: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
+            disk: disk::DiskGuard::new(cfg_max_batch),
         });
         let (writer, rx) = mpsc::channel();
         Writer::new(shared.clone(), rec.active, next_seq, segment::EMPTY_LEN, next_seq)

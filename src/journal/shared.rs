@@ -1,5 +1,6 @@
 //! State shared by the journal handle, the writer thread, the ack thread and readers.
 
+use super::disk::DiskGuard;
 use super::segment::SegmentInfo;
 use super::{JournalConfig, JournalError};
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub struct Shared {
     pub closed: AtomicBool,
     /// `fdatasync` calls made for appends (group commits), for metrics.
     pub fsyncs: AtomicU64,
+    /// Free space of the journal's filesystem, the second size bound.
+    pub disk: DiskGuard,
 }
 
 impl Shared {
@@ -51,7 +54,8 @@ impl Shared {
         self.segments.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admit a frame of `bytes` against `max_size`, or fail fast with `Full`.
+    /// Admit a frame of `bytes` against `max_size`, or fail fast with `Full`,
+    /// and against the filesystem's free space, or fail fast with `NoSpace`.
     pub fn reserve(&self, bytes: u64) -> Result<(), JournalError> {
         let max = self.cfg.max_size.bytes();
         let mut cur = self.reserved.load(Ordering::Acquire);
@@ -59,6 +63,14 @@ impl Shared {
             let want = cur.saturating_add(bytes);
             if want > max {
                 return Err(JournalError::Full { used: cur, max });
+            }
+            let used = self.used.load(Ordering::Acquire);
+            if let Err(low) = self.disk.admit(&self.dir, cur, used, bytes) {
+                return Err(JournalError::NoSpace {
+                    path: self.dir.clone(),
+                    available: low.available,
+                    reserve: low.reserve,
+                });
             }
             match self.reserved.compare_exchange_weak(cur, want, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),

@@ -64,6 +64,17 @@ pub async fn ingest(
                     }
                     waiting = Some((seq, payload));
                 }
+                Err(JournalError::NoSpace { path, available, reserve }) => {
+                    if !health.set_journal_full(true) {
+                        tracing::warn!(
+                            path = %path.display(),
+                            available,
+                            reserve,
+                            "Journal's filesystem nearly full: not acking MQTT until space frees."
+                        );
+                    }
+                    waiting = Some((seq, payload));
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -10,28 +10,63 @@ pub struct Mosquitto {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    conf: std::path::PathBuf,
 }
 
 impl Mosquitto {
     pub fn start(max_queued: u32) -> Self {
+        Self::start_with(max_queued, false)
+    }
+
+    /// With `persistence`, Mosquitto writes its sessions and queued messages
+    /// to a file in `dir` when it stops (SIGTERM) and reads them back on start.
+    pub fn start_with(max_queued: u32, persistence: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = super::free_port();
         let conf = dir.path().join("mosquitto.conf");
+        let persist = if persistence {
+            format!("persistence true\npersistence_location {}/\n", dir.path().display())
+        } else {
+            "persistence false\n".to_string()
+        };
+        let user = if is_root() { "user root\n" } else { "" };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages {max_queued}\nmax_inflight_messages 1000\nmessage_size_limit 0\nlog_dest file {}\n",
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persist}{user}max_queued_messages {max_queued}\nmax_inflight_messages 1000\nmessage_size_limit 0\nlog_dest file {}\n",
                 dir.path().join("mosquitto.log").display()
             ),
         )
         .expect("write mosquitto.conf");
         let child = spawn_mosquitto(&conf, &[port]);
-        Self { child, port, dir }
+        Self { child, port, dir, conf }
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stop the broker with SIGTERM (it writes its persistence file) and
+    /// start it again on the same port and config.
+    pub fn restart(&mut self) {
+        super::signal(self.child.id(), "TERM");
+        self.start_again();
+    }
+
+    /// Wait until the broker has exited (a test signalled it), then start it
+    /// again on the same port and config.
+    pub fn start_again(&mut self) {
+        let _ = self.child.wait();
+        self.child = spawn_mosquitto(&self.conf, &[self.port]);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
 /// Start the services' Mosquitto on `conf` and wait until each of its
