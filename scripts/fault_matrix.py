@@ -324,7 +324,7 @@ class Run:
     """The processes of one scenario, its fault timeline and its reconciliation."""
 
     def __init__(self, h, name, journal=False, bridges=1, shared=False, max_queued=1_000_000, private_pg=False,
-                 tansu_sqlite=False, journal_fs=None, journal_extra=""):
+                 tansu_sqlite=False, journal_fs=None, journal_extra="", leave=False):
         self.h, self.name, self.journal = h, name, journal
         self.work = os.path.join(h.results, name)
         shutil.rmtree(self.work, ignore_errors=True)
@@ -341,6 +341,7 @@ class Run:
         self.pg = Postgres(self.work, h.env, "fm_" + self.run_id.replace("-", "_"), private=private_pg)
         self.group = f"fm-sink-{self.run_id}"
         self.shared = shared
+        self.leave = leave
         self.nbridges = bridges
         self.next_seq = 0
         self.journal_extra = journal_extra
@@ -362,6 +363,8 @@ qos = 1
 """
             if self.shared:
                 text += 'shared_group = "iotpipe"\n'
+                if self.leave:
+                    text += "leave_group_on_shutdown = true\n"
             text += f"""[route]
 device_id = "/deviceId"
 event_time = "/ts"
@@ -972,6 +975,8 @@ def specs(h):
         Spec("sink-kill", "sink SIGKILL ×3 during load", sc_sink_kill, short=True),
         Spec("shared-group", "2 bridges, shared subscription: rolling SIGTERM, rolling SIGKILL, scale-down 2→1",
              sc_shared_group, bridges=2, shared=True),
+        Spec("shared-group-leave", "the same with mqtt.leave_group_on_shutdown: members unsubscribe on SIGTERM",
+             sc_shared_group, bridges=2, shared=True, leave=True),
         Spec("mosquitto-restart", "Mosquitto restart (SIGTERM, persistence) during load", sc_mosquitto_restart),
         Spec("kafka-stall-20s", "Kafka unreachable 20 s (Tansu SIGSTOP), direct mode",
              lambda r: sc_kafka_stall(r, 20), short=True),

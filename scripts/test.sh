@@ -56,5 +56,10 @@ bash scripts/container-test.sh
 
 # The short fault matrix (RELIABILITY.md): five scenarios of real process
 # faults, nothing lost or stored twice, every bridge and sink below 64 MiB.
+# It runs the release binary the container test just built (what the image
+# ships; a debug build's memory says little about the 64 MiB limit), or the
+# debug one when there is none.
 echo "== fault matrix (--short)"
-IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/fault-matrix.sh --short
+fm_bin="$PWD/dist/amd64/iotpipe"
+[[ -x $fm_bin ]] || fm_bin="$PWD/target/debug/iotpipe"
+IOTPIPE_BIN="$fm_bin" bash scripts/fault-matrix.sh --short
