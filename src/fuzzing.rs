@@ -352,11 +352,8 @@ pub fn config(data: &[u8]) {
     if text.contains("_file") || env_text.contains("_FILE") || env_text.contains("_file") {
         return;
     }
-    let env: Vec<(String, String)> = env_text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: Vec<(String, String)> =
+        env_text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let Ok(c) = crate::config::load_str(text, "fuzz.toml", env) else { return };
     if let Err(e) = crate::config::validate::validate(&c) {
         panic!("a loaded config fails its own validation: {e}");
