@@ -137,7 +137,7 @@ pub fn payload(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------
-// journal_reader: `mode \0`-free layout: `[mode u8][segment file bytes]`
+// journal_reader: `[mode u8][segment file bytes]`
 
 /// Where the journal check puts its directories (tmpfs when there is one).
 fn scratch_dir() -> PathBuf {
@@ -209,7 +209,7 @@ pub fn journal_reader(data: &[u8]) {
 
 /// The records a clean reading of `file` yields, and the length they cover;
 /// `None` when the segment header is missing (only a short file is accepted).
-fn valid_prefix(file: &[u8]) -> Option<(u64, Vec<(u64, Vec<u8>)>)> {
+fn valid_prefix(file: &[u8]) -> Option<(u64, Records)> {
     journal::SegmentHeader::decode(file)?;
     let mut at = journal::SEGMENT_HEADER;
     let mut out = Vec::new();
@@ -223,7 +223,10 @@ fn valid_prefix(file: &[u8]) -> Option<(u64, Vec<(u64, Vec<u8>)>)> {
     Some((at as u64, out))
 }
 
-type Read = (Vec<(u64, Vec<u8>)>, journal::Recovery);
+/// Records as `(seq, payload)`, in order.
+type Records = Vec<(u64, Vec<u8>)>;
+
+type Read = (Records, journal::Recovery);
 
 /// Read every record of an open journal from its first one, then close it.
 fn read_all((j, rec): (Journal, journal::Recovery)) -> Read {
