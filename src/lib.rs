@@ -5,6 +5,9 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+/// Property checks shared by the fuzz targets (`fuzz/`) and `tests/fuzz_corpus.rs`.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod journal;

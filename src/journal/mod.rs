@@ -30,6 +30,9 @@ mod writer;
 pub use codec::{decode_inbound, decode_inbound_shared, encode_inbound};
 pub use config::JournalConfig;
 pub use error::JournalError;
+/// Frame and segment-header decoding, for `crate::fuzzing`'s independent reading of a segment.
+#[doc(hidden)]
+pub use frame::{decode as decode_frame, SegmentHeader, SEGMENT_HEADER};
 pub use reader::Reader;
 pub use recovery::{Recovery, TornTail};
 pub use writer::Appender;

@@ -128,10 +128,13 @@ impl<'a> Decoded<'a> {
     }
 }
 
-/// Epoch milliseconds as RFC 3339 UTC with milliseconds.
+/// Epoch milliseconds as RFC 3339 UTC with milliseconds; a time outside
+/// RFC 3339's years 0000–9999 as epoch milliseconds, which [`parse_time`]
+/// reads back as well.
 pub fn format_ms(ms: i64) -> String {
-    let Ok(dt) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
-        return ms.to_string();
+    let dt = match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(dt) if (0..=9999).contains(&dt.year()) => dt,
+        _ => return ms.to_string(),
     };
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     dt.format(&fmt).unwrap_or_else(|_| ms.to_string())
@@ -204,7 +207,26 @@ mod tests {
         assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 
+    /// Fuzz finding (fuzz/regressions/kafka_decode/negative-year): a
+    /// `received_at` of -62200000000000 (year -0002) was written back as
+    /// `-0002-…`, which no RFC 3339 parser reads, so the time was lost when a
+    /// decoded record's headers were written again.
+    #[test]
+    fn times_outside_rfc3339_years_are_written_as_epoch_ms() {
+        for ms in [-62_200_000_000_000, -62_167_219_200_001, 253_402_300_800_000, i64::MIN, i64::MAX] {
+            assert_eq!(format_ms(ms), ms.to_string());
+            assert_eq!(parse_time(&format_ms(ms)), Some(ms), "{ms}");
+        }
+        assert_eq!(format_ms(-62_167_219_200_000), "0000-01-01T00:00:00.000Z");
+        assert_eq!(format_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+    }
+
     proptest! {
+        #[test]
+        fn any_time_parses_back(ms in any::<i64>()) {
+            prop_assert_eq!(parse_time(&format_ms(ms)), Some(ms));
+        }
+
         #[test]
         fn formatted_times_parse_back(ms in 0i64..253_402_300_799_000) {
             prop_assert_eq!(parse_time(&format_ms(ms)), Some(ms));

@@ -3,7 +3,7 @@
 
 mod config;
 mod pattern;
-mod payload;
+pub(crate) mod payload;
 mod template;
 
 pub use config::{PayloadFormat, RouteConfig, Targets};

@@ -54,9 +54,11 @@ impl<'de> Visitor<'de> for Child<'_> {
         f.write_str("a JSON object or array")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // A repeated key: the last one counts, as in `serde_json::Value`, the
+        // sink's decoder and the envelope, so every stage reads the same value.
         let mut found = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if found.is_none() && key == self.token {
+            if key == self.token {
                 found = Some(map.next_value::<&'de RawValue>()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -65,7 +67,7 @@ impl<'de> Visitor<'de> for Child<'_> {
         Ok(found)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let Ok(index) = self.token.parse::<usize>() else {
+        let Some(index) = array_index(self.token) else {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             return Ok(None);
         };
@@ -96,6 +98,16 @@ impl<'de> Visitor<'de> for Child<'_> {
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(None)
+    }
+}
+
+/// An array index token (RFC 6901: `0` or digits without a leading zero; no sign).
+fn array_index(token: &str) -> Option<usize> {
+    let canonical = token == "0" || (!token.starts_with('0') && token.bytes().all(|b| b.is_ascii_digit()));
+    if canonical {
+        token.parse().ok()
+    } else {
+        None
     }
 }
 
@@ -194,6 +206,30 @@ mod tests {
 
     #[test]
     fn formats_rfc3339_millis() {}
+
+    /// Fuzz finding (fuzz/regressions/payload/leading-zero-index): `/list/01`
+    /// and `/list/+1` named element 1; RFC 6901 allows neither.
+    #[test]
+    fn array_indexes_have_no_leading_zero_or_sign() {
+        let d = doc(r#"{"list": ["a", "b"]}"#);
+        assert_eq!(device_id(d, "/list/1").as_deref(), Some("b"));
+        assert_eq!(device_id(d, "/list/0").as_deref(), Some("a"));
+        assert_eq!(device_id(d, "/list/01"), None);
+        assert_eq!(device_id(d, "/list/+1"), None);
+        assert_eq!(device_id(d, "/list/00"), None);
+    }
+
+    /// Fuzz finding (fuzz/regressions/payload/duplicate-key): with a repeated
+    /// key the route took the first value while the envelope and the sink take
+    /// the last, so a record's device id depended on the stage reading it.
+    #[test]
+    fn a_repeated_key_resolves_to_its_last_value() {
+        let d = doc(r#"{"d": "first", "n": {"x": 1}, "d": "last", "n": {"x": 2}}"#);
+        assert_eq!(device_id(d, "/d").as_deref(), Some("last"));
+        assert_eq!(lookup(d, "/n/x").map(RawValue::get), Some("2"));
+        let tree: serde_json::Value = serde_json::from_str(d.get()).unwrap();
+        assert_eq!(tree.pointer("/d").and_then(|v| v.as_str()), Some("last"));
+    }
 
     proptest! {
         /// The raw lookup agrees with serde_json's own pointer on arbitrary documents.

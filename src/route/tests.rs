@@ -156,7 +156,7 @@ fn hostile_input_is_forwarded_or_dead_lettered_with_a_reason() {
         (t.into(), b"{\"deviceId\":\"a\0b\"}".to_vec(), Some(R::InvalidJson), ""),
         (t.into(), br#"{"deviceId":"d","v":1e400}"#.to_vec(), None, "d"),
         (t.into(), br#"{"deviceId":"d","v":-99999999999999999999999999999}"#.to_vec(), None, "d"),
-        (t.into(), br#"{"deviceId":"a","deviceId":"b"}"#.to_vec(), None, "a"),
+        (t.into(), br#"{"deviceId":"a","deviceId":"b"}"#.to_vec(), None, "b"),
         (t.into(), br#"{"deviceId":123}"#.to_vec(), None, "123"),
         (t.into(), br#"{"deviceId":null}"#.to_vec(), None, ""),
         (t.into(), br#"{"deviceId":{"x":1}}"#.to_vec(), None, ""),
