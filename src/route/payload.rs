@@ -204,9 +204,6 @@ mod tests {
         assert!(parse(" {\"a\": [1, {\"b\": null}]} ").is_ok());
     }
 
-    #[test]
-    fn formats_rfc3339_millis() {}
-
     /// Fuzz finding (fuzz/regressions/payload/leading-zero-index): `/list/01`
     /// and `/list/+1` named element 1; RFC 6901 allows neither.
     #[test]
