@@ -78,12 +78,17 @@ pub async fn start(options: Options) -> anyhow::Result<Fixture> {
     let cfg = StoreConfig { url: format!("sqlite://{}", db.display()), ..StoreConfig::default() };
     let mut store = Store::connect(&cfg).await?;
     let query = store.query_handle()?;
-    let seeded = query.tenants().await?.is_empty();
+    let seeded = query.tenants(&iotpipe::store::Page::first(iotpipe::store::MAX_LIST_LIMIT)).await?.is_empty();
     if seeded {
         let (rows, dead) = fixtures(now_ms());
         store.write(&rows, &dead).await?;
     }
-    let stored: u64 = query.tenants().await?.iter().map(|t| t.messages).sum();
+    let stored: u64 = query
+        .tenants(&iotpipe::store::Page::first(iotpipe::store::MAX_LIST_LIMIT))
+        .await?
+        .iter()
+        .map(|t| t.messages)
+        .sum();
     let dead_lettered = query.dead_letters(500).await?.len() as u64;
     let state = iotpipe::http::api::ApiState { query, health: health(stored, dead_lettered), token: options.token };
     let app = iotpipe::http::dashboard::router().merge(iotpipe::http::api::router(state));

@@ -181,6 +181,28 @@ async fn every_endpoint_answers_with_the_documented_json() {
     let received_max = f.rows.iter().filter(|r| r.tenant_id == "tenant-1").map(|r| r.received_ms).max();
     assert_eq!(t1["last_seen"].as_i64(), received_max);
 
+    assert_eq!(a.header("link"), None, "one page holds every tenant");
+
+    // Pages: `limit` entries, a `Link` to the next page while a page is full.
+    let page1 = get(f.addr, "/api/tenants?limit=1").await;
+    assert_eq!(page1.json()[0]["tenant_id"], json!(UNICODE_TENANT));
+    let link = page1.header("link").expect("a full page links the next").to_string();
+    let next = link.strip_prefix('<').and_then(|l| l.split_once(">; rel=\"next\"")).map(|(u, _)| u.to_string());
+    let next = next.unwrap_or_else(|| panic!("Link header {link}"));
+    let page2 = get(f.addr, &next).await;
+    assert_eq!(
+        page2.json().as_array().map(|a| a.iter().map(|t| t["tenant_id"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!("tenant-1")]),
+        "the cursor ({next}) is percent-encoded and resumes after the first page"
+    );
+    let page3 = get(f.addr, &page2.header("link").map(|l| l[1..l.find('>').unwrap()].to_string()).unwrap()).await;
+    assert_eq!((page3.status, page3.json()), (200, json!([])), "past the end: an empty page");
+    let p2 = get(f.addr, "/api/tenants/tenant-1/projects?after=project-1").await.json();
+    assert_eq!(p2.as_array().map(|a| a.len()), Some(1));
+    assert_eq!(p2[0]["project_id"], json!("project-2"));
+    assert_eq!(get(f.addr, "/api/tenants?limit=0").await.status, 400);
+    assert_eq!(get(f.addr, "/api/tenants?limit=1001").await.status, 400);
+
     let projects = get(f.addr, "/api/tenants/tenant-1/projects").await.json();
     assert_eq!(projects[0]["project_id"], json!("project-1"));
     assert_eq!((projects[0]["devices"].clone(), projects[0]["messages"].clone()), (json!(2), json!(25)));

@@ -17,6 +17,9 @@ const HIDDEN_BY_DEFAULT = /^(ts|time|timestamp|epoch|seq)$|seq$/i;
 const state = {
   tenant: null, project: null, device: null, range: '15m',
   tenants: null, projects: null, devices: null,
+  // Tenants asked for: one page of the API, grown by "Show more" up to its
+  // largest page (the API pages every list: docs/api.md).
+  tenantLimit: 200,
   fields: [], // field names of the last series response
   rate: [], // recent {t, v} samples of the message rate
   health: null,
@@ -169,7 +172,7 @@ window.addEventListener('hashchange', applyHash);
 
 async function loadTenants() {
   try {
-    state.tenants = await api('tenants');
+    state.tenants = await api(`tenants?limit=${state.tenantLimit}`);
     showError('tenants-error');
   } catch (e) {
     showError('tenants-error', e);
@@ -244,11 +247,27 @@ function fillList(ul, items, emptyText, failed) {
   else ul.replaceChildren(...items);
 }
 
+const MAX_TENANT_LIMIT = 1000;
+
+// The "more" line under a full page of tenants.
+function moreTenants() {
+  if (!state.tenants || state.tenants.length < state.tenantLimit) return [];
+  if (state.tenantLimit >= MAX_TENANT_LIMIT) {
+    return [h('li', { class: 'muted', text: `The first ${fmtCount(MAX_TENANT_LIMIT)} tenants by name.` })];
+  }
+  const button = h('button', { type: 'button', class: 'more', text: 'Show more tenants' });
+  button.addEventListener('click', () => {
+    state.tenantLimit = Math.min(state.tenantLimit * 2, MAX_TENANT_LIMIT);
+    loadTenants();
+  });
+  return [h('li', { class: 'more' }, button)];
+}
+
 function renderNav() {
   const { tenant, project } = state;
   fillList($('tenants'), state.tenants && state.tenants.map((t) =>
     navItem('data-tenant-id', t.tenant_id, tenant, hashFor({ tenant: t.tenant_id, range: state.range }), t,
-      `${t.projects} projects, ${t.devices} devices`)), 'No tenants yet: nothing stored.',
+      `${t.projects} projects, ${t.devices} devices`)).concat(moreTenants()), 'No tenants yet: nothing stored.',
   !$('tenants-error').hidden);
 
   $('projects-box').hidden = !tenant;

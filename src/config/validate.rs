@@ -51,7 +51,7 @@ mod tests {
     #[test]
     fn the_documented_example_parses() {
         let c = load(crate::config::EXAMPLE, &[]).unwrap();
-        assert_eq!(c.kafka.topic, "iot.{tenant_id}.{project_id}");
+        assert_eq!(c.kafka.topic, "iot.telemetry");
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! `/api/` get JSON too. With a token configured every request needs
 //! `Authorization: Bearer <token>`.
 
-use crate::store::query::{SeriesRange, TenantSummary};
-use crate::store::{QueryHandle, StoreError};
+use crate::store::query::SeriesRange;
+use crate::store::{Page, QueryHandle, StoreError, MAX_LIST_LIMIT};
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -156,27 +156,87 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn tenants(State(s): State<ApiState>) -> Result<Json<Vec<TenantSummary>>, ApiError> {
-    Ok(Json(s.query.tenants().await?))
+/// The page a list request asks for: `limit` (1..=`MAX_LIST_LIMIT`, default
+/// `MAX_LIST_LIMIT`) entries after the name `after`.
+fn list_page(params: &HashMap<String, String>) -> Result<Page, ApiError> {
+    let limit =
+        match params.get("limit") {
+            None => MAX_LIST_LIMIT,
+            Some(l) => l.parse().ok().filter(|l| (1..=MAX_LIST_LIMIT).contains(l)).ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be a whole number from 1 to {MAX_LIST_LIMIT}"))
+            })?,
+        };
+    Ok(Page { after: params.get("after").filter(|a| !a.is_empty()).cloned(), limit })
 }
 
-async fn projects(State(s): State<ApiState>, ApiPath(tenant): ApiPath<String>) -> Result<Response, ApiError> {
-    let projects = s.query.projects(&tenant).await?;
-    if projects.is_empty() {
+/// A list as JSON; a full page also links the next one
+/// (`Link: <path?limit=N&after=LAST>; rel="next"`).
+fn list_response<T: serde::Serialize>(
+    uri: &axum::http::Uri,
+    page: &Page,
+    items: Vec<T>,
+    name: impl Fn(&T) -> &str,
+) -> Response {
+    let next = (items.len() as u64 >= u64::from(page.limit))
+        .then(|| items.last().map(&name))
+        .flatten()
+        .map(|last| format!("<{}?limit={}&after={}>; rel=\"next\"", uri.path(), page.limit, query_escape(last)));
+    let mut response = Json(items).into_response();
+    if let Some(link) = next.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    response
+}
+
+/// Percent-encode a query value (everything but RFC 3986's unreserved characters).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn tenants(
+    State(s): State<ApiState>,
+    uri: axum::http::Uri,
+    ApiQuery(params): ApiQuery,
+) -> Result<Response, ApiError> {
+    let page = list_page(&params)?;
+    let tenants = s.query.tenants(&page).await?;
+    Ok(list_response(&uri, &page, tenants, |t| t.tenant_id.as_str()))
+}
+
+async fn projects(
+    State(s): State<ApiState>,
+    uri: axum::http::Uri,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(params): ApiQuery,
+) -> Result<Response, ApiError> {
+    let page = list_page(&params)?;
+    let projects = s.query.projects(&tenant, &page).await?;
+    if projects.is_empty() && page.after.is_none() {
         return Err(ApiError::not_found(format!("unknown tenant `{tenant}`")));
     }
-    Ok(Json(projects).into_response())
+    Ok(list_response(&uri, &page, projects, |p| p.project_id.as_str()))
 }
 
 async fn devices(
     State(s): State<ApiState>,
+    uri: axum::http::Uri,
     ApiPath((tenant, project)): ApiPath<(String, String)>,
+    ApiQuery(params): ApiQuery,
 ) -> Result<Response, ApiError> {
-    let devices = s.query.devices(&tenant, &project).await?;
-    if devices.is_empty() {
+    let page = list_page(&params)?;
+    let devices = s.query.devices(&tenant, &project, &page).await?;
+    if devices.is_empty() && page.after.is_none() {
         return Err(ApiError::not_found(format!("unknown project `{project}` of tenant `{tenant}`")));
     }
-    Ok(Json(devices).into_response())
+    Ok(list_response(&uri, &page, devices, |d| d.device_id.as_str()))
 }
 
 async fn series(
@@ -252,6 +312,19 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn list_pages_take_a_limit_and_a_cursor() {
+        let params = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(list_page(&params(&[])).unwrap(), Page { after: None, limit: MAX_LIST_LIMIT });
+        assert_eq!(
+            list_page(&params(&[("limit", "2"), ("after", "t/1 ü")])).unwrap(),
+            Page { after: Some("t/1 ü".into()), limit: 2 }
+        );
+        assert!(list_page(&params(&[("limit", "0")])).is_err());
+        assert!(list_page(&params(&[("limit", "1001")])).is_err());
+        assert_eq!(query_escape("t/1 ü"), "t%2F1%20%C3%BC");
     }
 
     #[test]

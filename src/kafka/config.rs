@@ -13,7 +13,10 @@ const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated.
     pub brokers: String,
-    /// Topic template over `{tenant_id}`, `{project_id}`, `{device_id}` and pattern fields.
+    /// Topic template over `{tenant_id}`, `{project_id}`, `{device_id}` and
+    /// pattern fields. A fixed name (the default) is the shared topology, a
+    /// template with `{tenant_id}`/`{project_id}` a topic per pair
+    /// (docs/topology.md).
     pub topic: String,
     /// Key template.
     pub key: String,
@@ -41,13 +44,13 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
             brokers: "127.0.0.1:9092".into(),
-            topic: "iot.{tenant_id}.{project_id}".into(),
+            topic: "iot.telemetry".into(),
             key: "{tenant_id}/{project_id}/{device_id}".into(),
             dead_letter_topic: "iot-dead-letters".into(),
             dead_letter_max_payload: ByteSize::kib(512),
             compression: "lz4".into(),
             create_topics: true,
-            partitions: 3,
+            partitions: 12,
             replication_factor: -1,
             retention: HumanDuration::secs(3 * 86400),
             delivery_timeout: HumanDuration::secs(60),

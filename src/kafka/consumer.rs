@@ -10,7 +10,6 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,34 +63,6 @@ pub struct Context {
 }
 
 impl ClientContext for Context {
-    fn stats(&self, stats: Statistics) {
-        let mut lags = Vec::new();
-        for (name, topic) in &stats.topics {
-            for (id, p) in &topic.partitions {
-                if *id >= 0 && p.consumer_lag >= 0 {
-                    lags.push((name.clone(), *id, p.consumer_lag));
-                }
-                if *id >= 0 && p.consumer_lag > 0 {
-                    tracing::debug!(
-                        topic = name,
-                        partition = id,
-                        lag = p.consumer_lag,
-                        fetch_state = p.fetch_state,
-                        fetchq = p.fetchq_cnt,
-                        next = p.next_offset,
-                        app = p.app_offset,
-                        stored = p.stored_offset,
-                        committed = p.committed_offset,
-                        hi = p.hi_offset,
-                        "Partition behind."
-                    );
-                }
-            }
-        }
-        // Replaced whole: partitions this member no longer holds disappear.
-        self.metrics.set_lags(lags);
-    }
-
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         self.errors.log(level, facility, message);
     }
@@ -125,12 +96,17 @@ impl ConsumerContext for Context {
 /// Longest wait on the consumer queue before polling it afresh.
 const RECV_SLICE: Duration = Duration::from_millis(250);
 
+/// How often the consumer lag is computed for the metrics.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A member of the sink's consumer group.
 pub struct GroupConsumer {
     consumer: StreamConsumer<Context>,
     max_rows: usize,
     max_bytes: usize,
     max_wait: Duration,
+    /// When the lag was last computed (`report_lag`).
+    lag_at: std::sync::Mutex<Instant>,
 }
 
 impl GroupConsumer {
@@ -147,7 +123,11 @@ impl GroupConsumer {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("max.poll.interval.ms", settings.max_poll_interval.as_millis().to_string())
-            .set("statistics.interval.ms", "5000")
+            // No statistics: librdkafka's report is a JSON document with an
+            // entry per partition, built and parsed every interval, which at
+            // thousands of partitions cost tens of MiB (docs/topology.md).
+            // Lag is read from the cached watermarks instead (`report_lag`).
+            .set("statistics.interval.ms", "0")
             // Bounded prefetch: librdkafka's default queue (64 MiB) alone
             // would break the 64 MiB memory budget. 1 MiB of prefetch, and
             // fetching again 5 ms (not the default 1 s) after the queue had
@@ -169,7 +149,53 @@ impl GroupConsumer {
             max_rows: settings.max_rows.max(1),
             max_bytes: settings.max_bytes,
             max_wait: settings.max_wait,
+            lag_at: std::sync::Mutex::new(Instant::now()),
         })
+    }
+
+    /// Every `LAG_INTERVAL`, the lag of each assigned partition: the high
+    /// watermark librdkafka last saw in a fetch answer minus this member's
+    /// position. Both are local reads (no request to Kafka); partitions not
+    /// fetched yet have no watermark and are left out.
+    fn report_lag(&self) {
+        {
+            let Ok(mut at) = self.lag_at.lock() else { return };
+            if at.elapsed() < LAG_INTERVAL {
+                return;
+            }
+            *at = Instant::now();
+        }
+        let Ok(position) = self.consumer.position() else { return };
+        let mut lags = Vec::with_capacity(position.count());
+        for e in position.elements() {
+            let Offset::Offset(pos) = e.offset() else { continue };
+            if let Some(high) = self.cached_high_watermark(e.topic(), e.partition()) {
+                lags.push((e.topic().to_string(), e.partition(), (high - pos).max(0)));
+            }
+        }
+        self.consumer.context().metrics.set_lags(lags);
+    }
+
+    /// The high watermark librdkafka last saw for a partition in a fetch
+    /// answer (`rd_kafka_get_watermark_offsets`: a local read, unlike the
+    /// crate's `fetch_watermarks`, which asks the broker); `None` before the
+    /// first fetch.
+    fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives;
+        // the topic is a NUL-terminated string that outlives the call;
+        // librdkafka only writes the two offsets, under its partition lock.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
     }
 
     /// The next batch: waits for a first record, then collects until the
@@ -184,6 +210,7 @@ impl GroupConsumer {
             // fallback wake-up at half of max.poll.interval.ms. A fresh
             // recv() polls the queue first, so waiting in short slices
             // bounds that stall to one slice.
+            self.report_lag();
             let Ok(received) = tokio::time::timeout(RECV_SLICE, self.consumer.recv()).await else { continue };
             match received {
                 Ok(m) => break detach(&m),

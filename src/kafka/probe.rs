@@ -1,6 +1,13 @@
 //! Is Kafka reachable? A metadata request, for `/readyz`, the
 //! `iotpipe_kafka_reachable` gauges and `iotpipe check`. The request blocks,
 //! so the periodic probe runs it on the blocking pool.
+//!
+//! The request names one topic (the dead-letter topic), never "all
+//! topics": a metadata answer for every topic of a cluster grows with the
+//! number of tenants (a topic per pair, thousands of partitions), and
+//! librdkafka keeps what it is told in its metadata cache, so asking for all
+//! of them every few seconds made every process pay for every topic of the
+//! cluster (docs/topology.md).
 
 use super::diagnosis::{Diagnosis, Reporting, Step};
 use super::KafkaConfig;
@@ -19,16 +26,19 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Asks the cluster for metadata: can the brokers be reached?
 pub struct Prober {
     client: rdkafka::consumer::BaseConsumer<Reporting>,
+    /// The one topic the metadata request names (whether it exists does not matter).
+    topic: String,
 }
 
 impl Prober {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
-        Ok(Self { client: super::common_config(cfg).create_with_context(Reporting::new("probe"))? })
+        let client = super::common_config(cfg).create_with_context(Reporting::new("probe"))?;
+        Ok(Self { client, topic: cfg.dead_letter_topic.clone() })
     }
 
     /// Number of brokers in the metadata (blocking).
     pub fn check(&self, timeout: Duration) -> Result<usize, KafkaError> {
-        let md = rdkafka::consumer::Consumer::fetch_metadata(&self.client, None, timeout)?;
+        let md = rdkafka::consumer::Consumer::fetch_metadata(&self.client, Some(&self.topic), timeout)?;
         Ok(md.brokers().len())
     }
 

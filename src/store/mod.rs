@@ -24,7 +24,7 @@ mod tls;
 
 pub use config::{InfluxUrl, StoreConfig, StoreUrl, TimescaleMode};
 pub use error::StoreError;
-pub use query::QueryHandle;
+pub use query::{Page, QueryHandle, MAX_LIST_LIMIT};
 
 use bytes::Bytes;
 

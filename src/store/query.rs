@@ -23,6 +23,32 @@ pub const PREVIEW_BYTES: usize = 200;
 /// Longest payload of [`Latest::payload`] when it is not JSON (bytes).
 pub const LATEST_RAW_BYTES: usize = 64 * 1024;
 
+/// Most entries one list query returns (`GET /api/tenants?limit=`).
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// A page of a list sorted by name: the entries after `after` (all when
+/// `None`), at most `limit` of them. The lists grow with the number of
+/// tenants, projects and devices, so none is read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The last name of the previous page.
+    pub after: Option<String>,
+    /// Entries wanted, 1..=`MAX_LIST_LIMIT` (larger values are capped).
+    pub limit: u32,
+}
+
+impl Page {
+    /// The first `limit` entries.
+    pub fn first(limit: u32) -> Self {
+        Self { after: None, limit }
+    }
+
+    /// `limit`, capped, as SQL wants it.
+    pub fn sql_limit(&self) -> i64 {
+        i64::from(self.limit.clamp(1, MAX_LIST_LIMIT))
+    }
+}
+
 /// One tenant of `GET /api/tenants`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TenantSummary {
@@ -200,24 +226,24 @@ impl QueryHandle {
         Self { inner: Inner::Sqlite(reader) }
     }
 
-    /// Every tenant with stored rows, by name.
-    pub async fn tenants(&self) -> Result<Vec<TenantSummary>, StoreError> {
+    /// A page of the tenants with stored rows, by name.
+    pub async fn tenants(&self, page: &Page) -> Result<Vec<TenantSummary>, StoreError> {
         match &self.inner {
-            Inner::Sqlite(r) => r.tenants().await,
+            Inner::Sqlite(r) => r.tenants(page).await,
         }
     }
 
-    /// The tenant's projects, by name; empty when the tenant is unknown.
-    pub async fn projects(&self, tenant: &str) -> Result<Vec<ProjectSummary>, StoreError> {
+    /// A page of the tenant's projects, by name; empty when the tenant is unknown.
+    pub async fn projects(&self, tenant: &str, page: &Page) -> Result<Vec<ProjectSummary>, StoreError> {
         match &self.inner {
-            Inner::Sqlite(r) => r.projects(tenant).await,
+            Inner::Sqlite(r) => r.projects(tenant, page).await,
         }
     }
 
-    /// The project's devices, by name; empty when the project is unknown.
-    pub async fn devices(&self, tenant: &str, project: &str) -> Result<Vec<DeviceSummary>, StoreError> {
+    /// A page of the project's devices, by name; empty when the project is unknown.
+    pub async fn devices(&self, tenant: &str, project: &str, page: &Page) -> Result<Vec<DeviceSummary>, StoreError> {
         match &self.inner {
-            Inner::Sqlite(r) => r.devices(tenant, project).await,
+            Inner::Sqlite(r) => r.devices(tenant, project, page).await,
         }
     }
 

@@ -1,18 +1,26 @@
 //! Metrics of the sink's Kafka consumer: records read and consumer lag.
 //! Lag per topic and partition is a series per tenant and project (topics
-//! are named after them), so it follows `http.per_tenant_metrics`; the sum
-//! over the partitions this member holds is always there.
+//! are named after them), so it follows `http.per_tenant_metrics` and is
+//! capped at the `LAGGING_SERIES` partitions furthest behind (a member can
+//! hold thousands); the sum over the partitions this member holds is always
+//! there.
 
 use super::{counter, escape, gauge};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+
+/// At most this many per-partition lag series: the partitions furthest behind.
+pub const LAGGING_SERIES: usize = 50;
 
 #[derive(Default)]
 pub struct ConsumerMetrics {
     pub records_consumed: AtomicU64,
     per_partition: bool,
-    /// (topic, partition, lag) of the partitions in the last statistics report.
+    /// Lag summed over the partitions of the last report.
+    lag_total: AtomicI64,
+    /// (topic, partition, lag) of the partitions furthest behind in the last
+    /// report (at most `LAGGING_SERIES`, only with `per_partition`).
     lags: Mutex<Vec<(String, i32, i64)>>,
 }
 
@@ -21,8 +29,18 @@ impl ConsumerMetrics {
         Self { per_partition, ..Self::default() }
     }
 
-    /// The lags of the latest statistics report (replaces the previous one).
+    /// The lags of the latest report (replaces the previous one).
     pub fn set_lags(&self, mut lags: Vec<(String, i32, i64)>) {
+        let total: i64 = lags.iter().map(|(_, _, l)| (*l).max(0)).sum();
+        self.lag_total.store(total, Relaxed);
+        if !self.per_partition {
+            return;
+        }
+        lags.retain(|(_, _, l)| *l > 0);
+        if lags.len() > LAGGING_SERIES {
+            lags.select_nth_unstable_by(LAGGING_SERIES - 1, |a, b| b.2.cmp(&a.2));
+            lags.truncate(LAGGING_SERIES);
+        }
         lags.sort();
         if let Ok(mut m) = self.lags.lock() {
             *m = lags;
@@ -31,15 +49,15 @@ impl ConsumerMetrics {
 
     pub fn render(&self, o: &mut String) {
         counter(o, "iotpipe_sink_records_consumed_total", "Kafka records read.", self.records_consumed.load(Relaxed));
-        let lags = self.lags.lock().map(|l| l.clone()).unwrap_or_default();
         gauge(
             o,
             "iotpipe_sink_consumer_lag_records",
             "Records behind the end of the partitions this member holds, summed.",
-            lags.iter().map(|(_, _, l)| *l).sum(),
+            self.lag_total.load(Relaxed),
         );
         if self.per_partition {
-            let _ = writeln!(o, "# HELP iotpipe_sink_consumer_lag Records behind the end of each partition.\n# TYPE iotpipe_sink_consumer_lag gauge");
+            let lags = self.lags.lock().map(|l| l.clone()).unwrap_or_default();
+            let _ = writeln!(o, "# HELP iotpipe_sink_consumer_lag Records behind the end of a partition (the {LAGGING_SERIES} furthest behind).\n# TYPE iotpipe_sink_consumer_lag gauge");
             for (t, p, lag) in &lags {
                 let _ = writeln!(o, "iotpipe_sink_consumer_lag{{topic=\"{}\",partition=\"{p}\"}} {lag}", escape(t));
             }
@@ -67,5 +85,19 @@ mod tests {
         m.render(&mut t);
         assert!(t.contains("iotpipe_sink_consumer_lag{topic=\"iot.a.b\",partition=\"2\"} 5\n"));
         assert!(!t.contains("iot.c.d"));
+    }
+
+    #[test]
+    fn per_partition_series_are_capped_at_the_furthest_behind() {
+        let m = ConsumerMetrics::new(true);
+        let lags: Vec<_> = (0..10_000).map(|i| (format!("iot.t{i}.p"), 0, i64::from(i))).collect();
+        m.set_lags(lags);
+        let mut t = String::new();
+        m.render(&mut t);
+        let series = t.lines().filter(|l| l.starts_with("iotpipe_sink_consumer_lag{")).count();
+        assert_eq!(series, LAGGING_SERIES);
+        assert!(t.contains("iotpipe_sink_consumer_lag{topic=\"iot.t9999.p\",partition=\"0\"} 9999\n"));
+        assert!(!t.contains("topic=\"iot.t9000.p\""), "only the furthest behind");
+        assert!(t.contains(&format!("iotpipe_sink_consumer_lag_records {}\n", (0..10_000i64).sum::<i64>())));
     }
 }

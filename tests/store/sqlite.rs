@@ -7,7 +7,7 @@ use crate::engine::sqlite::{count, open};
 use crate::engine::Engine;
 use iotpipe::record::now_ms;
 use iotpipe::store::query::SeriesRange;
-use iotpipe::store::{Store, StoreError, StoreRow};
+use iotpipe::store::{Page, Store, StoreError, StoreRow, MAX_LIST_LIMIT};
 use rand::Rng;
 use std::path::Path;
 use std::time::Instant;
@@ -67,17 +67,28 @@ pub async fn queries_answer_from_the_stored_rows(engine: &Engine) {
     let q = store.query_handle().expect("query handle");
     assert_eq!(q.describe(), store.describe());
 
-    let tenants = q.tenants().await.unwrap();
+    let all = Page::first(MAX_LIST_LIMIT);
+    let tenants = q.tenants(&all).await.unwrap();
     let t: Vec<_> = tenants.iter().map(|t| (t.tenant_id.as_str(), t.projects, t.devices, t.messages)).collect();
     assert_eq!(t, vec![("t1", 2, 3, 33), ("t2", 1, 1, 11)]);
     assert!(tenants.iter().all(|t| t.last_seen >= now - 1_000 && t.last_seen <= now_ms()));
     let p: Vec<_> =
-        q.projects("t1").await.unwrap().into_iter().map(|p| (p.project_id, p.devices, p.messages)).collect();
+        q.projects("t1", &all).await.unwrap().into_iter().map(|p| (p.project_id, p.devices, p.messages)).collect();
     assert_eq!(p, vec![("p1".to_string(), 2, 22), ("p2".to_string(), 1, 11)]);
-    assert!(q.projects("nobody").await.unwrap().is_empty());
-    let d: Vec<_> = q.devices("t1", "p1").await.unwrap().into_iter().map(|d| (d.device_id, d.messages)).collect();
+    assert!(q.projects("nobody", &all).await.unwrap().is_empty());
+    let d: Vec<_> = q.devices("t1", "p1", &all).await.unwrap().into_iter().map(|d| (d.device_id, d.messages)).collect();
     assert_eq!(d, vec![("a".to_string(), 11), ("b".to_string(), 11)]);
-    assert!(q.devices("t1", "p9").await.unwrap().is_empty());
+    assert!(q.devices("t1", "p9", &all).await.unwrap().is_empty());
+    // Pages: a limit, then the entries after a cursor.
+    let first = q.tenants(&Page::first(1)).await.unwrap();
+    assert_eq!(first.iter().map(|t| t.tenant_id.as_str()).collect::<Vec<_>>(), vec!["t1"]);
+    let next = q.tenants(&Page { after: Some("t1".into()), limit: 1 }).await.unwrap();
+    assert_eq!(next.iter().map(|t| t.tenant_id.as_str()).collect::<Vec<_>>(), vec!["t2"]);
+    assert!(q.tenants(&Page { after: Some("t2".into()), limit: 1 }).await.unwrap().is_empty());
+    let p2 = q.projects("t1", &Page { after: Some("p1".into()), limit: 5 }).await.unwrap();
+    assert_eq!(p2.iter().map(|p| p.project_id.as_str()).collect::<Vec<_>>(), vec!["p2"]);
+    let d2 = q.devices("t1", "p1", &Page { after: Some("a".into()), limit: 5 }).await.unwrap();
+    assert_eq!(d2.iter().map(|d| d.device_id.as_str()).collect::<Vec<_>>(), vec!["b"]);
 
     let s = q.series("t1", "p1", "a", SeriesRange::Minutes15, None).await.unwrap().expect("series");
     assert_eq!((s.range, s.device_id.as_str()), (SeriesRange::Minutes15, "a"));
@@ -155,9 +166,10 @@ pub async fn a_million_rows_query_latencies(engine: &Engine) {
         println!("{label}: {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
         v
     }
-    time("tenants", q.tenants()).await;
-    time("projects", q.projects("tenant-1")).await;
-    time("devices", q.devices("tenant-1", "project-1")).await;
+    let all = Page::first(MAX_LIST_LIMIT);
+    time("tenants", q.tenants(&all)).await;
+    time("projects", q.projects("tenant-1", &all)).await;
+    time("devices", q.devices("tenant-1", "project-1", &all)).await;
     for range in SeriesRange::ALL {
         let s = time(&format!("series {}", range.as_str()), q.series("tenant-1", "project-1", "dev-03", range, None))
             .await

@@ -6,7 +6,7 @@
 use super::{blocking, open};
 use crate::record::now_ms;
 use crate::store::query::{
-    payload_value, preview, DeadLetterSummary, DeviceSummary, Latest, ProjectSummary, Series, SeriesRange,
+    payload_value, preview, DeadLetterSummary, DeviceSummary, Latest, Page, ProjectSummary, Series, SeriesRange,
     SeriesWindow, TenantSummary, LATEST_RAW_BYTES, MAX_FIELDS, PREVIEW_BYTES,
 };
 use crate::store::StoreError;
@@ -19,14 +19,18 @@ use std::time::Duration;
 /// Queries running at once; more wait. Two cores: more would only queue in the kernel.
 const MAX_CONCURRENT: usize = 4;
 
+// Pages walk the primary key (tenant_id, project_id, device_id) from the
+// cursor on: a page costs its own rows, not the whole table's.
 const TENANTS_SQL: &str = "SELECT tenant_id, count(DISTINCT project_id), count(*), sum(messages), max(last_seen) \
-    FROM telemetry_devices GROUP BY tenant_id ORDER BY tenant_id";
+    FROM telemetry_devices WHERE ?1 IS NULL OR tenant_id > ?1 GROUP BY tenant_id ORDER BY tenant_id LIMIT ?2";
 
 const PROJECTS_SQL: &str = "SELECT project_id, count(*), sum(messages), max(last_seen) \
-    FROM telemetry_devices WHERE tenant_id = ?1 GROUP BY project_id ORDER BY project_id";
+    FROM telemetry_devices WHERE tenant_id = ?1 AND (?2 IS NULL OR project_id > ?2) \
+    GROUP BY project_id ORDER BY project_id LIMIT ?3";
 
 const DEVICES_SQL: &str = "SELECT device_id, messages, last_seen \
-    FROM telemetry_devices WHERE tenant_id = ?1 AND project_id = ?2 ORDER BY device_id";
+    FROM telemetry_devices WHERE tenant_id = ?1 AND project_id = ?2 AND (?3 IS NULL OR device_id > ?3) \
+    ORDER BY device_id LIMIT ?4";
 
 const DEVICE_EXISTS_SQL: &str =
     "SELECT 1 FROM telemetry_devices WHERE tenant_id = ?1 AND project_id = ?2 AND device_id = ?3";
@@ -85,9 +89,10 @@ impl Reader {
     }
 
     /// See [`crate::store::QueryHandle::tenants`].
-    pub async fn tenants(&self) -> Result<Vec<TenantSummary>, StoreError> {
-        self.run("sqlite tenants query", |c| {
-            collect(c, TENANTS_SQL, [], |r| {
+    pub async fn tenants(&self, page: &Page) -> Result<Vec<TenantSummary>, StoreError> {
+        let (after, limit) = (page.after.clone(), page.sql_limit());
+        self.run("sqlite tenants query", move |c| {
+            collect(c, TENANTS_SQL, rusqlite::params![after, limit], |r| {
                 Ok(TenantSummary {
                     tenant_id: r.get(0)?,
                     projects: count(r, 1)?,
@@ -101,10 +106,10 @@ impl Reader {
     }
 
     /// See [`crate::store::QueryHandle::projects`].
-    pub async fn projects(&self, tenant: &str) -> Result<Vec<ProjectSummary>, StoreError> {
-        let tenant = tenant.to_string();
+    pub async fn projects(&self, tenant: &str, page: &Page) -> Result<Vec<ProjectSummary>, StoreError> {
+        let (tenant, after, limit) = (tenant.to_string(), page.after.clone(), page.sql_limit());
         self.run("sqlite projects query", move |c| {
-            collect(c, PROJECTS_SQL, [&tenant], |r| {
+            collect(c, PROJECTS_SQL, rusqlite::params![tenant, after, limit], |r| {
                 Ok(ProjectSummary {
                     project_id: r.get(0)?,
                     devices: count(r, 1)?,
@@ -117,10 +122,11 @@ impl Reader {
     }
 
     /// See [`crate::store::QueryHandle::devices`].
-    pub async fn devices(&self, tenant: &str, project: &str) -> Result<Vec<DeviceSummary>, StoreError> {
-        let (tenant, project) = (tenant.to_string(), project.to_string());
+    pub async fn devices(&self, tenant: &str, project: &str, page: &Page) -> Result<Vec<DeviceSummary>, StoreError> {
+        let (tenant, project, after, limit) =
+            (tenant.to_string(), project.to_string(), page.after.clone(), page.sql_limit());
         self.run("sqlite devices query", move |c| {
-            collect(c, DEVICES_SQL, [&tenant, &project], |r| {
+            collect(c, DEVICES_SQL, rusqlite::params![tenant, project, after, limit], |r| {
                 Ok(DeviceSummary { device_id: r.get(0)?, messages: count(r, 1)?, last_seen: r.get(2)? })
             })
         })

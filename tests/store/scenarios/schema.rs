@@ -23,7 +23,12 @@ pub async fn reopening_keeps_the_data_and_migrates_once(engine: &Engine) {
     assert_eq!(engine.dead_letters().await.len(), 1);
     assert_eq!(engine.schema().await, engine.expected_schema(3));
     if engine.answers_queries() {
-        let tenants = a.query_handle().expect("query handle").tenants().await.expect("tenants");
+        let tenants = a
+            .query_handle()
+            .expect("query handle")
+            .tenants(&iotpipe::store::Page::first(iotpipe::store::MAX_LIST_LIMIT))
+            .await
+            .expect("tenants");
         assert_eq!(tenants.iter().map(|t| t.messages).sum::<u64>(), 1_000);
     }
 }

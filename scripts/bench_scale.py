@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""Scaling benchmark: how the bridge, the sink and `iotpipe run` behave as the
+number of (tenant, project) pairs grows, in both Kafka topologies.
+
+For each topology and each number of pairs, on a fresh Mosquitto and a fresh
+Tansu (nothing left over from the previous case):
+
+1. bridge: COUNT QoS 1 messages spread evenly over the pairs are published as
+   fast as the broker takes them (the broker holds the backlog the bridge has
+   not acked yet); figures until Kafka acked the last one.
+2. sink: a sink in a new consumer group and a new PostgreSQL database reads
+   that whole backlog from Kafka; figures until the last row is committed.
+3. run (once per number of pairs, it has no Kafka): `iotpipe run` into SQLite
+   with a journal; figures until the last message is stored. Then the
+   dashboard API's tenant list is timed (first page and the full walk).
+
+Figures: messages (rows) per second, CPU (user+sys) per message, peak RSS
+(VmHWM) of the process; and, for the topology, the partitions on the cluster.
+
+Topologies: "shared" is the default `kafka.topic = "iot.telemetry"` (one topic
+keyed by tenant/project/device, `kafka.partitions` partitions); "per-pair" is
+`kafka.topic = "iot.{tenant_id}.{project_id}"` (a topic per pair).
+
+Usage: scripts/bench-scale.sh [--pairs 10,100,1000,10000] [--topologies shared,per-pair]
+       [--count N] [--components bridge,sink,run] [--out DIR] [--short]
+--short is the CI form: 1,000 pairs, both topologies, and exit 1 when a peak
+is over its bound (--max-bridge-mib, --max-sink-mib, --max-run-mib).
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BIN, cpu_seconds, free_port, metric, metrics, peak_rss_kib, services_env,  # noqa: E402
+                      start_mosquitto, start_tansu, stop_all, wait_port, wait_ready)
+
+TOPIC = {"shared": "iot.telemetry", "per-pair": "iot.{tenant_id}.{project_id}"}
+
+
+def split_pairs(pairs):
+    """(tenants, projects) with tenants * projects == pairs, 10 projects per tenant where it divides."""
+    projects = 10 if pairs % 10 == 0 and pairs >= 100 else 1
+    return pairs // projects, projects
+
+
+def publish(bin_, broker, count, pairs, timeout):
+    tenants, projects = split_pairs(pairs)
+    subprocess.run([bin_, "simulate", "--broker", broker, "--count", str(count), "--qos", "1",
+                    "--tenants", str(tenants), "--projects", str(projects), "--devices", "2",
+                    "--payload-size", "200", "--timeout", f"{timeout}s"],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def wait_count(port, name, target, timeout, proc):
+    """Wait until the metric reaches target; False on timeout or when the process died."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            return False
+        try:
+            if metric(metrics(port), name) >= target:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+class Sampler:
+    """Peak RSS of a process, read from VmHWM when it is still alive."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def peak_mib(self):
+        try:
+            return peak_rss_kib(self.proc.pid) / 1024
+        except OSError:
+            return float("nan")
+
+
+def kafka_cfg(brokers, topology, partitions):
+    return (f'[kafka]\nbrokers = "{brokers}"\ntopic = "{TOPIC[topology]}"\npartitions = {partitions}\n'
+            'properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }\n')
+
+
+def run_bridge(args, work, env, topology, pairs, procs):
+    broker = start_mosquitto(work, env, procs)
+    brokers = start_tansu(env, procs)
+    hport = free_port()
+    cfg = os.path.join(work, f"bridge-{topology}-{pairs}.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[mqtt]\nurl = "{broker}"\nclient_id = "bench-scale"\n[route]\ndevice_id = "/deviceId"\n'
+                f'event_time = "/ts"\n{kafka_cfg(brokers, topology, args.partitions[topology])}'
+                f'[http]\nlisten = "127.0.0.1:{hport}"\n[log]\nlevel = "warn"\n')
+    bridge = subprocess.Popen([args.bin, "bridge", "--config", cfg],
+                              stderr=open(os.path.join(work, f"bridge-{topology}-{pairs}.log"), "w"))
+    procs.append(bridge)
+    wait_port(hport)
+    wait_ready(hport, timeout=60)
+    cpu0 = cpu_seconds(bridge.pid)
+    t0 = time.time()
+    publish(args.bin, broker, args.count, pairs, args.timeout)
+    ok = wait_count(hport, "iotpipe_messages_delivered_total", args.count, args.timeout, bridge)
+    wall = time.time() - t0
+    m = metrics(hport) if bridge.poll() is None else ""
+    out = {"component": "bridge", "topology": topology, "pairs": pairs, "count": args.count, "complete": ok,
+           "delivered": metric(m, "iotpipe_messages_delivered_total"), "wall_s": wall,
+           "rate": metric(m, "iotpipe_messages_delivered_total") / wall,
+           "cpu_us": (cpu_seconds(bridge.pid) - cpu0) / max(args.count, 1) * 1e6 if bridge.poll() is None else None,
+           "rss_mib": Sampler(bridge).peak_mib(),
+           "partitions": args.partitions[topology] * (pairs if topology == "per-pair" else 1)}
+    bridge.terminate()
+    bridge.wait(timeout=60)
+    return out, brokers
+
+
+def run_sink(args, work, env, topology, pairs, brokers, procs):
+    pg = env["IOTPIPE_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
+    db = f"bench_scale_{topology.replace('-', '_')}_{pairs}_{time.time_ns()}"
+    sport = free_port()
+    cfg = os.path.join(work, f"{db}.toml")
+    with open(cfg, "w") as f:
+        f.write(f'{kafka_cfg(brokers, topology, args.partitions[topology])}[sink]\ngroup_id = "{db}"\n'
+                f'properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}\n'
+                f'[store]\nurl = "{pg}/{db}"\n[http]\nlisten = "127.0.0.1:{sport}"\n[log]\nlevel = "warn"\n')
+    sink = subprocess.Popen([args.bin, "sink", "--config", cfg],
+                            stderr=open(os.path.join(work, f"sink-{topology}-{pairs}.log"), "w"))
+    procs.append(sink)
+    wait_port(sport)
+    cpu0 = cpu_seconds(sink.pid)
+    t0 = time.time()
+    ok = wait_count(sport, "iotpipe_sink_rows_written_total", args.count, args.timeout, sink)
+    wall = time.time() - t0
+    m = metrics(sport) if sink.poll() is None else ""
+    rows = metric(m, "iotpipe_sink_rows_written_total")
+    out = {"component": "sink", "topology": topology, "pairs": pairs, "count": args.count, "complete": ok,
+           "delivered": rows, "wall_s": wall, "rate": rows / wall,
+           "cpu_us": (cpu_seconds(sink.pid) - cpu0) / max(args.count, 1) * 1e6 if sink.poll() is None else None,
+           "rss_mib": Sampler(sink).peak_mib(),
+           "partitions": args.partitions[topology] * (pairs if topology == "per-pair" else 1)}
+    sink.terminate()
+    sink.wait(timeout=60)
+    return out
+
+
+def api_walk(port):
+    """Seconds for the first page of /api/tenants, and for walking every page
+    (following the `Link: <...>; rel="next"` headers); tenants seen."""
+    t0 = time.time()
+    first = None
+    seen = 0
+    target = "/api/tenants?limit=500"
+    while target:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{target}", timeout=30) as r:
+            items = json.loads(r.read())
+            link = r.headers.get("Link") or ""
+        if first is None:
+            first = time.time() - t0
+        seen += len(items)
+        target = link[1:link.index(">")] if link.startswith("<") and 'rel="next"' in link else None
+    return first, time.time() - t0, seen
+
+
+def run_single(args, work, env, pairs, procs):
+    broker = start_mosquitto(work, env, procs)
+    hport = free_port()
+    cfg = os.path.join(work, f"run-{pairs}.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[mqtt]\nurl = "{broker}"\nclient_id = "bench-scale-run"\n[route]\ndevice_id = "/deviceId"\n'
+                f'event_time = "/ts"\n[store]\nurl = "sqlite://{work}/run-{pairs}.db"\n[journal]\n'
+                f'path = "{work}/journal-{pairs}"\n[http]\nlisten = "127.0.0.1:{hport}"\n[log]\nlevel = "warn"\n')
+    run = subprocess.Popen([args.bin, "run", "--config", cfg],
+                           stderr=open(os.path.join(work, f"run-{pairs}.log"), "w"))
+    procs.append(run)
+    wait_port(hport)
+    wait_ready(hport, timeout=60)
+    cpu0 = cpu_seconds(run.pid)
+    t0 = time.time()
+    publish(args.bin, broker, args.count, pairs, args.timeout)
+    ok = wait_count(hport, "iotpipe_messages_delivered_total", args.count, args.timeout, run)
+    wall = time.time() - t0
+    m = metrics(hport) if run.poll() is None else ""
+    out = {"component": "run", "topology": "-", "pairs": pairs, "count": args.count, "complete": ok,
+           "delivered": metric(m, "iotpipe_messages_delivered_total"), "wall_s": wall,
+           "rate": metric(m, "iotpipe_messages_delivered_total") / wall,
+           "cpu_us": (cpu_seconds(run.pid) - cpu0) / max(args.count, 1) * 1e6 if run.poll() is None else None,
+           "partitions": 0}
+    if ok:
+        try:
+            out["api_first_page_s"], out["api_walk_s"], out["api_tenants"] = api_walk(hport)
+        except (OSError, ValueError) as e:
+            out["api_error"] = str(e)
+    out["rss_mib"] = Sampler(run).peak_mib()
+    run.terminate()
+    run.wait(timeout=60)
+    return out
+
+
+def fmt(v, spec):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return format(v, spec)
+
+
+def table(results):
+    lines = ["| component | topology | pairs | partitions | msg/s | CPU µs/msg | peak RSS MiB | complete |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['component']} | {r['topology']} | {r['pairs']:,} | {r['partitions']:,} | "
+                     f"{fmt(r['rate'], ',.0f')} | {fmt(r['cpu_us'], '.1f')} | {fmt(r['rss_mib'], '.1f')} | "
+                     f"{'yes' if r['complete'] else 'no (%d of %d)' % (r['delivered'], r['count'])} |")
+    api = [r for r in results if "api_walk_s" in r]
+    if api:
+        lines.append("")
+        lines.append("| run: pairs | tenants listed | first page of /api/tenants | every page |")
+        lines.append("|---|---|---|---|")
+        for r in api:
+            lines.append(f"| {r['pairs']:,} | {r['api_tenants']:,} | {r['api_first_page_s'] * 1e3:.1f} ms | "
+                         f"{r['api_walk_s'] * 1e3:.1f} ms |")
+    return "\n".join(lines)
+
+
+def svg_plot(results, path):
+    """Peak RSS against pairs (log scale), one line per component and topology."""
+    series = {}
+    for r in results:
+        if r["rss_mib"] is None or math.isnan(r["rss_mib"]):
+            continue
+        series.setdefault(f"{r['component']} {r['topology']}".replace(" -", ""), []).append(
+            (r["pairs"], r["rss_mib"]))
+    if not series:
+        return
+    w, h, ml, mr, mt, mb = 720, 420, 60, 170, 30, 50
+    xs = [p for s in series.values() for p, _ in s]
+    ymax = max(64, max(v for s in series.values() for _, v in s)) * 1.1
+    lx0, lx1 = math.log10(min(xs)), math.log10(max(xs)) if max(xs) > min(xs) else math.log10(min(xs)) + 1
+
+    def x(p):
+        return ml + (math.log10(p) - lx0) / (lx1 - lx0) * (w - ml - mr)
+
+    def y(v):
+        return h - mb - v / ymax * (h - mt - mb)
+
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+           'font-size="12">', f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{ml}" y="18" font-size="14">Peak RSS (MiB) by tenant/project pairs</text>']
+    for v in range(0, int(ymax) + 1, 16):
+        out.append(f'<line x1="{ml}" x2="{w - mr}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{ml - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v}</text>')
+    for limit, label in ((64, "pod limit 64 MiB"), (48, "sink bound"), (24, "bridge bound")):
+        out.append(f'<line x1="{ml}" x2="{w - mr}" y1="{y(limit):.1f}" y2="{y(limit):.1f}" stroke="#999" '
+                   'stroke-dasharray="4 3"/>')
+        out.append(f'<text x="{w - mr - 4}" y="{y(limit) - 3:.1f}" text-anchor="end" fill="#666">{label}</text>')
+    for p in sorted(set(xs)):
+        out.append(f'<text x="{x(p):.1f}" y="{h - mb + 16}" text-anchor="middle">{p:,}</text>')
+    out.append(f'<text x="{(ml + w - mr) / 2}" y="{h - 12}" text-anchor="middle">pairs (log scale)</text>')
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        c = colors[i % len(colors)]
+        pts.sort()
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
+                   + " ".join(f"{x(p):.1f},{y(v):.1f}" for p, v in pts) + '"/>')
+        for p, v in pts:
+            out.append(f'<circle cx="{x(p):.1f}" cy="{y(v):.1f}" r="3" fill="{c}"/>')
+        out.append(f'<rect x="{w - mr + 12}" y="{mt + 18 * i}" width="12" height="12" fill="{c}"/>')
+        out.append(f'<text x="{w - mr + 30}" y="{mt + 18 * i + 10}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", default="10,100,1000,10000", help="comma-separated numbers of tenant/project pairs")
+    ap.add_argument("--topologies", default="shared,per-pair")
+    ap.add_argument("--components", default="bridge,sink,run")
+    ap.add_argument("--count", type=int, default=100_000, help="messages per case")
+    ap.add_argument("--shared-partitions", type=int, default=12, help="partitions of the shared topic")
+    ap.add_argument("--per-pair-partitions", type=int, default=1, help="partitions of each per-pair topic")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds a case may take before it is cut short")
+    ap.add_argument("--out", help="directory for results.json, the table and the SVG plot")
+    ap.add_argument("--short", action="store_true", help="the CI form: 1,000 pairs, 30,000 messages, bounds checked")
+    ap.add_argument("--max-bridge-mib", type=float, default=24)
+    ap.add_argument("--max-sink-mib", type=float, default=48)
+    ap.add_argument("--max-run-mib", type=float, default=64)
+    args = ap.parse_args()
+    if args.short:
+        args.pairs, args.count = "1000", 30_000
+    args.bin = BIN
+    args.partitions = {"shared": args.shared_partitions, "per-pair": args.per_pair_partitions}
+    pairs_list = [int(p) for p in args.pairs.split(",")]
+    topologies = [t for t in args.topologies.split(",") if t]
+    components = set(args.components.split(","))
+    for t in topologies:
+        if t not in TOPIC:
+            sys.exit(f"unknown topology {t!r}: shared or per-pair")
+    env = services_env("postgres")
+    work = tempfile.mkdtemp(prefix="iotpipe-bench-scale-")
+    results = []
+
+    def record(r):
+        results.append(r)
+        print(f"bench-scale: {r['component']:6} {r['topology']:8} pairs={r['pairs']:>6,} "
+              f"rate={fmt(r['rate'], ',.0f')}/s cpu={fmt(r['cpu_us'], '.1f')}us "
+              f"rss={fmt(r['rss_mib'], '.1f')}MiB complete={r['complete']}", flush=True)
+
+    try:
+        for pairs in pairs_list:
+            for topology in topologies:
+                procs = []
+                try:
+                    if components & {"bridge", "sink"}:
+                        b, brokers = run_bridge(args, work, env, topology, pairs, procs)
+                        if "bridge" in components:
+                            record(b)
+                        if "sink" in components and b["complete"]:
+                            record(run_sink(args, work, env, topology, pairs, brokers, procs))
+                finally:
+                    stop_all(procs)
+            if "run" in components:
+                procs = []
+                try:
+                    record(run_single(args, work, env, pairs, procs))
+                finally:
+                    stop_all(procs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(table(results))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        with open(os.path.join(args.out, "table.md"), "w") as f:
+            f.write(table(results) + "\n")
+        svg_plot(results, os.path.join(args.out, "scale-rss.svg"))
+    bounds = {"bridge": args.max_bridge_mib, "sink": args.max_sink_mib, "run": args.max_run_mib}
+    failed = [r for r in results if not r["complete"] or not (r["rss_mib"] <= bounds[r["component"]])]
+    if args.short and failed:
+        for r in failed:
+            print(f"bench-scale: FAIL {r['component']} {r['topology']} at {r['pairs']} pairs: "
+                  f"peak {fmt(r['rss_mib'], '.1f')} MiB (bound {bounds[r['component']]} MiB), "
+                  f"complete={r['complete']}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
