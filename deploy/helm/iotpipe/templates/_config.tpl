@@ -9,7 +9,7 @@ files mounted from existing Secrets.
 {{- $m := .ctx.Values.mqtt -}}
 [mqtt]
 url = {{ $m.url | toJson }}
-# client_id unset: iotpipe-<pod name>, stable in a StatefulSet.
+# client_id: set per pod by IOTPIPE_MQTT__CLIENT_ID (<prefix>-<pod name>).
 topics = {{ $m.topics | toJson }}
 qos = {{ $m.qos | int }}
 version = {{ $m.version | toString | toJson }}
@@ -57,24 +57,32 @@ partitions = {{ $k.partitions | int }}
 replication_factor = {{ $k.replicationFactor | int }}
 retention = {{ $k.retention | toJson }}
 
-[kafka.properties]
+{{- /* The properties written from kafka.sasl / kafka.tls; kafka.properties may not repeat them (a TOML key twice is invalid). */}}
+{{- $gen := dict }}
 {{- if and $k.sasl.enabled $k.tls.enabled }}
-"security.protocol" = "sasl_ssl"
+{{- $_ := set $gen "security.protocol" "sasl_ssl" }}
 {{- else if $k.sasl.enabled }}
-"security.protocol" = "sasl_plaintext"
+{{- $_ := set $gen "security.protocol" "sasl_plaintext" }}
 {{- else if $k.tls.enabled }}
-"security.protocol" = "ssl"
+{{- $_ := set $gen "security.protocol" "ssl" }}
 {{- end }}
 {{- if $k.sasl.enabled }}
 {{- $u := index $k.sasl .user }}
-"sasl.mechanisms" = {{ $k.sasl.mechanism | toJson }}
-"sasl.username" = {{ $u.username | toJson }}
-"sasl.password_file" = {{ printf "/run/secrets/iotpipe/kafka/%s" $u.passwordKey | toJson }}
+{{- $_ := set $gen "sasl.mechanisms" $k.sasl.mechanism }}
+{{- $_ := set $gen "sasl.username" $u.username }}
+{{- $_ := set $gen "sasl.password_file" (printf "/run/secrets/iotpipe/kafka/%s" $u.passwordKey) }}
 {{- end }}
-{{- if $k.tls.enabled }}
-"ssl.ca.location" = {{ printf "/run/secrets/iotpipe/kafka-tls/%s" $k.tls.caKey | toJson }}
+{{- if and $k.tls.enabled $k.tls.existingSecret }}
+{{- $_ := set $gen "ssl.ca.location" (printf "/run/secrets/iotpipe/kafka-tls/%s" $k.tls.caKey) }}
 {{- end }}
-{{- range $key, $value := $k.properties }}
+{{- range $key, $_ := $k.properties }}
+{{- if hasKey $gen $key }}
+{{- fail (printf "kafka.properties.%s repeats a property the chart writes from kafka.sasl/kafka.tls (%s = %q): remove it from kafka.properties (for TLS with the system roots, e.g. Amazon MSK, set kafka.tls.enabled=true and kafka.tls.existingSecret=\"\")" $key $key (index $gen $key)) }}
+{{- end }}
+{{- end }}
+
+[kafka.properties]
+{{- range $key, $value := merge (dict) $gen $k.properties }}
 {{ $key | toJson }} = {{ $value | toString | toJson }}
 {{- end }}
 {{- end -}}
@@ -158,6 +166,9 @@ grace_period = {{ .Values.sink.gracePeriod | toJson }}
 
 {{ include "iotpipe.config.store" (dict "ctx" . "url" .Values.run.storeUrl) }}
 
+[bridge]
+grace_period = {{ .Values.bridge.gracePeriod | toJson }}
+
 [journal]
 path = "/var/lib/iotpipe/journal"
 max_size = {{ .Values.run.journalMaxSize | toJson }}
@@ -173,4 +184,13 @@ max_size = {{ .Values.run.journalMaxSize | toJson }}
 
 {{ . }}
 {{- end }}
+{{- end -}}
+
+{{/* A command's config, refused unless it is valid TOML: dict ctx component */}}
+{{- define "iotpipe.checkedConfig" -}}
+{{- $config := include (printf "iotpipe.config.%s" .component) .ctx -}}
+{{- with (fromToml $config).Error -}}
+{{- fail (printf "the generated %s config is not valid TOML (%s): look at %s.extraConfig and kafka.properties" $.component . $.component) -}}
+{{- end -}}
+{{- $config -}}
 {{- end -}}
