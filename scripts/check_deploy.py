@@ -12,6 +12,7 @@ import argparse
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -29,31 +30,123 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "iotpipe"
 
-# Kustomize directories rendered, and whether the render must carry the
-# Prometheus operator objects (ServiceMonitor) for its workloads.
+# Kustomize directories rendered (relative to deploy/kustomize), and what the
+# render must carry: "monitoring" (a ServiceMonitor for its workloads),
+# "reloader" (Reloader annotations on its workloads).
 KUSTOMIZE = {
-    "base": False,
-    "single-node": False,
-    "overlays/dev": True,
-    "overlays/prod": True,
-    "overlays/prod-keda": True,
-    "kafka": False,
-    "../argocd": False,
+    "base": set(),
+    "single-node": set(),
+    "overlays/dev": {"monitoring"},
+    "overlays/prod": {"monitoring"},
+    "overlays/prod-keda": {"monitoring"},
+    "kafka": set(),
+    "../argocd/prod": set(),
+    "../argocd/dev": set(),
 }
-# Helm values files rendered (None: the chart's defaults), and the same flag.
+# Kustomize renders of an overlay with opt-in components (written to a
+# temporary kustomization): name -> (base, components, expectations).
+KUSTOMIZE_COMPOSED = {
+    "overlays/prod+reloader": ("overlays/prod", ["components/reloader"], {"monitoring", "reloader"}),
+}
+# Helm values files rendered (None: the chart's defaults), and the same flags.
 HELM = {
-    None: False,
-    "ci/all-on-values.yaml": True,
-    "ci/run-values.yaml": False,
+    None: set(),
+    "ci/all-on-values.yaml": {"monitoring", "reloader"},
+    "ci/run-values.yaml": set(),
+    "ci/msk-values.yaml": set(),
+    "ci/platform-values.yaml": {"monitoring"},
 }
+# More Helm renders, each for one check: name -> (values, namespace).
+HELM_SCENARIOS = {
+    # Another namespace: its MQTT client ids must differ from the default render's.
+    "helm:namespace iotpipe-staging": ({}, "iotpipe-staging"),
+    # The Strimzi objects follow kafka.topic and kafka.retention.
+    "helm:topic telemetry.*, retention 7d": (
+        {"strimzi": {"enabled": True}, "kafka": {"topic": "telemetry.{tenant_id}.{project_id}", "retention": "7d"},
+         "sink": {"topics": ["^telemetry\\..+"]}}, "iotpipe"),
+    "helm:fixed topic": ({"strimzi": {"enabled": True}, "kafka": {"topic": "iot-all"}, "sink": {"topics": ["iot-all"]}}, "iotpipe"),
+    # terminationGracePeriodSeconds and the startup probe follow the values.
+    "helm:grace 90s/2m, journal 4GiB": (
+        {"bridge": {"gracePeriod": "90s"}, "sink": {"gracePeriod": "2m"},
+         "journal": {"enabled": True, "maxSize": "4GiB", "size": "5Gi"}}, "iotpipe"),
+}
+# Values that must not render, each with a phrase of the reason the chart gives.
+HELM_MUST_FAIL = [
+    ({"mqtt": {"sharedGroup": ""}, "bridge": {"replicas": 2}}, "every replica receives every message"),
+    ({"sink": {"keda": {"enabled": True, "maxReplicas": 6, "serverAddress": "http://prometheus:9090"},
+               "autoscaling": {"enabled": False}}, "serviceMonitor": {"enabled": True}}, "kafka.partitions"),
+    ({"sink": {"autoscaling": {"maxReplicas": 6}}}, "kafka.partitions"),
+    ({"sink": {"keda": {"enabled": True}}}, "serverAddress"),
+    ({"sink": {"keda": {"enabled": True, "serverAddress": "http://prometheus:9090"}}}, "serviceMonitor or podMonitor"),
+    ({"kafka": {"tls": {"enabled": True}, "properties": {"security.protocol": "ssl"}}}, "security.protocol"),
+    ({"kafka": {"sasl": {"enabled": True}, "properties": {"sasl.mechanisms": "PLAIN"}}}, "sasl.mechanisms"),
+    ({"bridge": {"extraConfig": "[bridge]\ngrace_period = \"5s\"\n"}}, "not valid TOML"),
+    ({"terminationGracePeriodSeconds": 20}, "drain budget"),
+    ({"bridge": {"gracePeriod": "60s"}, "terminationGracePeriodSeconds": 60}, "drain budget"),
+    ({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}, "twice"),
+    ({"strimzi": {"enabled": True}, "kafka": {"topic": "{tenant_id}.{project_id}"}}, "literal prefix"),
+    ({"strimzi": {"enabled": True, "minInsyncReplicas": 4}}, "minInsyncReplicas"),
+]
+# values.schema.json must refuse these (what one value alone gets wrong) ...
+SCHEMA_MUST_REFUSE = [
+    {"store": {"url": "postgres://iotpipe:hunter2@db:5432/iotpipe"}},
+    {"kafka": {"properties": {"sasl.password": "x"}}},
+    {"sink": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "lots"}}}},
+    {"bridge": {"gracePeriod": "25 seconds"}},
+    {"mqtt": {"sharedGroup": ""}, "bridge": {"replicas": 3}},
+    {"sink": {"keda": {"enabled": True, "serverAddress": ""}}},
+]
+# ... and accept these.
+SCHEMA_MUST_ACCEPT = [
+    {"sink": {"resources": {"requests": {"cpu": "1", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}}},
+    {"run": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}},
+    {"kafka": {"tls": {"enabled": True, "existingSecret": ""}}},
+]
 # Kubernetes versions the core objects are validated against: the chart's
 # kubeVersion floor and the newest schema kubernetes-validate ships.
 K8S_VERSIONS = ["1.27.0", "latest"]
 
-MEMORY_LIMIT_MAX = 64 * 1024 * 1024
+# Peak RSS measured per command with the default settings (MiB; BENCHMARKS.md:
+# bridge in journal mode "Bridge" 32.3, sink "2026-12-02" 46.9, run "Single
+# node and demo" 56.5; docs/deploy-sizing.md). A memory limit must leave 20%
+# above it (the PrometheusRule warns at 90%).
+MEASURED_PEAK_MIB = {"bridge": 32.3, "sink": 46.9, "run": 56.5}
+MEMORY_HEADROOM = 1.2
+# Drain: iotpipe's default grace period, and what a pod needs beyond it (the
+# tasks get up to 1 s more, docs/bridge.md; the rest is slack).
+DEFAULT_GRACE_S = 25
+DRAIN_MARGIN_S = 5
+# Startup budget: the part without a journal, and the journal recovery rate.
+# ASSUMPTION, NOT MEASURED (deploy/README.md "Probes"): 10 MiB/s; the Helm
+# value startupProbe.journalRecoveryMiBPerSecond and the Kustomize
+# failureThresholds use the same figure.
+STARTUP_BASE_S = 60
+JOURNAL_RECOVERY_MIB_S = 10
+DEFAULT_JOURNAL_MIB = 1024
+# Labels a Prometheus operator object must carry to be selected by
+# kube-prometheus-stack's Prometheus.
+MONITORING_SELECTOR_LABELS = ("release",)
+# A production Application's targetRevision: a release tag or a commit, never a branch.
+PINNED_REVISION = re.compile(r"^(v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?|[0-9a-f]{40})$")
+# Strimzi 1.x serves only this API version.
+STRIMZI_API = "kafka.strimzi.io/v1"
+
 APP_UID = 65532
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE_KEY|API_KEY)", re.I)
+MQTT_COMMANDS = {"bridge", "run"}
+
+# Custom resources validated with the @kubernetes-models npm packages (the
+# CRD schemas of those projects): (apiVersion, kind) -> (package, module path).
+NPM_MODELS = {
+    ("argoproj.io/v1alpha1", "Application"): ("@kubernetes-models/argo-cd", "argoproj.io/v1alpha1"),
+    ("argoproj.io/v1alpha1", "AppProject"): ("@kubernetes-models/argo-cd", "argoproj.io/v1alpha1"),
+    ("keda.sh/v1alpha1", "ScaledObject"): ("@kubernetes-models/keda", "keda.sh/v1alpha1"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ("@kubernetes-models/prometheus-operator", "monitoring.coreos.com/v1"),
+    ("monitoring.coreos.com/v1", "PodMonitor"): ("@kubernetes-models/prometheus-operator", "monitoring.coreos.com/v1"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ("@kubernetes-models/prometheus-operator", "monitoring.coreos.com/v1"),
+    ("external-secrets.io/v1", "ExternalSecret"): ("@kubernetes-models/external-secrets", "external-secrets.io/v1"),
+}
 
 
 def skipped(what: str) -> None:
@@ -65,10 +158,12 @@ class Report:
     failures: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     skips: list[str] = field(default_factory=list)
+    quiet: bool = False
 
     def fail(self, msg: str) -> None:
         self.failures.append(msg)
-        print(f"FAIL  {msg}", flush=True)
+        if not self.quiet:
+            print(f"FAIL  {msg}", flush=True)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -82,71 +177,169 @@ class Report:
 class Render:
     name: str  # e.g. kustomize:overlays/prod, helm:ci/all-on-values.yaml
     docs: list[dict]
-    expect_monitoring: bool
+    expect: set[str] = field(default_factory=set)
+    values: dict | None = None  # Helm: the values given
+
+    @property
+    def expect_monitoring(self) -> bool:
+        return "monitoring" in self.expect
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def render_kustomize(kubectl: str, rel: str, report: Report) -> list[dict] | None:
-    path = DEPLOY / "kustomize" / rel
+def render_kustomize(kubectl: str, path: Path, report: Report) -> list[dict] | None:
     proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
-        report.fail(f"kustomize {path.relative_to(ROOT)} does not render: {proc.stderr.strip()}")
+        report.fail(f"kustomize {path} does not render: {proc.stderr.strip()}")
         return None
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-def render_helm(values_file: str | None, report: Report) -> list[dict] | None:
-    import helm_python
+def render_kustomize_composed(kubectl: str, base: str, components: list[str], report: Report) -> list[dict] | None:
+    """An overlay with opt-in components, through a temporary kustomization."""
+    with tempfile.TemporaryDirectory(prefix="iotpipe-kustomize-") as tmp:
+        # Kustomize wants relative paths to components: link the tree in.
+        os.symlink(DEPLOY / "kustomize", Path(tmp) / "k")
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [f"k/{base}"],
+            "components": [f"k/{c}" for c in components],
+        }))
+        return render_kustomize(kubectl, Path(tmp), report)
 
-    values = yaml.safe_load((CHART / values_file).read_text()) if values_file else {}
-    label = values_file or "default values"
-    chart = helm_python.Chart.load(str(CHART))
-    try:
-        chart.validate_schema(values)
-        report.count("helm values files valid against values.schema.json")
-    except helm_python.HelmError as e:
-        report.fail(f"helm values {label} do not match values.schema.json: {e}")
-    try:
-        out = chart.render(values, name="iotpipe", namespace="iotpipe")
-    except helm_python.HelmError as e:
-        report.fail(f"helm chart does not render with {label}: {e}")
-        return None
+
+def helm_docs(out: dict[str, str]) -> list[dict]:
     docs = []
     for tpl, text in sorted(out.items()):
         if tpl.endswith("NOTES.txt"):
             continue
         docs.extend(d for d in yaml.safe_load_all(text) if d)
-    lint = helm_python.lint(str(CHART), values, strict=True)
-    report.count("helm lint runs")
-    for m in lint.get("messages", []):
-        if m.get("severity", 0) >= 2:
-            report.fail(f"helm lint ({label}): {m.get('path')}: {m.get('error')}")
-    for e in lint.get("errors", []):
-        report.fail(f"helm lint ({label}): {e}")
     return docs
+
+
+def render_helm(values: dict, label: str, report: Report, namespace: str = "iotpipe", lint: bool = True) -> list[dict] | None:
+    import helm_python
+
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        chart.validate_schema(values)
+        report.count("helm values valid against values.schema.json")
+    except helm_python.HelmError as e:
+        report.fail(f"helm values {label} do not match values.schema.json: {e}")
+    try:
+        out = chart.render(values, name="iotpipe", namespace=namespace)
+    except helm_python.HelmError as e:
+        report.fail(f"helm chart does not render with {label}: {e}")
+        return None
+    if lint:
+        result = helm_python.lint(str(CHART), values, strict=True)
+        report.count("helm lint runs")
+        for m in result.get("messages", []):
+            if m.get("severity", 0) >= 2:
+                report.fail(f"helm lint ({label}): {m.get('path')}: {m.get('error')}")
+        for e in result.get("errors", []):
+            report.fail(f"helm lint ({label}): {e}")
+    return helm_docs(out)
+
+
+def helm_must_fail(report: Report) -> None:
+    """Values that produce objects which would not work must not render."""
+    import helm_python
+
+    chart = helm_python.Chart.load(str(CHART))
+    with tempfile.TemporaryDirectory(prefix="iotpipe-chart-") as tmp:
+        shutil.copytree(CHART, Path(tmp) / "iotpipe")
+        (Path(tmp) / "iotpipe" / "values.schema.json").unlink()
+        no_schema = helm_python.Chart.load(str(Path(tmp) / "iotpipe"))
+    for values, reason in HELM_MUST_FAIL:
+        try:
+            chart.render(values, name="iotpipe", namespace="iotpipe")
+        except helm_python.HelmError as e:
+            msg = str(e)
+            if "specifications of the schema" in msg:
+                # Refused by values.schema.json, whose messages cannot say why:
+                # the templates must refuse it too, with the reason (as with
+                # --skip-schema-validation): render a copy without the schema.
+                report.count("unsafe values refused by values.schema.json")
+                try:
+                    no_schema.render(values, name="iotpipe", namespace="iotpipe")
+                    msg = "(rendered without values.schema.json)"
+                except helm_python.HelmError as e2:
+                    msg = str(e2)
+            if reason.lower() not in msg.lower():
+                report.fail(f"helm refuses {json.dumps(values)}, but without saying why ({reason!r} not in: {msg[:300]})")
+            else:
+                report.count("unsafe values refused by the chart, with the reason")
+            continue
+        report.fail(f"helm renders {json.dumps(values)}, which must be refused ({reason})")
+    for values in SCHEMA_MUST_REFUSE:
+        try:
+            chart.validate_schema(values)
+            report.fail(f"values.schema.json accepts {json.dumps(values)}")
+        except helm_python.HelmError:
+            report.count("bad values refused by values.schema.json")
+    for values in SCHEMA_MUST_ACCEPT:
+        try:
+            chart.validate_schema(values)
+            report.count("values accepted by values.schema.json")
+        except helm_python.HelmError as e:
+            report.fail(f"values.schema.json refuses {json.dumps(values)}: {e}")
+
+
+def argocd_helm_values(app: dict) -> dict:
+    """The values an ArgoCD Application gives the chart: its value files and parameters."""
+    helm = ((app.get("spec") or {}).get("source") or {}).get("helm") or {}
+    values: dict = {}
+    for vf in helm.get("valueFiles") or []:
+        if vf != "values.yaml":
+            deep_merge(values, yaml.safe_load((CHART / vf).read_text()) or {})
+    deep_merge(values, helm.get("valuesObject") or {})
+    for p in helm.get("parameters") or []:
+        node = values
+        keys = p["name"].split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        v = p.get("value")
+        node[keys[-1]] = {"true": True, "false": False}.get(v, v)
+    return values
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
 
 
 # --------------------------------------------------------------------------- schemas
 
-# Custom resources: no offline schema package exists for them, so each kind is
-# checked against the fields its CRD requires and the enums that matter here
-# (written from the CRDs of the versions named in deploy/README.md).
+# Strimzi: no npm or PyPI package ships its CRDs, so KafkaTopic and KafkaUser
+# are checked against what Strimzi 1.x's kafka.strimzi.io/v1 CRDs require
+# (written from the CRDs of Strimzi 1.2: `spec` required; KafkaUser ACLs need
+# `resource` and `operations`, the v1beta2 `operation` is gone; unknown fields
+# refused as with kubectl's strict field validation). IOTPIPE_STRIMZI_CRDS
+# adds the real CRD schemas (strimzi_crd_schemas). The other kinds here are
+# required-field checks kept for when the npm models cannot be installed.
 STR = {"type": "string", "minLength": 1}
 INT = {"type": "integer"}
 DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)(ms|s|m|h|d|w|y))+)$"}
-STRIMZI_LABELS = {
+STRIMZI_METADATA = {
     "type": "object",
     "required": ["labels"],
     "properties": {"labels": {"type": "object", "required": ["strimzi.io/cluster"]}},
 }
+ACL_OPERATIONS = ["Read", "Write", "Create", "Delete", "Alter", "Describe", "ClusterAction", "AlterConfigs",
+                  "DescribeConfigs", "IdempotentWrite", "All"]
 CRD_SCHEMAS: dict[tuple[str, str], dict] = {
-    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): {
+    (STRIMZI_API, "KafkaTopic"): {
         "type": "object",
         "required": ["metadata", "spec"],
         "properties": {
-            "metadata": STRIMZI_LABELS,
+            "metadata": STRIMZI_METADATA,
             "spec": {
                 "type": "object",
                 "additionalProperties": False,
@@ -159,11 +352,11 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
             },
         },
     },
-    ("kafka.strimzi.io/v1beta2", "KafkaUser"): {
+    (STRIMZI_API, "KafkaUser"): {
         "type": "object",
         "required": ["metadata", "spec"],
         "properties": {
-            "metadata": STRIMZI_LABELS,
+            "metadata": STRIMZI_METADATA,
             "spec": {
                 "type": "object",
                 "additionalProperties": False,
@@ -171,23 +364,32 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
                     "authentication": {
                         "type": "object",
                         "required": ["type"],
-                        "properties": {"type": {"enum": ["tls", "tls-external", "scram-sha-512"]}},
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"enum": ["tls", "tls-external", "scram-sha-512"]},
+                            "password": {"type": "object", "required": ["valueFrom"]},
+                            "validityDays": {"type": "integer", "minimum": 1},
+                            "renewalDays": {"type": "integer", "minimum": 1},
+                        },
                     },
                     "authorization": {
                         "type": "object",
-                        "required": ["type"],
+                        "required": ["type", "acls"],
+                        "additionalProperties": False,
                         "properties": {
                             "type": {"enum": ["simple"]},
                             "acls": {
                                 "type": "array",
                                 "items": {
                                     "type": "object",
-                                    "required": ["resource"],
-                                    "anyOf": [{"required": ["operations"]}, {"required": ["operation"]}],
+                                    "required": ["resource", "operations"],
+                                    "additionalProperties": False,
                                     "properties": {
+                                        "type": {"enum": ["allow", "deny"]},
                                         "resource": {
                                             "type": "object",
                                             "required": ["type"],
+                                            "additionalProperties": False,
                                             "properties": {
                                                 "type": {"enum": ["topic", "group", "cluster", "transactionalId"]},
                                                 "name": STR,
@@ -196,17 +398,7 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
                                             "if": {"properties": {"type": {"not": {"const": "cluster"}}}},
                                             "then": {"required": ["name"]},
                                         },
-                                        "operations": {
-                                            "type": "array",
-                                            "minItems": 1,
-                                            "items": {
-                                                "enum": [
-                                                    "Read", "Write", "Create", "Delete", "Alter", "Describe",
-                                                    "ClusterAction", "AlterConfigs", "DescribeConfigs",
-                                                    "IdempotentWrite", "All",
-                                                ]
-                                            },
-                                        },
+                                        "operations": {"type": "array", "minItems": 1, "items": {"enum": ACL_OPERATIONS}},
                                         "host": {"type": "string"},
                                     },
                                 },
@@ -240,16 +432,6 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
                         "anyOf": [{"required": ["server"]}, {"required": ["name"]}],
                         "properties": {"server": STR, "name": STR, "namespace": STR},
                     },
-                    "syncPolicy": {
-                        "type": "object",
-                        "properties": {
-                            "automated": {
-                                "type": "object",
-                                "properties": {"prune": {"type": "boolean"}, "selfHeal": {"type": "boolean"}},
-                            },
-                            "syncOptions": {"type": "array", "items": {"type": "string"}},
-                        },
-                    },
                 },
             }
         },
@@ -262,7 +444,6 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
                 "type": "object",
                 "required": ["selector", "endpoints"],
                 "properties": {
-                    "selector": {"type": "object"},
                     "endpoints": {
                         "type": "array",
                         "minItems": 1,
@@ -290,7 +471,6 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
                             "type": "object",
                             "required": ["name", "rules"],
                             "properties": {
-                                "name": STR,
                                 "rules": {
                                     "type": "array",
                                     "items": {
@@ -318,17 +498,8 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
                     "scaleTargetRef": {"type": "object", "required": ["name"], "properties": {"name": STR}},
                     "minReplicaCount": {"type": "integer", "minimum": 0},
                     "maxReplicaCount": {"type": "integer", "minimum": 1},
-                    "pollingInterval": INT,
-                    "cooldownPeriod": INT,
-                    "triggers": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["type", "metadata"],
-                            "properties": {"type": STR, "metadata": {"type": "object"}},
-                        },
-                    },
+                    "triggers": {"type": "array", "minItems": 1,
+                                 "items": {"type": "object", "required": ["type", "metadata"]}},
                 },
             }
         },
@@ -340,22 +511,89 @@ def obj_name(d: dict) -> str:
     return f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
 
 
-def validate_schemas(r: Render, report: Report) -> None:
+def strictify(schema):
+    """An openAPIV3Schema as kubectl's strict field validation applies it:
+    unknown fields refused where the schema lists the properties."""
+    if isinstance(schema, dict):
+        out = {k: strictify(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strictify(v) for v in schema]
+    return schema
+
+
+def strimzi_crd_schemas(report: Report) -> dict[tuple[str, str], dict]:
+    """The real Strimzi CRD schemas, from IOTPIPE_STRIMZI_CRDS (a directory of CRD files)."""
+    src = os.environ.get("IOTPIPE_STRIMZI_CRDS", "").strip()
+    if not src:
+        report.skip(
+            "Strimzi CRD schema validation (no npm or PyPI package ships the kafka.strimzi.io CRDs, and nothing "
+            "else can be fetched here; KafkaTopic/KafkaUser are checked against the fields Strimzi 1.x's v1 API "
+            "requires, written into scripts/check_deploy.py. To enable it, set IOTPIPE_STRIMZI_CRDS to a directory "
+            "with the CRD files of a Strimzi 1.x release: install/cluster-operator/04*-Crd-*.yaml of strimzi-<version>.zip)")
+        return {}
+    schemas = {}
+    for f in sorted(Path(src).glob("*.yaml")):
+        for d in yaml.safe_load_all(f.read_text()):
+            if not d or d.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = d.get("spec") or {}
+            if spec.get("group") != "kafka.strimzi.io":
+                continue
+            for v in spec.get("versions") or []:
+                s = ((v.get("schema") or {}).get("openAPIV3Schema"))
+                if v.get("served") and s:
+                    schemas[(f"kafka.strimzi.io/{v['name']}", spec["names"]["kind"])] = strictify(s)
+    if not any(k[1] in ("KafkaTopic", "KafkaUser") for k in schemas):
+        report.fail(f"IOTPIPE_STRIMZI_CRDS={src}: no KafkaTopic/KafkaUser CRD found there")
+    else:
+        print(f"ok    Strimzi CRD schemas from {src}: {', '.join(sorted(f'{k[1]} {k[0]}' for k in schemas))}")
+    return schemas
+
+
+@dataclass
+class Schemas:
+    """What the schema step validates with."""
+    strimzi: dict = field(default_factory=dict)
+    npm: str | None = None  # directory with node_modules/@kubernetes-models
+    node: str = "node"
+    npm_items: list = field(default_factory=list)  # (id, where, doc) queued for one node run
+
+
+def validate_schemas(r: Render, report: Report, schemas: Schemas, tag: str = "r") -> None:
     import jsonschema
     import kubernetes_validate
 
     versions = [kubernetes_validate.latest_version() if v == "latest" else v for v in K8S_VERSIONS]
-    for d in r.docs:
+    for i, d in enumerate(r.docs):
         key = (d.get("apiVersion"), d.get("kind"))
         name = f"{r.name}: {obj_name(d)}"
         if not (d.get("metadata") or {}).get("name"):
             report.fail(f"{name}: metadata.name is missing")
+        if str(key[0]).startswith("kafka.strimzi.io/") and key[0] != STRIMZI_API:
+            report.fail(f"{name}: apiVersion {key[0]}: Strimzi 1.x serves only {STRIMZI_API}")
+            continue
+        known = False
         if key in CRD_SCHEMAS:
-            errors = sorted(jsonschema.Draft7Validator(CRD_SCHEMAS[key]).iter_errors(d), key=str)
-            for e in errors:
+            known = True
+            for e in sorted(jsonschema.Draft7Validator(CRD_SCHEMAS[key]).iter_errors(d), key=str):
                 path = "/".join(str(p) for p in e.absolute_path)
-                report.fail(f"{name}: required-fields check: {path}: {e.message}")
+                report.fail(f"{name}: {'Strimzi v1 field check' if 'strimzi' in key[0] else 'required-fields check'}: {path}: {e.message}")
             report.count("custom resources checked against required fields")
+        if key in schemas.strimzi:
+            known = True
+            for e in sorted(jsonschema.Draft7Validator(schemas.strimzi[key]).iter_errors(d), key=str):
+                path = "/".join(str(p) for p in e.absolute_path)
+                report.fail(f"{name}: Strimzi CRD schema: {path}: {e.message}")
+            report.count("Strimzi objects validated against the Strimzi CRD schemas")
+        if key in NPM_MODELS:
+            known = True
+            if schemas.npm:
+                schemas.npm_items.append((f"{tag}:{r.name}:{i}", name, d))
+        if known:
             continue
         for v in versions:
             try:
@@ -370,7 +608,58 @@ def validate_schemas(r: Render, report: Report) -> None:
             report.count("objects validated against Kubernetes schemas")
 
 
-# --------------------------------------------------------------------------- workload policy
+NODE_VALIDATOR = r"""
+// Written by scripts/check_deploy.py: validates custom resources with the
+// @kubernetes-models packages (the CRD schemas of their projects).
+let input = "";
+for await (const chunk of process.stdin) input += chunk;
+const out = [];
+for (const item of JSON.parse(input)) {
+  try {
+    const mod = await import(`${item.pkg}/${item.module}`);
+    const Model = mod[item.kind];
+    if (!Model) throw new Error(`${item.pkg}/${item.module} has no model ${item.kind}`);
+    new Model(item.doc).validate();
+    out.push({ id: item.id, errors: [] });
+  } catch (e) {
+    const errs = (e.errors || []).map((x) => `${x.instancePath || "/"}: ${x.message}`);
+    out.push({ id: item.id, errors: errs.length ? errs : [String(e.message || e)] });
+  }
+}
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def run_npm_models(schemas: Schemas, report: Report) -> dict[str, list[str]]:
+    """Validate the queued custom resources in one node process; id -> errors."""
+    if not schemas.npm or not schemas.npm_items:
+        return {}
+    script = Path(schemas.npm) / "iotpipe-validate.mjs"
+    script.write_text(NODE_VALIDATOR)
+    items = []
+    for id_, _, d in schemas.npm_items:
+        pkg, module = NPM_MODELS[(d.get("apiVersion"), d.get("kind"))]
+        items.append({"id": id_, "pkg": pkg, "module": module, "kind": d["kind"], "doc": d})
+    proc = subprocess.run([schemas.node, str(script)], input=json.dumps(items), capture_output=True, text=True,
+                          cwd=schemas.npm)
+    if proc.returncode != 0:
+        report.fail(f"the @kubernetes-models validator did not run: {proc.stderr.strip()[-1500:]}")
+        return {}
+    return {r["id"]: r["errors"] for r in json.loads(proc.stdout)}
+
+
+def report_npm_models(schemas: Schemas, results: dict[str, list[str]], report: Report) -> None:
+    for id_, where, d in schemas.npm_items:
+        if not id_.startswith("r:"):
+            continue
+        if id_ not in results:
+            continue
+        for e in results[id_]:
+            report.fail(f"{where}: {d.get('apiVersion')} {d.get('kind')} CRD schema (@kubernetes-models): {e}")
+        report.count("custom resources validated with the @kubernetes-models CRD schemas")
+
+
+# --------------------------------------------------------------------------- helpers
 
 
 def parse_quantity(q) -> float:
@@ -382,7 +671,27 @@ def parse_quantity(q) -> float:
     return float(s)
 
 
-def pod_spec_of(d: dict) -> tuple[dict, dict] | None:
+def duration_ms(s) -> int:
+    """Milliseconds of a humantime duration as iotpipe's configs write them."""
+    units = {"ms": 1, "s": 1000, "sec": 1000, "m": 60000, "min": 60000, "h": 3600000, "d": 86400000,
+             "w": 604800000, "y": 31557600000}
+    text = str(s).replace(" ", "")
+    parts = re.findall(r"([0-9]+)(ms|sec|min|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{s!r} is not a duration")
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def size_mib(s) -> int:
+    m = re.fullmatch(r"\s*([0-9]+)\s*([A-Za-z]*)\s*", str(s))
+    if not m:
+        raise ValueError(f"{s!r} is not a size")
+    mult = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20,
+            "g": 10**9, "gb": 10**9, "gib": 2**30}[m.group(2).lower()]
+    return math.ceil(int(m.group(1)) * mult / 2**20)
+
+
+def pod_spec_of(d: dict) -> tuple[dict, dict]:
     """(pod metadata, pod spec) of a workload."""
     kind = d.get("kind")
     spec = d.get("spec") or {}
@@ -392,6 +701,10 @@ def pod_spec_of(d: dict) -> tuple[dict, dict] | None:
         spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
     tpl = spec.get("template") or {}
     return tpl.get("metadata") or {}, tpl.get("spec") or {}
+
+
+def is_hook(w: dict) -> bool:
+    return "helm.sh/hook" in ((w.get("metadata") or {}).get("annotations") or {})
 
 
 def selector_matches(selector: dict | None, labels: dict) -> bool:
@@ -409,23 +722,218 @@ def selector_matches(selector: dict | None, labels: dict) -> bool:
     return True
 
 
-def check_workloads(r: Render, report: Report, quiet: bool = False) -> list[str]:
-    """Policy of every workload in one render; returns the problems found."""
-    problems: list[str] = []
+def command_of(c: dict) -> str | None:
+    """The iotpipe command a container runs (`check --command X` counts as X)."""
+    args = c.get("args") or []
+    if not args:
+        return None
+    if args[0] == "check" and "--command" in args:
+        return args[args.index("--command") + 1]
+    return args[0]
+
+
+def expand_env(c: dict, pod_name: str, namespace: str) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: downward API
+    values filled in, $(VAR) expanded from the variables defined before."""
+    env: dict[str, str] = {}
+    for e in c.get("env") or []:
+        if "value" in e:
+            raw = str(e["value"])
+            env[e["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), raw)
+        else:
+            ref = (e.get("valueFrom") or {}).get("fieldRef") or {}
+            env[e["name"]] = {"metadata.name": pod_name, "metadata.namespace": namespace}.get(
+                ref.get("fieldPath"), "placeholder")
+    return env
+
+
+def mounted_config(docs: list[dict], w: dict, c: dict) -> tuple[dict | None, str, str | None]:
+    """(ConfigMap, key, TOML text) of the config a container's --config names."""
+    args = c.get("args") or []
+    if "--config" not in args:
+        return None, "", None
+    cfg_path = args[args.index("--config") + 1]
+    cms = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "ConfigMap"}
+    vols = {v["name"]: v for v in pod_spec_of(w)[1].get("volumes") or []}
+    for m in c.get("volumeMounts") or []:
+        v = vols.get(m["name"], {})
+        if "configMap" in v and cfg_path.startswith(m["mountPath"].rstrip("/") + "/"):
+            key = cfg_path[len(m["mountPath"].rstrip("/")) + 1:]
+            cm = cms.get(v["configMap"]["name"])
+            return cm, key, ((cm or {}).get("data") or {}).get(key)
+    return None, cfg_path, None
+
+
+def env_overrides(cfg: dict, env: dict[str, str]) -> dict:
+    """cfg with the IOTPIPE_SECTION__KEY overrides applied (as src/config/load.rs does)."""
+    cfg = copy.deepcopy(cfg)
+    for k, v in env.items():
+        if not k.startswith("IOTPIPE_") or "__" not in k:
+            continue
+        parts = [p.lower() for p in k[len("IOTPIPE_"):].split("__")]
+        if len(parts) == 3 and parts[:2] == ["kafka", "properties"]:
+            parts[2] = parts[2].replace("_", ".")
+        node = cfg
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return cfg
+
+
+def workload_config(docs: list[dict], w: dict, c: dict, pod_name: str | None = None) -> dict | None:
+    """The effective config of an iotpipe container (file + environment), or None."""
+    _, _, text = mounted_config(docs, w, c)
+    if text is None:
+        return None
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+    ns = (w.get("metadata") or {}).get("namespace") or "default"
+    return env_overrides(cfg, expand_env(c, pod_name or f"{w['metadata']['name']}-0", ns))
+
+
+def mqtt_client_id(docs: list[dict], w: dict, c: dict, pod_name: str, namespace: str, configured: bool = False):
+    """The client id iotpipe would use in that pod (src/mqtt/config.rs
+    effective_client_id); with configured=True, (id, whether it was set rather
+    than derived from the host name)."""
+    _, _, text = mounted_config(docs, w, c)
+    try:
+        cfg = tomllib.loads(text or "")
+    except tomllib.TOMLDecodeError:
+        return (None, False) if configured else None
+    cfg = env_overrides(cfg, expand_env(c, pod_name, namespace))
+    cid = (cfg.get("mqtt") or {}).get("client_id")
+    out = (str(cid), True) if cid else ("iotpipe-" + re.sub(r"[^A-Za-z0-9-]", "-", pod_name), False)
+    return out if configured else out[0]
+
+
+def grace_seconds(cfg: dict, cmd: str) -> int:
+    section = "sink" if cmd == "sink" else "bridge"  # run drains with [bridge]
+    g = (cfg.get(section) or {}).get("grace_period")
+    return math.ceil(duration_ms(g) / 1000) if g else DEFAULT_GRACE_S
+
+
+def journal_mib(cfg: dict, cmd: str) -> int | None:
+    """Size of the journal a command recovers at start-up, None without one."""
+    j = cfg.get("journal")
+    if cmd == "bridge" and not (j or {}).get("path"):
+        return None
+    if cmd not in ("bridge", "run"):
+        return None
+    return size_mib((j or {}).get("max_size", f"{DEFAULT_JOURNAL_MIB}MiB"))
+
+
+def url_port(url: str, default: int) -> int:
+    m = re.match(r"^[a-z0-9+]+://(?:[^@/]*@)?(\[[^\]]*\]|[^:/?]*)(?::([0-9]+))?", url)
+    return int(m.group(2)) if m and m.group(2) else default
+
+
+def needed_ports(cfg: dict, cmd: str) -> dict[int, str]:
+    """TCP ports a command connects to, from its config: port -> what."""
+    ports: dict[int, str] = {}
+    if cmd in MQTT_COMMANDS:
+        url = (cfg.get("mqtt") or {}).get("url", "mqtt://127.0.0.1:1883")
+        ports[url_port(url, 8883 if url.startswith(("mqtts:", "ssl:")) else 1883)] = "mqtt.url"
+    if cmd in ("bridge", "sink"):
+        for b in str((cfg.get("kafka") or {}).get("brokers", "")).split(","):
+            m = re.search(r":([0-9]+)$", b.strip())
+            ports[int(m.group(1)) if m else 9092] = "kafka.brokers"
+    if cmd in ("sink", "run"):
+        url = (cfg.get("store") or {}).get("url", "sqlite://" if cmd == "run" else "postgres://localhost")
+        if not url.startswith("sqlite:"):
+            ports[url_port(url, 8086 if url.startswith("influx") else 5432)] = "store.url"
+    return ports
+
+
+def allowed_egress(docs: list[dict], labels: dict, namespace: str | None) -> set | None:
+    """TCP ports the NetworkPolicies selecting a pod allow out; None: no egress policy (all)."""
+    ports: set = set()
+    restricted = False
+    for n in docs:
+        if n.get("kind") != "NetworkPolicy":
+            continue
+        spec = n.get("spec") or {}
+        if "Egress" not in (spec.get("policyTypes") or []) or not selector_matches(spec.get("podSelector"), labels):
+            continue
+        restricted = True
+        for rule in spec.get("egress") or []:
+            if not rule.get("ports"):
+                return None
+            for p in rule["ports"]:
+                if p.get("protocol", "TCP") == "TCP":
+                    ports.add(p.get("port"))
+    return ports if restricted else None
+
+
+def literal_secrets(cfg: dict):
+    for sect in ("mqtt", "http", "store"):
+        for k in ("password", "token"):
+            if k in (cfg.get(sect) or {}):
+                yield sect, k
+    url = (cfg.get("store") or {}).get("url", "")
+    if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url):
+        yield "store", "url (password in the URL)"
+    for sect, sub in (("kafka", "properties"), ("sink", "properties")):
+        for k in ((cfg.get(sect) or {}).get(sub) or {}):
+            if re.search(r"(password|secret|jaas)", k) and not k.endswith("_file"):
+                yield f"{sect}.{sub}", k
+
+
+def mounted_secrets(pod: dict, c: dict) -> set[str]:
+    vols = {v["name"]: v for v in pod.get("volumes") or []}
+    names = set()
+    for m in c.get("volumeMounts") or []:
+        s = vols.get(m["name"], {}).get("secret")
+        if s:
+            names.add(s["secretName"])
+    return names
+
+
+def topic_acl(template: str) -> tuple[str, str] | None:
+    """(name, patternType) granting the topics of a kafka.topic template."""
+    if "{" not in template:
+        return template, "literal"
+    prefix = template.split("{", 1)[0]
+    return (prefix, "prefix") if prefix else None
+
+
+def bridge_kafka_config(renders: list[Render], r: Render) -> tuple[dict | None, str]:
+    """The bridge's [kafka] section that the Strimzi objects of render r serve:
+    the bridge in the same render, else the Kustomize prod overlay's."""
+    for cand in [r] + [x for x in renders if x.name == "kustomize:overlays/prod"]:
+        for w in cand.docs:
+            if w.get("kind") != "StatefulSet":
+                continue
+            for c in pod_spec_of(w)[1].get("containers") or []:
+                if command_of(c) == "bridge":
+                    cfg = workload_config(cand.docs, w, c)
+                    if cfg is not None:
+                        return cfg.get("kafka") or {}, cand.name
+    return None, ""
+
+
+# --------------------------------------------------------------------------- workload policy
+
+
+def check_workloads(r: Render, report: Report) -> None:
+    """Policy of every workload in one render."""
     docs = r.docs
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d.get("kind"), []).append(d)
     sas = {(d["metadata"]["name"]): d for d in by_kind.get("ServiceAccount", [])}
 
-    def bad(workload: dict, msg: str) -> None:
-        problems.append(f"{r.name}: {obj_name(workload)}: {msg}")
+    def bad(obj: dict, msg: str) -> None:
+        report.fail(f"{r.name}: {obj_name(obj)}: {msg}")
 
     for w in [d for d in docs if d.get("kind") in WORKLOAD_KINDS]:
         pmeta, pod = pod_spec_of(w)
         labels = pmeta.get("labels") or {}
+        hook = is_hook(w)
         psc = pod.get("securityContext") or {}
         sa_name = pod.get("serviceAccountName") or "default"
+        ns = (w.get("metadata") or {}).get("namespace")
         if sa_name == "default":
             bad(w, "runs as the default ServiceAccount")
         sa = sas.get(sa_name)
@@ -437,13 +945,18 @@ def check_workloads(r: Render, report: Report, quiet: bool = False) -> list[str]
             bad(w, f"ServiceAccount {sa_name} is not in the render")
         elif sa is not None and sa.get("automountServiceAccountToken") is not False:
             bad(w, f"ServiceAccount {sa_name}: automountServiceAccountToken is not false")
-        if not pod.get("topologySpreadConstraints"):
+        if not pod.get("topologySpreadConstraints") and not hook:
             bad(w, "no topologySpreadConstraints")
         volumes = {v.get("name"): v for v in pod.get("volumes") or []}
-        for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+        for v in volumes.values():
+            if "secret" in v and not (v["secret"] or {}).get("secretName"):
+                bad(w, f"volume {v.get('name')} mounts a Secret without a name (an empty *.existingSecret?)")
+        inits = pod.get("initContainers") or []
+        for c in inits + (pod.get("containers") or []):
             cname = f"container {c.get('name')}"
-            init = c in (pod.get("initContainers") or [])
-            if not init:
+            init = c in inits
+            cmd = command_of(c)
+            if not init and not hook:
                 for probe, path in (("startupProbe", None), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                     p = c.get(probe)
                     if not p:
@@ -459,9 +972,12 @@ def check_workloads(r: Render, report: Report, quiet: bool = False) -> list[str]
                 bad(w, f"{cname}: no resources.limits.memory")
             else:
                 try:
-                    if parse_quantity(lim["memory"]) > MEMORY_LIMIT_MAX:
-                        bad(w, f"{cname}: memory limit {lim['memory']} is above the 64Mi budget")
-                    if "memory" in req and parse_quantity(req["memory"]) > parse_quantity(lim["memory"]):
+                    limit = parse_quantity(lim["memory"])
+                    peak = MEASURED_PEAK_MIB.get(cmd or "") if not init else None
+                    if peak and limit < peak * MEMORY_HEADROOM * 2**20:
+                        bad(w, f"{cname}: memory limit {lim['memory']} leaves less than {round((MEMORY_HEADROOM - 1) * 100)}% "
+                               f"above the measured peak of `iotpipe {cmd}` ({peak} MiB, docs/deploy-sizing.md)")
+                    if "memory" in req and parse_quantity(req["memory"]) > limit:
                         bad(w, f"{cname}: memory request above its limit")
                 except ValueError:
                     bad(w, f"{cname}: memory quantity {lim['memory']!r} cannot be read")
@@ -504,6 +1020,76 @@ def check_workloads(r: Render, report: Report, quiet: bool = False) -> list[str]
             for e in c.get("env") or []:
                 if "value" in e and SECRET_NAME.search(e.get("name", "")) and not e["name"].endswith("_FILE"):
                     bad(w, f"{cname}: env {e['name']} has a literal value (secrets by reference only)")
+            if init or cmd not in ("bridge", "sink", "run"):
+                continue
+            cfg = workload_config(docs, w, c)
+            if cfg is None:
+                continue  # reported by the config check
+            # Drain: the kubelet kills the pod terminationGracePeriodSeconds after SIGTERM.
+            if not hook and (c.get("args") or [None])[0] == cmd:
+                sleep = ((((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds")) or 0
+                try:
+                    need = grace_seconds(cfg, cmd) + DRAIN_MARGIN_S + int(sleep)
+                except ValueError as e:
+                    bad(w, f"{cname}: {e}")
+                    need = 0
+                tgps = pod.get("terminationGracePeriodSeconds", 30)
+                if tgps < need:
+                    bad(w, f"terminationGracePeriodSeconds {tgps} is below the drain budget of {need} s "
+                           f"({'sink' if cmd == 'sink' else 'bridge'}.grace_period + {DRAIN_MARGIN_S} s"
+                           f"{' + preStop sleep' if sleep else ''}): the pod is killed mid-drain")
+                # Start-up: journal recovery must fit into the startup probe's budget.
+                sp = c.get("startupProbe") or {}
+                budget = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
+                jm = journal_mib(cfg, cmd)
+                need_start = STARTUP_BASE_S + (math.ceil(jm / JOURNAL_RECOVERY_MIB_S) if jm else 0)
+                if sp and budget < need_start:
+                    bad(w, f"{cname}: startup probe allows {budget} s, below {need_start} s "
+                           f"({STARTUP_BASE_S} s{f' + recovery of a {jm} MiB journal at {JOURNAL_RECOVERY_MIB_S} MiB/s (assumed)' if jm else ''}): "
+                           "the kubelet would restart the pod while it recovers")
+            # MQTT client ids: per pod (stable pod name) and per namespace.
+            if cmd in MQTT_COMMANDS and not hook:
+                base = w["metadata"]["name"]
+                id0, configured = mqtt_client_id(docs, w, c, f"{base}-0", ns or "default", configured=True)
+                id1 = mqtt_client_id(docs, w, c, f"{base}-1", ns or "default")
+                other_ns = mqtt_client_id(docs, w, c, f"{base}-0", "elsewhere")
+                if id0 is None or "$(" in id0:
+                    bad(w, f"{cname}: MQTT client id {id0!r} is not fully resolved (a $(VAR) defined after its use?)")
+                elif not configured:
+                    bad(w, f"{cname}: no MQTT client id is set, so it is iotpipe-<hostname> ({id0!r}), the same in every "
+                           "namespace and cluster: two installations on one broker would take over each other's "
+                           "sessions (set IOTPIPE_MQTT__CLIENT_ID from the namespace and the pod name)")
+                elif id0 == id1:
+                    bad(w, f"{cname}: MQTT client id {id0!r} is the same for every pod: the replicas would take over each other's session")
+                elif id0 == other_ns and (ns or "default") not in id0.removesuffix(f"{base}-0").removeprefix("iotpipe-"):
+                    bad(w, f"{cname}: MQTT client id {id0!r} names neither the namespace {ns} nor reads it from the "
+                           "downward API: another installation on the same broker would take over this one's sessions")
+            # Network: the ports the config connects to must be allowed out.
+            allowed = allowed_egress(docs, labels, ns)
+            if allowed is not None:
+                for port, what in needed_ports(cfg, cmd).items():
+                    if port not in allowed:
+                        bad(w, f"{cname}: egress to port {port} ({what}) is not allowed by its NetworkPolicy")
+            # Rotation: a config change must roll the pods.
+            cm, _, text = mounted_config(docs, w, c)
+            ann = pmeta.get("annotations") or {}
+            if cm is not None and not hook:
+                hashed = re.search(r"-[a-z0-9]{10}$", cm["metadata"]["name"]) is not None
+                checksum = ann.get("checksum/config")
+                # Helm hashes the config as rendered; the YAML block adds a final newline.
+                digests = {hashlib.sha256(t.encode()).hexdigest() for t in ((text or ""), (text or "").removesuffix("\n"))}
+                if checksum is not None and checksum not in digests:
+                    bad(w, f"{cname}: checksum/config does not match the mounted config")
+                if checksum is None and not hashed:
+                    bad(w, f"{cname}: ConfigMap {cm['metadata']['name']} has neither a content hash in its name nor a "
+                           "checksum/config pod annotation: a config change would not restart the pods")
+            if "reloader" in r.expect and not hook:
+                wann = (w.get("metadata") or {}).get("annotations") or {}
+                listed = set(filter(None, wann.get("secret.reloader.stakater.com/reload", "").split(",")))
+                missing = mounted_secrets(pod, c) - listed
+                if wann.get("reloader.stakater.com/auto") != "true" and missing:
+                    bad(w, f"{cname}: Secrets {sorted(missing)} are mounted but not watched by Reloader "
+                           "(rotation.reloader / components/reloader)")
         # Companion objects: PDB, Service with the metrics port, NetworkPolicy, ServiceMonitor.
         if w.get("kind") in ("Deployment", "StatefulSet"):
             if not any(selector_matches((p.get("spec") or {}).get("selector"), labels) for p in by_kind.get("PodDisruptionBudget", [])):
@@ -522,16 +1108,29 @@ def check_workloads(r: Render, report: Report, quiet: bool = False) -> list[str]
                 selector_matches((m.get("spec") or {}).get("selector"), (s.get("metadata") or {}).get("labels") or {})
                 for m in by_kind.get("ServiceMonitor", [])
                 for s in services
-            ):
-                bad(w, "no ServiceMonitor selects its Service")
+            ) and not any(selector_matches((m.get("spec") or {}).get("selector"), labels) for m in by_kind.get("PodMonitor", [])):
+                bad(w, "no ServiceMonitor selects its Service and no PodMonitor its pods")
             if w.get("kind") == "StatefulSet":
                 svc = (w.get("spec") or {}).get("serviceName")
                 if svc not in {s["metadata"]["name"] for s in services}:
                     bad(w, f"serviceName {svc} is not a Service selecting its pods")
+    # Node drains: a PDB must not block eviction of pods that are not ready.
+    for p in by_kind.get("PodDisruptionBudget", []):
+        if (p.get("spec") or {}).get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            bad(p, "unhealthyPodEvictionPolicy is not AlwaysAllow: during an outage (pods not ready) "
+                   "the PDB would block every node drain")
+    # Prometheus must select the monitoring objects.
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        for m in by_kind.get(kind, []):
+            lbl = (m.get("metadata") or {}).get("labels") or {}
+            for k in MONITORING_SELECTOR_LABELS:
+                if not lbl.get(k):
+                    bad(m, f"no {k} label: kube-prometheus-stack's Prometheus selects only objects labelled "
+                           f"{k}=<its release> (Helm monitoring.labels)")
     # No literal secrets anywhere in the render.
     for s in by_kind.get("Secret", []):
         if s.get("data") or s.get("stringData"):
-            problems.append(f"{r.name}: {obj_name(s)}: a Secret with literal data in the manifests")
+            report.fail(f"{r.name}: {obj_name(s)}: a Secret with literal data in the manifests")
     for cm in by_kind.get("ConfigMap", []):
         for key, text in (cm.get("data") or {}).items():
             if not key.endswith(".toml"):
@@ -539,68 +1138,14 @@ def check_workloads(r: Render, report: Report, quiet: bool = False) -> list[str]
             try:
                 cfg = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
-                problems.append(f"{r.name}: {obj_name(cm)}: {key} is not TOML: {e}")
+                report.fail(f"{r.name}: {obj_name(cm)}: {key} is not TOML: {e}")
                 continue
             for sect, k in literal_secrets(cfg):
-                problems.append(f"{r.name}: {obj_name(cm)}: {key}: {sect}.{k} holds a literal secret; use a *_file key")
-    if not quiet:
-        for p in problems:
-            report.fail(p)
+                report.fail(f"{r.name}: {obj_name(cm)}: {key}: {sect}.{k} holds a literal secret; use a *_file key")
     report.count("workloads checked against the policy", sum(1 for d in docs if d.get("kind") in WORKLOAD_KINDS))
-    return problems
 
 
-def literal_secrets(cfg: dict):
-    for sect in ("mqtt", "http", "store"):
-        for k in ("password", "token"):
-            if k in (cfg.get(sect) or {}):
-                yield sect, k
-    url = (cfg.get("store") or {}).get("url", "")
-    if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url):
-        yield "store", "url (password in the URL)"
-    for sect, sub in (("kafka", "properties"), ("sink", "properties")):
-        for k in ((cfg.get(sect) or {}).get(sub) or {}):
-            if re.search(r"(password|secret|jaas)", k) and not k.endswith("_file"):
-                yield f"{sect}.{sub}", k
-
-
-def check_semantics(r: Render, report: Report) -> None:
-    """What the issue asks of particular objects."""
-    docs = r.docs
-    for d in docs:
-        kind, name = d.get("kind"), (d.get("metadata") or {}).get("name", "")
-        if kind == "KafkaTopic":
-            ret = str(((d.get("spec") or {}).get("config") or {}).get("retention.ms"))
-            if ret != "259200000":
-                report.fail(f"{r.name}: {obj_name(d)}: retention.ms is {ret}, not 259200000 (3 days)")
-        if kind == "Application":
-            spec = d["spec"]
-            src = spec.get("source") or {}
-            path = ROOT / src.get("path", "")
-            if not path.is_dir():
-                report.fail(f"{r.name}: {obj_name(d)}: source.path {src.get('path')} is not a directory of the repository")
-            auto = (spec.get("syncPolicy") or {}).get("automated") or {}
-            if auto.get("prune") is not True or auto.get("selfHeal") is not True:
-                report.fail(f"{r.name}: {obj_name(d)}: automated sync without prune and selfHeal")
-            if "CreateNamespace=true" not in ((spec.get("syncPolicy") or {}).get("syncOptions") or []):
-                report.fail(f"{r.name}: {obj_name(d)}: no CreateNamespace=true")
-        if kind in ("HorizontalPodAutoscaler", "ScaledObject"):
-            spec = d.get("spec") or {}
-            mx = spec.get("maxReplicas", spec.get("maxReplicaCount"))
-            parts = partitions_in(docs)
-            if mx is not None and parts is not None and mx > parts:
-                report.fail(f"{r.name}: {obj_name(d)}: max replicas {mx} above the topics' {parts} partitions")
-    kafka_objs = {(d.get("kind"), d["metadata"]["name"]) for d in docs if d.get("kind") in ("KafkaTopic", "KafkaUser")}
-    if r.name.endswith(":kafka") and ("KafkaTopic", "iot-dead-letters") not in kafka_objs:
-        report.fail(f"{r.name}: no KafkaTopic iot-dead-letters")
-    workloads = [d for d in docs if d.get("kind") in WORKLOAD_KINDS]
-    for w in workloads:
-        args = (pod_spec_of(w)[1].get("containers") or [{}])[0].get("args") or []
-        cmd = args[0] if args else None
-        if cmd == "bridge" and (w["kind"] != "StatefulSet" or "iotpipe" not in w["metadata"]["name"]):
-            report.fail(f"{r.name}: {obj_name(w)}: the bridge must be a StatefulSet named iotpipe-*")
-        if cmd == "sink" and (w["kind"] != "Deployment" or "iotpipe" not in w["metadata"]["name"]):
-            report.fail(f"{r.name}: {obj_name(w)}: the sink must be a Deployment named iotpipe-*")
+# --------------------------------------------------------------------------- object semantics
 
 
 def partitions_in(docs: list[dict]) -> int | None:
@@ -609,12 +1154,314 @@ def partitions_in(docs: list[dict]) -> int | None:
             for key, text in (d.get("data") or {}).items():
                 if key.endswith(".toml"):
                     try:
-                        kafka = tomllib.loads(text).get("kafka") or {}
+                        cfg = tomllib.loads(text)
                     except tomllib.TOMLDecodeError:
                         continue
-                    if "partitions" in kafka and "sink" not in tomllib.loads(text):
+                    kafka = cfg.get("kafka") or {}
+                    if "partitions" in kafka and "sink" not in cfg:
                         return int(kafka["partitions"])
     return None
+
+
+def source_render_name(app: dict) -> str | None:
+    """The render of what an Application deploys."""
+    src = (app.get("spec") or {}).get("source") or {}
+    path = src.get("path", "")
+    if path.startswith("deploy/kustomize/"):
+        return "kustomize:" + path.removeprefix("deploy/kustomize/")
+    if path == "deploy/helm/iotpipe":
+        return f"helm:argocd {app['metadata']['name']}"
+    return None
+
+
+API_GROUP = re.compile(r"^(?:(.+)/)?[^/]+$")
+
+
+def check_semantics(r: Render, report: Report, renders: list[Render]) -> None:
+    """What the issues ask of particular objects."""
+    docs = r.docs
+
+    def bad(obj: dict, msg: str) -> None:
+        report.fail(f"{r.name}: {obj_name(obj)}: {msg}")
+
+    kafka_cfg, cfg_from = bridge_kafka_config(renders, r)
+    projects = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "AppProject"}
+    by_name = {x.name: x for x in renders}
+    app_projects = set()
+    for d in docs:
+        kind = d.get("kind")
+        meta = d.get("metadata") or {}
+        spec = d.get("spec") or {}
+        if kind == "KafkaTopic":
+            conf = spec.get("config") or {}
+            opts = {o.strip() for o in (meta.get("annotations") or {}).get("argocd.argoproj.io/sync-options", "").split(",")}
+            if not {"Prune=false", "Delete=false"} <= opts:
+                bad(d, "no argocd.argoproj.io/sync-options Prune=false,Delete=false: an ArgoCD prune (or deleting the "
+                       "Application) would delete the topic and its records")
+            mir = conf.get("min.insync.replicas")
+            if mir is None:
+                bad(d, "no min.insync.replicas: with acks=all a single in-sync replica would acknowledge writes")
+            elif spec.get("replicas") and int(mir) > int(spec["replicas"]):
+                bad(d, f"min.insync.replicas {mir} above replicas {spec['replicas']}")
+            if kafka_cfg is not None:
+                try:
+                    want = duration_ms(kafka_cfg.get("retention", "3d"))
+                except ValueError:
+                    want = None
+                if want is not None and str(conf.get("retention.ms")) != str(want):
+                    bad(d, f"retention.ms is {conf.get('retention.ms')}, but the bridge's kafka.retention "
+                           f"({kafka_cfg.get('retention', '3d')}, {cfg_from}) is {want} ms")
+        if kind == "KafkaUser" and kafka_cfg is not None:
+            want = topic_acl(kafka_cfg.get("topic", "iot.telemetry"))
+            dlq = kafka_cfg.get("dead_letter_topic", "iot-dead-letters")
+            topic_acls = [((a.get("resource") or {}).get("name"), (a.get("resource") or {}).get("patternType", "literal"))
+                          for a in ((spec.get("authorization") or {}).get("acls") or [])
+                          if (a.get("resource") or {}).get("type") == "topic"]
+            if want and want not in topic_acls:
+                bad(d, f"no ACL for the bridge's topics {kafka_cfg.get('topic')!r} ({cfg_from}): expected "
+                       f"{want[1]} {want[0]!r}, found {topic_acls}")
+            for name, pattern in topic_acls:
+                if (name, pattern) != want and name != dlq:
+                    bad(d, f"ACL on topic {pattern} {name!r} matches neither kafka.topic nor the dead-letter topic")
+        if kind == "Application":
+            src = spec.get("source") or {}
+            path = ROOT / src.get("path", "")
+            if not path.is_dir():
+                bad(d, f"source.path {src.get('path')} is not a directory of the repository")
+            auto = (spec.get("syncPolicy") or {}).get("automated") or {}
+            if auto.get("prune") is not True or auto.get("selfHeal") is not True:
+                bad(d, "automated sync without prune and selfHeal")
+            if "CreateNamespace=true" not in ((spec.get("syncPolicy") or {}).get("syncOptions") or []):
+                bad(d, "no CreateNamespace=true")
+            project = spec.get("project")
+            app_projects.add(project)
+            dest = spec.get("destination") or {}
+            dev = str(dest.get("namespace", "")).endswith("-dev")
+            if project == "default":
+                bad(d, "project default: an Application of iotpipe needs its environment's AppProject "
+                       "(restricted sources and destinations)")
+            if not dev and not PINNED_REVISION.match(str(src.get("targetRevision", ""))):
+                bad(d, f"targetRevision {src.get('targetRevision')!r}: production must follow a release tag or a "
+                       "commit, never a branch (every merge would deploy)")
+            proj = projects.get(project)
+            if proj is None:
+                if project != "default":
+                    bad(d, f"AppProject {project} is not in the same app of apps")
+                continue
+            pspec = proj.get("spec") or {}
+            if src.get("repoURL") not in (pspec.get("sourceRepos") or []):
+                bad(d, f"repoURL {src.get('repoURL')} is not among AppProject {project}'s sourceRepos")
+            if "*" in (pspec.get("sourceRepos") or []):
+                bad(proj, "sourceRepos allows any repository")
+            dests = pspec.get("destinations") or []
+            if any(x.get("namespace") == "*" or x.get("server") == "*" for x in dests):
+                bad(proj, "destinations allow any namespace or cluster")
+            if not any(x.get("server") == dest.get("server") and x.get("namespace") == dest.get("namespace") for x in dests):
+                bad(d, f"destination {dest} is not among AppProject {project}'s destinations")
+            # What the Application deploys must be allowed by its project.
+            src_render = by_name.get(source_render_name(d) or "")
+            if src_render is None:
+                bad(d, f"no render of its source {src.get('path')} to check against AppProject {project}")
+                continue
+            allowed_ns = {x.get("namespace") for x in dests}
+            cluster_ok = {(x.get("group", ""), x.get("kind")) for x in pspec.get("clusterResourceWhitelist") or []}
+            ns_ok = {(x.get("group", ""), x.get("kind")) for x in pspec.get("namespaceResourceWhitelist") or []}
+            for o in src_render.docs:
+                if is_hook(o):
+                    continue
+                group = API_GROUP.match(o.get("apiVersion", "")).group(1) or ""
+                gk = (group, o.get("kind"))
+                if o.get("kind") == "Namespace":
+                    if gk not in cluster_ok:
+                        bad(d, f"deploys {obj_name(o)}, a cluster-scoped kind AppProject {project} does not allow")
+                    continue
+                if gk not in ns_ok:
+                    bad(d, f"deploys {obj_name(o)} ({group or 'core'}), a kind AppProject {project} does not allow")
+                ons = (o.get("metadata") or {}).get("namespace") or dest.get("namespace")
+                if ons not in allowed_ns:
+                    bad(d, f"deploys {obj_name(o)} into namespace {ons}, outside AppProject {project}'s destinations")
+            report.count("Applications checked against their AppProject")
+        if kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+            mx = spec.get("maxReplicas", spec.get("maxReplicaCount"))
+            parts = partitions_in(docs)
+            if mx is not None and parts is not None and mx > parts:
+                bad(d, f"max replicas {mx} above the topics' {parts} partitions")
+        if kind == "ScaledObject":
+            for t in spec.get("triggers") or []:
+                if t.get("type") == "prometheus" and not (t.get("metadata") or {}).get("serverAddress"):
+                    bad(d, "prometheus trigger without serverAddress: KEDA has nothing to read the lag from")
+    if len(app_projects) > 1:
+        report.fail(f"{r.name}: one app of apps deploys Applications of several projects {sorted(app_projects)}: "
+                    "one sync would touch several environments")
+    kafka_objs = {(d.get("kind"), d["metadata"]["name"]) for d in docs if d.get("kind") in ("KafkaTopic", "KafkaUser")}
+    if r.name.endswith(":kafka") and ("KafkaTopic", "iot-dead-letters") not in kafka_objs:
+        report.fail(f"{r.name}: no KafkaTopic iot-dead-letters")
+    for w in [d for d in docs if d.get("kind") in WORKLOAD_KINDS]:
+        for c in pod_spec_of(w)[1].get("containers") or []:
+            cmd = (c.get("args") or [None])[0]
+            if cmd == "bridge" and (w["kind"] != "StatefulSet" or "iotpipe" not in w["metadata"]["name"]):
+                report.fail(f"{r.name}: {obj_name(w)}: the bridge must be a StatefulSet named iotpipe-*")
+            if cmd == "sink" and (w["kind"] != "Deployment" or "iotpipe" not in w["metadata"]["name"]):
+                report.fail(f"{r.name}: {obj_name(w)}: the sink must be a Deployment named iotpipe-*")
+            if cmd == "bridge" and (w.get("spec") or {}).get("replicas", 1) > 1:
+                cfg = workload_config(docs, w, c) or {}
+                if not (cfg.get("mqtt") or {}).get("shared_group"):
+                    report.fail(f"{r.name}: {obj_name(w)}: {w['spec']['replicas']} replicas without mqtt.shared_group: "
+                                "every replica receives every message, so each would be written that many times")
+
+
+def check_argocd_environments(renders: list[Render], report: Report) -> None:
+    """Production Applications all follow the same pinned revision."""
+    revs = {}
+    for r in renders:
+        for d in r.docs:
+            if d.get("kind") == "Application":
+                dest = ((d.get("spec") or {}).get("destination") or {}).get("namespace", "")
+                if not str(dest).endswith("-dev"):
+                    revs.setdefault(((d["spec"].get("source") or {}).get("targetRevision")), []).append(f"{r.name}: {d['metadata']['name']}")
+    if len(revs) > 1:
+        report.fail(f"production Applications follow different revisions: {revs}")
+
+
+def check_client_ids(renders: list[Render], report: Report) -> None:
+    """Two installations in different namespaces never share an MQTT client id."""
+    seen: dict[str, tuple[str, str]] = {}
+    for r in renders:
+        for w in r.docs:
+            if w.get("kind") not in WORKLOAD_KINDS or is_hook(w):
+                continue
+            ns = (w.get("metadata") or {}).get("namespace") or "default"
+            for c in pod_spec_of(w)[1].get("containers") or []:
+                if (c.get("args") or [None])[0] not in MQTT_COMMANDS:
+                    continue
+                for i in range(2):
+                    cid = mqtt_client_id(r.docs, w, c, f"{w['metadata']['name']}-{i}", ns)
+                    other = seen.get(cid)
+                    if other and other[1] != ns:
+                        report.fail(f"MQTT client id {cid!r} is used in namespace {ns} ({r.name}) and in {other[1]} "
+                                    f"({other[0]}): both would take over each other's persistent session")
+                    seen.setdefault(cid, (r.name, ns))
+                    report.count("MQTT client ids compared across renders")
+
+
+def check_platform(r: Render, report: Report) -> None:
+    """Every value of ci/platform-values.yaml shows up in the render."""
+    v = r.values or {}
+
+    def bad(msg: str) -> None:
+        report.fail(f"{r.name}: {msg}")
+
+    sa = [d for d in r.docs if d.get("kind") == "ServiceAccount"]
+    if not sa or sa[0]["metadata"]["name"] != v["serviceAccount"]["name"]:
+        bad("serviceAccount.name is not the ServiceAccount's name")
+    elif (sa[0]["metadata"].get("annotations") or {}) != v["serviceAccount"]["annotations"]:
+        bad("serviceAccount.annotations are not on the ServiceAccount")
+    workloads = [d for d in r.docs if d.get("kind") in ("StatefulSet", "Deployment")]
+    if not workloads:
+        bad("no workloads")
+    for w in workloads:
+        pmeta, pod = pod_spec_of(w)
+        where = obj_name(w)
+        checks = {
+            "serviceAccount.name": pod.get("serviceAccountName") == v["serviceAccount"]["name"],
+            "podLabels": v["podLabels"].items() <= (pmeta.get("labels") or {}).items(),
+            "podAnnotations": v["podAnnotations"].items() <= (pmeta.get("annotations") or {}).items(),
+            "priorityClassName": pod.get("priorityClassName") == v["priorityClassName"],
+            "terminationGracePeriodSeconds": pod.get("terminationGracePeriodSeconds") == v["terminationGracePeriodSeconds"],
+            "extraVolumes": all(x in (pod.get("volumes") or []) for x in v["extraVolumes"]),
+            "initContainers": [c["name"] for c in pod.get("initContainers") or []] == [c["name"] for c in v["initContainers"]],
+            "nodeSelector": pod.get("nodeSelector") == v["nodeSelector"],
+            "tolerations": pod.get("tolerations") == v["tolerations"],
+            "affinity": pod.get("affinity") == v["affinity"],
+            "topologySpreadConstraints": [
+                (c.get("topologyKey"), c.get("whenUnsatisfiable"), bool(c.get("labelSelector")))
+                for c in pod.get("topologySpreadConstraints") or []
+            ] == [(c["topologyKey"], c["whenUnsatisfiable"], True) for c in v["topologySpreadConstraints"]],
+        }
+        comp = (pmeta.get("labels") or {}).get("app.kubernetes.io/component")
+        strategy = (w.get("spec") or {}).get("updateStrategy" if w["kind"] == "StatefulSet" else "strategy")
+        checks[f"{comp}.updateStrategy"] = strategy == v[comp]["updateStrategy"]
+        for c in pod.get("containers") or []:
+            names = [e["name"] for e in c.get("env") or []]
+            checks["extraVolumeMounts"] = all(x in (c.get("volumeMounts") or []) for x in v["extraVolumeMounts"])
+            checks["envFrom"] = c.get("envFrom") == v["envFrom"]
+            checks["extraEnv"] = all(e["name"] in names for e in v["extraEnv"])
+            checks["lifecycle"] = c.get("lifecycle") == v["lifecycle"]
+            if comp == "bridge":
+                cid = mqtt_client_id(r.docs, w, c, f"{w['metadata']['name']}-0", w["metadata"].get("namespace"))
+                checks["clusterName (in the MQTT client id)"] = v["clusterName"] in (cid or "")
+        for what, ok in checks.items():
+            if not ok:
+                bad(f"{where}: {what} from the values is not rendered")
+            report.count("platform values proven rendered")
+    if not any(d.get("kind") == "ConfigMap" and d["metadata"]["name"] == v["extraObjects"][0]["metadata"]["name"] for d in r.docs):
+        bad("extraObjects: the ConfigMap is not rendered")
+    pm = [d for d in r.docs if d.get("kind") == "PodMonitor"]
+    if not pm or not pm[0]["spec"]["podMetricsEndpoints"][0].get("relabelings") \
+            or pm[0]["spec"]["podMetricsEndpoints"][0].get("metricRelabelings") != v["podMonitor"]["metricRelabelings"]:
+        bad("podMonitor: no PodMonitor with the relabelings")
+
+
+def check_helm_test(r: Render, report: Report) -> None:
+    """`helm test` runs `iotpipe check` (online) of every command's config, in
+    the workloads' image, with their ConfigMaps and Secrets."""
+    tests = [d for d in r.docs if d.get("kind") == "Pod" and
+             ((d.get("metadata") or {}).get("annotations") or {}).get("helm.sh/hook") == "test"]
+    workloads = [d for d in r.docs if d.get("kind") in ("StatefulSet", "Deployment")]
+    if not workloads:
+        return
+    if not tests:
+        report.fail(f"{r.name}: no `helm test` Pod (helm.sh/hook: test) running `iotpipe check` against the release's services")
+        return
+    pod = pod_spec_of(tests[0])[1]
+    checks = {command_of(c): c for c in pod.get("containers") or [] if (c.get("args") or [None])[0] == "check"}
+    for w in workloads:
+        wpod = pod_spec_of(w)[1]
+        c = wpod["containers"][0]
+        cmd = command_of(c)
+        t = checks.get(cmd)
+        if t is None:
+            report.fail(f"{r.name}: the helm test Pod does not check the {cmd} config")
+            continue
+        if "--offline" in (t.get("args") or []):
+            report.fail(f"{r.name}: the helm test of {cmd} runs with --offline: it would try no connection")
+        if t.get("image") != c.get("image"):
+            report.fail(f"{r.name}: the helm test of {cmd} runs image {t.get('image')}, the workload {c.get('image')}")
+        wcm, _, wtext = mounted_config(r.docs, w, c)
+        tcm, _, ttext = mounted_config(r.docs, tests[0], t)
+        if wcm is None or tcm is None or wcm["metadata"]["name"] != tcm["metadata"]["name"]:
+            report.fail(f"{r.name}: the helm test of {cmd} does not mount the {cmd}'s config")
+        if mounted_secrets(wpod, c) != mounted_secrets(pod, t):
+            report.fail(f"{r.name}: the helm test of {cmd} mounts Secrets {sorted(mounted_secrets(pod, t))}, "
+                        f"the workload {sorted(mounted_secrets(wpod, c))}")
+        report.count("helm test containers checked against their workloads")
+
+
+def check_helm_rotation(report: Report) -> None:
+    """A chart-created Secret definition (extraObjects) that changes rolls the pods mounting it."""
+    import helm_python
+
+    chart = helm_python.Chart.load(str(CHART))
+    base = yaml.safe_load((CHART / "ci/all-on-values.yaml").read_text())
+
+    def sink_annotations(values):
+        docs = helm_docs(chart.render(values, name="iotpipe", namespace="iotpipe"))
+        d = next(d for d in docs if d.get("kind") == "Deployment")
+        return pod_spec_of(d)[0].get("annotations") or {}
+
+    try:
+        changed = copy.deepcopy(base)
+        changed["extraObjects"][0]["spec"]["data"][0]["remoteRef"]["key"] = "iotpipe/store-rotated"
+        a, b = sink_annotations(base), sink_annotations(changed)
+    except (KeyError, IndexError, StopIteration, helm_python.HelmError) as e:
+        report.fail(f"helm: cannot render ci/all-on-values.yaml with a changed ExternalSecret (extraObjects): {e}")
+        return
+    if "checksum/secrets" not in a:
+        report.fail("helm: the sink mounts iotpipe-store, defined by an ExternalSecret in extraObjects, but has no checksum/secrets annotation")
+    elif a["checksum/secrets"] == b["checksum/secrets"]:
+        report.fail("helm: checksum/secrets does not change when the ExternalSecret defining a mounted Secret changes")
+    else:
+        report.count("rotation: chart-created Secret definitions roll the pods")
 
 
 # --------------------------------------------------------------------------- iotpipe check
@@ -622,29 +1469,20 @@ def partitions_in(docs: list[dict]) -> int | None:
 
 def config_uses(docs: list[dict]):
     """(ConfigMap, key, workload, container) for every mounted iotpipe config."""
-    cms = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "ConfigMap"}
     used = set()
     for w in [d for d in docs if d.get("kind") in WORKLOAD_KINDS]:
-        _, pod = pod_spec_of(w)
-        vols = {v["name"]: v for v in pod.get("volumes") or []}
-        for c in pod.get("containers") or []:
-            args = c.get("args") or []
-            if "--config" not in args:
+        for c in pod_spec_of(w)[1].get("containers") or []:
+            if "--config" not in (c.get("args") or []):
                 continue
-            cfg_path = args[args.index("--config") + 1]
-            for m in c.get("volumeMounts") or []:
-                v = vols.get(m["name"], {})
-                if "configMap" in v and cfg_path.startswith(m["mountPath"].rstrip("/") + "/"):
-                    cm = cms.get(v["configMap"]["name"])
-                    key = cfg_path[len(m["mountPath"].rstrip("/")) + 1 :]
-                    if cm is None or key not in (cm.get("data") or {}):
-                        yield None, key, w, c
-                        continue
-                    used.add((cm["metadata"]["name"], key))
-                    yield cm, key, w, c
-    for name, cm in cms.items():
+            cm, key, text = mounted_config(docs, w, c)
+            if text is None:
+                yield None, key, w, c
+                continue
+            used.add((cm["metadata"]["name"], key))
+            yield cm, key, w, c
+    for cm in [d for d in docs if d.get("kind") == "ConfigMap"]:
         for key in (cm.get("data") or {}):
-            if key.endswith(".toml") and (name, key) not in used:
+            if key.endswith(".toml") and (cm["metadata"]["name"], key) not in used:
                 yield cm, key, None, None
 
 
@@ -656,7 +1494,7 @@ def file_keys(cfg: dict):
         for k, v in body.items():
             if isinstance(v, dict):
                 for pk, pv in v.items():
-                    if isinstance(pv, str) and (pk.endswith("_file") or pk.endswith(".location")):
+                    if isinstance(pv, str) and (pk.endswith("_file") or pk.endswith(".location")) and pv != "probe":
                         yield f"{sect}.{k}.{pk}", pv
             elif isinstance(v, str) and k.endswith("_file"):
                 yield f"{sect}.{k}", v
@@ -675,11 +1513,10 @@ def check_configs(renders: list[Render], iotpipe: str | None, report: Report) ->
             env = {}
             mounts = []
             if c is not None:
-                cmd = (c.get("args") or [None])[0]
+                cmd = command_of(c)
                 mounts = c.get("volumeMounts") or []
-                for e in c.get("env") or []:
-                    if e["name"].startswith("IOTPIPE_"):
-                        env[e["name"]] = e.get("value", "placeholder")
+                ns = (w.get("metadata") or {}).get("namespace") or "default"
+                env = {k: v for k, v in expand_env(c, f"{w['metadata']['name']}-0", ns).items() if k.startswith("IOTPIPE_")}
             try:
                 cfg = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
@@ -710,6 +1547,7 @@ def check_configs(renders: list[Render], iotpipe: str | None, report: Report) ->
 
 
 def run_iotpipe_check(iotpipe: str, text: str, cfg: dict, cmd: str | None, env: dict) -> str | None:
+    env = dict(env)
     with tempfile.TemporaryDirectory(prefix="iotpipe-check-") as tmp:
         # Secret files are read while loading: stand-ins, at paths under tmp.
         for _, path in file_keys(cfg):
@@ -794,72 +1632,212 @@ def run_checkov(checkov: str, rendered_dir: Path, report: Report) -> None:
             print(f"note  checkov skip {sid} matched no finding (stale entry in deploy/checkov-skips.yaml?)")
 
 
+
+
 # --------------------------------------------------------------------------- self-test
 
 
-def self_test(renders: list[Render], report: Report) -> None:
-    """The policy check must fail on broken workloads: break copies of a
-    rendered overlay in the ways it guards against and expect a failure each."""
-    target = next((r for r in renders if r.name == "kustomize:overlays/prod"), None)
+def check_render(r: Render, report: Report, renders: list[Render]) -> None:
+    check_workloads(r, report)
+    check_semantics(r, report, renders)
+
+
+def first(docs, kind, pred=lambda d: True):
+    return next(d for d in docs if d.get("kind") == kind and pred(d))
+
+
+def container(docs, kind):
+    return pod_spec_of(first(docs, kind))[1]["containers"][0]
+
+
+def drop_env(c, name):
+    c["env"] = [e for e in c.get("env") or [] if e["name"] != name]
+
+
+def edit_config(docs, kind, fn):
+    """Change the TOML text of the config a workload mounts."""
+    w = first(docs, kind)
+    cm, key, text = mounted_config(docs, w, pod_spec_of(w)[1]["containers"][0])
+    cm["data"][key] = fn(text)
+
+
+def unhash_config(docs):
+    w = first(docs, "StatefulSet")
+    vol = next(v for v in pod_spec_of(w)[1]["volumes"] if "configMap" in v)
+    cm = first(docs, "ConfigMap", lambda d: d["metadata"]["name"] == vol["configMap"]["name"])
+    cm["metadata"]["name"] = vol["configMap"]["name"] = "iotpipe-bridge-config"
+
+
+def drop_kafka_egress(docs):
+    np_ = first(docs, "NetworkPolicy")
+    np_["spec"]["egress"] = [r for r in np_["spec"]["egress"] if not any(p.get("port") == 9093 for p in r.get("ports") or [])]
+
+
+def acl_topic(docs, name):
+    u = first(docs, "KafkaUser")
+    for a in u["spec"]["authorization"]["acls"]:
+        if a["resource"].get("patternType") == "prefix":
+            a["resource"]["name"] = name
+
+
+# (render broken, what, how): each must be noticed by the policy/semantic checks.
+BREAKS = [
+    ("kustomize:overlays/prod", "readiness probe removed", lambda d: container(d, "StatefulSet").pop("readinessProbe")),
+    ("kustomize:overlays/prod", "startup probe removed", lambda d: container(d, "Deployment").pop("startupProbe")),
+    ("kustomize:overlays/prod", "memory limit 32Mi (below the sink's measured peak)",
+     lambda d: container(d, "Deployment")["resources"]["limits"].update(memory="32Mi")),
+    ("kustomize:overlays/prod", "memory limit removed", lambda d: container(d, "StatefulSet")["resources"].pop("limits")),
+    ("kustomize:overlays/prod", "runAsNonRoot false", lambda d: container(d, "StatefulSet")["securityContext"].update(runAsNonRoot=False)),
+    ("kustomize:overlays/prod", "readOnlyRootFilesystem removed", lambda d: container(d, "Deployment")["securityContext"].pop("readOnlyRootFilesystem")),
+    ("kustomize:overlays/prod", "capabilities not dropped", lambda d: container(d, "Deployment")["securityContext"].pop("capabilities")),
+    ("kustomize:overlays/prod", "privilege escalation allowed", lambda d: container(d, "StatefulSet")["securityContext"].update(allowPrivilegeEscalation=True)),
+    ("kustomize:overlays/prod", "literal password in env", lambda d: container(d, "Deployment").setdefault("env", []).append({"name": "PG_PASSWORD", "value": "x"})),
+    ("kustomize:overlays/prod", "mount inside the config volume", lambda d: container(d, "Deployment")["volumeMounts"].append({"name": "tmp", "mountPath": "/etc/iotpipe/ca"})),
+    ("kustomize:overlays/prod", "PodDisruptionBudget removed", lambda d: d.remove(first(d, "PodDisruptionBudget"))),
+    ("kustomize:overlays/prod", "PodDisruptionBudget without unhealthyPodEvictionPolicy",
+     lambda d: first(d, "PodDisruptionBudget")["spec"].pop("unhealthyPodEvictionPolicy")),
+    ("kustomize:overlays/prod", "terminationGracePeriodSeconds below the sink's drain budget",
+     lambda d: pod_spec_of(first(d, "Deployment"))[1].update(terminationGracePeriodSeconds=20)),
+    ("kustomize:overlays/prod", "grace_period 60s with terminationGracePeriodSeconds 30",
+     lambda d: edit_config(d, "StatefulSet", lambda t: t.replace('grace_period = "25s"', 'grace_period = "60s"'))),
+    ("kustomize:overlays/prod", "startup probe of 60 s with a 1536 MiB journal",
+     lambda d: container(d, "StatefulSet")["startupProbe"].update(failureThreshold=30)),
+    ("kustomize:overlays/prod", "MQTT client id left to the host name",
+     lambda d: drop_env(container(d, "StatefulSet"), "IOTPIPE_MQTT__CLIENT_ID")),
+    ("kustomize:overlays/prod", "MQTT client id without the namespace",
+     lambda d: next(e for e in container(d, "StatefulSet")["env"] if e["name"] == "IOTPIPE_MQTT__CLIENT_ID").update(value="iotpipe-$(POD_NAME)")),
+    ("kustomize:overlays/prod", "ServiceMonitor without the release label",
+     lambda d: first(d, "ServiceMonitor")["metadata"]["labels"].pop("release")),
+    ("kustomize:overlays/prod", "PrometheusRule without the release label",
+     lambda d: first(d, "PrometheusRule")["metadata"]["labels"].pop("release")),
+    ("kustomize:overlays/prod", "NetworkPolicy without the Kafka port 9093", drop_kafka_egress),
+    ("kustomize:overlays/prod", "3 bridges without mqtt.shared_group",
+     lambda d: edit_config(d, "StatefulSet", lambda t: t.replace('shared_group = "iotpipe"', ''))),
+    ("kustomize:overlays/prod", "config ConfigMap without a content hash", unhash_config),
+    ("kustomize:overlays/prod+reloader", "Reloader annotation removed",
+     lambda d: first(d, "StatefulSet")["metadata"].pop("annotations")),
+    ("kustomize:kafka", "KafkaTopic without Prune=false,Delete=false",
+     lambda d: first(d, "KafkaTopic")["metadata"]["annotations"].pop("argocd.argoproj.io/sync-options")),
+    ("kustomize:kafka", "KafkaTopic retention 7 days (the bridge says 3d)",
+     lambda d: first(d, "KafkaTopic")["spec"]["config"].update({"retention.ms": 604800000})),
+    ("kustomize:kafka", "KafkaTopic without min.insync.replicas",
+     lambda d: first(d, "KafkaTopic")["spec"]["config"].pop("min.insync.replicas")),
+    ("kustomize:kafka", "ACL prefix telemetry. (the bridge writes iot.*)", lambda d: acl_topic(d, "telemetry.")),
+    ("kustomize:argocd/prod", "production Application on the main branch",
+     lambda d: first(d, "Application")["spec"]["source"].update(targetRevision="main")),
+    ("kustomize:argocd/prod", "production Application in project default",
+     lambda d: first(d, "Application")["spec"].update(project="default")),
+    ("kustomize:argocd/prod", "AppProject without KafkaTopic",
+     lambda d: first(d, "AppProject")["spec"].update(namespaceResourceWhitelist=[
+         x for x in first(d, "AppProject")["spec"]["namespaceResourceWhitelist"] if x["kind"] != "KafkaTopic"])),
+    ("kustomize:argocd/prod", "AppProject without the kafka namespace",
+     lambda d: first(d, "AppProject")["spec"].update(destinations=[
+         x for x in first(d, "AppProject")["spec"]["destinations"] if x["namespace"] != "kafka"])),
+    ("kustomize:argocd/prod", "AppProject open to any repository",
+     lambda d: first(d, "AppProject")["spec"]["sourceRepos"].append("*")),
+]
+# Breaks the schema checks must notice (Kubernetes schemas, Strimzi v1, the npm CRD models).
+SCHEMA_BREAKS = [
+    ("kustomize:overlays/prod", "unknown field in a Deployment", lambda d: first(d, "Deployment")["spec"].update(replicaz=2)),
+    ("kustomize:overlays/prod", "ServiceMonitor without endpoints", lambda d: first(d, "ServiceMonitor")["spec"].pop("endpoints")),
+    ("kustomize:kafka", "KafkaTopic kafka.strimzi.io/v1beta2", lambda d: first(d, "KafkaTopic").update(apiVersion="kafka.strimzi.io/v1beta2")),
+    ("kustomize:kafka", "KafkaUser ACL with operation (v1beta2) instead of operations",
+     lambda d: first(d, "KafkaUser")["spec"]["authorization"]["acls"][0].update(operation="Write")),
+    ("kustomize:kafka", "KafkaUser without authorization.acls",
+     lambda d: first(d, "KafkaUser")["spec"]["authorization"].pop("acls")),
+]
+NPM_BREAKS = [
+    ("kustomize:argocd/prod", "AppProject destination namespace not a string",
+     lambda d: first(d, "AppProject")["spec"]["destinations"][0].update(namespace=5)),
+    ("kustomize:argocd/prod", "Application syncPolicy.automated.prune not a boolean",
+     lambda d: first(d, "Application")["spec"]["syncPolicy"]["automated"].update(prune="yes")),
+    ("kustomize:overlays/prod", "ServiceMonitor relabeling action bogus",
+     lambda d: first(d, "ServiceMonitor")["spec"]["endpoints"][0].update(relabelings=[{"action": "bogus"}])),
+    ("kustomize:overlays/prod-keda", "ScaledObject without scaleTargetRef",
+     lambda d: first(d, "ScaledObject")["spec"].pop("scaleTargetRef")),
+    ("helm:ci/all-on-values.yaml", "ExternalSecret creationPolicy Whatever",
+     lambda d: first(d, "ExternalSecret")["spec"]["target"].update(creationPolicy="Whatever")),
+]
+
+
+def broken(renders, target_name, what, breaker, report):
+    target = next((r for r in renders if r.name == target_name), None)
     if target is None:
-        report.fail("self-test: no prod render to break")
-        return
-
-    def first_container(docs, kind):
-        w = next(d for d in docs if d.get("kind") == kind)
-        return w, pod_spec_of(w)[1]["containers"][0]
-
-    breaks = {
-        "readiness probe removed": lambda docs: first_container(docs, "StatefulSet")[1].pop("readinessProbe", None),
-        "startup probe removed": lambda docs: first_container(docs, "Deployment")[1].pop("startupProbe", None),
-        "memory limit 128Mi": lambda docs: first_container(docs, "Deployment")[1]["resources"]["limits"].update(memory="128Mi"),
-        "memory limit removed": lambda docs: first_container(docs, "StatefulSet")[1]["resources"].pop("limits", None),
-        "runAsNonRoot false": lambda docs: first_container(docs, "StatefulSet")[1]["securityContext"].update(runAsNonRoot=False),
-        "readOnlyRootFilesystem removed": lambda docs: first_container(docs, "Deployment")[1]["securityContext"].pop("readOnlyRootFilesystem", None),
-        "capabilities not dropped": lambda docs: first_container(docs, "Deployment")[1]["securityContext"].pop("capabilities", None),
-        "privilege escalation allowed": lambda docs: first_container(docs, "StatefulSet")[1]["securityContext"].update(allowPrivilegeEscalation=True),
-        "literal password in env": lambda docs: first_container(docs, "Deployment")[1].setdefault("env", []).append({"name": "PG_PASSWORD", "value": "x"}),
-        "mount inside the config volume": lambda docs: first_container(docs, "Deployment")[1]["volumeMounts"].append({"name": "tmp", "mountPath": "/etc/iotpipe/ca"}),
-        "PodDisruptionBudget removed": lambda docs: docs.remove(next(d for d in docs if d.get("kind") == "PodDisruptionBudget")),
-    }
-    for what, breaker in breaks.items():
-        docs = copy.deepcopy(target.docs)
-        try:
-            breaker(docs)
-        except (KeyError, StopIteration, TypeError) as e:
-            report.fail(f"self-test: cannot break the prod render ({what}): {e!r}")
-            continue
-        found = check_workloads(Render(target.name + " (broken)", docs, target.expect_monitoring), Report(), quiet=True)
-        if not found:
-            report.fail(f"self-test: the policy check did not notice: {what}")
-        report.count("self-test breaks detected by the policy check", 1 if found else 0)
-    # The schema checks must refuse an unknown field and a broken custom resource.
+        report.fail(f"self-test: no render {target_name} to break ({what})")
+        return None, None
+    docs = copy.deepcopy(target.docs)
     try:
-        import kubernetes_validate  # noqa: F401
+        breaker(docs)
+    except (KeyError, StopIteration, TypeError, IndexError) as e:
+        report.fail(f"self-test: cannot break {target_name} ({what}): {e!r}")
+        return None, None
+    b = Render(f"{target.name} (broken: {what})", docs, target.expect, target.values)
+    return b, [b if x is target else x for x in renders]
 
-        schema_breaks = {
-            "unknown field in a Deployment": lambda docs: next(d for d in docs if d.get("kind") == "Deployment")["spec"].update(replicaz=2),
-            "ServiceMonitor without endpoints": lambda docs: next(d for d in docs if d.get("kind") == "ServiceMonitor")["spec"].pop("endpoints"),
-        }
-        for what, breaker in schema_breaks.items():
-            docs = copy.deepcopy(target.docs)
-            breaker(docs)
-            probe = Report()
-            import contextlib
-            import io
 
-            with contextlib.redirect_stdout(io.StringIO()):
-                validate_schemas(Render(target.name + " (broken)", docs, False), probe)
-            if not probe.failures:
-                report.fail(f"self-test: the schema check did not notice: {what}")
-            report.count("self-test breaks detected by the schema checks", 1 if probe.failures else 0)
-    except ImportError:
-        pass
-    if check_workloads(target, Report(), quiet=True):
-        report.fail("self-test: the prod render it breaks has policy problems already (listed above)")
+def self_test(renders: list[Render], report: Report, schemas: Schemas) -> None:
+    """The checks must fail on broken manifests: break copies of the renders
+    in the ways they guard against and expect a failure each."""
+    for target_name, what, breaker in BREAKS:
+        b, rs = broken(renders, target_name, what, breaker, report)
+        if b is None:
+            continue
+        probe = Report(quiet=True)
+        check_render(b, probe, rs)
+        if not probe.failures:
+            report.fail(f"self-test: the policy/semantic checks did not notice: {what} ({target_name})")
+        report.count("self-test breaks detected by the policy and semantic checks", 1 if probe.failures else 0)
+    for target_name, what, breaker in SCHEMA_BREAKS:
+        b, _ = broken(renders, target_name, what, breaker, report)
+        if b is None:
+            continue
+        probe = Report(quiet=True)
+        validate_schemas(b, probe, Schemas(strimzi=schemas.strimzi))
+        if not probe.failures:
+            report.fail(f"self-test: the schema checks did not notice: {what} ({target_name})")
+        report.count("self-test breaks detected by the schema checks", 1 if probe.failures else 0)
+    if schemas.npm:
+        for target_name, what, breaker in NPM_BREAKS:
+            b, _ = broken(renders, target_name, what, breaker, report)
+            if b is None:
+                continue
+            before = len(schemas.npm_items)
+            validate_schemas(b, Report(quiet=True), Schemas(npm=schemas.npm, npm_items=schemas.npm_items), tag=f"b:{what}")
+            if len(schemas.npm_items) == before:
+                report.fail(f"self-test: nothing of {target_name} went to the @kubernetes-models check ({what})")
+    for r in renders:
+        if r.name in {t for t, _, _ in BREAKS}:
+            probe = Report(quiet=True)
+            check_render(r, probe, renders)
+            if probe.failures:
+                report.fail(f"self-test: {r.name}, which it breaks, has problems already (listed above)")
+
+
+def self_test_npm(schemas: Schemas, results: dict[str, list[str]], report: Report) -> None:
+    for what in {id_.split(":", 2)[1] for id_, _, _ in schemas.npm_items if id_.startswith("b:")}:
+        errors = [e for id_, es in results.items() if id_.startswith(f"b:{what}:") for e in es]
+        if not errors:
+            report.fail(f"self-test: the @kubernetes-models CRD schemas did not notice: {what}")
+        report.count("self-test breaks detected by the @kubernetes-models CRD schemas", 1 if errors else 0)
 
 
 # --------------------------------------------------------------------------- main
+
+
+def argocd_loose_files() -> list[tuple[str, list[dict]]]:
+    """Application files of deploy/argocd/<env>/ that its kustomization does not
+    list (alternatives), each with that directory's AppProject."""
+    out = []
+    for d in sorted((DEPLOY / "argocd").iterdir()) if (DEPLOY / "argocd").is_dir() else []:
+        k = d / "kustomization.yaml"
+        if not k.exists():
+            continue
+        listed = set((yaml.safe_load(k.read_text()) or {}).get("resources") or [])
+        project = [x for x in yaml.safe_load_all((d / "project.yaml").read_text()) if x] if (d / "project.yaml").exists() else []
+        for f in sorted(d.glob("*.yaml")):
+            if f.name not in listed and f.name != "kustomization.yaml":
+                out.append((f"argocd:{d.name}/{f.name}", project + [x for x in yaml.safe_load_all(f.read_text()) if x]))
+    return out
 
 
 def main() -> int:
@@ -867,6 +1845,8 @@ def main() -> int:
     ap.add_argument("--kubectl", default="kubectl")
     ap.add_argument("--iotpipe", help="iotpipe binary for `iotpipe check --offline` (omitted: SKIPPED)")
     ap.add_argument("--checkov", help="checkov executable (omitted: SKIPPED)")
+    ap.add_argument("--npm-models", help="directory whose node_modules has the @kubernetes-models packages (omitted: SKIPPED)")
+    ap.add_argument("--node", default="node")
     ap.add_argument("--out", default=None, help="where the rendered manifests are written")
     args = ap.parse_args()
     if args.iotpipe:
@@ -877,15 +1857,22 @@ def main() -> int:
     def step(title):
         print(f"==> {title} ({time.monotonic() - t0:.0f}s)", flush=True)
 
-    renders: list[Render] = []
-    step("render Kustomize")
-    for rel, mon in KUSTOMIZE.items():
-        docs = render_kustomize(args.kubectl, rel, report)
+    renders: list[Render] = []  # scanned by checkov too
+    scenarios: list[Render] = []  # renders for one check each
+
+    def add(into, name, docs, expect=frozenset(), values=None):
         if docs is not None:
-            name = "kustomize:" + rel.removeprefix("../")
-            renders.append(Render(name, docs, mon))
+            into.append(Render(name, docs, set(expect), values))
             report.count("renders")
             print(f"ok    {name}: {len(docs)} objects")
+
+    step("render Kustomize")
+    for rel, expect in KUSTOMIZE.items():
+        add(renders, "kustomize:" + rel.removeprefix("../"), render_kustomize(args.kubectl, DEPLOY / "kustomize" / rel, report), expect)
+    for name, (base, components, expect) in KUSTOMIZE_COMPOSED.items():
+        add(scenarios, "kustomize:" + name, render_kustomize_composed(args.kubectl, base, components, report), expect)
+    for name, docs in argocd_loose_files():
+        add(scenarios, name, docs)
     step("render and lint Helm")
     try:
         import helm_python  # noqa: F401
@@ -895,60 +1882,87 @@ def main() -> int:
         have_helm = False
         report.skip("Helm render and lint (helm-python-sdk not installed; run scripts/check-deploy.sh, which installs it)")
     if have_helm:
-        for vf, mon in HELM.items():
-            docs = render_helm(vf, report)
-            if docs is not None:
-                name = "helm:" + (vf or "default")
-                renders.append(Render(name, docs, mon))
-                report.count("renders")
-                print(f"ok    {name}: {len(docs)} objects")
-        # The schema must refuse what the policy refuses.
-        import helm_python
-
-        chart = helm_python.Chart.load(str(CHART))
-        for bad_values in (
-            {"bridge": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "128Mi"}}}},
-            {"store": {"url": "postgres://iotpipe:hunter2@db:5432/iotpipe"}},
-            {"kafka": {"properties": {"sasl.password": "x"}}},
-        ):
-            try:
-                chart.validate_schema(bad_values)
-                report.fail(f"values.schema.json accepts {bad_values}")
-            except helm_python.HelmError:
-                report.count("bad values refused by values.schema.json")
+        for vf, expect in HELM.items():
+            if vf and not (CHART / vf).exists():
+                report.fail(f"helm values file {vf} is missing")
+                continue
+            values = yaml.safe_load((CHART / vf).read_text()) if vf else {}
+            add(renders, "helm:" + (vf or "default"), render_helm(values, vf or "default values", report), expect, values)
+        for name, (values, ns) in HELM_SCENARIOS.items():
+            add(scenarios, name, render_helm(values, name, report, namespace=ns, lint=False), set(), values)
+        for r in list(renders):
+            for app in [d for d in r.docs if d.get("kind") == "Application"]:
+                if ((app["spec"].get("source") or {}).get("path")) == "deploy/helm/iotpipe":
+                    values = argocd_helm_values(app)
+                    add(scenarios, f"helm:argocd {app['metadata']['name']}",
+                        render_helm(values, f"Application {app['metadata']['name']}", report, lint=False), set(), values)
+        for name, docs in [(s.name, s) for s in scenarios if s.name.startswith("argocd:")]:
+            for app in [d for d in docs.docs if d.get("kind") == "Application"]:
+                if ((app["spec"].get("source") or {}).get("path")) == "deploy/helm/iotpipe" and \
+                        not any(s.name == f"helm:argocd {app['metadata']['name']}" for s in scenarios):
+                    values = argocd_helm_values(app)
+                    add(scenarios, f"helm:argocd {app['metadata']['name']}",
+                        render_helm(values, f"Application {app['metadata']['name']}", report, lint=False), set(), values)
+        helm_must_fail(report)
+        check_helm_rotation(report)
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="iotpipe-deploy-"))
     rendered = out / "rendered"
     shutil.rmtree(rendered, ignore_errors=True)
+    shutil.rmtree(out / "scenarios", ignore_errors=True)
     rendered.mkdir(parents=True)
-    for r in renders:
-        (rendered / (re.sub(r"[^A-Za-z0-9.-]+", "_", r.name) + ".yaml")).write_text(yaml.safe_dump_all(r.docs, sort_keys=False))
+    (out / "scenarios").mkdir(parents=True)
+    for dir_, rs in ((rendered, renders), (out / "scenarios", scenarios)):
+        for r in rs:
+            (dir_ / (re.sub(r"[^A-Za-z0-9.-]+", "_", r.name) + ".yaml")).write_text(yaml.safe_dump_all(r.docs, sort_keys=False))
+    everything = renders + scenarios
 
     step("validate against schemas")
+    schemas = Schemas()
     try:
         import jsonschema  # noqa: F401
         import kubernetes_validate  # noqa: F401
 
-        for r in renders:
-            validate_schemas(r, report)
+        schemas.strimzi = strimzi_crd_schemas(report)
+        if args.npm_models and (Path(args.npm_models) / "node_modules" / "@kubernetes-models").is_dir():
+            schemas.npm, schemas.node = args.npm_models, args.node
+        else:
+            report.skip("CRD schema validation of Application, AppProject, ScaledObject, ServiceMonitor, PodMonitor, "
+                        "PrometheusRule, ExternalSecret with the @kubernetes-models npm packages (node/npm or the "
+                        "packages are missing; scripts/check-deploy.sh installs them); required-field checks only")
+        for r in everything:
+            validate_schemas(r, report, schemas)
     except ImportError:
         report.skip("schema validation (kubernetes-validate not installed; run scripts/check-deploy.sh)")
     step("workload policy and object semantics")
-    for r in renders:
-        check_workloads(r, report)
-        check_semantics(r, report)
-    self_test(renders, report)
+    for r in everything:
+        check_render(r, report, everything)
+    check_client_ids(everything, report)
+    check_argocd_environments(everything, report)
+    for r in everything:
+        if r.name == "helm:ci/platform-values.yaml":
+            check_platform(r, report)
+        if r.name.startswith("helm:") and (r.values or {}).get("tests", {}).get("enabled", True):
+            check_helm_test(r, report)
+    if not (ROOT / "docs" / "deploy-sizing.md").exists():
+        report.fail("docs/deploy-sizing.md (memory sizing by payload size and batch) is missing")
+    self_test(everything, report, schemas)
+    if schemas.npm:
+        step("CRD schemas (@kubernetes-models)")
+        results = run_npm_models(schemas, report)
+        report_npm_models(schemas, results, report)
+        self_test_npm(schemas, results, report)
     step("iotpipe check --offline of every mounted config")
     if args.iotpipe is None:
         report.skip("iotpipe check --offline (no iotpipe binary: set IOTPIPE_BIN or install cargo)")
-    check_configs(renders, args.iotpipe, report)
+    check_configs(everything, args.iotpipe, report)
     step("checkov")
     if args.checkov:
         run_checkov(args.checkov, rendered, report)
     else:
         report.skip("checkov scan (no checkov: it could not be installed, see the pip output above, or --checkov was not given; run scripts/check-deploy.sh)")
 
-    print(f"==> summary ({time.monotonic() - t0:.0f}s), rendered manifests in {rendered}")
+    print(f"==> summary ({time.monotonic() - t0:.0f}s), rendered manifests in {rendered} (and {out / 'scenarios'})")
     for k, v in report.counts.items():
         print(f"      {v:4d}  {k}")
     for s in report.skips:
