@@ -1053,6 +1053,9 @@ def check_workloads(r: Render, report: Report) -> None:
                 id0, configured = mqtt_client_id(docs, w, c, f"{base}-0", ns or "default", configured=True)
                 id1 = mqtt_client_id(docs, w, c, f"{base}-1", ns or "default")
                 other_ns = mqtt_client_id(docs, w, c, f"{base}-0", "elsewhere")
+                if w["kind"] != "StatefulSet":
+                    bad(w, f"{cname}: an MQTT client runs in a {w['kind']}, whose pod names change on every restart: "
+                           "the client id (and with it the persistent session) would not be stable")
                 if id0 is None or "$(" in id0:
                     bad(w, f"{cname}: MQTT client id {id0!r} is not fully resolved (a $(VAR) defined after its use?)")
                 elif not configured:
