@@ -86,9 +86,13 @@ class Sampler:
             return float("nan")
 
 
+EXTRA_KAFKA = []
+
+
 def kafka_cfg(brokers, topology, partitions):
     return (f'[kafka]\nbrokers = "{brokers}"\ntopic = "{TOPIC[topology]}"\npartitions = {partitions}\n'
-            'properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }\n')
+            + "".join(f"{line}\n" for line in EXTRA_KAFKA)
+            + 'properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }\n')
 
 
 def run_bridge(args, work, env, topology, pairs, procs):
@@ -135,6 +139,8 @@ def run_sink(args, work, env, topology, pairs, brokers, procs):
                             stderr=open(os.path.join(work, f"sink-{topology}-{pairs}.log"), "w"))
     procs.append(sink)
     wait_port(sport)
+    # Timed from the first stored row: joining the group is not throughput.
+    wait_count(sport, "iotpipe_sink_rows_written_total", 1, args.timeout, sink)
     cpu0 = cpu_seconds(sink.pid)
     t0 = time.time()
     ok = wait_count(sport, "iotpipe_sink_rows_written_total", args.count, args.timeout, sink)
@@ -285,6 +291,8 @@ def main():
     ap.add_argument("--count", type=int, default=100_000, help="messages per case")
     ap.add_argument("--shared-partitions", type=int, default=12, help="partitions of the shared topic")
     ap.add_argument("--per-pair-partitions", type=int, default=1, help="partitions of each per-pair topic")
+    ap.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
+                    help='extra [kafka] line for bridge and sink, e.g. compression="none" (repeatable)')
     ap.add_argument("--timeout", type=int, default=900, help="seconds a case may take before it is cut short")
     ap.add_argument("--out", help="directory for results.json, the table and the SVG plot")
     ap.add_argument("--short", action="store_true", help="the CI form: 1,000 pairs, 30,000 messages, bounds checked")
@@ -295,6 +303,7 @@ def main():
     if args.short:
         args.pairs, args.count = "1000", 30_000
     args.bin = BIN
+    EXTRA_KAFKA.extend(args.kafka)
     args.partitions = {"shared": args.shared_partitions, "per-pair": args.per_pair_partitions}
     pairs_list = [int(p) for p in args.pairs.split(",")]
     topologies = [t for t in args.topologies.split(",") if t]

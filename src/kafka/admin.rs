@@ -20,7 +20,8 @@ pub struct TopicAdmin {
     failed: HashMap<String, Instant>,
     partitions: i32,
     replication: i32,
-    retention_ms: String,
+    /// Topic configs of every created topic (`KafkaConfig::created_topic_config`).
+    configs: Vec<(String, String)>,
 }
 
 /// How long one create request may take before the bridge carries on
@@ -43,7 +44,7 @@ impl TopicAdmin {
             failed: HashMap::new(),
             partitions: cfg.partitions,
             replication: cfg.replication_factor,
-            retention_ms: cfg.retention.get().as_millis().to_string(),
+            configs: cfg.created_topic_config().into_iter().collect(),
         })
     }
 
@@ -61,8 +62,10 @@ impl TopicAdmin {
             self.known.insert(topic.to_string());
             return;
         };
-        let new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(self.replication))
-            .set("retention.ms", &self.retention_ms);
+        let mut new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(self.replication));
+        for (k, v) in &self.configs {
+            new = new.set(k, v);
+        }
         let opts = AdminOptions::new().request_timeout(Some(CREATE_TIMEOUT)).operation_timeout(Some(CREATE_TIMEOUT));
         let settled = match client.create_topics([&new], &opts).await {
             Ok(results) => results.into_iter().all(|r| match r {
@@ -70,7 +73,7 @@ impl TopicAdmin {
                     tracing::info!(
                         topic = name,
                         partitions = self.partitions,
-                        retention_ms = self.retention_ms,
+                        configs = ?self.configs,
                         "Created Kafka topic."
                     );
                     true

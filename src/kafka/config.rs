@@ -31,6 +31,11 @@ pub struct KafkaConfig {
     /// -1 uses the broker's default.
     pub replication_factor: i32,
     pub retention: HumanDuration,
+    /// Further topic configs of the topics the bridge creates (e.g.
+    /// `min.insync.replicas = "2"` on a cluster of three brokers); they win
+    /// over `retention`. `cleanup.policy = "delete"` is always set unless
+    /// given here.
+    pub topic_config: BTreeMap<String, String>,
     /// How long librdkafka tries one send before the bridge re-sends it itself.
     pub delivery_timeout: HumanDuration,
     pub linger: HumanDuration,
@@ -53,6 +58,7 @@ impl Default for KafkaConfig {
             partitions: 12,
             replication_factor: -1,
             retention: HumanDuration::secs(3 * 86400),
+            topic_config: BTreeMap::new(),
             delivery_timeout: HumanDuration::secs(60),
             linger: HumanDuration::millis(20),
             properties: BTreeMap::new(),
@@ -84,7 +90,21 @@ impl KafkaConfig {
         if self.retention.get().as_millis() < 1 {
             return Err(KeyError::new("retention", "must be more than 0s"));
         }
+        if let Some(key) = self.topic_config.keys().find(|k| k.is_empty() || k.contains(char::is_whitespace)) {
+            return Err(KeyError::new(format!("topic_config.{key}"), "is not a topic config name"));
+        }
         super::security::validate(&self.properties, "properties")
+    }
+
+    /// The configs of a topic the bridge creates: `cleanup.policy = delete`,
+    /// `retention.ms` from `retention`, then `topic_config` (which wins).
+    pub fn created_topic_config(&self) -> BTreeMap<String, String> {
+        let mut c = BTreeMap::from([
+            ("cleanup.policy".to_string(), "delete".to_string()),
+            ("retention.ms".to_string(), self.retention.get().as_millis().to_string()),
+        ]);
+        c.extend(self.topic_config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        c
     }
 
     /// Replace every `properties.<key>_file` by `<key>` holding the file's
@@ -118,6 +138,21 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().key, "compression");
         let bad = KafkaConfig { delivery_timeout: HumanDuration::secs(0), ..KafkaConfig::default() };
         assert_eq!(bad.validate().unwrap_err().key, "delivery_timeout");
+    }
+
+    #[test]
+    fn created_topics_get_retention_delete_and_the_extra_configs() {
+        let mut c = KafkaConfig::default();
+        let t = c.created_topic_config();
+        assert_eq!(t.get("retention.ms").map(String::as_str), Some("259200000"));
+        assert_eq!(t.get("cleanup.policy").map(String::as_str), Some("delete"));
+        c.topic_config.insert("min.insync.replicas".into(), "2".into());
+        c.topic_config.insert("retention.ms".into(), "1000".into());
+        let t = c.created_topic_config();
+        assert_eq!(t.get("min.insync.replicas").map(String::as_str), Some("2"));
+        assert_eq!(t.get("retention.ms").map(String::as_str), Some("1000"), "topic_config wins");
+        c.topic_config.insert("bad key".into(), "1".into());
+        assert_eq!(c.validate().unwrap_err().key, "topic_config.bad key");
     }
 
     #[test]
