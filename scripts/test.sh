@@ -5,7 +5,8 @@
 # deployment manifests (scripts/check-deploy.sh), the dashboards and alerts
 # against live processes (scripts/check-observability.sh), the container
 # image under a 64 MiB limit (scripts/container-test.sh) and the short fault
-# matrix (scripts/fault-matrix.sh --short).
+# matrix (scripts/fault-matrix.sh --short) and the short scaling benchmark
+# (scripts/bench_scale.py --short).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,3 +64,10 @@ echo "== fault matrix (--short)"
 fm_bin="$PWD/dist/amd64/iotpipe"
 [[ -x $fm_bin ]] || fm_bin="$PWD/target/debug/iotpipe"
 IOTPIPE_BIN="$fm_bin" bash scripts/fault-matrix.sh --short
+
+# The short scaling benchmark (docs/topology.md): 1,000 tenant/project pairs
+# through the bridge, the sink and `iotpipe run` with the default (shared)
+# topology; fails when a peak RSS is over its bound (bridge 24 MiB, sink
+# 48 MiB, run 64 MiB) or a message is missing. Same binary as the matrix.
+echo "== scaling (--short)"
+IOTPIPE_BIN="$fm_bin" python3 scripts/bench_scale.py --short
