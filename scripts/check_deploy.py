@@ -65,6 +65,14 @@ HELM_SCENARIOS = {
         {"strimzi": {"enabled": True}, "kafka": {"topic": "telemetry.{tenant_id}.{project_id}", "retention": "7d"},
          "sink": {"topics": ["^telemetry\\..+"]}}, "iotpipe"),
     "helm:fixed topic": ({"strimzi": {"enabled": True}, "kafka": {"topic": "iot-all"}, "sink": {"topics": ["iot-all"]}}, "iotpipe"),
+    # A topic per (tenant, project) pair, 1 partition each: prefix ACLs, no
+    # KafkaTopic for the template, the sink's maximum not tied to partitions.
+    "helm:topic per pair": (
+        {"strimzi": {"enabled": True}, "kafka": {"topic": "iot.{tenant_id}.{project_id}", "partitions": 1}}, "iotpipe"),
+    # Moving from per-pair topics to the shared one: the sink may still read iot.*.
+    "helm:shared topic, sink reads iot.* too": (
+        {"strimzi": {"enabled": True, "sinkReadPrefixes": ["iot."]},
+         "kafka": {"partitions": 6, "topicConfig": {"retention.ms": 604800000}}}, "iotpipe"),
     # terminationGracePeriodSeconds and the startup probe follow the values.
     "helm:grace 90s/2m, journal 4GiB": (
         {"bridge": {"gracePeriod": "90s"}, "sink": {"gracePeriod": "2m"},
@@ -73,9 +81,10 @@ HELM_SCENARIOS = {
 # Values that must not render, each with a phrase of the reason the chart gives.
 HELM_MUST_FAIL = [
     ({"mqtt": {"sharedGroup": ""}, "bridge": {"replicas": 2}}, "every replica receives every message"),
-    ({"sink": {"keda": {"enabled": True, "maxReplicas": 6, "serverAddress": "http://prometheus:9090"},
+    ({"sink": {"keda": {"enabled": True, "maxReplicas": 13, "serverAddress": "http://prometheus:9090"},
                "autoscaling": {"enabled": False}}, "serviceMonitor": {"enabled": True}}, "kafka.partitions"),
-    ({"sink": {"autoscaling": {"maxReplicas": 6}}}, "kafka.partitions"),
+    ({"sink": {"autoscaling": {"maxReplicas": 13}}}, "kafka.partitions"),
+    ({"kafka": {"partitions": 4}, "sink": {"autoscaling": {"maxReplicas": 6}}}, "kafka.partitions"),
     ({"sink": {"keda": {"enabled": True}}}, "serverAddress"),
     ({"sink": {"keda": {"enabled": True, "serverAddress": "http://prometheus:9090"}}}, "serviceMonitor or podMonitor"),
     ({"kafka": {"tls": {"enabled": True}, "properties": {"security.protocol": "ssl"}}}, "security.protocol"),
@@ -86,6 +95,8 @@ HELM_MUST_FAIL = [
     ({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}, "twice"),
     ({"strimzi": {"enabled": True}, "kafka": {"topic": "{tenant_id}.{project_id}"}}, "literal prefix"),
     ({"strimzi": {"enabled": True, "minInsyncReplicas": 4}}, "minInsyncReplicas"),
+    ({"strimzi": {"enabled": True, "topicReplicas": 1, "minInsyncReplicas": 1}}, "min.insync.replicas"),
+    ({"kafka": {"replicationFactor": 1}}, "min.insync.replicas"),
 ]
 # values.schema.json must refuse these (what one value alone gets wrong) ...
 SCHEMA_MUST_REFUSE = [
@@ -130,6 +141,9 @@ MONITORING_SELECTOR_LABELS = ("release",)
 PINNED_REVISION = re.compile(r"^(v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?|[0-9a-f]{40})$")
 # Strimzi 1.x serves only this API version.
 STRIMZI_API = "kafka.strimzi.io/v1"
+# iotpipe's [kafka] defaults (src/config/example.toml): one shared topic.
+DEFAULT_TOPIC = "iot.telemetry"
+DEFAULT_PARTITIONS = 12
 
 APP_UID = 65532
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
@@ -898,10 +912,57 @@ def topic_acl(template: str) -> tuple[str, str] | None:
     return (prefix, "prefix") if prefix else None
 
 
+def serving_renders(renders: list[Render], r: Render) -> list[Render]:
+    """r when it has workloads; else r and the renders whose workloads the
+    Strimzi objects of r serve (deploy/kustomize/kafka: the prod overlays)."""
+    if any(d.get("kind") in ("StatefulSet", "Deployment") for d in r.docs):
+        return [r]
+    return [r] + [x for x in renders if x.name in ("kustomize:overlays/prod", "kustomize:overlays/prod-keda")]
+
+
+def sink_config(renders: list[Render], r: Render) -> tuple[dict | None, str]:
+    """The [sink] section of the sink the Strimzi objects of render r serve."""
+    for cand in serving_renders(renders, r):
+        for w in cand.docs:
+            if w.get("kind") != "Deployment":
+                continue
+            for c in pod_spec_of(w)[1].get("containers") or []:
+                if command_of(c) == "sink":
+                    cfg = workload_config(cand.docs, w, c)
+                    if cfg is not None:
+                        return cfg.get("sink") or {}, cand.name
+    return None, ""
+
+
+def acl_covers(acl: tuple[str, str], want: tuple[str, str]) -> bool:
+    """Whether topic ACL acl grants every topic that ACL want names."""
+    name, pattern = acl
+    if pattern == "literal":
+        return want == (name, "literal")
+    return want[0].startswith(name)
+
+
+def subscription_may_match(topics: list[str], acl: tuple[str, str]) -> bool:
+    """Whether a topic the ACL grants can be in the sink's subscription
+    (names, or regexes starting with ^)."""
+    name, pattern = acl
+    probe = name if pattern == "literal" else name + "x"
+    for t in topics:
+        if t.startswith("^"):
+            try:
+                if re.match(t, probe):
+                    return True
+            except re.error:
+                continue
+        elif (pattern == "literal" and t == name) or (pattern == "prefix" and t.startswith(name)):
+            return True
+    return False
+
+
 def bridge_kafka_config(renders: list[Render], r: Render) -> tuple[dict | None, str]:
     """The bridge's [kafka] section that the Strimzi objects of render r serve:
     the bridge in the same render, else the Kustomize prod overlay's."""
-    for cand in [r] + [x for x in renders if x.name == "kustomize:overlays/prod"]:
+    for cand in serving_renders(renders, r):
         for w in cand.docs:
             if w.get("kind") != "StatefulSet":
                 continue
@@ -1152,6 +1213,9 @@ def check_workloads(r: Render, report: Report) -> None:
 
 
 def partitions_in(docs: list[dict]) -> int | None:
+    """kafka.partitions of the bridge's shared topic (a fixed kafka.topic),
+    the partitions its consumer group shares; None for a topic per pair (the
+    group shares pairs x partitions) or without a bridge config."""
     for d in docs:
         if d.get("kind") == "ConfigMap":
             for key, text in (d.get("data") or {}).items():
@@ -1161,9 +1225,19 @@ def partitions_in(docs: list[dict]) -> int | None:
                     except tomllib.TOMLDecodeError:
                         continue
                     kafka = cfg.get("kafka") or {}
-                    if "partitions" in kafka and "sink" not in cfg:
-                        return int(kafka["partitions"])
+                    if "mqtt" in cfg and "kafka" in cfg and "sink" not in cfg:
+                        if "{" in kafka.get("topic", DEFAULT_TOPIC):
+                            return None
+                        return int(kafka.get("partitions", DEFAULT_PARTITIONS))
     return None
+
+
+def sink_max_replicas(docs: list[dict]) -> int | None:
+    """The most sink replicas an HPA or ScaledObject of the render allows."""
+    mx = [(d.get("spec") or {}).get("maxReplicas", (d.get("spec") or {}).get("maxReplicaCount"))
+          for d in docs if d.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")]
+    mx = [int(m) for m in mx if m is not None]
+    return max(mx) if mx else None
 
 
 def source_render_name(app: dict) -> str | None:
@@ -1207,25 +1281,53 @@ def check_semantics(r: Render, report: Report, renders: list[Render]) -> None:
             elif spec.get("replicas") and int(mir) > int(spec["replicas"]):
                 bad(d, f"min.insync.replicas {mir} above replicas {spec['replicas']}")
             if kafka_cfg is not None:
+                # What the bridge gives the topics it creates: retention.ms from
+                # kafka.retention, then kafka.topic_config, which wins.
+                topic_config = kafka_cfg.get("topic_config") or {}
                 try:
                     want = duration_ms(kafka_cfg.get("retention", "3d"))
+                    what = f"kafka.retention ({kafka_cfg.get('retention', '3d')}, {cfg_from}) is {want} ms"
                 except ValueError:
-                    want = None
+                    want, what = None, ""
+                if "retention.ms" in topic_config:
+                    want = topic_config["retention.ms"]
+                    what = f"kafka.topic_config retention.ms ({cfg_from}) is {want}"
                 if want is not None and str(conf.get("retention.ms")) != str(want):
-                    bad(d, f"retention.ms is {conf.get('retention.ms')}, but the bridge's kafka.retention "
-                           f"({kafka_cfg.get('retention', '3d')}, {cfg_from}) is {want} ms")
+                    bad(d, f"retention.ms is {conf.get('retention.ms')}, but the bridge's {what}")
+                want_mir = topic_config.get("min.insync.replicas")
+                if want_mir is not None and mir is not None and str(mir) != str(want_mir):
+                    bad(d, f"min.insync.replicas is {mir}, but the bridge creates topics with {want_mir} "
+                           f"(kafka.topic_config, {cfg_from})")
         if kind == "KafkaUser" and kafka_cfg is not None:
-            want = topic_acl(kafka_cfg.get("topic", "iot.telemetry"))
+            want = topic_acl(kafka_cfg.get("topic", DEFAULT_TOPIC))
             dlq = kafka_cfg.get("dead_letter_topic", "iot-dead-letters")
+            acls = (spec.get("authorization") or {}).get("acls") or []
             topic_acls = [((a.get("resource") or {}).get("name"), (a.get("resource") or {}).get("patternType", "literal"))
-                          for a in ((spec.get("authorization") or {}).get("acls") or [])
-                          if (a.get("resource") or {}).get("type") == "topic"]
-            if want and want not in topic_acls:
-                bad(d, f"no ACL for the bridge's topics {kafka_cfg.get('topic')!r} ({cfg_from}): expected "
-                       f"{want[1]} {want[0]!r}, found {topic_acls}")
-            for name, pattern in topic_acls:
-                if (name, pattern) != want and name != dlq:
-                    bad(d, f"ACL on topic {pattern} {name!r} matches neither kafka.topic nor the dead-letter topic")
+                          for a in acls if (a.get("resource") or {}).get("type") == "topic"]
+            consumer = any((a.get("resource") or {}).get("type") == "group" for a in acls)
+            if not consumer:
+                # The bridge: exactly the topics of kafka.topic (the name, or the
+                # template's literal prefix) and the dead-letter topic.
+                if want and want not in topic_acls:
+                    bad(d, f"no ACL for the bridge's topics {kafka_cfg.get('topic')!r} ({cfg_from}): expected "
+                           f"{want[1]} {want[0]!r}, found {topic_acls}")
+                for name, pattern in topic_acls:
+                    if (name, pattern) != want and name != dlq:
+                        bad(d, f"ACL on topic {pattern} {name!r} matches neither kafka.topic nor the dead-letter topic")
+            else:
+                # The sink: read what the bridge writes (the shared topic, or the
+                # per-pair prefix), and nothing outside its subscription.
+                sink_cfg, sink_from = sink_config(renders, r)
+                if want and not any(acl_covers(a, want) for a in topic_acls):
+                    bad(d, f"the sink may not read the bridge's topics {kafka_cfg.get('topic')!r} ({cfg_from}): "
+                           f"no ACL covering {want[1]} {want[0]!r}, found {topic_acls}")
+                if dlq not in {n for n, _ in topic_acls}:
+                    bad(d, f"the sink may not read the dead-letter topic {dlq!r}")
+                subscribed = (sink_cfg or {}).get("topics", ["^iot\\..+"])
+                for acl in topic_acls:
+                    if acl != want and acl[0] != dlq and not subscription_may_match(subscribed, acl):
+                        bad(d, f"ACL on topic {acl[1]} {acl[0]!r} grants topics outside the sink's subscription "
+                               f"{subscribed} ({sink_from}) and the bridge's kafka.topic")
         if kind == "Application":
             src = spec.get("source") or {}
             path = ROOT / src.get("path", "")
@@ -1288,7 +1390,8 @@ def check_semantics(r: Render, report: Report, renders: list[Render]) -> None:
             mx = spec.get("maxReplicas", spec.get("maxReplicaCount"))
             parts = partitions_in(docs)
             if mx is not None and parts is not None and mx > parts:
-                bad(d, f"max replicas {mx} above the topics' {parts} partitions")
+                bad(d, f"max replicas {mx} above the shared topic's {parts} partitions (kafka.partitions): "
+                       "a consumer-group member beyond them reads nothing")
         if kind == "ScaledObject":
             for t in spec.get("triggers") or []:
                 if t.get("type") == "prometheus" and not (t.get("metadata") or {}).get("serverAddress"):
@@ -1299,6 +1402,7 @@ def check_semantics(r: Render, report: Report, renders: list[Render]) -> None:
     kafka_objs = {(d.get("kind"), d["metadata"]["name"]) for d in docs if d.get("kind") in ("KafkaTopic", "KafkaUser")}
     if r.name.endswith(":kafka") and ("KafkaTopic", "iot-dead-letters") not in kafka_objs:
         report.fail(f"{r.name}: no KafkaTopic iot-dead-letters")
+    check_shared_topic(r, report, renders, kafka_cfg, cfg_from)
     for w in [d for d in docs if d.get("kind") in WORKLOAD_KINDS]:
         for c in pod_spec_of(w)[1].get("containers") or []:
             cmd = (c.get("args") or [None])[0]
@@ -1311,6 +1415,36 @@ def check_semantics(r: Render, report: Report, renders: list[Render]) -> None:
                 if not (cfg.get("mqtt") or {}).get("shared_group"):
                     report.fail(f"{r.name}: {obj_name(w)}: {w['spec']['replicas']} replicas without mqtt.shared_group: "
                                 "every replica receives every message, so each would be written that many times")
+
+
+def check_shared_topic(r: Render, report: Report, renders: list[Render], kafka_cfg: dict | None, cfg_from: str) -> None:
+    """With a fixed kafka.topic (the shared topic), every render of Strimzi
+    objects declares it: a KafkaTopic with the bridge's kafka.partitions, and
+    at least as many partitions as the sink may have replicas."""
+    docs = r.docs
+    if kafka_cfg is None or not any(d.get("kind") in ("KafkaTopic", "KafkaUser") for d in docs):
+        return
+    topic = kafka_cfg.get("topic", DEFAULT_TOPIC)
+    if "{" in topic:
+        return
+    kt = [d for d in docs if d.get("kind") == "KafkaTopic"
+          and ((d.get("spec") or {}).get("topicName") or d["metadata"]["name"]) == topic]
+    if not kt:
+        report.fail(f"{r.name}: no KafkaTopic for the shared topic {topic!r} (the bridge's kafka.topic, {cfg_from}): "
+                    "it would be created by the bridge, unmanaged, without min.insync.replicas unless the "
+                    "bridge sets it")
+        return
+    report.count("shared-topic KafkaTopics checked against the bridge and the sink's replicas")
+    parts = (kt[0].get("spec") or {}).get("partitions")
+    want = int(kafka_cfg.get("partitions", DEFAULT_PARTITIONS))
+    if parts is None or int(parts) != want:
+        report.fail(f"{r.name}: {obj_name(kt[0])}: {parts} partitions, but the bridge's kafka.partitions "
+                    f"({cfg_from}) is {want}")
+    for cand in serving_renders(renders, r):
+        mx = sink_max_replicas(cand.docs)
+        if mx is not None and parts is not None and mx > int(parts):
+            report.fail(f"{r.name}: {obj_name(kt[0])}: {parts} partitions, but the sink of {cand.name} scales "
+                        f"to {mx} replicas: the ones beyond the partitions would read nothing")
 
 
 def check_argocd_environments(renders: list[Render], report: Report) -> None:
@@ -1677,10 +1811,25 @@ def drop_kafka_egress(docs):
 
 
 def acl_topic(docs, name):
+    """Rename the bridge's (first KafkaUser's) ACL on its kafka.topic."""
     u = first(docs, "KafkaUser")
-    for a in u["spec"]["authorization"]["acls"]:
-        if a["resource"].get("patternType") == "prefix":
-            a["resource"]["name"] = name
+    a = next(a for a in u["spec"]["authorization"]["acls"]
+             if a["resource"]["type"] == "topic" and a["resource"]["name"] != "iot-dead-letters")
+    a["resource"]["name"] = name
+
+
+def user(docs, name):
+    return first(docs, "KafkaUser", lambda d: d["metadata"]["name"] == name)
+
+
+def shared_topic(docs):
+    return first(docs, "KafkaTopic", lambda d: d["spec"].get("topicName") == "iot.telemetry")
+
+
+def drop_sink_topic_acl(docs):
+    u = user(docs, "iotpipe-sink")
+    acls = u["spec"]["authorization"]["acls"]
+    acls.remove(next(a for a in acls if a["resource"].get("name") == "iot.telemetry"))
 
 
 # (render broken, what, how): each must be noticed by the policy/semantic checks.
@@ -1725,7 +1874,19 @@ BREAKS = [
      lambda d: first(d, "KafkaTopic")["spec"]["config"].update({"retention.ms": 604800000})),
     ("kustomize:kafka", "KafkaTopic without min.insync.replicas",
      lambda d: first(d, "KafkaTopic")["spec"]["config"].pop("min.insync.replicas")),
-    ("kustomize:kafka", "ACL prefix telemetry. (the bridge writes iot.*)", lambda d: acl_topic(d, "telemetry.")),
+    ("kustomize:kafka", "ACL on topic telemetry (the bridge writes iot.telemetry)", lambda d: acl_topic(d, "telemetry")),
+    ("kustomize:kafka", "no KafkaTopic for the shared topic iot.telemetry", lambda d: d.remove(shared_topic(d))),
+    ("kustomize:kafka", "shared topic with 6 partitions (the bridge says 12, the sink scales to 12)",
+     lambda d: shared_topic(d)["spec"].update(partitions=6)),
+    ("kustomize:kafka", "shared topic with min.insync.replicas 1 (the bridge creates topics with 2)",
+     lambda d: shared_topic(d)["spec"]["config"].update({"min.insync.replicas": 1})),
+    ("kustomize:kafka", "sink without a read ACL on the shared topic", drop_sink_topic_acl),
+    ("kustomize:kafka", "sink ACL on topics outside its subscription (prefix telemetry.)",
+     lambda d: user(d, "iotpipe-sink")["spec"]["authorization"]["acls"].append(
+         {"resource": {"type": "topic", "name": "telemetry.", "patternType": "prefix"}, "operations": ["Read"], "host": "*"})),
+    ("kustomize:overlays/prod-keda", "ScaledObject scaling the sink to 24 (12 partitions)",
+     lambda d: first(d, "ScaledObject")["spec"].update(maxReplicaCount=24)),
+    ("helm:ci/all-on-values.yaml", "KafkaTopic of the shared topic removed", lambda d: d.remove(shared_topic(d))),
     ("kustomize:argocd/prod", "production Application on the main branch",
      lambda d: first(d, "Application")["spec"]["source"].update(targetRevision="main")),
     ("kustomize:argocd/prod", "production Application in project default",

@@ -50,12 +50,18 @@ format = {{ .ctx.Values.route.format | toJson }}
 [kafka]
 brokers = {{ $k.brokers | toJson }}
 topic = {{ $k.topic | toJson }}
+key = {{ $k.key | toJson }}
 dead_letter_topic = {{ $k.deadLetterTopic | toJson }}
 compression = {{ $k.compression | toJson }}
 create_topics = {{ $k.createTopics }}
 partitions = {{ $k.partitions | int }}
 replication_factor = {{ $k.replicationFactor | int }}
 retention = {{ $k.retention | toJson }}
+{{- $tc := list }}
+{{- range $key, $value := ($k.topicConfig | default dict) }}
+{{- $tc = append $tc (printf "%s = %s" ($key | toJson) (include "iotpipe.topicConfigValue" $value | toJson)) }}
+{{- end }}
+topic_config = {{ if $tc }}{ {{ join ", " $tc }} }{{ else }}{}{{ end }}
 
 {{- /* The properties written from kafka.sasl / kafka.tls; kafka.properties may not repeat them (a TOML key twice is invalid). */}}
 {{- $gen := dict }}

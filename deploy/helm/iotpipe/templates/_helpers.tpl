@@ -410,3 +410,55 @@ name: {{ $t | quote }}
 patternType: literal
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when kafka.topic is a fixed name (the shared topic), "" for a template. */}}
+{{- define "iotpipe.topicFixed" -}}
+{{- if not (contains "{" .Values.kafka.topic) }}true{{ end -}}
+{{- end -}}
+
+{{/* A kafka.topicConfig value as the string Kafka takes (YAML numbers come
+as floats: toJson writes 604800000, not 6.048e+08). */}}
+{{- define "iotpipe.topicConfigValue" -}}
+{{- if kindIs "string" . }}{{ . }}{{ else }}{{ toJson . }}{{ end -}}
+{{- end -}}
+
+{{/* The effective min.insync.replicas of the KafkaTopics: kafka.topicConfig's, else strimzi.minInsyncReplicas. */}}
+{{- define "iotpipe.topicMinInsync" -}}
+{{- $tc := .Values.kafka.topicConfig | default dict -}}
+{{- if hasKey $tc "min.insync.replicas" -}}
+{{- include "iotpipe.topicConfigValue" (index $tc "min.insync.replicas") -}}
+{{- else -}}
+{{- .Values.strimzi.minInsyncReplicas | int -}}
+{{- end -}}
+{{- end -}}
+
+{{/* spec.config of a KafkaTopic: what the bridge gives the topics it creates
+(cleanup.policy=delete, retention.ms from kafka.retention, then
+kafka.topicConfig, which wins), with strimzi.minInsyncReplicas unless
+kafka.topicConfig sets min.insync.replicas. YAML. */}}
+{{- define "iotpipe.kafkaTopicConfig" -}}
+{{- $c := dict "cleanup.policy" "delete" "retention.ms" (include "iotpipe.durationMs" .Values.kafka.retention | int64) "min.insync.replicas" (.Values.strimzi.minInsyncReplicas | int) -}}
+{{- range $k, $v := (.Values.kafka.topicConfig | default dict) -}}
+{{- $_ := set $c $k (include "iotpipe.topicConfigValue" $v) -}}
+{{- end -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+{{/* A Kubernetes object name for a Kafka topic name. */}}
+{{- define "iotpipe.topicObjectName" -}}
+{{- regexReplaceAll "[^a-z0-9.-]+" (lower .) "-" | trimAll "-." | trunc 253 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The sink's maximum replicas (HPA or KEDA): dict ctx v (the value, null:
+derived). Derived: kafka.partitions for a shared topic, where a group member
+beyond the partition count reads nothing; 3 for a topic per pair, where the
+group spreads the partitions of every pair's topic. */}}
+{{- define "iotpipe.sinkMaxReplicas" -}}
+{{- if not (kindIs "invalid" .v) -}}
+{{- .v | int -}}
+{{- else if include "iotpipe.topicFixed" .ctx -}}
+{{- .ctx.Values.kafka.partitions | int -}}
+{{- else -}}
+3
+{{- end -}}
+{{- end -}}
