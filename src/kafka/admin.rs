@@ -121,6 +121,10 @@ pub struct TopicRequests {
 /// Topic requests that may wait for the creator before one is dropped (and asked again later).
 const REQUEST_QUEUE: usize = 1024;
 
+/// Least time between two create requests: a burst of new tenants (a topic
+/// per pair) reaches the cluster's controller at 50 creates/s at most.
+const CREATE_INTERVAL: Duration = Duration::from_millis(20);
+
 impl TopicRequests {
     /// A request handle and the receiving end for [`run_topic_creator`].
     pub fn channel() -> (Self, mpsc::Receiver<String>) {
@@ -140,20 +144,27 @@ impl TopicRequests {
     }
 }
 
-/// The creator task: makes sure every requested topic exists, trying again
+/// The creator task: makes sure every requested topic exists, one create
+/// request at a time and at most one per `CREATE_INTERVAL`, trying again
 /// (every `RETRY_AFTER`) those whose creation failed for a reason that may
 /// pass. Ends when every request handle is gone.
 pub async fn run_topic_creator(mut admin: TopicAdmin, mut requests: mpsc::Receiver<String>) {
     let mut tick = tokio::time::interval(RETRY_AFTER / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = tokio::time::interval(CREATE_INTERVAL);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             topic = requests.recv() => match topic {
-                Some(t) => admin.ensure(&t).await,
+                Some(t) => {
+                    pace.tick().await;
+                    admin.ensure(&t).await;
+                }
                 None => return,
             },
             _ = tick.tick() => {
                 for t in admin.due() {
+                    pace.tick().await;
                     admin.ensure(&t).await;
                 }
             }
