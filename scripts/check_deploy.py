@@ -127,12 +127,13 @@ MEMORY_HEADROOM = 1.2
 # tasks get up to 1 s more, docs/bridge.md; the rest is slack).
 DEFAULT_GRACE_S = 25
 DRAIN_MARGIN_S = 5
-# Startup budget: the part without a journal, and the journal recovery rate.
-# ASSUMPTION, NOT MEASURED (deploy/README.md "Probes"): 10 MiB/s; the Helm
-# value startupProbe.journalRecoveryMiBPerSecond and the Kustomize
-# failureThresholds use the same figure.
+# Startup budget: the part without a journal, and the journal recovery rate:
+# 378 MiB/s measured for a full 1 GiB journal (scripts/bench-journal-recovery.sh,
+# the slowest run, page cache dropped; docs/deploy-sizing.md), with a safety
+# factor of 2. The Helm value startupProbe.journalRecoveryMiBPerSecond and the
+# Kustomize failureThresholds use the same figure.
 STARTUP_BASE_S = 60
-JOURNAL_RECOVERY_MIB_S = 10
+JOURNAL_RECOVERY_MIB_S = 189
 DEFAULT_JOURNAL_MIB = 1024
 # Labels a Prometheus operator object must carry to be selected by
 # kube-prometheus-stack's Prometheus.
@@ -1106,7 +1107,7 @@ def check_workloads(r: Render, report: Report) -> None:
                 need_start = STARTUP_BASE_S + (math.ceil(jm / JOURNAL_RECOVERY_MIB_S) if jm else 0)
                 if sp and budget < need_start:
                     bad(w, f"{cname}: startup probe allows {budget} s, below {need_start} s "
-                           f"({STARTUP_BASE_S} s{f' + recovery of a {jm} MiB journal at {JOURNAL_RECOVERY_MIB_S} MiB/s (assumed)' if jm else ''}): "
+                           f"({STARTUP_BASE_S} s{f' + recovery of a {jm} MiB journal at {JOURNAL_RECOVERY_MIB_S} MiB/s (half the measured rate)' if jm else ''}): "
                            "the kubelet would restart the pod while it recovers")
             # MQTT client ids: per pod (stable pod name) and per namespace.
             if cmd in MQTT_COMMANDS and not hook:

@@ -4,6 +4,10 @@
 //! the store writer, the journal, shutdown); `/readyz`, `/api/health` and the
 //! state gauges of `/metrics` read it. A command only has the parts it uses
 //! (`run` has no Kafka), so it never reports on something it does not have.
+//!
+//! A command with a journal starts *recovering* it (the HTTP endpoints are
+//! up while every undelivered segment is read) until the pipeline says it
+//! is open.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -29,13 +33,15 @@ pub struct Health {
     mqtt_subscribed: AtomicBool,
     kafka_reachable: AtomicBool,
     store_reachable: AtomicBool,
+    journal_recovering: AtomicBool,
     journal_full: AtomicBool,
     draining: AtomicBool,
 }
 
 impl Health {
+    /// A command with a journal starts with it recovering.
     pub fn new(parts: Parts) -> Arc<Self> {
-        Arc::new(Self { parts, ..Self::default() })
+        Arc::new(Self { parts, journal_recovering: AtomicBool::new(parts.journal), ..Self::default() })
     }
 
     pub fn parts(&self) -> Parts {
@@ -64,6 +70,11 @@ impl Health {
         self.store_reachable.swap(yes, Relaxed)
     }
 
+    /// The journal is being recovered (`true`) or is open.
+    pub fn set_journal_recovering(&self, yes: bool) {
+        self.journal_recovering.store(yes, Relaxed);
+    }
+
     /// The journal refuses appends (full) or accepts them again; returns the previous value.
     pub fn set_journal_full(&self, yes: bool) -> bool {
         self.journal_full.swap(yes, Relaxed)
@@ -90,6 +101,10 @@ impl Health {
         self.store_reachable.load(Relaxed)
     }
 
+    pub fn journal_recovering(&self) -> bool {
+        self.journal_recovering.load(Relaxed)
+    }
+
     pub fn journal_full(&self) -> bool {
         self.journal_full.load(Relaxed)
     }
@@ -104,6 +119,9 @@ impl Health {
         let mut why = Vec::new();
         if self.draining() {
             why.push("shutting down");
+        }
+        if p.journal && self.journal_recovering() {
+            why.push("recovering journal");
         }
         if p.mqtt {
             if !self.mqtt_connected() {
@@ -142,6 +160,8 @@ mod tests {
     #[test]
     fn readiness_names_only_the_parts_the_command_has() {
         let run = Health::new(Parts { mqtt: true, store: true, journal: true, kafka: false });
+        assert_eq!(run.problems(), ["recovering journal", "MQTT not connected", "store not reachable"]);
+        run.set_journal_recovering(false);
         run.set_mqtt_connected(true);
         run.set_mqtt_subscribed(true);
         run.set_store_reachable(true);
@@ -150,6 +170,7 @@ mod tests {
         assert_eq!(run.ready(), Err("journal full (MQTT acks paused)".into()));
 
         let sink = Health::new(Parts { kafka: true, store: true, ..Parts::default() });
+        assert!(!sink.journal_recovering(), "no journal, nothing to recover");
         assert_eq!(sink.problems(), ["Kafka not reachable", "store not reachable"]);
         sink.set_draining();
         assert_eq!(sink.problems()[0], "shutting down");

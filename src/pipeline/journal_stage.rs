@@ -1,6 +1,8 @@
 //! The journal between MQTT and what follows it (`[journal]` in a bridge
 //! config, always in `iotpipe run`).
 //!
+//! - [`recover`]: open the journal on a blocking thread while the HTTP
+//!   endpoints answer (`/readyz`: "recovering journal");
 //! - [`ingest`]: MQTT → journal, in arrival order; a message is acked to the
 //!   broker once the fsync that covers it is done.
 //! - [`feed`]: journal → the forwarder (Kafka), from the last delivered
@@ -21,7 +23,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Where a delivered message is reported: the MQTT acks (direct mode) or
@@ -251,18 +253,45 @@ pub fn publish_gauges(journal: &Journal, window: Option<&Window>, metrics: &Mess
     }
 }
 
-/// Open the journal, report what recovery found, count the replay.
-pub fn open_journal(cfg: &JournalConfig, metrics: &MessageMetrics) -> Result<Arc<Journal>, JournalError> {
-    let (journal, rec) = Journal::open(cfg.clone())?;
+/// Open the journal on a blocking thread — recovery reads every undelivered
+/// segment, up to `journal.max_size` — so that the runtime goes on serving
+/// `/healthz` and `/readyz` ("recovering journal") meanwhile. Reports what
+/// recovery found and how long it took, counts the replay, and marks the
+/// journal open in `health`.
+///
+/// Dropping the future (shutdown during recovery) leaves the thread to
+/// finish or be stopped with the process: recovery is safe to interrupt at
+/// any point, as after a crash, and starts over on the next open.
+pub async fn recover(
+    cfg: &JournalConfig,
+    metrics: &MessageMetrics,
+    health: &Health,
+) -> Result<Arc<Journal>, super::PipelineError> {
+    tracing::info!(path = %cfg.path.display(), "Recovering the journal: reading every undelivered segment.");
+    let started = Instant::now();
+    let open = cfg.clone();
+    let (journal, rec) = tokio::task::spawn_blocking(move || Journal::open(open)).await.map_err(|e| {
+        super::PipelineError::Panicked {
+            message: format!("recovering the journal {}", if e.is_panic() { "panicked" } else { "was cancelled" }),
+        }
+    })??;
+    let took = started.elapsed();
+    let bytes = journal.used_bytes();
+    let mib_per_s = bytes as f64 / 1_048_576.0 / took.as_secs_f64().max(1e-6);
     tracing::info!(
         path = %cfg.path.display(),
         undelivered = rec.undelivered,
+        segments = rec.segments,
+        bytes,
         truncated_bytes = rec.truncated_bytes,
-        "Journal open."
+        took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        mib_per_s = (mib_per_s * 10.0).round() / 10.0,
+        "Journal recovered."
     );
     metrics.journal_replayed.store(rec.undelivered, Relaxed);
     metrics.in_flight.fetch_add(i64::try_from(rec.undelivered).unwrap_or(i64::MAX), Relaxed);
     publish_gauges(&journal, None, metrics);
+    health.set_journal_recovering(false);
     Ok(Arc::new(journal))
 }
 

@@ -5,11 +5,13 @@
 //! Tasks (see [`super::supervisor`]): `mqtt-session`, `kafka-forwarder`,
 //! in journal mode `journal-ingest` and `journal-reader`; in the
 //! background `http`, `kafka-probe`, `topic-creator`, `journal-gauges`.
+//! In journal mode the journal is recovered first ([`start_up`]), with the
+//! background tasks already running; the MQTT session starts after it.
 
 use super::ingress::Ingress;
 use super::journal_stage::{self, Completion, JournalAcks, Window};
 use super::kafka_forwarder::Forwarder;
-use super::supervisor::{serve_http, supervise, Plan, Signals, Tasks};
+use super::supervisor::{serve_http, start_up, supervise, Plan, Signals, Tasks};
 use super::PipelineError;
 use crate::config::Config;
 use crate::health::{Health, Parts};
@@ -36,11 +38,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let producer = Producer::new(&config.kafka, reports_tx)?;
     let admin = TopicAdmin::new(&config.kafka)?;
-    let journal = match &config.journal {
-        Some(jc) => Some(journal_stage::open_journal(jc, &metrics)?),
-        None => None,
-    };
 
+    // HTTP and the Kafka side first: /healthz answers, and /readyz says
+    // "recovering journal", while recovery reads the journal. MQTT is
+    // connected only once the journal is open.
     let mut tasks = Tasks::new();
     let signals = Signals::default();
     serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), axum::Router::new()).await?;
@@ -51,6 +52,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         run_topic_creator(admin, topic_rx).await;
         Ok::<(), PipelineError>(())
     });
+    tokio::pin!(shutdown);
+    let journal = match &config.journal {
+        Some(jc) => {
+            let recovery = journal_stage::recover(jc, &metrics, &health);
+            match start_up(&mut tasks, &mut shutdown, "journal recovery", recovery).await? {
+                Some(j) => Some(j),
+                None => return Ok(()),
+            }
+        }
+        None => None,
+    };
 
     let ingress = Ingress::start(&config.mqtt, metrics.clone(), health.clone(), &mut tasks, &signals)?;
     let acks = ingress.acks.clone();

@@ -6,17 +6,20 @@
 //!
 //! Tasks (see [`super::supervisor`]): `mqtt-session`, `journal-ingest`,
 //! `journal-store` (journal → store in batches); in the background `http`,
-//! `retention`, `journal-gauges`.
+//! `retention`, `journal-gauges`. The journal is recovered first
+//! ([`start_up`]) with `http` already serving; then the store connects and
+//! the dashboard is mounted; the MQTT session starts last.
 
 use super::decode::{decode_from, Decoded};
 use super::ingress::Ingress;
 use super::journal_stage;
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext};
-use super::supervisor::{serve_http, supervise, until_set, Plan, Signals, Tasks};
+use super::supervisor::{serve_http, start_up, supervise, until_set, Plan, Signals, Tasks};
 use super::PipelineError;
 use crate::config::Config;
 use crate::health::{Health, Parts};
 use crate::http::ui::{ExtraRoutes, UiState};
+use crate::http::LateRoutes;
 use crate::journal::{decode_inbound_shared, Journal, JournalError, Reader};
 use crate::kafka::KafkaRecord;
 use crate::record::{now_ms, DeadLetterReason};
@@ -39,21 +42,15 @@ pub async fn run(
     let store_metrics = Arc::new(StoreMetrics::new());
     let router = config.router()?;
     let jc = config.journal.clone().unwrap_or_default();
-    let journal = journal_stage::open_journal(&jc, &metrics)?;
-    tokio::pin!(shutdown);
-    let backoff_max = config.sink.retry_backoff_max.get();
-    let Some(store) = connect_store(&config.store, backoff_max, &mut shutdown).await? else {
-        journal.close().await?;
-        return Ok(());
-    };
-    health.set_store_reachable(true);
-    tracing::info!(store = store.describe(), journal = %jc.path.display(), "Store and journal ready.");
 
+    // HTTP first: /healthz answers, and /readyz says "recovering journal"
+    // (then "store not reachable"), while the journal recovers and the store
+    // connects; the dashboard is mounted once the store is open. MQTT is
+    // connected only once both are.
     let mut tasks = Tasks::new();
     let signals = Signals::default();
+    let dashboard = LateRoutes::default();
     if !config.http.listen.is_empty() {
-        let ui = UiState { health: health.clone(), messages: metrics.clone(), started: Instant::now() };
-        let routes = extra.map(|f| f(&store, ui)).unwrap_or_default();
         let exposition = Arc::new(Exposition {
             command: "run",
             health: health.clone(),
@@ -62,7 +59,23 @@ pub async fn run(
             consumer: None,
             process: ProcessInfo::default(),
         });
-        serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), routes).await?;
+        serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), dashboard.router()).await?;
+    }
+    tokio::pin!(shutdown);
+    let recovery = journal_stage::recover(&jc, &metrics, &health);
+    let Some(journal) = start_up(&mut tasks, &mut shutdown, "journal recovery", recovery).await? else {
+        return Ok(());
+    };
+    let backoff_max = config.sink.retry_backoff_max.get();
+    let Some(store) = connect_store(&config.store, backoff_max, &mut shutdown).await? else {
+        journal.close().await?;
+        return Ok(());
+    };
+    health.set_store_reachable(true);
+    tracing::info!(store = store.describe(), journal = %jc.path.display(), "Store and journal ready.");
+    if let Some(extra) = extra {
+        let ui = UiState { health: health.clone(), messages: metrics.clone(), started: Instant::now() };
+        dashboard.set(extra(&store, ui));
     }
     tasks.background("retention", retention_task(config.store.clone(), store_metrics.clone()));
     tasks.background("journal-gauges", journal_stage::gauges(journal.clone(), None, metrics.clone()));

@@ -18,10 +18,17 @@
 //!
 //! The run fails (and the process exits non-zero) when any task failed or
 //! ended before it was asked to.
+//!
+//! A long start-up step (journal recovery) runs before these phases, in
+//! [`start_up`], with the background tasks already serving (`/healthz`
+//! answers, `/readyz` says why not ready): a task ending meanwhile fails the
+//! start-up, and the shutdown signal abandons the step and ends the run
+//! cleanly.
 
 use super::PipelineError;
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
@@ -143,6 +150,47 @@ pub async fn serve_http(
         .map_err(|source| PipelineError::Http { listen: listen.to_string(), source })?;
     tasks.background("http", async move { server.serve().await.map_err(PipelineError::HttpServe) });
     Ok(())
+}
+
+/// Run a start-up `step` (journal recovery) while the tasks spawned so far
+/// (the HTTP server, probes) run. `Ok(Some(value))` once the step is done;
+/// `Ok(None)` when the shutdown signal came first: the step is abandoned
+/// where it stands, so it must be one a crash may interrupt (it is done
+/// again on the next start), and the caller returns without starting the
+/// rest. A step that fails, or a task that ends meanwhile, fails the
+/// start-up. In both of those cases the tasks are stopped before returning.
+pub async fn start_up<T, S>(
+    tasks: &mut Tasks,
+    shutdown: &mut Pin<&mut S>,
+    what: &'static str,
+    step: impl Future<Output = Result<T, PipelineError>>,
+) -> Result<Option<T>, PipelineError>
+where
+    S: Future<Output = ()>,
+{
+    tokio::pin!(step);
+    let outcome = tokio::select! {
+        biased;
+        r = &mut step => match r {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) => Err(error),
+        },
+        Some((task, _, result)) = tasks.next() => {
+            let error = match result {
+                Ok(()) => PipelineError::Ended { task },
+                Err(error) => PipelineError::Failed { task, source: Box::new(error) },
+            };
+            tracing::error!(task, %error, what, "A pipeline task ended during start-up; shutting down.");
+            Err(error)
+        }
+        () = shutdown.as_mut() => {
+            tracing::info!(what, "Shutting down during start-up: nothing was taken in yet; it starts over next time.");
+            Ok(None)
+        }
+    };
+    tasks.set.shutdown().await;
+    tasks.names.clear();
+    outcome
 }
 
 /// What the supervisor needs to know of the pipeline it runs.
@@ -291,6 +339,44 @@ mod tests {
         let r = supervise(&mut tasks, &signals, &health, async {}, plan(Duration::from_secs(30))).await;
         assert!(r.is_ok(), "{r:?}");
         assert!(tasks.set.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn start_up_returns_the_step_with_the_tasks_still_running() {
+        let mut tasks = Tasks::new();
+        tasks.background("http", std::future::pending::<Result<(), PipelineError>>());
+        let shutdown = std::future::pending::<()>();
+        tokio::pin!(shutdown);
+        let step = async {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            Ok(7)
+        };
+        let r = start_up(&mut tasks, &mut shutdown, "recovery", step).await;
+        assert_eq!(r.ok().flatten(), Some(7));
+        assert_eq!(tasks.set.len(), 1, "the background task goes on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_start_up_abandons_the_step_and_stops_the_tasks() {
+        let mut tasks = Tasks::new();
+        tasks.background("http", std::future::pending::<Result<(), PipelineError>>());
+        let shutdown = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(shutdown);
+        let step = std::future::pending::<Result<(), PipelineError>>();
+        let r = start_up(&mut tasks, &mut shutdown, "recovery", step).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        assert!(tasks.set.is_empty() && tasks.names.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_ends_during_start_up_fails_it() {
+        let mut tasks = Tasks::new();
+        tasks.background("http", async { Err::<(), _>(PipelineError::HttpServe(std::io::ErrorKind::Other.into())) });
+        let shutdown = std::future::pending::<()>();
+        tokio::pin!(shutdown);
+        let step = std::future::pending::<Result<(), PipelineError>>();
+        let r = start_up(&mut tasks, &mut shutdown, "recovery", step).await;
+        assert!(matches!(r, Err(PipelineError::Failed { task: "http", .. })), "{r:?}");
     }
 
     #[tokio::test(start_paused = true)]
