@@ -219,9 +219,13 @@ fn no_secret_reaches_logs_metrics_check_output_or_the_api() {
     let tf = token_file.display().to_string();
     let file_env = [debug, ("IOTPIPE_HTTP__TOKEN_FILE", tf.as_str())];
     let run_file = Iotpipe::start_named(d, "run", "run-file", &run_toml("run-file"), &file_env);
+    // HTTP answers while the journal recovers, before MQTT is subscribed:
+    // publish once both are ready, or the messages reach no subscriber.
+    for p in [&run, &run_file] {
+        eventually(Duration::from_secs(30), "run ready", || p.get("/readyz").0 == 200);
+    }
     spawn_publish(format!("mqtt://127.0.0.1:{}", mqtt.open), 1000..1010, None).join().unwrap();
     for (name, p) in [("run", &run), ("run-file", &run_file)] {
-        eventually(Duration::from_secs(30), "run ready", || p.get("/readyz").0 == 200);
         for path in ["/api/tenants", "/api/health", "/api/tenants/tenant-1/projects", "/api/nowhere"] {
             let (status, answer) = get(p.http_port, path, None);
             assert_eq!(status, 401, "{name} {path} without a token: {answer}");
@@ -333,6 +337,8 @@ fn the_api_is_not_served_beyond_loopback_without_a_token() {
         .spawn()
         .expect("iotpipe run");
     common::wait_for_port(port, Duration::from_secs(15));
+    // The API is mounted once the store is open (503 "starting" before).
+    eventually(Duration::from_secs(15), "the API answers", || get(port, "/api/tenants", None).0 != 503);
     let (status, answer) = get(port, "/api/tenants", None);
     assert_eq!(status, 200, "{answer}");
     common::signal(child.id(), "TERM");
