@@ -26,11 +26,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, free_port, metric, metrics, services_env, start_mosquitto, start_tansu,  # noqa: E402
+from benchlib import (BIN, free_port, services_env, start_mosquitto, start_tansu,  # noqa: E402
                       stop_all, wait_port, wait_ready)
 
 TOPIC = {"shared": "iot.telemetry", "per-pair": "iot.{tenant_id}.{project_id}"}

@@ -98,32 +98,48 @@ def kafka_cfg(brokers, topology, partitions):
             + 'properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }\n')
 
 
+def start(args, work, command, name, config):
+    """`iotpipe <command>` on `config` (`{HTTP}` filled in); the process and its HTTP port."""
+    port = free_port()
+    cfg = os.path.join(work, f"{name}.toml")
+    with open(cfg, "w") as f:
+        f.write(config.replace("{HTTP}", f"127.0.0.1:{port}"))
+    proc = subprocess.Popen([args.bin, command, "--config", cfg],
+                            stderr=open(os.path.join(work, f"{name}.log"), "w"))
+    return proc, port
+
+
+def publish_and_measure(args, proc, port, broker, pairs, component, topology, partitions):
+    """Publish the case's messages and wait until `proc` delivered them all; its figures."""
+    wait_port(port)
+    wait_ready(port, timeout=60)
+    cpu0 = cpu_seconds(proc.pid)
+    t0 = time.time()
+    publish(args.bin, broker, args.count, pairs, args.timeout)
+    ok = wait_count(port, "iotpipe_messages_delivered_total", args.count, args.timeout, proc)
+    wall = time.time() - t0
+    alive = proc.poll() is None
+    delivered = metric(metrics(port) if alive else "", "iotpipe_messages_delivered_total")
+    return {"component": component, "topology": topology, "pairs": pairs, "count": args.count, "complete": ok,
+            "delivered": delivered, "wall_s": wall, "rate": delivered / wall,
+            "cpu_us": (cpu_seconds(proc.pid) - cpu0) / max(args.count, 1) * 1e6 if alive else None,
+            "partitions": partitions}
+
+
+def source_config(broker, client_id):
+    return (f'[mqtt]\nurl = "{broker}"\nclient_id = "{client_id}"\n[route]\ndevice_id = "/deviceId"\n'
+            'event_time = "/ts"\n[http]\nlisten = "{HTTP}"\n[log]\nlevel = "warn"\n')
+
+
 def run_bridge(args, work, env, topology, pairs, procs):
     broker = start_mosquitto(work, env, procs)
     brokers = start_tansu(env, procs)
-    hport = free_port()
-    cfg = os.path.join(work, f"bridge-{topology}-{pairs}.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[mqtt]\nurl = "{broker}"\nclient_id = "bench-scale"\n[route]\ndevice_id = "/deviceId"\n'
-                f'event_time = "/ts"\n{kafka_cfg(brokers, topology, args.partitions[topology])}'
-                f'[http]\nlisten = "127.0.0.1:{hport}"\n[log]\nlevel = "warn"\n')
-    bridge = subprocess.Popen([args.bin, "bridge", "--config", cfg],
-                              stderr=open(os.path.join(work, f"bridge-{topology}-{pairs}.log"), "w"))
+    config = source_config(broker, "bench-scale") + kafka_cfg(brokers, topology, args.partitions[topology])
+    bridge, port = start(args, work, "bridge", f"bridge-{topology}-{pairs}", config)
     procs.append(bridge)
-    wait_port(hport)
-    wait_ready(hport, timeout=60)
-    cpu0 = cpu_seconds(bridge.pid)
-    t0 = time.time()
-    publish(args.bin, broker, args.count, pairs, args.timeout)
-    ok = wait_count(hport, "iotpipe_messages_delivered_total", args.count, args.timeout, bridge)
-    wall = time.time() - t0
-    m = metrics(hport) if bridge.poll() is None else ""
-    out = {"component": "bridge", "topology": topology, "pairs": pairs, "count": args.count, "complete": ok,
-           "delivered": metric(m, "iotpipe_messages_delivered_total"), "wall_s": wall,
-           "rate": metric(m, "iotpipe_messages_delivered_total") / wall,
-           "cpu_us": (cpu_seconds(bridge.pid) - cpu0) / max(args.count, 1) * 1e6 if bridge.poll() is None else None,
-           "rss_mib": Sampler(bridge).peak_mib(),
-           "partitions": args.partitions[topology] * (pairs if topology == "per-pair" else 1)}
+    partitions = args.partitions[topology] * (pairs if topology == "per-pair" else 1)
+    out = publish_and_measure(args, bridge, port, broker, pairs, "bridge", topology, partitions)
+    out["rss_mib"] = Sampler(bridge).peak_mib()
     bridge.terminate()
     bridge.wait(timeout=60)
     return out, brokers
@@ -132,27 +148,23 @@ def run_bridge(args, work, env, topology, pairs, procs):
 def run_sink(args, work, env, topology, pairs, brokers, procs):
     pg = env["IOTPIPE_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
     db = f"bench_scale_{topology.replace('-', '_')}_{pairs}_{time.time_ns()}"
-    sport = free_port()
-    cfg = os.path.join(work, f"{db}.toml")
-    with open(cfg, "w") as f:
-        f.write(f'{kafka_cfg(brokers, topology, args.partitions[topology])}[sink]\ngroup_id = "{db}"\n'
-                f'properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}\n'
-                f'[store]\nurl = "{pg}/{db}"\n[http]\nlisten = "127.0.0.1:{sport}"\n[log]\nlevel = "warn"\n')
-    sink = subprocess.Popen([args.bin, "sink", "--config", cfg],
-                            stderr=open(os.path.join(work, f"sink-{topology}-{pairs}.log"), "w"))
+    config = (f'{kafka_cfg(brokers, topology, args.partitions[topology])}[sink]\ngroup_id = "{db}"\n'
+              f'properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}\n'
+              f'[store]\nurl = "{pg}/{db}"\n[http]\nlisten = "{{HTTP}}"\n[log]\nlevel = "warn"\n')
+    sink, port = start(args, work, "sink", f"sink-{topology}-{pairs}", config)
     procs.append(sink)
-    wait_port(sport)
+    wait_port(port)
     # Timed from the first stored row: joining the group is not throughput.
-    wait_count(sport, "iotpipe_sink_rows_written_total", 1, args.timeout, sink)
+    wait_count(port, "iotpipe_sink_rows_written_total", 1, args.timeout, sink)
     cpu0 = cpu_seconds(sink.pid)
     t0 = time.time()
-    ok = wait_count(sport, "iotpipe_sink_rows_written_total", args.count, args.timeout, sink)
+    ok = wait_count(port, "iotpipe_sink_rows_written_total", args.count, args.timeout, sink)
     wall = time.time() - t0
-    m = metrics(sport) if sink.poll() is None else ""
-    rows = metric(m, "iotpipe_sink_rows_written_total")
+    alive = sink.poll() is None
+    rows = metric(metrics(port) if alive else "", "iotpipe_sink_rows_written_total")
     out = {"component": "sink", "topology": topology, "pairs": pairs, "count": args.count, "complete": ok,
            "delivered": rows, "wall_s": wall, "rate": rows / wall,
-           "cpu_us": (cpu_seconds(sink.pid) - cpu0) / max(args.count, 1) * 1e6 if sink.poll() is None else None,
+           "cpu_us": (cpu_seconds(sink.pid) - cpu0) / max(args.count, 1) * 1e6 if alive else None,
            "rss_mib": Sampler(sink).peak_mib(),
            "partitions": args.partitions[topology] * (pairs if topology == "per-pair" else 1)}
     sink.terminate()
@@ -180,31 +192,14 @@ def api_walk(port):
 
 def run_single(args, work, env, pairs, procs):
     broker = start_mosquitto(work, env, procs)
-    hport = free_port()
-    cfg = os.path.join(work, f"run-{pairs}.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[mqtt]\nurl = "{broker}"\nclient_id = "bench-scale-run"\n[route]\ndevice_id = "/deviceId"\n'
-                f'event_time = "/ts"\n[store]\nurl = "sqlite://{work}/run-{pairs}.db"\n[journal]\n'
-                f'path = "{work}/journal-{pairs}"\n[http]\nlisten = "127.0.0.1:{hport}"\n[log]\nlevel = "warn"\n')
-    run = subprocess.Popen([args.bin, "run", "--config", cfg],
-                           stderr=open(os.path.join(work, f"run-{pairs}.log"), "w"))
+    config = source_config(broker, "bench-scale-run") + (
+        f'[store]\nurl = "sqlite://{work}/run-{pairs}.db"\n[journal]\npath = "{work}/journal-{pairs}"\n')
+    run, port = start(args, work, "run", f"run-{pairs}", config)
     procs.append(run)
-    wait_port(hport)
-    wait_ready(hport, timeout=60)
-    cpu0 = cpu_seconds(run.pid)
-    t0 = time.time()
-    publish(args.bin, broker, args.count, pairs, args.timeout)
-    ok = wait_count(hport, "iotpipe_messages_delivered_total", args.count, args.timeout, run)
-    wall = time.time() - t0
-    m = metrics(hport) if run.poll() is None else ""
-    out = {"component": "run", "topology": "-", "pairs": pairs, "count": args.count, "complete": ok,
-           "delivered": metric(m, "iotpipe_messages_delivered_total"), "wall_s": wall,
-           "rate": metric(m, "iotpipe_messages_delivered_total") / wall,
-           "cpu_us": (cpu_seconds(run.pid) - cpu0) / max(args.count, 1) * 1e6 if run.poll() is None else None,
-           "partitions": 0}
-    if ok:
+    out = publish_and_measure(args, run, port, broker, pairs, "run", "-", 0)
+    if out["complete"]:
         try:
-            out["api_first_page_s"], out["api_walk_s"], out["api_tenants"] = api_walk(hport)
+            out["api_first_page_s"], out["api_walk_s"], out["api_tenants"] = api_walk(port)
         except (OSError, ValueError) as e:
             out["api_error"] = str(e)
     out["rss_mib"] = Sampler(run).peak_mib()
