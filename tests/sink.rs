@@ -47,6 +47,10 @@ fn stores_50000_records_exactly_once_even_when_replayed() {
     let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-once", ""));
     wait_ready(&sink);
     eventually(Duration::from_secs(120), "50,000 rows", || count(&url, "SELECT count(*) FROM telemetry") == N as i64);
+    // Every committed row's latency since the bridge received it.
+    eventually(Duration::from_secs(10), "end-to-end latency observed", || {
+        sink.metric("iotpipe_sink_end_to_end_seconds_count") == N as f64
+    });
 
     // Correct tenant/project/device and byte-identical payloads.
     for seq in [0, 1, 59, 120, 4_999, 49_999] {

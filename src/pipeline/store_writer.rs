@@ -71,6 +71,8 @@ pub async fn write_until_done(
         match store.write(&rows, &dead).await {
             Ok(o) => {
                 cx.health.set_store_reachable(true);
+                let times = rows.iter().map(|r| (r.received_ms, r.event_time_ms));
+                cx.metrics.on_committed(times, crate::record::now_ms());
                 totals.inserted += o.inserted;
                 totals.duplicates += o.duplicates;
                 return totals;

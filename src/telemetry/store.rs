@@ -22,6 +22,11 @@ pub struct StoreMetrics {
     pub retention_partitions_dropped: AtomicU64,
     pub retention_rows_deleted: AtomicU64,
     pub batch_latency: Histogram,
+    /// From the bridge's receipt of a message (`received_at`) to the commit
+    /// of its row: the pipeline's end-to-end latency.
+    pub end_to_end: Histogram,
+    /// From the device's event time (when the payload has one) to the commit.
+    pub end_to_end_event: Histogram,
     dead_lettered: [AtomicU64; DeadLetterReason::ALL.len()],
 }
 
@@ -35,6 +40,19 @@ impl StoreMetrics {
         self.rows_written.fetch_add(written, Relaxed);
         self.rows_duplicate.fetch_add(duplicates, Relaxed);
         self.batch_latency.observe(took);
+    }
+
+    /// Rows committed at `committed_ms` (epoch ms), given as their
+    /// (received_at, event time) in epoch ms: their end-to-end latency. A
+    /// clock behind the producer's counts as 0, not as negative.
+    pub fn on_committed(&self, rows: impl IntoIterator<Item = (i64, Option<i64>)>, committed_ms: i64) {
+        let since = |ms: i64| Duration::from_millis(u64::try_from(committed_ms.saturating_sub(ms)).unwrap_or(0));
+        for (received, event) in rows {
+            self.end_to_end.observe(since(received));
+            if let Some(event) = event {
+                self.end_to_end_event.observe(since(event));
+            }
+        }
     }
 
     /// A record goes to the dead-letter table. Logged: the first of each
@@ -122,6 +140,16 @@ impl StoreMetrics {
                 writeln!(o, "iotpipe_sink_dead_lettered_total{{reason=\"{}\"}} {}", r.as_str(), self.dead_lettered(r));
         }
         self.batch_latency.render(o, "iotpipe_sink_batch_seconds", "Time to write and commit one batch to the store.");
+        self.end_to_end.render(
+            o,
+            "iotpipe_sink_end_to_end_seconds",
+            "From the bridge's receipt of a message (received_at) to the commit of its row.",
+        );
+        self.end_to_end_event.render(
+            o,
+            "iotpipe_sink_event_to_store_seconds",
+            "From the device's event time (payloads that carry one) to the commit of its row.",
+        );
     }
 }
 
@@ -147,5 +175,22 @@ mod tests {
         assert_eq!(reason_series, DeadLetterReason::ALL.len());
         assert!(t.contains("iotpipe_sink_retention_runs_total 1\n"));
         assert!(t.contains("iotpipe_sink_batch_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn end_to_end_latency_is_observed_per_committed_row() {
+        let m = StoreMetrics::new();
+        // Received 300 ms and 40 s before the commit; one row has an event
+        // time 2 s back, one a clock ahead of the committer's.
+        m.on_committed([(9_700, Some(8_000)), (-30_000, None), (10_500, Some(10_200))], 10_000);
+        let mut t = String::new();
+        m.render(&mut t);
+        assert!(t.contains("iotpipe_sink_end_to_end_seconds_count 3\n"), "{t}");
+        assert!(t.contains("iotpipe_sink_end_to_end_seconds_bucket{le=\"0.00025\"} 1\n"), "ahead counts as 0");
+        assert!(t.contains("iotpipe_sink_end_to_end_seconds_bucket{le=\"0.5\"} 2\n"));
+        assert!(t.contains("iotpipe_sink_end_to_end_seconds_bucket{le=\"30\"} 2\n"));
+        assert!(t.contains("iotpipe_sink_end_to_end_seconds_bucket{le=\"60\"} 3\n"));
+        assert!(t.contains("iotpipe_sink_event_to_store_seconds_count 2\n"), "rows without an event time are left out");
+        assert!(t.contains("iotpipe_sink_event_to_store_seconds_bucket{le=\"2.5\"} 2\n"));
     }
 }
