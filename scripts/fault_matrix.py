@@ -15,9 +15,20 @@ the results directory, and exits 1 if any scenario lost a message, stored one
 twice or had an iotpipe process above 64 MiB peak RSS (VmHWM) -- except
 where a scenario is marked as losing messages by design.
 
+Alerts: each scenario also runs a private Prometheus (scripts/promharness.py)
+with a scaled copy of the shipped rules (deploy/prometheus/iotpipe.rules.yaml;
+`--alert-time-scale`, env IOTPIPE_ALERT_TIME_SCALE, default 0.05: `for: 2m`
+becomes 6 s, `[5m]` 15 s), scraping every iotpipe process every second. A
+scenario declares the alerts that must go pending after its fault
+(expect_alerts; the table gives seconds from the fault to pending and to
+firing) and those that must not go pending at all (forbid_alerts); either
+breach fails the scenario. Without a prometheus binary the alert checks are
+skipped with one line saying so.
+
 Usage (normally through scripts/fault-matrix.sh, which starts the services,
 builds the binary and installs confluent-kafka):
     python3 scripts/fault_matrix.py [--short] [--scenario NAME ...] [--results DIR] [--list]
+        [--alert-time-scale 0.05] [--alert-rules FILE] [--no-prometheus]
 """
 import argparse
 import json
@@ -35,6 +46,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import benchlib  # noqa: E402
+import promharness  # noqa: E402
 from benchlib import BIN, REPO, free_port, metric, metrics, services_env, status_kib, wait_port  # noqa: E402
 
 PYLIB = os.environ.get("FAULT_MATRIX_PYLIB")
@@ -48,6 +60,7 @@ except ImportError:  # reported when a scenario needs it
 PG_BINDIR = os.environ.get("IOTPIPE_PG_BINDIR", "/usr/lib/postgresql/15/bin")
 TANSU_SQL_BIN = os.environ.get("IOTPIPE_TEST_TANSU_SQL_BIN") or os.path.join(
     os.path.expanduser("~"), ".cache", "iotpipe", "tansu-sql", "bin", "tansu")
+RULES = os.path.join(REPO, "deploy", "prometheus", "iotpipe.rules.yaml")
 RSS_LIMIT_KIB = 64 * 1024
 TENANTS, PROJECTS, DEVICES = 1, 2, 5
 FLEET = TENANTS * PROJECTS * DEVICES
@@ -60,6 +73,17 @@ class ScenarioError(Exception):
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def port_free(port):
+    import socket
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def device_of(seq):
@@ -87,7 +111,11 @@ class Role:
 
     def start(self, wait_ready=False):
         self.incarnation += 1
-        self.port = free_port()
+        # The same port across restarts (a pod keeps its address in a StatefulSet):
+        # Prometheus sees one target go down and come back. A new one only if
+        # something else took the port meanwhile.
+        if self.port is None or not port_free(self.port):
+            self.port = free_port()
         cfg = os.path.join(self.sc.work, f"{self.name}.{self.incarnation}.toml")
         with open(cfg, "w") as f:
             f.write(self.config_fn(self.port))
@@ -97,6 +125,8 @@ class Role:
         self.proc = subprocess.Popen(NICE + [BIN, self.command, "--config", cfg], stdout=logf, stderr=logf)
         logf.close()
         self.sc.track(self)
+        if self.sc.prom:
+            self.sc.prom.set_target(self.command, self.name, self.port)
         wait_port(self.port, timeout=30)
         if wait_ready:
             benchlib.wait_ready(self.port, timeout=60)
@@ -331,6 +361,8 @@ class Run:
         os.makedirs(self.work)
         self.run_id = f"{name}-{uuid.uuid4().hex[:8]}"
         self.roles, self.sims, self.events, self.fault_ends, self.notes = [], [], [], [], []
+        self.fault_starts = []  # (time, what): faults injected, the reference of the alert timings
+        self.prom, self.watch = None, None
         self.samples = []  # (t, [count of rows with time <= fault end i])
         self.t0 = time.time()
         self.stop_sampling = False
@@ -411,6 +443,11 @@ level = "info"
         self.events.append((round(t, 2), what))
         log(f"  {self.name} +{t:6.1f}s {what}")
 
+    def fault_start(self, what):
+        self.event(what + " (fault)")
+        with self.lock:
+            self.fault_starts.append((time.time(), what))
+
     def fault_end(self, what):
         self.event(what + " (fault end)")
         with self.lock:
@@ -418,6 +455,9 @@ level = "info"
 
     # ---- set-up
     def setup(self):
+        if self.h.prom_bin:
+            self.prom = promharness.Prometheus(self.work, self.h.prom_bin, self.h.rules, self.h.alert_scale,
+                                               keep=self.h.keep).start()
         self.mqtt.start()
         self.kafka.start()
         self.bridges = []
@@ -433,6 +473,14 @@ level = "info"
         warm.wait()
         self.wait_rows(50, timeout=90, what="warm-up rows", run=self.run_id + "-warmup")
         self.event("set up (warm-up stored)")
+        if self.prom:
+            self.watch = promharness.AlertWatch(self.prom)
+            try:
+                self.watch.arm(timeout=30)
+            except RuntimeError as e:
+                raise ScenarioError(str(e))
+            self.event("Prometheus: every target up, alert watch armed"
+                       + (f" ({len(self.watch.active_at_arm)} alerts still active)" if self.watch.active_at_arm else ""))
 
     # ---- load
     def publish(self, count, rate, run_suffix="", track=True):
@@ -614,6 +662,10 @@ level = "info"
 
     def teardown(self):
         self.stop_sampling = True
+        if self.watch:
+            self.watch.stop()
+        if self.prom:
+            self.prom.stop()
         for r in self.roles:
             if r.alive():
                 try:
@@ -718,7 +770,7 @@ def restart_kill(run, role, n, every, offset, pause=1.0):
     for i in range(n):
         at(run, offset + i * every)
         role.kill()
-        run.event(f"{role.name} SIGKILL")
+        run.fault_start(f"{role.name} SIGKILL")
         time.sleep(pause)
         role.start()
         run.fault_end(f"{role.name} restarted")
@@ -753,23 +805,25 @@ def sc_shared_group(run):
     step = d / 7
     at(run, step)
     for r in (a, b):
+        run.fault_start(f"{r.name} SIGTERM, rolling restart")
         rc = r.term()
-        run.event(f"{r.name} SIGTERM (exit {rc}), rolling restart")
+        run.event(f"{r.name} exited {rc}")
         r.start()
         run.fault_end(f"{r.name} restarted after SIGTERM")
         time.sleep(step / 2)
     at(run, 3 * step)
     for r in (a, b):
         r.kill()
-        run.event(f"{r.name} SIGKILL, rolling restart")
+        run.fault_start(f"{r.name} SIGKILL, rolling restart")
         time.sleep(1.0)
         r.start()
         run.fault_end(f"{r.name} restarted after SIGKILL")
         time.sleep(step / 2)
     at(run, 5 * step)
+    run.fault_start("scale-down: bridge-b SIGTERM, not restarted")
     rc = b.term()
     departed = time.time()
-    run.event(f"scale-down: bridge-b SIGTERM (exit {rc}), not restarted")
+    run.event(f"bridge-b exited {rc}")
     run.settle(quiet=15)
     res, lost = run.reconcile()
     after = 0
@@ -800,10 +854,10 @@ def sc_mosquitto_restart(run):
     load(run, d)
     at(run, run.h.margin)
     run.kafka.stall()
-    run.event("tansu SIGSTOP: the bridge cannot deliver, the broker holds the backlog")
+    run.fault_start("tansu SIGSTOP: the bridge cannot deliver, the broker holds the backlog")
     at(run, d / 2)
+    run.fault_start("mosquitto SIGTERM (persistence written), load running")
     run.mqtt.stop()
-    run.event("mosquitto SIGTERM (persistence written), load running")
     time.sleep(2.0)
     run.mqtt.start()
     run.fault_end("mosquitto restarted on the same port and persistence file")
@@ -818,7 +872,7 @@ def stall_kafka(run, seconds, settle=True):
     load(run, d)
     at(run, run.h.margin)
     run.kafka.stall()
-    run.event(f"tansu SIGSTOP for {seconds}s")
+    run.fault_start(f"tansu SIGSTOP for {seconds}s")
     at(run, run.h.margin + seconds)
     run.kafka.resume()
     run.fault_end("tansu SIGCONT")
@@ -837,7 +891,7 @@ def sc_pg_outage(run, seconds):
     load(run, d)
     at(run, run.h.margin)
     run.pg.stop("immediate")
-    run.event(f"private PostgreSQL stopped (-m immediate) for {seconds}s")
+    run.fault_start(f"private PostgreSQL stopped (-m immediate) for {seconds}s")
     at(run, run.h.margin + seconds)
     run.pg.start()
     run.fault_end("PostgreSQL started")
@@ -850,10 +904,49 @@ def sc_slow_consumer(run, seconds):
     load(run, d)
     at(run, run.h.margin)
     run.sink.signal(signal.SIGSTOP)
-    run.event(f"sink SIGSTOP for {seconds}s (session.timeout.ms 6000: it leaves the group)")
+    run.fault_start(f"sink SIGSTOP for {seconds}s (session.timeout.ms 6000: it leaves the group)")
     at(run, run.h.margin + seconds)
     run.sink.signal(signal.SIGCONT)
     run.fault_end("sink SIGCONT")
+    run.settle()
+
+
+def sc_quiet(run):
+    """Steady load, no fault: no alert may go pending."""
+    run.setup()
+    load(run, run.h.dur)
+    run.settle()
+
+
+def sc_mosquitto_outage(run, seconds):
+    """The MQTT broker stopped (SIGTERM, persistence written) for `seconds`,
+    then started on the same port and file. The load runs before and after
+    the outage (the simulators are not the subject here)."""
+    run.setup()
+    m = run.h.margin
+    load(run, m).wait()
+    run.fault_start(f"mosquitto SIGTERM for {seconds}s")
+    run.mqtt.stop()
+    time.sleep(seconds)
+    run.mqtt.start()
+    run.fault_end("mosquitto restarted on the same port and persistence file")
+    load(run, m)
+    run.settle()
+
+
+def sc_bridge_down(run, seconds):
+    """The only bridge SIGKILLed and left down for `seconds` under load (the
+    broker keeps the backlog in its session), then started again."""
+    run.setup()
+    d = seconds + 2 * run.h.margin
+    load(run, d)
+    b = run.bridges[0]
+    at(run, run.h.margin)
+    b.kill()
+    run.fault_start(f"bridge SIGKILL, down for {seconds}s")
+    at(run, run.h.margin + seconds)
+    b.start()
+    run.fault_end("bridge restarted")
     run.settle()
 
 
@@ -863,7 +956,7 @@ def sc_kafka_restart(run):
     load(run, d)
     at(run, d / 3)
     run.kafka.stop(signal.SIGKILL)
-    run.event("tansu (SQLite storage) SIGKILL")
+    run.fault_start("tansu (SQLite storage) SIGKILL")
     time.sleep(3.0)
     run.kafka.start()
     run.fault_end("tansu restarted on the same SQLite file")
@@ -882,7 +975,7 @@ def sc_journal_disk_full(run, seconds):
     load(run, d)
     at(run, run.h.margin)
     run.kafka.stall()
-    run.event(f"tansu SIGSTOP for {seconds}s (journal on a {run.small_fs.size} tmpfs)")
+    run.fault_start(f"tansu SIGSTOP for {seconds}s (journal on a {run.small_fs.size} tmpfs)")
     seen = {"journal_full": False, "readyz": None, "peak_fs_used": 0, "fs_size": run.small_fs.usage()[1],
             "journal_bytes_max": 0}
     end = run.load_t0 + run.h.margin + seconds
@@ -932,16 +1025,16 @@ def sc_combined(run):
     b, s = run.bridges[0], run.sink
     at(run, d * 0.1)
     b.kill()
-    run.event("bridge SIGKILL")
+    run.fault_start("bridge SIGKILL")
     time.sleep(1)
     b.start()
     run.fault_end("bridge restarted")
     at(run, d * 0.2)
     run.kafka.stall()
-    run.event("tansu SIGSTOP")
+    run.fault_start("tansu SIGSTOP")
     at(run, d * 0.3)
     s.kill()
-    run.event("sink SIGKILL (Kafka stalled)")
+    run.fault_start("sink SIGKILL (Kafka stalled)")
     time.sleep(1)
     s.start()
     at(run, d * 0.45)
@@ -949,13 +1042,13 @@ def sc_combined(run):
     run.fault_end("tansu SIGCONT, sink restarted")
     at(run, d * 0.55)
     run.pg.stop("immediate")
-    run.event("PostgreSQL stopped")
+    run.fault_start("PostgreSQL stopped")
     at(run, d * 0.7)
     run.pg.start()
     run.fault_end("PostgreSQL started")
     at(run, d * 0.8)
     b.kill()
-    run.event("bridge SIGKILL")
+    run.fault_start("bridge SIGKILL")
     time.sleep(1)
     b.start()
     run.fault_end("bridge restarted")
@@ -963,13 +1056,32 @@ def sc_combined(run):
 
 
 class Spec:
-    def __init__(self, name, title, fn, short=False, by_design=None, **opts):
+    """A scenario. expect_alerts: alert names (or (name, metric) when the
+    alert depends on a metric the binary may not export yet: then the
+    expectation is reported as not checked) that must go pending after the
+    first fault. forbid_alerts: names that must not go pending from the
+    moment the watch is armed (after the warm-up), or "*" for every alert."""
+
+    def __init__(self, name, title, fn, short=False, by_design=None, expect_alerts=(), forbid_alerts=(), **opts):
         self.name, self.title, self.fn, self.short, self.by_design, self.opts = name, title, fn, short, by_design, opts
+        self.expect = [(e, None) if isinstance(e, str) else tuple(e) for e in expect_alerts]
+        self.forbid = forbid_alerts
+
+
+# The alerts a scenario's fault is for (the contract with deploy/prometheus/iotpipe.rules.yaml).
+KAFKA = "IotpipeKafkaUnreachable"
+STALLED = ("IotpipeDeliveryStalled", "iotpipe_delivery_stalled_seconds")
+STORE = "IotpipeStoreUnreachable"
+MQTT = "IotpipeMqttDisconnected"
+# Alerts of another cause than the scenario's fault: a page for the wrong thing.
+NOT_KAFKA = (STORE, MQTT)
+NOT_STORE = (KAFKA, MQTT)
 
 
 def specs(h):
     long_s = 120
     out = [
+        Spec("quiet", "steady load, no fault: no alert may go pending", sc_quiet, short=True, forbid_alerts="*"),
         Spec("bridge-kill", "bridge SIGKILL ×3 during load, direct mode", sc_bridge_kill, short=True),
         Spec("bridge-kill-journal", "bridge SIGKILL ×3 during load, journal mode", sc_bridge_kill, journal=True),
         Spec("sink-kill", "sink SIGKILL ×3 during load", sc_sink_kill, short=True),
@@ -978,28 +1090,38 @@ def specs(h):
         Spec("shared-group-leave", "the same with mqtt.leave_group_on_shutdown: members unsubscribe on SIGTERM",
              sc_shared_group, bridges=2, shared=True, leave=True),
         Spec("mosquitto-restart", "Mosquitto restart (SIGTERM, persistence) during load", sc_mosquitto_restart),
+        Spec("mosquitto-outage-20s", "MQTT broker stopped 20 s (SIGTERM, persistence), then restarted",
+             lambda r: sc_mosquitto_outage(r, 20), expect_alerts=[MQTT], forbid_alerts=[KAFKA, STORE]),
+        Spec("bridge-down-20s", "the only bridge SIGKILLed and down 20 s under load, then restarted",
+             lambda r: sc_bridge_down(r, 20), expect_alerts=["IotpipeInstanceDown", "IotpipeBridgeDown"],
+             forbid_alerts=[KAFKA, STORE]),
         Spec("kafka-stall-20s", "Kafka unreachable 20 s (Tansu SIGSTOP), direct mode",
-             lambda r: sc_kafka_stall(r, 20), short=True),
+             lambda r: sc_kafka_stall(r, 20), short=True, expect_alerts=[KAFKA, STALLED], forbid_alerts=NOT_KAFKA),
         Spec(f"kafka-stall-{long_s}s", f"Kafka unreachable {long_s} s (Tansu SIGSTOP), direct mode",
-             lambda r: sc_kafka_stall(r, long_s)),
+             lambda r: sc_kafka_stall(r, long_s), expect_alerts=[KAFKA, STALLED], forbid_alerts=NOT_KAFKA),
         Spec("kafka-stall-20s-small-queue", "Kafka unreachable 20 s, direct mode, broker max_queued_messages 1000",
              lambda r: sc_kafka_stall(r, 20), max_queued=1000,
              by_design="direct mode: the broker drops what exceeds max_queued_messages; journal mode avoids it"),
         Spec("pg-outage-20s", "PostgreSQL down 20 s (private cluster, stop -m immediate)",
-             lambda r: sc_pg_outage(r, 20), private_pg=True, short=True),
+             lambda r: sc_pg_outage(r, 20), private_pg=True, short=True, expect_alerts=[STORE],
+             forbid_alerts=NOT_STORE),
         Spec(f"pg-outage-{long_s}s", f"PostgreSQL down {long_s} s (private cluster, stop -m immediate)",
-             lambda r: sc_pg_outage(r, long_s), private_pg=True),
+             lambda r: sc_pg_outage(r, long_s), private_pg=True, expect_alerts=[STORE], forbid_alerts=NOT_STORE),
         Spec("slow-consumer", "sink SIGSTOP 30 s while the bridge keeps producing",
-             lambda r: sc_slow_consumer(r, 30)),
+             lambda r: sc_slow_consumer(r, 30), expect_alerts=["IotpipeInstanceDown", "IotpipeSinkDown"],
+             forbid_alerts=[KAFKA, STORE, MQTT]),
         Spec("journal-kafka-stall-20s", "journal mode, Kafka stalled 20 s, broker max_queued_messages 1000",
-             lambda r: sc_kafka_stall(r, 20), journal=True, max_queued=1000, short=True),
+             lambda r: sc_kafka_stall(r, 20), journal=True, max_queued=1000, short=True, expect_alerts=[KAFKA],
+             forbid_alerts=NOT_KAFKA),
         Spec(f"journal-kafka-stall-{long_s}s", f"journal mode, Kafka stalled {long_s} s, broker max_queued_messages 1000",
-             lambda r: sc_kafka_stall(r, long_s), journal=True, max_queued=1000),
+             lambda r: sc_kafka_stall(r, long_s), journal=True, max_queued=1000, expect_alerts=[KAFKA],
+             forbid_alerts=NOT_KAFKA),
         Spec("combined", "journal mode: bridge SIGKILL, Kafka stall + sink SIGKILL, PostgreSQL down, bridge SIGKILL",
              sc_combined, journal=True, private_pg=True),
         Spec("journal-disk-full", "journal mode, journal on a 3 MiB tmpfs, Kafka stalled 30 s: the filesystem fills up",
              lambda r: sc_journal_disk_full(r, 30), journal=True, journal_fs="3m",
-             journal_extra='segment_size = "512KiB"\nmax_batch = "128KiB"\n', needs_root=True),
+             journal_extra='segment_size = "512KiB"\nmax_batch = "128KiB"\n', needs_root=True,
+             expect_alerts=[KAFKA, "IotpipeJournalFull"], forbid_alerts=NOT_KAFKA),
         Spec("kafka-restart", "Kafka restart (Tansu with SQLite storage, SIGKILL) during load", sc_kafka_restart,
              tansu_sqlite=True),
     ]
@@ -1026,6 +1148,70 @@ class Harness:
         self.results = os.path.abspath(args.results or os.path.join(REPO, "target", "fault-matrix", stamp))
         os.makedirs(self.results, exist_ok=True)
         self.env = services_env("mosquitto", "postgres")
+        self.alert_scale = args.alert_time_scale
+        self.rules = os.path.abspath(args.alert_rules)
+        self.prom_bin, self.prom_skip = (None, "--no-prometheus") if args.no_prometheus else promharness.find_prometheus()
+
+
+def judge_alerts(run, spec):
+    """The alert part of a scenario's verdict: every expected alert went
+    pending after the first fault (seconds from the fault injected last
+    before it), no forbidden one went pending after the watch was armed."""
+    if run.watch is None or run.watch.armed_at is None:
+        return None
+    w, prom = run.watch, run.prom
+    known = set(prom.alert_names)
+    acts = w.activations()
+    with run.lock:
+        faults = list(run.fault_starts)
+    first = faults[0][0] if faults else None
+
+    def fault_before(t):
+        """The fault injected last before t (activeAt is an evaluation time: allow its rounding)."""
+        ref = [f for f, _ in faults if f <= t + 0.5]
+        return ref[-1] if ref else first
+
+    res = {"time_scale": run.h.alert_scale, "armed_s": round(w.armed_at - run.t0, 1), "expected": [],
+           "problems": [], "active_at_arm": [a.get("labels", {}).get("alertname") for a in w.active_at_arm],
+           "poll_errors": w.errors,
+           "activations": [{"alert": a["alert"], "labels": a["labels"],
+                            "pending_s": round(a["active_at"] - run.t0, 1),
+                            "firing_s": None if a["firing_at"] is None else round(a["firing_at"] - run.t0, 1),
+                            "last_seen_s": round(a["last_seen"] - run.t0, 1)} for a in acts]}
+    for name, needs in spec.expect:
+        e = {"alert": name}
+        res["expected"].append(e)
+        if name not in known:
+            e["status"] = "not in the rules"
+            res["problems"].append(f"expected alert {name} is not in {prom.rules}")
+            continue
+        if needs:
+            try:
+                has = bool(prom.api("query", query=f"count({needs})")["result"])
+            except (OSError, RuntimeError):
+                has = False
+            if not has:
+                e["status"] = "not checked"
+                e["why"] = f"the binary exports no {needs} yet"
+                continue
+        mine = [a for a in acts if a["alert"] == name and first is not None and a["active_at"] >= first - 0.5]
+        if not mine:
+            e["status"] = "never pending"
+            res["problems"].append(f"{name} never went pending after the fault")
+            continue
+        a0 = mine[0]
+        e["status"] = "ok"
+        e["pending_s"] = round(a0["active_at"] - fault_before(a0["active_at"]), 1)
+        fired = [a for a in mine if a["firing_at"] is not None]
+        e["firing_s"] = round(fired[0]["firing_at"] - fault_before(fired[0]["active_at"]), 1) if fired else None
+    forbidden = known | {a["alert"] for a in acts} if spec.forbid == "*" else set(spec.forbid)
+    for a in acts:
+        if a["alert"] in forbidden:
+            res["problems"].append(f"forbidden alert {a['alert']} pending at +{a['active_at'] - run.t0:.1f}s "
+                                   f"({a['labels']}){' and firing' if a['firing_at'] else ''}")
+    expected = {n for n, _ in spec.expect}
+    res["other"] = sorted({a["alert"] for a in acts if a["alert"] not in expected and a["alert"] not in forbidden})
+    return res
 
 
 def run_spec(h, spec):
@@ -1040,11 +1226,14 @@ def run_spec(h, spec):
     log(f"scenario {spec.name}: {spec.title}")
     run = None
     row = {"scenario": spec.name, "title": spec.title, "mode": "journal" if spec.opts.get("journal") else "direct",
-           "by_design": spec.by_design}
+           "by_design": spec.by_design, "forbid_all": spec.forbid == "*"}
     try:
         run = Run(h, spec.name, **spec.opts)
         run.extra = {}
         spec.fn(run)
+        if run.watch:
+            run.watch.stop()
+            row["alerts"] = judge_alerts(run, spec)
         res, _ = run.reconcile()
         row.update(res)
         row.update(run.kafka_counts())
@@ -1094,6 +1283,7 @@ def verdict(row):
         row["pass"] = False
         return
     over = [n for n, p in row["peaks"].items() if n != "simulate" and p["peak_kib"] >= RSS_LIMIT_KIB]
+    alert_bad = (row.get("alerts") or {}).get("problems", [])
     bad = []
     if row["lost"]:
         bad.append(f"lost {row['lost']}")
@@ -1105,7 +1295,9 @@ def verdict(row):
         bad.append("over 64 MiB: " + ", ".join(over))
     if "kafka_error" in row:
         bad.append("Kafka not read: " + row["kafka_error"])
-    if not bad:
+    if alert_bad:
+        row["verdict"], row["pass"] = "FAIL: " + "; ".join(bad + alert_bad), False
+    elif not bad:
         row["verdict"], row["pass"] = "PASS", True
     elif row["by_design"] and row["lost"] and not row["duplicate_rows"] and not over:
         row["verdict"], row["pass"] = f"LOSS BY DESIGN ({row['by_design']})", True
@@ -1117,16 +1309,40 @@ def mib(kib):
     return f"{kib / 1024:.1f}"
 
 
+def alert_cell(r):
+    """Alert, seconds from the fault to pending (and to firing)."""
+    a = r.get("alerts")
+    if not a:
+        return "–"
+    parts = []
+    for e in a["expected"]:
+        n = e["alert"].removeprefix("Iotpipe")
+        if e["status"] == "ok":
+            fire = "not firing" if e["firing_s"] is None else f"firing {e['firing_s']:.1f}"
+            parts.append(f"{n} {e['pending_s']:.1f} ({fire})")
+        elif e["status"] == "not checked":
+            parts.append(f"{n}: not checked ({e['why']})")
+        else:
+            parts.append(f"{n}: {e['status'].upper()}")
+    forb = [p for p in a["problems"] if p.startswith("forbidden")]
+    if forb:
+        parts.append("FORBIDDEN: " + ", ".join(sorted({p.split()[2].removeprefix('Iotpipe') for p in forb})))
+    elif r.get("forbid_all"):
+        parts.append("none pending (as required)")
+    return "; ".join(parts) or "–"
+
+
 def table(rows):
     lines = ["| scenario | mode | published | stored | lost | duplicate rows | Kafka duplicates | "
-             "longest recovery s | peak RSS bridge / sink MiB | result |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "longest recovery s | peak RSS bridge / sink MiB | alert: s from fault to pending (firing) | result |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in rows:
         if r["status"] == "SKIPPED":
-            lines.append(f"| {r['scenario']} | – | – | – | – | – | – | – | – | SKIPPED: {r['reason']} |")
+            lines.append(f"| {r['scenario']} | – | – | – | – | – | – | – | – | – | SKIPPED: {r['reason']} |")
             continue
         if r["status"] != "ok":
-            lines.append(f"| {r['scenario']} | {r['mode']} | – | – | – | – | – | – | – | ERROR: {r['error']} |")
+            lines.append(f"| {r['scenario']} | {r['mode']} | – | – | – | – | – | – | – | {alert_cell(r)} | "
+                         f"ERROR: {r['error']} |")
             continue
         rec = [x["recovered_s"] for x in r.get("recovery", [])]
         longest = "–" if not rec else ("not recovered" if None in rec else f"{max(rec):.1f}")
@@ -1136,7 +1352,8 @@ def table(rows):
         kd = r.get("kafka_duplicates")
         kd = "?" if kd is None else f"{kd:,}"
         lines.append(f"| {r['scenario']} | {r['mode']} | {r['published']:,} | {r['stored_distinct']:,} | {r['lost']:,} | "
-                     f"{r['duplicate_rows']:,} | {kd} | {longest} | {mib(br)} / {mib(sk)} | {r['verdict']} |")
+                     f"{r['duplicate_rows']:,} | {kd} | {longest} | {mib(br)} / {mib(sk)} | {alert_cell(r)} | "
+                     f"{r['verdict']} |")
     return "\n".join(lines)
 
 
@@ -1148,14 +1365,24 @@ def main():
     ap.add_argument("--results", help="results directory (default target/fault-matrix/<UTC time>)")
     ap.add_argument("--rate", type=int, default=500, help="messages per second of the load (default 500)")
     ap.add_argument("--duration", type=int, help="seconds of load for the timed scenarios (20 short, 40 full)")
+    ap.add_argument("--alert-time-scale", type=float, default=float(os.environ.get("IOTPIPE_ALERT_TIME_SCALE", "0.05")),
+                    help="multiply the rules' for:, range and offset durations by this in the test's copy "
+                         "(default 0.05, env IOTPIPE_ALERT_TIME_SCALE; 1 = the shipped windows)")
+    ap.add_argument("--alert-rules", default=RULES, help="the rule file to scale and load (default: the shipped one)")
+    ap.add_argument("--no-prometheus", action="store_true", help="skip the alert checks (no Prometheus)")
     args = ap.parse_args()
+    if args.alert_time_scale <= 0:
+        sys.exit("error: --alert-time-scale must be above 0")
     if not os.access(BIN, os.X_OK):
         sys.exit(f"error: no iotpipe binary at {BIN}: build it (cargo build --release --bin iotpipe) or set IOTPIPE_BIN")
     if args.list:
         class _H:
             pass
         for s in specs(_H()):
-            print(f"{s.name:32} {'short ' if s.short else '      '}{s.title}")
+            alerts = "".join(f"\n{'':39}expects {n}" + (f" (needs {m})" if m else "") for n, m in s.expect)
+            if s.forbid:
+                alerts += f"\n{'':39}forbids " + ("every alert" if s.forbid == "*" else ", ".join(s.forbid))
+            print(f"{s.name:32} {'short ' if s.short else '      '}{s.title}{alerts}")
         for line in SKIP_LINES.values():
             print(line)
         return
@@ -1176,6 +1403,11 @@ def main():
         sys.exit("error: confluent-kafka is not importable (scripts/fault-matrix.sh installs it; "
                  "or set FAULT_MATRIX_PYLIB to a pip --target dir holding it)")
     log(f"iotpipe binary {BIN}; results in {h.results}; {len(chosen)} scenarios, {h.rate} msg/s")
+    if h.prom_bin:
+        log(f"alerts: {h.prom_bin}, rules {os.path.relpath(h.rules, REPO)} scaled ×{h.alert_scale:g} "
+            f"(for: 2m -> {promharness.fmt_duration(120 * h.alert_scale)}), scrape and evaluation every 1 s")
+    else:
+        print(f"fault-matrix: alert checks SKIPPED: {h.prom_skip}", file=sys.stderr, flush=True)
     t0 = time.time()
     rows = [run_spec(h, s) for s in chosen]
     total = time.time() - t0
@@ -1183,7 +1415,9 @@ def main():
     skipped = [] if args.scenario else list(SKIP_LINES.values())
     header = (f"Fault matrix, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{'--short' if args.short else ('--scenario ' + ' '.join(args.scenario) if args.scenario else 'full')}, "
-              f"{h.rate} msg/s, {TENANTS}×{PROJECTS}×{DEVICES} devices, {total / 60:.1f} min in all")
+              f"{h.rate} msg/s, {TENANTS}×{PROJECTS}×{DEVICES} devices, "
+              + (f"alert time scale {h.alert_scale:g}, " if h.prom_bin else f"alert checks skipped ({h.prom_skip}), ")
+              + f"{total / 60:.1f} min in all")
     print()
     print(header)
     print()
@@ -1193,6 +1427,12 @@ def main():
     for r in rows:
         for n in r.get("notes", []):
             print(f"note: {r['scenario']}: {n}")
+        a = r.get("alerts") or {}
+        if a.get("other"):
+            print(f"note: {r['scenario']}: other alerts pending (neither expected nor forbidden): "
+                  + ", ".join(a["other"]))
+        for p in a.get("problems", []):
+            print(f"alert: {r['scenario']}: {p}")
     with open(os.path.join(h.results, "fault-matrix.md"), "w") as f:
         f.write(header + "\n\n" + text + "\n" + "".join(line + "\n" for line in skipped))
     with open(os.path.join(h.results, "fault-matrix.json"), "w") as f:
