@@ -90,9 +90,12 @@ def alert_names(text):
 
 def find_prometheus():
     """(path to the prometheus binary, None) or (None, why not)."""
-    p = os.environ.get("IOTPIPE_PROMETHEUS_BIN") or shutil.which("prometheus") or (
+    env = os.environ.get("IOTPIPE_PROMETHEUS_BIN")
+    if env and not os.access(env, os.X_OK):
+        return None, f"IOTPIPE_PROMETHEUS_BIN={env} is not executable"
+    p = env or shutil.which("prometheus") or (
         "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None)
-    if not p or not os.access(p, os.X_OK):
+    if not p:
         return None, "no prometheus binary (apt-get install -y prometheus, or set IOTPIPE_PROMETHEUS_BIN)"
     return p, None
 
