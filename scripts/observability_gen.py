@@ -1,21 +1,34 @@
 #!/usr/bin/env python3
-"""Generates the Grafana dashboards (deploy/grafana/dashboards/*.json) and the
-PrometheusRule (deploy/prometheus/prometheusrule.yaml, from
-deploy/prometheus/iotpipe.rules.yaml). The generated files are committed;
-scripts/check-observability.sh fails when they differ from what this prints.
+"""Generates the Grafana dashboards (deploy/grafana/dashboards/*.json) and every
+shipped rule set from the one rule source below (RULES): the Prometheus rule
+file deploy/prometheus/iotpipe.rules.yaml, the PrometheusRules
+deploy/prometheus/prometheusrule.yaml and
+deploy/kustomize/components/monitoring/prometheusrule.yaml, the Helm template
+deploy/helm/iotpipe/templates/prometheusrule.yaml, and the Alertmanager
+inhibition rules deploy/alertmanager/alertmanager.yml. The generated files are
+committed; scripts/check-observability.sh fails when they differ from what
+this prints.
 
 Usage: python3 scripts/observability_gen.py           # write the files
        python3 scripts/observability_gen.py --check   # exit 1 when a file is stale
-The dashboards' queries are the contract: docs/observability.md describes them.
+       python3 scripts/observability_gen.py --runbook-base-url https://docs.example/observability \
+           --print rules|prometheusrule|kustomize      # one rule set to stdout, other runbook links
+The dashboards' queries and the rules are the contract: docs/observability.md describes them.
 """
+import argparse
 import json
 import os
 import sys
+
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARDS = os.path.join(REPO, "deploy", "grafana", "dashboards")
 RULES = os.path.join(REPO, "deploy", "prometheus", "iotpipe.rules.yaml")
 PROMETHEUSRULE = os.path.join(REPO, "deploy", "prometheus", "prometheusrule.yaml")
+KUSTOMIZE_RULE = os.path.join(REPO, "deploy", "kustomize", "components", "monitoring", "prometheusrule.yaml")
+HELM_RULE = os.path.join(REPO, "deploy", "helm", "iotpipe", "templates", "prometheusrule.yaml")
+ALERTMANAGER = os.path.join(REPO, "deploy", "alertmanager", "alertmanager.yml")
 
 # Datasource uids: deploy/grafana/provisioning/datasources/iotpipe.yaml.
 DS = {
@@ -469,44 +482,417 @@ def dashboards():
     }
 
 
-def prometheusrule_text():
-    import yaml
-    with open(RULES) as f:
-        rules = yaml.safe_load(f)
-    doc = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": {"name": "iotpipe", "labels": {"app.kubernetes.io/name": "iotpipe",
-                                                     "app.kubernetes.io/part-of": "iotpipe"}},
-        "spec": rules,
-    }
-    head = ("# Generated from iotpipe.rules.yaml by scripts/observability_gen.py; do not edit.\n"
+# --------------------------------------------------------------------------
+# Alert and recording rules: the one source of every shipped rule set
+# --------------------------------------------------------------------------
+#
+# Generated from RULES below (docs/observability.md lists every alert and its
+# runbook):
+#   deploy/prometheus/iotpipe.rules.yaml                    plain Prometheus rule file
+#   deploy/prometheus/prometheusrule.yaml                   PrometheusRule "iotpipe-rules"
+#   deploy/kustomize/components/monitoring/prometheusrule.yaml  PrometheusRule "iotpipe-kustomize-rules"
+#   deploy/helm/iotpipe/templates/prometheusrule.yaml       PrometheusRule "<fullname>-helm-rules"
+#   deploy/alertmanager/alertmanager.yml                    inhibition rules (and an example route)
+#
+# Selectors name no job: a process is identified by iotpipe_build_info{command}
+# (every iotpipe process exports it), and aggregations keep namespace and
+# cluster. Every hold is a plain duration in `for:` (tests scale those, never
+# the shipped files).
+
+RUNBOOK_BASE_URL = "https://github.com/iotpipe/iotpipe/blob/main/docs/observability.md"
+COMMANDS = ("bridge", "sink", "run")
+# How long a component that disappeared from a namespace keeps its "down"
+# alert in the rule sets that cannot know which components exist (plain file,
+# Kustomize): the window of max_over_time(iotpipe_build_info[...]).
+DOWN_LOOKBACK = "1d"
+# The freshness SLO: SLO_TARGET of the rows are stored within SLO_SECONDS of
+# their receipt (iotpipe_sink_end_to_end_seconds; SLO_SECONDS must be one of
+# its bucket bounds, src/telemetry/mod.rs LATENCY_BUCKETS).
+SLO_SECONDS = 10
+SLO_TARGET = 0.99
+# Multiwindow, multi-burn-rate (kubernetes-mixin): severity, long window,
+# short window, burn-rate factor, for.
+BURN_RATES = [("critical", "1h", "5m", 14.4, "2m"), ("warning", "6h", "30m", 6, "15m")]
+AGG = "namespace, cluster"
+# Dead-letter reasons the sink decides itself (decoding, the store); the
+# routing reasons it stores arrive from the bridge, which counted them already
+# (src/record/reason.rs ROUTING). empty_payload is left to the bridge too.
+SINK_ORIGIN_REASONS = ("missing_tenant", "invalid_id", "undecodable", "store_rejected")
+SINK_REASONS_RE = "|".join(SINK_ORIGIN_REASONS)
+
+NOT_BRIDGE_FAULTS = ["IotpipeDeliveryStalled", "IotpipeJournalFilling", "IotpipeJournalFull",
+                     "IotpipeConsumerLagGrowing", "IotpipeTenantSilent", "IotpipeFreshnessBudgetBurn"]
+# Alertmanager inhibition: (source alerts, target alerts, extra source matchers,
+# extra target matchers, why). Equal on namespace and cluster.
+INHIBIT = [
+    (["IotpipeKafkaUnreachable"], NOT_BRIDGE_FAULTS, {}, {},
+     "Kafka down: delivery stalls, journals fill, the sink lags and tenants fall silent; one page"),
+    (["IotpipeStoreUnreachable"], NOT_BRIDGE_FAULTS + ["IotpipeStoreErrors"], {}, {},
+     "store down: the same symptoms downstream of the sink or run"),
+    (["IotpipeBridgeDown", "IotpipeSinkDown", "IotpipeRunDown"],
+     ["IotpipeInstanceDown", "IotpipeTenantSilent", "IotpipeFreshnessBudgetBurn", "IotpipeConsumerLagGrowing",
+      "IotpipeDeliveryStalled"], {}, {},
+     "a whole component down explains its instances and the silence"),
+    (["IotpipeMqttDisconnected", "IotpipeMqttNotSubscribed"], ["IotpipeTenantSilent", "IotpipeMqttReconnecting"],
+     {}, {}, "nothing arrives from MQTT: every pair falls silent"),
+    (["IotpipeDeliveryStalled"], ["IotpipeTenantSilent", "IotpipeFreshnessBudgetBurn", "IotpipeJournalFilling"],
+     {}, {}, "a stalled delivery explains late and missing rows"),
+    (["IotpipeJournalFull"], ["IotpipeJournalFilling"], {}, {}, "full explains filling"),
+    (["IotpipeFreshnessBudgetBurn"], ["IotpipeFreshnessBudgetBurn"], {"severity": "critical"},
+     {"severity": "warning"}, "the fast burn page covers the slow burn ticket"),
+]
+
+
+def _down_expr(command, mode, namespace):
+    if mode == "absent":
+        return f'absent(iotpipe_build_info{{command="{command}", namespace="{namespace}"}})'
+    return (f'count by ({AGG}) (max_over_time(iotpipe_build_info{{command="{command}"}}[{DOWN_LOOKBACK}]))\n'
+            f'unless\ncount by ({AGG}) (iotpipe_build_info{{command="{command}"}})\n')
+
+
+def _slow_ratio(window):
+    le = str(SLO_SECONDS).replace(".", "\\\\.")
+    return (f'1 - (\n'
+            f'  sum by ({AGG}) (rate(iotpipe_sink_end_to_end_seconds_bucket{{le=~"{le}(\\\\.0)?"}}[{window}]))\n'
+            f'  /\n'
+            f'  sum by ({AGG}) (rate(iotpipe_sink_end_to_end_seconds_count[{window}]))\n'
+            f')\n')
+
+
+def slo_record(window):
+    return f"iotpipe:sink_end_to_end_slow:ratio_rate{window}"
+
+
+def rule_groups(runbook_base=RUNBOOK_BASE_URL, down="seen", components=COMMANDS, namespace=None):
+    """The rule groups. down="seen": a component alerts as down in a namespace
+    where it ran in the last DOWN_LOOKBACK (plain file, Kustomize: they cannot
+    know what is deployed); down="absent": the deployment has `components` in
+    `namespace` (Helm), so their absence alerts."""
+
+    def alert(name, expr, for_, severity, summary, description, labels=None):
+        return {"alert": name, "expr": expr, "for": for_,
+                "labels": {"severity": severity, **(labels or {})},
+                "annotations": {"summary": summary, "description": description,
+                                "runbook_url": f"{runbook_base}#{name.lower()}"}}
+
+    what = {"bridge": ("bridge", "MQTT messages queue at the broker (up to its limits)"),
+            "sink": ("sink", "records pile up in Kafka and nothing is stored"),
+            "run": ("run", "nothing is received from MQTT nor stored")}
+    availability = []
+    for c in COMMANDS:
+        if c not in components:
+            continue
+        scope = f" in namespace {namespace}" if down == "absent" else " in {{ $labels.namespace }}"
+        availability.append(alert(
+            f"Iotpipe{c.capitalize()}Down", _down_expr(c, down, namespace), "2m", "critical",
+            f"No iotpipe {what[c][0]} is up{scope}",
+            f"No process exporting iotpipe_build_info{{command=\"{c}\"}} has been scraped for 2 minutes; "
+            f"{what[c][1]}."))
+    availability.append(alert(
+        "IotpipeInstanceDown",
+        f"up == 0\nand on (job, instance) max_over_time(iotpipe_build_info[{DOWN_LOOKBACK}])\n", "5m", "warning",
+        "iotpipe {{ $labels.job }} instance {{ $labels.instance }} cannot be scraped",
+        "A target that exported iotpipe_build_info has been down for 5 minutes."))
+    le = SLO_SECONDS
+    groups = [
+        {"name": "iotpipe-availability", "rules": availability},
+        {"name": "iotpipe-mqtt", "rules": [
+            alert("IotpipeMqttDisconnected", "iotpipe_mqtt_connected == 0", "2m", "critical",
+                  "iotpipe {{ $labels.instance }} is not connected to the MQTT broker",
+                  "iotpipe_mqtt_connected has been 0 for 2 minutes; no message is received."),
+            alert("IotpipeMqttNotSubscribed", "iotpipe_mqtt_connected == 1 and iotpipe_mqtt_subscribed == 0", "2m",
+                  "critical", "iotpipe {{ $labels.instance }} is connected but not subscribed",
+                  "The broker accepted the connection but the subscriptions are not in place; "
+                  "no message is received."),
+            alert("IotpipeMqttReconnecting", "increase(iotpipe_mqtt_reconnects_total[15m]) > 3", "1m", "warning",
+                  "iotpipe {{ $labels.instance }} lost its MQTT connection {{ $value | humanize }} times "
+                  "in 15 minutes",
+                  "A flapping connection redelivers messages and stalls acknowledgements."),
+        ]},
+        {"name": "iotpipe-delivery", "rules": [
+            alert("IotpipeDeliveryStalled", "iotpipe_delivery_stalled_seconds > 60", "1m", "critical",
+                  "iotpipe {{ $labels.instance }} has delivered nothing for {{ $value | humanizeDuration }} "
+                  "while messages wait",
+                  "Received messages wait and none became durable downstream (Kafka for the bridge, the store "
+                  "for run) for over 2 minutes; MQTT acks are held back (or the journal grows)."),
+            alert("IotpipeDeadLettersRising",
+                  f'label_replace(\n'
+                  f'  sum by ({AGG}) (rate(iotpipe_messages_dead_lettered_total[10m]))\n'
+                  f'  / sum by ({AGG}) (rate(iotpipe_messages_received_total[10m])),\n'
+                  f'  "origin", "routing", "", "")\n'
+                  f'> 0.01\n'
+                  f'or\n'
+                  f'label_replace(\n'
+                  f'  sum by ({AGG}) (\n'
+                  f'    rate(iotpipe_sink_dead_lettered_total{{reason=~"{SINK_REASONS_RE}"}}[10m])\n'
+                  f'    and on (job, instance) iotpipe_build_info{{command="sink"}}\n'
+                  f'  )\n'
+                  f'  / sum by ({AGG}) (rate(iotpipe_sink_records_consumed_total[10m])),\n'
+                  f'  "origin", "sink", "", "")\n'
+                  f'> 0.01\n',
+                  "10m", "warning",
+                  "More than 1% of the messages are dead-lettered ({{ $labels.origin }}, "
+                  "{{ $labels.namespace }})",
+                  "{{ $value | humanizePercentage }} of the messages were dead-lettered over 10 minutes by "
+                  "{{ $labels.origin }} (routing: bridge or run; sink: decoding and the store in the sink). One bad "
+                  "message counts once: the sink's count of dead letters the bridge made is left out."),
+            alert("IotpipeKafkaUnreachable", "iotpipe_kafka_reachable == 0 or iotpipe_sink_kafka_reachable == 0",
+                  "1m", "critical", "iotpipe {{ $labels.instance }} cannot reach Kafka",
+                  "Kafka has not answered metadata requests for a minute."),
+            alert("IotpipeConsumerLagGrowing",
+                  "iotpipe_sink_consumer_lag_seconds > 300\n"
+                  "and deriv(iotpipe_sink_consumer_lag_seconds[10m]) >= 0\n", "10m", "warning",
+                  "iotpipe sink {{ $labels.instance }} is {{ $value | humanizeDuration }} behind Kafka",
+                  "The oldest record not yet consumed is over 5 minutes old and the lag is not shrinking "
+                  "(10 minutes)."),
+        ]},
+        {"name": "iotpipe-journal", "rules": [
+            alert("IotpipeJournalFull", "iotpipe_journal_full == 1", "1m", "critical",
+                  "The journal of iotpipe {{ $labels.instance }} is full",
+                  "The journal refuses appends, so MQTT acks are paused and the broker queues messages."),
+            alert("IotpipeJournalFilling",
+                  "(\n"
+                  "  iotpipe_journal_bytes / iotpipe_journal_limit_bytes > 0.8\n"
+                  "or\n"
+                  "  (\n"
+                  "    iotpipe_journal_bytes / iotpipe_journal_limit_bytes > 0.4\n"
+                  "    and\n"
+                  "    predict_linear(iotpipe_journal_bytes[1h], 4 * 3600) > iotpipe_journal_limit_bytes\n"
+                  "  )\n"
+                  ")\n"
+                  "and iotpipe_journal_limit_bytes > 0\n", "15m", "warning",
+                  "The journal of iotpipe {{ $labels.instance }} is {{ $value | humanizePercentage }} full",
+                  "The journal is above 80% of journal.max_size, or above 40% and on course to fill within "
+                  "4 hours (predict_linear over 1h)."),
+        ]},
+        {"name": "iotpipe-store", "rules": [
+            alert("IotpipeStoreUnreachable", "iotpipe_sink_store_reachable == 0", "1m", "critical",
+                  "iotpipe {{ $labels.instance }} cannot write to its store",
+                  "The store has refused writes for a minute; batches are retried and nothing is stored."),
+            alert("IotpipeStoreErrors", "rate(iotpipe_sink_store_errors_total[5m]) > 0", "10m", "warning",
+                  "iotpipe {{ $labels.instance }} keeps failing store writes",
+                  "Store writes have failed (and been retried) for 10 minutes."),
+            alert("IotpipeRetentionNotRun",
+                  "time() - iotpipe_sink_retention_last_success_timestamp_seconds > 1800\n"
+                  "and on (job, instance) time() - process_start_time_seconds > 1800\n", "30m", "warning",
+                  "Retention has not succeeded on iotpipe {{ $labels.instance }} for over an hour",
+                  "Old partitions (chunks, rows) are not dropped; the database grows beyond store.retention."),
+            alert("IotpipeRetentionFailing", "increase(iotpipe_sink_retention_failures_total[1h]) > 0", "1m",
+                  "warning", "Retention runs fail on iotpipe {{ $labels.instance }}",
+                  "At least one retention run failed in the last hour."),
+        ]},
+        {"name": "iotpipe-freshness-slo", "rules":
+            [{"record": slo_record(w), "expr": _slow_ratio(w)} for w in ("5m", "30m", "1h", "6h")] + [
+            alert("IotpipeFreshnessBudgetBurn",
+                  f"{slo_record(long)} > ({factor} * {1 - SLO_TARGET:.2f})\n"
+                  f"and\n{slo_record(short)} > ({factor} * {1 - SLO_TARGET:.2f})\n",
+                  for_, severity,
+                  f"iotpipe stores rows late: the freshness error budget burns {factor}x "
+                  "({{ $labels.namespace }})",
+                  f"Over {long} (and {short}) {{{{ $value | humanizePercentage }}}} of the rows took longer than "
+                  f"{le} s from receipt to store commit; the SLO allows {1 - SLO_TARGET:.0%}. At this rate the "
+                  f"30-day budget is gone in {30 / factor:.1f} days.",
+                  labels={"long": long, "short": short})
+            for severity, long, short, factor, for_ in BURN_RATES]},
+        {"name": "iotpipe-freshness", "rules": [
+            alert("IotpipeTenantSilent",
+                  f"min by ({AGG}, tenant_id, project_id) (iotpipe_sink_freshness_seconds) > 900", "5m", "warning",
+                  "Tenant {{ $labels.tenant_id }} / project {{ $labels.project_id }} has stored nothing for "
+                  "{{ $value | humanizeDuration }}",
+                  "A tenant/project pair that was sending has had no row committed for over 15 minutes "
+                  "(the lowest iotpipe_sink_freshness_seconds of its sinks)."),
+        ]},
+        {"name": "iotpipe-process", "rules": [
+            alert("IotpipeMemoryNearLimit",
+                  "process_resident_memory_bytes / iotpipe_memory_limit_bytes > 0.9", "5m",
+                  "warning", "iotpipe {{ $labels.instance }} uses {{ $value | humanizePercentage }} of its "
+                  "memory limit",
+                  "The resident set has been above 90% of the cgroup memory limit for 5 minutes; the pod is "
+                  "close to an OOM kill."),
+        ]},
+    ]
+    return groups
+
+
+def alert_names(groups):
+    return [r["alert"] for g in groups for r in g["rules"] if "alert" in r]
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper, s):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def ydump(obj):
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+
+
+RULES_HEAD = """\
+# Prometheus alerting and recording rules for iotpipe. Runbooks:
+# docs/observability.md (runbook_url: {base}#<alert>).
+# Generated by scripts/observability_gen.py (the one rule source; the same
+# alerts go to deploy/prometheus/prometheusrule.yaml, the Kustomize monitoring
+# component and the Helm chart); do not edit: change the generator and run
+# `python3 scripts/observability_gen.py`. Another runbook base:
+# `python3 scripts/observability_gen.py --runbook-base-url URL --print rules`.
+# Unit tests: deploy/prometheus/iotpipe.rules_test.yaml (`promtool test rules`).
+#
+# No job names: a process is known by iotpipe_build_info{{command}}. Component
+# down alerts (IotpipeBridgeDown, ...SinkDown, ...RunDown) fire for a namespace
+# in which that command ran within the last {lookback} and none runs now: this
+# file cannot know which commands you deploy, so a command you never ran never
+# alerts (the Helm chart's rules alert on the absence of its enabled ones).
+"""
+
+
+def rules_text(runbook_base=RUNBOOK_BASE_URL):
+    return RULES_HEAD.format(base=runbook_base, lookback=DOWN_LOOKBACK) + ydump(
+        {"groups": rule_groups(runbook_base)})
+
+
+def prometheusrule_doc(name, labels, runbook_base=RUNBOOK_BASE_URL):
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": name, "labels": labels}, "spec": {"groups": rule_groups(runbook_base)}}
+
+
+def prometheusrule_text(runbook_base=RUNBOOK_BASE_URL):
+    head = ("# Generated by scripts/observability_gen.py (the same alerts as iotpipe.rules.yaml); do not edit.\n"
             "# The Prometheus Operator picks it up when its ruleSelector matches these labels\n"
-            "# (kube-prometheus-stack: add the label `release: <its release name>`).\n")
-    return head + yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
+            "# (kube-prometheus-stack: add the label `release: <its release name>`). Its name differs from\n"
+            "# the Kustomize (iotpipe-kustomize-rules) and Helm (<release>-helm-rules) ones: apply one of them.\n")
+    return head + ydump(prometheusrule_doc("iotpipe-rules", {"app.kubernetes.io/name": "iotpipe",
+                                                             "app.kubernetes.io/part-of": "iotpipe"}, runbook_base))
+
+
+def kustomize_rule_text(runbook_base=RUNBOOK_BASE_URL):
+    head = ("# Generated by scripts/observability_gen.py (the alerts of deploy/prometheus/iotpipe.rules.yaml);\n"
+            "# do not edit. Component down alerts fire in a namespace where the command ran in the last\n"
+            f"# {DOWN_LOOKBACK} and none runs now, so this one component serves overlays with bridge + sink\n"
+            "# (base) and with run (single-node). release: kube-prometheus-stack is the label its\n"
+            "# ruleSelector wants by default; with another release name, patch it.\n")
+    return head + ydump(prometheusrule_doc(
+        "iotpipe-kustomize-rules", {"app.kubernetes.io/name": "iotpipe", "release": "kube-prometheus-stack"},
+        runbook_base))
+
+
+HELM_RUNBOOK = "@@RUNBOOK@@"
+HELM_NAMESPACE = "@@NAMESPACE@@"
+
+
+def helm_rule_text():
+    """The Helm template: the same rules, component down alerts only for the
+    enabled components (absent() in the release's namespace), the runbook base
+    from .Values.prometheusRule.runbookBaseUrl."""
+    groups = rule_groups(HELM_RUNBOOK, down="absent", namespace=HELM_NAMESPACE)
+    out = ["{{- if .Values.prometheusRule.enabled }}",
+           "# Generated by scripts/observability_gen.py (the alerts of deploy/prometheus/iotpipe.rules.yaml);",
+           "# do not edit. Component down alerts only for the enabled components, in the release's namespace.",
+           "apiVersion: monitoring.coreos.com/v1",
+           "kind: PrometheusRule",
+           "metadata:",
+           '  name: {{ include "iotpipe.fullname" . }}-helm-rules',
+           "  namespace: {{ .Release.Namespace }}",
+           "  labels:",
+           '    {{- include "iotpipe.labels" (dict "ctx" . "component" "") | nindent 4 }}',
+           "    {{- with merge (dict) .Values.prometheusRule.labels .Values.monitoring.labels }}",
+           "    {{- toYaml . | nindent 4 }}",
+           "    {{- end }}",
+           "spec:",
+           "  groups:"]
+    downs = {f"Iotpipe{c.capitalize()}Down": c for c in COMMANDS}
+    for g in groups:
+        out.append(f"  - name: {g['name']}")
+        out.append("    rules:")
+        for r in g["rules"]:
+            text = ydump([r]).replace("{{", '{{ "{{" }}')
+            text = text.replace(HELM_RUNBOOK, "{{ .Values.prometheusRule.runbookBaseUrl }}")
+            text = text.replace(HELM_NAMESPACE, "{{ .Release.Namespace }}")
+            body = "\n".join("    " + ln if ln else ln for ln in text.rstrip("\n").split("\n"))
+            if r.get("alert") in downs:
+                out += [f"{{{{- if .Values.{downs[r['alert']]}.enabled }}}}", body, "{{- end }}"]
+            else:
+                out.append(body)
+    out.append("{{- end }}")
+    return "\n".join(out) + "\n"
+
+
+def alertmanager_doc():
+    def m(names):
+        return [f'alertname=~"{"|".join(names)}"'] if len(names) > 1 else [f'alertname="{names[0]}"']
+
+    inhibit = []
+    for src, dst, src_extra, dst_extra, _why in INHIBIT:
+        inhibit.append({
+            "source_matchers": m(src) + [f'{k}="{v}"' for k, v in src_extra.items()],
+            "target_matchers": m(dst) + [f'{k}="{v}"' for k, v in dst_extra.items()],
+            "equal": ["namespace", "cluster"]})
+    return {
+        "route": {"receiver": "default", "group_by": ["alertname", "namespace", "cluster"],
+                  "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
+                  "routes": [{"receiver": "pager", "matchers": ['severity="critical"']}]},
+        "receivers": [{"name": "default"}, {"name": "pager"}],
+        "inhibit_rules": inhibit,
+    }
+
+
+def alertmanager_text():
+    head = ["# Alertmanager configuration for iotpipe's alerts, generated by scripts/observability_gen.py",
+            "# (do not edit; docs/observability.md \"Alertmanager\"). The inhibit_rules are the part to",
+            "# copy into your Alertmanager: one outage is one page. The route and the two empty receivers",
+            "# are an example (checked with `amtool check-config`): put your own notifiers there.",
+            "#"]
+    for src, dst, _s, _d, why in INHIBIT:
+        head.append(f"# - {', '.join(src)} inhibits {', '.join(dst)}: {why}.")
+    head.append("# All of them only within the same namespace and cluster.")
+    return "\n".join(head) + "\n" + ydump(alertmanager_doc())
 
 
 def outputs():
     out = {os.path.join(DASHBOARDS, n): json.dumps(d, indent=2, ensure_ascii=False) + "\n"
            for n, d in dashboards().items()}
+    out[RULES] = rules_text()
     out[PROMETHEUSRULE] = prometheusrule_text()
+    out[KUSTOMIZE_RULE] = kustomize_rule_text()
+    out[HELM_RULE] = helm_rule_text()
+    out[ALERTMANAGER] = alertmanager_text()
     return out
 
 
 def main():
-    check = "--check" in sys.argv[1:]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 when a generated file is stale")
+    ap.add_argument("--runbook-base-url", default=RUNBOOK_BASE_URL,
+                    help="the page the runbook_url annotations point into (#<alert> is appended); "
+                         f"default {RUNBOOK_BASE_URL}")
+    ap.add_argument("--print", dest="print_", choices=["rules", "prometheusrule", "kustomize", "alertmanager"],
+                    help="print one rule set (with --runbook-base-url) instead of writing the files")
+    args = ap.parse_args()
+    if args.print_:
+        sys.stdout.write({"rules": rules_text, "prometheusrule": prometheusrule_text,
+                          "kustomize": kustomize_rule_text,
+                          "alertmanager": lambda _base: alertmanager_text()}[args.print_](args.runbook_base_url))
+        return
+    if args.runbook_base_url != RUNBOOK_BASE_URL:
+        sys.exit("--runbook-base-url needs --print: the committed files keep the default "
+                 "(Helm: prometheusRule.runbookBaseUrl)")
     stale = []
     for path, text in outputs().items():
         old = open(path).read() if os.path.exists(path) else None
         if old != text:
             stale.append(os.path.relpath(path, REPO))
-            if not check:
+            if not args.check:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "w") as f:
                     f.write(text)
-    if check and stale:
+    if args.check and stale:
         sys.exit("stale generated files (run python3 scripts/observability_gen.py): " + ", ".join(stale))
-    if not check:
+    if not args.check:
         print("written: " + (", ".join(stale) or "nothing changed"))
 
 
