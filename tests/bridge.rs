@@ -135,6 +135,14 @@ fn kafka_stalled_for_20s_loses_nothing_and_applies_backpressure() {
     assert_eq!(acks_before, acks_during, "no acks while Kafka is stalled");
     let in_flight = bridge.metric("iotpipe_messages_in_flight");
     assert!(in_flight > 0.0 && in_flight <= 1000.0, "in flight bounded by max_in_flight: {in_flight}");
+    // The stall is visible as such (the alert IotpipeDeliveryStalled reads
+    // this gauge): it grows with the stall, although the broker stopped
+    // sending once max_in_flight messages were unacked.
+    eventually(Duration::from_secs(15), "delivery stalled for 10 s", || {
+        bridge.metric("iotpipe_delivery_stalled_seconds") >= 10.0
+    });
+    let stalled = bridge.metric("iotpipe_delivery_stalled_seconds");
+    assert!(stalled <= stalled_at.elapsed().as_secs_f64() + 1.0, "{stalled} s is no longer than the stall");
     std::thread::sleep(Duration::from_secs(20).saturating_sub(stalled_at.elapsed()));
     kafka.resume();
     publisher.join().unwrap();
@@ -144,6 +152,7 @@ fn kafka_stalled_for_20s_loses_nothing_and_applies_backpressure() {
     assert!(missing.is_empty(), "{} messages lost", missing.len());
     eventually(Duration::from_secs(20), "bridge ready again", || bridge.get("/readyz").0 == 200);
     eventually(Duration::from_secs(20), "all acked", || bridge.metric("iotpipe_messages_in_flight") == 0.0);
+    assert_eq!(bridge.metric("iotpipe_delivery_stalled_seconds"), 0.0, "nothing waits, nothing is stalled");
 }
 
 #[test]
@@ -259,6 +268,12 @@ fn journal_mode_rides_out_a_60s_kafka_outage_with_a_1000_message_broker_queue() 
     // Kafka is stopped, so (nearly) all of it is still in the journal.
     eventually(Duration::from_secs(5), "the journal holds the backlog", || {
         bridge.metric("iotpipe_journal_depth") >= (N - 1_000) as f64
+    });
+    assert_eq!(bridge.metric("iotpipe_journal_limit_bytes"), 256.0 * 1024.0 * 1024.0);
+    // In journal mode the broker is acked, yet delivery to Kafka is stalled:
+    // the gauge shows it.
+    eventually(Duration::from_secs(30), "delivery stalled for 10 s", || {
+        bridge.metric("iotpipe_delivery_stalled_seconds") >= 10.0
     });
     std::thread::sleep(Duration::from_secs(60u64.saturating_sub(30)));
     kafka.resume();

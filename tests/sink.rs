@@ -190,7 +190,15 @@ fn postgres_down_for_20s_loses_nothing_and_resumes() {
     pg.stop();
     produce(&kafka.brokers(), (N / 2..N).map(bridge_record));
     eventually(Duration::from_secs(30), "readyz reports the store down", || sink.get("/readyz").0 == 503);
+    let down_at = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(18));
+    // What an operator sees: no pair has been stored to since the outage
+    // began, and the backlog's age grows although the reader stopped reading.
+    let outage = down_at.elapsed().as_secs_f64();
+    let freshest = sink.metric("iotpipe_sink_freshness_seconds{");
+    assert!(freshest >= outage - 1.0, "freshness {freshest} s during a {outage} s outage");
+    let lag = sink.metric("iotpipe_sink_consumer_lag_seconds");
+    assert!(lag >= 10.0, "consumer lag {lag} s during a {outage} s outage");
     pg.restart();
     eventually(Duration::from_secs(90), "all rows after the outage", || {
         count(&url, "SELECT count(*) FROM telemetry") == N as i64
@@ -198,6 +206,10 @@ fn postgres_down_for_20s_loses_nothing_and_resumes() {
     assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
     assert!(sink.metric("iotpipe_sink_store_errors_total") > 0.0);
     eventually(Duration::from_secs(30), "ready again", || sink.get("/readyz").0 == 200);
+    eventually(Duration::from_secs(15), "caught up in time", || {
+        sink.metric("iotpipe_sink_consumer_lag_seconds") == 0.0
+    });
+    assert!(sink.metric("iotpipe_sink_freshness_seconds{") < 30.0, "stored to again");
 }
 
 #[test]

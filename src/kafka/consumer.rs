@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,8 +105,9 @@ pub struct GroupConsumer {
     max_rows: usize,
     max_bytes: usize,
     max_wait: Duration,
-    /// When the lag was last computed (`report_lag`).
-    lag_at: std::sync::Mutex<Instant>,
+    /// Per assigned partition, the Kafka timestamp (epoch ms) of the newest
+    /// record read: the age of the backlog behind it is at least its age.
+    read_ts: std::sync::Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl GroupConsumer {
@@ -149,7 +150,7 @@ impl GroupConsumer {
             max_rows: settings.max_rows.max(1),
             max_bytes: settings.max_bytes,
             max_wait: settings.max_wait,
-            lag_at: std::sync::Mutex::new(Instant::now()),
+            read_ts: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -158,13 +159,6 @@ impl GroupConsumer {
     /// position. Both are local reads (no request to Kafka); partitions not
     /// fetched yet have no watermark and are left out.
     fn report_lag(&self) {
-        {
-            let Ok(mut at) = self.lag_at.lock() else { return };
-            if at.elapsed() < LAG_INTERVAL {
-                return;
-            }
-            *at = Instant::now();
-        }
         let Ok(position) = self.consumer.position() else { return };
         let mut lags = Vec::with_capacity(position.count());
         for e in position.elements() {
@@ -173,7 +167,57 @@ impl GroupConsumer {
                 lags.push((e.topic().to_string(), e.partition(), (high - pos).max(0)));
             }
         }
-        self.consumer.context().metrics.set_lags(lags);
+        // Lag in time: of the partitions behind, the oldest "newest record
+        // read"; the next record there is at most that old. Partitions no
+        // longer assigned are forgotten.
+        let mut oldest_behind = None::<i64>;
+        if let Ok(mut read) = self.read_ts.lock() {
+            let elements = position.elements();
+            let assigned: std::collections::HashSet<(&str, i32)> =
+                elements.iter().map(|e| (e.topic(), e.partition())).collect();
+            read.retain(|(t, p), _| assigned.contains(&(t.as_str(), *p)));
+            for (t, p, lag) in &lags {
+                if *lag > 0 {
+                    if let Some(ts) = read.get(&(t.clone(), *p)) {
+                        oldest_behind = Some(oldest_behind.map_or(*ts, |o| o.min(*ts)));
+                    }
+                }
+            }
+        }
+        let metrics = &self.consumer.context().metrics;
+        metrics.set_lags(lags);
+        metrics.set_behind_since(oldest_behind);
+    }
+
+    /// Report the lag every `LAG_INTERVAL`, on its own task: the reader
+    /// stops reading while the store is down, and the lag must go on
+    /// growing in the metrics meanwhile.
+    pub async fn report_lag_forever(self: Arc<Self>) -> Result<(), KafkaError> {
+        let mut tick = tokio::time::interval(LAG_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.report_lag();
+        }
+    }
+
+    /// Remember the newest record timestamp read per partition (`report_lag`).
+    fn note_read(&self, batch: &[KafkaRecord]) {
+        let oldest = batch.iter().filter_map(|r| r.timestamp_ms).min();
+        self.consumer.context().metrics.on_batch_read(oldest.unwrap_or_else(crate::record::now_ms));
+        let Ok(mut read) = self.read_ts.lock() else { return };
+        let mut last: Option<(&str, i32)> = None;
+        for r in batch.iter().rev() {
+            let Some(ts) = r.timestamp_ms else { continue };
+            // The newest of each partition run is its last record: one
+            // lookup per run.
+            if last == Some((r.topic.as_str(), r.partition)) {
+                continue;
+            }
+            last = Some((r.topic.as_str(), r.partition));
+            let e = read.entry((r.topic.clone(), r.partition)).or_insert(ts);
+            *e = (*e).max(ts);
+        }
     }
 
     /// The high watermark librdkafka last saw for a partition in a fetch
@@ -210,7 +254,6 @@ impl GroupConsumer {
             // fallback wake-up at half of max.poll.interval.ms. A fresh
             // recv() polls the queue first, so waiting in short slices
             // bounds that stall to one slice.
-            self.report_lag();
             let Ok(received) = tokio::time::timeout(RECV_SLICE, self.consumer.recv()).await else { continue };
             match received {
                 Ok(m) => break detach(&m),
@@ -243,6 +286,7 @@ impl GroupConsumer {
                 }
             }
         }
+        self.note_read(&batch);
         batch
     }
 
@@ -260,6 +304,7 @@ impl GroupConsumer {
     /// auto-commit (or before a revoke). Partitions revoked in the meantime
     /// are skipped; their new owner re-reads those records.
     pub fn store_offsets(&self, offsets: &[NextOffset]) {
+        self.consumer.context().metrics.on_batch_committed();
         for o in offsets {
             let mut tpl = TopicPartitionList::new();
             if tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset)).is_ok() {

@@ -289,7 +289,8 @@ pub async fn recover(
         "Journal recovered."
     );
     metrics.journal_replayed.store(rec.undelivered, Relaxed);
-    metrics.in_flight.fetch_add(i64::try_from(rec.undelivered).unwrap_or(i64::MAX), Relaxed);
+    metrics.add_in_flight(i64::try_from(rec.undelivered).unwrap_or(i64::MAX));
+    metrics.journal_limit_bytes.store(i64::try_from(cfg.max_size.bytes()).unwrap_or(i64::MAX), Relaxed);
     publish_gauges(&journal, None, metrics);
     health.set_journal_recovering(false);
     Ok(Arc::new(journal))

@@ -56,6 +56,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tasks.background("retention", retention_task(config.store.clone(), store_metrics.clone()));
 
     let consumer = Arc::new(GroupConsumer::new(&config.kafka, &config.sink.consumer(), consumer_metrics.clone())?);
+    tasks.background("consumer-lag", consumer.clone().report_lag_forever());
     let (batch_tx, batches) = mpsc::channel::<DecodedBatch>(1);
     tasks.finishing(
         "kafka-reader",

@@ -5,7 +5,7 @@
 use crate::health::Health;
 use crate::record::DeadLetterReason;
 use crate::store::{DeadLetterRow, Store, StoreConfig, StoreError, StoreRow};
-use crate::telemetry::StoreMetrics;
+use crate::telemetry::{CommittedRow, StoreMetrics};
 use std::future::Future;
 use std::time::Duration;
 
@@ -71,8 +71,13 @@ pub async fn write_until_done(
         match store.write(&rows, &dead).await {
             Ok(o) => {
                 cx.health.set_store_reachable(true);
-                let times = rows.iter().map(|r| (r.received_ms, r.event_time_ms));
-                cx.metrics.on_committed(times, crate::record::now_ms());
+                let committed = rows.iter().map(|r| CommittedRow {
+                    received_ms: r.received_ms,
+                    event_ms: r.event_time_ms,
+                    tenant_id: &r.tenant_id,
+                    project_id: &r.project_id,
+                });
+                cx.metrics.on_committed(committed, crate::record::now_ms());
                 totals.inserted += o.inserted;
                 totals.duplicates += o.duplicates;
                 return totals;

@@ -3,16 +3,16 @@
 //! session, the Kafka producer and the journal, and the log events that go
 //! with them.
 
-use super::{counter, escape, gauge, Histogram};
+use super::pairs::PairSeries;
+use super::{clock, counter, escape, gauge, gauge_f64, Histogram};
 use crate::record::DeadLetterReason;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Most (tenant, project) series `iotpipe_tenant_messages_total` keeps; the
-/// rest are counted under `tenant_id="other",project_id="other"`.
+/// Most (tenant, project) series `iotpipe_tenant_messages_total` keeps; past
+/// it the pairs delivered to least recently are dropped (`PairSeries`).
 pub const MAX_TENANT_SERIES: usize = 5000;
 
 /// Shared as `Arc<MessageMetrics>`.
@@ -43,8 +43,13 @@ pub struct MessageMetrics {
     /// by `journal.forward_max_records`), and their payload bytes.
     pub journal_forward_records: AtomicI64,
     pub journal_forward_bytes: AtomicI64,
+    /// The journal's `max_size` (0: no journal).
+    pub journal_limit_bytes: AtomicI64,
     pub delivery_latency: Histogram,
-    per_tenant: Option<Mutex<HashMap<(String, String), u64>>>,
+    /// When delivery last made progress, or work started waiting (ms on
+    /// `clock::now_ms`): the base of `iotpipe_delivery_stalled_seconds`.
+    progress_ms: AtomicU64,
+    per_tenant: Option<Mutex<PairSeries<u64>>>,
     /// Dead letters logged so far (the log is thinned out past the first few).
     dead_letters_logged: AtomicU64,
 }
@@ -60,7 +65,7 @@ pub struct MessageSeries {
 
 impl MessageMetrics {
     pub fn new(per_tenant: bool) -> Self {
-        Self { per_tenant: per_tenant.then(|| Mutex::new(HashMap::new())), ..Self::default() }
+        Self { per_tenant: per_tenant.then(|| Mutex::new(PairSeries::new(MAX_TENANT_SERIES))), ..Self::default() }
     }
 
     pub fn dead_lettered(&self, reason: DeadLetterReason) -> u64 {
@@ -74,14 +79,32 @@ impl MessageMetrics {
     /// A message accepted from MQTT into the pipeline.
     pub fn on_received(&self, redelivered: bool) {
         self.received.fetch_add(1, Relaxed);
-        self.in_flight.fetch_add(1, Relaxed);
+        self.add_in_flight(1);
         if redelivered {
             self.mqtt_redelivered.fetch_add(1, Relaxed);
         }
     }
 
+    /// `n` more messages wait for delivery (received, or replayed from the
+    /// journal). Waiting starts the stall clock when nothing waited before.
+    pub fn add_in_flight(&self, n: i64) {
+        if self.in_flight.fetch_add(n, Relaxed) <= 0 && n > 0 {
+            self.progress_ms.store(clock::now_ms(), Relaxed);
+        }
+    }
+
+    /// Seconds since delivery last made progress while messages were
+    /// waiting; 0 when none waits.
+    pub fn stalled_seconds(&self) -> f64 {
+        if self.in_flight.load(Relaxed) <= 0 {
+            return 0.0;
+        }
+        clock::now_ms().saturating_sub(self.progress_ms.load(Relaxed)) as f64 / 1000.0
+    }
+
     /// A message is durable downstream (or its dead letter is).
     pub fn on_delivered(&self, reason: Option<DeadLetterReason>, tenant: &str, project: &str, latency: Duration) {
+        self.progress_ms.store(clock::now_ms(), Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
         self.delivery_latency.observe(latency);
         match reason {
@@ -92,12 +115,7 @@ impl MessageMetrics {
                 self.delivered.fetch_add(1, Relaxed);
                 if let Some(map) = &self.per_tenant {
                     if let Ok(mut m) = map.lock() {
-                        let key = if m.len() < MAX_TENANT_SERIES || m.contains_key(&(tenant.into(), project.into())) {
-                            (tenant.to_string(), project.to_string())
-                        } else {
-                            ("other".to_string(), "other".to_string())
-                        };
-                        *m.entry(key).or_insert(0) += 1;
+                        m.touch(tenant, project, |n| *n += 1);
                     }
                 }
             }
@@ -146,6 +164,12 @@ impl MessageMetrics {
             "iotpipe_messages_in_flight",
             "Messages received and not yet durable downstream.",
             self.in_flight.load(Relaxed),
+        );
+        gauge_f64(
+            o,
+            "iotpipe_delivery_stalled_seconds",
+            "Seconds since delivery downstream last made progress while messages were waiting (0: none waits).",
+            self.stalled_seconds(),
         );
         counter(o, "iotpipe_mqtt_reconnects_total", "MQTT connections lost.", self.mqtt_reconnects.load(Relaxed));
         counter(
@@ -200,9 +224,7 @@ impl MessageMetrics {
                 "# HELP iotpipe_tenant_messages_total Messages delivered, by tenant and project.\n# TYPE iotpipe_tenant_messages_total counter"
             );
             if let Ok(m) = map.lock() {
-                let mut rows: Vec<_> = m.iter().collect();
-                rows.sort();
-                for ((t, p), n) in rows {
+                for (t, p, n) in m.sorted() {
                     let _ = writeln!(
                         o,
                         "iotpipe_tenant_messages_total{{tenant_id=\"{}\",project_id=\"{}\"}} {n}",
@@ -210,6 +232,12 @@ impl MessageMetrics {
                         escape(p)
                     );
                 }
+                counter(
+                    o,
+                    "iotpipe_tenant_series_evicted_total",
+                    "Tenant/project pairs dropped from iotpipe_tenant_messages_total to stay at its cap (least recently delivered first).",
+                    m.evicted(),
+                );
             }
         }
     }
@@ -217,6 +245,12 @@ impl MessageMetrics {
     fn render_journal(&self, o: &mut String) {
         gauge(o, "iotpipe_journal_depth", "Journal records not yet delivered.", self.journal_depth.load(Relaxed));
         gauge(o, "iotpipe_journal_bytes", "Bytes of live journal segments.", self.journal_bytes.load(Relaxed));
+        gauge(
+            o,
+            "iotpipe_journal_limit_bytes",
+            "The journal's size limit (journal.max_size); appends are refused at it.",
+            self.journal_limit_bytes.load(Relaxed),
+        );
         counter(
             o,
             "iotpipe_journal_replayed_total",
@@ -293,7 +327,12 @@ mod tests {
         }
         let t = text(&m, MessageSeries::default());
         let series = t.lines().filter(|l| l.starts_with("iotpipe_tenant_messages_total{")).count();
-        assert_eq!(series, MAX_TENANT_SERIES + 1);
-        assert!(t.contains("iotpipe_tenant_messages_total{tenant_id=\"other\",project_id=\"other\"} 50\n"));
+        assert!(series <= MAX_TENANT_SERIES, "{series}");
+        assert!(t.contains(&format!(
+            "iotpipe_tenant_messages_total{{tenant_id=\"t{}\",project_id=\"p\"}} 1\n",
+            MAX_TENANT_SERIES + 49
+        )));
+        assert!(!t.contains("tenant_id=\"t0\""), "the least recently delivered pair went first");
+        assert!(t.contains(&format!("iotpipe_tenant_series_evicted_total {}\n", MAX_TENANT_SERIES + 50 - series)));
     }
 }

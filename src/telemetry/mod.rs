@@ -9,6 +9,7 @@
 mod consumer;
 mod logging;
 mod messages;
+mod pairs;
 mod process;
 mod store;
 
@@ -16,7 +17,7 @@ pub use consumer::ConsumerMetrics;
 pub use logging::{init as init_logging, LogConfig, LogFormat};
 pub use messages::{MessageMetrics, MessageSeries, MAX_TENANT_SERIES};
 pub use process::ProcessInfo;
-pub use store::StoreMetrics;
+pub use store::{CommittedRow, StoreMetrics, MAX_FRESHNESS_SERIES};
 
 use crate::health::Health;
 use std::fmt::Write as _;
@@ -163,6 +164,24 @@ pub(crate) fn counter_f64(o: &mut String, name: &str, help: &str, v: f64) {
 
 pub(crate) fn gauge(o: &mut String, name: &str, help: &str, v: i64) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+pub(crate) fn gauge_f64(o: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+/// Milliseconds on a monotonic clock that starts at its first use: for
+/// "seconds since" gauges, which must not jump with the wall clock.
+pub(crate) mod clock {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    static START: OnceLock<Instant> = OnceLock::new();
+
+    pub fn now_ms() -> u64 {
+        let start = *START.get_or_init(Instant::now);
+        u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 pub(crate) fn escape(v: &str) -> String {

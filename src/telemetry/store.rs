@@ -2,11 +2,28 @@
 //! batches, errors, retention and dead letters by reason. The names carry
 //! `sink_` for history; `run` writes through the same code and reports them too.
 
-use super::{counter, gauge, Histogram};
+use super::pairs::{PairSeries, DEFAULT_PAIR_SERIES};
+use super::{clock, counter, escape, gauge, Histogram};
 use crate::record::DeadLetterReason;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// Most (tenant, project) series of `iotpipe_sink_freshness_seconds`; past
+/// it the pairs stored least recently are dropped first.
+pub const MAX_FRESHNESS_SERIES: usize = DEFAULT_PAIR_SERIES;
+
+/// A committed row, as the metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct CommittedRow<'a> {
+    /// When the bridge (or `run`) received the message, epoch ms.
+    pub received_ms: i64,
+    /// The device's event time, when the payload has one, epoch ms.
+    pub event_ms: Option<i64>,
+    pub tenant_id: &'a str,
+    pub project_id: &'a str,
+}
 
 #[derive(Default)]
 pub struct StoreMetrics {
@@ -27,6 +44,9 @@ pub struct StoreMetrics {
     pub end_to_end: Histogram,
     /// From the device's event time (when the payload has one) to the commit.
     pub end_to_end_event: Histogram,
+    /// Per tenant/project: when a row of the pair was last committed (ms on
+    /// `clock::now_ms`), capped at `MAX_FRESHNESS_SERIES`.
+    freshness: Mutex<PairSeries<u64>>,
     dead_lettered: [AtomicU64; DeadLetterReason::ALL.len()],
 }
 
@@ -42,15 +62,25 @@ impl StoreMetrics {
         self.batch_latency.observe(took);
     }
 
-    /// Rows committed at `committed_ms` (epoch ms), given as their
-    /// (received_at, event time) in epoch ms: their end-to-end latency. A
-    /// clock behind the producer's counts as 0, not as negative.
-    pub fn on_committed(&self, rows: impl IntoIterator<Item = (i64, Option<i64>)>, committed_ms: i64) {
+    /// Rows committed at `committed_ms` (epoch ms): their end-to-end
+    /// latency (a clock behind the producer's counts as 0, not as negative)
+    /// and the freshness of their tenant/project.
+    pub fn on_committed<'a>(&self, rows: impl IntoIterator<Item = CommittedRow<'a>>, committed_ms: i64) {
         let since = |ms: i64| Duration::from_millis(u64::try_from(committed_ms.saturating_sub(ms)).unwrap_or(0));
-        for (received, event) in rows {
-            self.end_to_end.observe(since(received));
-            if let Some(event) = event {
+        let now = clock::now_ms();
+        let mut fresh = self.freshness.lock().ok();
+        let mut last: Option<(&str, &str)> = None;
+        for row in rows {
+            self.end_to_end.observe(since(row.received_ms));
+            if let Some(event) = row.event_ms {
                 self.end_to_end_event.observe(since(event));
+            }
+            // Rows of a batch come in runs of one pair: touch each run once.
+            if last != Some((row.tenant_id, row.project_id)) {
+                if let Some(f) = fresh.as_mut() {
+                    f.touch(row.tenant_id, row.project_id, |at| *at = now);
+                }
+                last = Some((row.tenant_id, row.project_id));
             }
         }
     }
@@ -94,7 +124,32 @@ impl StoreMetrics {
         self.retention_failures.fetch_add(1, Relaxed);
     }
 
+    fn render_freshness(&self, o: &mut String) {
+        let Ok(f) = self.freshness.lock() else { return };
+        let now = clock::now_ms();
+        let _ = writeln!(
+            o,
+            "# HELP iotpipe_sink_freshness_seconds Seconds since a row of the tenant/project was last committed (the {MAX_FRESHNESS_SERIES} pairs stored most recently).\n# TYPE iotpipe_sink_freshness_seconds gauge"
+        );
+        for (t, p, at) in f.sorted() {
+            let _ = writeln!(
+                o,
+                "iotpipe_sink_freshness_seconds{{tenant_id=\"{}\",project_id=\"{}\"}} {}",
+                escape(t),
+                escape(p),
+                now.saturating_sub(*at) as f64 / 1000.0
+            );
+        }
+        counter(
+            o,
+            "iotpipe_sink_freshness_evicted_total",
+            "Tenant/project pairs dropped from iotpipe_sink_freshness_seconds to stay at its cap (stored least recently first).",
+            f.evicted(),
+        );
+    }
+
     pub fn render(&self, o: &mut String) {
+        self.render_freshness(o);
         counter(o, "iotpipe_sink_rows_written_total", "Rows inserted into the store.", self.rows_written.load(Relaxed));
         counter(
             o,
@@ -182,7 +237,8 @@ mod tests {
         let m = StoreMetrics::new();
         // Received 300 ms and 40 s before the commit; one row has an event
         // time 2 s back, one a clock ahead of the committer's.
-        m.on_committed([(9_700, Some(8_000)), (-30_000, None), (10_500, Some(10_200))], 10_000);
+        let row = |received_ms, event_ms| CommittedRow { received_ms, event_ms, tenant_id: "acme", project_id: "p1" };
+        m.on_committed([row(9_700, Some(8_000)), row(-30_000, None), row(10_500, Some(10_200))], 10_000);
         let mut t = String::new();
         m.render(&mut t);
         assert!(t.contains("iotpipe_sink_end_to_end_seconds_count 3\n"), "{t}");
@@ -192,5 +248,28 @@ mod tests {
         assert!(t.contains("iotpipe_sink_end_to_end_seconds_bucket{le=\"60\"} 3\n"));
         assert!(t.contains("iotpipe_sink_event_to_store_seconds_count 2\n"), "rows without an event time are left out");
         assert!(t.contains("iotpipe_sink_event_to_store_seconds_bucket{le=\"2.5\"} 2\n"));
+    }
+
+    #[test]
+    fn freshness_is_per_pair_and_bounded() {
+        let m = StoreMetrics::new();
+        for i in 0..(MAX_FRESHNESS_SERIES + 10) {
+            let tenant = format!("t{i}");
+            let row = CommittedRow { received_ms: 0, event_ms: None, tenant_id: &tenant, project_id: "p" };
+            m.on_committed([row, row], 1);
+        }
+        let mut t = String::new();
+        m.render(&mut t);
+        let series: Vec<&str> = t.lines().filter(|l| l.starts_with("iotpipe_sink_freshness_seconds{")).collect();
+        assert!(series.len() <= MAX_FRESHNESS_SERIES, "{}", series.len());
+        let newest =
+            format!("iotpipe_sink_freshness_seconds{{tenant_id=\"t{}\",project_id=\"p\"}} ", MAX_FRESHNESS_SERIES + 9);
+        let line = series.iter().find(|l| l.starts_with(&newest)).expect("the newest pair is kept");
+        let age: f64 = line[newest.len()..].parse().expect("a number");
+        assert!((0.0..60.0).contains(&age), "{line}");
+        assert!(!t.contains("tenant_id=\"t0\""), "the pair stored least recently went first");
+        assert!(
+            t.contains(&format!("iotpipe_sink_freshness_evicted_total {}\n", MAX_FRESHNESS_SERIES + 10 - series.len()))
+        );
     }
 }
