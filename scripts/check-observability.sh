@@ -2,7 +2,8 @@
 # Checks the Grafana dashboards, the Prometheus alert rules and their unit
 # tests against a live bridge, sink and run (docs/observability.md).
 # Runs on a fresh Debian machine as root without input: installs promtool and
-# prometheus (Debian `prometheus`, its own service left stopped), PyYAML into
+# prometheus (Debian `prometheus`, its own service left stopped), amtool and
+# alertmanager (Debian `prometheus-alertmanager`, likewise), PyYAML into
 # a cached dir, the test services (scripts/services.sh), and builds
 # target/release/iotpipe unless IOTPIPE_BIN names a binary.
 # Usage: scripts/check-observability.sh [--static] [--no-self-test] [--keep] [--load-seconds N]
@@ -43,6 +44,23 @@ elif [[ -x /etc/init.d/prometheus ]] && service prometheus status >/dev/null 2>&
     say "stopping and disabling the system prometheus service"
     service prometheus stop >/dev/null 2>&1 || true
     update-rc.d prometheus disable >/dev/null 2>&1 || true
+fi
+
+# --- amtool and alertmanager (Debian prometheus-alertmanager): the inhibition rules ---
+if ! command -v amtool >/dev/null 2>&1; then
+    say "installing the Debian package prometheus-alertmanager (amtool, a private alertmanager)"
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    apt_install prometheus-alertmanager ||
+        say "could not install prometheus-alertmanager; the Alertmanager checks are skipped"
+    ((made_policy == 0)) || rm -f "$policy"
+fi
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus-alertmanager 2>/dev/null; then
+    say "stopping and disabling the system prometheus-alertmanager service"
+    systemctl disable --now prometheus-alertmanager >/dev/null 2>&1 || true
 fi
 
 # --- kubectl, to render deploy/grafana/kustomization.yaml (Debian kubernetes-client) ---

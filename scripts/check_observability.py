@@ -5,10 +5,16 @@ Run through scripts/check-observability.sh (it installs promtool/prometheus
 and PyYAML). Stages:
 
   static     dashboards are valid Grafana JSON (schemaVersion, unique panel
-             ids, datasource uids that the provisioning defines, variables that
-             exist), generated files are up to date, PrometheusRule = rule
-             file, every alert has a runbook anchor in docs/observability.md
-             and a firing and a quiet unit test
+             ids, datasource uids that the provisioning defines or a
+             datasource variable, variables that exist), generated files are
+             up to date, every shipped rule set (rule file, both
+             PrometheusRules, the Helm template) carries the generator's
+             alerts, no rule names a job, every alert has a plain `for:`, an
+             absolute runbook_url whose anchor is a heading of
+             docs/observability.md, and a firing and a quiet unit test;
+             the Alertmanager inhibition rules pass `amtool check-config`,
+             name only defined alerts, and a private Alertmanager inhibits
+             what they say (when the Debian package is installed)
   promtool   promtool check rules, promtool test rules (every *_test.yaml),
              promtool check config of the example prometheus.yml
   live       bridge (journal), sink -> PostgreSQL, sink -> InfluxDB,
@@ -158,6 +164,20 @@ def target_query(t):
     return t.get("rawSql") or t.get("query") or t.get("expr") or ""
 
 
+def ds_variables(dash):
+    return {v["name"]: v for v in dash.get("templating", {}).get("list", []) if v.get("type") == "datasource"}
+
+
+def resolve_ds(dash, ref):
+    """A panel's datasource reference with a ${datasource} variable replaced by the variable's current uid."""
+    if isinstance(ref, dict):
+        m = re.fullmatch(r"\$\{?(\w+)\}?", str(ref.get("uid", "")))
+        if m and m.group(1) in ds_variables(dash):
+            cur = ds_variables(dash)[m.group(1)].get("current", {}).get("value")
+            return {**ref, "uid": cur}
+    return ref
+
+
 def check_dashboard(name, dash, datasources):
     if not isinstance(dash.get("schemaVersion"), int):
         fail(f"{name}: schemaVersion missing")
@@ -170,7 +190,13 @@ def check_dashboard(name, dash, datasources):
     if dup or None in ids:
         fail(f"{name}: panel ids not unique or missing: {sorted(x for x in dup if x is not None)}")
 
+    for vname, v in ds_variables(dash).items():
+        cur = (v.get("current") or {}).get("value")
+        if cur not in datasources or datasources[cur]["type"] != v.get("query"):
+            fail(f"{name}: datasource variable {vname}: current {cur!r} is not a provisioned {v.get('query')} uid")
+
     def ds_ok(where, ref):
+        ref = resolve_ds(dash, ref)
         if not isinstance(ref, dict) or ref.get("uid") not in datasources:
             fail(f"{name}: {where}: datasource {ref!r} is not a provisioned uid ({', '.join(sorted(datasources))})")
             return
@@ -187,6 +213,8 @@ def check_dashboard(name, dash, datasources):
                     and b["y"] < a["y"] + a["h"]):
                 fail(f"{name}: panels {ta} and {tb} overlap")
     for vname, v in variables.items():
+        if v.get("type") == "datasource":
+            continue
         ds_ok(f"variable {vname}", v.get("datasource"))
         q = v.get("query")
         q = q.get("query", "") if isinstance(q, dict) else (q or "")
@@ -274,24 +302,8 @@ def static_checks(dashboards, datasources, rules, test_files):
         old = open(path).read() if os.path.exists(path) else None
         if old != text:
             fail(f"{os.path.relpath(path, REPO)} is stale: run python3 scripts/observability_gen.py")
-    with open(os.path.join(PROM_DIR, "prometheusrule.yaml")) as f:
-        pr = yaml.safe_load(f)
-    if pr.get("kind") != "PrometheusRule" or pr.get("spec") != rules:
-        fail("deploy/prometheus/prometheusrule.yaml does not carry the same rules as iotpipe.rules.yaml")
-    # Runbooks.
-    anchors = md_anchors(DOC) if os.path.exists(DOC) else set()
-    for a in alerts(rules):
-        url = a.get("annotations", {}).get("runbook_url", "")
-        m = re.fullmatch(r"(?:.*/)?docs/observability\.md#([\w-]+)", url)
-        if not m:
-            fail(f"alert {a['alert']}: runbook_url {url!r} does not point into docs/observability.md")
-        elif m.group(1) not in anchors:
-            fail(f"alert {a['alert']}: docs/observability.md has no heading for #{m.group(1)}")
-        for key in ("summary", "description"):
-            if not a.get("annotations", {}).get(key):
-                fail(f"alert {a['alert']}: annotation {key} missing")
-        if a.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
-            fail(f"alert {a['alert']}: severity label missing")
+    check_rule_sets(rules)
+    static_rule_annots(rules)
     names = check_rule_tests(rules, test_files)
     count("alerts", len(names))
     count("alert unit test cases", sum(len(t.get("alert_rule_test", [])) for p in test_files
@@ -299,6 +311,68 @@ def static_checks(dashboards, datasources, rules, test_files):
     with open(os.path.join(REPO, "README.md")) as f:
         if "docs/observability.md" not in f.read():
             fail("README.md does not link docs/observability.md")
+
+
+def static_rule_annots(rules):
+    """Runbooks (absolute, anchors that exist), plain `for:` durations, summary, description, severity."""
+    anchors = md_anchors(DOC) if os.path.exists(DOC) else set()
+    for a in alerts(rules):
+        url = a.get("annotations", {}).get("runbook_url", "")
+        m = re.fullmatch(r"https://\S+/docs/observability\.md#([\w-]+)", url)
+        if not m:
+            fail(f"alert {a['alert']}: runbook_url {url!r} is not an absolute https URL into docs/observability.md")
+        elif m.group(1) not in anchors:
+            fail(f"alert {a['alert']}: docs/observability.md has no heading for #{m.group(1)}")
+        elif m.group(1) != a["alert"].lower():
+            fail(f"alert {a['alert']}: runbook anchor #{m.group(1)} is not the alert's name")
+        if not re.fullmatch(r"\d+[smhd]", str(a.get("for", ""))):
+            fail(f"alert {a['alert']}: no plain `for:` duration (tests scale them): {a.get('for')!r}")
+        for key in ("summary", "description"):
+            if not a.get("annotations", {}).get(key):
+                fail(f"alert {a['alert']}: annotation {key} missing")
+        if a.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+            fail(f"alert {a['alert']}: severity label missing")
+
+
+def check_rule_sets(rules):
+    """Every shipped rule set carries the generator's rules: the rule file, the two PrometheusRules with
+    distinct names, the Helm template (rendered by scripts/check_deploy.py, which compares it too);
+    no rule names a job; the Alertmanager inhibition rules name defined alerts."""
+    want = observability_gen.rule_groups()
+    if rules.get("groups") != want:
+        fail("deploy/prometheus/iotpipe.rules.yaml differs from observability_gen.rule_groups()")
+    names = {}
+    for path in (observability_gen.PROMETHEUSRULE, observability_gen.KUSTOMIZE_RULE):
+        rel = os.path.relpath(path, REPO)
+        with open(path) as f:
+            pr = yaml.safe_load(f)
+        if pr.get("kind") != "PrometheusRule" or pr.get("spec") != {"groups": want}:
+            fail(f"{rel} does not carry the same rules as iotpipe.rules.yaml")
+        names.setdefault(pr["metadata"]["name"], []).append(rel)
+    helm = open(observability_gen.HELM_RULE).read()
+    m = re.search(r"^  name: (.*)$", helm, re.M)
+    names.setdefault(m.group(1) if m else "?", []).append("the Helm template")
+    for n, where in names.items():
+        if len(where) > 1 or n == "iotpipe":
+            fail(f"PrometheusRule name {n} is not distinct ({', '.join(where)}): applying both would overwrite one")
+    all_alerts = set(observability_gen.alert_names(want))
+    helm_alerts = set(re.findall(r"- alert: (\w+)", helm))
+    if helm_alerts != all_alerts:
+        fail(f"the Helm template's alerts differ: {sorted(helm_alerts ^ all_alerts)}")
+    for g in rules.get("groups", []):
+        for r in g["rules"]:
+            if re.search(r"\bjob\s*=~?", r["expr"]):
+                fail(f"rule {r.get('alert') or r.get('record')} matches on a job name: {r['expr']}")
+    am = yaml.safe_load(open(observability_gen.ALERTMANAGER))
+    for ir in am.get("inhibit_rules", []):
+        for mt in ir.get("source_matchers", []) + ir.get("target_matchers", []):
+            mm = re.fullmatch(r'alertname=~?"([^"]*)"', mt)
+            for n in (mm.group(1).split("|") if mm else []):
+                if n not in all_alerts:
+                    fail(f"deploy/alertmanager/alertmanager.yml inhibits with {n}, which no rule defines")
+        if set(ir.get("equal", [])) != {"namespace", "cluster"}:
+            fail(f"an inhibit rule is not scoped to namespace and cluster: {ir}")
+    count("rule sets compared", 4)
 
 
 def check_kustomize(dashboards):
@@ -346,6 +420,62 @@ def promtool_checks(test_files):
                            capture_output=True, text=True)
         if r.returncode:
             fail(f"promtool test rules {os.path.relpath(path, REPO)}:\n{r.stdout}{r.stderr}")
+
+
+def alertmanager_checks(config=None):
+    """amtool check-config, then a private Alertmanager fed one Kafka outage in namespace a (and a stall in
+    namespace b): everything but KafkaUnreachable in a must be inhibited, nothing in b."""
+    config = config or observability_gen.ALERTMANAGER
+    amtool = shutil.which("amtool")
+    server = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if not amtool or not server:
+        say("SKIPPED: Alertmanager checks (no amtool / alertmanager; apt-get install prometheus-alertmanager)")
+        return
+    r = subprocess.run([amtool, "check-config", config], capture_output=True, text=True)
+    if r.returncode:
+        fail(f"amtool check-config {os.path.relpath(config, REPO)}:\n{r.stdout}{r.stderr}")
+        return
+    count("amtool check-config")
+    work = tempfile.mkdtemp(prefix="iotpipe-check-am-")
+    port = free_port()
+    log = open(os.path.join(work, "alertmanager.log"), "w")
+    p = subprocess.Popen([server, f"--config.file={config}", f"--storage.path={work}",
+                          f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                         stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}/api/v2"
+        wait_port(port, timeout=30)
+        now = dt.datetime.now(dt.timezone.utc)
+        end = (now + dt.timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        fired = [("IotpipeKafkaUnreachable", "a", "critical"), ("IotpipeDeliveryStalled", "a", "critical"),
+                 ("IotpipeJournalFull", "a", "critical"), ("IotpipeConsumerLagGrowing", "a", "warning"),
+                 ("IotpipeTenantSilent", "a", "warning"), ("IotpipeFreshnessBudgetBurn", "a", "critical"),
+                 ("IotpipeDeliveryStalled", "b", "critical")]
+        body = json.dumps([{"labels": {"alertname": n, "namespace": ns, "severity": sev, "instance": "x"},
+                            "endsAt": end} for n, ns, sev in fired]).encode()
+        req = urllib.request.Request(f"{base}/alerts", data=body, headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10)
+        want = {(n, ns): not (ns == "a" and n != "IotpipeKafkaUnreachable") for n, ns, _ in fired}
+        got = {}
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            with urllib.request.urlopen(f"{base}/alerts", timeout=10) as resp:
+                alerts_ = json.loads(resp.read())
+            got = {(a["labels"]["alertname"], a["labels"]["namespace"]): not a["status"]["inhibitedBy"]
+                   for a in alerts_}
+            if got == want:
+                break
+            time.sleep(0.5)
+        for k, active in want.items():
+            if got.get(k) != active:
+                fail(f"Alertmanager ({os.path.basename(config)}): {k[0]} in namespace {k[1]} should be "
+                     f"{'active' if active else 'inhibited'} during a Kafka outage in namespace a, is "
+                     f"{ {True: 'active', False: 'inhibited', None: 'missing'}[got.get(k)] }")
+        count("Alertmanager inhibition scenarios")
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
@@ -705,8 +835,10 @@ def start_prometheus(work, st, procs, with_ts):
             "iotpipe-run": ["run"]}
     cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
            "rule_files": [rules],
+           # namespace: as the Prometheus Operator adds it (the rules aggregate by it, the dashboard filters on it).
            "scrape_configs": [{"job_name": job, "static_configs": [
-               {"targets": [f"127.0.0.1:{st.ports[n]}" for n in names]}]} for job, names in jobs.items()]}
+               {"targets": [f"127.0.0.1:{st.ports[n]}" for n in names], "labels": {"namespace": "obs-check"}}]}
+               for job, names in jobs.items()]}
     path = os.path.join(work, "prometheus.yml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
@@ -805,6 +937,8 @@ def prom_exprs(dashboards):
         if dash["uid"] != "iotpipe-pipeline":
             continue
         for v in dash["templating"]["list"]:
+            if v.get("type") == "datasource":
+                continue
             q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
             out.append((f"{name} variable {v['name']}", q, True))
         for p in all_panels(dash):
@@ -821,6 +955,8 @@ def prom_checks(base, dashboards, rules, scraped):
     ctx = Ctx(now - dt.timedelta(minutes=2), now, 2000, {})
     # Variables: label_values(metric, label), in order; then "All" of each.
     for v in pipeline["templating"]["list"]:
+        if v.get("type") == "datasource":
+            continue
         q = interpolate(v["query"]["query"], ctx, "prom", variables)
         m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", q.strip())
         count("PromQL queries (variables)")
@@ -888,8 +1024,9 @@ def prom_checks(base, dashboards, rules, scraped):
     # The rules as loaded by Prometheus: evaluated without errors, nothing firing.
     data = prom_get(base, "/rules")
     loaded = [r for g in data["groups"] for r in g["rules"]]
-    if len(loaded) != len(alerts(rules)):
-        fail(f"Prometheus loaded {len(loaded)} rules, the rule file has {len(alerts(rules))}")
+    n_rules = sum(len(g["rules"]) for g in rules["groups"])
+    if len(loaded) != n_rules:
+        fail(f"Prometheus loaded {len(loaded)} rules, the rule file has {n_rules}")
     for r in loaded:
         if r.get("health") == "err" or r.get("lastError"):
             fail(f"rule {r['name']}: evaluation error in Prometheus: {r.get('lastError')}")
@@ -921,11 +1058,13 @@ def min_interval_ms(datasources, uid, panel=None):
 def resolve_variables(name, dash, datasources, ctx, run_var):
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     for v in dash["templating"]["list"]:
-        uid = v["datasource"]["uid"]
+        if v.get("type") == "datasource":
+            continue
+        uid = resolve_ds(dash, v["datasource"])["uid"]
         ctx.interval_ms = grafana_interval_ms((ctx.t_to - ctx.t_from).total_seconds() * 1000, 1000,
                                               min_interval_ms(datasources, uid))
         q = v["query"] if isinstance(v["query"], str) else v["query"].get("query", "")
-        count(f"{v['datasource']['type']} variable queries")
+        count(f"{datasources[uid]['type']} variable queries")
         try:
             vals = run_var(interpolate(q, ctx, kind_of(v["datasource"]["type"]), variables))
         except Exception as e:  # noqa: BLE001
@@ -949,7 +1088,8 @@ def sql_dashboard_checks(name, dash, datasources, url):
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=1)
     for label, f, t in ranges(now):
         ctx = Ctx(f, t, 1000, {})
-        var_ds = datasources[dash["templating"]["list"][0]["datasource"]["uid"]]
+        var_ds = datasources[next(resolve_ds(dash, v["datasource"])["uid"] for v in dash["templating"]["list"]
+                                  if v.get("type") != "datasource")]
 
         def run_var(q):
             sql = expand_sql_macros(q, ctx, var_ds.get("jsonData", {}).get("timescaledb", False))
@@ -958,11 +1098,14 @@ def sql_dashboard_checks(name, dash, datasources, url):
         variables = resolve_variables(name, dash, datasources, ctx, run_var)
         for p in all_panels(dash):
             for tg in p.get("targets", []):
-                uid = tg["datasource"]["uid"]
+                uid = resolve_ds(dash, tg["datasource"])["uid"]
                 tsdb = datasources[uid].get("jsonData", {}).get("timescaledb", False)
                 ctx.interval_ms = grafana_interval_ms((t - f).total_seconds() * 1000, p.get("maxDataPoints", 1000),
                                                       min_interval_ms(datasources, uid, p))
                 sql = expand_sql_macros(interpolate(tg["rawSql"], ctx, "sql", variables), ctx, tsdb)
+                if p["title"] == "Silent devices":
+                    # Every device of the run is fresh: a threshold in the future makes each one "silent".
+                    sql = sql.replace(f"interval '{observability_gen.SILENT_AFTER}'", "interval '-1 hour'")
                 count("SQL queries (panels x ranges)")
                 where = f"{name} '{p['title']}' {tg['refId']} ({label}, $__interval {fmt_duration(ctx.interval_ms)})"
                 try:
@@ -989,7 +1132,7 @@ def influx_dashboard_checks(name, dash, datasources, base, db):
         variables = resolve_variables(name, dash, datasources, ctx, run_var)
         for p in all_panels(dash):
             for tg in p.get("targets", []):
-                uid = tg["datasource"]["uid"]
+                uid = resolve_ds(dash, tg["datasource"])["uid"]
                 ctx.interval_ms = grafana_interval_ms((t - f).total_seconds() * 1000, p.get("maxDataPoints", 1000),
                                                       min_interval_ms(datasources, uid, p))
                 q = expand_influx_macros(interpolate(tg["query"], ctx, "influx", variables), ctx)
@@ -1052,6 +1195,18 @@ def self_test_static(dashboards, datasources, rules, test_files):
         with open(path, "w") as f:
             yaml.safe_dump(doc, f)
         expect_caught("an alert without a unit test", lambda: check_rule_tests(rules, [path]))
+        if shutil.which("amtool"):
+            am = yaml.safe_load(open(observability_gen.ALERTMANAGER))
+            for ir in am["inhibit_rules"]:
+                ir["equal"] = ["cluster"]
+            path = os.path.join(tmp, "alertmanager.yml")
+            with open(path, "w") as f:
+                yaml.safe_dump(am, f)
+            expect_caught("inhibition across namespaces", lambda: alertmanager_checks(path))
+        r = copy.deepcopy(rules)
+        r["groups"][0]["rules"][0]["annotations"]["runbook_url"] = "docs/observability.md#iotpipebridgedown"
+        r["groups"][1]["rules"][0]["expr"] = 'up{job="iotpipe-bridge"} == 0'
+        expect_caught("a relative runbook URL and a job selector", lambda: check_rule_sets(r) or static_rule_annots(r))
     finally:
         shutil.rmtree(tmp)
 
@@ -1118,6 +1273,7 @@ def main():
         fail("no *_test.yaml beside the rule file")
     static_checks(dashboards, datasources, rules, test_files)
     promtool_checks(test_files)
+    alertmanager_checks()
     if args.self_test:
         self_test_static(dashboards, datasources, rules, test_files)
     say(f"static and promtool checks done ({time.time() - t0:.1f} s)")

@@ -46,8 +46,17 @@ ROLLUP_MAX_DATA_POINTS = 300
 
 class Board:
     def __init__(self, uid, title, ds, tags):
-        self.uid, self.title, self.ds, self.tags = uid, title, ds, tags
-        self.panels, self.variables = [], []
+        # Panels and variables use the datasource variable; its default is the provisioned uid.
+        self.uid, self.title, self.tags = uid, title, tags
+        self.ds = {"type": ds["type"], "uid": "${datasource}"}
+        self.panels = []
+        self.variables = [{
+            "name": "datasource", "label": "Datasource", "type": "datasource", "query": ds["type"],
+            "current": {"selected": True, "text": ds["uid"], "value": ds["uid"]},
+            "regex": "", "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1,
+            "skipUrlSync": False,
+            "description": f"The {ds['type']} datasource; provisioned as {ds['uid']} "
+                           "(deploy/grafana/provisioning/datasources/iotpipe.yaml)."}]
         self.x = self.y = self.row_h = 0
 
     def place(self, w, h):
@@ -158,6 +167,27 @@ def skip_scan(column, condition):
             "SELECT v FROM t WHERE v IS NOT NULL")
 
 
+# A device is silent when its newest row is older than this before the range's end.
+SILENT_AFTER = "15 minutes"
+# Dead letters have no tenant column: a selected tenant is a segment of the MQTT topic or the tenant_id header.
+SQL_DL_TENANT = ("(string_to_array(coalesce(mqtt_topic, ''), '/') && ARRAY[$tenant]::text[] "
+                 "OR headers->>'tenant_id' IN ($tenant))")
+DL_TENANT_NOTE = ("Dead letters of the selected tenants: those whose MQTT topic has a selected tenant as a segment "
+                  "(or whose tenant_id header names one). A topic outside route.topic_pattern may name no tenant: "
+                  "the pipeline dashboard counts those.")
+
+
+def skip_scan_devices():
+    """Distinct (tenant, project, device) of the range in the selected tenants and projects, as a skip scan."""
+    step = ("SELECT tenant_id, project_id, device_id FROM telemetry WHERE {after}$__timeFilter(time) "
+            "AND tenant_id IN ($tenant) AND project_id IN ($project) AND device_id IN ($device) "
+            "ORDER BY tenant_id, project_id, device_id LIMIT 1")
+    after = "(tenant_id, project_id, device_id) > (t.a, t.b, t.c) AND "
+    return ("WITH RECURSIVE t(a, b, c) AS ((" + step.format(after="") + ") UNION ALL "
+            "SELECT n.* FROM t, LATERAL (" + step.format(after=after) + ") AS n) "
+            "SELECT a AS tenant_id, b AS project_id, c AS device_id FROM t")
+
+
 def telemetry_sql(store):
     ts = store == "timescaledb"
     name = "TimescaleDB" if ts else "PostgreSQL"
@@ -260,15 +290,16 @@ def telemetry_sql(store):
     dl_rate = (
         "SELECT $__timeGroupAlias(received_at, $__interval), reason AS metric, count(*) AS value\n"
         "FROM dead_letters\n"
-        "WHERE $__timeFilter(received_at)\n"
+        f"WHERE $__timeFilter(received_at) AND {SQL_DL_TENANT}\n"
         "GROUP BY 1, 2\n"
         "ORDER BY 1")
     b.panel("timeseries", "Dead letters by reason", [sql_target(dl_rate)], w=8, h=9,
-            description="Dead letters stored per interval (all tenants: a dead letter may have none).",
+            description=DL_TENANT_NOTE,
             extra={"fieldConfig": {"defaults": {"custom": {"drawStyle": "bars", "fillOpacity": 60,
                                                            "stacking": {"mode": "normal", "group": "A"}}},
                                    "overrides": []}})
-    dl_sum = ("SELECT reason, count(*) AS dead_letters\nFROM dead_letters\nWHERE $__timeFilter(received_at)\n"
+    dl_sum = ("SELECT reason, count(*) AS dead_letters\nFROM dead_letters\n"
+              f"WHERE $__timeFilter(received_at) AND {SQL_DL_TENANT}\n"
               "GROUP BY reason\nORDER BY 2 DESC")
     b.panel("bargauge", "Dead letters in the range", [sql_target(dl_sum, "table")], w=4, h=9,
             options={"orientation": "horizontal", "displayMode": "basic",
@@ -277,11 +308,53 @@ def telemetry_sql(store):
         "SELECT received_at AS time, reason, error, mqtt_topic, source, length(payload) AS bytes,\n"
         "       encode(substring(payload FROM 1 FOR 200), 'escape') AS payload\n"
         "FROM dead_letters\n"
-        "WHERE $__timeFilter(received_at)\n"
+        f"WHERE $__timeFilter(received_at) AND {SQL_DL_TENANT}\n"
         "ORDER BY received_at DESC\n"
         "LIMIT 100")
     b.panel("table", "Latest dead letters", [sql_target(dl_table, "table")], w=12, h=9,
-            options={"showHeader": True, "cellHeight": "sm"})
+            description=DL_TENANT_NOTE, options={"showHeader": True, "cellHeight": "sm"})
+    silent = (
+        "-- Devices that reported in the range and whose newest row (at any time) is older than\n"
+        f"-- {SILENT_AFTER} before the range's end: one index probe per device.\n"
+        "SELECT d.tenant_id, d.project_id, d.device_id, l.time AS last_seen,\n"
+        "       round(extract(epoch FROM ($__timeTo()::timestamptz - l.time))) AS silent_seconds\n"
+        f"FROM ({skip_scan_devices()}) AS d\n"
+        "CROSS JOIN LATERAL (\n"
+        "    SELECT t.time FROM telemetry AS t\n"
+        "    WHERE t.tenant_id = d.tenant_id AND t.project_id = d.project_id AND t.device_id = d.device_id\n"
+        "    ORDER BY t.time DESC LIMIT 1) AS l\n"
+        f"WHERE l.time < $__timeTo()::timestamptz - interval '{SILENT_AFTER}'\n"
+        "ORDER BY l.time")
+    b.panel("table", "Silent devices", [sql_target(silent, "table")], w=12, h=9, unit=None,
+            description=f"Devices of the selected tenants and projects that sent in the range but nothing in the "
+                        f"last {SILENT_AFTER} (before the range's end), oldest first: the devices that stopped "
+                        "reporting, which 'Latest value per device' no longer shows once they leave the range. "
+                        "Widen the range to look further back.",
+            options={"showHeader": True, "cellHeight": "sm"},
+            field_defaults={"custom": {"align": "auto"}},
+            extra={"fieldConfig": {"defaults": {}, "overrides": [
+                {"matcher": {"id": "byName", "options": "silent_seconds"},
+                 "properties": [{"id": "unit", "value": "s"}]}]}})
+    if ts:
+        jobs = (
+            "SELECT j.job_id, j.application_name, j.proc_name, j.hypertable_name, j.schedule_interval,\n"
+            "       s.last_run_status, s.job_status, s.last_run_started_at, s.last_successful_finish,\n"
+            "       s.next_start, s.total_runs, s.total_successes, s.total_failures\n"
+            "FROM timescaledb_information.jobs AS j\n"
+            "LEFT JOIN timescaledb_information.job_stats AS s ON s.job_id = j.job_id\n"
+            "WHERE j.job_id >= 1000\n"
+            "ORDER BY (s.last_run_status = 'Failed') DESC NULLS LAST, j.job_id")
+        b.panel("table", "TimescaleDB jobs (compression, retention, rollup)", [sql_target(jobs, "table")], w=12,
+                h=9, description="The background jobs of the store's policies (timescaledb_information.jobs and "
+                                 "job_stats): a last_run_status of Failed or total_failures rising means "
+                                 "compression, retention or the rollup refresh fails; the PostgreSQL log has "
+                                 "the error. Failed jobs first.",
+                options={"showHeader": True, "cellHeight": "sm"},
+                extra={"fieldConfig": {"defaults": {}, "overrides": [
+                    {"matcher": {"id": "byName", "options": "last_run_status"},
+                     "properties": [{"id": "custom.cellOptions", "value": {"type": "color-background"}},
+                                    {"id": "mappings", "value": [{"type": "value", "options": {
+                                        "Failed": {"color": "red"}, "Success": {"color": "green"}}}]}]}]}})
     return b.render(description=f"Telemetry stored by iotpipe sink / run in {name} (docs/observability.md).")
 
 
@@ -292,6 +365,7 @@ def telemetry_sql(store):
 INFLUX_DEVICE_FILTER = '"tenant_id" =~ /^$tenant$/ AND "project_id" =~ /^$project$/ AND "device_id" =~ /^$device$/'
 # iotpipe's own fields of a telemetry point; not payload fields.
 INFLUX_OWN_FIELDS = ["id", "mqtt_topic", "event_time_ms", "raw", "raw_base64"]
+INFLUX_DL_TENANT = '"mqtt_topic" =~ /\\/${tenant}(\\/|$)/'
 
 
 def influx_target(query, fmt="time_series", alias=""):
@@ -331,19 +405,28 @@ def telemetry_influx():
             description="The newest 100 points of the selected devices: tags, iotpipe's fields and the payload's "
                         "fields (a payload that is not JSON is the field raw or raw_base64).",
             options={"showHeader": True, "cellHeight": "sm"})
-    dl_rate = 'SELECT count("source") FROM "dead_letters" WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)'
+    dl_rate = (f'SELECT count("source") FROM "dead_letters" WHERE {INFLUX_DL_TENANT} AND $timeFilter '
+               'GROUP BY time($__interval), "reason" fill(none)')
     b.panel("timeseries", "Dead letters by reason", [influx_target(dl_rate, alias="$tag_reason")], w=8, h=9,
             extra={"fieldConfig": {"defaults": {"custom": {"drawStyle": "bars", "fillOpacity": 60,
                                                            "stacking": {"mode": "normal", "group": "A"}}},
                                    "overrides": []}})
-    dl_sum = 'SELECT count("source") AS "dead_letters" FROM "dead_letters" WHERE $timeFilter GROUP BY "reason"'
+    dl_sum = (f'SELECT count("source") AS "dead_letters" FROM "dead_letters" WHERE {INFLUX_DL_TENANT} '
+              'AND $timeFilter GROUP BY "reason"')
     b.panel("bargauge", "Dead letters in the range", [influx_target(dl_sum, alias="$tag_reason")], w=4, h=9,
             options={"orientation": "horizontal", "displayMode": "basic",
                      "reduceOptions": {"values": False, "calcs": ["sum"], "fields": ""}})
     dl_table = ('SELECT "reason", "error", "mqtt_topic", "source", "payload" FROM "dead_letters" '
-                'WHERE $timeFilter ORDER BY time DESC LIMIT 100')
+                f'WHERE {INFLUX_DL_TENANT} AND $timeFilter ORDER BY time DESC LIMIT 100')
     b.panel("table", "Latest dead letters", [influx_target(dl_table, "table")], w=12, h=9,
-            options={"showHeader": True, "cellHeight": "sm"})
+            description=DL_TENANT_NOTE, options={"showHeader": True, "cellHeight": "sm"})
+    last_seen = (f'SELECT last("id") AS "id" FROM "telemetry" WHERE {INFLUX_DEVICE_FILTER} AND $timeFilter '
+                 'GROUP BY "tenant_id", "project_id", "device_id"')
+    b.panel("table", "Last seen per device", [influx_target(last_seen, "table")], w=12, h=9,
+            description="The time of each device's newest point in the range, oldest first: devices that stopped "
+                        "reporting come first (InfluxQL cannot filter on an aggregate's time; the SQL dashboards "
+                        "list only the silent ones).",
+            options={"showHeader": True, "cellHeight": "sm", "sortBy": [{"displayName": "Time", "desc": False}]})
     return b.render(description="Telemetry stored by iotpipe sink / run in InfluxDB 1.x (docs/observability.md).")
 
 
@@ -351,7 +434,7 @@ def telemetry_influx():
 # iotpipe pipeline (Prometheus)
 # --------------------------------------------------------------------------
 
-S = 'job=~"$job", instance=~"$instance"'
+S = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
 
 
 def prom(expr, legend=""):
@@ -369,11 +452,15 @@ def quantiles(metric, legend):
 
 def pipeline():
     b = Board("iotpipe-pipeline", "iotpipe pipeline", DS["prometheus"], ["iotpipe", "pipeline"])
-    b.variable("job", "Job", {"query": "label_values(iotpipe_build_info, job)", "refId": "job"},
-               all_value="iotpipe-.*")
+    # Every iotpipe process exports iotpipe_build_info: the variables list only iotpipe targets, whatever
+    # the job names (a Prometheus without a namespace label: "All" is .*, which matches the empty value).
+    b.variable("namespace", "Namespace", {"query": "label_values(iotpipe_build_info, namespace)",
+                                          "refId": "namespace"}, all_value=".*")
+    b.variable("job", "Job", {"query": 'label_values(iotpipe_build_info{namespace=~"$namespace"}, job)',
+                              "refId": "job"}, all_value=".*")
     b.variable("instance", "Instance",
-               {"query": 'label_values(iotpipe_build_info{job=~"$job"}, instance)', "refId": "instance"},
-               all_value=".*")
+               {"query": 'label_values(iotpipe_build_info{namespace=~"$namespace", job=~"$job"}, instance)',
+                "refId": "instance"}, all_value=".*")
     stat = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}, "colorMode": "background",
             "graphMode": "none", "textMode": "value_and_name"}
     up_map = {"mappings": [{"type": "value", "options": {"0": {"text": "down", "color": "red"},
@@ -413,12 +500,52 @@ def pipeline():
              prom(rate("iotpipe_mqtt_redelivered_total"), "redelivered/s {{instance}}"),
              prom(rate("iotpipe_mqtt_acks_abandoned_total"), "acks abandoned/s {{instance}}")], w=8)
 
+    b.panel("timeseries", "Delivery stalled", [prom(f"iotpipe_delivery_stalled_seconds{{{S}}}", "{{instance}}")],
+            w=8, unit="s", description="Seconds since delivery (Kafka for the bridge, the store for run) last made "
+                                       "progress while messages wait; 0 when none waits. IotpipeDeliveryStalled "
+                                       "fires above 60 s.")
+    b.panel("timeseries", "End-to-end latency p50 / p99 (receipt to store commit)",
+            quantiles("iotpipe_sink_end_to_end_seconds", "{{instance}}")
+            + [prom(f"histogram_quantile(0.99, sum by (le) (rate(iotpipe_sink_event_to_store_seconds_bucket{{{S}}}"
+                    "[$__rate_interval])))", "p99 event time to store")], w=8, unit="s",
+            description="Per stored row, from the bridge's receipt (run: its own) to the store commit "
+                        "(iotpipe_sink_end_to_end_seconds); and from the device's event time "
+                        "(iotpipe_sink_event_to_store_seconds, includes the device's delay and clock).")
+    slo_le = str(SLO_SECONDS).replace(".", "\\\\.")
+    b.panel("timeseries", f"Freshness SLO: rows stored within {SLO_SECONDS} s",
+            [prom(f'sum(rate(iotpipe_sink_end_to_end_seconds_bucket{{le=~"{slo_le}(\\\\.0)?", {S}}}[$__rate_interval]))'
+                  f" / sum(rate(iotpipe_sink_end_to_end_seconds_count{{{S}}}[$__rate_interval]))", "within SLO"),
+             prom(f'(1 - sum(rate(iotpipe_sink_end_to_end_seconds_bucket{{le=~"{slo_le}(\\\\.0)?", {S}}}[1h]))'
+                  f" / sum(rate(iotpipe_sink_end_to_end_seconds_count{{{S}}}[1h]))) / {1 - SLO_TARGET:.2f}",
+                  "burn rate (1h)")], w=8, unit="percentunit",
+            description=f"Share of rows stored within {SLO_SECONDS} s of their receipt (SLO: {SLO_TARGET:.0%}); "
+                        "burn rate 1 spends the 30-day error budget in 30 days, IotpipeFreshnessBudgetBurn pages at "
+                        "14.4 (1h and 5m) and tickets at 6 (6h and 30m).",
+            extra={"fieldConfig": {"defaults": {"unit": "percentunit"}, "overrides": [
+                {"matcher": {"id": "byName", "options": "burn rate (1h)"},
+                 "properties": [{"id": "unit", "value": "none"}, {"id": "custom.axisPlacement", "value": "right"}]}]}})
+    b.panel("table", "Freshness per tenant / project (stalest 20)",
+            [dict(prom(f"topk(20, min by (tenant_id, project_id) (iotpipe_sink_freshness_seconds{{{S}}}))"),
+                  format="table", instant=True, range=False)], w=16, unit="s",
+            description="Seconds since the last row of each pair was committed (the lowest of its sinks), stalest "
+                        "first; IotpipeTenantSilent fires above 15 minutes. A bounded set per process: when full "
+                        "the stalest pair is evicted (counted beside).",
+            options={"showHeader": True, "cellHeight": "sm", "sortBy": [{"displayName": "Value", "desc": True}]})
+    b.panel("timeseries", "Freshness pairs evicted",
+            [prom(f"sum by (instance) (increase(iotpipe_sink_freshness_evicted_total{{{S}}}[$__rate_interval]))",
+                  "{{instance}}")], w=8,
+            description="Pairs dropped from the freshness gauge's bounded label set (the stalest first).")
+
     b.panel("timeseries", "Journal depth",
             [prom(f"iotpipe_journal_depth{{{S}}}", "depth {{instance}}"),
              prom(f"iotpipe_journal_forward_records{{{S}}}", "forwarding {{instance}}")], w=8,
             description="Records journaled and not yet delivered; forwarding: read by the bridge and not yet "
                         "acknowledged by Kafka.")
-    b.panel("timeseries", "Journal bytes", [prom(f"iotpipe_journal_bytes{{{S}}}", "{{instance}}")], w=8, unit="bytes")
+    b.panel("timeseries", "Journal fill", [prom(f"iotpipe_journal_bytes{{{S}}} / iotpipe_journal_limit_bytes{{{S}}}",
+                                                "{{instance}}")], w=8, unit="percentunit",
+            description="Live segment bytes over journal.max_size (iotpipe_journal_limit_bytes). "
+                        "IotpipeJournalFilling: above 80%, or above 40% and full within 4 hours at the last hour's "
+                        "pace.")
     b.panel("timeseries", "Journal fsyncs", [prom(rate("iotpipe_journal_fsyncs_total"), "{{instance}}")], w=8,
             unit="ops")
 
@@ -426,9 +553,13 @@ def pipeline():
             [prom(rate("iotpipe_sink_rows_written_total"), "written {{instance}}"),
              prom(rate("iotpipe_sink_rows_duplicate_total"), "duplicate {{instance}}"),
              prom(rate("iotpipe_sink_records_consumed_total"), "consumed from Kafka {{instance}}")], unit="reqps")
-    b.panel("timeseries", "Consumer lag",
-            [prom(f"sum by (instance) (iotpipe_sink_consumer_lag_records{{{S}}})", "{{instance}}")],
-            description="Records behind the end of the partitions each sink holds (librdkafka statistics, 5 s).")
+    b.panel("timeseries", "Consumer lag (seconds)",
+            [prom(f"max by (instance) (iotpipe_sink_consumer_lag_seconds{{{S}}})", "{{instance}}")], w=6, unit="s",
+            description="Age of the oldest record each sink has not consumed yet (estimated per partition, the "
+                        "maximum); 0 when caught up. IotpipeConsumerLagGrowing: above 5 minutes and not shrinking.")
+    b.panel("timeseries", "Consumer lag (records)",
+            [prom(f"sum by (instance) (iotpipe_sink_consumer_lag_records{{{S}}})", "{{instance}}")], w=6,
+            description="Records behind the end of the partitions each sink holds (watermarks, every 5 s).")
     b.panel("timeseries", "Store write latency (batch) p50 / p99", quantiles("iotpipe_sink_batch_seconds", "{{instance}}")
             + [prom(rate("iotpipe_sink_batches_total"), "batches/s {{instance}}")], w=8, unit="s",
             description="Time to write and commit one batch.",
@@ -468,7 +599,8 @@ def pipeline():
             [prom(f"topk(20, sum by (tenant_id, project_id) "
                   f"(rate(iotpipe_tenant_messages_total{{{S}}}[$__rate_interval])))",
                   "{{tenant_id}}/{{project_id}}")], w=24, unit="reqps",
-            description="Only with http.per_tenant_metrics = true (at most 5,000 series, then other).")
+            description="Only with http.per_tenant_metrics = true (at most 5,000 series; beyond, the least recently "
+                        "used pair is evicted).")
     return b.render(time_from="now-3h", description="iotpipe bridge, sink and run from their /metrics "
                                                     "(docs/metrics.md, docs/observability.md).")
 
