@@ -11,9 +11,15 @@ rules wait minutes (`for: 2m`, `rate(...[5m])`); a fault of a scenario lasts
 20-60 s. The copy multiplies by the scale every `for:` / `keep_firing_for:`,
 every range `[5m]` and subquery `[1h:5m]`, and every `offset`, so that the
 rules keep their proportions (a 5m rate under a 2m `for:` stays 2.5 times the
-`for:`). Ranges are kept at least 4 s (4 scrapes: rate() needs two samples).
-Groups evaluate every second. Numeric thresholds in the expressions are not
-scaled. Everything else, labels, selectors, thresholds, is the shipped text.
+`for:`). Thresholds that are durations are scaled the same way: a gauge of
+seconds compared with a number (`iotpipe_delivery_stalled_seconds > 60`,
+`time() - process_start_time_seconds > 1800`; not histogram buckets) and the
+horizon of predict_linear. Ranges are kept at least 4 s (4 scrapes: rate()
+needs two samples). Groups evaluate every second. Everything else (selectors,
+latency bucket bounds such as the SLO's `le="10"`, ratios, counts) is the
+shipped text. What iotpipe itself does on a clock (Kafka probes every 5 s,
+hourly retention) is not scaled: with scale 0.05 a rule about hourly
+retention becomes one about 3 minutes.
 """
 import json
 import os
@@ -76,6 +82,26 @@ def scale_rules(text, scale, min_range=MIN_RANGE_S):
         new = ("-" if neg else "") + scaled(m.group(1).lstrip("-"))
         changes.append(("offset", m.group(1), new))
         return f"offset {new}"
+
+    def threshold(m):
+        num = float(m.group(7)) * scale
+        new = f"{num:.3f}".rstrip("0").rstrip(".")
+        changes.append(("threshold", m.group(0).strip(), f"{m.group(1)} {m.group(5)} {new}"))
+        return "".join(m.group(i) or "" for i in range(1, 7)) + new
+
+    def horizon(m):
+        changes.append(("predict_linear horizon", m.group(2), f"({m.group(2)}) * {scale:g}"))
+        return f"predict_linear({m.group(1)}, ({m.group(2)}) * {scale:g})"
+
+    lines = []
+    for line in text.split("\n"):
+        if not re.match(r"\s*(#|(description|summary|runbook_url|message):)", line):
+            # an age in seconds compared to a number: `*_seconds > N`, `time() - *_seconds > N`
+            line = re.sub(r"\b([A-Za-z_:][A-Za-z0-9_:]*_seconds)(?![A-Za-z0-9_:])(\{[^}]*\})?((?:\s*\))*)(\s*)"
+                          r"(>=|>|<=|<)(\s*)(\d+(?:\.\d+)?)\b", threshold, line)
+            line = re.sub(r"predict_linear\(([^,()]+\]),\s*([^()]+?)\s*\)", horizon, line)
+        lines.append(line)
+    text = "\n".join(lines)
 
     out = re.sub(rf"^(\s*(?:for|keep_firing_for):\s*)['\"]?({DUR})['\"]?(\s*(?:#.*)?)$", for_line, text, flags=re.M)
     out = re.sub(rf"^(\s*(?:-\s+)?interval:\s*)['\"]?({DUR})['\"]?(\s*(?:#.*)?)$", interval_line, out, flags=re.M)
