@@ -60,6 +60,12 @@ HELM = {
 HELM_SCENARIOS = {
     # Another namespace: its MQTT client ids must differ from the default render's.
     "helm:namespace iotpipe-staging": ({}, "iotpipe-staging"),
+    # Rules of a run-only release: IotpipeRunDown and no bridge/sink down alerts, another runbook base
+    # (scripts/observability_gen.py; check_prometheus_rules).
+    "helm:run only, prometheusRule": (
+        {**yaml.safe_load((CHART / "ci" / "run-values.yaml").read_text()),
+         "prometheusRule": {"enabled": True, "runbookBaseUrl": "https://docs.example/iotpipe/observability.md"}},
+        "iotpipe-dev"),
     # The Strimzi objects follow kafka.topic and kafka.retention.
     "helm:topic telemetry.*, retention 7d": (
         {"strimzi": {"enabled": True}, "kafka": {"topic": "telemetry.{tenant_id}.{project_id}", "retention": "7d"},
@@ -1778,6 +1784,35 @@ def run_checkov(checkov: str, rendered_dir: Path, report: Report) -> None:
 def check_render(r: Render, report: Report, renders: list[Render]) -> None:
     check_workloads(r, report)
     check_semantics(r, report, renders)
+    check_prometheus_rules(r, report)
+
+
+def check_prometheus_rules(r: Render, report: Report) -> None:
+    """A PrometheusRule carries the rules of scripts/observability_gen.py: the Kustomize one exactly, the Helm
+    one with component down alerts for the components the render has, in its namespace (docs/observability.md)."""
+    import observability_gen as gen
+
+    for pr in [d for d in r.docs if d.get("kind") == "PrometheusRule"]:
+        meta = pr.get("metadata") or {}
+        groups = (pr.get("spec") or {}).get("groups")
+        if r.name.startswith("helm:"):
+            comps = tuple(c for c in gen.COMMANDS if any(
+                d.get("kind") in ("StatefulSet", "Deployment")
+                and ((d.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == c
+                for d in r.docs))
+            base = ((r.values or {}).get("prometheusRule") or {}).get("runbookBaseUrl", gen.RUNBOOK_BASE_URL)
+            want = gen.rule_groups(base, down="absent", components=comps, namespace=meta.get("namespace"))
+            downs = [a for a in gen.alert_names(groups or []) if a.endswith("Down") and a != "IotpipeInstanceDown"]
+            if sorted(downs) != sorted(f"Iotpipe{c.capitalize()}Down" for c in comps):
+                report.fail(f"{r.name}: PrometheusRule {meta.get('name')}: component down alerts {downs} "
+                            f"for the components {list(comps)}")
+        else:
+            want = gen.rule_groups()
+        if groups != want:
+            report.fail(f"{r.name}: PrometheusRule {meta.get('name')} differs from the rules of "
+                        "scripts/observability_gen.py (run it and commit the outputs)")
+        else:
+            report.count("PrometheusRules equal to the generator's rules")
 
 
 def first(docs, kind, pred=lambda d: True):
@@ -1863,6 +1898,11 @@ BREAKS = [
      lambda d: first(d, "ServiceMonitor")["metadata"]["labels"].pop("release")),
     ("kustomize:overlays/prod", "PrometheusRule without the release label",
      lambda d: first(d, "PrometheusRule")["metadata"]["labels"].pop("release")),
+    ("kustomize:overlays/prod", "PrometheusRule alert edited by hand",
+     lambda d: first(d, "PrometheusRule")["spec"]["groups"][1]["rules"][0].update(expr="iotpipe_mqtt_connected < 1")),
+    ("helm:run only, prometheusRule", "Helm PrometheusRule with a bridge down alert in a run-only release",
+     lambda d: first(d, "PrometheusRule")["spec"]["groups"][0]["rules"].insert(0, {
+         "alert": "IotpipeBridgeDown", "expr": 'absent(iotpipe_build_info{command="bridge"})'})),
     ("kustomize:overlays/prod", "NetworkPolicy without the Kafka port 9093", drop_kafka_egress),
     ("kustomize:overlays/prod", "3 bridges without mqtt.shared_group",
      lambda d: edit_config(d, "StatefulSet", lambda t: t.replace('shared_group = "iotpipe"', ''))),
