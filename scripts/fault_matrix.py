@@ -1234,6 +1234,9 @@ def run_spec(h, spec):
         if run.watch:
             run.watch.stop()
             row["alerts"] = judge_alerts(run, spec)
+            if row["alerts"] is not None:
+                row["alerts"]["scrapes"] = run.watch.scrape_health()
+                row["alerts"]["max_load_1m"] = run.watch.max_load
         res, _ = run.reconcile()
         row.update(res)
         row.update(run.kafka_counts())
@@ -1433,6 +1436,11 @@ def main():
                   + ", ".join(a["other"]))
         for p in a.get("problems", []):
             print(f"alert: {r['scenario']}: {p}")
+        failed = {pod: v for pod, v in (a.get("scrapes") or {}).items() if v.get("failed_scrapes")}
+        if failed and a.get("problems"):
+            print(f"alert: {r['scenario']}: failed scrapes (1 s timeout) {failed}, load average up to "
+                  f"{a.get('max_load_1m', 0):.1f} on {os.cpu_count()} CPUs: a *Down alert with the process "
+                  "running means a starved machine, not a dead process")
     with open(os.path.join(h.results, "fault-matrix.md"), "w") as f:
         f.write(header + "\n\n" + text + "\n" + "".join(line + "\n" for line in skipped))
     with open(os.path.join(h.results, "fault-matrix.json"), "w") as f:

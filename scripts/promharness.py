@@ -292,6 +292,7 @@ class AlertWatch:
         self.prom, self.step = prom, step
         self.acts = {}  # (name, labels, activeAt) -> activation
         self.errors = 0
+        self.max_load = 0.0  # highest 1-minute load average seen while watching
         self.armed_at = None
         self.active_at_arm = []
         self._stop = threading.Event()
@@ -308,6 +309,11 @@ class AlertWatch:
             self._stop.wait(self.step)
 
     def poll(self):
+        try:
+            with open("/proc/loadavg") as f:
+                self.max_load = max(self.max_load, float(f.read().split()[0]))
+        except (OSError, ValueError):
+            pass
         try:
             alerts = self.prom.alerts()
         except (OSError, RuntimeError, ValueError):
@@ -332,6 +338,24 @@ class AlertWatch:
             self._stop.set()
             self._thread.join(timeout=10)
             self.poll()
+
+    def scrape_health(self):
+        """Per pod: the longest scrape and the failed scrapes since the watch was armed
+        (a busy machine shows here first: a target that answers late is down)."""
+        if self.armed_at is None:
+            return {}
+        rng = fmt_duration(max(time.time() - self.armed_at, 1.0))
+        out = {}
+        try:
+            for q, key in ((f'max_over_time(scrape_duration_seconds{{namespace="{NAMESPACE}"}}[{rng}])', "max_scrape_s"),
+                           (f'count_over_time(up{{namespace="{NAMESPACE}"}}[{rng}]) - sum_over_time(up{{namespace="{NAMESPACE}"}}[{rng}])',
+                            "failed_scrapes")):
+                for r in self.prom.api("query", query=q)["result"]:
+                    pod = r["metric"].get("pod", r["metric"].get("instance"))
+                    out.setdefault(pod, {})[key] = round(float(r["value"][1]), 3)
+        except (OSError, RuntimeError, ValueError):
+            pass
+        return out
 
     def activations(self, since=None):
         since = self.armed_at if since is None else since
