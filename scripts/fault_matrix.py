@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -76,7 +77,6 @@ def log(msg):
 
 
 def port_free(port):
-    import socket
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -456,8 +456,12 @@ level = "info"
     # ---- set-up
     def setup(self):
         if self.h.prom_bin:
-            self.prom = promharness.Prometheus(self.work, self.h.prom_bin, self.h.rules, self.h.alert_scale,
-                                               keep=self.h.keep).start()
+            try:
+                self.prom = promharness.Prometheus(self.work, self.h.prom_bin, self.h.rules, self.h.alert_scale,
+                                                   keep=self.h.keep)
+                self.prom.start()  # self.prom first: teardown stops a server that did not become ready
+            except RuntimeError as e:
+                raise ScenarioError(str(e))
         self.mqtt.start()
         self.kafka.start()
         self.bridges = []
