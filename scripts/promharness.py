@@ -29,12 +29,11 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import datetime
 
-from benchlib import free_port, wait_port
+from benchlib import free_port
 
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 DUR = r"(?:\d+(?:ms|s|m|h|d|w|y))+"
@@ -214,7 +213,6 @@ scrape_configs:
                                       "--storage.tsdb.retention.time=2h", f"--web.listen-address=127.0.0.1:{self.port}",
                                       "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_port(self.port, timeout=30)
         end = time.time() + 30
         while time.time() < end:
             try:
