@@ -55,8 +55,10 @@ IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/check-observability.sh
 echo "== container image"
 bash scripts/container-test.sh
 
-# The short fault matrix (RELIABILITY.md): five scenarios of real process
-# faults, nothing lost or stored twice, every bridge and sink below 64 MiB.
+# The short fault matrix (RELIABILITY.md): six scenarios of real process
+# faults and a quiet run, nothing lost or stored twice, every bridge and sink
+# below 64 MiB, and a Prometheus with the shipped rules raising the alerts
+# each scenario expects and no others.
 # It runs the release binary the container test just built (what the image
 # ships; a debug build's memory says little about the 64 MiB limit), or the
 # debug one when there is none.
