@@ -20,6 +20,7 @@ mod store_writer;
 pub mod supervisor;
 
 pub use crate::pipeline_config::{BridgeConfig, SinkConfig};
+pub use store_writer::{poll_timescale_jobs, JOB_POLL_INTERVAL};
 
 /// Why a pipeline could not start, or why it ended.
 #[derive(Debug, thiserror::Error)]

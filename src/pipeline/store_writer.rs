@@ -149,34 +149,87 @@ fn rejected(row: StoreRow, error: String) -> DeadLetterRow {
     }
 }
 
-/// Drops expired partitions every `store.retention_interval`, on a connection of its own.
+/// How often the TimescaleDB job stats are read at most (more often when
+/// `store.retention_interval` is shorter).
+pub const JOB_POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Drops expired partitions every `store.retention_interval`, on a
+/// connection of its own; on TimescaleDB it also reads the state of the
+/// policies' jobs every [`JOB_POLL_INTERVAL`] (or retention interval, when
+/// shorter) on that connection.
 pub async fn retention_task(cfg: StoreConfig, metrics: std::sync::Arc<StoreMetrics>) -> Result<(), StoreError> {
+    let every = cfg.retention_interval.get();
+    let poll_every = every.min(JOB_POLL_INTERVAL);
     let mut store: Option<Store> = None;
+    let mut next_retention = tokio::time::Instant::now();
     loop {
-        if store.is_none() {
-            match Store::connect(&cfg).await {
-                Ok(s) => store = Some(s),
-                Err(error) => {
-                    metrics.on_retention_failed();
-                    tracing::warn!(%error, "Retention cannot connect to the store; will try again.");
-                }
-            }
+        if tokio::time::Instant::now() >= next_retention {
+            next_retention = tokio::time::Instant::now() + every;
+            run_retention(&cfg, &mut store, &metrics).await;
         }
         if let Some(s) = store.as_mut() {
-            match s.enforce_retention().await {
-                Ok(o) => {
-                    metrics.on_retention(o.partitions_dropped.len() as u64, o.rows_deleted + o.dead_letters_deleted);
-                    if !o.partitions_dropped.is_empty() || o.rows_deleted > 0 {
-                        tracing::info!(dropped = ?o.partitions_dropped, rows_deleted = o.rows_deleted, "Retention applied.");
-                    }
-                }
-                Err(error) => {
-                    metrics.on_retention_failed();
-                    tracing::warn!(%error, "Retention run failed; will try again.");
-                    store = None;
-                }
+            poll_timescale_jobs(s, &metrics).await;
+        }
+        let mut wake = next_retention;
+        if metrics.timescale_jobs.enabled() {
+            wake = wake.min(tokio::time::Instant::now() + poll_every);
+        }
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
+/// One retention run, connecting first when there is no connection; a
+/// failure drops the connection (the next run connects again).
+async fn run_retention(cfg: &StoreConfig, store: &mut Option<Store>, metrics: &StoreMetrics) {
+    if store.is_none() {
+        match Store::connect(cfg).await {
+            Ok(s) => *store = Some(s),
+            Err(error) => {
+                metrics.on_retention_failed();
+                tracing::warn!(%error, "Retention cannot connect to the store; will try again.");
+                return;
             }
         }
-        tokio::time::sleep(cfg.retention_interval.get()).await;
+    }
+    let Some(s) = store.as_mut() else { return };
+    match s.enforce_retention().await {
+        Ok(o) => {
+            metrics.on_retention(o.partitions_dropped.len() as u64, o.rows_deleted + o.dead_letters_deleted);
+            if !o.partitions_dropped.is_empty() || o.rows_deleted > 0 {
+                tracing::info!(dropped = ?o.partitions_dropped, rows_deleted = o.rows_deleted, "Retention applied.");
+            }
+        }
+        Err(error) => {
+            metrics.on_retention_failed();
+            tracing::warn!(%error, "Retention run failed; will try again.");
+            *store = None;
+        }
+    }
+}
+
+/// Read the state of the TimescaleDB jobs of iotpipe's policies into
+/// `metrics` (nothing on other stores). A failure is counted and logged
+/// (the first, then every tenth) and changes nothing else: the jobs'
+/// gauges keep their last values and the store's reachability is the
+/// writers' business.
+pub async fn poll_timescale_jobs(store: &mut Store, metrics: &StoreMetrics) {
+    match store.timescale_jobs().await {
+        Ok(None) => {}
+        Ok(Some(jobs)) => {
+            let poll = metrics.timescale_jobs.on_jobs(&jobs);
+            if poll.new_failures > 0 {
+                tracing::warn!(
+                    failed_jobs = poll.failed_jobs,
+                    new_failures = poll.new_failures,
+                    "A TimescaleDB job of iotpipe's policies failed; see timescaledb_information.job_errors."
+                );
+            }
+        }
+        Err(error) => {
+            let n = metrics.timescale_jobs.on_poll_failed();
+            if n % 10 == 1 {
+                tracing::warn!(%error, failures = n, "Reading the TimescaleDB job stats failed; will try again.");
+            }
+        }
     }
 }

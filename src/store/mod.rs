@@ -172,6 +172,16 @@ impl Store {
         }
     }
 
+    /// The TimescaleDB jobs of iotpipe's policies (compression, retention,
+    /// the rollup's refresh) and whether their last run failed; `None` when
+    /// the store is not TimescaleDB.
+    pub async fn timescale_jobs(&mut self) -> Result<Option<Vec<postgres::jobs::JobState>>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.timescale_jobs().await,
+            Store::Influx(_) | Store::Sqlite(_) => Ok(None),
+        }
+    }
+
     /// Check that the database answers (reconnecting if needed).
     pub async fn ping(&mut self) -> Result<(), StoreError> {
         match self {

@@ -12,12 +12,14 @@ mod messages;
 mod pairs;
 mod process;
 mod store;
+mod timescale;
 
 pub use consumer::ConsumerMetrics;
 pub use logging::{init as init_logging, LogConfig, LogFormat};
 pub use messages::{MessageMetrics, MessageSeries, MAX_TENANT_SERIES};
 pub use process::ProcessInfo;
 pub use store::{CommittedRow, StoreMetrics, MAX_FRESHNESS_SERIES};
+pub use timescale::{JobPoll, TimescaleJobMetrics};
 
 use crate::health::Health;
 use std::fmt::Write as _;
@@ -224,5 +226,6 @@ mod tests {
         assert!(!sink.contains("iotpipe_kafka_reachable"));
         assert!(!sink.contains("iotpipe_messages_received_total"));
         assert!(!sink.contains("iotpipe_mqtt_connected"));
+        assert!(!sink.contains("iotpipe_sink_timescale_"), "no TimescaleDB series before the store is known to be one");
     }
 }

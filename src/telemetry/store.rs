@@ -47,6 +47,8 @@ pub struct StoreMetrics {
     /// Per tenant/project: when a row of the pair was last committed (ms on
     /// `clock::now_ms`), capped at `MAX_FRESHNESS_SERIES`.
     freshness: Mutex<PairSeries<u64>>,
+    /// TimescaleDB job health; shown only on a TimescaleDB store.
+    pub timescale_jobs: super::TimescaleJobMetrics,
     dead_lettered: [AtomicU64; DeadLetterReason::ALL.len()],
 }
 
@@ -205,6 +207,7 @@ impl StoreMetrics {
             "iotpipe_sink_event_to_store_seconds",
             "From the device's event time (payloads that carry one) to the commit of its row.",
         );
+        self.timescale_jobs.render(o);
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod connect;
 mod copy;
+pub mod jobs;
 pub mod migrate;
 pub mod partition;
 pub mod timescale;
@@ -248,6 +249,35 @@ impl PostgresStore {
         })
         .await;
         self.finish(client, result, "postgres ping")
+    }
+
+    /// The state of the TimescaleDB jobs of iotpipe's policies
+    /// ([`jobs::JOBS_SQL`]); `None` on day partitions (no TimescaleDB). A
+    /// read only: a failure leaves the store as usable as before (a lost
+    /// connection is opened again by the next operation).
+    pub async fn timescale_jobs(&mut self) -> Result<Option<Vec<jobs::JobState>>, StoreError> {
+        if self.flavor != Flavor::Hypertable {
+            return Ok(None);
+        }
+        let client = self.take_client().await?;
+        let result = tokio::time::timeout(self.write_timeout, async {
+            let rows =
+                client.query(jobs::JOBS_SQL, &[]).await.map_err(|e| StoreError::pg("read TimescaleDB job stats", e))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let read = |e| StoreError::pg("read TimescaleDB job stats", e);
+                let (id, proc_name, failed, failures): (i32, String, bool, i64) = (
+                    r.try_get(0).map_err(read)?,
+                    r.try_get(1).map_err(read)?,
+                    r.try_get(2).map_err(read)?,
+                    r.try_get(3).map_err(read)?,
+                );
+                out.extend(jobs::job_state(id, &proc_name, failed, failures));
+            }
+            Ok(out)
+        })
+        .await;
+        self.finish(client, result, "postgres job stats").map(Some)
     }
 
     /// `postgres host:port/database`.
