@@ -62,6 +62,7 @@ scenarios! {
     postgres => rows_caught_by_the_default_partition_move_into_a_new_day_partition: postgres;
 
     timescale => hypertables_and_their_jobs_exist_and_run: timescale;
+    timescale => a_failing_job_shows_in_the_job_metrics: timescale;
     timescale => compressed_chunks_keep_one_row_per_id: timescale;
     timescale => the_rollup_aggregates_the_numeric_fields: timescale;
     timescale => a_partitioned_database_is_not_converted: timescale;

@@ -1,5 +1,6 @@
 //! TimescaleDB only: the hypertables and their jobs (retention, compression,
-//! the rollup's refresh) exist and run, one row per id survives compressed
+//! the rollup's refresh) exist and run, a job that fails in the background
+//! shows in the sink's metrics, one row per id survives compressed
 //! chunks, the rollup aggregates the numeric fields; and on a server that has
 //! the extension's files but does not preload it, `auto` falls back to day
 //! partitions while `on` refuses with the reason.
@@ -7,8 +8,11 @@
 use crate::common::store::{dead_letter, fleet_rows, row, DAY_MS};
 use crate::engine::postgres::count;
 use crate::engine::Engine;
+use iotpipe::pipeline::poll_timescale_jobs;
 use iotpipe::record::now_ms;
 use iotpipe::store::{Store, TimescaleMode};
+use iotpipe::telemetry::StoreMetrics;
+use std::time::{Duration, Instant};
 
 /// Run every job of `proc` (e.g. `policy_retention`) now; each must succeed.
 async fn run_jobs(db: &tokio_postgres::Client, proc: &str) -> usize {
@@ -83,6 +87,99 @@ pub async fn hypertables_and_their_jobs_exist_and_run(engine: &Engine) {
     drop(store);
     let _again = engine.connect(3).await;
     assert_eq!(jobs("SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL").await, 5);
+}
+
+/// The value of one sample line (`name{labels}`) of the store metrics after a poll.
+async fn polled(store: &mut Store, metrics: &StoreMetrics, series: &str) -> Option<f64> {
+    poll_timescale_jobs(store, metrics).await;
+    let mut text = String::new();
+    metrics.render(&mut text);
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok())
+}
+
+/// The scheduler's view of one job: (total runs, last run status).
+async fn job_stats(db: &tokio_postgres::Client, job: i32) -> (i64, Option<String>) {
+    let r = db
+        .query_one(
+            "SELECT coalesce(total_runs, 0)::bigint, last_run_status FROM timescaledb_information.job_stats \
+             WHERE job_id = $1",
+            &[&job],
+        )
+        .await
+        .expect("job_stats");
+    (r.get(0), r.get(1))
+}
+
+/// Have TimescaleDB's scheduler (not `run_job`, which runs in the calling
+/// session and records no stats) run `job` now, and wait until it finished.
+async fn run_in_background(db: &tokio_postgres::Client, job: i32) -> Option<String> {
+    let (runs_before, _) = job_stats(db, job).await;
+    db.batch_execute(&format!("SELECT alter_job({job}, next_start => now())")).await.expect("alter_job next_start");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (runs, status) = job_stats(db, job).await;
+        if runs > runs_before && status.is_some() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the scheduler did not run job {job} within 120 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A retention job that fails for real (a view depends on an expired chunk,
+/// so `drop_chunks` refuses to drop it) raises
+/// `iotpipe_sink_timescale_jobs_failed{kind="retention"}` and the failure
+/// counter; once the job succeeds again the gauge is 0 and the counter stays.
+pub async fn a_failing_job_shows_in_the_job_metrics(engine: &Engine) {
+    let mut store = engine.connect(3).await;
+    let metrics = StoreMetrics::new();
+    let failed = "iotpipe_sink_timescale_jobs_failed{kind=\"retention\"}";
+    let failures = "iotpipe_sink_timescale_job_failures_total{kind=\"retention\"}";
+    assert_eq!(polled(&mut store, &metrics, failed).await, Some(0.0), "a fresh store has no failed job");
+    assert_eq!(polled(&mut store, &metrics, "iotpipe_sink_timescale_jobs{kind=\"retention\"}").await, Some(3.0));
+    assert_eq!(polled(&mut store, &metrics, failures).await, Some(0.0));
+
+    // Ten days old (received then too): an expired chunk, and a view on it.
+    let ten_days_ago = now_ms() - 10 * DAY_MS;
+    let mut old = row("acme", "p1", "dev-1", ten_days_ago, b"{\"v\":1}".to_vec());
+    old.received_ms = ten_days_ago;
+    store.write(&[old], &[]).await.expect("write an expired row");
+    let db = engine.pg().await;
+    let chunk: String = db
+        .query_one(
+            "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks \
+             WHERE hypertable_name = 'telemetry' AND range_end < now() - INTERVAL '3 days'",
+            &[],
+        )
+        .await
+        .expect("the expired chunk")
+        .get(0);
+    db.batch_execute(&format!("CREATE VIEW pinned_chunk AS SELECT * FROM {chunk}")).await.expect("pin the chunk");
+    let job: i32 = db
+        .query_one(
+            "SELECT job_id FROM timescaledb_information.jobs \
+             WHERE proc_name = 'policy_retention' AND hypertable_name = 'telemetry'",
+            &[],
+        )
+        .await
+        .expect("the telemetry retention job")
+        .get(0);
+    assert_eq!(
+        run_in_background(&db, job).await.as_deref(),
+        Some("Failed"),
+        "drop_chunks must refuse the pinned chunk"
+    );
+    assert_eq!(polled(&mut store, &metrics, failed).await, Some(1.0));
+    let counted = polled(&mut store, &metrics, failures).await.expect("the failure counter");
+    assert!(counted >= 1.0, "{counted}");
+    assert_eq!(engine.count().await, 1, "the expired row is still there");
+
+    db.batch_execute("DROP VIEW pinned_chunk").await.expect("unpin");
+    assert_eq!(run_in_background(&db, job).await.as_deref(), Some("Success"));
+    assert_eq!(polled(&mut store, &metrics, failed).await, Some(0.0), "the job works again");
+    assert_eq!(polled(&mut store, &metrics, failures).await, Some(counted), "a counter does not go down");
+    assert_eq!(engine.count().await, 0, "the retention job dropped the chunk");
 }
 
 pub async fn compressed_chunks_keep_one_row_per_id(engine: &Engine) {
