@@ -347,8 +347,10 @@ def telemetry_sql(store):
         b.panel("table", "TimescaleDB jobs (compression, retention, rollup)", [sql_target(jobs, "table")], w=12,
                 h=9, description="The background jobs of the store's policies (timescaledb_information.jobs and "
                                  "job_stats): a last_run_status of Failed or total_failures rising means "
-                                 "compression, retention or the rollup refresh fails; the PostgreSQL log has "
-                                 "the error. Failed jobs first.",
+                                 "compression, retention or the rollup refresh fails; the PostgreSQL log and "
+                                 "timescaledb_information.job_errors have the error. Failed jobs first. The "
+                                 "sink exports the same state (iotpipe_sink_timescale_jobs_failed) and "
+                                 "IotpipeTimescaleJobFailed alerts on it.",
                 options={"showHeader": True, "cellHeight": "sm"},
                 extra={"fieldConfig": {"defaults": {}, "overrides": [
                     {"matcher": {"id": "byName", "options": "last_run_status"},
@@ -812,6 +814,13 @@ def rule_groups(runbook_base=RUNBOOK_BASE_URL, down="seen", components=COMMANDS,
             alert("IotpipeRetentionFailing", "increase(iotpipe_sink_retention_failures_total[1h]) > 0", "1m",
                   "warning", "Retention runs fail on iotpipe {{ $labels.instance }}",
                   "At least one retention run failed in the last hour."),
+            alert("IotpipeTimescaleJobFailed",
+                  f"max by ({AGG}, kind) (iotpipe_sink_timescale_jobs_failed) > 0", "10m", "warning",
+                  "A TimescaleDB {{ $labels.kind }} job of iotpipe failed ({{ $labels.namespace }})",
+                  "{{ $value }} TimescaleDB {{ $labels.kind }} job(s) of iotpipe's policies have had a failed "
+                  "last run for 10 minutes (timescaledb_information.job_stats; the error is in "
+                  "timescaledb_information.job_errors). Compression, retention or the rollup's refresh is not "
+                  "done until a run succeeds."),
         ]},
         {"name": "iotpipe-freshness-slo", "rules":
             [{"record": slo_record(w), "expr": _slow_ratio(w)} for w in ("5m", "30m", "1h", "6h")] + [
