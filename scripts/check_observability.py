@@ -73,6 +73,11 @@ GRAFANA_PANELS = {"timeseries", "table", "stat", "gauge", "bargauge", "barchart"
 # name must still be defined in src/telemetry (so a rename is caught), and a
 # query over them alone may be empty.
 CONDITIONAL = {"iotpipe_memory_limit_bytes": "exported only when the process has a cgroup v2 memory limit"}
+# Exported only by a sink (or run) whose store is TimescaleDB: checked against
+# the TimescaleDB sink when there is one, conditional otherwise.
+TIMESCALE_ONLY = ("iotpipe_sink_timescale_jobs", "iotpipe_sink_timescale_jobs_failed",
+                  "iotpipe_sink_timescale_job_failures_total", "iotpipe_sink_timescale_job_polls_total",
+                  "iotpipe_sink_timescale_job_poll_failures_total")
 # Rule expressions that are false in a healthy run: evaluated without error,
 # may be empty, and their selectors must return series (see inner_selectors).
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
@@ -741,6 +746,7 @@ def live(args, dashboards, datasources, rules):
     if not ts_server:
         say("SKIPPED: TimescaleDB dashboard queries (no TimescaleDB server: IOTPIPE_TEST_TIMESCALE_URL unset); "
             "install TimescaleDB 2.x for PostgreSQL 15 (docs/storage.md) and run scripts/services.sh up timescaledb")
+        CONDITIONAL.update({n: "exported only by a sink on TimescaleDB (none here)" for n in TIMESCALE_ONLY})
     work = tempfile.mkdtemp(prefix="iotpipe-check-obs-", dir="/var/tmp")
     procs = []
     db = f"obs_check_{int(time.time())}_{os.getpid()}"
@@ -792,7 +798,7 @@ def live(args, dashboards, datasources, rules):
         say(f"live: load done ({time.time() - t0:.1f} s)")
 
         scraped = {}
-        for name in ("bridge", "sink_pg", "run"):
+        for name in ("bridge", "sink_pg", "run") + (("sink_ts",) if ts_server else ()):
             scraped[name] = metrics(st.ports[name])
         prom_checks(prom, dashboards, rules, scraped)
         say(f"live: PromQL checked ({time.time() - t0:.1f} s)")
