@@ -269,11 +269,14 @@ pub async fn supervise<D: Fn() -> bool, T: FnMut()>(
                 tracing::error!(task, %error, "A pipeline task failed while stopping.");
                 failure.get_or_insert(PipelineError::Failed { task, source: Box::new(error) });
             }
-            Ok(()) if kind == Kind::Background => {
-                tracing::error!(task, "A pipeline task stopped unexpectedly.");
-                failure.get_or_insert(PipelineError::Ended { task });
+            // A background task ends here when what fed it has stopped (the
+            // topic creator once the last topic request sender is dropped):
+            // expected while stopping, not a failure of the run.
+            Ok(()) => {
+                if kind == Kind::Background {
+                    tracing::debug!(task, "A background task ended while stopping.");
+                }
             }
-            Ok(()) => {}
         }
     }
     tasks.set.shutdown().await;
@@ -393,5 +396,29 @@ mod tests {
         assert!(r.is_ok());
         let took = started.elapsed();
         assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_background_task_whose_input_closes_while_stopping_is_not_a_failure() {
+        let signals = Signals::default();
+        let health = Health::new(Parts::default());
+        let mut tasks = Tasks::new();
+        // The topic creator's shape: it ends when the last sender is gone,
+        // and the sender lives in a finishing task that ends on stop.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        tasks.background("topic-creator", async move {
+            while rx.recv().await.is_some() {}
+            Ok::<(), PipelineError>(())
+        });
+        let mut stop = signals.stop();
+        tasks.finishing("forwarder", async move {
+            until_set(&mut stop).await;
+            drop(tx);
+            // Still finishing when the background task ends.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<(), PipelineError>(())
+        });
+        let r = supervise(&mut tasks, &signals, &health, async {}, plan(Duration::from_secs(5))).await;
+        assert!(r.is_ok(), "{r:?}");
     }
 }
