@@ -6,9 +6,9 @@
 //! there.
 
 use super::{counter, escape, gauge, gauge_f64};
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 /// At most this many per-partition lag series: the partitions furthest behind.
