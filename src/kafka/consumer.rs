@@ -138,6 +138,13 @@ impl GroupConsumer {
             .set("fetch.max.bytes", "1048576")
             .set("max.partition.fetch.bytes", "1048576")
             .set("fetch.queue.backoff.ms", "5")
+            // A fetch the broker holds for lack of data returns after 100 ms,
+            // not librdkafka's 500 ms. With 500 ms, records from the Kafka
+            // stand-in of the tests reached the sink in bursts about 280 ms
+            // apart under a steady 2,000 msg/s, half of the end-to-end p50
+            // (BENCHMARKS.md, "End-to-end latency"). The cost: an idle
+            // broker connection sends ten small requests a second.
+            .set("fetch.wait.max.ms", "100")
             .set("topic.metadata.refresh.interval.ms", "10000");
         super::client::apply(&mut c, &settings.properties, |_| true);
         let consumer: StreamConsumer<Context> =
