@@ -92,6 +92,46 @@ fn run_stores_dead_letters_and_keeps_running() {
     assert_eq!(list.as_array().map(Vec::len), Some(4), "{body}");
 }
 
+/// A store that refuses one row on its own (here a SQLite trigger, as a
+/// constraint would): the batch is written row by row, the refused row
+/// becomes a `store_rejected` dead letter, and the rows written one by one
+/// count in the end-to-end latency and freshness like any other.
+#[test]
+fn a_row_the_store_refuses_is_dead_lettered_and_the_rest_are_stored_and_measured() {
+    const N: u64 = 40;
+    let mqtt = Mosquitto::start(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("iotpipe.db");
+    let run = Iotpipe::run(dir.path(), &run_config(&mqtt.url(), dir.path(), "run-refuse"));
+    eventually(Duration::from_secs(20), "run ready", || run.get("/readyz").0 == 200);
+    // The schema exists once run is ready; the trigger goes on top of it.
+    let c = rusqlite::Connection::open(&db).expect("open the store");
+    c.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    c.execute_batch(
+        "CREATE TRIGGER refuse_bad BEFORE INSERT ON telemetry WHEN NEW.device_id = 'bad' \
+         BEGIN SELECT RAISE(ABORT, 'device bad is refused'); END;",
+    )
+    .expect("create the trigger");
+    drop(c);
+    let mut msgs: Vec<(String, Vec<u8>)> = (0..N).map(common::mqtt::message).collect();
+    msgs.insert(
+        (N / 2) as usize,
+        ("mtic/msg/client/realtime/acme/p1".into(), br#"{"deviceId":"bad","ts":1700000000000,"v":1}"#.to_vec()),
+    );
+    common::mqtt::block_on(common::mqtt::publish_raw(&mqtt.url(), msgs));
+    eventually(Duration::from_secs(30), "the refused row dead-lettered", || {
+        rows(&db, "SELECT count(*) FROM dead_letters WHERE reason = 'store_rejected'") == 1
+    });
+    eventually(Duration::from_secs(10), "every other row", || rows(&db, "SELECT count(*) FROM telemetry") == N as i64);
+    assert_eq!(rows(&db, "SELECT count(*) FROM telemetry WHERE device_id = 'bad'"), 0);
+    assert_eq!(run.metric("iotpipe_sink_dead_lettered_total{reason=\"store_rejected\"}"), 1.0);
+    eventually(Duration::from_secs(10), "every stored row measured", || {
+        run.metric("iotpipe_sink_end_to_end_seconds_count") == N as f64
+    });
+    assert!(run.metric("iotpipe_sink_freshness_seconds{tenant_id=\"tenant-1\"") < 60.0);
+    assert_eq!(run.get("/healthz").0, 200);
+}
+
 #[test]
 fn demo_starts_shows_data_through_the_api_and_renders_in_chromium() {
     let dir = tempfile::tempdir().unwrap();

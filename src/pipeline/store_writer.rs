@@ -71,13 +71,7 @@ pub async fn write_until_done(
         match store.write(&rows, &dead).await {
             Ok(o) => {
                 cx.health.set_store_reachable(true);
-                let committed = rows.iter().map(|r| CommittedRow {
-                    received_ms: r.received_ms,
-                    event_ms: r.event_time_ms,
-                    tenant_id: &r.tenant_id,
-                    project_id: &r.project_id,
-                });
-                cx.metrics.on_committed(committed, crate::record::now_ms());
+                cx.metrics.on_committed(rows.iter().map(committed), crate::record::now_ms());
                 totals.inserted += o.inserted;
                 totals.duplicates += o.duplicates;
                 return totals;
@@ -90,7 +84,7 @@ pub async fn write_until_done(
             }
             Err(e) => {
                 tracing::warn!(error = %e, rows = rows.len(), "Store refused the batch; writing row by row.");
-                let (ok, refused) = isolate(store, std::mem::take(&mut rows), &mut totals).await;
+                let (ok, refused) = isolate(store, std::mem::take(&mut rows), &mut totals, cx.metrics).await;
                 if ok {
                     for (row, error) in refused {
                         cx.metrics.on_dead_letter(DeadLetterReason::StoreRejected, &row.id.to_string(), &error);
@@ -112,7 +106,12 @@ pub async fn write_until_done(
 
 /// Write rows one at a time; returns whether the store stayed reachable and
 /// the rows it refused (or all remaining rows if it became unreachable).
-async fn isolate(store: &mut Store, rows: Vec<StoreRow>, totals: &mut Written) -> (bool, Vec<(StoreRow, String)>) {
+async fn isolate(
+    store: &mut Store,
+    rows: Vec<StoreRow>,
+    totals: &mut Written,
+    metrics: &StoreMetrics,
+) -> (bool, Vec<(StoreRow, String)>) {
     let mut refused = Vec::new();
     let mut iter = rows.into_iter();
     while let Some(row) = iter.next() {
@@ -120,6 +119,7 @@ async fn isolate(store: &mut Store, rows: Vec<StoreRow>, totals: &mut Written) -
             Ok(o) => {
                 totals.inserted += o.inserted;
                 totals.duplicates += o.duplicates;
+                metrics.on_committed([committed(&row)], crate::record::now_ms());
             }
             Err(e) if e.is_retryable() => {
                 refused.push((row, e.to_string()));
@@ -130,6 +130,16 @@ async fn isolate(store: &mut Store, rows: Vec<StoreRow>, totals: &mut Written) -
         }
     }
     (true, refused)
+}
+
+/// A committed row, as the metrics see it.
+fn committed(r: &StoreRow) -> CommittedRow<'_> {
+    CommittedRow {
+        received_ms: r.received_ms,
+        event_ms: r.event_time_ms,
+        tenant_id: &r.tenant_id,
+        project_id: &r.project_id,
+    }
 }
 
 fn rejected(row: StoreRow, error: String) -> DeadLetterRow {
