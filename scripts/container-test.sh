@@ -160,6 +160,16 @@ wait_http() { # PORT PATH SECONDS
     return 1
 }
 
+# Whether the dashboard API on PORT lists a tenant within 30 s.
+wait_tenants() { # PORT
+    local i
+    for ((i = 0; i < 100; i++)); do
+        curl -fsS "http://127.0.0.1:$1/api/tenants" 2>/dev/null | grep -q 'tenant' && return 0
+        sleep 0.3
+    done
+    return 1
+}
+
 alive() { [[ $(podman "${PODMAN_OPTS[@]}" inspect "$PREFIX-$1" --format '{{.State.Running}}') == true ]]; }
 
 report_logs() {
@@ -202,12 +212,7 @@ demo_mqtt=$(free_port)
 run_container demo demo --listen "127.0.0.1:$demo_http" --mqtt-listen "127.0.0.1:$demo_mqtt"
 wait_http "$demo_http" / 60 || { report_logs; die "the demo's dashboard did not answer"; }
 curl -fsS "http://127.0.0.1:$demo_http/" | grep -qi '<html' || die "the demo's page is not HTML"
-seen=0
-for ((i = 0; i < 100; i++)); do
-    if curl -fsS "http://127.0.0.1:$demo_http/api/tenants" 2>/dev/null | grep -q 'tenant'; then seen=1; break; fi
-    sleep 0.3
-done
-((seen)) || { report_logs; die "the demo's API shows no tenants"; }
+wait_tenants "$demo_http" || { report_logs; die "the demo's API shows no tenants"; }
 sleep 5
 demo_peak=$(peak_bytes demo)
 alive demo || { report_logs; die "the demo container exited"; }
@@ -313,12 +318,7 @@ if [[ ,$ARCHES, == *,arm64,* ]]; then
     wait_http "$demo_http" /healthz 90 || { report_logs; die "arm64: the demo's /healthz did not answer"; }
     healthz_s=$(python3 -c "import time; print(f'{time.time() - $demo_start:.1f}')")
     [[ $(readlink "/proc/$pid/exe") == *qemu-aarch64* ]] || die "arm64: the demo runs $(readlink "/proc/$pid/exe"), not qemu-aarch64"
-    seen=0
-    for ((i = 0; i < 100; i++)); do
-        if curl -fsS "http://127.0.0.1:$demo_http/api/tenants" 2>/dev/null | grep -q 'tenant'; then seen=1; break; fi
-        sleep 0.3
-    done
-    ((seen)) || { report_logs; die "arm64: the demo's API shows no tenants"; }
+    wait_tenants "$demo_http" || { report_logs; die "arm64: the demo's API shows no tenants"; }
     sleep 3
     a64_alive || { report_logs; die "arm64: the demo exited"; }
     arm64_peak=0
