@@ -20,4 +20,5 @@ pub mod route;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod units;

@@ -63,7 +63,7 @@ pub fn main(path: Option<PathBuf>, command: Option<Target>, offline: bool) -> Ex
         }
     };
     crate::telemetry::init_logging("error", cfg.log.format);
-    crate::mqtt::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let origin = path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults and environment".into());
     println!("ok    {:<8} valid for `iotpipe {}` ({origin})", "config", target.name());
     if offline {

@@ -104,7 +104,7 @@ pub fn main() -> ExitCode {
         }
         Command::Demo(args) => {
             init_logging("info,rumqttd=warn,rumqttc=warn", LogFormat::Text);
-            crate::mqtt::install_crypto_provider();
+            crate::tls::install_crypto_provider();
             let res = single_thread_runtime()
                 .and_then(|rt| block_on(rt, crate::demo::run(args, shutdown_signal())).map_err(|e| e.to_string()));
             finish(res)
@@ -172,7 +172,7 @@ fn with_config_defaults(
         }
     };
     init_logging(&cfg.log.level, cfg.log.format);
-    crate::mqtt::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     finish(f(cfg))
 }
 

@@ -69,25 +69,10 @@ fn read(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, OptionsErr
 /// client certificate for mutual TLS if given.
 fn tls(cfg: &MqttConfig) -> Result<TlsConfiguration, OptionsError> {
     install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(path) => {
-            let pem = read("mqtt.ca_file", path)?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| OptionsError::Tls(format!("mqtt.ca_file: {e}")))?;
-                roots.add(cert).map_err(|e| OptionsError::Tls(format!("mqtt.ca_file: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(OptionsError::Tls(format!("mqtt.ca_file {} holds no certificate", path.display())));
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
+    let roots = crate::tls::root_store("mqtt.ca_file", cfg.ca_file.as_deref()).map_err(|e| match e {
+        crate::tls::RootsError::Read { path, source } => OptionsError::File { key: "mqtt.ca_file", path, source },
+        other => OptionsError::Tls(other.to_string()),
+    })?;
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
         (Some(cert), Some(key)) => {
@@ -107,7 +92,4 @@ fn tls(cfg: &MqttConfig) -> Result<TlsConfiguration, OptionsError> {
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
-/// rustls needs one process-wide crypto provider; ring is compiled in.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::tls::install_crypto_provider;
