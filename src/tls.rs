@@ -26,8 +26,8 @@ pub fn root_store(key: &str, ca_file: Option<&Path>) -> Result<RootCertStore, Ro
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|source| RootsError::Read { path: path.display().to_string(), source })?;
+            let pem =
+                std::fs::read(path).map_err(|source| RootsError::Read { path: path.display().to_string(), source })?;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                 let cert = cert.map_err(|e| RootsError::Certificate(format!("{key}: {e}")))?;
                 roots.add(cert).map_err(|e| RootsError::Certificate(format!("{key}: {e}")))?;
