@@ -16,6 +16,7 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod pipeline_config;
 pub mod record;
+pub mod retry;
 pub mod route;
 pub mod simulate;
 pub mod store;

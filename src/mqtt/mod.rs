@@ -18,6 +18,7 @@ pub use session::{connect, AckToken, Client, Driver, Event, SessionError};
 
 use crate::health::Health;
 use crate::record::Inbound;
+use crate::retry::RetryPolicy;
 use crate::telemetry::MessageMetrics;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -222,7 +223,8 @@ impl Source {
         mut drain: watch::Receiver<bool>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), SourceError> {
-        let mut backoff = self.cfg.reconnect_backoff_min.get();
+        let mut backoff =
+            RetryPolicy::new(self.cfg.reconnect_backoff_min.get(), self.cfg.reconnect_backoff_max.get()).backoff();
         let mut last_error: Option<String> = None;
         // Whether the broker accepted our subscriptions (SUBACK without
         // failures): only then does a resumed session (session_present)
@@ -267,7 +269,7 @@ impl Source {
                     }
                 }
                 Ok(Event::Connected { session_present }) => {
-                    backoff = self.cfg.reconnect_backoff_min.get();
+                    backoff.reset();
                     self.health.set_mqtt_connected(true);
                     tracing::info!(session_present, "Connected to the MQTT broker.");
                     last_error = None;
@@ -324,15 +326,15 @@ impl Source {
                     }
                     self.acks.end_epoch(&mut self.driver);
                     let text = error.to_string();
+                    let delay = backoff.next_delay();
                     if last_error.as_deref() != Some(text.as_str()) {
-                        tracing::warn!(%error, retry_in = ?backoff, "MQTT connection lost or refused; reconnecting.");
+                        tracing::warn!(%error, retry_in = ?delay, "MQTT connection lost or refused; reconnecting.");
                         last_error = Some(text);
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         Ok(()) = stop.changed() => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(self.cfg.reconnect_backoff_max.get());
                 }
             }
         }

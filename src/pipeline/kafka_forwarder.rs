@@ -11,6 +11,7 @@ use super::PipelineError;
 use crate::kafka::{classify, Delivery, Failure, Pending, Producer, TopicRequests};
 use crate::mqtt::Received;
 use crate::record::{headers, DeadLetterReason};
+use crate::retry::{Jitter, RetryPolicy};
 use crate::route::Router;
 use crate::telemetry::MessageMetrics;
 use std::cmp::Reverse;
@@ -20,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// Longest wait before a failed delivery is sent again.
-const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// Waits before a failed delivery is sent again: from 100 ms, the ceiling
+/// doubling with the record's attempts up to 5 s, jittered ([`crate::retry`]).
+const DELIVERY_RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Shortest time between two recreations of the producer.
 const RECREATE_PAUSE: Duration = Duration::from_secs(5);
@@ -52,6 +54,9 @@ struct Retries {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     parked: std::collections::HashMap<u64, Box<Pending>>,
     next_id: u64,
+    /// Spreads the retries of a burst of failures (all records of an
+    /// outage fail together) and of different bridges.
+    jitter: Jitter,
 }
 
 impl Retries {
@@ -176,9 +181,8 @@ impl Forwarder {
                         tracing::error!(topic = p.out.topic, %error, "Kafka rejected a dead letter; retrying it (it is never dropped).");
                     }
                     self.metrics.on_kafka_retry(&p.out.topic, &error.to_string());
+                    let backoff = DELIVERY_RETRY.delay(p.attempts, &mut retries.jitter);
                     p.attempts = p.attempts.saturating_add(1);
-                    let backoff =
-                        (Duration::from_millis(50) * 2u32.saturating_pow(p.attempts.min(8))).min(MAX_RETRY_BACKOFF);
                     retries.push(Instant::now() + backoff, p);
                 }
             },

@@ -4,6 +4,7 @@
 
 use crate::health::Health;
 use crate::record::DeadLetterReason;
+use crate::retry::RetryPolicy;
 use crate::store::{DeadLetterRow, Store, StoreConfig, StoreError, StoreRow};
 use crate::telemetry::{CommittedRow, StoreMetrics};
 use std::future::Future;
@@ -12,30 +13,33 @@ use std::time::Duration;
 /// First wait before connecting again.
 const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 
+/// First wait before writing a batch again.
+const WRITE_BACKOFF_MIN: Duration = Duration::from_millis(200);
+
 /// Connect (and migrate). A retryable failure (the database is down or
-/// starting) is retried with backoff up to `backoff_max`, logged the first
-/// time and then every tenth; a permanent one (wrong role, password,
-/// database, setting) is returned. `Ok(None)` when `shutdown` came first.
+/// starting) is retried with the jittered backoff of [`crate::retry`], up to
+/// `backoff_max`, logged the first time and then every tenth; a permanent
+/// one (wrong role, password, database, setting) is returned. `Ok(None)`
+/// when `shutdown` came first.
 pub async fn connect_store(
     cfg: &StoreConfig,
     backoff_max: Duration,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Store>, StoreError> {
-    let mut backoff = CONNECT_BACKOFF_MIN;
-    let mut attempts = 0u64;
+    let mut backoff = RetryPolicy::new(CONNECT_BACKOFF_MIN, backoff_max.max(CONNECT_BACKOFF_MIN)).backoff();
     loop {
         match Store::connect(cfg).await {
             Ok(s) => return Ok(Some(s)),
             Err(e) if e.is_retryable() => {
+                let attempts = backoff.attempts();
+                let delay = backoff.next_delay();
                 if attempts % 10 == 0 {
-                    tracing::warn!(error = %e, retry_in = ?backoff, attempts = attempts + 1, "Store not reachable yet; retrying.");
+                    tracing::warn!(error = %e, retry_in = ?delay, attempts = attempts + 1, "Store not reachable yet; retrying.");
                 }
-                attempts += 1;
                 tokio::select! {
                     () = shutdown.as_mut() => return Ok(None),
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(backoff_max.max(CONNECT_BACKOFF_MIN));
             }
             Err(e) => return Err(e),
         }
@@ -56,7 +60,8 @@ pub struct WriteContext<'a> {
     pub backoff_max: Duration,
 }
 
-/// Write one batch, retrying retryable errors forever (with backoff). A
+/// Write one batch, retrying retryable errors forever (with the jittered
+/// backoff of [`crate::retry`], from 200 ms up to `backoff_max`). A
 /// batch the store refuses outright is written row by row; rows it still
 /// refuses become dead letters (`store_rejected`).
 pub async fn write_until_done(
@@ -65,7 +70,7 @@ pub async fn write_until_done(
     mut dead: Vec<DeadLetterRow>,
     cx: &WriteContext<'_>,
 ) -> Written {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = RetryPolicy::new(WRITE_BACKOFF_MIN, cx.backoff_max).backoff();
     let mut totals = Written::default();
     loop {
         match store.write(&rows, &dead).await {
@@ -78,9 +83,9 @@ pub async fn write_until_done(
             }
             Err(e) if e.is_retryable() => {
                 let was = cx.health.set_store_reachable(false);
-                cx.metrics.on_store_error(&e.to_string(), backoff, was);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(cx.backoff_max);
+                let delay = backoff.next_delay();
+                cx.metrics.on_store_error(&e.to_string(), delay, was);
+                tokio::time::sleep(delay).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, rows = rows.len(), "Store refused the batch; writing row by row.");
@@ -97,8 +102,7 @@ pub async fn write_until_done(
                     // The store went away while isolating: retry everything left.
                     rows = refused.into_iter().map(|(r, _)| r).collect();
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(cx.backoff_max);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
