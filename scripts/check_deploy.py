@@ -1005,10 +1005,7 @@ def check_workloads(r: Render, report: Report) -> None:
         if sa_name == "default":
             bad(w, "runs as the default ServiceAccount")
         sa = sas.get(sa_name)
-        if pod.get("automountServiceAccountToken") is not False and not (
-            sa and sa.get("automountServiceAccountToken") is False
-        ):
-            bad(w, "automountServiceAccountToken is not false (pod spec or ServiceAccount)")
+        # automountServiceAccountToken in the pod spec: checkov CKV_K8S_38; here the ServiceAccount's.
         if sa_name != "default" and sa is None:
             bad(w, f"ServiceAccount {sa_name} is not in the render")
         elif sa is not None and sa.get("automountServiceAccountToken") is not False:
@@ -1025,20 +1022,19 @@ def check_workloads(r: Render, report: Report) -> None:
             init = c in inits
             cmd = command_of(c)
             if not init and not hook:
-                for probe, path in (("startupProbe", None), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                # That liveness and readiness probes exist: checkov CKV_K8S_8, CKV_K8S_9. Here: the
+                # startup probe (no checkov check) and that the probes ask iotpipe's endpoints.
+                if not c.get("startupProbe"):
+                    bad(w, f"{cname}: no startupProbe")
+                for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                     p = c.get(probe)
-                    if not p:
-                        bad(w, f"{cname}: no {probe}")
-                    elif path and (p.get("httpGet") or {}).get("path") != path:
+                    if p and (p.get("httpGet") or {}).get("path") != path:
                         bad(w, f"{cname}: {probe} does not GET {path}")
+            # That requests and the memory limit exist: checkov CKV_K8S_10, CKV_K8S_12, CKV_K8S_13.
+            # Here: the limit against iotpipe's measured peak, and the request below it.
             res = c.get("resources") or {}
             req, lim = res.get("requests") or {}, res.get("limits") or {}
-            for k in ("cpu", "memory"):
-                if k not in req:
-                    bad(w, f"{cname}: no resources.requests.{k}")
-            if "memory" not in lim:
-                bad(w, f"{cname}: no resources.limits.memory")
-            else:
+            if "memory" in lim:
                 try:
                     limit = parse_quantity(lim["memory"])
                     peak = MEASURED_PEAK_MIB.get(cmd or "") if not init else None
@@ -1049,28 +1045,12 @@ def check_workloads(r: Render, report: Report) -> None:
                         bad(w, f"{cname}: memory request above its limit")
                 except ValueError:
                     bad(w, f"{cname}: memory quantity {lim['memory']!r} cannot be read")
+            # The generic security context is checkov's (CHECKOV_POLICY): runAsNonRoot,
+            # readOnlyRootFilesystem, allowPrivilegeEscalation, privileged, capabilities, seccomp.
+            # Here: the user the image is built for (Containerfile), which owns nothing else.
             csc = c.get("securityContext") or {}
-
-            def eff(key):
-                return csc.get(key, psc.get(key))
-
-            if eff("runAsNonRoot") is not True:
-                bad(w, f"{cname}: runAsNonRoot is not true")
-            if eff("runAsUser") != APP_UID:
+            if csc.get("runAsUser", psc.get("runAsUser")) != APP_UID:
                 bad(w, f"{cname}: runAsUser is not {APP_UID}")
-            if csc.get("readOnlyRootFilesystem") is not True:
-                bad(w, f"{cname}: readOnlyRootFilesystem is not true")
-            if csc.get("allowPrivilegeEscalation") is not False:
-                bad(w, f"{cname}: allowPrivilegeEscalation is not false")
-            if csc.get("privileged") is True:
-                bad(w, f"{cname}: privileged")
-            drop = ((csc.get("capabilities") or {}).get("drop")) or []
-            if "ALL" not in drop:
-                bad(w, f"{cname}: capabilities.drop does not contain ALL")
-            if (csc.get("capabilities") or {}).get("add"):
-                bad(w, f"{cname}: adds capabilities")
-            if ((eff("seccompProfile") or {}).get("type")) != "RuntimeDefault":
-                bad(w, f"{cname}: seccompProfile is not RuntimeDefault")
             # A mount inside a configMap/secret volume's mount needs a mount
             # point in a read-only volume: the container fails to start.
             mounts = c.get("volumeMounts") or []
@@ -1720,7 +1700,55 @@ def run_iotpipe_check(iotpipe: str, text: str, cfg: dict, cmd: str | None, env: 
 # --------------------------------------------------------------------------- checkov
 
 
-def run_checkov(checkov: str, rendered_dir: Path, report: Report) -> None:
+def checkov_argv(checkov: str, framework: str, target: list[str], checks: list[str] | None = None) -> list[str]:
+    argv = [checkov, *target, "--framework", framework, "--output", "json", "--quiet", "--compact", "--skip-download"]
+    if checks:
+        argv += ["--check", ",".join(checks)]
+    return argv
+
+
+def checkov_results(argv: list[str], framework: str, report: Report) -> list[dict] | None:
+    """Run checkov; its results (one per scanned framework), None when it did not run."""
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    if proc.returncode not in (0, 1):
+        report.fail(f"checkov ({framework}) did not run: {proc.stderr.strip()[-2000:]}")
+        return None
+    try:
+        out = json.loads(proc.stdout) if proc.stdout.strip() else []
+    except json.JSONDecodeError:
+        report.fail(f"checkov ({framework}) printed no JSON: {proc.stdout[-500:]} {proc.stderr[-1500:]}")
+        return None
+    return [res for res in (out if isinstance(out, list) else [out]) if isinstance(res, dict)]
+
+
+def checkov_self_test(checkov: str, renders: list[Render], skip_ids: list[str], work: Path, report: Report) -> None:
+    """The generic policy left to checkov must be enforced: every id of
+    CHECKOV_POLICY is enabled, and each break of CHECKOV_BREAKS makes its id fail."""
+    for cid, what in CHECKOV_POLICY.items():
+        if cid in skip_ids:
+            report.fail(f"checkov {cid} ({what}) is skipped in deploy/checkov-skips.yaml, and nothing else checks it")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    expected = {}
+    for i, (target_name, what, breaker, cid) in enumerate(CHECKOV_BREAKS):
+        b, _ = broken(renders, target_name, what, breaker, report)
+        if b is None:
+            continue
+        name = f"break-{i:02d}.yaml"
+        (work / name).write_text(yaml.safe_dump_all(b.docs, sort_keys=False))
+        expected[name] = (cid, what, target_name)
+    results = checkov_results(checkov_argv(checkov, "kubernetes", ["-d", str(work)], sorted(CHECKOV_POLICY)), "kubernetes", report)
+    if results is None:
+        return
+    failed = {(Path(fc.get("file_path", "")).name, fc.get("check_id"))
+              for res in results for fc in (res.get("results") or {}).get("failed_checks", [])}
+    for name, (cid, what, target_name) in expected.items():
+        if (name, cid) not in failed:
+            report.fail(f"self-test: checkov {cid} did not notice: {what} ({target_name})")
+        report.count("self-test breaks detected by checkov", 1 if (name, cid) in failed else 0)
+
+
+def run_checkov(checkov: str, rendered_dirs: list[Path], report: Report, renders: list[Render]) -> None:
     skips_file = DEPLOY / "checkov-skips.yaml"
     skips = yaml.safe_load(skips_file.read_text()) if skips_file.exists() else {}
     skip_ids = []
@@ -1729,11 +1757,11 @@ def run_checkov(checkov: str, rendered_dir: Path, report: Report) -> None:
             report.fail(f"{skips_file.relative_to(ROOT)}: every skipped check needs an id and a reason: {entry}")
         else:
             skip_ids.append(entry["id"])
-    targets = [("kubernetes", ["-d", str(rendered_dir)])]
+    targets = [("kubernetes", ["-d", str(d)]) for d in rendered_dirs]
     containerfile = ROOT / "Containerfile"
     if containerfile.exists():
         # checkov reads Dockerfile-named files only: scan a copy under that name.
-        copy_dir = rendered_dir.parent / "containerfile"
+        copy_dir = rendered_dirs[0].parent / "containerfile"
         copy_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(containerfile, copy_dir / "Dockerfile")
         targets.append(("dockerfile", ["-f", str(copy_dir / "Dockerfile")]))
@@ -1741,21 +1769,8 @@ def run_checkov(checkov: str, rendered_dir: Path, report: Report) -> None:
         report.skip("checkov scan of Containerfile (there is none at the repository root yet; it is scanned once it exists)")
     matched = set()
     for framework, target in targets:
-        argv = [checkov, *target, "--framework", framework, "--output", "json", "--quiet", "--compact",
-                "--skip-download"]
-        proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
-        if proc.returncode not in (0, 1):
-            report.fail(f"checkov ({framework}) did not run: {proc.stderr.strip()[-2000:]}")
-            continue
-        try:
-            out = json.loads(proc.stdout) if proc.stdout.strip() else []
-        except json.JSONDecodeError:
-            report.fail(f"checkov ({framework}) printed no JSON: {proc.stdout[-500:]} {proc.stderr[-1500:]}")
-            continue
-        results = out if isinstance(out, list) else [out]
-        for res in results:
-            if not isinstance(res, dict):
-                continue
+        results = checkov_results(checkov_argv(checkov, framework, target), framework, report)
+        for res in results or []:
             summary = res.get("summary") or {}
             report.count(f"checkov {framework} checks passed", summary.get("passed", 0))
             for fc in (res.get("results") or {}).get("failed_checks", []):
@@ -1774,6 +1789,7 @@ def run_checkov(checkov: str, rendered_dir: Path, report: Report) -> None:
             continue
         if sid not in matched:
             print(f"note  checkov skip {sid} matched no finding (stale entry in deploy/checkov-skips.yaml?)")
+    checkov_self_test(checkov, renders, skip_ids, rendered_dirs[0].parent / "checkov-breaks", report)
 
 
 
@@ -1870,15 +1886,13 @@ def drop_sink_topic_acl(docs):
 
 # (render broken, what, how): each must be noticed by the policy/semantic checks.
 BREAKS = [
-    ("kustomize:overlays/prod", "readiness probe removed", lambda d: container(d, "StatefulSet").pop("readinessProbe")),
     ("kustomize:overlays/prod", "startup probe removed", lambda d: container(d, "Deployment").pop("startupProbe")),
+    ("kustomize:overlays/prod", "readiness probe asks /healthz",
+     lambda d: container(d, "StatefulSet")["readinessProbe"]["httpGet"].update(path="/healthz")),
+    ("kustomize:overlays/prod", "runAsUser 1000 (the image's user is 65532)",
+     lambda d: container(d, "StatefulSet")["securityContext"].update(runAsUser=1000)),
     ("kustomize:overlays/prod", "memory limit 32Mi (below the sink's measured peak)",
      lambda d: container(d, "Deployment")["resources"]["limits"].update(memory="32Mi")),
-    ("kustomize:overlays/prod", "memory limit removed", lambda d: container(d, "StatefulSet")["resources"].pop("limits")),
-    ("kustomize:overlays/prod", "runAsNonRoot false", lambda d: container(d, "StatefulSet")["securityContext"].update(runAsNonRoot=False)),
-    ("kustomize:overlays/prod", "readOnlyRootFilesystem removed", lambda d: container(d, "Deployment")["securityContext"].pop("readOnlyRootFilesystem")),
-    ("kustomize:overlays/prod", "capabilities not dropped", lambda d: container(d, "Deployment")["securityContext"].pop("capabilities")),
-    ("kustomize:overlays/prod", "privilege escalation allowed", lambda d: container(d, "StatefulSet")["securityContext"].update(allowPrivilegeEscalation=True)),
     ("kustomize:overlays/prod", "literal password in env", lambda d: container(d, "Deployment").setdefault("env", []).append({"name": "PG_PASSWORD", "value": "x"})),
     ("kustomize:overlays/prod", "mount inside the config volume", lambda d: container(d, "Deployment")["volumeMounts"].append({"name": "tmp", "mountPath": "/etc/iotpipe/ca"})),
     ("kustomize:overlays/prod", "PodDisruptionBudget removed", lambda d: d.remove(first(d, "PodDisruptionBudget"))),
@@ -1940,6 +1954,56 @@ BREAKS = [
          x for x in first(d, "AppProject")["spec"]["destinations"] if x["namespace"] != "kafka"])),
     ("kustomize:argocd/prod", "AppProject open to any repository",
      lambda d: first(d, "AppProject")["spec"]["sourceRepos"].append("*")),
+]
+# Generic workload policy that checkov enforces and scripts/check_deploy.py
+# does not: (check id, what it requires). Every id must be enabled (not in
+# deploy/checkov-skips.yaml); CHECKOV_BREAKS proves each one fails.
+CHECKOV_POLICY = {
+    "CKV_K8S_8": "a liveness probe",
+    "CKV_K8S_9": "a readiness probe",
+    "CKV_K8S_10": "a CPU request",
+    "CKV_K8S_12": "a memory request",
+    "CKV_K8S_13": "a memory limit",
+    "CKV_K8S_16": "not privileged",
+    "CKV_K8S_20": "allowPrivilegeEscalation false",
+    "CKV_K8S_22": "readOnlyRootFilesystem true",
+    "CKV_K8S_23": "runAsNonRoot (not root)",
+    "CKV_K8S_25": "no added capabilities",
+    "CKV_K8S_31": "seccompProfile RuntimeDefault",
+    "CKV_K8S_37": "capabilities.drop ALL",
+    "CKV_K8S_38": "automountServiceAccountToken false",
+}
+
+
+def drop_seccomp(docs):
+    pod = pod_spec_of(first(docs, "StatefulSet"))[1]
+    (pod.get("securityContext") or {}).pop("seccompProfile", None)
+    for c in pod["containers"]:
+        (c.get("securityContext") or {}).pop("seccompProfile", None)
+
+
+# (render broken, what, how, the checkov id that must fail on it).
+CHECKOV_BREAKS = [
+    ("kustomize:overlays/prod", "liveness probe removed", lambda d: container(d, "Deployment").pop("livenessProbe"), "CKV_K8S_8"),
+    ("kustomize:overlays/prod", "readiness probe removed", lambda d: container(d, "StatefulSet").pop("readinessProbe"), "CKV_K8S_9"),
+    ("kustomize:overlays/prod", "CPU request removed", lambda d: container(d, "Deployment")["resources"]["requests"].pop("cpu"), "CKV_K8S_10"),
+    ("kustomize:overlays/prod", "memory request removed",
+     lambda d: container(d, "Deployment")["resources"]["requests"].pop("memory"), "CKV_K8S_12"),
+    ("kustomize:overlays/prod", "memory limit removed", lambda d: container(d, "StatefulSet")["resources"].pop("limits"), "CKV_K8S_13"),
+    ("kustomize:overlays/prod", "privileged", lambda d: container(d, "Deployment")["securityContext"].update(privileged=True), "CKV_K8S_16"),
+    ("kustomize:overlays/prod", "privilege escalation allowed",
+     lambda d: container(d, "StatefulSet")["securityContext"].update(allowPrivilegeEscalation=True), "CKV_K8S_20"),
+    ("kustomize:overlays/prod", "readOnlyRootFilesystem removed",
+     lambda d: container(d, "Deployment")["securityContext"].pop("readOnlyRootFilesystem"), "CKV_K8S_22"),
+    ("kustomize:overlays/prod", "runAsNonRoot false and runAsUser 0",
+     lambda d: container(d, "StatefulSet")["securityContext"].update(runAsNonRoot=False, runAsUser=0), "CKV_K8S_23"),
+    ("kustomize:overlays/prod", "capability NET_ADMIN added",
+     lambda d: container(d, "Deployment")["securityContext"].setdefault("capabilities", {}).update(add=["NET_ADMIN"]), "CKV_K8S_25"),
+    ("kustomize:overlays/prod", "seccompProfile removed", drop_seccomp, "CKV_K8S_31"),
+    ("kustomize:overlays/prod", "capabilities not dropped",
+     lambda d: container(d, "Deployment")["securityContext"].pop("capabilities"), "CKV_K8S_37"),
+    ("kustomize:overlays/prod", "automountServiceAccountToken removed",
+     lambda d: pod_spec_of(first(d, "StatefulSet"))[1].pop("automountServiceAccountToken"), "CKV_K8S_38"),
 ]
 # Breaks the schema checks must notice (Kubernetes schemas, Strimzi v1, the npm CRD models).
 SCHEMA_BREAKS = [
@@ -2163,7 +2227,7 @@ def main() -> int:
     check_configs(everything, args.iotpipe, report)
     step("checkov")
     if args.checkov:
-        run_checkov(args.checkov, rendered, report)
+        run_checkov(args.checkov, [rendered, out / "scenarios"], report, everything)
     else:
         report.skip("checkov scan (no checkov: it could not be installed, see the pip output above, or --checkov was not given; run scripts/check-deploy.sh)")
 
