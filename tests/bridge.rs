@@ -84,6 +84,10 @@ fn speaks_mqtt_311_too() {
     eventually(Duration::from_secs(10), "acks", || bridge.metric("iotpipe_mqtt_acks_sent_total") == N as f64);
 }
 
+/// The direct-mode bridge SIGKILLed three times under load: nothing missing
+/// in Kafka, and a redelivered message keeps its record id. (The fault matrix
+/// runs the journal-mode variant, `bridge-kill-journal`, through the whole
+/// pipeline.)
 #[test]
 fn sigkill_three_times_loses_nothing() {
     const N: u64 = 20_000;
@@ -115,6 +119,10 @@ fn sigkill_three_times_loses_nothing() {
     }
 }
 
+/// The bridge alone while Kafka is stalled 20 s: it holds its acks, keeps at
+/// most `max_in_flight` unacked, reports not ready and the stall gauge. The
+/// alerts for a Kafka stall are measured by the fault matrix
+/// (`journal-kafka-stall-20s`, `kafka-stall-120s`).
 #[test]
 fn kafka_stalled_for_20s_loses_nothing_and_applies_backpressure() {
     const N: u64 = 10_000;
@@ -245,6 +253,11 @@ fn sigterm_exits_0_and_everything_acked_is_in_kafka() {
     assert!(!in_kafka.is_empty() && !unacked.is_empty(), "the test stopped the bridge mid-run");
 }
 
+/// Journal mode, the bridge alone: during a 60 s Kafka outage every message
+/// is acked to the broker (which has room for only 1,000) and held in the
+/// journal, as its depth and limit gauges say. The fault matrix's
+/// `journal-kafka-stall-*` run the same fault through the sink into
+/// PostgreSQL for the alerts and peak RSS.
 #[test]
 fn journal_mode_rides_out_a_60s_kafka_outage_with_a_1000_message_broker_queue() {
     const N: u64 = 30_000;
@@ -287,7 +300,9 @@ fn journal_mode_rides_out_a_60s_kafka_outage_with_a_1000_message_broker_queue() 
 /// Scale-down of a shared group: with `mqtt.leave_group_on_shutdown` the
 /// member that gets SIGTERM unsubscribes, takes what the broker had already
 /// sent it, and exits; the broker routes the rest to the member that stays,
-/// so nothing is stranded in the departed member's offline session.
+/// so nothing is stranded in the departed member's offline session. The
+/// scale-down alone, read back from Kafka; the fault matrix's
+/// `shared-group-leave` runs it after rolling restarts, into PostgreSQL.
 #[test]
 fn a_member_leaving_its_shared_group_on_sigterm_strands_nothing() {
     const N: u64 = 6_000;

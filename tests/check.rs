@@ -7,26 +7,14 @@ mod common;
 use common::kafka::Tansu;
 use common::mqtt::Mosquitto;
 use common::postgres::{count, Server};
-use common::process::Iotpipe;
+use common::process::{write_config, Iotpipe};
 use common::store::fresh_name;
 use std::path::Path;
-use std::process::Command;
 
-/// `iotpipe check --config <dir>/check.toml [args]`: exit code and stdout.
+/// `iotpipe check --config <dir>/check.toml [args]`: exit code, stdout, stderr.
 fn check(dir: &Path, toml: &str, args: &[&str]) -> (i32, String, String) {
-    let config = dir.join("check.toml");
-    std::fs::write(&config, toml).expect("write config");
-    let out = Command::new(Iotpipe::binary())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run iotpipe check");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    let out = common::process::check(&write_config(dir, "check.toml", toml), args, &[]);
+    (out.code.unwrap_or(-1), out.stdout, out.stderr)
 }
 
 fn line<'a>(out: &'a str, name: &str) -> Option<&'a str> {

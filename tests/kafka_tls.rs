@@ -9,50 +9,13 @@ mod common;
 use common::eventually;
 use common::mqtt::{spawn_publish, Mosquitto};
 use common::postgres::{count, Server};
-use common::process::{bridge_config, Iotpipe};
+use common::process::{bridge_config, check, sink_config, write_config, Iotpipe};
 use common::store::fresh_name;
 use common::tls::{sasl_tansu, TlsKafka, User};
-use std::path::Path;
 use std::time::Duration;
-
-fn sink_config(brokers: &str, store_url: &str, group: &str, properties: &str) -> String {
-    format!(
-        r#"[kafka]
-brokers = "{brokers}"
-
-[kafka.properties]
-{properties}
-
-[sink]
-topics = ["^iot\\..+"]
-group_id = "{group}"
-batch_max_wait = "200ms"
-retry_backoff_max = "1s"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-[store]
-url = "{store_url}"
-
-[http]
-listen = "{{HTTP}}"
-"#
-    )
-}
 
 fn bridge(mqtt: &Mosquitto, kafka: &TlsKafka, id: &str, properties: &str) -> String {
     bridge_config(&mqtt.url(), &kafka.brokers(), id, &format!("[kafka.properties]\n{properties}"))
-}
-
-/// `iotpipe check` on a config: (exit code, stdout).
-fn check(dir: &Path, name: &str, toml: &str) -> (Option<i32>, String) {
-    let path = dir.join(name);
-    std::fs::write(&path, toml.replace("{HTTP}", "127.0.0.1:0")).unwrap();
-    let out = std::process::Command::new(Iotpipe::binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("iotpipe check");
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Publish `n` messages through a bridge on `bridge_props` and store them
@@ -64,7 +27,8 @@ fn deliver(kafka: &TlsKafka, n: u64, bridge_props: &str, sink_props: &str, db: &
     let b = Iotpipe::bridge(dir.path(), &bridge(&mqtt, kafka, db, bridge_props));
     eventually(Duration::from_secs(30), "bridge ready over TLS", || b.get("/readyz").0 == 200);
     spawn_publish(mqtt.url(), 0..n, None).join().unwrap();
-    let s = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, db, sink_props));
+    let s =
+        Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), db).kafka_properties(sink_props).store(&url).toml());
     eventually(Duration::from_secs(90), "every message stored", || {
         count(&url, "SELECT count(*) FROM telemetry") == n as i64
     });
@@ -79,7 +43,9 @@ fn bridge_and_sink_deliver_over_tls_and_check_reports_each_step() {
     let kafka = TlsKafka::start(dir.path(), false);
     let props = kafka.properties(&kafka.certs.ca, false);
     let mqtt = Mosquitto::start(1000);
-    let (code, out) = check(dir.path(), "bridge.toml", &bridge(&mqtt, &kafka, "tls-check", &props));
+    let (code, out) =
+        check(&write_config(dir.path(), "bridge.toml", &bridge(&mqtt, &kafka, "tls-check", &props)), &[], &[])
+            .code_and_text();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&format!("ok    kafka    TCP 127.0.0.1:{} connected", kafka.port)), "{out}");
     assert!(out.contains("ok    kafka    TLS handshake ok"), "{out}");
@@ -94,13 +60,20 @@ fn mutual_tls_delivers_with_the_client_certificate_and_is_refused_without() {
     let with_cert = kafka.properties(&kafka.certs.ca, true);
     let mqtt = Mosquitto::start(1000);
     let (code, out) = check(
-        dir.path(),
-        "no-cert.toml",
-        &bridge(&mqtt, &kafka, "mtls-check", &kafka.properties(&kafka.certs.ca, false)),
-    );
+        &write_config(
+            dir.path(),
+            "no-cert.toml",
+            &bridge(&mqtt, &kafka, "mtls-check", &kafka.properties(&kafka.certs.ca, false)),
+        ),
+        &[],
+        &[],
+    )
+    .code_and_text();
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL  kafka    TLS handshake failed"), "no client certificate: {out}");
-    let (code, out) = check(dir.path(), "cert.toml", &bridge(&mqtt, &kafka, "mtls-check", &with_cert));
+    let (code, out) =
+        check(&write_config(dir.path(), "cert.toml", &bridge(&mqtt, &kafka, "mtls-check", &with_cert)), &[], &[])
+            .code_and_text();
     assert_eq!(code, Some(0), "{out}");
     deliver(&kafka, 1_000, &with_cert, &with_cert, "tls_mutual");
 }
@@ -112,14 +85,17 @@ fn a_wrong_ca_is_named_by_check_and_keeps_bridge_and_sink_up_and_not_ready() {
     let wrong = kafka.properties(&kafka.certs.other_ca, false);
     let mqtt = Mosquitto::start(1000);
     let toml = bridge(&mqtt, &kafka, "wrong-ca", &wrong);
-    let (code, out) = check(dir.path(), "wrong-ca.toml", &toml);
+    let (code, out) = check(&write_config(dir.path(), "wrong-ca.toml", &toml), &[], &[]).code_and_text();
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL  kafka    TLS handshake failed"), "{out}");
     assert!(out.contains("certificate verify failed"), "the reason is the certificate: {out}");
 
     let b = Iotpipe::bridge(dir.path(), &toml);
     let url = Server::shared().url(&fresh_name("tls_wrong_ca"));
-    let s = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "wrong-ca", &wrong));
+    let s = Iotpipe::sink(
+        dir.path(),
+        &sink_config(&kafka.brokers(), "wrong-ca").kafka_properties(&wrong).store(&url).toml(),
+    );
     for (p, what) in [(&b, "bridge"), (&s, "sink")] {
         eventually(Duration::from_secs(20), &format!("{what} logs the reason"), || {
             let log = p.log_text();
@@ -157,7 +133,7 @@ fn sasl_scram_over_tls_delivers_and_a_wrong_password_is_named() {
     };
     let mqtt = Mosquitto::start(1000);
     let bad = bridge(&mqtt, &kafka, "sasl-bad", &scram("SCRAM-SHA-512", "bridge", "not-the-password"));
-    let (code, out) = check(dir.path(), "bad.toml", &bad);
+    let (code, out) = check(&write_config(dir.path(), "bad.toml", &bad), &[], &[]).code_and_text();
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("ok    kafka    TLS handshake ok"), "{out}");
     assert!(out.contains("FAIL  kafka    authentication failed (SASL SCRAM-SHA-512 as `bridge`)"), "{out}");

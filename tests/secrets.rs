@@ -9,16 +9,14 @@
 
 mod common;
 
-use common::eventually;
 use common::kafka::Tansu;
-use common::mqtt::{spawn_mosquitto, spawn_publish};
+use common::mqtt::{spawn_publish, GuardedMosquitto};
 use common::postgres::{count, Server};
-use common::process::{bridge_config, Iotpipe};
+use common::process::{bridge_config, check, sink_config, Iotpipe};
 use common::store::fresh_name;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use common::{eventually, http_get_answer as get};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const MQTT_PASSWORD: &str = "mqtt-pw-Q7x2vL";
@@ -28,6 +26,9 @@ const PG_PASSWORD: &str = "pg-pw-P5m1Wq";
 const TOKEN: &str = "api-token-T4n6Hs";
 const WRONG_TOKEN: &str = "wrong-token-W2cB";
 const KEY_MATERIAL: &str = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDsecretkeyX9";
+
+/// Every process and every `iotpipe check` here logs at debug level.
+const DEBUG: (&str, &str) = ("RUST_LOG", "debug");
 
 const SECRETS: [&str; 7] =
     [MQTT_PASSWORD, WRONG_MQTT_PASSWORD, KAFKA_PASSWORD, PG_PASSWORD, TOKEN, WRONG_TOKEN, KEY_MATERIAL];
@@ -41,100 +42,10 @@ fn assert_no_secret(what: &str, text: &str) {
     }
 }
 
-/// Mosquitto with two listeners: one for anonymous publishers, one that
-/// needs user `iot` with [`MQTT_PASSWORD`] (the bridges connect there).
-struct AuthMosquitto {
-    child: Child,
-    open: u16,
-    auth: u16,
-}
-
-impl AuthMosquitto {
-    fn start(dir: &Path) -> Self {
-        let passwd = dir.join("mosquitto.passwd");
-        let out = Command::new("mosquitto_passwd")
-            .args(["-b", "-c"])
-            .arg(&passwd)
-            .args(["iot", MQTT_PASSWORD])
-            .output()
-            .expect("mosquitto_passwd (Debian package mosquitto)");
-        assert!(out.status.success(), "mosquitto_passwd: {}", String::from_utf8_lossy(&out.stderr));
-        let (open, auth) = (common::free_port(), common::free_port());
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "per_listener_settings true\npersistence false\nlog_dest file {log}\n\
-                 listener {open} 127.0.0.1\nallow_anonymous true\n\
-                 listener {auth} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n",
-                log = dir.join("mosquitto.log").display(),
-                passwd = passwd.display(),
-            ),
-        )
-        .expect("mosquitto.conf");
-        let child = spawn_mosquitto(&conf, &[open, auth]);
-        Self { child, open, auth }
-    }
-}
-
-impl Drop for AuthMosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A GET with an optional `Authorization` header: (status, the whole answer
-/// with its headers).
-fn get(port: u16, path: &str, authorization: Option<&str>) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, buf)
-}
-
-/// `iotpipe check` on a config file with extra environment: stdout and stderr.
-fn check(config: &Path, env: &[(&str, &str)], extra: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(Iotpipe::binary())
-        .args(["check", "--config"])
-        .arg(config)
-        .args(extra)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "debug")
-        .output()
-        .expect("iotpipe check");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code(), text)
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write file");
     p
-}
-
-fn sink_config(brokers: &str, group: &str, store_url: Option<&str>) -> String {
-    let store = store_url.map(|u| format!("[store]\nurl = \"{u}\"\n")).unwrap_or_default();
-    format!(
-        r#"[kafka]
-brokers = "{brokers}"
-
-[sink]
-topics = ["^iot\\..+"]
-group_id = "{group}"
-batch_max_wait = "200ms"
-retry_backoff_max = "1s"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-{store}
-[http]
-listen = "{{HTTP}}"
-"#
-    )
 }
 
 /// Every HTTP answer a process gives without the API: metrics, health.
@@ -149,20 +60,20 @@ fn scan_http(name: &str, p: &Iotpipe) {
 fn no_secret_reaches_logs_metrics_check_output_or_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mqtt = AuthMosquitto::start(d);
+    // The bridges connect to the listener that needs user `iot`; publishers to the open one.
+    let mqtt = GuardedMosquitto::with_password(d, "iot", MQTT_PASSWORD);
     let kafka = Tansu::start();
     let mqtt_password_file = write(d, "mqtt-password", &format!("{MQTT_PASSWORD}\n"));
     let kafka_password_file = write(d, "kafka-password", KAFKA_PASSWORD);
     let token_file = write(d, "token", &format!("{TOKEN}\n"));
     let bad_key =
         write(d, "client.key", &format!("-----BEGIN PRIVATE KEY-----\n{KEY_MATERIAL}\n-----END PRIVATE KEY-----\n"));
-    let debug = ("RUST_LOG", "debug");
-    let auth_url = format!("mqtt://127.0.0.1:{}", mqtt.auth);
+    let auth_url = format!("mqtt://127.0.0.1:{}", mqtt.guarded);
     let user = ("IOTPIPE_MQTT__USERNAME", "iot");
     let pw_file = mqtt_password_file.display().to_string();
 
     // A bridge that works: the password from a file named in the environment.
-    let good_env = [debug, user, ("IOTPIPE_MQTT__PASSWORD_FILE", pw_file.as_str())];
+    let good_env = [DEBUG, user, ("IOTPIPE_MQTT__PASSWORD_FILE", pw_file.as_str())];
     let good = Iotpipe::start_named(
         d,
         "bridge",
@@ -179,7 +90,7 @@ fn no_secret_reaches_logs_metrics_check_output_or_the_api() {
          \"sasl.username\" = \"iotpipe\"\n\"sasl.password_file\" = \"{}\"\n",
         kafka_password_file.display()
     );
-    let bad_env = [debug, user, ("IOTPIPE_MQTT__PASSWORD", WRONG_MQTT_PASSWORD)];
+    let bad_env = [DEBUG, user, ("IOTPIPE_MQTT__PASSWORD", WRONG_MQTT_PASSWORD)];
     let bad_toml = bridge_config(&auth_url, &kafka.brokers(), "secrets-bad", &sasl);
     let bad = Iotpipe::start_named(d, "bridge", "bridge-bad", &bad_toml, &bad_env);
 
@@ -189,11 +100,11 @@ fn no_secret_reaches_logs_metrics_check_output_or_the_api() {
     let base = Server::shared().url(&db);
     let with_password = base.replacen("postgres://iotpipe@", &format!("postgres://iotpipe:{PG_PASSWORD}@"), 1);
     assert_ne!(with_password, base, "the shared server's URL names user iotpipe");
-    let sink_env = [debug, ("IOTPIPE_STORE__URL", with_password.as_str())];
-    let sink = Iotpipe::start_named(d, "sink", "sink-good", &sink_config(&kafka.brokers(), &db, None), &sink_env);
+    let sink_env = [DEBUG, ("IOTPIPE_STORE__URL", with_password.as_str())];
+    let sink = Iotpipe::start_named(d, "sink", "sink-good", &sink_config(&kafka.brokers(), &db).toml(), &sink_env);
     let down = format!("postgres://iotpipe:{PG_PASSWORD}@127.0.0.1:{}/x?sslmode=disable", common::free_port());
-    let down_toml = sink_config(&kafka.brokers(), "secrets-down", Some(&down));
-    let sink_down = Iotpipe::start_named(d, "sink", "sink-down", &down_toml, &[debug]);
+    let down_toml = sink_config(&kafka.brokers(), "secrets-down").store(&down).toml();
+    let sink_down = Iotpipe::start_named(d, "sink", "sink-down", &down_toml, &[DEBUG]);
 
     spawn_publish(format!("mqtt://127.0.0.1:{}", mqtt.open), 0..300, None).join().unwrap();
     eventually(Duration::from_secs(90), "300 rows stored", || count(&base, "SELECT count(*) FROM telemetry") == 300);
@@ -215,9 +126,9 @@ fn no_secret_reaches_logs_metrics_check_output_or_the_api() {
             journal = d.join(format!("{name}-journal")).display(),
         )
     };
-    let run = Iotpipe::start_named(d, "run", "run", &run_toml("run"), &[debug, ("IOTPIPE_HTTP__TOKEN", TOKEN)]);
+    let run = Iotpipe::start_named(d, "run", "run", &run_toml("run"), &[DEBUG, ("IOTPIPE_HTTP__TOKEN", TOKEN)]);
     let tf = token_file.display().to_string();
-    let file_env = [debug, ("IOTPIPE_HTTP__TOKEN_FILE", tf.as_str())];
+    let file_env = [DEBUG, ("IOTPIPE_HTTP__TOKEN_FILE", tf.as_str())];
     let run_file = Iotpipe::start_named(d, "run", "run-file", &run_toml("run-file"), &file_env);
     // HTTP answers while the journal recovers, before MQTT is subscribed:
     // publish once both are ready, or the messages reach no subscriber.
@@ -249,26 +160,27 @@ fn no_secret_reaches_logs_metrics_check_output_or_the_api() {
     // `iotpipe check` on each config, with the same environment; and a
     // client key that cannot be parsed.
     let dir_cfg = |name: &str| d.join(format!("{name}.toml"));
-    let (code, out) = check(&dir_cfg("bridge-bad"), &bad_env, &[]);
+    let (code, out) = check(&dir_cfg("bridge-bad"), &[], &bad_env).code_and_text();
     assert_eq!(code, Some(1), "check of the failing bridge: {out}");
     assert_no_secret("iotpipe check (wrong MQTT password, SASL)", &out);
-    let (code, out) = check(&dir_cfg("bridge-good"), &good_env, &[]);
+    let (code, out) = check(&dir_cfg("bridge-good"), &[], &good_env).code_and_text();
     assert_eq!(code, Some(0), "check of the working bridge: {out}");
     assert_no_secret("iotpipe check (working bridge)", &out);
-    let (code, out) = check(&dir_cfg("sink-down"), &[], &[]);
+    let (code, out) = check(&dir_cfg("sink-down"), &[], &[DEBUG]).code_and_text();
     assert_eq!(code, Some(1), "check of the sink whose store is down: {out}");
     assert!(out.contains("iotpipe:***@") || !out.contains("iotpipe:"), "the URL is shown redacted: {out}");
     assert_no_secret("iotpipe check (store down)", &out);
-    let (code, out) = check(&dir_cfg("sink-good"), &sink_env, &[]);
+    let (code, out) = check(&dir_cfg("sink-good"), &[], &sink_env).code_and_text();
     assert_eq!(code, Some(0), "check of the working sink: {out}");
     assert_no_secret("iotpipe check (working sink)", &out);
-    let (_, out) = check(&dir_cfg("run"), &[("IOTPIPE_HTTP__TOKEN", TOKEN)], &["--command", "run"]);
+    let (_, out) =
+        check(&dir_cfg("run"), &["--command", "run"], &[DEBUG, ("IOTPIPE_HTTP__TOKEN", TOKEN)]).code_and_text();
     assert_no_secret("iotpipe check (run)", &out);
     let cert = write(d, "client.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
     let key_toml = write(
         d,
         "bridge-key.toml",
-        &bridge_config(&format!("mqtts://127.0.0.1:{}", mqtt.auth), &kafka.brokers(), "secrets-key", "")
+        &bridge_config(&format!("mqtts://127.0.0.1:{}", mqtt.guarded), &kafka.brokers(), "secrets-key", "")
             .replace("{HTTP}", "127.0.0.1:0")
             .replace(
                 "qos = 1\n",
@@ -279,11 +191,11 @@ fn no_secret_reaches_logs_metrics_check_output_or_the_api() {
                 ),
             ),
     );
-    let (code, out) = check(&key_toml, &[debug], &[]);
+    let (code, out) = check(&key_toml, &[], &[DEBUG]).code_and_text();
     assert_eq!(code, Some(1), "check with an unparseable client key: {out}");
     assert!(out.contains("client_key_file"), "the key file is named: {out}");
     assert_no_secret("iotpipe check (unparseable client key)", &out);
-    let (_, out) = check(&key_toml, &[debug], &["--offline"]);
+    let (_, out) = check(&key_toml, &["--offline"], &[DEBUG]).code_and_text();
     assert_no_secret("iotpipe check --offline (unparseable client key)", &out);
 
     // Every process's HTTP answers, then its whole log.
@@ -324,7 +236,7 @@ fn the_api_is_not_served_beyond_loopback_without_a_token() {
     assert_eq!(out.status.code(), Some(2), "iotpipe run without a token on 0.0.0.0: {stderr}");
     assert!(stderr.contains("http.token") && stderr.contains("api_without_token"), "{stderr}");
     assert!(!d.join("x.db").exists(), "nothing was started");
-    let (code, text) = check(&refused, &[], &["--command", "run", "--offline"]);
+    let (code, text) = check(&refused, &["--command", "run", "--offline"], &[DEBUG]).code_and_text();
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("http.token"), "{text}");
 
@@ -347,6 +259,6 @@ fn the_api_is_not_served_beyond_loopback_without_a_token() {
 
     // With a token it starts too, and the token is needed.
     let with_token = write(d, "token.toml", &toml(&format!("token = \"{TOKEN}\"\n")));
-    let (code, text) = check(&with_token, &[], &["--command", "run", "--offline"]);
+    let (code, text) = check(&with_token, &["--command", "run", "--offline"], &[DEBUG]).code_and_text();
     assert_eq!(code, Some(0), "{text}");
 }

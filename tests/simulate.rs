@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::eventually_async;
 use common::mqtt::Mosquitto;
 use iotpipe::simulate::{self, SimulateArgs, SimulateError};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -82,14 +83,6 @@ impl Seen {
     }
 }
 
-async fn until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !f() {
-        assert!(start.elapsed() < within, "gave up after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The broker is frozen (SIGSTOP) while the simulator keeps publishing, so
 /// its in-flight window fills with publishes the broker never reads; then it
 /// is stopped for good (SIGTERM before SIGCONT: it exits without reading
@@ -104,7 +97,7 @@ async fn a_broker_restart_in_the_middle_of_a_run_loses_no_qos1_message() {
     let a = args(&broker.url(), count, 500, 100, "120s");
     let run = tokio::spawn(async move { simulate::publish(&a).await });
 
-    until(Duration::from_secs(60), "the first 500 messages at the subscriber", || seen.len() >= 500).await;
+    eventually_async(Duration::from_secs(60), "the first 500 messages at the subscriber", || seen.len() >= 500).await;
     common::signal(broker.pid(), "STOP");
     // Let the simulator write its whole in-flight window into the frozen broker.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -116,7 +109,7 @@ async fn a_broker_restart_in_the_middle_of_a_run_loses_no_qos1_message() {
     assert_eq!(summary.messages, count);
     assert!(summary.reconnects.reconnects >= 1, "{:?}", summary.reconnects);
     assert!(summary.reconnects.resent >= 1, "nothing was carried over the restart: {:?}", summary.reconnects);
-    until(Duration::from_secs(60), "every message at the subscriber", || seen.len() as u64 >= count).await;
+    eventually_async(Duration::from_secs(60), "every message at the subscriber", || seen.len() as u64 >= count).await;
     assert_eq!(seen.missing(count), Vec::<u64>::new());
 }
 
@@ -130,7 +123,7 @@ async fn a_timeout_reports_the_acknowledged_count() {
     let count = 100_000;
     let a = args(&broker.url(), count, 1_000, 100, "5s");
     let run = tokio::spawn(async move { simulate::publish(&a).await });
-    until(Duration::from_secs(60), "the first 100 messages at the subscriber", || seen.len() >= 100).await;
+    eventually_async(Duration::from_secs(60), "the first 100 messages at the subscriber", || seen.len() >= 100).await;
     common::signal(broker.pid(), "STOP");
 
     let res = tokio::time::timeout(Duration::from_secs(120), run).await.expect("simulate gave up").expect("task");

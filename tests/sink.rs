@@ -5,32 +5,14 @@ mod common;
 use common::eventually;
 use common::kafka::{bridge_record, produce, Tansu};
 use common::postgres::{count, query, PrivatePostgres, Server};
-use common::process::Iotpipe;
+use common::process::{sink_config, Iotpipe, SinkConfig};
 use common::store::fresh_name;
 use std::time::Duration;
 
-fn sink_config(brokers: &str, store_url: &str, group: &str, extra: &str) -> String {
-    format!(
-        r#"[kafka]
-brokers = "{brokers}"
-
-[sink]
-topics = ["^iot\\..+"]
-group_id = "{group}"
-batch_max_rows = 2000
-batch_max_wait = "200ms"
-retry_backoff_max = "1s"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-[store]
-url = "{store_url}"
-retention = "3d"
-
-[http]
-listen = "{{HTTP}}"
-{extra}
-"#
-    )
+/// The sink config of these tests: batches of up to 2,000 rows, 3 days of
+/// retention (the records' event times span the last two days).
+fn config(brokers: &str, store_url: &str, group: &str) -> SinkConfig {
+    sink_config(brokers, group).sink_key("batch_max_rows", "2000").store(store_url).store_key("retention", "\"3d\"")
 }
 
 fn wait_ready(sink: &Iotpipe) {
@@ -44,7 +26,7 @@ fn stores_50000_records_exactly_once_even_when_replayed() {
     let url = Server::shared().url(&fresh_name("sink_once"));
     produce(&kafka.brokers(), (0..N).map(bridge_record));
     let dir = tempfile::tempdir().unwrap();
-    let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-once", ""));
+    let sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &url, "sink-once").toml());
     wait_ready(&sink);
     eventually(Duration::from_secs(120), "50,000 rows", || count(&url, "SELECT count(*) FROM telemetry") == N as i64);
     // Every committed row's latency since the bridge received it.
@@ -89,9 +71,10 @@ fn records_trickling_in_are_all_stored() {
     // The topics exist before the sink subscribes.
     produce(&kafka.brokers(), (0..CHUNK).map(bridge_record));
     let dir = tempfile::tempdir().unwrap();
-    let config = sink_config(&kafka.brokers(), &url, "sink-trickle", "")
-        .replace("batch_max_rows = 2000", "batch_max_rows = 150")
-        .replace("batch_max_wait = \"200ms\"", "batch_max_wait = \"50ms\"");
+    let config = config(&kafka.brokers(), &url, "sink-trickle")
+        .sink_key("batch_max_rows", "150")
+        .sink_key("batch_max_wait", "\"50ms\"")
+        .toml();
     let sink = Iotpipe::sink(dir.path(), &config);
     wait_ready(&sink);
     for start in (CHUNK..N).step_by(CHUNK as usize) {
@@ -108,13 +91,14 @@ fn records_trickling_in_are_all_stored() {
     assert!(sink.metric("iotpipe_sink_batches_total") > 10.0, "the records came in many batches");
 }
 
+/// The sink SIGKILLed three times while records arrive: one row per record.
 #[test]
 fn sigkill_three_times_still_one_row_per_record() {
     const N: u64 = 30_000;
     let kafka = Tansu::start();
     let url = Server::shared().url(&fresh_name("sink_kill"));
     let dir = tempfile::tempdir().unwrap();
-    let mut sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-kill", ""));
+    let mut sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &url, "sink-kill").toml());
     let brokers = kafka.brokers();
     let producer = std::thread::spawn(move || {
         for chunk in 0..30 {
@@ -144,7 +128,7 @@ fn members_joining_and_leaving_the_group_keep_one_row_per_record() {
     let url = Server::shared().url(&fresh_name("sink_group"));
     produce(&kafka.brokers(), (0..1_000).map(bridge_record));
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = sink_config(&kafka.brokers(), &url, "sink-group", "");
+    let config = config(&kafka.brokers(), &url, "sink-group").toml();
     let a = Iotpipe::sink(dir_a.path(), &config);
     wait_ready(&a);
     let brokers = kafka.brokers();
@@ -173,6 +157,10 @@ fn members_joining_and_leaving_the_group_keep_one_row_per_record() {
     assert!(log.contains("Partitions revoked."), "the first member gave partitions away:\n{log}");
 }
 
+/// The sink alone while its PostgreSQL is stopped cleanly (`pg_ctl stop -m
+/// fast`) for 20 s: not ready, freshness and lag grow, then everything is
+/// stored once. The fault matrix's `pg-outage-*` crash the server (`-m
+/// immediate`) under the whole pipeline and measure the alerts.
 #[test]
 fn postgres_down_for_20s_loses_nothing_and_resumes() {
     const N: u64 = 20_000;
@@ -180,7 +168,7 @@ fn postgres_down_for_20s_loses_nothing_and_resumes() {
     let pg = PrivatePostgres::start();
     let url = pg.url("sink_outage");
     let dir = tempfile::tempdir().unwrap();
-    let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-outage", ""));
+    let sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &url, "sink-outage").toml());
     wait_ready(&sink);
     produce(&kafka.brokers(), (0..N / 2).map(bridge_record));
     eventually(Duration::from_secs(60), "first half stored", || {
@@ -251,7 +239,7 @@ fn poison_records_land_in_dead_letters_and_the_consumer_moves_on() {
     }
     produce(&kafka.brokers(), records);
     let dir = tempfile::tempdir().unwrap();
-    let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &url, "sink-poison", ""));
+    let sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &url, "sink-poison").toml());
     eventually(Duration::from_secs(60), "good rows", || count(&url, "SELECT count(*) FROM telemetry") == 10);
     eventually(Duration::from_secs(30), "dead letters", || count(&url, "SELECT count(*) FROM dead_letters") == 9);
     let reasons = query(
@@ -280,7 +268,7 @@ fn writes_to_influxdb_with_tags_fields_and_retention_policy() {
     let store_url = common::influx::store_url(&db);
     produce(&kafka.brokers(), (0..600).map(bridge_record));
     let dir = tempfile::tempdir().unwrap();
-    let sink = Iotpipe::sink(dir.path(), &sink_config(&kafka.brokers(), &store_url, "sink-influx", ""));
+    let sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &store_url, "sink-influx").toml());
     let q = |q: &str| {
         let path = format!(
             "/query?db={db}&q={}",

@@ -6,65 +6,15 @@
 
 mod common;
 
-use common::eventually;
 use common::kafka::Tansu;
-use common::mqtt::{spawn_mosquitto, spawn_publish};
+use common::mqtt::{spawn_publish, GuardedMosquitto};
 use common::postgres::{count, query, PrivatePostgres};
-use common::process::{bridge_config, Iotpipe};
+use common::process::{bridge_config, check, write_config, Iotpipe};
 use common::tls::Certs;
+use common::{eventually, is_root};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
-
-/// Mosquitto with a plain listener for the test's publisher and a TLS
-/// listener that requires a client certificate signed by the test CA.
-struct TlsMosquitto {
-    child: Child,
-    open: u16,
-    tls: u16,
-}
-
-impl TlsMosquitto {
-    fn start(dir: &Path, certs: &Certs) -> Self {
-        let (open, tls) = (common::free_port(), common::free_port());
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "per_listener_settings true\npersistence false\nlog_dest file {log}\n\
-                 listener {open} 127.0.0.1\nallow_anonymous true\n\
-                 listener {tls} 127.0.0.1\nallow_anonymous true\n\
-                 cafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n",
-                log = dir.join("mosquitto.log").display(),
-                ca = certs.ca.display(),
-                cert = certs.server_cert.display(),
-                key = certs.server_key.display(),
-            ),
-        )
-        .expect("mosquitto.conf");
-        let child = spawn_mosquitto(&conf, &[open, tls]);
-        Self { child, open, tls }
-    }
-}
-
-impl Drop for TlsMosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `iotpipe check` on a config file: (exit code, stdout and stderr).
-fn check(config: &Path, extra: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(Iotpipe::binary())
-        .args(["check", "--config"])
-        .arg(config)
-        .args(extra)
-        .output()
-        .expect("iotpipe check");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code(), text)
-}
 
 /// The bridge config with TLS settings in `[mqtt]`.
 fn tls_bridge(url: &str, brokers: &str, id: &str, mqtt_tls: &str) -> String {
@@ -76,9 +26,11 @@ fn mqtt_over_tls_with_a_client_certificate_delivers_and_is_refused_without() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let certs = Certs::generate(d);
-    let mqtt = TlsMosquitto::start(d, &certs);
+    // A plain listener for the test's publisher, and a TLS listener that
+    // requires a client certificate signed by the test CA.
+    let mqtt = GuardedMosquitto::with_client_certificate(d, &certs.ca, &certs.server_cert, &certs.server_key);
     let kafka = Tansu::start();
-    let url = format!("mqtts://127.0.0.1:{}", mqtt.tls);
+    let url = format!("mqtts://127.0.0.1:{}", mqtt.guarded);
     let with_cert = format!(
         "ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
         certs.ca.display(),
@@ -88,11 +40,11 @@ fn mqtt_over_tls_with_a_client_certificate_delivers_and_is_refused_without() {
     let b =
         Iotpipe::start_named(d, "bridge", "bridge-tls", &tls_bridge(&url, &kafka.brokers(), "tls-ok", &with_cert), &[]);
     eventually(Duration::from_secs(30), "the bridge ready over MQTT TLS", || b.get("/readyz").0 == 200);
-    spawn_publish(format!("mqtt://127.0.0.1:{}", mqtt.open), 0..500, None).join().unwrap();
+    spawn_publish(mqtt.open_url(), 0..500, None).join().unwrap();
     eventually(Duration::from_secs(60), "500 messages delivered", || {
         b.metric("iotpipe_messages_delivered_total") == 500.0
     });
-    let (code, out) = check(&d.join("bridge-tls.toml"), &[]);
+    let (code, out) = check(&d.join("bridge-tls.toml"), &[], &[]).code_and_text();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&format!("ok    mqtt     {url} connected")), "{out}");
 
@@ -105,7 +57,7 @@ fn mqtt_over_tls_with_a_client_certificate_delivers_and_is_refused_without() {
         &tls_bridge(&url, &kafka.brokers(), "tls-no", &no_cert),
         &[],
     );
-    let (code, out) = check(&d.join("bridge-nocert.toml"), &[]);
+    let (code, out) = check(&d.join("bridge-nocert.toml"), &[], &[]).code_and_text();
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL  mqtt"), "{out}");
     // A CA that did not sign the broker's certificate.
@@ -117,7 +69,7 @@ fn mqtt_over_tls_with_a_client_certificate_delivers_and_is_refused_without() {
         &tls_bridge(&url, &kafka.brokers(), "tls-ca", &wrong_ca),
         &[],
     );
-    let (code, out) = check(&d.join("bridge-wrongca.toml"), &[]);
+    let (code, out) = check(&d.join("bridge-wrongca.toml"), &[], &[]).code_and_text();
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL  mqtt") && out.to_lowercase().contains("certificate"), "names the certificate: {out}");
     std::thread::sleep(Duration::from_secs(3));
@@ -144,7 +96,7 @@ fn enable_ssl(pg: &PrivatePostgres, certs: &Certs) {
     chmod("755", &tls_dir);
     chmod("600", &key);
     // The cluster runs as the `postgres` user when the tests run as root.
-    if Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false) {
+    if is_root() {
         assert!(Command::new("chown").args(["-R", "postgres:"]).arg(&tls_dir).status().unwrap().success());
     }
     let url = pg.url("postgres");
@@ -190,13 +142,12 @@ fn postgres_with_verify_full_stores_every_message_and_a_wrong_ca_is_named() {
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'tlsdb' AND s.ssl",
     );
     assert!(ssl_sessions >= 1, "iotpipe's connections use TLS ({ssl_sessions})");
-    let (code, out) = check(&d.join("run-tls.toml"), &["--command", "run"]);
+    let (code, out) = check(&d.join("run-tls.toml"), &["--command", "run"], &[]).code_and_text();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("ok    store"), "{out}");
 
-    let wrong = d.join("run-wrongca.toml");
-    std::fs::write(&wrong, run_toml("wrong", &certs.other_ca).replace("{HTTP}", "127.0.0.1:0")).unwrap();
-    let (code, out) = check(&wrong, &["--command", "run"]);
+    let wrong = write_config(d, "run-wrongca.toml", &run_toml("wrong", &certs.other_ca));
+    let (code, out) = check(&wrong, &["--command", "run"], &[]).code_and_text();
     assert_eq!(code, Some(1), "{out}");
     let store_line =
         out.lines().find(|l| l.starts_with("FAIL  store")).unwrap_or_else(|| panic!("no store line: {out}"));

@@ -1,7 +1,9 @@
-//! Test-side MQTT: a private Mosquitto per test, a publisher of known
-//! payloads and a session reader.
+//! Test-side MQTT: a private Mosquitto per test (one listener, or an open
+//! listener next to one that needs a password or a client certificate), a
+//! publisher of known payloads and a session reader.
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,7 @@ impl Mosquitto {
         } else {
             "persistence false\n".to_string()
         };
-        let user = if is_root() { "user root\n" } else { "" };
+        let user = if super::is_root() { "user root\n" } else { "" };
         std::fs::write(
             &conf,
             format!(
@@ -65,13 +67,9 @@ impl Mosquitto {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
-}
-
 /// Start the services' Mosquitto on `conf` and wait until each of its
-/// listener `ports` is open (for tests that need their own listeners).
-pub fn spawn_mosquitto(conf: &std::path::Path, ports: &[u16]) -> Child {
+/// listener `ports` is open.
+fn spawn_mosquitto(conf: &Path, ports: &[u16]) -> Child {
     let bin = super::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
     let child = Command::new(bin)
         .arg("-c")
@@ -87,6 +85,76 @@ pub fn spawn_mosquitto(conf: &std::path::Path, ports: &[u16]) -> Child {
 }
 
 impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private Mosquitto with two listeners on free ports: `open` takes
+/// anonymous clients (the test's publishers), `guarded` asks for a password
+/// or a client certificate (the iotpipe under test connects there).
+pub struct GuardedMosquitto {
+    child: Child,
+    pub open: u16,
+    pub guarded: u16,
+}
+
+impl GuardedMosquitto {
+    /// `guarded` needs user `user` with `password` (a password file made
+    /// with `mosquitto_passwd` in `dir`).
+    pub fn with_password(dir: &Path, user: &str, password: &str) -> Self {
+        let passwd = dir.join("mosquitto.passwd");
+        let out = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwd)
+            .args([user, password])
+            .output()
+            .expect("mosquitto_passwd (Debian package mosquitto)");
+        assert!(out.status.success(), "mosquitto_passwd: {}", String::from_utf8_lossy(&out.stderr));
+        Self::start(dir, &format!("allow_anonymous false\npassword_file {}\n", passwd.display()))
+    }
+
+    /// `guarded` is TLS with the server certificate `cert`/`key` and requires
+    /// a client certificate signed by `ca`.
+    pub fn with_client_certificate(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Self {
+        Self::start(
+            dir,
+            &format!(
+                "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+    }
+
+    /// Writes `dir/mosquitto.conf` (log in `dir/mosquitto.log`), the
+    /// `guarded` listener's settings from `guard`, and starts it.
+    fn start(dir: &Path, guard: &str) -> Self {
+        let (open, guarded) = (super::free_port(), super::free_port());
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings true\npersistence false\nlog_dest file {log}\n\
+                 listener {open} 127.0.0.1\nallow_anonymous true\n\
+                 listener {guarded} 127.0.0.1\n{guard}",
+                log = dir.join("mosquitto.log").display(),
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = spawn_mosquitto(&conf, &[open, guarded]);
+        Self { child, open, guarded }
+    }
+
+    /// `mqtt://` URL of the open listener.
+    pub fn open_url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.open)
+    }
+}
+
+impl Drop for GuardedMosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

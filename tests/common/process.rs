@@ -1,6 +1,8 @@
 //! A running `iotpipe <command>` (bridge, sink, run): its config on a free
 //! HTTP port, its log file, SIGTERM/SIGKILL, metrics; when the test panics
-//! it prints the end of its log and its last metrics.
+//! it prints the end of its log and its last metrics. Also the standard
+//! bridge and sink configs of the tests, and `iotpipe check` as a one-shot
+//! command.
 
 use super::{free_port, http_get, signal, wait_for_port};
 use std::path::{Path, PathBuf};
@@ -184,4 +186,136 @@ grace_period = "20s"
 {extra}
 "#
     )
+}
+
+/// An `iotpipe sink` config, built from the test defaults: Kafka at
+/// `brokers`, the consumer group `group` on the `iot.*` topics, batches of at
+/// most 200 ms, retries of at most 1 s, a 6 s Kafka session, and `{HTTP}` as
+/// the listen address ([`Iotpipe::start`] fills it in).
+pub fn sink_config(brokers: &str, group: &str) -> SinkConfig {
+    SinkConfig {
+        brokers: brokers.to_string(),
+        kafka_properties: String::new(),
+        sink: vec![
+            ("topics".into(), r#"["^iot\\..+"]"#.into()),
+            ("group_id".into(), format!("{group:?}")),
+            ("batch_max_wait".into(), r#""200ms""#.into()),
+            ("retry_backoff_max".into(), r#""1s""#.into()),
+            ("properties".into(), r#"{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }"#.into()),
+        ],
+        store: Vec::new(),
+        extra: String::new(),
+    }
+}
+
+/// The sections of a sink config; [`SinkConfig::toml`] writes them out.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    brokers: String,
+    kafka_properties: String,
+    /// `[sink]` keys and their TOML values, in order.
+    sink: Vec<(String, String)>,
+    /// `[store]` keys and their TOML values (no section when empty).
+    store: Vec<(String, String)>,
+    extra: String,
+}
+
+fn set(keys: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match keys.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => keys.push((key.to_string(), value.to_string())),
+    }
+}
+
+impl SinkConfig {
+    /// `store.url`.
+    pub fn store(self, url: &str) -> Self {
+        self.store_key("url", &format!("{url:?}"))
+    }
+
+    /// Another `[store]` key (`value` as TOML, e.g. `"\"3d\""`).
+    pub fn store_key(mut self, key: &str, value: &str) -> Self {
+        set(&mut self.store, key, value);
+        self
+    }
+
+    /// Sets or replaces a `[sink]` key (`value` as TOML).
+    pub fn sink_key(mut self, key: &str, value: &str) -> Self {
+        set(&mut self.sink, key, value);
+        self
+    }
+
+    /// `[kafka.properties]` lines (TLS, SASL).
+    pub fn kafka_properties(mut self, lines: &str) -> Self {
+        self.kafka_properties = lines.to_string();
+        self
+    }
+
+    /// TOML appended after the `[http]` section (whole sections).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra = toml.to_string();
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let lines = |keys: &[(String, String)]| keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect::<String>();
+        let mut t = format!("[kafka]\nbrokers = {:?}\n", self.brokers);
+        if !self.kafka_properties.is_empty() {
+            t.push_str(&format!("\n[kafka.properties]\n{}\n", self.kafka_properties.trim_end()));
+        }
+        t.push_str(&format!("\n[sink]\n{}", lines(&self.sink)));
+        if !self.store.is_empty() {
+            t.push_str(&format!("\n[store]\n{}", lines(&self.store)));
+        }
+        t.push_str("\n[http]\nlisten = \"{HTTP}\"\n");
+        t.push_str(&self.extra);
+        t
+    }
+}
+
+/// Write `toml` to `dir/name` for a one-shot command (`{HTTP}` becomes
+/// `127.0.0.1:0`); its path.
+pub fn write_config(dir: &Path, name: &str, toml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, toml.replace("{HTTP}", "127.0.0.1:0")).expect("write config");
+    path
+}
+
+/// How `iotpipe check` ended and what it printed.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// `None` when it was ended by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Checked {
+    /// stdout, then stderr.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// The exit code and [`Checked::text`].
+    pub fn code_and_text(&self) -> (Option<i32>, String) {
+        (self.code, self.text())
+    }
+}
+
+/// `iotpipe check --config <config> <args>`, with `RUST_LOG` unset unless
+/// `env` (added to the environment) sets it.
+pub fn check(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Checked {
+    let out = Command::new(Iotpipe::binary())
+        .args(["check", "--config"])
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run iotpipe check");
+    Checked {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
