@@ -781,7 +781,9 @@ def restart_kill(run, role, n, every, offset, pause=1.0):
 
 
 def sc_bridge_kill(run):
-    """SIGKILL of the bridge, 3 times during load, restarted each time."""
+    """SIGKILL of the bridge, 3 times during load, restarted each time (journal
+    mode only here: the direct-mode bridge's SIGKILLs are
+    tests/bridge.rs::sigkill_three_times_loses_nothing)."""
     run.setup()
     d = run.h.dur
     load(run, d)
@@ -789,19 +791,13 @@ def sc_bridge_kill(run):
     run.settle()
 
 
-def sc_sink_kill(run):
-    """SIGKILL of the sink 3 times during load, restarted each time."""
-    run.setup()
-    d = run.h.dur
-    load(run, d)
-    restart_kill(run, run.sink, 3, d / 4, d / 4)
-    run.settle()
-
-
 def sc_shared_group(run):
     """Two bridge replicas in one shared-subscription group: rolling restart
     with SIGTERM, then with SIGKILL, then a scale-down from 2 to 1 (and the
-    departed member's session drained by starting it once more)."""
+    departed member's session drained by starting it once more). The
+    scale-down alone, with leave_group_on_shutdown and checked against Kafka,
+    is tests/bridge.rs::a_member_leaving_its_shared_group_on_sigterm_strands_nothing;
+    here it comes after the rolling restarts and is reconciled in PostgreSQL."""
     run.setup()
     a, b = run.bridges
     d = max(run.h.dur, 30)
@@ -885,11 +881,22 @@ def stall_kafka(run, seconds, settle=True):
 
 
 def sc_kafka_stall(run, seconds):
+    """Tansu SIGSTOPped under load; the alerts and RSS over the whole pipeline.
+    The 20 s direct-mode stall (the bridge holding its acks, in flight bounded,
+    /readyz, the stalled gauge) is
+    tests/bridge.rs::kafka_stalled_for_20s_loses_nothing_and_applies_backpressure;
+    the bridge alone in journal mode with a 60 s outage (every message acked
+    into the journal) is
+    tests/bridge.rs::journal_mode_rides_out_a_60s_kafka_outage_with_a_1000_message_broker_queue."""
     run.setup()
     stall_kafka(run, seconds)
 
 
 def sc_pg_outage(run, seconds):
+    """PostgreSQL crashes (stop -m immediate) under load through the whole
+    pipeline; the alerts. A clean stop (-m fast) of the sink's store, with its
+    readiness and freshness/lag gauges, is
+    tests/sink.rs::postgres_down_for_20s_loses_nothing_and_resumes."""
     run.setup()
     d = seconds + 2 * run.h.margin
     load(run, d)
@@ -1086,9 +1093,9 @@ def specs(h):
     long_s = 120
     out = [
         Spec("quiet", "steady load, no fault: no alert may go pending", sc_quiet, short=True, forbid_alerts="*"),
-        Spec("bridge-kill", "bridge SIGKILL ×3 during load, direct mode", sc_bridge_kill, short=True),
+        # Direct-mode bridge SIGKILL ×3 and sink SIGKILL ×3 are tests/bridge.rs and tests/sink.rs
+        # (sigkill_three_times_*): one process, checked exactly, in seconds.
         Spec("bridge-kill-journal", "bridge SIGKILL ×3 during load, journal mode", sc_bridge_kill, journal=True),
-        Spec("sink-kill", "sink SIGKILL ×3 during load", sc_sink_kill, short=True),
         Spec("shared-group", "2 bridges, shared subscription: rolling SIGTERM, rolling SIGKILL, scale-down 2→1",
              sc_shared_group, bridges=2, shared=True),
         Spec("shared-group-leave", "the same with mqtt.leave_group_on_shutdown: members unsubscribe on SIGTERM",
@@ -1099,14 +1106,15 @@ def specs(h):
         Spec("bridge-down-20s", "the only bridge SIGKILLed and down 20 s under load, then restarted",
              lambda r: sc_bridge_down(r, 20), expect_alerts=["IotpipeInstanceDown", "IotpipeBridgeDown"],
              forbid_alerts=[KAFKA, STORE]),
-        Spec("kafka-stall-20s", "Kafka unreachable 20 s (Tansu SIGSTOP), direct mode",
-             lambda r: sc_kafka_stall(r, 20), short=True, expect_alerts=[KAFKA, STALLED], forbid_alerts=NOT_KAFKA),
+        # The 20 s direct-mode Kafka stall with a large broker queue is tests/bridge.rs
+        # (kafka_stalled_for_20s_loses_nothing_and_applies_backpressure); its alerts are checked by
+        # journal-kafka-stall-20s (short) and kafka-stall-120s (full).
         Spec(f"kafka-stall-{long_s}s", f"Kafka unreachable {long_s} s (Tansu SIGSTOP), direct mode",
              lambda r: sc_kafka_stall(r, long_s), expect_alerts=[KAFKA, STALLED], forbid_alerts=NOT_KAFKA),
         Spec("kafka-stall-20s-small-queue", "Kafka unreachable 20 s, direct mode, broker max_queued_messages 1000",
              lambda r: sc_kafka_stall(r, 20), max_queued=1000,
              by_design="direct mode: the broker drops what exceeds max_queued_messages; journal mode avoids it"),
-        Spec("pg-outage-20s", "PostgreSQL down 20 s (private cluster, stop -m immediate)",
+        Spec("pg-outage-20s", "PostgreSQL down 20 s (private cluster, stop -m immediate: a crash)",
              lambda r: sc_pg_outage(r, 20), private_pg=True, short=True, expect_alerts=[STORE],
              forbid_alerts=NOT_STORE),
         Spec(f"pg-outage-{long_s}s", f"PostgreSQL down {long_s} s (private cluster, stop -m immediate)",
