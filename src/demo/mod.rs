@@ -5,9 +5,10 @@
 mod broker;
 mod fleet;
 
-use crate::config::{self, Config};
+use crate::config;
+use crate::pipeline::RunSettings;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What `iotpipe demo` accepts.
@@ -78,9 +79,17 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-/// The configuration the demo runs with (printed nowhere; `iotpipe config` shows every key).
-fn demo_config(http: SocketAddr, mqtt: SocketAddr, dir: &std::path::Path) -> Result<Config, config::ConfigError> {
-    let text = format!(
+/// The configuration the demo runs with (printed nowhere; `iotpipe config`
+/// shows every key): what differs from `iotpipe run`'s defaults.
+fn demo_config(http: SocketAddr, mqtt: SocketAddr, dir: &Path) -> Result<RunSettings, config::ConfigError> {
+    let text = config_text(http, mqtt, dir);
+    Ok(config::load_str_for(&text, "(demo)", Vec::<(String, String)>::new(), config::Command::Run)?.into_run())
+}
+
+/// The demo's config file: the embedded broker, payload fields, a store and
+/// journal in `dir`, the dashboard on `http`, a short shutdown.
+pub(crate) fn config_text(http: SocketAddr, mqtt: SocketAddr, dir: &Path) -> String {
+    format!(
         r#"
 [mqtt]
 url = "mqtt://{mqtt}"
@@ -92,7 +101,6 @@ device_id = "/deviceId"
 event_time = "/ts"
 [store]
 url = "sqlite://{db}"
-retention = "3d"
 [journal]
 path = {journal:?}
 max_size = "256MiB"
@@ -100,15 +108,12 @@ segment_size = "16MiB"
 [http]
 listen = "{http}"
 per_tenant_metrics = true
-[bridge]
+[run]
 grace_period = "5s"
-[sink]
-batch_max_rows = 2000
 "#,
         db = dir.join("iotpipe.db").display(),
         journal = dir.join("journal").display().to_string(),
-    );
-    config::load_str(&text, "(demo)", Vec::<(String, String)>::new())
+    )
 }
 
 /// `wanted` if it can be bound, else a free port on the same address.
