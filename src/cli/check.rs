@@ -105,7 +105,7 @@ fn command_of(sections: &BTreeSet<String>) -> Result<Command, String> {
             Err(format!(
                 "the config has {} and so serves more than one command; pass --command {}",
                 names.join(" and "),
-                several.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+                several.iter().map(|c| c.name()).collect::<Vec<_>>().join(" or ")
             ))
         }
     }

@@ -128,3 +128,19 @@ fn available(wanted: &str, flag: &'static str) -> Result<SocketAddr, DemoError> 
     eprintln!("{wanted} is taken; using {free} instead.");
     Ok(free)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_loads_as_a_run_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let http: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let s = demo_config(http, "127.0.0.1:1883".parse().unwrap(), dir.path()).unwrap();
+        assert_eq!(s.run.grace_period.get(), Duration::from_secs(5));
+        assert_eq!(s.run.batch_max_rows, crate::pipeline::RunConfig::default().batch_max_rows);
+        assert_eq!(s.journal.path, dir.path().join("journal"));
+        assert!(s.store.url.starts_with("sqlite://"), "{}", s.store.url);
+    }
+}
