@@ -829,9 +829,13 @@ def mqtt_client_id(docs: list[dict], w: dict, c: dict, pod_name: str, namespace:
     return out if configured else out[0]
 
 
+def grace_section(cmd: str) -> str:
+    """The section whose grace_period a command drains with: its own."""
+    return cmd if cmd in ("sink", "run") else "bridge"
+
+
 def grace_seconds(cfg: dict, cmd: str) -> int:
-    section = "sink" if cmd == "sink" else "bridge"  # run drains with [bridge]
-    g = (cfg.get(section) or {}).get("grace_period")
+    g = (cfg.get(grace_section(cmd)) or {}).get("grace_period")
     return math.ceil(duration_ms(g) / 1000) if g else DEFAULT_GRACE_S
 
 
@@ -1084,7 +1088,7 @@ def check_workloads(r: Render, report: Report) -> None:
                 tgps = pod.get("terminationGracePeriodSeconds", 30)
                 if tgps < need:
                     bad(w, f"terminationGracePeriodSeconds {tgps} is below the drain budget of {need} s "
-                           f"({'sink' if cmd == 'sink' else 'bridge'}.grace_period + {DRAIN_MARGIN_S} s"
+                           f"({grace_section(cmd)}.grace_period + {DRAIN_MARGIN_S} s"
                            f"{' + preStop sleep' if sleep else ''}): the pod is killed mid-drain")
                 # Start-up: journal recovery must fit into the startup probe's budget.
                 sp = c.get("startupProbe") or {}

@@ -14,7 +14,6 @@ pub mod journal;
 pub mod kafka;
 pub mod mqtt;
 pub mod pipeline;
-pub mod pipeline_config;
 pub mod record;
 pub mod retry;
 pub mod route;

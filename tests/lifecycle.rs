@@ -159,7 +159,7 @@ fn a_failing_journal_reader_ends_run_with_a_non_zero_status() {
     let journal = dir.path().join("journal");
     let toml = format!(
         "[mqtt]\nurl = \"{}\"\nclient_id = \"run-dead-reader\"\n[store]\nurl = \"sqlite://{}\"\nwrite_timeout = \"1s\"\n\
-         [journal]\npath = {:?}\n[sink]\nbatch_max_rows = 100\n[bridge]\ngrace_period = \"3s\"\n[http]\nlisten = \"{{HTTP}}\"\n",
+         [journal]\npath = {:?}\n[run]\nbatch_max_rows = 100\ngrace_period = \"3s\"\n[http]\nlisten = \"{{HTTP}}\"\n",
         mqtt.url(),
         db.display(),
         journal.display().to_string()

@@ -5,7 +5,7 @@
 //! TLS handshake, authentication) so that a failure names its step. Nothing is created or
 //! changed: the store's schema version is read, not migrated.
 
-use crate::config::{self, Config};
+use crate::config::{Command, Config};
 use crate::kafka::{Diagnosis, Prober, Step};
 use crate::mqtt::{connect, Event};
 use crate::store::Store;
@@ -14,48 +14,24 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// The command a config is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Target {
-    Bridge,
-    Sink,
-    Run,
-}
-
-impl Target {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Bridge => "bridge",
-            Self::Sink => "sink",
-            Self::Run => "run",
-        }
-    }
-}
-
 /// One line of the report.
 struct Check {
     name: &'static str,
     result: Result<String, String>,
 }
 
-pub fn main(path: Option<PathBuf>, command: Option<Target>, offline: bool) -> ExitCode {
-    let sections = match sections(path.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+pub fn main(path: Option<PathBuf>, command: Option<Command>, offline: bool) -> ExitCode {
+    let target = match command {
+        Some(c) => c,
+        None => match sections(path.as_deref()).and_then(|s| command_of(&s)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
-    let Some(target) = command.or_else(|| infer(&sections)) else {
-        eprintln!("error: cannot tell which command this config is for; pass --command bridge, sink or run");
-        return ExitCode::from(2);
-    };
-    let defaults = if target == Target::Run { super::RUN_DEFAULTS } else { "" };
-    let for_target = |c: Config| match target {
-        Target::Run => config::validate::validate_for_run(&c).map(|()| c),
-        Target::Bridge | Target::Sink => Ok(c),
-    };
-    let cfg = match config::load_with_defaults(path.as_deref(), defaults).and_then(for_target) {
+    let cfg = match super::load_for(path.as_deref(), target) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -99,9 +75,7 @@ fn sections(path: Option<&Path>) -> Result<BTreeSet<String>, String> {
     let mut names = BTreeSet::new();
     if let Some(p) = path {
         let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
-        let table: toml::Table =
-            toml::from_str(&text).map_err(|e| format!("config file {} is not valid TOML: {e}", p.display()))?;
-        names.extend(table.keys().cloned());
+        names = sections_in(&text).map_err(|e| format!("config file {} is not valid TOML: {e}", p.display()))?;
     }
     for (var, _) in std::env::vars() {
         if let Some((section, _)) = var.strip_prefix("IOTPIPE_").and_then(|r| r.split_once("__")) {
@@ -111,30 +85,41 @@ fn sections(path: Option<&Path>) -> Result<BTreeSet<String>, String> {
     Ok(names)
 }
 
-/// `[sink]`, or `[store]` without `[mqtt]`: sink. `[mqtt]` with `[store]`
-/// and without `[kafka]`: run. `[mqtt]` or `[kafka]`: bridge.
-fn infer(sections: &BTreeSet<String>) -> Option<Target> {
-    let has = |s: &str| sections.contains(s);
-    if has("sink") || (has("store") && !has("mqtt")) {
-        Some(Target::Sink)
-    } else if has("mqtt") && has("store") && !has("kafka") {
-        Some(Target::Run)
-    } else if has("mqtt") || has("kafka") {
-        Some(Target::Bridge)
-    } else {
-        None
+/// The top-level sections of a TOML text.
+fn sections_in(text: &str) -> Result<BTreeSet<String>, toml::de::Error> {
+    Ok(toml::from_str::<toml::Table>(text)?.keys().cloned().collect())
+}
+
+/// The command whose own section (`[bridge]`, `[sink]`, `[run]`) is the only
+/// one named. The shared sections (`[mqtt]`, `[kafka]`, `[store]`, …) say
+/// nothing: the same file often serves several commands.
+fn command_of(sections: &BTreeSet<String>) -> Result<Command, String> {
+    let named: Vec<Command> = Command::ALL.into_iter().filter(|c| sections.contains(c.name())).collect();
+    match named.as_slice() {
+        [one] => Ok(*one),
+        [] => Err("the config names none of [bridge], [sink] and [run], so it does not say which command it is \
+                   for; pass --command bridge, sink or run"
+            .into()),
+        several => {
+            let names: Vec<String> = several.iter().map(|c| format!("[{}]", c.name())).collect();
+            Err(format!(
+                "the config has {} and so serves more than one command; pass --command {}",
+                names.join(" and "),
+                several.iter().map(|c| c.name()).collect::<Vec<_>>().join(" or ")
+            ))
+        }
     }
 }
 
-async fn run(cfg: &Config, target: Target) -> Vec<Check> {
+async fn run(cfg: &Config, target: Command) -> Vec<Check> {
     let mut checks = Vec::new();
-    if target != Target::Sink {
+    if target != Command::Sink {
         checks.push(Check { name: "mqtt", result: check_mqtt(cfg).await });
     }
-    if target != Target::Run {
+    if target != Command::Run {
         checks.extend(check_kafka(cfg).await);
     }
-    if target != Target::Bridge {
+    if target != Command::Bridge {
         let result = Store::inspect(&cfg.store)
             .await
             .map(|s| format!("{}: {}", s.describe, s.detail))
@@ -142,7 +127,7 @@ async fn run(cfg: &Config, target: Target) -> Vec<Check> {
         checks.push(Check { name: "store", result });
     }
     let journal = match target {
-        Target::Run => Some(cfg.journal.clone().unwrap_or_default()),
+        Command::Run => Some(cfg.journal.clone().unwrap_or_default()),
         _ => cfg.journal.clone(),
     };
     if let Some(j) = journal {
@@ -276,13 +261,35 @@ mod tests {
     }
 
     #[test]
-    fn the_command_is_inferred_from_the_sections() {
-        assert_eq!(infer(&set(&["kafka", "sink", "store"])), Some(Target::Sink));
-        assert_eq!(infer(&set(&["kafka", "store"])), Some(Target::Sink));
-        assert_eq!(infer(&set(&["mqtt", "store", "journal"])), Some(Target::Run));
-        assert_eq!(infer(&set(&["mqtt", "kafka", "route"])), Some(Target::Bridge));
-        assert_eq!(infer(&set(&["mqtt", "kafka", "journal"])), Some(Target::Bridge));
-        assert_eq!(infer(&set(&["log"])), None);
+    fn the_command_is_the_one_whose_own_section_is_named() {
+        assert_eq!(command_of(&set(&["kafka", "sink", "store"])), Ok(Command::Sink));
+        assert_eq!(command_of(&set(&["mqtt", "store", "journal", "run"])), Ok(Command::Run));
+        assert_eq!(command_of(&set(&["mqtt", "kafka", "bridge", "journal"])), Ok(Command::Bridge));
+        // A run config that also names [kafka] (the routing templates) is still run's.
+        assert_eq!(command_of(&set(&["mqtt", "kafka", "store", "run"])), Ok(Command::Run));
+    }
+
+    #[test]
+    fn a_config_that_does_not_name_one_command_asks_for_it() {
+        for sections in [
+            &["log"][..],
+            &["mqtt", "kafka"],
+            &["kafka", "store"],
+            &["mqtt", "store", "journal"],
+            &["mqtt", "kafka", "store", "sink", "bridge"],
+        ] {
+            let e = command_of(&set(sections)).unwrap_err();
+            assert!(e.contains("--command"), "{sections:?}: {e}");
+        }
+        let e = command_of(&set(&["sink", "run"])).unwrap_err();
+        assert!(e.contains("[sink] and [run]"), "{e}");
+    }
+
+    #[test]
+    fn the_demo_config_is_a_run_config() {
+        let dir = std::path::Path::new("/tmp/iotpipe-demo");
+        let text = crate::demo::config_text("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:1883".parse().unwrap(), dir);
+        assert_eq!(command_of(&sections_in(&text).unwrap()), Ok(Command::Run));
     }
 
     #[test]

@@ -61,11 +61,11 @@ enum Command {
         /// Config file (TOML). Without it: defaults plus IOTPIPE_* environment.
         #[arg(long, short, env = "IOTPIPE_CONFIG")]
         config: Option<PathBuf>,
-        /// Which command the config is for; inferred from its sections when
-        /// omitted ([store] or [sink] without [mqtt]: sink; [mqtt] with
-        /// [store] and without [kafka]: run; otherwise bridge).
+        /// Which command the config is for. Without it, the file (or the
+        /// environment) must name exactly one command's own section:
+        /// [bridge], [sink] or [run].
         #[arg(long, value_enum)]
-        command: Option<check::Target>,
+        command: Option<config::Command>,
         /// Only validate the config; try no connection (for CI and
         /// manifests rendered without the services).
         #[arg(long)]
@@ -82,26 +82,27 @@ pub fn main() -> ExitCode {
             print!("{}", config::EXAMPLE);
             ExitCode::SUCCESS
         }
-        Command::Bridge { config } => with_config(config, |cfg| {
+        Command::Bridge { config } => with_config(config, config::Command::Bridge, |cfg| {
+            let settings = cfg.into_bridge();
             block_on(single_thread_runtime()?, async move {
-                crate::pipeline::mqtt_kafka::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+                crate::pipeline::mqtt_kafka::run(settings, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
-        Command::Sink { config } => with_config(config, |cfg| {
+        Command::Sink { config } => with_config(config, config::Command::Sink, |cfg| {
+            let settings = cfg.into_sink();
             block_on(runtime()?, async move {
-                crate::pipeline::kafka_store::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+                crate::pipeline::kafka_store::run(settings, shutdown_signal()).await.map_err(|e| e.to_string())
             })
         }),
-        Command::Run { config } => {
-            with_config_defaults(config, RUN_DEFAULTS, crate::config::validate::validate_for_run, |cfg| {
-                let token = cfg.http.token.clone();
-                block_on(single_thread_runtime()?, async move {
-                    crate::pipeline::mqtt_store::run(cfg, shutdown_signal(), Some(crate::http::ui::routes(token)))
-                        .await
-                        .map_err(|e| e.to_string())
-                })
+        Command::Run { config } => with_config(config, config::Command::Run, |cfg| {
+            let settings = cfg.into_run();
+            let token = settings.http.token.clone();
+            block_on(single_thread_runtime()?, async move {
+                crate::pipeline::mqtt_store::run(settings, shutdown_signal(), Some(crate::http::ui::routes(token)))
+                    .await
+                    .map_err(|e| e.to_string())
             })
-        }
+        }),
         Command::Demo(args) => {
             init_logging("info,rumqttd=warn,rumqttc=warn", LogFormat::Text);
             crate::tls::install_crypto_provider();
@@ -146,25 +147,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Defaults of `iotpipe run` under the config file: data in ./data, SQLite.
-pub(crate) const RUN_DEFAULTS: &str = r#"
-[store]
-url = "sqlite://data/iotpipe.db"
-[journal]
-path = "data/journal"
-"#;
-
-fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> Result<(), String>) -> ExitCode {
-    with_config_defaults(path, "", |_| Ok(()), f)
-}
-
-fn with_config_defaults(
+/// Load the config for `command` (exit 2 when it is invalid), start
+/// logging, and run `f` with it.
+fn with_config(
     path: Option<PathBuf>,
-    defaults: &str,
-    check: fn(&Config) -> Result<(), config::ConfigError>,
+    command: config::Command,
     f: impl FnOnce(Config) -> Result<(), String>,
 ) -> ExitCode {
-    let cfg = match config::load_with_defaults(path.as_deref(), defaults).and_then(|c| check(&c).map(|()| c)) {
+    let cfg = match load_for(path.as_deref(), command) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -174,6 +164,16 @@ fn with_config_defaults(
     init_logging(&cfg.log.level, cfg.log.format);
     crate::tls::install_crypto_provider();
     finish(f(cfg))
+}
+
+/// The config as `command` reads it, with the rules only that command has
+/// (`run` serves the dashboard API, which must not be open by accident).
+fn load_for(path: Option<&std::path::Path>, command: config::Command) -> Result<Config, config::ConfigError> {
+    let cfg = config::load(path, command)?;
+    if command == config::Command::Run {
+        config::validate::validate_for_run(&cfg)?;
+    }
+    Ok(cfg)
 }
 
 fn finish(res: Result<(), String>) -> ExitCode {

@@ -1,7 +1,8 @@
 //! Reading the config: TOML file, then the environment overlay, then
 //! secrets from `*_file` keys, then validation. Every failure names the key.
 
-use super::{validate, Config};
+use super::{validate, Command, Config};
+use crate::pipeline::{RunConfig, RunSettings};
 use std::collections::BTreeMap;
 use std::path::Path;
 use toml::Value;
@@ -30,15 +31,9 @@ impl ConfigError {
     }
 }
 
-/// Load `path` (or only defaults and environment when `None`) with the
-/// process environment as overlay.
-pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-    load_with_defaults(path, "")
-}
-
-/// As `load`, with command-specific defaults (TOML) under the file: e.g.
-/// `iotpipe run` stores to SQLite unless the file or environment says otherwise.
-pub fn load_with_defaults(path: Option<&Path>, defaults: &str) -> Result<Config, ConfigError> {
+/// Load `path` (or only defaults and environment when `None`) for
+/// `command`, with the process environment as overlay.
+pub fn load(path: Option<&Path>, command: Command) -> Result<Config, ConfigError> {
     let (text, name) = match path {
         Some(p) => (
             std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
@@ -46,31 +41,41 @@ pub fn load_with_defaults(path: Option<&Path>, defaults: &str) -> Result<Config,
         ),
         None => (String::new(), "(defaults)".to_string()),
     };
-    load_layers(defaults, &text, &name, std::env::vars())
+    load_layers(&text, &name, std::env::vars(), Some(command))
 }
 
-/// Load from TOML text and an explicit environment (testable without touching the process).
+/// Load from TOML text and an explicit environment (testable without
+/// touching the process), for no command in particular: every section with
+/// its own defaults.
 pub fn load_str(
     text: &str,
     name: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    load_layers("", text, name, env)
+    load_layers(text, name, env, None)
 }
 
-fn load_layers(
-    defaults: &str,
+/// As [`load_str`], for `command`: its own defaults where they differ
+/// (`run` stores to SQLite) and its own rules (`run` refuses the keys it
+/// used to borrow from `[sink]` and `[bridge]`).
+pub fn load_str_for(
     text: &str,
     name: &str,
     env: impl IntoIterator<Item = (String, String)>,
+    command: Command,
 ) -> Result<Config, ConfigError> {
-    let mut root: Value = toml::from_str::<toml::Table>(defaults)
-        .map(Value::Table)
-        .map_err(|e| ConfigError::Syntax { path: "(built-in defaults)".to_string(), message: e.to_string() })?;
-    let file: Value = toml::from_str::<toml::Table>(text)
+    load_layers(text, name, env, Some(command))
+}
+
+fn load_layers(
+    text: &str,
+    name: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    command: Option<Command>,
+) -> Result<Config, ConfigError> {
+    let mut root: Value = toml::from_str::<toml::Table>(text)
         .map(Value::Table)
         .map_err(|e| ConfigError::Syntax { path: name.to_string(), message: e.to_string() })?;
-    merge(&mut root, file);
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
     for (var, raw) in env {
         let Some(path) = env_path(&var) else { continue };
@@ -81,22 +86,57 @@ fn load_layers(
             message,
         })?;
     }
+    let origin_of = |key: &str| origins.get(key).map(|v| format!(" (from {v})")).unwrap_or_default();
+    if command == Some(Command::Run) {
+        run_rules(&mut root).map_err(|(key, message)| ConfigError::Key { origin: origin_of(&key), key, message })?;
+    }
     let mut config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
         let key = e.path().to_string();
-        let origin = origins.get(&key).map(|v| format!(" (from {v})")).unwrap_or_default();
+        let origin = origin_of(&key);
         let key = if key == "." { "(top level)".to_string() } else { key };
         ConfigError::Key { key, origin, message: first_line(&e.into_inner().to_string()) }
     })?;
     let with_origin = |e: ConfigError| match e {
         ConfigError::Key { key, origin, message } if origin.is_empty() => {
-            let origin = origins.get(&key).map(|v| format!(" (from {v})")).unwrap_or_default();
-            ConfigError::Key { key, origin, message }
+            ConfigError::Key { origin: origin_of(&key), key, message }
         }
         other => other,
     };
     resolve_secret_files(&mut config).map_err(with_origin)?;
     validate::validate(&config).map_err(with_origin)?;
     Ok(config)
+}
+
+/// What `iotpipe run` does to the file (with the environment) before it is read: a key it
+/// used to borrow from `[sink]` or `[bridge]`, in a file without `[run]`,
+/// is an error naming the key that replaces it (the value would otherwise
+/// be ignored without a word); `store.url` defaults to
+/// [`RunSettings::DEFAULT_STORE_URL`].
+fn run_rules(root: &mut Value) -> Result<(), (String, String)> {
+    if get_path(root, &["run"]).is_none() {
+        for (old, new) in RunConfig::MOVED_KEYS {
+            let path: Vec<&str> = old.split('.').collect();
+            if get_path(root, &path).is_some() {
+                return Err((
+                    old.to_string(),
+                    format!(
+                        "`iotpipe run` does not read this key; set `{new}` instead (a file shared with another \
+                         command keeps `{old}` for it and adds a `[run]` section)"
+                    ),
+                ));
+            }
+        }
+    }
+    if get_path(root, &["store", "url"]).is_none() {
+        let url = Value::String(RunSettings::DEFAULT_STORE_URL.to_string());
+        set_path(root, &["store".to_string(), "url".to_string()], url)
+            .map_err(|message| ("store.url".to_string(), message))?;
+    }
+    Ok(())
+}
+
+fn get_path<'a>(root: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(root, |cur, part| cur.as_table()?.get(*part))
 }
 
 /// `IOTPIPE_KAFKA__PROPERTIES__SECURITY_PROTOCOL` -> `kafka.properties.security.protocol`:
@@ -139,23 +179,6 @@ fn env_value(raw: &str) -> Value {
         }
     }
     Value::String(raw.to_string())
-}
-
-/// Deep-merge `over` into `base` (tables merge, everything else replaces).
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Table(b), Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(existing) => merge(existing, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
 }
 
 fn set_path(root: &mut Value, path: &[String], value: Value) -> Result<(), String> {

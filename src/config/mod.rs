@@ -3,25 +3,28 @@
 //!
 //! This module only assembles: each section's type, defaults, validation and
 //! secrets belong to the component that uses it (`mqtt`, `route`, `kafka`,
-//! `store`, `journal`, `http`, `pipeline_config`, `telemetry`). None of them
-//! imports this module back; only `cli`, `demo` and `pipeline` (the wiring)
-//! read the assembled [`Config`].
+//! `store`, `journal`, `http`, `telemetry`; `[bridge]`, `[sink]` and `[run]`
+//! beside their pipelines). None of them imports this module back; `cli` and
+//! `demo` load the file and hand each pipeline its settings
+//! ([`Config::into_bridge`], [`Config::into_sink`], [`Config::into_run`]).
 
+mod command;
 mod load;
 pub mod validate;
 
 pub use crate::units::{ByteSize, HumanDuration};
-pub use load::{load, load_str, load_with_defaults, ConfigError};
+pub use command::Command;
+pub use load::{load, load_str, load_str_for, ConfigError};
 
 pub use crate::http::HttpConfig;
 pub use crate::journal::JournalConfig;
 pub use crate::kafka::KafkaConfig;
 pub use crate::mqtt::{MqttConfig, MqttVersion, Qos};
-pub use crate::pipeline_config::{BridgeConfig, SinkConfig};
 pub use crate::route::{PayloadFormat, RouteConfig};
 pub use crate::store::StoreConfig;
 pub use crate::telemetry::{LogConfig, LogFormat};
 
+use crate::pipeline::{BridgeConfig, RunConfig, SinkConfig};
 use serde::Deserialize;
 
 /// The documented example printed by `iotpipe config`.
@@ -43,15 +46,18 @@ pub struct Config {
     /// Health, readiness and metrics endpoints.
     #[serde(default)]
     pub http: HttpConfig,
-    /// Shutdown behaviour of the MQTT side (`bridge`, `run`).
+    /// `iotpipe bridge`: shutdown.
     #[serde(default)]
     pub bridge: BridgeConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
-    /// `iotpipe sink`: the consumer group.
+    /// `iotpipe sink`: the consumer group, batches, writers, store retries, shutdown.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// `iotpipe run`: batches, store retries, shutdown.
+    #[serde(default)]
+    pub run: RunConfig,
     /// Where `iotpipe sink` and `iotpipe run` store telemetry.
     #[serde(default)]
     pub store: StoreConfig,

@@ -1,6 +1,9 @@
 //! Validation of the whole file: every section's own rules, then the rules
 //! that span sections (routing templates over `[route]` and `[kafka]`).
-//! Pure; runs once, after loading. Each error names one key.
+//! Pure; runs once, after loading. Each error names one key, the one way:
+//! every section's validation returns a [`KeyError`] relative to the
+//! section, and the routing rules (which span `[route]` and `[kafka]`) say
+//! which section theirs is in ([`crate::route::RouterError::key_error`]).
 
 use super::{Config, ConfigError};
 use crate::units::KeyError;
@@ -12,23 +15,15 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     c.http.validate().map_err(section("http"))?;
     c.bridge.validate().map_err(section("bridge"))?;
     c.sink.validate().map_err(section("sink"))?;
+    c.run.validate().map_err(section("run"))?;
     c.log.validate().map_err(section("log"))?;
-    c.store.validate().map_err(|e| match e {
-        crate::store::StoreError::Config { key, message } => ConfigError::key(&format!("store.{key}"), message),
-        other => ConfigError::key("store", other.to_string()),
-    })?;
+    c.store.validate().map_err(section("store"))?;
     if let Some(j) = &c.journal {
-        j.validate().map_err(|e| match e {
-            crate::journal::JournalError::Config { key, reason } => ConfigError::key(&format!("journal.{key}"), reason),
-            other => ConfigError::key("journal", other.to_string()),
-        })?;
+        j.validate().map_err(section("journal"))?;
     }
     c.router().map_err(|e| {
-        let text = e.to_string();
-        match text.split_once(": ") {
-            Some((key, msg)) => ConfigError::key(key, msg),
-            None => ConfigError::key("route", text),
-        }
+        let (name, e) = e.key_error();
+        ConfigError::in_section(name, e)
     })?;
     Ok(())
 }
@@ -42,16 +37,88 @@ pub fn validate_for_run(c: &Config) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_str;
+    use crate::config::{load_str, load_str_for, Command};
+    use crate::pipeline::{RunConfig, RunSettings};
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         load_str(text, "test.toml", env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
+    fn load_for(text: &str, env: &[(&str, &str)], command: Command) -> Result<Config, ConfigError> {
+        load_str_for(text, "test.toml", env.iter().map(|(k, v)| (k.to_string(), v.to_string())), command)
+    }
+
+    /// The key a load error names, exactly.
+    fn key_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Key { key, .. } => key,
+            other => panic!("not a key error: {other}"),
+        }
+    }
+
     #[test]
-    fn the_documented_example_parses() {
-        let c = load(crate::config::EXAMPLE, &[]).unwrap();
-        assert_eq!(c.kafka.topic, "iot.telemetry");
+    fn the_documented_example_is_exactly_the_defaults() {
+        let example = load(crate::config::EXAMPLE, &[]).unwrap();
+        assert_eq!(format!("{example:#?}"), format!("{:#?}", Config::default()));
+    }
+
+    #[test]
+    fn run_reads_its_own_section_and_stores_to_sqlite_by_default() {
+        let c = load_for("", &[], Command::Run).unwrap();
+        assert_eq!(c.store.url, RunSettings::DEFAULT_STORE_URL);
+        let settings = c.into_run();
+        assert_eq!(settings.run, RunConfig::default());
+        assert_eq!(settings.journal, crate::journal::JournalConfig::default());
+        // The other commands keep the store's own default.
+        let sink = load_for("", &[], Command::Sink).unwrap().into_sink();
+        assert_eq!(sink.store.url, crate::store::StoreConfig::default().url);
+
+        let c = load_for(
+            "[run]\nbatch_max_rows = 10\ngrace_period = \"3s\"\n[sink]\nbatch_max_rows = 500\n[bridge]\ngrace_period = \"9s\"",
+            &[("IOTPIPE_RUN__RETRY_BACKOFF_MAX", "2s")],
+            Command::Run,
+        )
+        .unwrap()
+        .into_run();
+        assert_eq!(c.run.batch_max_rows, 10);
+        assert_eq!(c.run.grace_period.get(), std::time::Duration::from_secs(3));
+        assert_eq!(c.run.retry_backoff_max.get(), std::time::Duration::from_secs(2));
+        let c = load_for("[store]\nretention = \"7d\"", &[], Command::Run).unwrap();
+        assert_eq!(c.store.url, RunSettings::DEFAULT_STORE_URL, "a [store] without url keeps run's default");
+    }
+
+    #[test]
+    fn run_refuses_the_keys_it_used_to_borrow_naming_the_new_one() {
+        for (text, env, old, new) in [
+            ("[sink]\nbatch_max_rows = 100", &[][..], "sink.batch_max_rows", "run.batch_max_rows"),
+            ("[sink]\nretry_backoff_max = \"1s\"", &[], "sink.retry_backoff_max", "run.retry_backoff_max"),
+            ("[bridge]\ngrace_period = \"3s\"", &[], "bridge.grace_period", "run.grace_period"),
+            ("", &[("IOTPIPE_BRIDGE__GRACE_PERIOD", "3s")], "bridge.grace_period", "run.grace_period"),
+        ] {
+            let e = load_for(text, env, Command::Run).unwrap_err();
+            let message = e.to_string();
+            assert!(message.contains(new), "{message}");
+            assert_eq!(key_of(e), old);
+            // The same file is fine for the command that owns the key …
+            assert!(load_for(text, env, Command::Sink).is_ok());
+            // … and for run once it has its own section.
+            assert!(load_for(&format!("[run]\n{text}"), env, Command::Run).is_ok());
+        }
+    }
+
+    #[test]
+    fn route_errors_name_their_key_exactly() {
+        for (text, key) in [
+            ("[route]\ntopic_pattern = \"a/{tenant_id}\"", "route.topic_pattern"),
+            ("[route]\ntopic_pattern = \"a/#/b/{tenant_id}/{project_id}\"", "route.topic_pattern"),
+            ("[route]\nevent_time = \"ts\"", "route.event_time"),
+            ("[route]\ndevice_id = \"deviceId\"", "route.device_id"),
+            ("[kafka]\ntopic = \"iot.{tenant}\"", "kafka.topic"),
+            ("[kafka]\nkey = \"{nope}\"", "kafka.key"),
+            ("[kafka]\ndead_letter_topic = \"dead letters\"", "kafka.dead_letter_topic"),
+        ] {
+            assert_eq!(key_of(load(text, &[]).unwrap_err()), key, "{text}");
+        }
     }
 
     #[test]
@@ -109,6 +176,10 @@ mod tests {
             ("[journal]\nmax_size = \"1MiB\"", &[], "journal.max_size"),
             ("[journal]\nforward_max_records = 0", &[], "journal.forward_max_records"),
             ("[sink]\nbatch_max_wait = \"0s\"", &[], "sink.batch_max_wait"),
+            ("[run]\nbatch_max_rows = 0", &[], "run.batch_max_rows"),
+            ("[run]\nretry_backoff_max = \"10ms\"", &[], "run.retry_backoff_max"),
+            ("[run]\ngrace_period = \"2h\"", &[], "run.grace_period"),
+            ("[run]\nbogus = 1", &[], "run"),
             ("[mqtt]\nconnect_timeout = \"0s\"", &[], "mqtt.connect_timeout"),
             ("[kafka]\ndelivery_timeout = \"0s\"", &[], "kafka.delivery_timeout"),
             ("[log]\nlevel = \"info,=[\"", &[], "log.level"),

@@ -5,9 +5,10 @@
 mod broker;
 mod fleet;
 
-use crate::config::{self, Config};
+use crate::config;
+use crate::pipeline::RunSettings;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What `iotpipe demo` accepts.
@@ -78,9 +79,17 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-/// The configuration the demo runs with (printed nowhere; `iotpipe config` shows every key).
-fn demo_config(http: SocketAddr, mqtt: SocketAddr, dir: &std::path::Path) -> Result<Config, config::ConfigError> {
-    let text = format!(
+/// The configuration the demo runs with (printed nowhere; `iotpipe config`
+/// shows every key): what differs from `iotpipe run`'s defaults.
+fn demo_config(http: SocketAddr, mqtt: SocketAddr, dir: &Path) -> Result<RunSettings, config::ConfigError> {
+    let text = config_text(http, mqtt, dir);
+    Ok(config::load_str_for(&text, "(demo)", Vec::<(String, String)>::new(), config::Command::Run)?.into_run())
+}
+
+/// The demo's config file: the embedded broker, payload fields, a store and
+/// journal in `dir`, the dashboard on `http`, a short shutdown.
+pub(crate) fn config_text(http: SocketAddr, mqtt: SocketAddr, dir: &Path) -> String {
+    format!(
         r#"
 [mqtt]
 url = "mqtt://{mqtt}"
@@ -92,7 +101,6 @@ device_id = "/deviceId"
 event_time = "/ts"
 [store]
 url = "sqlite://{db}"
-retention = "3d"
 [journal]
 path = {journal:?}
 max_size = "256MiB"
@@ -100,15 +108,12 @@ segment_size = "16MiB"
 [http]
 listen = "{http}"
 per_tenant_metrics = true
-[bridge]
+[run]
 grace_period = "5s"
-[sink]
-batch_max_rows = 2000
 "#,
         db = dir.join("iotpipe.db").display(),
         journal = dir.join("journal").display().to_string(),
-    );
-    config::load_str(&text, "(demo)", Vec::<(String, String)>::new())
+    )
 }
 
 /// `wanted` if it can be bound, else a free port on the same address.
@@ -122,4 +127,20 @@ fn available(wanted: &str, flag: &'static str) -> Result<SocketAddr, DemoError> 
         .map_err(|_| DemoError::Addr { flag, value: wanted.to_string() })?;
     eprintln!("{wanted} is taken; using {free} instead.");
     Ok(free)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_loads_as_a_run_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let http: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let s = demo_config(http, "127.0.0.1:1883".parse().unwrap(), dir.path()).unwrap();
+        assert_eq!(s.run.grace_period.get(), Duration::from_secs(5));
+        assert_eq!(s.run.batch_max_rows, crate::pipeline::RunConfig::default().batch_max_rows);
+        assert_eq!(s.journal.path, dir.path().join("journal"));
+        assert!(s.store.url.starts_with("sqlite://"), "{}", s.store.url);
+    }
 }

@@ -1,8 +1,7 @@
 //! The `[journal]` section of the config file, and its validation.
 
 use super::frame::{FRAME_HEADER, MAX_PAYLOAD, SEGMENT_HEADER};
-use super::JournalError;
-use crate::units::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration, KeyError};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -63,8 +62,9 @@ impl JournalConfig {
     }
 
     /// Check the sizes against each other; the error names the key.
-    pub fn validate(&self) -> Result<(), JournalError> {
-        let bad = |key, reason: String| Err(JournalError::Config { key, reason });
+    /// Keys are relative to `[journal]`.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        let bad = |key: &'static str, reason: String| Err(KeyError::new(key, reason));
         if self.path.as_os_str().is_empty() {
             return bad("path", "must not be empty".into());
         }
@@ -128,9 +128,8 @@ mod tests {
     fn rejects_unknown_keys_and_inconsistent_sizes() {
         assert!(toml::from_str::<JournalConfig>("max_sise = \"1GiB\"").is_err());
         let cfg = JournalConfig { max_size: ByteSize::mib(100), ..JournalConfig::default() };
-        let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("journal.max_size"), "{err}");
+        assert_eq!(cfg.validate().unwrap_err().key, "max_size");
         let cfg = JournalConfig { segment_size: ByteSize(100), ..JournalConfig::default() };
-        assert!(cfg.validate().unwrap_err().to_string().contains("journal.segment_size"));
+        assert_eq!(cfg.validate().unwrap_err().key, "segment_size");
     }
 }

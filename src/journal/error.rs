@@ -54,14 +54,9 @@ pub enum JournalError {
         /// What is wrong.
         reason: String,
     },
-    /// An invalid `[journal]` setting.
-    #[error("journal.{key}: {reason}")]
-    Config {
-        /// The config key, without the `journal.` prefix.
-        key: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
+    /// An invalid `[journal]` setting (its key without the `journal.` prefix).
+    #[error("journal.{}: {}", .0.key, .0.message)]
+    Config(#[from] crate::units::KeyError),
     /// Another process holds the journal directory.
     #[error("journal {path} is in use by another process")]
     Locked {

@@ -10,8 +10,7 @@
 use super::decode::{decode, Decoded};
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext, Written};
 use super::supervisor::{serve_http, supervise, until_set, Plan, Signals, Tasks};
-use super::PipelineError;
-use crate::config::Config;
+use super::{PipelineError, SinkSettings};
 use crate::health::{Health, Parts};
 use crate::kafka::{run_probe, GroupConsumer, KafkaRecord, NextOffset};
 use crate::record::now_ms;
@@ -24,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
+pub async fn run(config: SinkSettings, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
     let health = Health::new(Parts { kafka: true, store: true, ..Parts::default() });
     let store_metrics = Arc::new(StoreMetrics::new());
     let consumer_metrics = Arc::new(ConsumerMetrics::new(config.http.per_tenant_metrics));

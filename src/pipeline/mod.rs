@@ -8,7 +8,14 @@
 //! ([`journal_stage`]), the store writer ([`store_writer`]), the record
 //! decoding ([`decode`]) and one way to run and stop their tasks
 //! ([`supervisor`]).
+//!
+//! Each command's own section and the settings it is started with live
+//! beside it: [`BridgeSettings`] (`bridge_config.rs`, `[bridge]`),
+//! [`SinkSettings`] (`sink_config.rs`, `[sink]`), [`RunSettings`]
+//! (`run_config.rs`, `[run]`). The pipelines never read the assembled
+//! config file: `cli` hands each its settings.
 
+mod bridge_config;
 pub mod decode;
 mod ingress;
 mod journal_stage;
@@ -16,10 +23,14 @@ mod kafka_forwarder;
 pub mod kafka_store;
 pub mod mqtt_kafka;
 pub mod mqtt_store;
+mod run_config;
+mod sink_config;
 mod store_writer;
 pub mod supervisor;
 
-pub use crate::pipeline_config::{BridgeConfig, SinkConfig};
+pub use bridge_config::{BridgeConfig, BridgeSettings};
+pub use run_config::{RunConfig, RunSettings};
+pub use sink_config::{SinkConfig, SinkSettings};
 pub use store_writer::{poll_timescale_jobs, JOB_POLL_INTERVAL};
 
 /// Why a pipeline could not start, or why it ended.

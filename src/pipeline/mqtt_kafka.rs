@@ -12,8 +12,7 @@ use super::ingress::Ingress;
 use super::journal_stage::{self, Completion, JournalAcks, Window};
 use super::kafka_forwarder::Forwarder;
 use super::supervisor::{serve_http, start_up, supervise, Plan, Signals, Tasks};
-use super::PipelineError;
-use crate::config::Config;
+use super::{BridgeSettings, PipelineError};
 use crate::health::{Health, Parts};
 use crate::kafka::{run_probe, run_topic_creator, Producer, TopicAdmin, TopicRequests};
 use crate::telemetry::{Exposition, MessageMetrics, ProcessInfo};
@@ -22,7 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
+pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
     let journal_mode = config.journal.is_some();
     let health = Health::new(Parts { mqtt: true, kafka: true, journal: journal_mode, store: false });
     let metrics = Arc::new(MessageMetrics::new(config.http.per_tenant_metrics));
@@ -34,7 +33,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         consumer: None,
         process: ProcessInfo::default(),
     });
-    let router = config.router()?;
+    let router = crate::route::Router::new(&config.route, &config.targets)?;
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let producer = Producer::new(&config.kafka, reports_tx)?;
     let admin = TopicAdmin::new(&config.kafka)?;

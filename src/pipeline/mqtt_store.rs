@@ -15,8 +15,7 @@ use super::ingress::Ingress;
 use super::journal_stage;
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext};
 use super::supervisor::{serve_http, start_up, supervise, until_set, Plan, Signals, Tasks};
-use super::PipelineError;
-use crate::config::Config;
+use super::{PipelineError, RunSettings};
 use crate::health::{Health, Parts};
 use crate::http::ui::{ExtraRoutes, UiState};
 use crate::http::LateRoutes;
@@ -33,15 +32,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub async fn run(
-    config: Config,
+    config: RunSettings,
     shutdown: impl Future<Output = ()>,
     extra: Option<ExtraRoutes>,
 ) -> Result<(), PipelineError> {
     let health = Health::new(Parts { mqtt: true, store: true, journal: true, kafka: false });
     let metrics = Arc::new(MessageMetrics::new(config.http.per_tenant_metrics));
     let store_metrics = Arc::new(StoreMetrics::new());
-    let router = config.router()?;
-    let jc = config.journal.clone().unwrap_or_default();
+    let router = Router::new(&config.route, &config.targets)?;
+    let jc = config.journal.clone();
 
     // HTTP first: /healthz answers, and /readyz says "recovering journal"
     // (then "store not reachable"), while the journal recovers and the store
@@ -66,7 +65,7 @@ pub async fn run(
     let Some(journal) = start_up(&mut tasks, &mut shutdown, "journal recovery", recovery).await? else {
         return Ok(());
     };
-    let backoff_max = config.sink.retry_backoff_max.get();
+    let backoff_max = config.run.retry_backoff_max.get();
     let Some(store) = connect_store(&config.store, backoff_max, &mut shutdown).await? else {
         journal.close().await?;
         return Ok(());
@@ -93,13 +92,13 @@ pub async fn run(
         metrics: metrics.clone(),
         store_metrics,
         health: health.clone(),
-        max_rows: config.sink.batch_max_rows.max(1),
+        max_rows: config.run.batch_max_rows.max(1),
         backoff_max,
     };
     tasks.finishing("journal-store", forward.run(journal.reader_from_ack()?, signals.stop()));
 
     let plan = Plan {
-        grace: config.bridge.grace_period.get(),
+        grace: config.run.grace_period.get(),
         // Everything received is journaled, acked and stored.
         drained: || acks.outstanding() == 0 && acks.settled() && journal.depth() == 0,
         tick: || acks.flush(),

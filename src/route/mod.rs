@@ -12,23 +12,53 @@ pub use template::{check_topic_name, Template, TemplateError};
 
 use crate::record::headers::{self, DeadLetterMeta, RecordMeta};
 use crate::record::{DeadLetterReason, Inbound, Outbound, RecordId};
+use crate::units::KeyError;
 use bytes::Bytes;
 
 /// Field names every template may use besides the pattern's own.
 const BUILTIN_FIELDS: [&str; 3] = ["tenant_id", "project_id", "device_id"];
 
-#[derive(Debug, thiserror::Error)]
+/// Why the routing rules do not compile; each names its config key
+/// ([`RouterError::key_error`]), in `[route]` or, for the templates, `[kafka]`.
+#[derive(Debug)]
 pub enum RouterError {
-    #[error("route.topic_pattern: {0}")]
-    Pattern(#[from] PatternError),
-    #[error("route.topic_pattern must name segments {{tenant_id}} and {{project_id}}")]
+    Pattern(PatternError),
     MissingNames,
-    #[error("kafka.{key}: {source}")]
     Template { key: &'static str, source: TemplateError },
-    #[error("kafka.dead_letter_topic: {0}")]
     DeadLetterTopic(String),
-    #[error("route.{key}: `{value}` is not a JSON pointer (it must start with `/`)")]
     Pointer { key: &'static str, value: String },
+}
+
+impl RouterError {
+    /// The section (`route` or `kafka`) and the key within it, with the message.
+    pub fn key_error(&self) -> (&'static str, KeyError) {
+        match self {
+            Self::Pattern(e) => ("route", KeyError::new("topic_pattern", e.to_string())),
+            Self::MissingNames => {
+                ("route", KeyError::new("topic_pattern", "must name segments {tenant_id} and {project_id}"))
+            }
+            Self::Template { key, source } => ("kafka", KeyError::new(*key, source.to_string())),
+            Self::DeadLetterTopic(message) => ("kafka", KeyError::new("dead_letter_topic", message.clone())),
+            Self::Pointer { key, value } => {
+                ("route", KeyError::new(*key, format!("`{value}` is not a JSON pointer (it must start with `/`)")))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RouterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (section, e) = self.key_error();
+        write!(f, "{section}.{}: {}", e.key, e.message)
+    }
+}
+
+impl std::error::Error for RouterError {}
+
+impl From<PatternError> for RouterError {
+    fn from(e: PatternError) -> Self {
+        Self::Pattern(e)
+    }
 }
 
 /// Compiled routing rules.

@@ -2,7 +2,7 @@
 //! and secrets. Parsing the URL is pure and checked once.
 
 use super::StoreError;
-use crate::units::HumanDuration;
+use crate::units::{HumanDuration, KeyError};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -153,36 +153,34 @@ impl InfluxUrl {
 
 impl StoreConfig {
     /// Check the keys that need more than a type; run once at start-up.
-    pub fn validate(&self) -> Result<(), StoreError> {
-        self.parse_url()?;
+    /// Keys are relative to `[store]`.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        parse_url(&self.url).map_err(|m| KeyError::new("url", m))?;
         if self.retention.get() < MIN_RETENTION {
-            return Err(StoreError::config(
-                "retention",
-                format!("`{}` is too short; the minimum is 1h", self.retention),
-            ));
+            return Err(KeyError::new("retention", format!("`{}` is too short; the minimum is 1h", self.retention)));
         }
         if self.retention_interval.get() < Duration::from_secs(1) {
-            return Err(StoreError::config("retention_interval", "must be at least 1s"));
+            return Err(KeyError::new("retention_interval", "must be at least 1s"));
         }
         if self.partitions_ahead > 366 {
-            return Err(StoreError::config("partitions_ahead", "must be at most 366"));
+            return Err(KeyError::new("partitions_ahead", "must be at most 366"));
         }
         if self.write_timeout.get().is_zero() {
-            return Err(StoreError::config("write_timeout", "must be more than 0s"));
+            return Err(KeyError::new("write_timeout", "must be more than 0s"));
         }
         if self.connect_timeout.get().is_zero() {
-            return Err(StoreError::config("connect_timeout", "must be more than 0s"));
+            return Err(KeyError::new("connect_timeout", "must be more than 0s"));
         }
         if self.chunk_interval.get() < Duration::from_secs(60) {
-            return Err(StoreError::config("chunk_interval", format!("`{}` must be at least 1m", self.chunk_interval)));
+            return Err(KeyError::new("chunk_interval", format!("`{}` must be at least 1m", self.chunk_interval)));
         }
         if self.compress_after.get() < Duration::from_secs(60) {
-            return Err(StoreError::config("compress_after", "must be at least 1m"));
+            return Err(KeyError::new("compress_after", "must be at least 1m"));
         }
         let bucket = self.rollup_bucket.get();
         if bucket < Duration::from_secs(1) || bucket > Duration::from_secs(86_400) || bucket * 3 > self.retention.get()
         {
-            return Err(StoreError::config(
+            return Err(KeyError::new(
                 "rollup_bucket",
                 format!("`{}` must be between 1s and 1d, and at most a third of store.retention", self.rollup_bucket),
             ));
@@ -371,11 +369,8 @@ mod tests {
         let mut c = StoreConfig::default();
         assert!(c.validate().is_ok());
         c.retention = HumanDuration::secs(60);
-        assert!(c.validate().unwrap_err().to_string().starts_with("store.retention:"));
-        let key = |c: StoreConfig| match c.validate() {
-            Err(StoreError::Config { key, .. }) => key,
-            other => panic!("{other:?}"),
-        };
+        assert_eq!(c.validate().unwrap_err().key, "retention");
+        let key = |c: StoreConfig| c.validate().unwrap_err().key;
         assert_eq!(
             key(StoreConfig { chunk_interval: HumanDuration::secs(30), ..StoreConfig::default() }),
             "chunk_interval"

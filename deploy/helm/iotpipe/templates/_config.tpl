@@ -172,7 +172,7 @@ grace_period = {{ .Values.sink.gracePeriod | toJson }}
 
 {{ include "iotpipe.config.store" (dict "ctx" . "url" .Values.run.storeUrl) }}
 
-[bridge]
+[run]
 grace_period = {{ .Values.bridge.gracePeriod | toJson }}
 
 [journal]

@@ -1,40 +1,16 @@
-//! The pipelines' own sections: `[bridge]` (shutdown of the MQTT side, shared
-//! by `bridge` and `run`) and `[sink]` (the consumer group, batching and
-//! writers of `sink`; `run` takes its batch size from it too).
-//!
-//! They live beside `pipeline/`, not in it: the pipelines read the assembled
-//! `config::Config`, which is built from these, and `config` must not import
-//! a module that imports it back.
+//! `iotpipe sink`'s configuration: its own section, `[sink]` (the consumer
+//! group, batching, writers, store retries and shutdown), and
+//! [`SinkSettings`], every section the sink pipeline reads.
 
-use crate::kafka::ConsumerSettings;
+use crate::http::HttpConfig;
+use crate::kafka::{ConsumerSettings, KafkaConfig};
+use crate::store::StoreConfig;
 use crate::units::{ByteSize, HumanDuration, KeyError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BridgeConfig {
-    /// On SIGTERM: time allowed to finish, ack and flush what is in flight.
-    pub grace_period: HumanDuration,
-}
-
-impl Default for BridgeConfig {
-    fn default() -> Self {
-        Self { grace_period: HumanDuration::secs(25) }
-    }
-}
-
-impl BridgeConfig {
-    /// Keys are relative to `[bridge]`.
-    pub fn validate(&self) -> Result<(), KeyError> {
-        if self.grace_period.get() > Duration::from_secs(3600) {
-            return Err(KeyError::new("grace_period", "must be at most 1h"));
-        }
-        Ok(())
-    }
-}
-
+/// The `[sink]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
@@ -134,4 +110,13 @@ impl SinkConfig {
             properties: self.properties.clone(),
         }
     }
+}
+
+/// What `iotpipe sink` reads: `[kafka]`, `[sink]`, `[store]` and `[http]`.
+#[derive(Debug, Clone, Default)]
+pub struct SinkSettings {
+    pub kafka: KafkaConfig,
+    pub sink: SinkConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
 }
