@@ -13,8 +13,8 @@ use super::supervisor::{serve_http, supervise, until_set, Plan, Signals, Tasks};
 use super::PipelineError;
 use crate::config::Config;
 use crate::health::{Health, Parts};
-use crate::kafka::{run_probe, GroupConsumer, KafkaRecord, NextOffset};
-use crate::record::now_ms;
+use crate::kafka::{run_probe, GroupConsumer, NextOffset};
+use crate::record::{now_ms, DurableRecord};
 use crate::store::{DeadLetterRow, Store, StoreRow};
 use crate::telemetry::{ConsumerMetrics, Exposition, ProcessInfo, StoreMetrics};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -212,7 +212,7 @@ async fn read_batches(
     }
 }
 
-fn split(batch: &[KafkaRecord], metrics: &StoreMetrics) -> DecodedBatch {
+fn split(batch: &[DurableRecord], metrics: &StoreMetrics) -> DecodedBatch {
     let now = now_ms();
     let mut rows = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
