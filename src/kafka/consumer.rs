@@ -349,3 +349,25 @@ fn detach<M: Message>(m: &M) -> DurableRecord {
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(topic: &str, partition: i32, offset: i64) -> DurableRecord {
+        DurableRecord {
+            position: Position::Kafka { topic: topic.into(), partition, offset },
+            timestamp_ms: None,
+            headers: vec![],
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn the_next_offset_of_each_partition_follows_its_last_record() {
+        let batch = [at("a", 0, 5), at("a", 1, 9), at("a", 0, 6), at("b", 0, 0), at("a", 0, 4)];
+        let next = GroupConsumer::next_offsets(&batch);
+        let got: Vec<(&str, i32, i64)> = next.iter().map(|o| (o.topic.as_str(), o.partition, o.offset)).collect();
+        assert_eq!(got, [("a", 0, 7), ("a", 1, 10), ("b", 0, 1)]);
+    }
+}
