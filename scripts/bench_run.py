@@ -59,12 +59,12 @@ def main():
         wait_port(hport)
         wait_ready(hport)
         simulate(broker, 2_000)
-        wait_metric(hport, "iotpipe_messages_delivered_total", 2_000)
-        base = metric(metrics(hport), "iotpipe_messages_delivered_total")
+        wait_metric(hport, "iotpipe_messages_stored_total", 2_000)
+        base = metric(metrics(hport), "iotpipe_messages_stored_total")
         cpu0 = cpu_seconds(run.pid)
         t0 = time.time()
         simulate(broker, args.count)
-        wait_metric(hport, "iotpipe_messages_delivered_total", base + args.count, step=0.02)
+        wait_metric(hport, "iotpipe_messages_stored_total", base + args.count, step=0.02)
         wall = time.time() - t0
         cpu = cpu_seconds(run.pid) - cpu0
         rss = peak_rss_kib(run.pid) / 1024

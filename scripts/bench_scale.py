@@ -110,16 +110,18 @@ def start(args, work, command, name, config):
 
 
 def publish_and_measure(args, proc, port, broker, pairs, component, topology, partitions):
-    """Publish the case's messages and wait until `proc` delivered them all; its figures."""
+    """Publish the case's messages and wait until `proc` delivered (bridge: Kafka acknowledged; run: stored)
+    them all; its figures."""
+    done = "iotpipe_messages_stored_total" if component == "run" else "iotpipe_messages_delivered_total"
     wait_port(port)
     wait_ready(port, timeout=60)
     cpu0 = cpu_seconds(proc.pid)
     t0 = time.time()
     publish(args.bin, broker, args.count, pairs, args.timeout)
-    ok = wait_count(port, "iotpipe_messages_delivered_total", args.count, args.timeout, proc)
+    ok = wait_count(port, done, args.count, args.timeout, proc)
     wall = time.time() - t0
     alive = proc.poll() is None
-    delivered = metric(metrics(port) if alive else "", "iotpipe_messages_delivered_total")
+    delivered = metric(metrics(port) if alive else "", done)
     return {"component": component, "topology": topology, "pairs": pairs, "count": args.count, "complete": ok,
             "delivered": delivered, "wall_s": wall, "rate": delivered / wall,
             "cpu_us": (cpu_seconds(proc.pid) - cpu0) / max(args.count, 1) * 1e6 if alive else None,

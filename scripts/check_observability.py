@@ -771,8 +771,8 @@ def live(args, dashboards, datasources, rules):
         say(f"live: bridge, run and Prometheus up ({time.time() - t0:.1f} s)")
         benchlib.simulate(broker, 600, extra=["--devices", "4"])
         publish_bad(broker)
-        for name in ("bridge", "run"):
-            benchlib.wait_metric(st.ports[name], "iotpipe_messages_delivered_total", 600, timeout=120, step=0.2)
+        for name, done in (("bridge", "iotpipe_messages_delivered_total"), ("run", "iotpipe_messages_stored_total")):
+            benchlib.wait_metric(st.ports[name], done, 600, timeout=120, step=0.2)
         st.stores["postgres"] = f"{pg_server}/{db}"
         sinks = [("sink_pg", "postgres", st.stores["postgres"], ""),
                  ("sink_influx", "influxdb", f"influxdb://{influx.removeprefix('http://')}/{db}", "")]

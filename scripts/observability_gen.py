@@ -484,10 +484,12 @@ def pipeline():
             field_defaults={"mappings": [{"type": "value", "options": {"0": {"text": "ok", "color": "green"},
                                                                          "1": {"text": "FULL", "color": "red"}}}]})
 
-    b.panel("timeseries", "Messages received / delivered",
+    b.panel("timeseries", "Messages received / delivered / stored",
             [prom(rate("iotpipe_messages_received_total"), "received {{instance}}"),
-             prom(rate("iotpipe_messages_delivered_total"), "delivered {{instance}}")], unit="reqps",
-            description="From MQTT (bridge, run); delivered = acknowledged by Kafka (bridge) or stored (run).")
+             prom(rate("iotpipe_messages_delivered_total"), "delivered {{instance}}"),
+             prom(rate("iotpipe_messages_stored_total"), "stored {{instance}}")], unit="reqps",
+            description="From MQTT (bridge, run); delivered = acknowledged by Kafka (bridge), "
+                        "stored = committed to the store (run).")
     b.panel("timeseries", "Dead-lettered by reason",
             [prom(rate("iotpipe_messages_dead_lettered_total", "reason"), "routing: {{reason}}"),
              prom(rate("iotpipe_sink_dead_lettered_total", "reason"), "stored: {{reason}}")], unit="reqps",

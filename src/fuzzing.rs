@@ -10,10 +10,9 @@
 //! See docs/fuzzing.md for the input layouts and the invariants.
 
 use crate::journal::{self, Journal, JournalConfig, JournalError};
-use crate::kafka::KafkaRecord;
 use crate::pipeline::decode::{decode, Decoded};
 use crate::record::headers::{self, RecordMeta};
-use crate::record::RecordId;
+use crate::record::{DurableRecord, Position, RecordId};
 use crate::route::{validate_filter, Template, TopicPattern};
 use bytes::Bytes;
 use std::borrow::Cow;
@@ -256,7 +255,7 @@ fn read_all((j, rec): (Journal, journal::Recovery)) -> Read {
 /// The record the sink's consumer hands over, from the fuzzer's bytes:
 /// header lines `key=value` (values lossily UTF-8, as the consumer does),
 /// then an empty line, then the payload.
-fn kafka_record(data: &[u8]) -> KafkaRecord {
+fn kafka_record(data: &[u8]) -> DurableRecord {
     let (flags, mut rest) = data.split_first().map_or((0, data), |(f, r)| (*f, r));
     let mut timestamp_ms = None;
     if flags & 1 == 1 {
@@ -282,10 +281,8 @@ fn kafka_record(data: &[u8]) -> KafkaRecord {
             (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned())
         })
         .collect();
-    KafkaRecord {
-        topic: "iot.t.p".into(),
-        partition: i32::from(flags >> 4),
-        offset: 7,
+    DurableRecord {
+        position: Position::Kafka { topic: "iot.t.p".into(), partition: i32::from(flags >> 4), offset: 7 },
         timestamp_ms,
         headers,
         payload: Bytes::copy_from_slice(payload),
@@ -331,7 +328,7 @@ pub fn kafka_decode(data: &[u8]) {
         received_ms: row.received_ms,
         event_ms: row.event_time_ms,
     });
-    let again = KafkaRecord {
+    let again = DurableRecord {
         headers: hdrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         payload: row.payload.clone(),
         ..rec

@@ -78,9 +78,14 @@ fn run_stores_dead_letters_and_keeps_running() {
     eventually(Duration::from_secs(20), "dead letters", || rows(&db, "SELECT count(*) FROM dead_letters") == 4);
     eventually(Duration::from_secs(20), "good row", || rows(&db, "SELECT count(*) FROM telemetry") == 1);
     assert_eq!(run.metric("iotpipe_messages_dead_lettered_total{reason=\"invalid_json\"}"), 1.0);
+    // Dead letters are named after their journal position.
+    assert_eq!(rows(&db, "SELECT count(*) FROM dead_letters WHERE source LIKE 'journal:%'"), 4);
+    // What run counts is what it stored.
+    eventually(Duration::from_secs(10), "one message stored", || run.metric("iotpipe_messages_stored_total") == 1.0);
     // `run` has no Kafka: its metrics say nothing about one.
     let (_, metrics) = run.get("/metrics");
     assert!(!metrics.contains("kafka_reachable"), "run reports a Kafka it does not have");
+    assert!(!metrics.contains("iotpipe_messages_delivered_total"), "run delivers nothing to Kafka");
     assert!(!metrics.contains("iotpipe_sink_records_consumed_total"));
     assert!(metrics.contains("iotpipe_build_info{command=\"run\""));
     assert_eq!(run.metric("iotpipe_sink_store_reachable"), 1.0);

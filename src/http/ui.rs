@@ -61,7 +61,7 @@ fn health_fn(s: UiState) -> Arc<dyn Fn() -> serde_json::Value + Send + Sync> {
             "reasons": reasons,
             "uptime_s": (s.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             "received": received,
-            "stored": b.delivered.load(Relaxed),
+            "stored": b.stored.load(Relaxed),
             "dead_lettered": b.dead_lettered_total(),
             "in_flight": b.in_flight.load(Relaxed),
             "rate_per_s": (rate * 10.0).round() / 10.0,

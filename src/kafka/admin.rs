@@ -32,7 +32,7 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl TopicAdmin {
-    pub fn new(cfg: &KafkaConfig) -> Result<Self, rdkafka::error::KafkaError> {
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, super::ClientError> {
         let client = if cfg.create_topics {
             Some(super::common_config(cfg).create_with_context(Reporting::new("admin"))?)
         } else {

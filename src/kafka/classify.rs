@@ -1,4 +1,5 @@
-//! Is a failed delivery worth retrying? One place decides.
+//! Is a failed delivery worth retrying? One place decides (read through
+//! [`super::ClientError::failure`]).
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
 
@@ -13,7 +14,7 @@ pub enum Failure {
     Reject,
 }
 
-pub fn classify(e: &KafkaError) -> Failure {
+pub(super) fn classify(e: &KafkaError) -> Failure {
     let code = match e {
         KafkaError::MessageProduction(c) => *c,
         _ => return Failure::Retry,

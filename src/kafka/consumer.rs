@@ -1,9 +1,12 @@
 //! The sink's consumer group: batches bounded by rows, bytes and time;
 //! offsets stored after the database commit (`enable.auto.offset.store=false`)
 //! and committed by librdkafka, synchronously before partitions are revoked.
+//! Records leave as [`DurableRecord`]s positioned by topic, partition and
+//! offset; librdkafka's messages stay here.
 
 use super::diagnosis::ErrorReporter;
-use super::KafkaConfig;
+use super::{ClientError, KafkaConfig};
+use crate::record::{DurableRecord, Position};
 use crate::telemetry::ConsumerMetrics;
 use bytes::Bytes;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -14,24 +17,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A consumed record, detached from librdkafka.
-#[derive(Debug, Clone)]
-pub struct KafkaRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub headers: Vec<(String, String)>,
-    pub payload: Bytes,
-}
-
-impl KafkaRecord {
-    /// Unique origin of the record: dead letters are keyed by it.
-    pub fn source(&self) -> String {
-        format!("kafka:{}/{}@{}", self.topic, self.partition, self.offset)
-    }
-}
 
 /// The next offset to read in one partition: what is stored once a batch is committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +100,7 @@ impl GroupConsumer {
         kafka: &KafkaConfig,
         settings: &ConsumerSettings,
         metrics: Arc<ConsumerMetrics>,
-    ) -> Result<Self, KafkaError> {
+    ) -> Result<Self, ClientError> {
         let mut c: ClientConfig = super::common_config(kafka);
         c.set("group.id", &settings.group_id)
             .set("enable.auto.commit", "true")
@@ -199,7 +184,7 @@ impl GroupConsumer {
     /// Report the lag every `LAG_INTERVAL`, on its own task: the reader
     /// stops reading while the store is down, and the lag must go on
     /// growing in the metrics meanwhile.
-    pub async fn report_lag_forever(self: Arc<Self>) -> Result<(), KafkaError> {
+    pub async fn report_lag_forever(self: Arc<Self>) -> Result<(), ClientError> {
         let mut tick = tokio::time::interval(LAG_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -209,20 +194,20 @@ impl GroupConsumer {
     }
 
     /// Remember the newest record timestamp read per partition (`report_lag`).
-    fn note_read(&self, batch: &[KafkaRecord]) {
+    fn note_read(&self, batch: &[DurableRecord]) {
         let oldest = batch.iter().filter_map(|r| r.timestamp_ms).min();
         self.consumer.context().metrics.on_batch_read(oldest.unwrap_or_else(crate::record::now_ms));
         let Ok(mut read) = self.read_ts.lock() else { return };
         let mut last: Option<(&str, i32)> = None;
         for r in batch.iter().rev() {
-            let Some(ts) = r.timestamp_ms else { continue };
+            let (Some(ts), Some((topic, partition, _))) = (r.timestamp_ms, kafka_position(r)) else { continue };
             // The newest of each partition run is its last record: one
             // lookup per run.
-            if last == Some((r.topic.as_str(), r.partition)) {
+            if last == Some((topic, partition)) {
                 continue;
             }
-            last = Some((r.topic.as_str(), r.partition));
-            let e = read.entry((r.topic.clone(), r.partition)).or_insert(ts);
+            last = Some((topic, partition));
+            let e = read.entry((topic.to_string(), partition)).or_insert(ts);
             *e = (*e).max(ts);
         }
     }
@@ -251,7 +236,7 @@ impl GroupConsumer {
 
     /// The next batch: waits for a first record, then collects until the
     /// row, byte or time bound.
-    pub async fn next_batch(&self) -> Vec<KafkaRecord> {
+    pub async fn next_batch(&self) -> Vec<DurableRecord> {
         let mut errors = 0u64;
         let first = loop {
             // The stream's wake-up is edge-triggered and can be lost when
@@ -297,12 +282,13 @@ impl GroupConsumer {
         batch
     }
 
-    /// The next offset to read for each partition in `batch`.
-    pub fn next_offsets(batch: &[KafkaRecord]) -> Vec<NextOffset> {
+    /// The next offset to read for each partition in `batch` (records not
+    /// read from Kafka have none).
+    pub fn next_offsets(batch: &[DurableRecord]) -> Vec<NextOffset> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in batch {
-            let e = next.entry((r.topic.as_str(), r.partition)).or_insert(r.offset + 1);
-            *e = (*e).max(r.offset + 1);
+        for (topic, partition, offset) in batch.iter().filter_map(kafka_position) {
+            let e = next.entry((topic, partition)).or_insert(offset + 1);
+            *e = (*e).max(offset + 1);
         }
         next.into_iter().map(|((t, p), o)| NextOffset { topic: t.to_string(), partition: p, offset: o }).collect()
     }
@@ -337,7 +323,17 @@ impl GroupConsumer {
     }
 }
 
-fn detach<M: Message>(m: &M) -> KafkaRecord {
+/// Topic, partition and offset of a record read from Kafka.
+fn kafka_position(r: &DurableRecord) -> Option<(&str, i32, i64)> {
+    match &r.position {
+        Position::Kafka { topic, partition, offset } => Some((topic.as_str(), *partition, *offset)),
+        Position::Journal { .. } => None,
+    }
+}
+
+/// A consumed message, detached from librdkafka: header values lossily
+/// UTF-8, a missing payload empty.
+fn detach<M: Message>(m: &M) -> DurableRecord {
     let headers = m
         .headers()
         .map(|h| {
@@ -346,12 +342,32 @@ fn detach<M: Message>(m: &M) -> KafkaRecord {
                 .collect()
         })
         .unwrap_or_default();
-    KafkaRecord {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
+    DurableRecord {
+        position: Position::Kafka { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() },
         timestamp_ms: m.timestamp().to_millis(),
         headers,
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(topic: &str, partition: i32, offset: i64) -> DurableRecord {
+        DurableRecord {
+            position: Position::Kafka { topic: topic.into(), partition, offset },
+            timestamp_ms: None,
+            headers: vec![],
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn the_next_offset_of_each_partition_follows_its_last_record() {
+        let batch = [at("a", 0, 5), at("a", 1, 9), at("a", 0, 6), at("b", 0, 0), at("a", 0, 4)];
+        let next = GroupConsumer::next_offsets(&batch);
+        let got: Vec<(&str, i32, i64)> = next.iter().map(|o| (o.topic.as_str(), o.partition, o.offset)).collect();
+        assert_eq!(got, [("a", 0, 7), ("a", 1, 10), ("b", 0, 1)]);
     }
 }

@@ -2,7 +2,9 @@
 //! delivery reports drive the acks, the consumer group of the sink (offsets
 //! stored after the store commit), topic creation, the reachability probe,
 //! and the classification of delivery failures. librdkafka lives here and
-//! nowhere else.
+//! nowhere else: what this module exports speaks the crate's own types
+//! ([`ClientError`], [`DurableRecord`](crate::record::DurableRecord),
+//! [`Pending`], [`Delivery`]), never librdkafka's.
 
 mod admin;
 mod classify;
@@ -10,16 +12,18 @@ mod client;
 mod config;
 mod consumer;
 mod diagnosis;
+mod error;
 mod probe;
 mod producer;
 mod security;
 
 pub use admin::{run_topic_creator, TopicAdmin, TopicRequests};
-pub use classify::{classify, Failure};
-pub use client::{common_config, is_common_property};
+pub use classify::Failure;
+use client::common_config;
 pub use config::{resolve_property_files, KafkaConfig};
-pub use consumer::{ConsumerSettings, GroupConsumer, KafkaRecord, NextOffset};
-pub use diagnosis::{diagnose, Diagnosis, ErrorReporter, Reporting, Step};
+pub use consumer::{ConsumerSettings, GroupConsumer, NextOffset};
+pub use diagnosis::{Diagnosis, Step};
+pub use error::ClientError;
 pub use probe::{run_probe, Prober};
-pub use producer::{producer_config, Delivery, Pending, Producer};
+pub use producer::{Delivery, Pending, Producer};
 pub use security::{mechanism, protocol, uses_sasl, uses_tls};

@@ -10,10 +10,10 @@
 //! cluster (docs/topology.md).
 
 use super::diagnosis::{Diagnosis, Reporting, Step};
+use super::ClientError;
 use super::KafkaConfig;
 use crate::health::Health;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::error::KafkaError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,13 +31,13 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, ClientError> {
         let client = super::common_config(cfg).create_with_context(Reporting::new("probe"))?;
         Ok(Self { client, topic: cfg.dead_letter_topic.clone() })
     }
 
     /// Number of brokers in the metadata (blocking).
-    pub fn check(&self, timeout: Duration) -> Result<usize, KafkaError> {
+    pub fn check(&self, timeout: Duration) -> Result<usize, ClientError> {
         let md = rdkafka::consumer::Consumer::fetch_metadata(&self.client, Some(&self.topic), timeout)?;
         Ok(md.brokers().len())
     }
@@ -64,7 +64,7 @@ impl Prober {
 
 /// Probe every few seconds and report into `health`, logging changes.
 /// Runs until the task is dropped; fails only if the client cannot be built.
-pub async fn run_probe(cfg: KafkaConfig, health: Arc<Health>) -> Result<(), KafkaError> {
+pub async fn run_probe(cfg: KafkaConfig, health: Arc<Health>) -> Result<(), ClientError> {
     let prober = Arc::new(Prober::new(&cfg)?);
     let mut first = true;
     loop {

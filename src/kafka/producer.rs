@@ -1,9 +1,10 @@
 //! The Kafka producer: librdkafka with `enable.idempotence`, `acks=all`;
 //! every record carries its pipeline state as the delivery opaque, and the
-//! delivery callback hands it back over a channel.
+//! delivery callback hands it back over a channel, with the failure as a
+//! [`ClientError`].
 
 use super::diagnosis::ErrorReporter;
-use super::KafkaConfig;
+use super::{ClientError, KafkaConfig};
 use crate::record::{Inbound, Outbound};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -30,7 +31,7 @@ pub struct Pending {
 #[derive(Debug)]
 pub enum Delivery {
     Delivered(Box<Pending>),
-    Failed(Box<Pending>, KafkaError),
+    Failed(Box<Pending>, ClientError),
 }
 
 pub struct Context {
@@ -53,7 +54,7 @@ impl ProducerContext for Context {
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
         let report = match result {
             Ok(_) => Delivery::Delivered(pending),
-            Err((e, _)) => Delivery::Failed(pending, e.clone()),
+            Err((e, _)) => Delivery::Failed(pending, e.clone().into()),
         };
         // The receiver is gone only when the bridge is exiting.
         let _ = self.reports.send(report);
@@ -61,7 +62,7 @@ impl ProducerContext for Context {
 }
 
 /// The producer's librdkafka settings; every `kafka.properties` entry wins.
-pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = super::common_config(cfg);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
@@ -88,7 +89,7 @@ pub struct Producer {
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
 
 impl Producer {
-    pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, KafkaError> {
+    pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, ClientError> {
         let cc = producer_config(cfg);
         let errors = Arc::new(ErrorReporter::new("producer"));
         let inner = cc.create_with_context(Context { reports: reports.clone(), errors: errors.clone() })?;
@@ -120,7 +121,7 @@ impl Producer {
                 Err((e, rec)) => {
                     // Not enqueued: report it like a failed delivery so the
                     // caller's retry / dead-letter logic applies.
-                    let _ = self.reports.send(Delivery::Failed(rec.delivery_opaque, e));
+                    let _ = self.reports.send(Delivery::Failed(rec.delivery_opaque, e.into()));
                     return;
                 }
             }
@@ -134,7 +135,7 @@ impl Producer {
 
     /// Replace a producer that hit a fatal error; what the old one still
     /// held comes back as failed deliveries and is sent again.
-    pub fn recreate(&mut self) -> Result<(), KafkaError> {
+    pub fn recreate(&mut self) -> Result<(), ClientError> {
         let fresh: ThreadedProducer<Context> =
             self.cfg.create_with_context(Context { reports: self.reports.clone(), errors: self.errors.clone() })?;
         let old = std::mem::replace(&mut self.inner, fresh);
@@ -153,11 +154,7 @@ impl Producer {
     }
 
     /// Wait for outstanding deliveries (blocking; call from a blocking context).
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(timeout)
-    }
-
-    pub fn handle(&self) -> &ThreadedProducer<Context> {
-        &self.inner
+    pub fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
+        Ok(self.inner.flush(timeout)?)
     }
 }

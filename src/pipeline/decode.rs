@@ -1,13 +1,13 @@
-//! From a Kafka record to a store row or a dead letter. Pure.
+//! From a record read back from Kafka or the journal ([`DurableRecord`]) to
+//! a store row or a dead letter. Pure.
 //!
 //! Understood, in order: the bridge's dead letters (`reason` header); the
 //! bridge's records (headers `tenant_id`, `project_id`, `id`, …); the
 //! `envelope` JSON format; and plain JSON that names `tenant_id` and
 //! `project_id` itself. Anything else is dead-lettered with the reason.
 
-use crate::kafka::KafkaRecord;
 use crate::record::headers::{self, parse_time};
-use crate::record::{DeadLetterReason as Reason, RecordId};
+use crate::record::{DeadLetterReason as Reason, DurableRecord};
 use crate::store::{DeadLetterRow, StoreRow};
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -22,16 +22,12 @@ pub enum Decoded {
     Dead(DeadLetterRow, Reason),
 }
 
-pub fn decode(rec: &KafkaRecord, now_ms: i64) -> Decoded {
-    decode_from(rec, &rec.source(), now_ms)
-}
-
-/// As `decode`, naming the record's origin for dead letters (e.g. `journal:42`).
-pub fn decode_from(rec: &KafkaRecord, source: &str, now_ms: i64) -> Decoded {
+/// A record's row, or its dead letter (named after the record's position:
+/// `kafka:<topic>/<partition>@<offset>`, `journal:<seq>`).
+pub fn decode(rec: &DurableRecord, now_ms: i64) -> Decoded {
     let hdr = headers::Decoded::parse(&rec.headers);
     let received_ms = hdr.received_ms.or(rec.timestamp_ms).unwrap_or(now_ms);
-    let dead =
-        |reason: Reason, text: &str, detail: &str| dead_letter(rec, source, &hdr, received_ms, reason, text, detail);
+    let dead = |reason: Reason, text: &str, detail: &str| dead_letter(rec, &hdr, received_ms, reason, text, detail);
     if let Some(text) = hdr.reason {
         return dead(Reason::parse(text), text, hdr.error.unwrap_or(""));
     }
@@ -46,7 +42,7 @@ pub fn decode_from(rec: &KafkaRecord, source: &str, now_ms: i64) -> Decoded {
                 let r = Reason::InvalidId;
                 return dead(r, r.as_str(), &format!("id header `{}`: {e}", hdr.id.unwrap_or("")));
             }
-            None => position_id(rec, received_ms),
+            None => rec.position_id(received_ms).0,
         };
         return Decoded::Row(StoreRow {
             id,
@@ -72,7 +68,7 @@ pub fn decode_from(rec: &KafkaRecord, source: &str, now_ms: i64) -> Decoded {
 
 /// Envelope `{tenant_id, project_id, payload, …}` or a plain JSON object that
 /// carries `tenant_id` and `project_id` (or `tenantId` / `projectId`).
-fn from_json(rec: &KafkaRecord, received_ms: i64) -> Result<StoreRow, (Reason, String)> {
+fn from_json(rec: &DurableRecord, received_ms: i64) -> Result<StoreRow, (Reason, String)> {
     let text = std::str::from_utf8(&rec.payload).map_err(|e| (Reason::Undecodable, format!("not UTF-8: {e}")))?;
     let obj: HashMap<String, &RawValue> =
         serde_json::from_str(text).map_err(|e| (Reason::Undecodable, format!("not a JSON object: {e}")))?;
@@ -100,7 +96,7 @@ fn from_json(rec: &KafkaRecord, received_ms: i64) -> Result<StoreRow, (Reason, S
             _ => None,
         });
     let id =
-        field(&["id"]).and_then(|s| uuid::Uuid::parse_str(&s).ok()).unwrap_or_else(|| position_id(rec, received_ms));
+        field(&["id"]).and_then(|s| uuid::Uuid::parse_str(&s).ok()).unwrap_or_else(|| rec.position_id(received_ms).0);
     Ok(StoreRow {
         id,
         time_ms: event_ms.unwrap_or(received_ms),
@@ -114,15 +110,8 @@ fn from_json(rec: &KafkaRecord, received_ms: i64) -> Result<StoreRow, (Reason, S
     })
 }
 
-/// A record without an id gets one from its Kafka position, so re-reading it is idempotent.
-fn position_id(rec: &KafkaRecord, received_ms: i64) -> uuid::Uuid {
-    let pos = format!("{}/{}@{}", rec.topic, rec.partition, rec.offset);
-    RecordId::derive(Some(rec.timestamp_ms.unwrap_or(received_ms)), received_ms, &pos, &rec.payload).0
-}
-
 fn dead_letter(
-    rec: &KafkaRecord,
-    source: &str,
+    rec: &DurableRecord,
     hdr: &headers::Decoded<'_>,
     received_ms: i64,
     reason: Reason,
@@ -130,7 +119,7 @@ fn dead_letter(
     detail: &str,
 ) -> Decoded {
     let row = DeadLetterRow {
-        source: source.to_string(),
+        source: rec.source(),
         received_ms,
         reason: text.to_string(),
         error: detail.to_string(),
@@ -144,12 +133,11 @@ fn dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Position;
 
-    fn rec(headers: &[(&str, &str)], payload: &[u8]) -> KafkaRecord {
-        KafkaRecord {
-            topic: "iot.a.p".into(),
-            partition: 1,
-            offset: 42,
+    fn rec(headers: &[(&str, &str)], payload: &[u8]) -> DurableRecord {
+        DurableRecord {
+            position: Position::Kafka { topic: "iot.a.p".into(), partition: 1, offset: 42 },
             timestamp_ms: Some(1_700_000_000_000),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             payload: Bytes::copy_from_slice(payload),
@@ -209,9 +197,29 @@ mod tests {
         assert_eq!(a.device_id, "d");
     }
 
+    /// Rows of records without an id keep the id every earlier version
+    /// derived from the Kafka position: the store deduplicates re-reads by it.
+    #[test]
+    fn ids_from_kafka_positions_are_unchanged() {
+        let json = rec(&[], br#"{"tenantId":"a","projectId":"p","deviceId":"d","ts":1700000000000}"#);
+        let Decoded::Row(row) = decode(&json, 1_700_000_000_999) else { panic!("row expected") };
+        assert_eq!(row.id.to_string(), "018bcfe5-6800-76ea-a9a6-21616ef11607");
+        let headers =
+            DurableRecord { timestamp_ms: None, ..rec(&[("tenant_id", "acme"), ("project_id", "p1")], br#"{"v":1}"#) };
+        let Decoded::Row(row) = decode(&headers, 1_700_000_000_999) else { panic!("row expected") };
+        assert_eq!(row.id.to_string(), "018bcfe5-6be7-784b-bc71-011421edeeed");
+    }
+
+    #[test]
+    fn journal_dead_letters_name_the_journal_position() {
+        let r = DurableRecord { position: Position::Journal { seq: 9 }, ..rec(&[("reason", "invalid_json")], b"{x") };
+        let Decoded::Dead(d, _) = decode(&r, 0) else { panic!("dead letter expected") };
+        assert_eq!(d.source, "journal:9");
+    }
+
     #[test]
     fn poison_records_are_dead_lettered_with_reasons() {
-        let cases: Vec<(KafkaRecord, Reason)> = vec![
+        let cases: Vec<(DurableRecord, Reason)> = vec![
             (rec(&[], b"\xff\xfe"), Reason::Undecodable),
             (rec(&[], b"[1,2]"), Reason::Undecodable),
             (rec(&[], br#"{"deviceId":"d"}"#), Reason::MissingTenant),

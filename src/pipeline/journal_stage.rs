@@ -204,23 +204,29 @@ pub async fn feed(
             () = until_set(&mut stop) => return Ok(()),
         };
         let (Some(record), Some(share)) = (record, share) else { return Ok(()) };
-        let msg = decode_inbound_shared(&bytes).unwrap_or_else(|error| {
-            // Checksummed but not decodable (a newer format?): forwarded as a
-            // message that will be dead-lettered, never dropped.
-            tracing::error!(%error, jseq, "Journal record not decodable; dead-lettering it.");
-            Inbound {
-                topic: String::new(),
-                payload: bytes.clone(),
-                received_ms: crate::record::now_ms(),
-                redelivered: false,
-            }
-        });
+        let msg = journaled_message(jseq, &bytes);
         let seq = acks.register(jseq, Held { _record: record, _bytes: share });
         tokio::select! {
             sent = tx.send(Received { seq, msg }) => if sent.is_err() { return Ok(()) },
             () = until_set(&mut stop) => return Ok(()),
         }
     }
+}
+
+/// The message a journal record holds. A record that passed its checksum
+/// but does not decode (a newer format?) becomes a message without a topic,
+/// its bytes as the payload, received now: routing dead-letters it, so it is
+/// never dropped. The one fallback of every journal reader.
+pub fn journaled_message(jseq: u64, bytes: &Bytes) -> Inbound {
+    decode_inbound_shared(bytes).unwrap_or_else(|error| {
+        tracing::error!(%error, jseq, "Journal record not decodable; dead-lettering it.");
+        Inbound {
+            topic: String::new(),
+            payload: bytes.clone(),
+            received_ms: crate::record::now_ms(),
+            redelivered: false,
+        }
+    })
 }
 
 /// How often the journal gauges are refreshed.

@@ -8,7 +8,7 @@
 use super::journal_stage::Completion;
 use super::supervisor::until_set;
 use super::PipelineError;
-use crate::kafka::{classify, Delivery, Failure, Pending, Producer, TopicRequests};
+use crate::kafka::{ClientError, Delivery, Failure, Pending, Producer, TopicRequests};
 use crate::mqtt::Received;
 use crate::record::{headers, DeadLetterReason};
 use crate::retry::{Jitter, RetryPolicy};
@@ -149,7 +149,7 @@ impl Forwarder {
     /// record it held fails with the same error; one new producer is enough).
     /// What the old one still held comes back as failed deliveries and is
     /// sent again.
-    fn recreate_producer(&mut self, error: &rdkafka::error::KafkaError) {
+    fn recreate_producer(&mut self, error: &ClientError) {
         if self.recreated_at.is_some_and(|at| at.elapsed() < RECREATE_PAUSE) {
             return;
         }
@@ -168,7 +168,7 @@ impl Forwarder {
                 self.metrics.on_delivered(p.out.reason, &p.out.tenant_id, &p.out.project_id, p.received_at.elapsed());
                 self.completion.complete(p.seq);
             }
-            Delivery::Failed(mut p, error) => match classify(&error) {
+            Delivery::Failed(mut p, error) => match error.failure() {
                 Failure::Reject if p.out.reason.is_none() => {
                     tracing::warn!(topic = p.out.topic, %error, "Kafka rejected the message; dead-lettering it.");
                     p.out = self.router.dead_letter(&p.inbound, DeadLetterReason::KafkaRejected, error.to_string());

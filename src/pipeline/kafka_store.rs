@@ -12,8 +12,8 @@ use super::store_writer::{connect_store, retention_task, write_until_done, Write
 use super::supervisor::{serve_http, supervise, until_set, Plan, Signals, Tasks};
 use super::{PipelineError, SinkSettings};
 use crate::health::{Health, Parts};
-use crate::kafka::{run_probe, GroupConsumer, KafkaRecord, NextOffset};
-use crate::record::now_ms;
+use crate::kafka::{run_probe, GroupConsumer, NextOffset};
+use crate::record::{now_ms, DurableRecord};
 use crate::store::{DeadLetterRow, Store, StoreRow};
 use crate::telemetry::{ConsumerMetrics, Exposition, ProcessInfo, StoreMetrics};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -211,7 +211,7 @@ async fn read_batches(
     }
 }
 
-fn split(batch: &[KafkaRecord], metrics: &StoreMetrics) -> DecodedBatch {
+fn split(batch: &[DurableRecord], metrics: &StoreMetrics) -> DecodedBatch {
     let now = now_ms();
     let mut rows = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();

@@ -43,7 +43,7 @@ pub enum PipelineError {
     #[error("mqtt: {0}")]
     Mqtt(#[from] crate::mqtt::SourceError),
     #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(#[from] crate::kafka::ClientError),
     #[error("journal: {0}")]
     Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]

@@ -10,7 +10,7 @@
 //! ([`start_up`]) with `http` already serving; then the store connects and
 //! the dashboard is mounted; the MQTT session starts last.
 
-use super::decode::{decode_from, Decoded};
+use super::decode::{decode, Decoded};
 use super::ingress::Ingress;
 use super::journal_stage;
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext};
@@ -19,9 +19,8 @@ use super::{PipelineError, RunSettings};
 use crate::health::{Health, Parts};
 use crate::http::ui::{ExtraRoutes, UiState};
 use crate::http::LateRoutes;
-use crate::journal::{decode_inbound_shared, Journal, JournalError, Reader};
-use crate::kafka::KafkaRecord;
-use crate::record::{now_ms, DeadLetterReason};
+use crate::journal::{Journal, JournalError, Reader};
+use crate::record::{now_ms, DeadLetterReason, DurableRecord, Position};
 use crate::route::Router;
 use crate::store::{DeadLetterRow, Store, StoreRow};
 use crate::telemetry::{Exposition, MessageMetrics, ProcessInfo, StoreMetrics};
@@ -109,7 +108,7 @@ pub async fn run(
     }
     tracing::info!(
         received = metrics.received.load(Relaxed),
-        stored = metrics.delivered.load(Relaxed),
+        stored = metrics.stored.load(Relaxed),
         dead_lettered = metrics.dead_lettered_total(),
         journaled_not_stored = journal.depth(),
         "Stopped."
@@ -167,8 +166,8 @@ impl JournalToStore {
         let mut dead: Vec<DeadLetterRow> = Vec::new();
         let mut done: Vec<Done> = Vec::with_capacity(batch.len());
         for (jseq, bytes) in batch {
-            let (rec, received_ms) = to_record(&self.router, *jseq, bytes, now);
-            match decode_from(&rec, &format!("journal:{jseq}"), now) {
+            let (rec, received_ms) = to_record(&self.router, *jseq, bytes);
+            match decode(&rec, now) {
                 Decoded::Row(row) => {
                     done.push(Done {
                         reason: None,
@@ -202,24 +201,19 @@ impl JournalToStore {
         let now = now_ms();
         for d in done {
             let latency = Duration::from_millis(u64::try_from(now - d.received_ms).unwrap_or(0));
-            self.metrics.on_delivered(d.reason, &d.tenant_id, &d.project_id, latency);
+            self.metrics.on_stored(d.reason, &d.tenant_id, &d.project_id, latency);
         }
     }
 }
 
-/// A journal record as the sink sees a Kafka record: routed, with the
-/// bridge's headers, so `iotpipe run` stores exactly what `bridge` + `sink`
-/// would. Returns it with the message's receive time.
-fn to_record(router: &Router, jseq: u64, bytes: &bytes::Bytes, now: i64) -> (KafkaRecord, i64) {
-    let inbound = decode_inbound_shared(bytes).unwrap_or_else(|error| {
-        tracing::error!(%error, jseq, "Journal record not decodable; dead-lettering it.");
-        crate::record::Inbound { topic: String::new(), payload: bytes.clone(), received_ms: now, redelivered: false }
-    });
+/// A journal record, routed: the bridge's headers and payload, positioned
+/// at its journal sequence number, so `iotpipe run` stores exactly what
+/// `bridge` + `sink` would. Returns it with the message's receive time.
+fn to_record(router: &Router, jseq: u64, bytes: &bytes::Bytes) -> (DurableRecord, i64) {
+    let inbound = journal_stage::journaled_message(jseq, bytes);
     let out = router.route(&inbound);
-    let rec = KafkaRecord {
-        topic: out.topic,
-        partition: 0,
-        offset: i64::try_from(jseq).unwrap_or(i64::MAX),
+    let rec = DurableRecord {
+        position: Position::Journal { seq: jseq },
         timestamp_ms: Some(out.timestamp_ms),
         headers: out.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         payload: out.value,

@@ -1,10 +1,13 @@
 //! What flows through every stage: the record id, the message as received,
-//! the routed message, and (in submodules) the header contract and the
-//! dead-letter reasons shared by `bridge`, `sink` and `run`.
+//! the routed message, and (in submodules) the header contract, the record
+//! read back from Kafka or the journal for the decoder, and the dead-letter
+//! reasons shared by `bridge`, `sink` and `run`.
 
+mod durable;
 pub mod headers;
 mod reason;
 
+pub use durable::{DurableRecord, Position};
 pub use reason::DeadLetterReason;
 
 use bytes::Bytes;

@@ -1,7 +1,7 @@
-//! Metrics of the message path from MQTT: received, delivered (to Kafka in
-//! `bridge`, to the store in `run`), dead-lettered, in flight, the MQTT
-//! session, the Kafka producer and the journal, and the log events that go
-//! with them.
+//! Metrics of the message path from MQTT: received, delivered (acknowledged
+//! by Kafka: `bridge`) or stored (committed to the store: `run`),
+//! dead-lettered, in flight, the MQTT session, the Kafka producer and the
+//! journal, and the log events that go with them.
 
 use super::pairs::PairSeries;
 use super::{clock, counter, escape, gauge, gauge_f64, Histogram};
@@ -19,7 +19,10 @@ pub const MAX_TENANT_SERIES: usize = 5000;
 #[derive(Default)]
 pub struct MessageMetrics {
     pub received: AtomicU64,
+    /// Messages Kafka acknowledged (`bridge`).
     pub delivered: AtomicU64,
+    /// Messages committed to the store (`run`).
+    pub stored: AtomicU64,
     dead_lettered: [AtomicU64; DeadLetterReason::ALL.len()],
     pub in_flight: AtomicI64,
     pub mqtt_reconnects: AtomicU64,
@@ -57,8 +60,10 @@ pub struct MessageMetrics {
 /// Which groups of series a command exposes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MessageSeries {
-    /// The Kafka producer's (bridge).
+    /// The Kafka producer's, and messages delivered to Kafka (bridge).
     pub kafka: bool,
+    /// Messages committed to the store (run, demo).
+    pub store: bool,
     /// The journal's (run, demo, bridge with `[journal]`).
     pub journal: bool,
 }
@@ -102,8 +107,26 @@ impl MessageMetrics {
         clock::now_ms().saturating_sub(self.progress_ms.load(Relaxed)) as f64 / 1000.0
     }
 
-    /// A message is durable downstream (or its dead letter is).
+    /// `bridge`: Kafka acknowledged a message (or its dead letter).
     pub fn on_delivered(&self, reason: Option<DeadLetterReason>, tenant: &str, project: &str, latency: Duration) {
+        self.on_durable(&self.delivered, reason, tenant, project, latency);
+    }
+
+    /// `run`: a message (or its dead letter) is committed to the store.
+    pub fn on_stored(&self, reason: Option<DeadLetterReason>, tenant: &str, project: &str, latency: Duration) {
+        self.on_durable(&self.stored, reason, tenant, project, latency);
+    }
+
+    /// A message is durable downstream (or its dead letter is); `done`
+    /// counts the messages, dead letters are counted by reason.
+    fn on_durable(
+        &self,
+        done: &AtomicU64,
+        reason: Option<DeadLetterReason>,
+        tenant: &str,
+        project: &str,
+        latency: Duration,
+    ) {
         self.progress_ms.store(clock::now_ms(), Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
         self.delivery_latency.observe(latency);
@@ -112,7 +135,7 @@ impl MessageMetrics {
                 self.dead_lettered[r.index()].fetch_add(1, Relaxed);
             }
             None => {
-                self.delivered.fetch_add(1, Relaxed);
+                done.fetch_add(1, Relaxed);
                 if let Some(map) = &self.per_tenant {
                     if let Ok(mut m) = map.lock() {
                         m.touch(tenant, project, |n| *n += 1);
@@ -143,12 +166,17 @@ impl MessageMetrics {
     /// Prometheus text of the series `series` selects.
     pub fn render(&self, o: &mut String, series: MessageSeries) {
         counter(o, "iotpipe_messages_received_total", "Messages accepted from MQTT.", self.received.load(Relaxed));
-        counter(
-            o,
-            "iotpipe_messages_delivered_total",
-            "Messages durable downstream (acknowledged by Kafka in `bridge`, stored in `run`).",
-            self.delivered.load(Relaxed),
-        );
+        if series.kafka {
+            counter(
+                o,
+                "iotpipe_messages_delivered_total",
+                "Messages acknowledged by Kafka.",
+                self.delivered.load(Relaxed),
+            );
+        }
+        if series.store {
+            counter(o, "iotpipe_messages_stored_total", "Messages committed to the store.", self.stored.load(Relaxed));
+        }
         let _ = writeln!(
             o,
             "# HELP iotpipe_messages_dead_lettered_total Messages dead-lettered, by reason.\n# TYPE iotpipe_messages_dead_lettered_total counter"
@@ -221,7 +249,7 @@ impl MessageMetrics {
         if let Some(map) = &self.per_tenant {
             let _ = writeln!(
                 o,
-                "# HELP iotpipe_tenant_messages_total Messages delivered, by tenant and project.\n# TYPE iotpipe_tenant_messages_total counter"
+                "# HELP iotpipe_tenant_messages_total Messages delivered to Kafka (bridge) or stored (run), by tenant and project.\n# TYPE iotpipe_tenant_messages_total counter"
             );
             if let Ok(m) = map.lock() {
                 for (t, p, n) in m.sorted() {
@@ -295,9 +323,10 @@ mod tests {
         m.on_received(true);
         m.on_delivered(None, "acme", "p\"1", Duration::from_millis(3));
         m.on_delivered(Some(DeadLetterReason::InvalidJson), "", "", Duration::from_millis(1));
-        let text = text(&m, MessageSeries { kafka: true, journal: false });
+        let text = text(&m, MessageSeries { kafka: true, store: false, journal: false });
         assert!(text.contains("iotpipe_messages_received_total 2\n"));
         assert!(text.contains("iotpipe_messages_delivered_total 1\n"));
+        assert!(!text.contains("iotpipe_messages_stored_total"), "the bridge stores nothing");
         assert!(text.contains("iotpipe_messages_dead_lettered_total{reason=\"invalid_json\"} 1\n"));
         assert!(text.contains("iotpipe_messages_dead_lettered_total{reason=\"oversize\"} 0\n"));
         assert!(!text.contains("reason=\"store_rejected\""), "reasons routing never gives stay out until they happen");
@@ -309,6 +338,22 @@ mod tests {
         assert!(text.contains("iotpipe_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("iotpipe_delivery_latency_seconds_count 2\n"));
         assert!(text.contains("iotpipe_tenant_messages_total{tenant_id=\"acme\",project_id=\"p\\\"1\"} 1\n"));
+    }
+
+    #[test]
+    fn run_counts_what_it_stored_not_what_kafka_acknowledged() {
+        let m = MessageMetrics::new(true);
+        m.on_received(false);
+        m.on_received(false);
+        m.on_stored(None, "acme", "p", Duration::from_millis(3));
+        m.on_stored(Some(DeadLetterReason::InvalidJson), "", "", Duration::from_millis(1));
+        let text = text(&m, MessageSeries { kafka: false, store: true, journal: true });
+        assert!(text.contains("iotpipe_messages_stored_total 1\n"), "{text}");
+        assert!(!text.contains("iotpipe_messages_delivered_total"), "run has no Kafka to deliver to:\n{text}");
+        assert!(text.contains("iotpipe_messages_dead_lettered_total{reason=\"invalid_json\"} 1\n"));
+        assert!(text.contains("iotpipe_messages_in_flight 0\n"));
+        assert!(text.contains("iotpipe_tenant_messages_total{tenant_id=\"acme\",project_id=\"p\"} 1\n"));
+        assert_eq!((m.stored.load(Relaxed), m.delivered.load(Relaxed)), (1, 0));
     }
 
     #[test]

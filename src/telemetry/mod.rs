@@ -53,7 +53,7 @@ impl Exposition {
             env!("CARGO_PKG_VERSION")
         );
         if let Some(m) = &self.messages {
-            m.render(&mut o, MessageSeries { kafka: parts.kafka, journal: parts.journal });
+            m.render(&mut o, MessageSeries { kafka: parts.kafka, store: parts.store, journal: parts.journal });
         }
         if parts.mqtt {
             gauge(
@@ -215,11 +215,15 @@ mod tests {
         assert!(run.contains("iotpipe_journal_full 0\n"));
         assert!(run.contains("iotpipe_sink_rows_written_total 0\n"));
         assert!(run.contains("iotpipe_build_info{command=\"run\""));
+        assert!(run.contains("iotpipe_messages_stored_total 0\n"));
+        assert!(!run.contains("iotpipe_messages_delivered_total"), "run delivers nothing to Kafka");
 
         let bridge = exposition("bridge", Parts { mqtt: true, kafka: true, ..Parts::default() }).render();
         assert!(bridge.contains("iotpipe_kafka_reachable 0\n"));
         assert!(!bridge.contains("iotpipe_sink_"), "{bridge}");
         assert!(!bridge.contains("iotpipe_journal_"));
+        assert!(bridge.contains("iotpipe_messages_delivered_total 0\n"));
+        assert!(!bridge.contains("iotpipe_messages_stored_total"));
 
         let sink = exposition("sink", Parts { kafka: true, store: true, ..Parts::default() }).render();
         assert!(sink.contains("iotpipe_sink_kafka_reachable 0\n"));
