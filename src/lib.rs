@@ -18,6 +18,7 @@ pub mod pipeline_config;
 pub mod record;
 pub mod retry;
 pub mod route;
+pub mod shutdown;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

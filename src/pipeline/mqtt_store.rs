@@ -14,7 +14,7 @@ use super::decode::{decode_from, Decoded};
 use super::ingress::Ingress;
 use super::journal_stage;
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext};
-use super::supervisor::{serve_http, start_up, supervise, until_set, Plan, Signals, Tasks};
+use super::supervisor::{serve_http, start_up, supervise, Plan, Signals, Stop, Tasks};
 use super::PipelineError;
 use crate::config::Config;
 use crate::health::{Health, Parts};
@@ -30,7 +30,6 @@ use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 pub async fn run(
     config: Config,
@@ -141,11 +140,11 @@ struct Done {
 impl JournalToStore {
     /// Store batches until `stop` (a batch being written is finished first);
     /// a journal read error ends it with the error.
-    async fn run(mut self, mut reader: Reader, mut stop: watch::Receiver<bool>) -> Result<(), JournalError> {
+    async fn run(mut self, mut reader: Reader, mut stop: Stop) -> Result<(), JournalError> {
         loop {
             let first = tokio::select! {
                 biased;
-                () = until_set(&mut stop) => return Ok(()),
+                () = stop.until_set() => return Ok(()),
                 r = reader.next() => match r? {
                     Some(r) => r,
                     None => return Ok(()),
