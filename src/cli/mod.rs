@@ -96,9 +96,14 @@ pub fn main() -> ExitCode {
             with_config_defaults(config, RUN_DEFAULTS, crate::config::validate::validate_for_run, |cfg| {
                 let token = cfg.http.token.clone();
                 block_on(single_thread_runtime()?, async move {
-                    crate::pipeline::mqtt_store::run(cfg, shutdown_signal(), Some(crate::http::ui::routes(token)))
-                        .await
-                        .map_err(|e| e.to_string())
+                    crate::pipeline::mqtt_store::run(
+                        cfg,
+                        shutdown_signal(),
+                        Some(crate::http::ui::routes(token)),
+                        crate::pipeline::supervisor::Tasks::new(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
                 })
             })
         }

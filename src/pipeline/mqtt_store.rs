@@ -6,7 +6,8 @@
 //!
 //! Tasks (see [`super::supervisor`]): `mqtt-session`, `journal-ingest`,
 //! `journal-store` (journal → store in batches); in the background `http`,
-//! `retention`, `journal-gauges`. The journal is recovered first
+//! `retention`, `journal-gauges`, and those of the caller (the demo's
+//! `demo-fleet`, `demo-malformed`). The journal is recovered first
 //! ([`start_up`]) with `http` already serving; then the store connects and
 //! the dashboard is mounted; the MQTT session starts last.
 
@@ -31,10 +32,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// `tasks`: the caller's own tasks (the demo's fleet), supervised with the
+/// pipeline's; empty for `iotpipe run`.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
     extra: Option<ExtraRoutes>,
+    mut tasks: Tasks,
 ) -> Result<(), PipelineError> {
     let health = Health::new(Parts { mqtt: true, store: true, journal: true, kafka: false });
     let metrics = Arc::new(MessageMetrics::new(config.http.per_tenant_metrics));
@@ -46,7 +50,6 @@ pub async fn run(
     // (then "store not reachable"), while the journal recovers and the store
     // connects; the dashboard is mounted once the store is open. MQTT is
     // connected only once both are.
-    let mut tasks = Tasks::new();
     let signals = Signals::default();
     let dashboard = LateRoutes::default();
     if !config.http.listen.is_empty() {

@@ -46,6 +46,14 @@ enum Kind {
     Background,
 }
 
+/// A task that cannot fail (it retries what fails, like the demo's fleet)
+/// still ends the run if it ends or panics.
+impl From<std::convert::Infallible> for PipelineError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 /// The tasks of one pipeline.
 #[derive(Default)]
 pub struct Tasks {
