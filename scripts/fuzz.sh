@@ -13,7 +13,8 @@
 # --cmin, the committed corpus fuzz/corpus/<target> is replaced by the
 # minimized union of itself and that work corpus. Crashing inputs land in
 # fuzz/artifacts/<target>/: fix the bug, then copy the input to
-# fuzz/regressions/<target>/<name> (tests/fuzz_corpus.rs replays it on stable)
+# fuzz/regressions/<target>/<name> (tests/fuzz_corpus.rs replays it on stable:
+# cargo nextest run --features fuzzing --test fuzz_corpus)
 # and add a named #[test].
 #
 # Exits 2, saying so on one line, when there is no nightly toolchain; 1 when

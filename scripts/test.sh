@@ -33,12 +33,17 @@ fi
 echo "== format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The fuzz checks (src/fuzzing.rs) are compiled only with their feature.
+cargo clippy --all-targets --locked --features fuzzing -- -D warnings
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked --profile ci
+    # The fuzz corpus replay needs the `fuzzing` feature (docs/fuzzing.md).
+    cargo nextest run --locked --profile ci --features fuzzing --test fuzz_corpus
 else
     cargo test --locked -- --test-threads=2
+    cargo test --locked --features fuzzing --test fuzz_corpus
 fi
 
 # The checks below run the binary the tests just built (the integration

@@ -5,7 +5,9 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
-/// Property checks shared by the fuzz targets (`fuzz/`) and `tests/fuzz_corpus.rs`.
+/// Property checks shared by the fuzz targets (`fuzz/`) and `tests/fuzz_corpus.rs`;
+/// only with the `fuzzing` feature, never in the shipped binary.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
@@ -17,6 +19,7 @@ pub mod pipeline;
 pub mod record;
 pub mod retry;
 pub mod route;
+pub mod shutdown;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

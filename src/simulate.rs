@@ -149,11 +149,22 @@ pub async fn publish(args: &SimulateArgs) -> Result<Summary, SimulateError> {
     let ack_task = tokio::spawn(acks::count_acks(eventloop, args.count, args.qos, acked.clone()));
     // The sender ends by itself when the event loop is gone (its channel closes).
     let sender = tokio::spawn(send_all(client.clone(), args.clone()));
+    // Both end with this future, also when it is dropped (the demo's fleet is aborted).
+    let _tasks = [AbortOnDrop(ack_task.abort_handle()), AbortOnDrop(sender.abort_handle())];
     let res = wait(ack_task, &acked, args, start, "acknowledged").await;
     sender.abort();
     let reconnects = res?;
     let _ = client.disconnect().await;
     Ok(Summary { messages: acked.load(Ordering::Relaxed), elapsed: start.elapsed(), reconnects })
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Hand the `count` publishes to the client at `rate`.

@@ -181,3 +181,60 @@ fn demo_starts_shows_data_through_the_api_and_renders_in_chromium() {
     println!("{}", String::from_utf8_lossy(&check.stdout).trim());
     assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "screenshot saved");
 }
+
+/// The demo's fleet runs as tasks of its pipeline: once `demo::run` has
+/// returned (a clean stop), nothing publishes to the embedded broker any
+/// more. A fleet spawned beside the pipeline would go on publishing.
+#[test]
+fn the_demo_stops_its_fleet_with_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, mqtt) = (free_port(), free_port());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let args = iotpipe::demo::DemoArgs {
+            listen: format!("127.0.0.1:{http}"),
+            mqtt_listen: format!("127.0.0.1:{mqtt}"),
+            data_dir: Some(dir.path().to_path_buf()),
+            rate: 200,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let demo = tokio::spawn(iotpipe::demo::run(args, async move {
+            let _ = stop_rx.await;
+        }));
+
+        // A subscriber to everything the fleet publishes.
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut o = rumqttc::MqttOptions::new("demo-fleet-watcher", "127.0.0.1", mqtt);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = rumqttc::AsyncClient::new(o, 16);
+        client.subscribe("mtic/#", rumqttc::QoS::AtMostOnce).await.unwrap();
+        let count = received.clone();
+        let watcher = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) => {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        let seen = || received.load(std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        while seen() < 100 {
+            assert!(started.elapsed() < Duration::from_secs(30), "the fleet publishes ({} seen)", seen());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        stop_tx.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(20), demo).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "the demo stops cleanly: {ended:?}");
+        // What was already on its way is delivered; then nothing more.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after_stop = seen();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(seen(), after_stop, "nothing is published once the demo has stopped");
+        watcher.abort();
+    });
+}

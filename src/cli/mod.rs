@@ -98,9 +98,14 @@ pub fn main() -> ExitCode {
             let settings = cfg.into_run();
             let token = settings.http.token.clone();
             block_on(single_thread_runtime()?, async move {
-                crate::pipeline::mqtt_store::run(settings, shutdown_signal(), Some(crate::http::ui::routes(token)))
-                    .await
-                    .map_err(|e| e.to_string())
+                crate::pipeline::mqtt_store::run(
+                    settings,
+                    shutdown_signal(),
+                    Some(crate::http::ui::routes(token)),
+                    crate::pipeline::supervisor::Tasks::new(),
+                )
+                .await
+                .map_err(|e| e.to_string())
             })
         }),
         Command::Demo(args) => {

@@ -6,10 +6,14 @@ mod broker;
 mod fleet;
 
 use crate::config;
+use crate::pipeline::supervisor::Tasks;
 use crate::pipeline::RunSettings;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How often the demo publishes a malformed message.
+const MALFORMED_EVERY: Duration = Duration::from_secs(7);
 
 /// What `iotpipe demo` accepts.
 #[derive(Debug, Clone, clap::Args)]
@@ -71,11 +75,14 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
             "the demo's dashboard API has no token and listens beyond loopback: anyone who can reach {http} can read the data"
         );
     }
+    // The fleet runs as background tasks of the pipeline: it is aborted when
+    // the pipeline stops, and one that ends while running fails the run.
+    let mut tasks = Tasks::new();
     if args.rate > 0 {
-        tokio::spawn(fleet::run(format!("mqtt://{mqtt}"), args.rate));
-        tokio::spawn(fleet::malformed(mqtt.ip().to_string(), mqtt.port(), Duration::from_secs(7)));
+        tasks.background("demo-fleet", fleet::run(format!("mqtt://{mqtt}"), args.rate));
+        tasks.background("demo-malformed", fleet::malformed(mqtt.ip().to_string(), mqtt.port(), MALFORMED_EVERY));
     }
-    crate::pipeline::mqtt_store::run(cfg, shutdown, Some(crate::http::ui::routes(None))).await?;
+    crate::pipeline::mqtt_store::run(cfg, shutdown, Some(crate::http::ui::routes(None)), tasks).await?;
     Ok(())
 }
 

@@ -30,7 +30,10 @@ mod writer;
 pub use codec::{decode_inbound, decode_inbound_shared, encode_inbound};
 pub use config::JournalConfig;
 pub use error::JournalError;
-/// Frame and segment-header decoding, for `crate::fuzzing`'s independent reading of a segment.
+/// Frame and segment-header decoding, for `crate::fuzzing`'s independent
+/// reading of a segment (and `tests/fuzz_corpus.rs`): only with the
+/// `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use frame::{decode as decode_frame, SegmentHeader, SEGMENT_HEADER};
 pub use reader::Reader;

@@ -19,12 +19,13 @@ pub use session::{connect, AckToken, Client, Driver, Event, SessionError};
 use crate::health::Health;
 use crate::record::Inbound;
 use crate::retry::RetryPolicy;
+use crate::shutdown::{Drain, Stop};
 use crate::telemetry::MessageMetrics;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// A message handed to the pipeline with its place in the ack order.
@@ -214,14 +215,14 @@ impl Source {
         self.acks.clone()
     }
 
-    /// Poll the session until `stop` turns true and the disconnect went out.
-    /// While `drain` is true, new messages are left unacked with the broker.
+    /// Poll the session until `stop` is set and the disconnect went out.
+    /// Once `drain` is set, new messages are left unacked with the broker.
     /// Ends early only when nothing takes the messages any more.
     pub async fn run(
         mut self,
         tx: mpsc::Sender<Received>,
-        mut drain: watch::Receiver<bool>,
-        mut stop: watch::Receiver<bool>,
+        mut drain: Drain,
+        mut stop: Stop,
     ) -> Result<(), SourceError> {
         let mut backoff =
             RetryPolicy::new(self.cfg.reconnect_backoff_min.get(), self.cfg.reconnect_backoff_max.get()).backoff();
@@ -239,16 +240,16 @@ impl Source {
         loop {
             let event = tokio::select! {
                 biased;
-                Ok(()) = stop.changed(), if !stopping => {
+                () = stop.until_set(), if !stopping => {
                     stopping = true;
                     if !self.client.try_disconnect() {
                         return Ok(());
                     }
                     continue;
                 }
-                Ok(()) = drain.changed(), if !draining => {
-                    draining = *drain.borrow();
-                    if draining && self.cfg.leave_group_on_shutdown && self.cfg.shared_group.is_some() {
+                () = drain.until_set(), if !draining => {
+                    draining = true;
+                    if self.cfg.leave_group_on_shutdown && self.cfg.shared_group.is_some() {
                         leaving = self.leave_group();
                     }
                     continue;
@@ -333,7 +334,7 @@ impl Source {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        Ok(()) = stop.changed() => return Ok(()),
+                        () = stop.until_set() => return Ok(()),
                     }
                 }
             }

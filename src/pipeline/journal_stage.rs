@@ -13,7 +13,7 @@
 //!   delivered position only moves over a completed prefix, and the window
 //!   is freed as it moves.
 
-use super::supervisor::until_set;
+use super::supervisor::Stop;
 use crate::health::Health;
 use crate::journal::{decode_inbound_shared, Appender, Journal, JournalConfig, JournalError, Reader};
 use crate::mqtt::{AckHandle, Received, Sequencer};
@@ -24,7 +24,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Where a delivered message is reported: the MQTT acks (direct mode) or
 /// the journal (journal mode).
@@ -187,28 +187,28 @@ pub async fn feed(
     acks: Arc<JournalAcks>,
     window: Arc<Window>,
     tx: mpsc::Sender<Received>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stop,
 ) -> Result<(), JournalError> {
     loop {
         let record = tokio::select! {
             p = window.admit_record() => p,
-            () = until_set(&mut stop) => return Ok(()),
+            () = stop.until_set() => return Ok(()),
         };
         let next = tokio::select! {
             r = reader.next() => r?,
-            () = until_set(&mut stop) => return Ok(()),
+            () = stop.until_set() => return Ok(()),
         };
         let Some((jseq, bytes)) = next else { return Ok(()) };
         let share = tokio::select! {
             p = window.admit_bytes(bytes.len()) => p,
-            () = until_set(&mut stop) => return Ok(()),
+            () = stop.until_set() => return Ok(()),
         };
         let (Some(record), Some(share)) = (record, share) else { return Ok(()) };
         let msg = journaled_message(jseq, &bytes);
         let seq = acks.register(jseq, Held { _record: record, _bytes: share });
         tokio::select! {
             sent = tx.send(Received { seq, msg }) => if sent.is_err() { return Ok(()) },
-            () = until_set(&mut stop) => return Ok(()),
+            () = stop.until_set() => return Ok(()),
         }
     }
 }
@@ -337,8 +337,9 @@ mod tests {
         let window = Arc::new(Window::new(&cfg));
         let acks = Arc::new(JournalAcks::new(journal.clone()));
         let (tx, mut rx) = mpsc::channel(10_000);
-        let (stop_tx, stop) = watch::channel(false);
-        let feeder = tokio::spawn(feed(journal.reader_from_ack().unwrap(), acks.clone(), window.clone(), tx, stop));
+        let signals = crate::shutdown::Signals::default();
+        let feeder =
+            tokio::spawn(feed(journal.reader_from_ack().unwrap(), acks.clone(), window.clone(), tx, signals.stop()));
         let mut got = Vec::new();
         while got.len() < 100 {
             got.push(rx.recv().await.unwrap());
@@ -354,7 +355,7 @@ mod tests {
         let more = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert_eq!(more.seq, 100);
         assert_eq!(journal.acked_seq(), Some(1));
-        let _ = stop_tx.send(true);
+        signals.set_stop();
         assert!(feeder.await.unwrap().is_ok());
     }
 

@@ -6,7 +6,7 @@
 //! held up by a topic being created.
 
 use super::journal_stage::Completion;
-use super::supervisor::until_set;
+use super::supervisor::Stop;
 use super::PipelineError;
 use crate::kafka::{ClientError, Delivery, Failure, Pending, Producer, TopicRequests};
 use crate::mqtt::Received;
@@ -19,7 +19,7 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// Waits before a failed delivery is sent again: from 100 ms, the ceiling
 /// doubling with the record's attempts up to 5 s, jittered ([`crate::retry`]).
@@ -86,11 +86,7 @@ impl Forwarder {
     /// Forward `inbound` until `stop`, then give outstanding deliveries up to
     /// `flush_within`; what Kafka has not acknowledged by then stays unacked
     /// (with the broker, or in the journal) and is sent again next time.
-    pub async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Received>,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<(), PipelineError> {
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Received>, mut stop: Stop) -> Result<(), PipelineError> {
         let mut retries = Retries::default();
         let mut upstream_open = true;
         loop {
@@ -103,7 +99,7 @@ impl Forwarder {
                         self.producer.send(p).await;
                     }
                 }
-                () = until_set(&mut stop) => break,
+                () = stop.until_set() => break,
                 r = inbound.recv(), if upstream_open => match r {
                     Some(r) => self.forward(r).await,
                     None => upstream_open = false,

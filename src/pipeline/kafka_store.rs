@@ -9,7 +9,7 @@
 
 use super::decode::{decode, Decoded};
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext, Written};
-use super::supervisor::{serve_http, supervise, until_set, Plan, Signals, Tasks};
+use super::supervisor::{serve_http, supervise, Drain, Plan, Signals, Stop, Tasks};
 use super::{PipelineError, SinkSettings};
 use crate::health::{Health, Parts};
 use crate::kafka::{run_probe, GroupConsumer, NextOffset};
@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 pub async fn run(config: SinkSettings, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
     let health = Health::new(Parts { kafka: true, store: true, ..Parts::default() });
@@ -105,8 +105,8 @@ impl BatchWriter {
     async fn run(
         mut self,
         mut batches: mpsc::Receiver<DecodedBatch>,
-        mut drain: watch::Receiver<bool>,
-        mut stop: watch::Receiver<bool>,
+        mut drain: Drain,
+        mut stop: Stop,
     ) -> Result<(), PipelineError> {
         let mut writing: FuturesOrdered<tokio::task::JoinHandle<Committed>> = FuturesOrdered::new();
         // The same writes, to abort what is left when told to stop.
@@ -127,7 +127,7 @@ impl BatchWriter {
             }
             tokio::select! {
                 biased;
-                () = until_set(&mut stop) => break,
+                () = stop.until_set() => break,
                 // FuturesOrdered::next and mpsc::Receiver::recv are cancel-safe:
                 // nothing is lost when another branch wins.
                 Some(done) = writing.next(), if !writing.is_empty() => match done {
@@ -142,7 +142,7 @@ impl BatchWriter {
                         break;
                     }
                 },
-                () = until_set(&mut drain), if !draining => draining = true,
+                () = drain.until_set(), if !draining => draining = true,
                 batch = batches.recv(), if next.is_none() && !draining => match batch {
                     Some(b) => next = Some(b),
                     // The reader ended; the supervisor reports why.
@@ -195,18 +195,18 @@ async fn read_batches(
     consumer_metrics: Arc<ConsumerMetrics>,
     store_metrics: Arc<StoreMetrics>,
     tx: mpsc::Sender<DecodedBatch>,
-    mut drain: watch::Receiver<bool>,
+    mut drain: Drain,
 ) -> Result<(), PipelineError> {
     loop {
         let batch = tokio::select! {
             b = consumer.next_batch() => b,
-            () = until_set(&mut drain) => return Ok(()),
+            () = drain.until_set() => return Ok(()),
         };
         consumer_metrics.records_consumed.fetch_add(batch.len() as u64, Relaxed);
         let decoded = split(&batch, &store_metrics);
         tokio::select! {
             sent = tx.send(decoded) => if sent.is_err() { return Ok(()) },
-            () = until_set(&mut drain) => return Ok(()),
+            () = drain.until_set() => return Ok(()),
         }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! Tasks (see [`super::supervisor`]): `mqtt-session`, `journal-ingest`,
 //! `journal-store` (journal → store in batches); in the background `http`,
-//! `retention`, `journal-gauges`. The journal is recovered first
+//! `retention`, `journal-gauges`, and those of the caller (the demo's
+//! `demo-fleet`, `demo-malformed`). The journal is recovered first
 //! ([`start_up`]) with `http` already serving; then the store connects and
 //! the dashboard is mounted; the MQTT session starts last.
 
@@ -14,7 +15,7 @@ use super::decode::{decode, Decoded};
 use super::ingress::Ingress;
 use super::journal_stage;
 use super::store_writer::{connect_store, retention_task, write_until_done, WriteContext};
-use super::supervisor::{serve_http, start_up, supervise, until_set, Plan, Signals, Tasks};
+use super::supervisor::{serve_http, start_up, supervise, Plan, Signals, Stop, Tasks};
 use super::{PipelineError, RunSettings};
 use crate::health::{Health, Parts};
 use crate::http::ui::{ExtraRoutes, UiState};
@@ -28,12 +29,14 @@ use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
+/// `tasks`: the caller's own tasks (the demo's fleet), supervised with the
+/// pipeline's; empty for `iotpipe run`.
 pub async fn run(
     config: RunSettings,
     shutdown: impl Future<Output = ()>,
     extra: Option<ExtraRoutes>,
+    mut tasks: Tasks,
 ) -> Result<(), PipelineError> {
     let health = Health::new(Parts { mqtt: true, store: true, journal: true, kafka: false });
     let metrics = Arc::new(MessageMetrics::new(config.http.per_tenant_metrics));
@@ -45,7 +48,6 @@ pub async fn run(
     // (then "store not reachable"), while the journal recovers and the store
     // connects; the dashboard is mounted once the store is open. MQTT is
     // connected only once both are.
-    let mut tasks = Tasks::new();
     let signals = Signals::default();
     let dashboard = LateRoutes::default();
     if !config.http.listen.is_empty() {
@@ -139,11 +141,11 @@ struct Done {
 impl JournalToStore {
     /// Store batches until `stop` (a batch being written is finished first);
     /// a journal read error ends it with the error.
-    async fn run(mut self, mut reader: Reader, mut stop: watch::Receiver<bool>) -> Result<(), JournalError> {
+    async fn run(mut self, mut reader: Reader, mut stop: Stop) -> Result<(), JournalError> {
         loop {
             let first = tokio::select! {
                 biased;
-                () = until_set(&mut stop) => return Ok(()),
+                () = stop.until_set() => return Ok(()),
                 r = reader.next() => match r? {
                     Some(r) => r,
                     None => return Ok(()),

@@ -9,10 +9,10 @@
 //!
 //! 1. running: until the shutdown signal, or until any task ends — which is
 //!    unexpected at that point and makes the run a failure;
-//! 2. draining (`drain` turns true): no new input; wait until the pipeline
+//! 2. draining ([`Drain`] is set): no new input; wait until the pipeline
 //!    says nothing is in flight, every finishing task has ended, or the grace
 //!    period is over;
-//! 3. stopping (`stop` turns true): finishing tasks wrap up within what is
+//! 3. stopping ([`Stop`] is set): finishing tasks wrap up within what is
 //!    left of the grace period (at least a second); then everything still
 //!    running is aborted.
 //!
@@ -26,11 +26,11 @@
 //! cleanly.
 
 use super::PipelineError;
+pub use crate::shutdown::{Drain, Signals, Stop};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
@@ -46,33 +46,12 @@ enum Kind {
     Background,
 }
 
-/// The drain and stop signals every finishing task watches.
-pub struct Signals {
-    drain: watch::Sender<bool>,
-    stop: watch::Sender<bool>,
-}
-
-impl Default for Signals {
-    fn default() -> Self {
-        Self { drain: watch::channel(false).0, stop: watch::channel(false).0 }
+/// A task that cannot fail (it retries what fails, like the demo's fleet)
+/// still ends the run if it ends or panics.
+impl From<std::convert::Infallible> for PipelineError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
-}
-
-impl Signals {
-    /// Turns true when shutdown begins: take no new input.
-    pub fn drain(&self) -> watch::Receiver<bool> {
-        self.drain.subscribe()
-    }
-
-    /// Turns true when the drain is over: finish up and end.
-    pub fn stop(&self) -> watch::Receiver<bool> {
-        self.stop.subscribe()
-    }
-}
-
-/// Wait until a drain/stop signal turns true (or its sender is gone).
-pub async fn until_set(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|set| *set).await;
 }
 
 /// The tasks of one pipeline.
@@ -220,7 +199,7 @@ pub async fn supervise<D: Fn() -> bool, T: FnMut()>(
     let begin_drain = |deadline: &mut Option<Instant>| {
         if deadline.is_none() {
             health.set_draining();
-            let _ = signals.drain.send(true);
+            signals.set_drain();
             *deadline = Some(Instant::now() + plan.grace);
         }
     };
@@ -256,7 +235,7 @@ pub async fn supervise<D: Fn() -> bool, T: FnMut()>(
             }
         }
     }
-    let _ = signals.stop.send(true);
+    signals.set_stop();
     let left = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or_default();
     let until = Instant::now() + left.max(Duration::from_secs(1));
     while tasks.finishing_left() > 0 {
@@ -304,7 +283,7 @@ mod tests {
         let mut stop = signals.stop();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         tasks.finishing("writer", async move {
-            until_set(&mut stop).await;
+            stop.until_set().await;
             let _ = done_tx.send(());
             Ok::<(), PipelineError>(())
         });
@@ -336,7 +315,7 @@ mod tests {
         });
         let mut drain = signals.drain();
         tasks.finishing("session", async move {
-            until_set(&mut drain).await;
+            drain.until_set().await;
             Ok::<(), PipelineError>(())
         });
         let r = supervise(&mut tasks, &signals, &health, async {}, plan(Duration::from_secs(30))).await;
@@ -412,7 +391,7 @@ mod tests {
         });
         let mut stop = signals.stop();
         tasks.finishing("forwarder", async move {
-            until_set(&mut stop).await;
+            stop.until_set().await;
             drop(tx);
             // Still finishing when the background task ends.
             tokio::time::sleep(Duration::from_millis(100)).await;

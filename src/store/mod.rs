@@ -16,6 +16,7 @@
 mod config;
 mod error;
 pub mod influx;
+mod json;
 pub mod postgres;
 pub mod query;
 pub mod sqlite;

@@ -2,6 +2,7 @@
 //! then `INSERT .. SELECT .. ON CONFLICT DO NOTHING` into `telemetry` (COPY
 //! itself cannot skip duplicates), then the batch's dead letters.
 
+use crate::store::json::{self, JsonRules};
 use crate::store::{DeadLetterRow, StoreError, StoreRow};
 use bytes::{BufMut, BytesMut};
 use std::borrow::Cow;
@@ -149,58 +150,9 @@ fn headers_json(headers: &[(String, String)]) -> serde_json::Value {
 
 /// Whether `payload` is JSON that `jsonb` accepts: valid UTF-8 JSON (as
 /// serde_json reads it, surrogate escapes checked) with no NUL character in
-/// a string, which jsonb refuses. One pass, no tree built.
+/// a string or key, which jsonb refuses ([`JsonRules::JSONB`]).
 pub fn is_jsonb(payload: &[u8]) -> bool {
-    serde_json::from_slice::<JsonbCheck>(payload).is_ok()
-}
-
-/// Deserializes any JSON value, failing on a string or key holding NUL.
-struct JsonbCheck;
-
-impl<'de> serde::Deserialize<'de> for JsonbCheck {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JsonbVisitor)
-    }
-}
-
-struct JsonbVisitor;
-
-impl<'de> serde::de::Visitor<'de> for JsonbVisitor {
-    type Value = JsonbCheck;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JSON without NUL characters")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<JsonbCheck, E> {
-        Ok(JsonbCheck)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<JsonbCheck, E> {
-        Ok(JsonbCheck)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<JsonbCheck, E> {
-        Ok(JsonbCheck)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<JsonbCheck, E> {
-        Ok(JsonbCheck)
-    }
-    fn visit_unit<E>(self) -> Result<JsonbCheck, E> {
-        Ok(JsonbCheck)
-    }
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<JsonbCheck, E> {
-        if s.contains('\0') {
-            Err(E::custom("NUL in a string"))
-        } else {
-            Ok(JsonbCheck)
-        }
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonbCheck, A::Error> {
-        while seq.next_element::<JsonbCheck>()?.is_some() {}
-        Ok(JsonbCheck)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonbCheck, A::Error> {
-        while map.next_entry::<JsonbCheck, JsonbCheck>()?.is_some() {}
-        Ok(JsonbCheck)
-    }
+    json::is_json(payload, JsonRules::JSONB)
 }
 
 /// JSON text sent as `jsonb` without parsing it on our side (binary format:
