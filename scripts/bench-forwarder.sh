@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The bridge against a minimal forwarder (issue 19's baseline): builds the
+# The bridge against a minimal forwarder (its performance baseline): builds the
 # release binary and examples/minimal_forwarder.rs (release profile), then
 # runs both under the same load, taking turns (scripts/bench_forwarder.py;
 # BENCHMARKS.md, "Bridge against a minimal forwarder").
