@@ -4,7 +4,7 @@
 # runs both under the same load, taking turns (scripts/bench_forwarder.py;
 # BENCHMARKS.md, "Bridge against a minimal forwarder").
 #
-#   scripts/bench-forwarder.sh [--rounds N] [--count N] [--max-in-flight N]
+#   scripts/bench-forwarder.sh [--rounds N] [--count N] [--max-in-flight N] [--json FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet --bin iotpipe

@@ -91,8 +91,9 @@ def fmt_bound(key, bound):
     if key == "bridge_rss":
         return f"{bound:g} MiB"
     if key.startswith("e2e"):
-        return f"{bound:g} ms"
-    return f"{bound:g}×"
+        return f"{bound / 1000:g} s" if bound >= 1000 else f"{bound:g} ms"
+    text = f"{bound:.2f}"
+    return (text[:-1] if text.endswith("0") else text) + "×"
 
 
 def forwarder(ctx):
@@ -221,14 +222,14 @@ def main():
     dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
     head = (f"{'Quick run' if args.quick else 'Run'} of scripts/bench.sh{' --quick' if args.quick else ''}"
             f"{' --only ' + ','.join(only) if only else ''}: {started:%Y-%m-%d %H:%M} UTC, commit "
-            f"{git('rev-parse', '--short', 'HEAD')}{dirty}, {machine()}, load average "
+            f"{git('rev-parse', '--short', 'HEAD')}{dirty}, {os.path.relpath(BIN, REPO)}, {machine()}, load average "
             f"{os.getloadavg()[0]:.1f} at the end, {(time.time() - t0) / 60:.1f} min")
     text = f"{head}\n\n{table(rows)}\n"
     print("\n" + text, end="")
     summary = os.path.join(args.out_dir, "summary.md")
     with open(summary, "w") as f:
         f.write(text)
-    print(f"\n(written to {os.path.relpath(summary, REPO)})")
+    print(f"\n(written to {summary})")
     if failed:
         sys.exit(f"bench_all: not measured: {', '.join(failed)}")
 
