@@ -6,10 +6,11 @@ JSON payloads, the sink's peak RSS, and, in the same run, two baselines:
   binary COPY format and split in two halves, written by two concurrent
   `psql` sessions into the same table of a fresh copy of the sink's database
   (same schema, partitions and indexes, emptied). Each session does what the
-  sink's store does per batch, once for its whole half: binary COPY into a
-  temporary staging table, then INSERT .. SELECT .. ON CONFLICT DO NOTHING
-  into `telemetry` (deduplication included), one transaction. Timed from the
-  start of both sessions to the end of the later one;
+  sink's store does per batch, for batches of the sink's size (--batch-rows,
+  default 2,000), one transaction each: binary COPY into a temporary staging
+  table, then INSERT .. SELECT .. ON CONFLICT DO NOTHING into `telemetry`
+  (deduplication included). Timed from the start of both sessions to the
+  end of the later one;
 - the store's naive one-INSERT-per-row baseline (examples/bench_store.rs).
 
 Kafka is filled first through the bridge, so the records carry the bridge's
@@ -32,6 +33,7 @@ from benchlib import (REPO, Iotpipe, add_json_option, bridge_sections, cpu_secon
 
 COLUMNS = "time, received_at, event_time, tenant_id, project_id, device_id, mqtt_topic, id, payload, raw"
 STREAMS = 2
+SINK_BATCH_ROWS = 2_000  # sink.batch_max_rows when not set (src/pipeline_config.rs)
 
 
 def psql(url, *args, **kw):
@@ -67,35 +69,44 @@ def run_sink(args, work, procs, brokers, server):
     return out
 
 
-def raw_copy(work, server, db, count):
-    """The sink's rows written again by STREAMS concurrent raw COPY sessions; their figures."""
+def raw_copy(work, server, db, count, batch_rows):
+    """The sink's rows written again by STREAMS concurrent raw COPY sessions, in batches of
+    `batch_rows`, one transaction each; their figures."""
     src = f"{server}/{db}"
-    halves = []
-    for k in range(STREAMS):
-        path = os.path.join(work, f"rows-{k}.bin")
-        psql(src, "-c", f"\\copy (SELECT {COLUMNS} FROM (SELECT *, row_number() OVER () AS n FROM telemetry) t "
-                        f"WHERE n % {STREAMS} = {k}) TO '{path}' (FORMAT binary)")
-        halves.append(path)
     stored = int(psql(src, "-c", "SELECT count(*) FROM telemetry"))
+    batches = -(-stored // (STREAMS * batch_rows))  # per stream
+    # Row n goes to stream n % STREAMS, batch n // (STREAMS * batch_rows); dumped in one session.
+    dump = ["CREATE TEMP TABLE numbered AS SELECT *, row_number() OVER () - 1 AS n FROM telemetry;\n",
+            "CREATE INDEX ON numbered (n);\n"]
+    scripts = []
+    for k in range(STREAMS):
+        load = []
+        for j in range(batches):
+            path = os.path.join(work, f"rows-{k}-{j}.bin")
+            lo, hi = j * STREAMS * batch_rows, (j + 1) * STREAMS * batch_rows
+            dump.append(f"\\copy (SELECT {COLUMNS} FROM numbered WHERE n >= {lo} AND n < {hi} "
+                        f"AND n % {STREAMS} = {k}) TO '{path}' (FORMAT binary)\n")
+            load.append("BEGIN;\n"
+                        "CREATE TEMP TABLE staging (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DROP;\n"
+                        f"\\copy staging ({COLUMNS}) FROM '{path}' (FORMAT binary)\n"
+                        f"INSERT INTO telemetry ({COLUMNS}) SELECT {COLUMNS} FROM staging ON CONFLICT DO NOTHING;\n"
+                        "COMMIT;\n")
+        scripts.append(os.path.join(work, f"copy-{k}.sql"))
+        with open(scripts[-1], "w") as f:
+            f.writelines(load)
+    dump_script = os.path.join(work, "dump.sql")
+    with open(dump_script, "w") as f:
+        f.writelines(dump)
+    psql(src, "-f", dump_script)
     raw_db = f"{db}_raw"
     # Same schema, day partitions and indexes as the sink's table, emptied.
     psql(f"{server}/postgres", "-c", f"CREATE DATABASE {raw_db} TEMPLATE {db}")
     dst = f"{server}/{raw_db}"
     psql(dst, "-c", "TRUNCATE telemetry")
     psql(dst, "-c", "VACUUM ANALYZE telemetry")
-    sessions = []
-    for k, path in enumerate(halves):
-        script = os.path.join(work, f"copy-{k}.sql")
-        with open(script, "w") as f:
-            f.write("BEGIN;\n"
-                    "CREATE TEMP TABLE staging (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DROP;\n"
-                    f"\\copy staging ({COLUMNS}) FROM '{path}' (FORMAT binary)\n"
-                    f"INSERT INTO telemetry ({COLUMNS}) SELECT {COLUMNS} FROM staging ON CONFLICT DO NOTHING;\n"
-                    "COMMIT;\n")
-        sessions.append(script)
     t0 = time.time()
     running = [subprocess.Popen(["psql", dst, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", s],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in sessions]
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in scripts]
     for p in running:
         err = p.communicate()[1]
         if p.returncode != 0:
@@ -105,7 +116,7 @@ def raw_copy(work, server, db, count):
     if written != stored or stored < count:
         sys.exit(f"bench_sink: raw COPY wrote {written:,} rows, the sink stored {stored:,} of {count:,}")
     psql(f"{server}/postgres", "-c", f"DROP DATABASE {raw_db}")
-    return {"db": raw_db, "rows": written, "wall": wall, "rate": written / wall}
+    return {"db": raw_db, "rows": written, "wall": wall, "rate": written / wall, "batch_rows": batch_rows}
 
 
 def main():
@@ -141,7 +152,7 @@ def main():
                 sys.exit("--timescale: no TimescaleDB server (scripts/services.sh up timescaledb; docs/storage.md)")
             stores.append(("TimescaleDB", env["IOTPIPE_TEST_TIMESCALE_URL"].rsplit("/", 1)[0]))
         runs = [(label, run_sink(args, work, procs, brokers, server)) for label, server in stores]
-        raw = raw_copy(work, pg, runs[0][1]["db"], args.count)
+        raw = raw_copy(work, pg, runs[0][1]["db"], args.count, args.batch_rows or SINK_BATCH_ROWS)
         naive = None
         if not args.no_naive:
             naive = subprocess.run([os.path.join(REPO, "target", "release", "examples", "bench_store"),
@@ -159,8 +170,9 @@ def main():
             print(f"| batches ({label}) | {r['batches']:.0f}, {r['busy'] / max(r['batches'], 1) * 1e3:.1f} ms each on "
                   f"average; the store was busy {r['busy'] / r['wall'] * 100:.0f}% of the time |")
         ratio = runs[0][1]["rate"] / raw["rate"]
-        print(f"| {STREAMS} raw COPY streams -> PostgreSQL (staging + ON CONFLICT DO NOTHING) | {raw['rate']:,.0f} "
-              f"rows/s ({raw['rows']:,} rows in {raw['wall']:.2f} s) |")
+        print(f"| {STREAMS} raw COPY streams -> PostgreSQL (staging + ON CONFLICT DO NOTHING, "
+              f"{raw['batch_rows']:,} rows per transaction) | {raw['rate']:,.0f} rows/s "
+              f"({raw['rows']:,} rows in {raw['wall']:.2f} s) |")
         print(f"| sink / raw COPY streams | {ratio:.2f}× |")
         if naive is not None:
             print("\nStore benchmark in the same run (naive baseline):\n")
