@@ -5,7 +5,7 @@
 # then compares them on the bridge benchmark, side by side in one run
 # (scripts/bench_binaries.py; BENCHMARKS.md, "Allocator").
 #
-#   scripts/bench-allocator.sh [--rounds N] [--count N] [--journal]
+#   scripts/bench-allocator.sh [--rounds N] [--count N] [--journal] [--json FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-musl

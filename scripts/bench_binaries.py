@@ -11,39 +11,39 @@ glibc build.
 
 Usage (normally through scripts/bench-allocator.sh, which builds the binaries):
     python3 scripts/bench_binaries.py NAME=PATH [NAME=PATH ...] [--rounds 3]
-        [--count 100000] [--journal]
+        [--count 100000] [--journal] [--json FILE]
 """
 import argparse
+import json
 import os
-import re
 import statistics
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from benchlib import add_json_option, write_json  # noqa: E402
 
-PATTERNS = {
-    "msg_s": re.compile(r"^\| bridge end-to-end, PUBACK after Kafka ack \| ([\d,]+) msg/s"),
-    "cpu_us": re.compile(r"^\| bridge CPU .*= ([\d.]+) us/msg"),
-    "rss_mib": re.compile(r"^\| bridge peak RSS \(VmHWM\) \| ([\d.]+) MiB"),
-}
+KEYS = ("msg_s", "cpu_us", "rss_mib")
 
 
 def run_once(path, count, journal):
-    cmd = [sys.executable, os.path.join(HERE, "bench_bridge.py"), "--count", str(count), "--latency-count", "2000"]
-    if journal:
-        cmd.append("--journal")
-    out = subprocess.run(cmd, env={**os.environ, "IOTPIPE_BIN": path}, capture_output=True, text=True, timeout=900)
-    found = {}
-    for line in out.stdout.splitlines():
-        for key, pat in PATTERNS.items():
-            m = pat.match(line)
-            if m:
-                found[key] = float(m.group(1).replace(",", ""))
-    if len(found) != len(PATTERNS):
-        sys.stderr.write(out.stdout[-2000:] + out.stderr[-2000:])
-        raise SystemExit(f"bench_binaries: no figures from bench_bridge.py for {path} (exit {out.returncode})")
-    return found
+    """One scripts/bench_bridge.py run with IOTPIPE_BIN=path; its figures (read from its --json file)."""
+    with tempfile.TemporaryDirectory(prefix="iotpipe-bench-bin-") as tmp:
+        result = os.path.join(tmp, "bridge.json")
+        cmd = [sys.executable, os.path.join(HERE, "bench_bridge.py"), "--count", str(count), "--latency-count", "2000",
+               "--json", result]
+        if journal:
+            cmd.append("--journal")
+        out = subprocess.run(cmd, env={**os.environ, "IOTPIPE_BIN": path}, capture_output=True, text=True,
+                             timeout=900)
+        if out.returncode != 0 or not os.path.exists(result):
+            sys.stderr.write(out.stdout[-2000:] + out.stderr[-2000:])
+            raise SystemExit(f"bench_binaries: bench_bridge.py failed for {path} (exit {out.returncode})")
+        with open(result) as f:
+            figures = json.load(f)
+    return {k: figures[k] for k in KEYS}
 
 
 def main():
@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--count", type=int, default=100_000, help="messages per throughput run")
     ap.add_argument("--journal", action="store_true", help="bridge in journal mode")
+    add_json_option(ap)
     args = ap.parse_args()
     bins = []
     for spec in args.binaries:
@@ -64,9 +65,9 @@ def main():
         for name, path in bins:
             f = run_once(path, args.count, args.journal)
             results[name].append(f)
-            print(f"round {r + 1}/{args.rounds} {name}: {f['msg_s']:,.0f} msg/s, {f['cpu_us']} µs/msg, "
-                  f"{f['rss_mib']} MiB", flush=True)
-    med = {name: {k: statistics.median(x[k] for x in runs) for k in PATTERNS} for name, runs in results.items()}
+            print(f"round {r + 1}/{args.rounds} {name}: {f['msg_s']:,.0f} msg/s, {f['cpu_us']:.1f} µs/msg, "
+                  f"{f['rss_mib']:.1f} MiB", flush=True)
+    med = {name: {k: statistics.median(x[k] for x in runs) for k in KEYS} for name, runs in results.items()}
     base = med[bins[0][0]]
     mode = "journal mode" if args.journal else "direct mode"
     print(f"\nbridge, {mode}, {args.count:,} QoS 1 messages, median of {args.rounds} rounds (ratio to {bins[0][0]}):\n")
@@ -77,6 +78,9 @@ def main():
         print(f"| {name} | {m['msg_s']:,.0f} ({m['msg_s'] / base['msg_s']:.2f}×) | "
               f"{m['cpu_us']:.1f} ({m['cpu_us'] / base['cpu_us']:.2f}×) | "
               f"{m['rss_mib']:.1f} ({m['rss_mib'] / base['rss_mib']:.2f}×) |")
+    write_json(args.json, {"mode": "journal" if args.journal else "direct", "count": args.count, "rounds": args.rounds,
+                           "base": bins[0][0], "binaries": dict(bins), "median": med, "rounds_each": results,
+                           "ratio": {name: {k: med[name][k] / base[k] for k in KEYS} for name, _ in bins}})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ journal mode (MQTT -> fsync'd journal -> Kafka), to compare with direct mode.
 
 Everything runs on this machine: Mosquitto, Tansu, the load generator and
 the bridge share the CPU, so ratios and per-message costs matter more than
-absolute rates. Usage: scripts/bench-bridge.sh [--count N] [--rate R] [--journal]
+absolute rates. --json FILE also writes the figures (scripts/bench.sh,
+scripts/bench_binaries.py). Usage: scripts/bench-bridge.sh [--count N] [--rate R] [--journal] [--json FILE]
 """
 import argparse
 import os
@@ -17,8 +18,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, cpu_seconds, histogram, metric, metrics, peak_rss_kib, quantile, services_env,  # noqa: E402
-                      simulate, start_mosquitto, start_tansu, stop_all, wait_port, wait_ready, free_port)
+from benchlib import (BIN, Iotpipe, add_json_option, bridge_sections, cpu_seconds, histogram,  # noqa: E402
+                      peak_rss_kib, quantile, services_env, simulate, start_brokers, stop_all, write_json)
 
 
 def main():
@@ -28,13 +29,13 @@ def main():
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--journal", action="store_true", help="run the bridge in journal mode (a [journal] section)")
     ap.add_argument("--perf", metavar="FILE", help="record a perf profile of the bridge during the throughput run")
+    add_json_option(ap)
     args = ap.parse_args()
     env = services_env()
     work = tempfile.mkdtemp(prefix="iotpipe-bench-")
     procs = []
     try:
-        broker = start_mosquitto(work, env, procs)
-        brokers = start_tansu(env, procs)
+        broker, brokers = start_brokers(work, env, procs)
 
         # 1. Broker baseline: the same load into a do-nothing QoS 1 subscriber.
         sub = subprocess.Popen([BIN, "simulate", "--broker", broker, "--subscribe", "mtic/msg/client/realtime/#",
@@ -48,33 +49,12 @@ def main():
         base_rate = args.count / base_wall
 
         # 2. The bridge, PUBACK after Kafka delivery.
-        hport = free_port()
-        cfg = os.path.join(work, "bridge.toml")
-        with open(cfg, "w") as f:
-            f.write(f"""[mqtt]
-url = "{broker}"
-client_id = "iotpipe-bench"
-[route]
-device_id = "/deviceId"
-event_time = "/ts"
-[kafka]
-brokers = "{brokers}"
-[http]
-listen = "127.0.0.1:{hport}"
-[log]
-level = "warn"
-""")
-            if args.journal:
-                f.write(f'[journal]\npath = "{os.path.join(work, "journal")}"\nmax_size = "1GiB"\n')
-        bridge = subprocess.Popen([BIN, "bridge", "--config", cfg], stderr=open(os.path.join(work, "bridge.log"), "w"))
-        procs.append(bridge)
-        wait_port(hport)
-        wait_ready(hport)
+        journal = {"path": os.path.join(work, "journal"), "max_size": "1GiB"} if args.journal else None
+        bridge = Iotpipe("bridge", work, "bridge", bridge_sections(broker, brokers, journal=journal), procs).ready()
         # Warm-up creates the topics.
         simulate(broker, 2_000)
-        while metric(metrics(hport), "iotpipe_messages_delivered_total") < 2_000:
-            time.sleep(0.05)
-        delivered0 = metric(metrics(hport), "iotpipe_messages_delivered_total")
+        bridge.wait_metric("iotpipe_messages_delivered_total", 2_000, step=0.05)
+        delivered0 = bridge.delivered()
         perf = None
         if args.perf:
             perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-p", str(bridge.pid),
@@ -83,8 +63,7 @@ level = "warn"
         cpu0 = cpu_seconds(bridge.pid)
         t0 = time.time()
         simulate(broker, args.count)
-        while metric(metrics(hport), "iotpipe_messages_delivered_total") < delivered0 + args.count:
-            time.sleep(0.01)
+        bridge.wait_metric("iotpipe_messages_delivered_total", delivered0 + args.count)
         e2e_wall = time.time() - t0
         if perf:
             perf.send_signal(2)
@@ -93,12 +72,11 @@ level = "warn"
         e2e_rate = args.count / e2e_wall
 
         # 3. Latency at a fixed rate.
-        before = histogram(metrics(hport), "iotpipe_delivery_latency_seconds")
-        delivered1 = metric(metrics(hport), "iotpipe_messages_delivered_total")
+        before = histogram(bridge.metrics(), "iotpipe_delivery_latency_seconds")
+        delivered1 = bridge.delivered()
         simulate(broker, args.latency_count, rate=args.rate)
-        while metric(metrics(hport), "iotpipe_messages_delivered_total") < delivered1 + args.latency_count:
-            time.sleep(0.05)
-        after = histogram(metrics(hport), "iotpipe_delivery_latency_seconds")
+        bridge.wait_metric("iotpipe_messages_delivered_total", delivered1 + args.latency_count, step=0.05)
+        after = histogram(bridge.metrics(), "iotpipe_delivery_latency_seconds")
         p50, p99 = quantile(before, after, 0.50) * 1e3, quantile(before, after, 0.99) * 1e3
         rss = peak_rss_kib(bridge.pid) / 1024
 
@@ -112,8 +90,12 @@ level = "warn"
         print(f"| bridge CPU (user+sys, librdkafka threads included) | {cpu:.2f} s = {cpu / args.count * 1e6:.1f} us/msg |")
         print(f"| bridge peak RSS (VmHWM) | {rss:.1f} MiB |")
         if args.journal:
-            print(f"| journal fsyncs during the run | {metric(metrics(hport), 'iotpipe_journal_fsyncs_total'):,.0f} |")
+            print(f"| journal fsyncs during the run | {bridge.metric('iotpipe_journal_fsyncs_total'):,.0f} |")
         print(f"| latency receive->Kafka ack at {args.rate:,} msg/s | p50 {p50:.2f} ms, p99 {p99:.2f} ms |")
+        write_json(args.json, {"binary": BIN, "mode": "journal" if args.journal else "direct", "count": args.count,
+                               "baseline_msg_s": base_rate, "msg_s": e2e_rate, "cpu_us": cpu / args.count * 1e6,
+                               "rss_mib": rss, "latency_rate": args.rate, "latency_p50_ms": p50,
+                               "latency_p99_ms": p99})
     finally:
         stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)

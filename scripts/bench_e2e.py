@@ -20,29 +20,24 @@ and the first topic creation are left out):
 Everything shares this machine's CPUs; the rate is far below saturation, so
 the figures are waits (linger, batch windows, fetch waits, commits), not CPU.
 
+--json FILE also writes the quantiles (scripts/bench.sh).
+
 Usage: scripts/bench-e2e.sh [--rate 2000] [--seconds 30] [--journal]
-       [--batch-wait 100ms] [--linger 5ms] [--sink-property k=v ...]
+       [--batch-wait 100ms] [--linger 5ms] [--sink-property k=v ...] [--json FILE]
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, free_port, histogram, metric, metrics, quantile, services_env, start_mosquitto,  # noqa: E402
-                      start_tansu, stop_all, wait_port, wait_ready)
+from benchlib import (BIN, Iotpipe, add_json_option, bridge_sections, histogram, metric, quantile,  # noqa: E402
+                      services_env, sink_sections, start_brokers, stop_all, write_json)
 
 QS = (0.5, 0.95, 0.99)
-
-
-def start(cmd, cfg_path, text, procs):
-    with open(cfg_path, "w") as f:
-        f.write(text)
-    p = subprocess.Popen([BIN, cmd, "--config", cfg_path])
-    procs.append(p)
-    return p
 
 
 def main():
@@ -54,33 +49,23 @@ def main():
     ap.add_argument("--linger", help="kafka.linger of the bridge (default: the bridge's default)")
     ap.add_argument("--sink-property", action="append", default=[], metavar="K=V",
                     help="extra librdkafka consumer property for the sink (repeatable)")
+    add_json_option(ap)
     args = ap.parse_args()
     env = services_env("postgres")
     pg = env["IOTPIPE_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
     work = tempfile.mkdtemp(prefix="iotpipe-bench-e2e-", dir="/var/tmp")
     procs = []
     try:
-        broker = start_mosquitto(work, env, procs)
-        brokers = start_tansu(env, procs)
-        bport, sport = free_port(), free_port()
-        linger = f'linger = "{args.linger}"\n' if args.linger else ""
-        journal = f'[journal]\npath = "{work}/journal"\n' if args.journal else ""
-        start("bridge", os.path.join(work, "bridge.toml"),
-              f'[mqtt]\nurl = "{broker}"\nclient_id = "bench-e2e"\n[route]\ndevice_id = "/deviceId"\n'
-              f'event_time = "/ts"\n[kafka]\nbrokers = "{brokers}"\n{linger}{journal}'
-              f'[http]\nlisten = "127.0.0.1:{bport}"\n[log]\nlevel = "warn"\n', procs)
-        props = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
-        props.update(p.split("=", 1) for p in args.sink_property)
-        props_toml = ", ".join(f'"{k}" = "{v}"' for k, v in props.items())
-        wait = f'batch_max_wait = "{args.batch_wait}"\n' if args.batch_wait else ""
+        broker, brokers = start_brokers(work, env, procs)
+        journal = {"path": f"{work}/journal"} if args.journal else None
+        bridge = Iotpipe("bridge", work, "bridge", bridge_sections(
+            broker, brokers, client_id="bench-e2e", kafka={"linger": args.linger}, journal=journal), procs)
         db = f"bench_e2e_{time.time_ns()}"
-        start("sink", os.path.join(work, "sink.toml"),
-              f'[kafka]\nbrokers = "{brokers}"\n[sink]\ngroup_id = "bench-{db}"\n{wait}'
-              f'properties = {{ {props_toml} }}\n[store]\nurl = "{pg}/{db}"\n'
-              f'[http]\nlisten = "127.0.0.1:{sport}"\n[log]\nlevel = "warn"\n', procs)
-        for port in (bport, sport):
-            wait_port(port)
-            wait_ready(port)
+        props = dict(p.split("=", 1) for p in args.sink_property)
+        sink = Iotpipe("sink", work, "sink", sink_sections(
+            brokers, f"{pg}/{db}", f"bench-{db}", sink={"batch_max_wait": args.batch_wait}, properties=props), procs)
+        bridge.ready()
+        sink.ready()
 
         total = args.rate * (args.seconds + 40)
         procs.append(subprocess.Popen(
@@ -92,15 +77,15 @@ def main():
         warm = time.time()
         while True:
             time.sleep(1)
-            delivered = metric(metrics(bport), "iotpipe_messages_delivered_total")
-            stored = metric(metrics(sport), "iotpipe_sink_rows_written_total")
+            delivered = bridge.delivered()
+            stored = sink.metric("iotpipe_sink_rows_written_total")
             if delivered > 0 and stored >= delivered - args.rate and time.time() - warm >= 5:
                 break
             if time.time() - warm > 60:
                 sys.exit(f"bench_e2e: the sink did not catch up within 60 s ({stored:,.0f} of {delivered:,.0f})")
-        before = {"b": metrics(bport), "s": metrics(sport)}
+        before = {"b": bridge.metrics(), "s": sink.metrics()}
         time.sleep(args.seconds)
-        after = {"b": metrics(bport), "s": metrics(sport)}
+        after = {"b": bridge.metrics(), "s": sink.metrics()}
 
         def q(side, name):
             return [quantile(histogram(before[side], name), histogram(after[side], name), x) for x in QS]
@@ -133,8 +118,12 @@ def main():
         print(f"\nsink in the window: {rows_written:,.0f} rows in {batches:,.0f} batches "
               f"({rows_written / max(batches, 1):,.0f} rows, {busy / max(batches, 1) * 1000:.0f} ms each on average); "
               f"bridge delivered {delta('b', 'iotpipe_messages_delivered_total'):,.0f}")
+        write_json(args.json, {"mode": mode, "rate": args.rate, "seconds": args.seconds, "quantiles": list(QS),
+                               "stages_s": {label: v for label, v in rows()}, "publish_to_commit_s": pub_commit,
+                               "rows_in_window": rows_written})
     finally:
         stop_all(procs)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

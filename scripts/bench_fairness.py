@@ -29,8 +29,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, free_port, services_env, start_mosquitto, start_tansu,  # noqa: E402
-                      stop_all, wait_port, wait_ready)
+from benchlib import (BIN, FAST_GROUP, Iotpipe, bridge_sections, services_env, sink_sections,  # noqa: E402
+                      start_brokers, stop_all)
 
 TOPIC = {"shared": "iot.telemetry", "per-pair": "iot.{tenant_id}.{project_id}"}
 PARTITIONS = {"shared": 12, "per-pair": 1}
@@ -99,24 +99,13 @@ def run_topology(args, env, topology):
     procs = []
     db = f"bench_fair_{topology.replace('-', '_')}_{time.time_ns()}"
     try:
-        broker = start_mosquitto(work, env, procs)
-        brokers = start_tansu(env, procs)
-        kafka = (f'[kafka]\nbrokers = "{brokers}"\ntopic = "{TOPIC[topology]}"\npartitions = {PARTITIONS[topology]}\n'
-                 'properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }\n')
-        hport, sport = free_port(), free_port()
-        with open(os.path.join(work, "bridge.toml"), "w") as f:
-            f.write(f'[mqtt]\nurl = "{broker}"\nclient_id = "bench-fair"\n[route]\ndevice_id = "/deviceId"\n'
-                    f'event_time = "/ts"\n{kafka}[http]\nlisten = "127.0.0.1:{hport}"\n[log]\nlevel = "warn"\n')
-        with open(os.path.join(work, "sink.toml"), "w") as f:
-            f.write(f'{kafka}[sink]\ngroup_id = "{db}"\nproperties = {{ "session.timeout.ms" = "6000", '
-                    f'"heartbeat.interval.ms" = "500" }}\n[store]\nurl = "{pg}/{db}"\n'
-                    f'[http]\nlisten = "127.0.0.1:{sport}"\n[log]\nlevel = "warn"\n')
-        procs.append(subprocess.Popen([BIN, "bridge", "--config", os.path.join(work, "bridge.toml")]))
-        procs.append(subprocess.Popen([BIN, "sink", "--config", os.path.join(work, "sink.toml")]))
-        wait_port(hport)
-        wait_port(sport)
-        wait_ready(hport, timeout=60)
-        wait_ready(sport, timeout=60)
+        broker, brokers = start_brokers(work, env, procs)
+        kafka = {"topic": TOPIC[topology], "partitions": PARTITIONS[topology], "properties": FAST_GROUP}
+        bridge = Iotpipe("bridge", work, "bridge",
+                         bridge_sections(broker, brokers, client_id="bench-fair", kafka=kafka), procs)
+        sink = Iotpipe("sink", work, "sink", sink_sections(brokers, f"{pg}/{db}", db, kafka=kafka), procs)
+        bridge.ready(timeout=60)
+        sink.ready(timeout=60)
         url = f"{pg}/{db}"
         psql(url, "ALTER TABLE telemetry ADD COLUMN stored_at timestamptz DEFAULT clock_timestamp()")
         # Warm-up: every quiet pair's topic exists and the sink has its partitions.

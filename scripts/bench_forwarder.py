@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The bridge against a minimal forwarder (issue 19's baseline).
+"""The bridge against a minimal forwarder (the bridge's performance baseline).
 
 Runs `iotpipe bridge` (direct mode, PUBACK after the Kafka ack) and
 examples/minimal_forwarder.rs (rumqttc + rdkafka, in-order manual acks, no
@@ -14,8 +14,9 @@ user+sys of the process (librdkafka's threads included) over the measured
 messages, peak RSS is VmHWM at the end.
 
 Prints each measurement, the medians, the ratios bridge / forwarder and the
-issue's targets. Usage (normally through scripts/bench-forwarder.sh):
-    python3 scripts/bench_forwarder.py [--rounds 3] [--count 200000] [--max-in-flight 1000]
+targets; --json FILE writes the medians and ratios for scripts/bench.sh.
+Usage (normally through scripts/bench-forwarder.sh):
+    python3 scripts/bench_forwarder.py [--rounds 3] [--count 200000] [--max-in-flight 1000] [--json FILE]
 """
 import argparse
 import os
@@ -28,8 +29,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, REPO, cpu_seconds, free_port, metric, metrics, peak_rss_kib, services_env,  # noqa: E402
-                      simulate, start_mosquitto, start_tansu, stop_all, wait_metric, wait_port, wait_ready)
+from benchlib import (BIN, REPO, Iotpipe, add_json_option, bridge_sections, cpu_seconds, peak_rss_kib,  # noqa: E402
+                      services_env, simulate, start_mosquitto, start_tansu, stop_all, write_json)
 
 FORWARDER = os.environ.get("FORWARDER_BIN") or os.path.join(REPO, "target", "release", "examples", "minimal_forwarder")
 WARMUP = 2_000
@@ -52,31 +53,11 @@ def measure(pid, broker, count, delivered):
 
 
 def run_bridge(work, broker, brokers, args, procs):
-    hport = free_port()
-    cfg = os.path.join(work, "bridge.toml")
-    with open(cfg, "w") as f:
-        f.write(f"""[mqtt]
-url = "{broker}"
-client_id = "iotpipe-bench"
-max_in_flight = {args.max_in_flight}
-[route]
-device_id = "/deviceId"
-event_time = "/ts"
-[kafka]
-brokers = "{brokers}"
-[http]
-listen = "127.0.0.1:{hport}"
-[log]
-level = "warn"
-""")
-    bridge = subprocess.Popen([BIN, "bridge", "--config", cfg], stderr=open(os.path.join(work, "bridge.log"), "w"))
-    procs.append(bridge)
-    wait_port(hport)
-    wait_ready(hport)
+    bridge = Iotpipe("bridge", work, "bridge",
+                     bridge_sections(broker, brokers, mqtt={"max_in_flight": args.max_in_flight}), procs).ready()
     simulate(broker, WARMUP)
-    wait_metric(hport, "iotpipe_messages_delivered_total", WARMUP)
-    return measure(bridge.pid, broker, args.count,
-                   lambda: metric(metrics(hport), "iotpipe_messages_delivered_total"))
+    bridge.wait_metric("iotpipe_messages_delivered_total", WARMUP)
+    return measure(bridge.pid, broker, args.count, bridge.delivered)
 
 
 def run_forwarder(work, broker, brokers, args, procs):
@@ -108,6 +89,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--count", type=int, default=200_000, help="messages per measurement")
     ap.add_argument("--max-in-flight", type=int, default=1000, help="MQTT receive maximum of both")
+    add_json_option(ap)
     args = ap.parse_args()
     for path in (BIN, FORWARDER):
         if not os.access(path, os.X_OK):
@@ -151,7 +133,10 @@ def main():
               f"{m['rss_mib']:.1f} MiB ({each['rss_mib']}) |")
     rate, cpu, rss = b["msg_s"] / f["msg_s"], b["cpu_us"] / f["cpu_us"], b["rss_mib"] / f["rss_mib"]
     print(f"| bridge / forwarder | {rate:.2f}× | {cpu:.2f}× | {rss:.2f}× |")
-    print("\nissue 19's targets for the bridge (medians):")
+    write_json(args.json, {"count": args.count, "rounds": args.rounds, "max_in_flight": args.max_in_flight,
+                           "bridge": b, "forwarder": f, "rounds_each": results,
+                           "ratio": {"msg_s": rate, "cpu_us": cpu, "rss_mib": rss}})
+    print("\ntargets for the bridge (medians):")
     print(f"- CPU per message <= 0.8x the forwarder's: {cpu:.2f}x, {'met' if cpu <= 0.8 else 'NOT met'}")
     print(f"- rate >= 1.0x the forwarder's: {rate:.2f}x, {'met' if rate >= 1.0 else 'NOT met'}")
     print(f"- peak RSS <= 16 MiB at {args.max_in_flight} in flight: {b['rss_mib']:.1f} MiB, "

@@ -32,8 +32,8 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, free_port, metric, metrics, services_env, simulate, start_mosquitto,  # noqa: E402
-                      start_tansu, stop_all, wait_port, wait_ready)
+from benchlib import (Iotpipe, bridge_sections, metric, metrics, services_env, simulate,  # noqa: E402
+                      start_brokers, stop_all, wait_port, wait_ready)
 
 MIB = 1024 * 1024
 
@@ -45,26 +45,12 @@ def size_bytes(text):
     return int(m.group(1)) * {"KiB": 1024, "MiB": MIB, "GiB": 1024 * MIB}[m.group(2)]
 
 
-def config(path, broker, brokers, hport, journal, size):
-    with open(path, "w") as f:
-        f.write(f"""[mqtt]
-url = "{broker}"
-client_id = "iotpipe-recovery-bench"
-[route]
-device_id = "/deviceId"
-event_time = "/ts"
-[kafka]
-brokers = "{brokers}"
-[http]
-listen = "127.0.0.1:{hport}"
-[log]
-level = "info"
-format = "json"
-[journal]
-path = "{journal}"
-max_size = "{size}"
-segment_size = "64MiB"
-""")
+def start_bridge(work, name, broker, brokers, journal, size):
+    """The bridge on `journal` (info-level JSON log in <work>/<name>.log); the process and its HTTP port."""
+    sections = bridge_sections(broker, brokers, client_id="iotpipe-recovery-bench",
+                               journal={"path": journal, "max_size": size, "segment_size": "64MiB"})
+    bridge = Iotpipe("bridge", work, name, {**sections, "log": {"level": "info", "format": "json"}}, [])
+    return bridge.proc, bridge.port
 
 
 def readyz(port):
@@ -81,11 +67,7 @@ def readyz(port):
 def fill(work, broker, brokers, tansu, size_text, target):
     """Journal `target` bytes with Kafka stalled, then SIGKILL the bridge; the journal's directory."""
     journal = os.path.join(work, "filled")
-    hport = free_port()
-    cfg = os.path.join(work, "fill.toml")
-    config(cfg, broker, brokers, hport, journal, size_text)
-    log = open(os.path.join(work, "fill.log"), "w")
-    bridge = subprocess.Popen([BIN, "bridge", "--config", cfg], stderr=log)
+    bridge, hport = start_bridge(work, "fill", broker, brokers, journal, size_text)
     try:
         wait_port(hport)
         wait_ready(hport)
@@ -145,12 +127,9 @@ def measure(work, pristine, broker, brokers, size_text, n, cache):
     if cache == "cold":
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
-    hport = free_port()
-    cfg = os.path.join(work, f"run{n}-{cache}.toml")
-    config(cfg, broker, brokers, hport, journal, size_text)
     log_path = os.path.join(work, f"run{n}-{cache}.log")
     t0 = time.monotonic()
-    bridge = subprocess.Popen([BIN, "bridge", "--config", cfg], stderr=open(log_path, "w"))
+    bridge, hport = start_bridge(work, f"run{n}-{cache}", broker, brokers, journal, size_text)
     first_answer = None
     recovering_seen = 0
     try:
@@ -198,8 +177,7 @@ def main():
     work = tempfile.mkdtemp(prefix="iotpipe-recovery-", dir=os.environ.get("TMPDIR", "/var/tmp"))
     procs = []
     try:
-        broker = start_mosquitto(work, env, procs, max_queued=10_000_000)
-        brokers = start_tansu(env, procs)
+        broker, brokers = start_brokers(work, env, procs, max_queued=10_000_000)
         tansu = procs[-1]
         print(f"filling a {args.size} journal ...", file=sys.stderr)
         pristine, published, used, took = fill(work, broker, brokers, tansu, args.size, target)

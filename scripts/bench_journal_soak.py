@@ -17,15 +17,14 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, free_port, metric, metrics, services_env, simulate, start_mosquitto,  # noqa: E402
-                      start_tansu, status_kib, stop_all, wait_port, wait_ready)
+from benchlib import (Iotpipe, bridge_sections, metric, metrics, services_env, simulate,  # noqa: E402
+                      start_brokers, status_kib, stop_all)
 
 
 class Sampler(threading.Thread):
@@ -59,36 +58,14 @@ def main():
     work = tempfile.mkdtemp(prefix="iotpipe-soak-")
     procs = []
     try:
-        broker = start_mosquitto(work, env, procs)
-        brokers = start_tansu(env, procs)
+        broker, brokers = start_brokers(work, env, procs)
         tansu = procs[-1]
-        hport = free_port()
-        cfg = os.path.join(work, "bridge.toml")
-        with open(cfg, "w") as f:
-            f.write(f"""[mqtt]
-url = "{broker}"
-client_id = "iotpipe-soak"
-[route]
-device_id = "/deviceId"
-event_time = "/ts"
-[kafka]
-brokers = "{brokers}"
-delivery_timeout = "{args.delivery_timeout}"
-[http]
-listen = "127.0.0.1:{hport}"
-[log]
-level = "warn"
-[journal]
-path = "{os.path.join(work, 'journal')}"
-max_size = "4GiB"
-""")
-        bridge = subprocess.Popen([BIN, "bridge", "--config", cfg], stderr=open(os.path.join(work, "bridge.log"), "w"))
-        procs.append(bridge)
-        wait_port(hport)
-        wait_ready(hport)
+        bridge = Iotpipe("bridge", work, "bridge", bridge_sections(
+            broker, brokers, client_id="iotpipe-soak", kafka={"delivery_timeout": args.delivery_timeout},
+            journal={"path": os.path.join(work, "journal"), "max_size": "4GiB"}), procs).ready()
+        hport = bridge.port
         simulate(broker, 2_000)  # creates the topics
-        while metric(metrics(hport), "iotpipe_messages_delivered_total") < 2_000:
-            time.sleep(0.05)
+        bridge.wait_metric("iotpipe_messages_delivered_total", 2_000, step=0.05)
         sampler = Sampler(bridge.pid, hport)
         sampler.start()
         base = status_kib(bridge.pid, "VmRSS")

@@ -14,8 +14,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, cpu_seconds, free_port, metric, metrics, peak_rss_kib, services_env,  # noqa: E402
-                      simulate, start_mosquitto, stop_all, wait_metric, wait_port, wait_ready)
+from benchlib import (BIN, Iotpipe, cpu_seconds, free_port, metric, metrics, peak_rss_kib,  # noqa: E402
+                      services_env, simulate, source_sections, start_mosquitto, stop_all, wait_metric)
 
 
 def demo_first_data(work):
@@ -48,16 +48,10 @@ def main():
     procs = []
     try:
         broker = start_mosquitto(work, env, procs)
-        hport = free_port()
-        cfg = os.path.join(work, "run.toml")
-        with open(cfg, "w") as f:
-            f.write(f'[mqtt]\nurl = "{broker}"\nclient_id = "bench-run"\n[route]\ndevice_id = "/deviceId"\n'
-                    f'event_time = "/ts"\n[store]\nurl = "sqlite://{work}/iotpipe.db"\n[journal]\n'
-                    f'path = "{work}/journal"\n[http]\nlisten = "127.0.0.1:{hport}"\n[log]\nlevel = "warn"\n')
-        run = subprocess.Popen([BIN, "run", "--config", cfg])
-        procs.append(run)
-        wait_port(hport)
-        wait_ready(hport)
+        run = Iotpipe("run", work, "run", {**source_sections(broker, "bench-run"),
+                                           "store": {"url": f"sqlite://{work}/iotpipe.db"},
+                                           "journal": {"path": f"{work}/journal"}}, procs).ready()
+        hport = run.port
         simulate(broker, 2_000)
         wait_metric(hport, "iotpipe_messages_stored_total", 2_000)
         base = metric(metrics(hport), "iotpipe_messages_stored_total")

@@ -38,11 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, cpu_seconds, free_port, metric, metrics, peak_rss_kib, services_env,  # noqa: E402
-                      start_mosquitto, start_tansu, stop_all, wait_port, wait_ready)
+from benchlib import (BIN, FAST_GROUP, Iotpipe, cpu_seconds, metric, metrics, peak_rss_kib,  # noqa: E402
+                      services_env, sink_sections, source_sections, start_brokers, start_mosquitto, stop_all,
+                      wait_port, wait_ready)
 
 TOPIC = {"shared": "iot.telemetry", "per-pair": "iot.{tenant_id}.{project_id}"}
 
@@ -93,20 +95,16 @@ EXTRA_KAFKA = []
 
 
 def kafka_cfg(brokers, topology, partitions):
-    return (f'[kafka]\nbrokers = "{brokers}"\ntopic = "{TOPIC[topology]}"\npartitions = {partitions}\n'
-            + "".join(f"{line}\n" for line in EXTRA_KAFKA)
-            + 'properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }\n')
+    """[kafka] of bridge and sink: the topology's topic and partitions, the --kafka lines on top."""
+    extra = tomllib.loads("\n".join(EXTRA_KAFKA))
+    return {"brokers": brokers, "topic": TOPIC[topology], "partitions": partitions, **extra,
+            "properties": FAST_GROUP}
 
 
-def start(args, work, command, name, config):
-    """`iotpipe <command>` on `config` (`{HTTP}` filled in); the process and its HTTP port."""
-    port = free_port()
-    cfg = os.path.join(work, f"{name}.toml")
-    with open(cfg, "w") as f:
-        f.write(config.replace("{HTTP}", f"127.0.0.1:{port}"))
-    proc = subprocess.Popen([args.bin, command, "--config", cfg],
-                            stderr=open(os.path.join(work, f"{name}.log"), "w"))
-    return proc, port
+def start(args, work, command, name, sections, procs):
+    """`iotpipe <command>` on `sections` (args.bin); the process and its HTTP port."""
+    proc = Iotpipe(command, work, name, sections, procs, binary=args.bin)
+    return proc.proc, proc.port
 
 
 def publish_and_measure(args, proc, port, broker, pairs, component, topology, partitions):
@@ -128,17 +126,10 @@ def publish_and_measure(args, proc, port, broker, pairs, component, topology, pa
             "partitions": partitions}
 
 
-def source_config(broker, client_id):
-    return (f'[mqtt]\nurl = "{broker}"\nclient_id = "{client_id}"\n[route]\ndevice_id = "/deviceId"\n'
-            'event_time = "/ts"\n[http]\nlisten = "{HTTP}"\n[log]\nlevel = "warn"\n')
-
-
 def run_bridge(args, work, env, topology, pairs, procs):
-    broker = start_mosquitto(work, env, procs)
-    brokers = start_tansu(env, procs)
-    config = source_config(broker, "bench-scale") + kafka_cfg(brokers, topology, args.partitions[topology])
-    bridge, port = start(args, work, "bridge", f"bridge-{topology}-{pairs}", config)
-    procs.append(bridge)
+    broker, brokers = start_brokers(work, env, procs)
+    sections = {**source_sections(broker, "bench-scale"), "kafka": kafka_cfg(brokers, topology, args.partitions[topology])}
+    bridge, port = start(args, work, "bridge", f"bridge-{topology}-{pairs}", sections, procs)
     partitions = args.partitions[topology] * (pairs if topology == "per-pair" else 1)
     out = publish_and_measure(args, bridge, port, broker, pairs, "bridge", topology, partitions)
     out["rss_mib"] = Sampler(bridge).peak_mib()
@@ -150,11 +141,8 @@ def run_bridge(args, work, env, topology, pairs, procs):
 def run_sink(args, work, env, topology, pairs, brokers, procs):
     pg = env["IOTPIPE_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
     db = f"bench_scale_{topology.replace('-', '_')}_{pairs}_{time.time_ns()}"
-    config = (f'{kafka_cfg(brokers, topology, args.partitions[topology])}[sink]\ngroup_id = "{db}"\n'
-              f'properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}\n'
-              f'[store]\nurl = "{pg}/{db}"\n[http]\nlisten = "{{HTTP}}"\n[log]\nlevel = "warn"\n')
-    sink, port = start(args, work, "sink", f"sink-{topology}-{pairs}", config)
-    procs.append(sink)
+    sections = sink_sections(brokers, f"{pg}/{db}", db, kafka=kafka_cfg(brokers, topology, args.partitions[topology]))
+    sink, port = start(args, work, "sink", f"sink-{topology}-{pairs}", sections, procs)
     wait_port(port)
     # Timed from the first stored row: joining the group is not throughput.
     wait_count(port, "iotpipe_sink_rows_written_total", 1, args.timeout, sink)
@@ -194,10 +182,9 @@ def api_walk(port):
 
 def run_single(args, work, env, pairs, procs):
     broker = start_mosquitto(work, env, procs)
-    config = source_config(broker, "bench-scale-run") + (
-        f'[store]\nurl = "sqlite://{work}/run-{pairs}.db"\n[journal]\npath = "{work}/journal-{pairs}"\n')
-    run, port = start(args, work, "run", f"run-{pairs}", config)
-    procs.append(run)
+    sections = {**source_sections(broker, "bench-scale-run"), "store": {"url": f"sqlite://{work}/run-{pairs}.db"},
+                "journal": {"path": f"{work}/journal-{pairs}"}}
+    run, port = start(args, work, "run", f"run-{pairs}", sections, procs)
     out = publish_and_measure(args, run, port, broker, pairs, "run", "-", 0)
     if out["complete"]:
         try:

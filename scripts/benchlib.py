@@ -1,5 +1,7 @@
-"""Helpers shared by the benchmark scripts: ports, private services,
-process CPU and memory, Prometheus metrics."""
+"""Helpers shared by the benchmark scripts: ports, private services
+(Mosquitto, Tansu), iotpipe processes with their generated configs, process
+CPU and memory, Prometheus metrics, the machine-readable result file."""
+import json
 import os
 import re
 import socket
@@ -130,6 +132,7 @@ def wait_ready(port, timeout=30):
 
 
 def wait_metric(port, name, target, timeout=600, step=0.01):
+    """Poll `name` on the process behind `port` until it reaches `target`; exit the script after `timeout`."""
     end = time.time() + timeout
     while time.time() < end:
         if metric(metrics(port), name) >= target:
@@ -152,3 +155,114 @@ def stop_all(procs):
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def start_brokers(work, env, procs, max_queued=1_000_000):
+    """A private Mosquitto and Tansu for one measurement: (MQTT URL, Kafka bootstrap servers)."""
+    return start_mosquitto(work, env, procs, max_queued), start_tansu(env, procs)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    return json.dumps(str(v))
+
+
+def render_toml(sections):
+    """{section: {key: value}} as a TOML file; None values are left out (the command's default)."""
+    out = []
+    for name, values in sections.items():
+        out.append(f"[{name}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
+    return "\n".join(out) + "\n"
+
+
+# Short consumer-group timeouts: a sink joins its group in seconds, not in librdkafka's default 45 s.
+FAST_GROUP = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
+
+
+def source_sections(broker, client_id="iotpipe-bench", mqtt=None):
+    """[mqtt] and [route] of the bridge and of `run`: routes the simulator's payloads (device id and event
+    time from the JSON)."""
+    return {"mqtt": {"url": broker, "client_id": client_id, **(mqtt or {})},
+            "route": {"device_id": "/deviceId", "event_time": "/ts"}}
+
+
+def bridge_sections(broker, brokers, client_id="iotpipe-bench", mqtt=None, kafka=None, journal=None):
+    """The benchmarks' bridge config, extra keys per section on top; a [journal] section if given."""
+    return {**source_sections(broker, client_id, mqtt), "kafka": {"brokers": brokers, **(kafka or {})},
+            **({"journal": journal} if journal else {})}
+
+
+def sink_sections(brokers, store_url, group_id, sink=None, properties=None, kafka=None):
+    """The benchmarks' sink config: a consumer group of its own with short group timeouts."""
+    return {"kafka": {"brokers": brokers, **(kafka or {})},
+            "sink": {"group_id": group_id, **(sink or {}), "properties": {**FAST_GROUP, **(properties or {})}},
+            "store": {"url": store_url}}
+
+
+class Iotpipe:
+    """One `iotpipe <command>` process: its config file (an [http] listener on a free port and
+    [log] level warn added unless given), its stderr in <work>/<name>.log, its metrics."""
+
+    def __init__(self, command, work, name, sections, procs, binary=None):
+        self.command = command
+        self.port = free_port()
+        sections = {**sections, "http": {"listen": f"127.0.0.1:{self.port}"}}
+        sections.setdefault("log", {"level": "warn"})
+        self.config = os.path.join(work, f"{name}.toml")
+        with open(self.config, "w") as f:
+            f.write(render_toml(sections))
+        self.log = os.path.join(work, f"{name}.log")
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([binary or BIN, command, "--config", self.config], stderr=log)
+        self.pid = self.proc.pid
+        procs.append(self.proc)
+
+    def ready(self, timeout=30):
+        """Wait for /readyz; on failure exit the script with the process's state and the end of its log."""
+        try:
+            wait_port(self.port, timeout)
+            wait_ready(self.port, timeout)
+        except SystemExit as e:
+            with open(self.log, errors="replace") as f:
+                tail = f.read()[-2000:]
+            sys.exit(f"{e.code}: iotpipe {self.command} (exit status {self.proc.poll()}), {self.log}:\n{tail}")
+        return self
+
+    def metrics(self):
+        return metrics(self.port)
+
+    def metric(self, name):
+        return metric(metrics(self.port), name)
+
+    def wait_metric(self, name, target, timeout=600, step=0.01):
+        wait_metric(self.port, name, target, timeout, step)
+
+    def delivered(self):
+        """Messages acknowledged after their Kafka delivery (bridge)."""
+        return self.metric("iotpipe_messages_delivered_total")
+
+    def stop(self, timeout=30):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def add_json_option(parser):
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE (scripts/bench.sh)")
+
+
+def write_json(path, data):
+    """The figures of a run for scripts/bench_all.py; nothing when no --json was given."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
