@@ -60,8 +60,8 @@ IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/check-observability.sh
 echo "== container image"
 bash scripts/container-test.sh
 
-# The short fault matrix (RELIABILITY.md): six scenarios of real process
-# faults and a quiet run, nothing lost or stored twice, every bridge and sink
+# The short fault matrix (RELIABILITY.md): a quiet run, a PostgreSQL outage
+# and a Kafka stall in journal mode, nothing lost or stored twice, every bridge and sink
 # below 64 MiB, and a Prometheus with the shipped rules raising the alerts
 # each scenario expects and no others.
 # It runs the release binary the container test just built (what the image
