@@ -69,6 +69,11 @@ const RULES: &[Rule] = &[
         allowed: Scope::Only(&["src/kafka/", "src/pipeline/", "src/cli/", "src/config/"]),
     },
     Rule {
+        what: "each pipeline gets its command's settings; only the command line, the demo and the fuzz checks read the assembled configuration file",
+        names: &[Name::Module("config")],
+        allowed: Scope::Only(&["src/config/", "src/cli/", "src/demo/", "src/fuzzing.rs"]),
+    },
+    Rule {
         what: "record is the bottom layer: what flows through every stage imports no other module",
         names: &[Name::AnyModule],
         allowed: Scope::Outside("src/record/"),
