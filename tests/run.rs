@@ -130,6 +130,11 @@ fn a_row_the_store_refuses_is_dead_lettered_and_the_rest_are_stored_and_measured
     eventually(Duration::from_secs(10), "every other row", || rows(&db, "SELECT count(*) FROM telemetry") == N as i64);
     assert_eq!(rows(&db, "SELECT count(*) FROM telemetry WHERE device_id = 'bad'"), 0);
     assert_eq!(run.metric("iotpipe_sink_dead_lettered_total{reason=\"store_rejected\"}"), 1.0);
+    // The message accounting: the refused row is a dead letter, not a stored message.
+    eventually(Duration::from_secs(10), "the refused message counted as a dead letter", || {
+        run.metric("iotpipe_messages_dead_lettered_total{reason=\"store_rejected\"}") == 1.0
+    });
+    assert_eq!(run.metric("iotpipe_messages_stored_total"), N as f64);
     eventually(Duration::from_secs(10), "every stored row measured", || {
         run.metric("iotpipe_sink_end_to_end_seconds_count") == N as f64
     });

@@ -132,6 +132,8 @@ struct JournalToStore {
 
 /// A stored (or dead-lettered) record, for the message metrics.
 struct Done {
+    /// The row's id; `None` for a dead letter.
+    id: Option<uuid::Uuid>,
     reason: Option<DeadLetterReason>,
     tenant_id: String,
     project_id: String,
@@ -172,6 +174,7 @@ impl JournalToStore {
             match decode(&rec, now) {
                 Decoded::Row(row) => {
                     done.push(Done {
+                        id: Some(row.id),
                         reason: None,
                         tenant_id: row.tenant_id.clone(),
                         project_id: row.project_id.clone(),
@@ -182,6 +185,7 @@ impl JournalToStore {
                 Decoded::Dead(d, reason) => {
                     self.store_metrics.on_dead_letter(reason, &d.source, &d.error);
                     done.push(Done {
+                        id: None,
                         reason: Some(reason),
                         tenant_id: String::new(),
                         project_id: String::new(),
@@ -203,7 +207,10 @@ impl JournalToStore {
         let now = now_ms();
         for d in done {
             let latency = Duration::from_millis(u64::try_from(now - d.received_ms).unwrap_or(0));
-            self.metrics.on_stored(d.reason, &d.tenant_id, &d.project_id, latency);
+            // A row the store refused on its own is stored as a dead letter.
+            let refused = d.id.is_some_and(|id| written.rejected.contains(&id));
+            let reason = if refused { Some(DeadLetterReason::StoreRejected) } else { d.reason };
+            self.metrics.on_stored(reason, &d.tenant_id, &d.project_id, latency);
         }
     }
 }

@@ -46,11 +46,15 @@ pub async fn connect_store(
     }
 }
 
-/// How many rows a written batch inserted, and how many the store already had.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many rows a written batch inserted, how many the store already had,
+/// and which it refused on their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     pub inserted: u64,
     pub duplicates: u64,
+    /// Ids of the rows the store refused on their own (now `store_rejected`
+    /// dead letters): stored, but not as rows.
+    pub rejected: Vec<uuid::Uuid>,
 }
 
 /// Everything writing needs besides the store.
@@ -92,6 +96,7 @@ pub async fn write_until_done(
                 let (ok, refused) = isolate(store, std::mem::take(&mut rows), &mut totals, cx.metrics).await;
                 if ok {
                     for (row, error) in refused {
+                        totals.rejected.push(row.id);
                         cx.metrics.on_dead_letter(DeadLetterReason::StoreRejected, &row.id.to_string(), &error);
                         dead.push(rejected(row, error));
                     }
