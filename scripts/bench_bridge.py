@@ -57,7 +57,8 @@ def main():
         delivered0 = bridge.delivered()
         perf = None
         if args.perf:
-            perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-p", str(bridge.pid),
+            perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "--call-graph", "dwarf,16384",
+                                     "-p", str(bridge.pid),
                                      "-o", args.perf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         cpu0 = cpu_seconds(bridge.pid)

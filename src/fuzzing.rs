@@ -112,14 +112,25 @@ pub fn template(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // payload: `pointer \0 json`
 
-/// The borrowed JSON-pointer lookup agrees with `serde_json::Value::pointer`,
+/// The borrowed JSON-pointer lookup agrees with `serde_json::Value::pointer`
+/// (and the one-pass search with parse + lookup, validity included),
 /// device ids are never empty, and every extracted event time survives the
 /// header contract (`format_ms` then `parse_time`) unchanged.
 pub fn payload(data: &[u8]) {
     use crate::route::payload;
     let p = parts(data, 2);
     let (pointer, text) = (part(&p, 0), part(&p, 1));
-    let Ok(doc) = payload::parse(text) else { return };
+    let one_pass = payload::parse_and_find(text, [Some(pointer), Some("/ts")]);
+    let Ok(doc) = payload::parse(text) else {
+        assert!(one_pass.is_err(), "the one-pass search accepted {text:?}, which parse rejects");
+        return;
+    };
+    let found = one_pass.unwrap_or_else(|e| panic!("the one-pass search rejected {text:?}, which parse accepts: {e}"));
+    assert_eq!(
+        found.map(|v| v.map(|r| r.get())),
+        [payload::lookup(doc, pointer), payload::lookup(doc, "/ts")].map(|v| v.map(|r| r.get())),
+        "pointer {pointer:?} in {text:?}"
+    );
     let tree: Option<serde_json::Value> = serde_json::from_str(text).ok();
     let raw = payload::lookup(doc, pointer);
     if let Some(tree) = &tree {
@@ -328,11 +339,7 @@ pub fn kafka_decode(data: &[u8]) {
         received_ms: row.received_ms,
         event_ms: row.event_time_ms,
     });
-    let again = DurableRecord {
-        headers: hdrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        payload: row.payload.clone(),
-        ..rec
-    };
+    let again = DurableRecord { headers: hdrs.to_pairs(), payload: row.payload.clone(), ..rec };
     match decode(&again, NOW_MS - 1) {
         Decoded::Row(back) => assert_eq!(back, row, "a re-encoded row decodes differently"),
         Decoded::Dead(d, _) => panic!("a re-encoded row became a dead letter: {} {}", d.reason, d.error),

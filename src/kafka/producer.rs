@@ -103,7 +103,7 @@ impl Producer {
             let key = pending.out.key.clone();
             let value = pending.out.value.clone();
             let mut headers = OwnedHeaders::new_with_capacity(pending.out.headers.len());
-            for (k, v) in &pending.out.headers {
+            for (k, v) in pending.out.headers.iter() {
                 headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
             }
             let ts = pending.out.timestamp_ms;

@@ -113,7 +113,7 @@ impl Forwarder {
     async fn forward(&mut self, r: Received) {
         let out = self.router.route(&r.msg);
         if let Some(reason) = out.reason {
-            let detail = out.headers.iter().find(|(k, _)| *k == headers::ERROR).map(|(_, v)| v.as_str()).unwrap_or("");
+            let detail = out.headers.get(headers::ERROR).unwrap_or("");
             self.metrics.on_dead_letter_routed(reason, &r.msg.topic, detail);
         }
         self.topics.request(&out.topic);
@@ -161,7 +161,7 @@ impl Forwarder {
     fn handle_report(&mut self, report: Delivery, retries: &mut Retries) {
         match report {
             Delivery::Delivered(p) => {
-                self.metrics.on_delivered(p.out.reason, &p.out.tenant_id, &p.out.project_id, p.received_at.elapsed());
+                self.metrics.on_delivered(p.out.reason, p.out.tenant_id(), p.out.project_id(), p.received_at.elapsed());
                 self.completion.complete(p.seq);
             }
             Delivery::Failed(mut p, error) => match error.failure() {
@@ -208,11 +208,9 @@ mod tests {
                 topic: "t".into(),
                 key: None,
                 value: Bytes::new(),
-                headers: vec![],
+                headers: Default::default(),
                 timestamp_ms: 0,
                 reason: None,
-                tenant_id: String::new(),
-                project_id: String::new(),
             },
             received_at: Instant::now(),
             attempts: 0,

@@ -36,17 +36,81 @@ pub struct RecordMeta<'a> {
     pub event_ms: Option<i64>,
 }
 
+/// Most headers a record carries (a dead letter's seven).
+const MAX_HEADERS: usize = 8;
+
+/// A record's headers in one allocation: the values back to back in one
+/// string, in the documented order. The message path builds one per
+/// message; a `Vec` of `String`s cost the bridge eight allocations (and
+/// frees) per message (BENCHMARKS.md, "Bridge profile").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderList {
+    text: String,
+    names: [&'static str; MAX_HEADERS],
+    ends: [u32; MAX_HEADERS],
+    len: usize,
+}
+
+impl HeaderList {
+    fn with_capacity(bytes: usize) -> Self {
+        Self { text: String::with_capacity(bytes), names: [""; MAX_HEADERS], ends: [0; MAX_HEADERS], len: 0 }
+    }
+
+    /// Close the value written since the previous header as `name`'s.
+    fn end(&mut self, name: &'static str) {
+        if self.len < MAX_HEADERS {
+            self.names[self.len] = name;
+            self.ends[self.len] = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+            self.len += 1;
+        }
+    }
+
+    fn push(&mut self, name: &'static str, value: &str) {
+        self.text.push_str(value);
+        self.end(name);
+    }
+
+    /// The headers, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        (0..self.len).map(move |i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+            (self.names[i], self.text.get(start..self.ends[i] as usize).unwrap_or(""))
+        })
+    }
+
+    /// The value of the first header named `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The headers as owned pairs, as a consumer reads them back.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+}
+
 /// Headers of a routed record, in the documented order.
-pub fn encode_record(m: &RecordMeta<'_>) -> Vec<(&'static str, String)> {
-    let mut h = Vec::with_capacity(7);
-    h.push((TENANT_ID, m.tenant_id.to_string()));
-    h.push((PROJECT_ID, m.project_id.to_string()));
-    h.push((DEVICE_ID, m.device_id.to_string()));
-    h.push((MQTT_TOPIC, m.mqtt_topic.to_string()));
-    h.push((ID, m.id.to_hyphenated()));
-    h.push((RECEIVED_AT, format_ms(m.received_ms)));
+pub fn encode_record(m: &RecordMeta<'_>) -> HeaderList {
+    let fixed = m.tenant_id.len() + m.project_id.len() + m.device_id.len() + m.mqtt_topic.len();
+    let mut h = HeaderList::with_capacity(fixed + 36 + 2 * TIME_LEN);
+    h.push(TENANT_ID, m.tenant_id);
+    h.push(PROJECT_ID, m.project_id);
+    h.push(DEVICE_ID, m.device_id);
+    h.push(MQTT_TOPIC, m.mqtt_topic);
+    h.push(ID, m.id.0.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    write_ms(&mut h.text, m.received_ms);
+    h.end(RECEIVED_AT);
     if let Some(ms) = m.event_ms {
-        h.push((EVENT_TIME, format_ms(ms)));
+        write_ms(&mut h.text, ms);
+        h.end(EVENT_TIME);
     }
     h
 }
@@ -64,17 +128,17 @@ pub struct DeadLetterMeta<'a> {
 }
 
 /// Headers of a dead letter, in the documented order.
-pub fn encode_dead_letter(m: &DeadLetterMeta<'_>) -> Vec<(&'static str, String)> {
-    let mut h = vec![
-        (REASON, m.reason.as_str().to_string()),
-        (ERROR, m.detail.to_string()),
-        (MQTT_TOPIC, m.mqtt_topic.to_string()),
-        (ID, m.id.to_hyphenated()),
-        (RECEIVED_AT, format_ms(m.received_ms)),
-    ];
+pub fn encode_dead_letter(m: &DeadLetterMeta<'_>) -> HeaderList {
+    let mut h = HeaderList::with_capacity(m.detail.len() + m.mqtt_topic.len() + 36 + TIME_LEN + 32);
+    h.push(REASON, m.reason.as_str());
+    h.push(ERROR, m.detail);
+    h.push(MQTT_TOPIC, m.mqtt_topic);
+    h.push(ID, m.id.0.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    write_ms(&mut h.text, m.received_ms);
+    h.end(RECEIVED_AT);
     if let Some(size) = m.truncated_from {
-        h.push((TRUNCATED, "true".into()));
-        h.push((ORIGINAL_SIZE, size.to_string()));
+        h.push(TRUNCATED, "true");
+        h.push(ORIGINAL_SIZE, &size.to_string());
     }
     h
 }
@@ -128,16 +192,62 @@ impl<'a> Decoded<'a> {
     }
 }
 
+/// Length of a formatted time (`2026-01-01T00:00:00.000Z`).
+const TIME_LEN: usize = 24;
+
+/// The first and last millisecond of RFC 3339's years 0000–9999.
+const RFC3339_MS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
 /// Epoch milliseconds as RFC 3339 UTC with milliseconds; a time outside
 /// RFC 3339's years 0000–9999 as epoch milliseconds, which [`parse_time`]
 /// reads back as well.
 pub fn format_ms(ms: i64) -> String {
-    let dt = match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
-        Ok(dt) if (0..=9999).contains(&dt.year()) => dt,
-        _ => return ms.to_string(),
+    let mut s = String::with_capacity(TIME_LEN);
+    write_ms(&mut s, ms);
+    s
+}
+
+/// [`format_ms`] appended to `out`, without allocating (this runs twice per
+/// message: the general-purpose formatter cost the bridge ~3% of its CPU).
+pub fn write_ms(out: &mut String, ms: i64) {
+    if !RFC3339_MS.contains(&ms) {
+        out.push_str(&ms.to_string());
+        return;
+    }
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (year, month, day) = civil_from_days(days);
+    let (secs, millis) = (in_day / 1000, in_day % 1000);
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
     };
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    dt.format(&fmt).unwrap_or_else(|_| ms.to_string())
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, secs / 3600);
+    put(14, 2, secs / 60 % 60);
+    put(17, 2, secs % 60);
+    put(20, 3, millis);
+    out.extend(b.iter().map(|&c| char::from(c)));
+}
+
+/// Year, month (1–12) and day (1–31) of a day count since 1970-01-01 in the
+/// proleptic Gregorian calendar (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// A header time: epoch milliseconds or RFC 3339.
@@ -154,8 +264,32 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn owned(h: Vec<(&'static str, String)>) -> Vec<(String, String)> {
-        h.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    fn owned(h: HeaderList) -> Vec<(String, String)> {
+        h.to_pairs()
+    }
+
+    /// The formatter the header contract was first written with.
+    fn format_ms_reference(ms: i64) -> String {
+        let dt = match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+            Ok(dt) if (0..=9999).contains(&dt.year()) => dt,
+            _ => return ms.to_string(),
+        };
+        let fmt =
+            time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+        dt.format(&fmt).unwrap_or_else(|_| ms.to_string())
+    }
+
+    #[test]
+    fn header_list_keeps_order_and_values() {
+        let mut h = HeaderList::with_capacity(4);
+        h.push(TENANT_ID, "acme");
+        h.push(ERROR, "");
+        h.push(PROJECT_ID, "p-1");
+        assert_eq!(h.iter().collect::<Vec<_>>(), [(TENANT_ID, "acme"), (ERROR, ""), (PROJECT_ID, "p-1")]);
+        assert_eq!(h.get(PROJECT_ID), Some("p-1"));
+        assert_eq!(h.get(ERROR), Some(""));
+        assert_eq!(h.get(DEVICE_ID), None);
+        assert_eq!(h.len(), 3);
     }
 
     #[test]
@@ -225,6 +359,13 @@ mod tests {
         #[test]
         fn any_time_parses_back(ms in any::<i64>()) {
             prop_assert_eq!(parse_time(&format_ms(ms)), Some(ms));
+        }
+
+        /// The fast formatter writes what the general-purpose one wrote,
+        /// inside RFC 3339's years and outside them.
+        #[test]
+        fn times_are_written_as_before(ms in prop_oneof![any::<i64>(), -62_167_219_300_000i64..253_402_300_900_000]) {
+            prop_assert_eq!(format_ms(ms), format_ms_reference(ms));
         }
 
         #[test]

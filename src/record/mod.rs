@@ -73,14 +73,23 @@ pub struct Outbound {
     pub topic: String,
     pub key: Option<String>,
     pub value: Bytes,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: headers::HeaderList,
     /// Kafka record timestamp (event time when known, else receive time), ms.
     pub timestamp_ms: i64,
     /// Set on dead letters.
     pub reason: Option<DeadLetterReason>,
-    /// Tenant and project, for per-tenant metrics (empty on dead letters).
-    pub tenant_id: String,
-    pub project_id: String,
+}
+
+impl Outbound {
+    /// The tenant, for per-tenant metrics (empty on dead letters).
+    pub fn tenant_id(&self) -> &str {
+        self.headers.get(headers::TENANT_ID).unwrap_or("")
+    }
+
+    /// The project, for per-tenant metrics (empty on dead letters).
+    pub fn project_id(&self) -> &str {
+        self.headers.get(headers::PROJECT_ID).unwrap_or("")
+    }
 }
 
 pub fn now_ms() -> i64 {

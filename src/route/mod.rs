@@ -136,52 +136,53 @@ impl Router {
             );
         };
         let needs_doc = self.device_pointer.is_some() || self.time_pointer.is_some();
-        let mut doc = None;
+        // The values at the device and event-time pointers, found in the
+        // same pass that validates the document.
+        let mut found = [None, None];
         if self.require_json || needs_doc {
             match std::str::from_utf8(&msg.payload) {
                 Err(e) if self.require_json => {
                     return self.dead_letter(msg, DeadLetterReason::InvalidUtf8, format!("payload is not UTF-8: {e}"));
                 }
                 Err(_) => {}
-                Ok(text) => match payload::parse(text) {
-                    Ok(d) => doc = Some(d),
-                    Err(e) if self.require_json => {
-                        return self.dead_letter(
-                            msg,
-                            DeadLetterReason::InvalidJson,
-                            format!("payload is not JSON: {e}"),
-                        );
+                Ok(text) => {
+                    match payload::parse_and_find(text, [self.device_pointer.as_deref(), self.time_pointer.as_deref()])
+                    {
+                        Ok(f) => found = f,
+                        Err(e) if self.require_json => {
+                            return self.dead_letter(
+                                msg,
+                                DeadLetterReason::InvalidJson,
+                                format!("payload is not JSON: {e}"),
+                            );
+                        }
+                        Err(_) => {}
                     }
-                    Err(_) => {}
-                },
+                }
             }
         }
         let captured = |field: usize| self.capture_of_field[field].map(|c| captures[c]).unwrap_or("");
-        let device_id = match (doc, &self.device_pointer) {
-            (Some(d), Some(p)) => payload::device_id(d, p).unwrap_or_default(),
-            _ => String::new(),
+        let device_id: std::borrow::Cow<'_, str> = match found[0].and_then(payload::device_id_of) {
+            Some(d) => d.into(),
+            None => captured(2).into(),
         };
-        let device_id = if device_id.is_empty() { captured(2).to_string() } else { device_id };
-        let event_ms = match (doc, &self.time_pointer) {
-            (Some(d), Some(p)) => payload::event_time_ms(d, p),
-            _ => None,
-        };
+        let event_ms = found[1].and_then(payload::event_time_of);
         let values: Vec<&str> =
-            (0..self.capture_of_field.len()).map(|i| if i == 2 { device_id.as_str() } else { captured(i) }).collect();
+            (0..self.capture_of_field.len()).map(|i| if i == 2 { device_id.as_ref() } else { captured(i) }).collect();
         let topic = match self.topic.render_topic(&values) {
             Ok(t) => t,
             Err(e) => return self.dead_letter(msg, DeadLetterReason::InvalidTopicName, e),
         };
         let key = self.key.render(&values);
         let id = RecordId::derive(event_ms, msg.received_ms, &msg.topic, &msg.payload);
-        let (tenant_id, project_id) = (values[0].to_string(), values[1].to_string());
+        let (tenant_id, project_id) = (values[0], values[1]);
         let value = match self.format {
             PayloadFormat::Raw => msg.payload.clone(),
-            PayloadFormat::Envelope => envelope(&tenant_id, &project_id, &device_id, msg, id, event_ms),
+            PayloadFormat::Envelope => envelope(tenant_id, project_id, &device_id, msg, id, event_ms),
         };
         let hdrs = headers::encode_record(&RecordMeta {
-            tenant_id: &tenant_id,
-            project_id: &project_id,
+            tenant_id,
+            project_id,
             device_id: &device_id,
             mqtt_topic: &msg.topic,
             id,
@@ -196,8 +197,6 @@ impl Router {
             headers: hdrs,
             timestamp_ms: event_ms.unwrap_or(msg.received_ms),
             reason: None,
-            tenant_id,
-            project_id,
         }
     }
 
@@ -223,8 +222,6 @@ impl Router {
             headers: hdrs,
             timestamp_ms: msg.received_ms,
             reason: Some(reason),
-            tenant_id: String::new(),
-            project_id: String::new(),
         }
     }
 }

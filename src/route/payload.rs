@@ -36,6 +36,113 @@ pub fn lookup<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
     Some(cur)
 }
 
+/// Parse (and so validate) a whole document and find the values at up to
+/// two pointers in the same pass: the route reads the device id and the
+/// event time of every message, and a parse plus one walk per pointer read
+/// each payload three times (BENCHMARKS.md, "Bridge profile"). Agrees with
+/// [`parse`] on what is valid and with [`lookup`] on what is found.
+pub fn parse_and_find<'a>(
+    text: &'a str,
+    pointers: [Option<&str>; 2],
+) -> Result<[Option<&'a RawValue>; 2], serde_json::Error> {
+    // Each pointer as its first token and what follows it, if anything.
+    let split = pointers.map(|p| {
+        p.and_then(|p| p.strip_prefix('/')).map(|p| match p.split_once('/') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (p, None),
+        })
+    });
+    let general = || -> Result<[Option<&'a RawValue>; 2], serde_json::Error> {
+        let doc = parse(text)?;
+        Ok(pointers.map(|p| p.and_then(|p| lookup(doc, p))))
+    };
+    // One pass for an object or array at the top; any other document, or a
+    // pointer that does not start with `/`, takes the general path.
+    let container = matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
+    if !container || pointers.iter().zip(&split).any(|(p, t)| p.is_some() && t.is_none()) {
+        return general();
+    }
+    let tokens = split.map(|t| t.map(|(first, _)| unescape(first)));
+    let mut de = serde_json::Deserializer::from_str(text);
+    let children = Children { tokens: [tokens[0].as_deref(), tokens[1].as_deref()] };
+    let top = match children.deserialize(&mut de) {
+        Ok(top) if de.end().is_ok() => top,
+        // Invalid, or a key this pass cannot read (a lone surrogate escape,
+        // which `parse` accepts): the general path decides, as before.
+        _ => return general(),
+    };
+    let mut found = [None, None];
+    for (i, slot) in found.iter_mut().enumerate() {
+        if let (Some(value), Some((_, rest))) = (top[i], split[i]) {
+            *slot = match rest {
+                None => Some(value),
+                Some(rest) => lookup(value, &format!("/{rest}")),
+            };
+        }
+    }
+    Ok(found)
+}
+
+fn unescape(token: &str) -> Cow<'_, str> {
+    if token.contains('~') {
+        Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(token)
+    }
+}
+
+/// The members of a top-level object (by key) or array (by index) that up
+/// to two tokens name, validating the rest as it goes.
+struct Children<'t> {
+    tokens: [Option<&'t str>; 2],
+}
+
+impl<'de> DeserializeSeed<'de> for Children<'_> {
+    type Value = [Option<&'de RawValue>; 2];
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Children<'_> {
+    type Value = [Option<&'de RawValue>; 2];
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object or array")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // A repeated key: the last one counts, as in [`lookup`].
+        let mut found = [None, None];
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let hits = self.tokens.map(|t| t == Some(key.as_ref()));
+            if hits.contains(&true) {
+                let value = map.next_value::<&'de RawValue>()?;
+                for (slot, hit) in found.iter_mut().zip(hits) {
+                    if hit {
+                        *slot = Some(value);
+                    }
+                }
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let indexes = self.tokens.map(|t| t.and_then(array_index));
+        let mut found = [None, None];
+        let mut i = 0;
+        while let Some(v) = seq.next_element::<&'de RawValue>()? {
+            for (slot, index) in found.iter_mut().zip(indexes) {
+                if index == Some(i) {
+                    *slot = Some(v);
+                }
+            }
+            i += 1;
+        }
+        Ok(found)
+    }
+}
+
 /// Finds one member of an object (by key) or array (by index) in raw JSON.
 struct Child<'t> {
     token: &'t str,
@@ -112,8 +219,14 @@ fn array_index(token: &str) -> Option<usize> {
 }
 
 /// The device id at `pointer`: strings verbatim, numbers and booleans as text.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn device_id(doc: &RawValue, pointer: &str) -> Option<String> {
-    let raw = lookup(doc, pointer)?.get().trim();
+    device_id_of(lookup(doc, pointer)?)
+}
+
+/// A device id value (found with [`parse_and_find`]) as text.
+pub fn device_id_of(value: &RawValue) -> Option<String> {
+    let raw = value.get().trim();
     match raw.as_bytes().first()? {
         b'"' => serde_json::from_str::<String>(raw).ok().filter(|s| !s.is_empty()),
         b'-' | b'0'..=b'9' | b't' | b'f' => Some(raw.to_string()),
@@ -123,8 +236,14 @@ pub fn device_id(doc: &RawValue, pointer: &str) -> Option<String> {
 
 /// The event time at `pointer` in epoch milliseconds: epoch ms or s (number or
 /// numeric string) or an RFC 3339 string.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn event_time_ms(doc: &RawValue, pointer: &str) -> Option<i64> {
-    let raw = lookup(doc, pointer)?.get().trim();
+    event_time_of(lookup(doc, pointer)?)
+}
+
+/// An event time value (found with [`parse_and_find`]) in epoch milliseconds.
+pub fn event_time_of(value: &RawValue) -> Option<i64> {
+    let raw = value.get().trim();
     match raw.as_bytes().first()? {
         b'"' => parse_time_str(&serde_json::from_str::<Cow<str>>(raw).ok()?),
         b'-' | b'0'..=b'9' => epoch_to_ms(raw.parse::<f64>().ok()?),
@@ -228,7 +347,50 @@ mod tests {
         assert_eq!(tree.pointer("/d").and_then(|v| v.as_str()), Some("last"));
     }
 
+    #[test]
+    fn one_pass_finds_what_lookup_finds() {
+        let text = r#"{"d": "first", "meta": {"id": 42, "a/b": [1, 2]}, "ts": 1700000000123, "d": "last"}"#;
+        for (a, b) in
+            [("/d", "/ts"), ("/meta/id", "/meta/a~1b/1"), ("/missing", "/d"), ("/ts", "/ts"), ("/meta", "/d/x")]
+        {
+            let found = parse_and_find(text, [Some(a), Some(b)]).unwrap();
+            let doc = parse(text).unwrap();
+            assert_eq!(
+                found.map(|v| v.map(RawValue::get)),
+                [lookup(doc, a), lookup(doc, b)].map(|v| v.map(RawValue::get))
+            );
+        }
+        let arr = parse_and_find(r#"[{"x": 1}, "y"]"#, [Some("/1"), Some("/0/x")]).unwrap();
+        assert_eq!(arr.map(|v| v.map(RawValue::get)), [Some(r#""y""#), Some("1")]);
+        assert!(parse_and_find("7", [Some("/a"), None]).unwrap().iter().all(Option::is_none));
+        assert!(parse_and_find(r#"{"a": 1}"#, [None, None]).unwrap().iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn one_pass_rejects_what_parse_rejects() {
+        for bad in ["{\"a\":1", "{\"a\":1} trailing", "[1, 2,]", "{\"a\": tru}", "{\"a\": \"\\x\"}", ""] {
+            assert!(parse(bad).is_err());
+            assert!(parse_and_find(bad, [Some("/a"), Some("/b")]).is_err(), "{bad}");
+        }
+        assert!(parse_and_find(r#"{"a": 1e400, "b": [1e400]}"#, [Some("/b"), None]).is_ok());
+        assert!(parse_and_find("1e400", [Some("/a"), None]).is_ok());
+    }
+
     proptest! {
+        /// The one-pass search agrees with parse + lookup on arbitrary text
+        /// (validity included) for arbitrary pointers.
+        #[test]
+        fn one_pass_agrees_with_parse_and_lookup(
+            text in r#"[\[\]{}",:0-9a-z ]{0,40}"#,
+            a in "(/[a-z0-9~]{0,3}){1,3}",
+            b in "(/[a-z0-9~]{0,3}){1,3}",
+        ) {
+            let ours = parse_and_find(&text, [Some(&a), Some(&b)]).map(|f| f.map(|v| v.map(|r| r.get().to_string())));
+            let theirs = parse(&text).map(|d| [lookup(d, &a), lookup(d, &b)].map(|v| v.map(|r| r.get().to_string())));
+            prop_assert_eq!(ours.is_ok(), theirs.is_ok());
+            if let (Ok(o), Ok(t)) = (ours, theirs) { prop_assert_eq!(o, t); }
+        }
+
         /// The raw lookup agrees with serde_json's own pointer on arbitrary documents.
         #[test]
         fn lookup_agrees_with_value_pointer(keys in proptest::collection::vec("[a-z~/]{1,4}", 1..5), n in 0i64..1000) {
