@@ -17,6 +17,11 @@ impl Batch {
         Self::default()
     }
 
+    /// An empty batch with room for `records` records of `bytes` in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Self { data: Vec::with_capacity(bytes), ends: Vec::with_capacity(records) }
+    }
+
     /// Append one payload.
     pub fn push(&mut self, payload: &[u8]) {
         self.push_with(|out| out.extend_from_slice(payload));

@@ -18,6 +18,8 @@ use bytes::Bytes;
 const VERSION: u8 = 1;
 /// Bytes before the topic.
 const FIXED: usize = 1 + 1 + 8 + 4;
+/// Bytes an encoded message takes beyond its topic and payload.
+pub const ENCODED_OVERHEAD: usize = FIXED;
 const FLAG_REDELIVERED: u8 = 1;
 
 /// Encode a message for the journal.

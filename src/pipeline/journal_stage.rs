@@ -128,8 +128,11 @@ pub async fn ingest(
 /// `first` and whatever else is queued, up to `max_bytes` of payload and
 /// [`MAX_BATCH_RECORDS`] messages, encoded for the journal.
 fn take_batch(first: Received, rx: &mut mpsc::Receiver<Received>, max_bytes: usize) -> Appending {
-    let mut seqs = Vec::with_capacity(rx.len().saturating_add(1).min(MAX_BATCH_RECORDS));
-    let mut batch = Batch::new();
+    let records = rx.len().saturating_add(1).min(MAX_BATCH_RECORDS);
+    let mut seqs = Vec::with_capacity(records);
+    // Room for `records` messages like the first, so the buffer seldom grows.
+    let each = first.msg.topic.len() + first.msg.payload.len() + crate::journal::ENCODED_OVERHEAD;
+    let mut batch = Batch::with_capacity(records, each.saturating_mul(records).min(max_bytes.saturating_add(each)));
     let mut next = Some(first);
     while let Some(r) = next.take() {
         seqs.push(r.seq);
