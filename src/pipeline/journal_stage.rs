@@ -22,6 +22,8 @@ use crate::telemetry::MessageMetrics;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::{Arc, Mutex};
@@ -75,34 +77,21 @@ pub async fn ingest(
     health: Arc<Health>,
 ) -> Result<(), JournalError> {
     let max_bytes = appender.max_batch_bytes();
-    let mut pending = FuturesUnordered::new();
+    let mut pending: Settling = FuturesUnordered::new();
     // Batches refused for lack of space, oldest first: appended before anything newer.
     let mut waiting: VecDeque<Appending> = VecDeque::new();
     let mut closed = false;
     loop {
-        while let Some(a) = waiting.pop_front() {
-            match appender.enqueue_batch(a.batch) {
-                Ok(f) => {
-                    health.set_journal_full(false);
-                    let seqs = a.seqs;
-                    pending.push(async move { (seqs, f.await) });
-                }
-                Err((error @ (JournalError::Full { .. } | JournalError::NoSpace { .. }), batch)) => {
-                    let mut a = Appending { seqs: a.seqs, batch };
-                    if a.seqs.len() > 1 {
-                        // A smaller batch may still fit: halve it.
-                        let rest = a.split();
-                        waiting.push_front(rest);
-                        waiting.push_front(a);
-                        continue;
-                    }
+        if !waiting.is_empty() {
+            match submit(&appender, &mut waiting, &mut pending)? {
+                Some(error) => {
                     if !health.set_journal_full(true) {
                         warn_full(&error);
                     }
-                    waiting.push_front(a);
-                    break;
                 }
-                Err((e, _)) => return Err(e),
+                None => {
+                    health.set_journal_full(false);
+                }
             }
         }
         if closed && waiting.is_empty() && pending.is_empty() {
@@ -123,6 +112,42 @@ pub async fn ingest(
             },
         }
     }
+}
+
+/// Appends on their way to the journal: each resolves, after the fsync,
+/// with its messages' MQTT sequence numbers.
+type Settling = FuturesUnordered<Pin<Box<dyn Future<Output = (Vec<u64>, Result<u64, JournalError>)> + Send>>>;
+
+/// Hand the waiting batches to the journal, oldest first, into `pending`.
+/// A batch refused for lack of space is halved until a part fits; what does
+/// not fit stays waiting, in order. Returns the space error that stopped
+/// it; any other error is the journal's failure.
+fn submit(
+    appender: &Appender,
+    waiting: &mut VecDeque<Appending>,
+    pending: &mut Settling,
+) -> Result<Option<JournalError>, JournalError> {
+    while let Some(a) = waiting.pop_front() {
+        match appender.enqueue_batch(a.batch) {
+            Ok(f) => {
+                let seqs = a.seqs;
+                pending.push(Box::pin(async move { (seqs, f.await) }));
+            }
+            Err((error @ (JournalError::Full { .. } | JournalError::NoSpace { .. }), batch)) => {
+                let mut a = Appending { seqs: a.seqs, batch };
+                if a.seqs.len() > 1 {
+                    let rest = a.split();
+                    waiting.push_front(rest);
+                    waiting.push_front(a);
+                    continue;
+                }
+                waiting.push_front(a);
+                return Ok(Some(error));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+    Ok(None)
 }
 
 /// `first` and whatever else is queued, up to `max_bytes` of payload and
@@ -493,6 +518,40 @@ mod tests {
         assert_eq!(journal.acked_seq(), Some(1));
         signals.set_stop();
         assert!(feeder.await.unwrap().is_ok());
+    }
+
+    /// A batch larger than the free space is halved until parts fit: a
+    /// prefix goes to the journal, the rest waits in order.
+    #[tokio::test]
+    async fn a_batch_that_does_not_fit_is_halved_and_the_rest_waits_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = JournalConfig {
+            max_size: ByteSize::kib(8),
+            segment_size: ByteSize::kib(4),
+            ..JournalConfig::at(dir.path())
+        };
+        let (journal, _) = Journal::open(cfg).unwrap();
+        let appender = journal.appender();
+        let mut batch = Batch::new();
+        for _ in 0..100 {
+            batch.push(&[7u8; 100]);
+        }
+        let mut waiting = VecDeque::from([Appending { seqs: (1000..1100).collect(), batch }]);
+        let mut pending: Settling = FuturesUnordered::new();
+        let stopped = submit(&appender, &mut waiting, &mut pending).unwrap();
+        assert!(matches!(stopped, Some(JournalError::Full { .. })), "{stopped:?}");
+        let mut done = Vec::new();
+        while let Some((seqs, res)) = pending.next().await {
+            res.unwrap();
+            done.extend(seqs);
+        }
+        done.sort_unstable();
+        let left: Vec<u64> = waiting.iter().flat_map(|a| a.seqs.iter().copied()).collect();
+        assert!(done.len() > 30 && !left.is_empty(), "{} appended, {} waiting", done.len(), left.len());
+        assert_eq!([done, left.clone()].concat(), (1000..1100).collect::<Vec<u64>>(), "a prefix, then the rest");
+        assert_eq!(waiting.front().unwrap().seqs.len(), 1, "halved down to one message");
+        assert_eq!(waiting.iter().map(|a| a.batch.len()).sum::<usize>(), left.len());
+        assert_eq!(journal.committed_seq().map(|s| s + 1), Some(100 - left.len() as u64));
     }
 
     #[tokio::test]
