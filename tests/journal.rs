@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use iotpipe::config::{ByteSize, HumanDuration};
-use iotpipe::journal::{decode_inbound_shared, encode_inbound, Journal, JournalConfig, JournalError, Reader};
+use iotpipe::journal::{decode_inbound_shared, encode_inbound, Batch, Journal, JournalConfig, JournalError, Reader};
 use iotpipe::record::Inbound;
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -89,6 +89,46 @@ async fn appends_are_read_back_and_survive_a_reopen() {
         assert_eq!((*seq, p), (i as u64, &payloads[i]));
     }
     assert_eq!(j.appender().append(Bytes::from_static(b"next")).await.unwrap(), 300);
+    j.close().await.unwrap();
+}
+
+/// A batch is one request and one completion, however many segments its
+/// records span; a batch that does not fit is refused whole.
+#[tokio::test]
+async fn a_batch_spans_segments_and_is_refused_whole_when_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig { max_size: ByteSize::kib(32), ..config(tmp.path()) };
+    let payloads: Vec<Bytes> = (0..100).map(|i| payload(i, 40 + i % 30)).collect();
+    let (j, _) = Journal::open(cfg.clone()).unwrap();
+    let a = j.appender();
+    assert_eq!(a.append(payloads[0].clone()).await.unwrap(), 0);
+    let mut batch = Batch::new();
+    for p in &payloads[1..] {
+        batch.push(p);
+    }
+    let Ok(done) = a.enqueue_batch(batch) else { panic!("the batch fits") };
+    assert_eq!(done.await.unwrap(), 1, "resolves with its first record's sequence number");
+    assert_eq!(j.committed_seq(), Some(99));
+    assert!(segments(&cfg.path).len() > 1, "the batch spans segments");
+    let mut huge = Batch::new();
+    for _ in 0..400 {
+        huge.push(&payload(0, 100));
+    }
+    let used = j.used_bytes();
+    match a.enqueue_batch(huge) {
+        Err((JournalError::Full { .. }, back)) => assert_eq!(back.len(), 400, "the batch comes back whole"),
+        _ => panic!("expected Full"),
+    }
+    assert_eq!(j.used_bytes(), used, "nothing of it was written");
+    assert_eq!(a.append(payload(0, 10)).await.unwrap(), 100, "smaller appends still fit");
+    j.close().await.unwrap();
+
+    let (j, rec) = Journal::open(cfg).unwrap();
+    assert_eq!(rec.next_seq, 101);
+    let read = drain(&mut j.reader_from_ack().unwrap());
+    for (i, (seq, p)) in read.iter().take(100).enumerate() {
+        assert_eq!((*seq, p), (i as u64, &payloads[i]));
+    }
     j.close().await.unwrap();
 }
 

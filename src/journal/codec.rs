@@ -18,11 +18,20 @@ use bytes::Bytes;
 const VERSION: u8 = 1;
 /// Bytes before the topic.
 const FIXED: usize = 1 + 1 + 8 + 4;
+/// Bytes an encoded message takes beyond its topic and payload.
+pub const ENCODED_OVERHEAD: usize = FIXED;
 const FLAG_REDELIVERED: u8 = 1;
 
 /// Encode a message for the journal.
 pub fn encode_inbound(msg: &Inbound) -> Vec<u8> {
     let mut out = Vec::with_capacity(FIXED + msg.topic.len() + msg.payload.len());
+    encode_inbound_into(msg, &mut out);
+    out
+}
+
+/// [`encode_inbound`], appending to `out`.
+pub fn encode_inbound_into(msg: &Inbound, out: &mut Vec<u8>) {
+    out.reserve(FIXED + msg.topic.len() + msg.payload.len());
     out.push(VERSION);
     out.push(if msg.redelivered { FLAG_REDELIVERED } else { 0 });
     out.extend_from_slice(&msg.received_ms.to_le_bytes());
@@ -30,7 +39,6 @@ pub fn encode_inbound(msg: &Inbound) -> Vec<u8> {
     out.extend_from_slice(&topic_len.to_le_bytes());
     out.extend_from_slice(&msg.topic.as_bytes()[..topic_len as usize]);
     out.extend_from_slice(&msg.payload);
-    out
 }
 
 /// Decode a journal record written by [`encode_inbound`] (copies the payload).

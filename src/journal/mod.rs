@@ -15,6 +15,7 @@
 //! file and its thread), `codec` (what the bridge stores), `config`.
 
 mod ack;
+mod batch;
 mod codec;
 mod config;
 mod disk;
@@ -27,7 +28,8 @@ mod segment;
 mod shared;
 mod writer;
 
-pub use codec::{decode_inbound, decode_inbound_shared, encode_inbound};
+pub use batch::Batch;
+pub use codec::{decode_inbound, decode_inbound_shared, encode_inbound, encode_inbound_into, ENCODED_OVERHEAD};
 pub use config::JournalConfig;
 pub use error::JournalError;
 /// Frame and segment-header decoding, for `crate::fuzzing`'s independent

@@ -2,13 +2,16 @@
 //!
 //! A reader only returns records the writer has fsync'd (`Committed`), and
 //! only reads bytes the last fsync covered, so it never sees a partial write.
-//! Reads are plain `pread`s, normally served from the page cache.
+//! Reads are plain `pread`s, normally served from the page cache, into
+//! chunks that the returned payloads share (no copy per record): a chunk is
+//! freed once the reader has moved past it and every payload of it is
+//! dropped, so what is kept is about what the caller keeps, plus a chunk.
 
 use super::frame::{self, FRAME_HEADER, SEGMENT_HEADER};
 use super::segment;
 use super::shared::{Committed, Shared};
 use super::JournalError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -105,7 +108,7 @@ struct Cursor {
     /// Offset of the next frame.
     pos: u64,
     /// Bytes read ahead, starting at file offset `buf_pos`.
-    buf: Vec<u8>,
+    buf: Bytes,
     buf_pos: u64,
     /// Length of the file once the segment is closed (read lazily).
     sealed_len: Option<u64>,
@@ -130,7 +133,7 @@ impl Cursor {
             Err(e) => return Err(JournalError::io(path, e)),
         };
         let pos = SEGMENT_HEADER as u64;
-        let mut cur = Self { file, path, first_seq, pos, buf: Vec::new(), buf_pos: pos, sealed_len: None };
+        let mut cur = Self { file, path, first_seq, pos, buf: Bytes::new(), buf_pos: pos, sealed_len: None };
         for want in first_seq..seq {
             let bound = cur.bound(c)?;
             let header = match cur.fill(FRAME_HEADER, bound)? {
@@ -159,14 +162,14 @@ impl Cursor {
         if total > frame::MAX_PAYLOAD + FRAME_HEADER || self.fill(total, bound)? < total {
             return Err(self.corrupt("short frame".into()));
         }
-        match frame::decode(self.available()) {
-            Ok((f, len)) => {
-                let out = (f.seq, Bytes::copy_from_slice(f.payload));
-                self.pos += len as u64;
-                Ok(Some(out))
-            }
-            Err(e) => Err(self.corrupt(e.to_string())),
-        }
+        let (seq, len) = match frame::decode(self.available()) {
+            Ok((f, len)) => (f.seq, len),
+            Err(e) => return Err(self.corrupt(e.to_string())),
+        };
+        let start = self.offset() + FRAME_HEADER;
+        let payload = self.buf.slice(start..start + (len - FRAME_HEADER));
+        self.pos += len as u64;
+        Ok(Some((seq, payload)))
     }
 
     /// How far this segment may be read: what the last fsync covered.
@@ -184,36 +187,43 @@ impl Cursor {
 
     /// Buffered bytes from `pos` on.
     fn available(&self) -> &[u8] {
-        let off = usize::try_from(self.pos - self.buf_pos).unwrap_or(usize::MAX);
-        self.buf.get(off..).unwrap_or(&[])
+        self.buf.get(self.offset()..).unwrap_or(&[])
+    }
+
+    /// Offset of `pos` in the buffer.
+    fn offset(&self) -> usize {
+        usize::try_from(self.pos - self.buf_pos).unwrap_or(usize::MAX)
     }
 
     /// Make at least `n` bytes from `pos` available, reading no further than
-    /// `bound`; returns how many are (fewer only at the bound).
+    /// `bound`; returns how many are (fewer only at the bound). Reads into a
+    /// new chunk (payloads returned earlier share the old one), starting with
+    /// the unread bytes of the old one.
     fn fill(&mut self, n: usize, bound: u64) -> Result<usize, JournalError> {
         let have = self.available().len();
         if have >= n {
             return Ok(n);
         }
-        let consumed = self.buf.len() - have;
-        self.buf.drain(..consumed);
-        self.buf_pos = self.pos;
         let room = usize::try_from(bound.saturating_sub(self.pos)).unwrap_or(usize::MAX);
         let want = n.max(CHUNK).min(room);
-        let mut filled = self.buf.len();
-        if want <= filled {
-            return Ok(filled.min(n));
+        if want <= have {
+            return Ok(have.min(n));
         }
-        self.buf.resize(want, 0);
+        let mut next = BytesMut::with_capacity(want);
+        next.extend_from_slice(self.available());
+        next.resize(want, 0);
+        let mut filled = have;
         while filled < want {
-            match self.file.read_at(&mut self.buf[filled..], self.buf_pos + filled as u64) {
+            match self.file.read_at(&mut next[filled..], self.pos + filled as u64) {
                 Ok(0) => break,
                 Ok(k) => filled += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(JournalError::io(&self.path, e)),
             }
         }
-        self.buf.truncate(filled);
+        next.truncate(filled);
+        self.buf = next.freeze();
+        self.buf_pos = self.pos;
         Ok(filled.min(n))
     }
 

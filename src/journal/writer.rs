@@ -1,9 +1,11 @@
 //! Group commit: one thread owns the active segment; appends queue up while
 //! it fsyncs, and the next batch takes all of them in one write and one
 //! `fdatasync`. Each append's future resolves only after the fsync that
-//! covers its record, so the async runtime never waits on the disk.
+//! covers its records, so the async runtime never waits on the disk. An
+//! append may carry many records ([`Batch`]): one request, one completion.
 
-use super::frame::{self, FRAME_HEADER};
+use super::batch::Batch;
+use super::frame;
 use super::segment::{self, SegmentInfo};
 use super::shared::Shared;
 use super::JournalError;
@@ -17,11 +19,12 @@ use tokio::sync::oneshot;
 
 /// A message to the writer thread.
 pub enum Request {
-    /// Append one record (its frame is already reserved against `max_size`).
+    /// Append records (their frames are already reserved against `max_size`).
     Append {
-        /// The record.
-        payload: Bytes,
-        /// Resolved with the sequence number after the fsync, or the error.
+        /// The records, in order.
+        batch: Batch,
+        /// Resolved with the first record's sequence number after the fsync
+        /// that covers the last one, or the error.
         done: oneshot::Sender<Result<u64, JournalError>>,
     },
     /// Commit what is queued before this, then stop.
@@ -53,6 +56,12 @@ impl Appender {
         self.enqueue(payload)?.await
     }
 
+    /// Most bytes the writer takes into one group commit (`max_batch`): a
+    /// useful upper size for a [`Batch`].
+    pub fn max_batch_bytes(&self) -> usize {
+        usize::try_from(self.shared.cfg.max_batch.bytes()).unwrap_or(usize::MAX)
+    }
+
     /// Hand `payload` to the writer now (so records keep the order of the
     /// calls) and return a future that resolves after its fsync. Errors that
     /// need no I/O (`Full`, `TooLarge`, `Closed`) come back at once.
@@ -60,28 +69,48 @@ impl Appender {
         &self,
         payload: Bytes,
     ) -> Result<impl std::future::Future<Output = Result<u64, JournalError>> + Send + 'static, JournalError> {
+        let mut batch = Batch::new();
+        batch.push(&payload);
+        self.enqueue_batch(batch).map_err(|(error, _)| error)
+    }
+
+    /// [`Self::enqueue`] for every record of `batch`, all or none: the
+    /// future resolves with the first record's sequence number once the
+    /// fsync covering the last record is done. A refused batch comes back
+    /// with the error (on `Full` a smaller one may still fit).
+    pub fn enqueue_batch(
+        &self,
+        batch: Batch,
+    ) -> Result<impl std::future::Future<Output = Result<u64, JournalError>> + Send + 'static, (JournalError, Batch)>
+    {
         if self.shared.closed.load(Ordering::Acquire) {
-            return Err(JournalError::Closed);
+            return Err((JournalError::Closed, batch));
         }
         let max = self.shared.cfg.max_record();
-        if payload.len() as u64 > max {
-            return Err(JournalError::TooLarge { size: payload.len() as u64, max });
+        let largest = batch.largest() as u64;
+        if largest > max {
+            return Err((JournalError::TooLarge { size: largest, max }, batch));
         }
-        let bytes = frame::frame_len(payload.len()) as u64;
-        self.shared.reserve(bytes)?;
+        let bytes = batch.frame_bytes();
+        if let Err(error) = self.shared.reserve(bytes) {
+            return Err((error, batch));
+        }
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Request::Append { payload, done }).is_err() {
+        if let Err(std::sync::mpsc::SendError(req)) = self.tx.send(Request::Append { batch, done }) {
             self.shared.release(bytes);
-            return Err(JournalError::Closed);
+            let batch = match req {
+                Request::Append { batch, .. } => batch,
+                Request::Shutdown { .. } => Batch::new(),
+            };
+            return Err((JournalError::Closed, batch));
         }
         Ok(async move { rx.await.unwrap_or(Err(JournalError::Closed)) })
     }
 }
 
-/// A staged record waiting for its fsync.
+/// A staged batch waiting for the fsync of its last record.
 struct Pending {
-    seq: u64,
-    bytes: u64,
+    first_seq: u64,
     done: oneshot::Sender<Result<u64, JournalError>>,
 }
 
@@ -122,7 +151,7 @@ impl Writer {
 
     /// Serve requests until `Shutdown` (returned, to be confirmed) or until every sender is gone.
     fn run(mut self, rx: Receiver<Request>) -> Option<oneshot::Sender<()>> {
-        let max_batch = self.shared.cfg.max_batch.bytes() as usize;
+        let max_batch = self.shared.cfg.max_batch.bytes();
         let mut carry: Option<Request> = None;
         let mut shutdown = None;
         while shutdown.is_none() {
@@ -140,12 +169,12 @@ impl Writer {
                         shutdown = Some(done);
                         break;
                     }
-                    Request::Append { payload, done } => {
-                        if !self.buf.is_empty() && self.buf.len() + FRAME_HEADER + payload.len() > max_batch {
-                            carry = Some(Request::Append { payload, done });
+                    Request::Append { batch, done } => {
+                        if !self.buf.is_empty() && self.buf.len() as u64 + batch.frame_bytes() > max_batch {
+                            carry = Some(Request::Append { batch, done });
                             break;
                         }
-                        self.stage(payload, done);
+                        self.stage(batch, done);
                     }
                 }
                 next = rx.try_recv().ok();
@@ -162,35 +191,47 @@ impl Writer {
         shutdown
     }
 
-    /// Encode one record into the batch, rolling to a new segment first when it would not fit.
-    fn stage(&mut self, payload: Bytes, done: oneshot::Sender<Result<u64, JournalError>>) {
-        let bytes = frame::frame_len(payload.len()) as u64;
-        let staged = self.active_len + self.buf.len() as u64;
-        if self.failed.is_none() && staged > segment::EMPTY_LEN && staged + bytes > self.shared.cfg.segment_size.bytes()
-        {
-            self.commit();
-            if self.failed.is_none() {
-                if let Err(error) = self.roll() {
-                    self.fail(self.next_seq, &error);
+    /// Encode a batch's records into the group commit, rolling to a new
+    /// segment first whenever the next record would not fit (committing
+    /// what is staged, so a batch may span segments).
+    fn stage(&mut self, batch: Batch, done: oneshot::Sender<Result<u64, JournalError>>) {
+        let first_seq = self.next_seq;
+        let segment_size = self.shared.cfg.segment_size.bytes();
+        for payload in batch.records() {
+            let bytes = frame::frame_len(payload.len()) as u64;
+            let staged = self.active_len + self.buf.len() as u64;
+            if self.failed.is_none() && staged > segment::EMPTY_LEN && staged + bytes > segment_size {
+                self.commit();
+                if self.failed.is_none() {
+                    if let Err(error) = self.roll() {
+                        self.fail(self.next_seq, &error);
+                    }
                 }
             }
+            if self.failed.is_some() {
+                self.shared.release(bytes);
+                continue;
+            }
+            frame::encode(self.next_seq, payload, &mut self.buf);
+            self.next_seq += 1;
         }
-        if let Some(reason) = &self.failed {
-            self.shared.release(bytes);
-            let _ = done.send(Err(JournalError::Poisoned(reason.clone())));
-            return;
+        match &self.failed {
+            Some(reason) => {
+                let _ = done.send(Err(JournalError::Poisoned(reason.clone())));
+            }
+            None => self.pending.push(Pending { first_seq, done }),
         }
-        frame::encode(self.next_seq, &payload, &mut self.buf);
-        self.pending.push(Pending { seq: self.next_seq, bytes, done });
-        self.next_seq += 1;
     }
 
     /// Write and fsync the staged frames, publish them, resolve their appends.
+    /// A batch only completes in the commit after its last record is
+    /// staged; a commit in the middle of a batch (a segment roll) writes its
+    /// first records without completing it.
     fn commit(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.buf.is_empty() {
             return;
         }
-        if self.failed.is_none() {
+        if self.failed.is_none() && !self.buf.is_empty() {
             if let Err(error) = self.write_and_sync() {
                 self.fail(self.active_first, &error);
             }
@@ -199,19 +240,22 @@ impl Writer {
         self.buf.clear();
         match &self.failed {
             None => {
-                self.active_len += written;
-                self.shared.grew(written, true);
-                if let Some(last) = self.shared.segments().last_mut() {
-                    last.len = self.active_len;
+                if written > 0 {
+                    self.active_len += written;
+                    self.shared.grew(written, true);
+                    if let Some(last) = self.shared.segments().last_mut() {
+                        last.len = self.active_len;
+                    }
+                    self.publish();
                 }
-                self.publish();
                 for p in self.pending.drain(..) {
-                    let _ = p.done.send(Ok(p.seq));
+                    let _ = p.done.send(Ok(p.first_seq));
                 }
             }
             Some(reason) => {
+                // Staged frames are exactly the bytes reserved and not written.
+                self.shared.release(written);
                 for p in self.pending.drain(..) {
-                    self.shared.release(p.bytes);
                     let _ = p.done.send(Err(JournalError::Poisoned(reason.clone())));
                 }
             }
@@ -261,8 +305,8 @@ impl Writer {
 
     fn refuse(&self, req: Request) {
         match req {
-            Request::Append { payload, done } => {
-                self.shared.release(frame::frame_len(payload.len()) as u64);
+            Request::Append { batch, done } => {
+                self.shared.release(batch.frame_bytes());
                 let _ = done.send(Err(JournalError::Closed));
             }
             Request::Shutdown { done } => {

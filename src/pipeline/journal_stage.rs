@@ -15,16 +15,20 @@
 
 use super::supervisor::Stop;
 use crate::health::Health;
-use crate::journal::{decode_inbound_shared, Appender, Journal, JournalConfig, JournalError, Reader};
+use crate::journal::{decode_inbound_shared, Appender, Batch, Journal, JournalConfig, JournalError, Reader};
 use crate::mqtt::{AckHandle, Received, Sequencer};
 use crate::record::Inbound;
 use crate::telemetry::MessageMetrics;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify};
 
 /// Where a delivered message is reported: the MQTT acks (direct mode) or
 /// the journal (journal mode).
@@ -41,105 +45,227 @@ impl Completion for AckHandle {
 /// How long to wait before trying again to append to a full journal.
 const FULL_RETRY: Duration = Duration::from_millis(50);
 
+/// Most messages appended as one batch (also bounded by `journal.max_batch`
+/// bytes, and by what MQTT has in flight).
+const MAX_BATCH_RECORDS: usize = 1024;
+
+/// Messages appended together, with their MQTT sequence numbers.
+struct Appending {
+    seqs: Vec<u64>,
+    batch: Batch,
+}
+
+impl Appending {
+    /// The first half stays, the second half is returned.
+    fn split(&mut self) -> Appending {
+        let at = self.seqs.len() / 2;
+        Appending { seqs: self.seqs.split_off(at), batch: self.batch.split_off(at) }
+    }
+}
+
 /// MQTT → journal. Ends when the session ends and every append is settled;
 /// an error means the journal failed (the process exits: what was not acked
 /// is redelivered by the broker).
+///
+/// Whatever has arrived is appended as one batch (one request to the
+/// journal's writer, one completion), so the cost per message stays low
+/// while the writer's group commit collects batches during each fsync.
 pub async fn ingest(
     mut rx: mpsc::Receiver<Received>,
     appender: Appender,
     acks: AckHandle,
     health: Arc<Health>,
 ) -> Result<(), JournalError> {
-    let mut pending = FuturesUnordered::new();
-    let mut waiting: Option<(u64, Bytes)> = None;
+    let max_bytes = appender.max_batch_bytes();
+    let mut pending: Settling = FuturesUnordered::new();
+    // Batches refused for lack of space, oldest first: appended before anything newer.
+    let mut waiting: VecDeque<Appending> = VecDeque::new();
     let mut closed = false;
     loop {
-        if let Some((seq, payload)) = waiting.take() {
-            match appender.enqueue(payload.clone()) {
-                Ok(f) => {
+        if !waiting.is_empty() {
+            match submit(&appender, &mut waiting, &mut pending)? {
+                Some(error) => {
+                    if !health.set_journal_full(true) {
+                        warn_full(&error);
+                    }
+                }
+                None => {
                     health.set_journal_full(false);
-                    pending.push(async move { (seq, f.await) });
                 }
-                Err(JournalError::Full { used, max }) => {
-                    if !health.set_journal_full(true) {
-                        tracing::warn!(used, max, "Journal full: not acking MQTT until the forwarder frees space.");
-                    }
-                    waiting = Some((seq, payload));
-                }
-                Err(JournalError::NoSpace { path, available, reserve }) => {
-                    if !health.set_journal_full(true) {
-                        tracing::warn!(
-                            path = %path.display(),
-                            available,
-                            reserve,
-                            "Journal's filesystem nearly full: not acking MQTT until space frees."
-                        );
-                    }
-                    waiting = Some((seq, payload));
-                }
-                Err(e) => return Err(e),
             }
         }
-        if closed && waiting.is_none() && pending.is_empty() {
+        if closed && waiting.is_empty() && pending.is_empty() {
             return Ok(());
         }
         tokio::select! {
             biased;
-            Some((seq, res)) = pending.next(), if !pending.is_empty() => {
+            Some((seqs, res)) = pending.next(), if !pending.is_empty() => {
                 res?;
-                acks.complete(seq);
+                for seq in seqs {
+                    acks.complete(seq);
+                }
             }
-            () = tokio::time::sleep(FULL_RETRY), if waiting.is_some() => {}
-            r = rx.recv(), if waiting.is_none() && !closed => match r {
-                Some(r) => waiting = Some((r.seq, Bytes::from(crate::journal::encode_inbound(&r.msg)))),
+            () = tokio::time::sleep(FULL_RETRY), if !waiting.is_empty() => {}
+            r = rx.recv(), if waiting.is_empty() && !closed => match r {
+                Some(first) => waiting.push_back(take_batch(first, &mut rx, max_bytes)),
                 None => closed = true,
             },
         }
     }
 }
 
-/// The most records and payload bytes read from the journal and not yet
-/// delivered (`journal.forward_max_records`, `journal.forward_max_bytes`).
-pub struct Window {
-    records: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
-    max_records: usize,
-    max_bytes: u32,
+/// Appends on their way to the journal: each resolves, after the fsync,
+/// with its messages' MQTT sequence numbers.
+type Settling = FuturesUnordered<Pin<Box<dyn Future<Output = (Vec<u64>, Result<u64, JournalError>)> + Send>>>;
+
+/// Hand the waiting batches to the journal, oldest first, into `pending`.
+/// A batch refused for lack of space is halved until a part fits; what does
+/// not fit stays waiting, in order. Returns the space error that stopped
+/// it; any other error is the journal's failure.
+fn submit(
+    appender: &Appender,
+    waiting: &mut VecDeque<Appending>,
+    pending: &mut Settling,
+) -> Result<Option<JournalError>, JournalError> {
+    while let Some(a) = waiting.pop_front() {
+        match appender.enqueue_batch(a.batch) {
+            Ok(f) => {
+                let seqs = a.seqs;
+                pending.push(Box::pin(async move { (seqs, f.await) }));
+            }
+            Err((error @ (JournalError::Full { .. } | JournalError::NoSpace { .. }), batch)) => {
+                let mut a = Appending { seqs: a.seqs, batch };
+                if a.seqs.len() > 1 {
+                    let rest = a.split();
+                    waiting.push_front(rest);
+                    waiting.push_front(a);
+                    continue;
+                }
+                waiting.push_front(a);
+                return Ok(Some(error));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+    Ok(None)
 }
 
-/// One record's share of the window; dropping it gives the share back.
+/// `first` and whatever else is queued, up to `max_bytes` of payload and
+/// [`MAX_BATCH_RECORDS`] messages, encoded for the journal.
+fn take_batch(first: Received, rx: &mut mpsc::Receiver<Received>, max_bytes: usize) -> Appending {
+    let records = rx.len().saturating_add(1).min(MAX_BATCH_RECORDS);
+    let mut seqs = Vec::with_capacity(records);
+    // Room for `records` messages like the first, so the buffer seldom grows.
+    let each = first.msg.topic.len() + first.msg.payload.len() + crate::journal::ENCODED_OVERHEAD;
+    let mut batch = Batch::with_capacity(records, each.saturating_mul(records).min(max_bytes.saturating_add(each)));
+    let mut next = Some(first);
+    while let Some(r) = next.take() {
+        seqs.push(r.seq);
+        batch.push_with(|out| crate::journal::encode_inbound_into(&r.msg, out));
+        if seqs.len() < MAX_BATCH_RECORDS && batch.payload_bytes() < max_bytes {
+            next = rx.try_recv().ok();
+        }
+    }
+    Appending { seqs, batch }
+}
+
+fn warn_full(error: &JournalError) {
+    match error {
+        JournalError::Full { used, max } => {
+            tracing::warn!(used, max, "Journal full: not acking MQTT until the forwarder frees space.");
+        }
+        JournalError::NoSpace { path, available, reserve } => {
+            tracing::warn!(
+                path = %path.display(),
+                available,
+                reserve,
+                "Journal's filesystem nearly full: not acking MQTT until space frees."
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The most records and payload bytes read from the journal and not yet
+/// delivered (`journal.forward_max_records`, `journal.forward_max_bytes`).
+///
+/// Only the feed admits records (one task); deliveries release them from
+/// any thread, a completed prefix at a time.
+pub struct Window {
+    records: AtomicUsize,
+    bytes: AtomicUsize,
+    max_records: usize,
+    max_bytes: usize,
+    /// Woken when records are released.
+    freed: Notify,
+}
+
+/// One record's share of the window, held until its delivery completes.
+#[derive(Debug, Clone, Copy)]
 pub struct Held {
-    _record: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
+    bytes: u32,
 }
 
 impl Window {
     pub fn new(cfg: &JournalConfig) -> Self {
-        let max_bytes = u32::try_from(cfg.forward_max_bytes.bytes()).unwrap_or(u32::MAX);
+        let max_bytes = usize::try_from(cfg.forward_max_bytes.bytes()).unwrap_or(usize::MAX).min(u32::MAX as usize);
         Self {
-            records: Arc::new(Semaphore::new(cfg.forward_max_records)),
-            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+            records: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             max_records: cfg.forward_max_records,
             max_bytes,
+            freed: Notify::new(),
         }
     }
 
     /// (records, bytes) held now.
     pub fn in_use(&self) -> (usize, usize) {
-        (
-            self.max_records.saturating_sub(self.records.available_permits()),
-            (self.max_bytes as usize).saturating_sub(self.bytes.available_permits()),
-        )
+        (self.records.load(Acquire), self.bytes.load(Acquire))
     }
 
-    async fn admit_record(&self) -> Option<OwnedSemaphorePermit> {
-        self.records.clone().acquire_owned().await.ok()
+    /// The share of a record of `len` bytes: a record larger than the
+    /// whole window is admitted on its own.
+    fn cost(&self, len: usize) -> u32 {
+        u32::try_from(len.clamp(1, self.max_bytes.max(1))).unwrap_or(u32::MAX)
     }
 
-    /// A record larger than the whole window is admitted on its own.
-    async fn admit_bytes(&self, len: usize) -> Option<OwnedSemaphorePermit> {
-        let cost = u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.max_bytes.max(1));
-        self.bytes.clone().acquire_many_owned(cost).await.ok()
+    fn room_for_record(&self) -> bool {
+        self.records.load(Acquire) < self.max_records
+    }
+
+    fn room_for_bytes(&self, cost: u32) -> bool {
+        self.bytes.load(Acquire).saturating_add(cost as usize) <= self.max_bytes
+    }
+
+    /// Wait until `room` holds (only the admitting task waits).
+    async fn wait_until(&self, room: impl Fn(&Self) -> bool) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if room(self) {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Take the share of one record of `len` bytes; call once there is room.
+    fn take(&self, len: usize) -> Held {
+        let cost = self.cost(len);
+        self.records.fetch_add(1, AcqRel);
+        self.bytes.fetch_add(cost as usize, AcqRel);
+        Held { bytes: cost }
+    }
+
+    /// Give back the shares of `records` records, `bytes` in all.
+    fn release(&self, records: usize, bytes: usize) {
+        if records == 0 {
+            return;
+        }
+        self.records.fetch_sub(records, AcqRel);
+        self.bytes.fetch_sub(bytes, AcqRel);
+        self.freed.notify_one();
     }
 }
 
@@ -147,41 +273,57 @@ impl Window {
 /// completed prefix and frees their share of the window.
 pub struct JournalAcks {
     journal: Arc<Journal>,
-    seq: Mutex<Sequencer<(u64, Held)>>,
+    window: Arc<Window>,
+    state: Mutex<AckState>,
+}
+
+struct AckState {
+    seq: Sequencer<(u64, Held)>,
+    /// Reused for each completed prefix.
+    ready: Vec<(u64, Held)>,
 }
 
 impl JournalAcks {
-    pub fn new(journal: Arc<Journal>) -> Self {
-        Self { journal, seq: Mutex::new(Sequencer::new()) }
+    pub fn new(journal: Arc<Journal>, window: Arc<Window>) -> Self {
+        Self { journal, window, state: Mutex::new(AckState { seq: Sequencer::new(), ready: Vec::new() }) }
     }
 
     /// Register journal record `jseq` (in journal order); returns the pipeline's sequence number.
     fn register(&self, jseq: u64, held: Held) -> u64 {
-        self.seq.lock().unwrap_or_else(|p| p.into_inner()).push(0, Some((jseq, held)))
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).seq.push(0, Some((jseq, held)))
     }
 }
 
 impl Completion for JournalAcks {
     fn complete(&self, seq: u64) {
-        let mut ready = Vec::new();
-        {
-            let mut s = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-            s.complete(seq);
-            s.drain_ready(0, &mut ready);
-        }
-        if let Some((last, _)) = ready.last() {
-            if let Err(error) = self.journal.ack(*last) {
+        let (last, records, bytes) = {
+            let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let s = &mut *guard;
+            s.seq.complete(seq);
+            s.seq.drain_ready(0, &mut s.ready);
+            let last = s.ready.last().map(|(jseq, _)| *jseq);
+            let bytes = s.ready.iter().map(|(_, h)| h.bytes as usize).sum::<usize>();
+            let records = s.ready.len();
+            s.ready.clear();
+            (last, records, bytes)
+        };
+        if let Some(last) = last {
+            if let Err(error) = self.journal.ack(last) {
                 tracing::error!(%error, seq = last, "Could not record the journal's delivered position.");
             }
         }
-        // `ready` drops here: its records' share of the window is free again.
+        // The completed prefix's share of the window is free again.
+        self.window.release(records, bytes);
     }
 }
+
+/// Records the feed passes on between two yields to the runtime.
+const FEED_YIELD_EVERY: u32 = 256;
 
 /// Journal → forwarder: every record from the delivered position on, with
 /// the sequence number `acks` gave it, never more than `window` at a time.
 /// Ends when told to stop, or when the forwarder is gone; a read error ends
-/// it with the error.
+/// it with the error. Each step waits only when it cannot go on at once.
 pub async fn feed(
     mut reader: Reader,
     acks: Arc<JournalAcks>,
@@ -189,26 +331,45 @@ pub async fn feed(
     tx: mpsc::Sender<Received>,
     mut stop: Stop,
 ) -> Result<(), JournalError> {
+    let mut since_yield = 0u32;
     loop {
-        let record = tokio::select! {
-            p = window.admit_record() => p,
-            () = stop.until_set() => return Ok(()),
-        };
-        let next = tokio::select! {
-            r = reader.next() => r?,
-            () = stop.until_set() => return Ok(()),
+        since_yield += 1;
+        if since_yield == FEED_YIELD_EVERY {
+            // The steps below mostly go on without waiting: let other tasks run.
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+        if !window.room_for_record() {
+            tokio::select! {
+                () = window.wait_until(Window::room_for_record) => {}
+                () = stop.until_set() => return Ok(()),
+            }
+        }
+        let next = match reader.try_next()? {
+            Some(r) => Some(r),
+            None => tokio::select! {
+                r = reader.next() => r?,
+                () = stop.until_set() => return Ok(()),
+            },
         };
         let Some((jseq, bytes)) = next else { return Ok(()) };
-        let share = tokio::select! {
-            p = window.admit_bytes(bytes.len()) => p,
-            () = stop.until_set() => return Ok(()),
-        };
-        let (Some(record), Some(share)) = (record, share) else { return Ok(()) };
+        let cost = window.cost(bytes.len());
+        if !window.room_for_bytes(cost) {
+            tokio::select! {
+                () = window.wait_until(|w| w.room_for_bytes(cost)) => {}
+                () = stop.until_set() => return Ok(()),
+            }
+        }
+        let held = window.take(bytes.len());
         let msg = journaled_message(jseq, &bytes);
-        let seq = acks.register(jseq, Held { _record: record, _bytes: share });
-        tokio::select! {
-            sent = tx.send(Received { seq, msg }) => if sent.is_err() { return Ok(()) },
-            () = stop.until_set() => return Ok(()),
+        let seq = acks.register(jseq, held);
+        match tx.try_send(Received { seq, msg }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(r)) => tokio::select! {
+                sent = tx.send(r) => if sent.is_err() { return Ok(()) },
+                () = stop.until_set() => return Ok(()),
+            },
         }
     }
 }
@@ -335,7 +496,7 @@ mod tests {
             appender.append(inbound(n)).await.unwrap();
         }
         let window = Arc::new(Window::new(&cfg));
-        let acks = Arc::new(JournalAcks::new(journal.clone()));
+        let acks = Arc::new(JournalAcks::new(journal.clone(), window.clone()));
         let (tx, mut rx) = mpsc::channel(10_000);
         let signals = crate::shutdown::Signals::default();
         let feeder =
@@ -359,14 +520,51 @@ mod tests {
         assert!(feeder.await.unwrap().is_ok());
     }
 
+    /// A batch larger than the free space is halved until parts fit: a
+    /// prefix goes to the journal, the rest waits in order.
+    #[tokio::test]
+    async fn a_batch_that_does_not_fit_is_halved_and_the_rest_waits_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = JournalConfig {
+            max_size: ByteSize::kib(8),
+            segment_size: ByteSize::kib(4),
+            ..JournalConfig::at(dir.path())
+        };
+        let (journal, _) = Journal::open(cfg).unwrap();
+        let appender = journal.appender();
+        let mut batch = Batch::new();
+        for _ in 0..100 {
+            batch.push(&[7u8; 100]);
+        }
+        let mut waiting = VecDeque::from([Appending { seqs: (1000..1100).collect(), batch }]);
+        let mut pending: Settling = FuturesUnordered::new();
+        let stopped = submit(&appender, &mut waiting, &mut pending).unwrap();
+        assert!(matches!(stopped, Some(JournalError::Full { .. })), "{stopped:?}");
+        let mut done = Vec::new();
+        while let Some((seqs, res)) = pending.next().await {
+            res.unwrap();
+            done.extend(seqs);
+        }
+        done.sort_unstable();
+        let left: Vec<u64> = waiting.iter().flat_map(|a| a.seqs.iter().copied()).collect();
+        assert!(done.len() > 30 && !left.is_empty(), "{} appended, {} waiting", done.len(), left.len());
+        assert_eq!([done, left.clone()].concat(), (1000..1100).collect::<Vec<u64>>(), "a prefix, then the rest");
+        assert_eq!(waiting.front().unwrap().seqs.len(), 1, "halved down to one message");
+        assert_eq!(waiting.iter().map(|a| a.batch.len()).sum::<usize>(), left.len());
+        assert_eq!(journal.committed_seq().map(|s| s + 1), Some(100 - left.len() as u64));
+    }
+
     #[tokio::test]
     async fn a_record_larger_than_the_byte_window_passes_on_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = JournalConfig { forward_max_bytes: ByteSize::kib(1), ..JournalConfig::at(dir.path()) };
         let window = Window::new(&cfg);
-        let big = window.admit_bytes(10_000).await.unwrap();
-        assert_eq!(window.in_use().1, 1024);
-        drop(big);
-        assert_eq!(window.in_use().1, 0);
+        let cost = window.cost(10_000);
+        assert!(window.room_for_bytes(cost));
+        let big = window.take(10_000);
+        assert_eq!(window.in_use(), (1, 1024));
+        assert!(!window.room_for_bytes(window.cost(1)), "nothing else fits beside it");
+        window.release(1, big.bytes as usize);
+        assert_eq!(window.in_use(), (0, 0));
     }
 }

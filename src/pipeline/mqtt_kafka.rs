@@ -70,7 +70,7 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
     let (inbound, completion): (_, Arc<dyn Completion>) = match (&journal, &config.journal) {
         (Some(j), Some(jc)) => {
             let window = Arc::new(Window::new(jc));
-            let jacks = Arc::new(JournalAcks::new(j.clone()));
+            let jacks = Arc::new(JournalAcks::new(j.clone(), window.clone()));
             let (tx, rx) = mpsc::channel(jc.forward_max_records.min(4096));
             tasks.finishing(
                 "journal-ingest",
