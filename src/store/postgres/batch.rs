@@ -1,4 +1,5 @@
-//! One batch in one transaction: the rows go, [`CHUNK_ROWS`] at a time, as
+//! One batch in one transaction: the rows go, a bounded chunk at a time
+//! ([`CHUNK_ROWS`], [`CHUNK_PAYLOAD_BYTES`]), as
 //! ten column arrays to `INSERT .. SELECT .. FROM unnest(..) ON CONFLICT DO
 //! NOTHING`, prepared once per connection; then the batch's dead letters.
 //! No staging table: creating and dropping a temporary table per batch cost
@@ -24,11 +25,15 @@ const DEAD_LETTER_SQL: &str = "INSERT INTO dead_letters \
     (source, received_at, reason, error, mqtt_topic, headers, payload) \
     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
 
-/// Rows per INSERT: each statement's parameters are encoded whole in one
-/// message (and the connection's write buffer keeps that size), so the
-/// chunk, not the batch, sets that memory: about 150 KiB for 500 rows of
+/// Most rows per INSERT: each statement's parameters are encoded whole in
+/// one message (and the connection's write buffer keeps that size), so the
+/// chunk, not the batch, sets that memory: about 250 KiB for 500 rows of
 /// ~200-byte payloads (sent twice, as `payload` and `raw`).
 const CHUNK_ROWS: usize = 500;
+
+/// Most payload bytes per INSERT (a larger single payload goes alone): keeps
+/// the message near 256 KiB when payloads are large.
+const CHUNK_PAYLOAD_BYTES: usize = 128 * 1024;
 
 /// PostgreSQL's timestamptz range in epoch milliseconds (4713 BC to 294276 AD).
 const PG_MIN_MS: i64 = -210_866_803_200_000;
@@ -60,13 +65,16 @@ pub async fn write_batch(
     rows: &[Staged<'_>],
     dead: &[DeadLetterRow],
 ) -> Result<Written, StoreError> {
-    if dead.is_empty() && rows.len() <= CHUNK_ROWS {
+    if dead.is_empty() && chunk_len(rows) == rows.len() {
         // One statement is one transaction: no BEGIN and COMMIT round trips.
         return Ok(Written { rows: insert_rows(&*client, insert, rows).await?, dead_letters: 0 });
     }
     let tx = client.transaction().await.map_err(|e| StoreError::pg("begin", e))?;
     let mut written = Written { rows: 0, dead_letters: 0 };
-    for chunk in rows.chunks(CHUNK_ROWS) {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(chunk_len(rest));
+        rest = after;
         written.rows += insert_rows(&tx, insert, chunk).await?;
     }
     if dead.is_empty() {
@@ -95,6 +103,20 @@ pub async fn write_batch(
     }
     tx.commit().await.map_err(|e| StoreError::pg("commit", e))?;
     Ok(written)
+}
+
+/// How many of `rows` (from the start) go in one INSERT: at least one, at
+/// most [`CHUNK_ROWS`], and no more than [`CHUNK_PAYLOAD_BYTES`] of payload
+/// unless the first row alone has more.
+fn chunk_len(rows: &[Staged<'_>]) -> usize {
+    let mut bytes = 0;
+    for (i, s) in rows.iter().take(CHUNK_ROWS).enumerate() {
+        bytes += s.row.payload.len();
+        if bytes > CHUNK_PAYLOAD_BYTES {
+            return i.max(1);
+        }
+    }
+    rows.len().min(CHUNK_ROWS)
 }
 
 /// Insert `rows` (none: nothing sent); how many were new.
@@ -215,6 +237,46 @@ impl ToSql for JsonbText<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rows(sizes: &[usize]) -> Vec<StoreRow> {
+        sizes
+            .iter()
+            .map(|&n| StoreRow {
+                id: uuid::Uuid::nil(),
+                time_ms: 0,
+                event_time_ms: None,
+                received_ms: 0,
+                tenant_id: "t".into(),
+                project_id: "p".into(),
+                device_id: "d".into(),
+                mqtt_topic: "x".into(),
+                payload: bytes::Bytes::from(vec![b'1'; n]),
+            })
+            .collect()
+    }
+
+    fn lens(sizes: &[usize]) -> Vec<usize> {
+        let rows = rows(sizes);
+        let staged: Vec<Staged<'_>> = rows.iter().map(|row| Staged { row, time_ms: 0 }).collect();
+        let mut rest = &staged[..];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let n = chunk_len(rest);
+            out.push(n);
+            rest = &rest[n..];
+        }
+        out
+    }
+
+    #[test]
+    fn chunks_end_at_the_row_or_the_byte_bound() {
+        assert_eq!(lens(&[200; 1_200]), [500, 500, 200]);
+        assert_eq!(lens(&[200; 3]), [3]);
+        assert_eq!(lens(&[64 * 1024, 64 * 1024, 10]), [2, 1], "128 KiB of payload fit");
+        assert_eq!(lens(&[64 * 1024, 64 * 1024 + 1, 10]), [1, 2]);
+        assert_eq!(lens(&[1 << 20, 10, 1 << 20]), [1, 1, 1], "a payload above the bound goes alone");
+        assert!(lens(&[]).is_empty());
+    }
 
     #[test]
     fn jsonb_takes_json_but_not_nul_escapes() {
