@@ -1,5 +1,5 @@
 //! Store throughput on this machine (run through `scripts/bench-store.sh`,
-//! release build): rows/s into PostgreSQL by COPY + staging, the same by one
+//! release build): rows/s into PostgreSQL through the store's batch path, the same by one
 //! INSERT per row (the naive baseline), and rows/s into InfluxDB. Prints
 //! figures; asserts nothing about them.
 //!
@@ -57,7 +57,7 @@ fn avg_payload(rows: &[StoreRow]) -> usize {
     rows.iter().map(|r| r.payload.len()).sum::<usize>() / rows.len().max(1)
 }
 
-/// The store's path: COPY into staging, INSERT .. ON CONFLICT DO NOTHING, one transaction per batch.
+/// The store's path: one prepared INSERT .. SELECT FROM unnest(..) ON CONFLICT DO NOTHING per batch.
 async fn copy_path(rows: &[StoreRow], batch: usize) -> f64 {
     let name = fresh_name("iot_bench");
     let mut store = Store::connect(&config(Server::shared().url(&name), 3)).await.expect("connect");
@@ -140,10 +140,10 @@ async fn main() {
         avg_payload(&rows)
     );
     let copy = copy_path(&rows[..a.copy_rows], a.batch).await;
-    println!("postgres COPY + staging:   {:>9.0} rows/s  ({} rows, batches of {})", copy, a.copy_rows, a.batch);
+    println!("postgres store batches:    {:>9.0} rows/s  ({} rows, batches of {})", copy, a.copy_rows, a.batch);
     let naive = naive_path(&rows[..a.naive_rows]).await;
     println!("postgres INSERT per row:   {:>9.0} rows/s  ({} rows, one autocommit INSERT each)", naive, a.naive_rows);
-    println!("COPY / naive:              {:>9.1}x", copy / naive);
+    println!("batches / naive:           {:>9.1}x", copy / naive);
     let influx = influx_path(&rows[..a.influx_rows], a.batch).await;
     println!("influxdb line protocol:    {:>9.0} rows/s  ({} rows, batches of {})", influx, a.influx_rows, a.batch);
 }

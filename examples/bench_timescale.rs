@@ -134,7 +134,7 @@ async fn main() {
     let ts_name = fresh_name("bench_ts");
     let pg_rate = write_all(plain, &pg_name, TimescaleMode::Off, &sorted, a.batch).await;
     let ts_rate = write_all(tsdb, &ts_name, TimescaleMode::On, &sorted, a.batch).await;
-    println!("| write path (COPY + staging, time order) | PostgreSQL day partitions {pg_rate:.0} rows/s | TimescaleDB hypertable {ts_rate:.0} rows/s |");
+    println!("| write path (store batches, time order) | PostgreSQL day partitions {pg_rate:.0} rows/s | TimescaleDB hypertable {ts_rate:.0} rows/s |");
 
     let pg = plain.admin(&pg_name).await;
     let ts = tsdb.admin(&ts_name).await;

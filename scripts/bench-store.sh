@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Store benchmark: starts PostgreSQL and InfluxDB (scripts/services.sh), then
 # measures, in a release build, rows/s into PostgreSQL through the store's
-# COPY + staging path, the naive one-INSERT-per-row baseline, and rows/s into
+# batch path (one INSERT .. FROM unnest per batch), the naive
+# one-INSERT-per-row baseline, and rows/s into
 # InfluxDB. Prints the figures; asserts nothing about them.
 #
 # Usage: scripts/bench-store.sh [--copy-rows N] [--batch N] [--naive-rows N] [--influx-rows N]

@@ -5,11 +5,11 @@ JSON payloads, the sink's peak RSS, and, in the same run, two baselines:
 - two raw COPY streams: the rows the sink stored, dumped in PostgreSQL's
   binary COPY format and split in two halves, written by two concurrent
   `psql` sessions into the same table of a fresh copy of the sink's database
-  (same schema, partitions and indexes, emptied). Each session does what the
-  sink's store does per batch, for batches of the sink's size (--batch-rows,
-  default 2,000), one transaction each: binary COPY into a temporary staging
-  table, then INSERT .. SELECT .. ON CONFLICT DO NOTHING into `telemetry`
-  (deduplication included). Timed from the start of both sessions to the
+  (same schema, partitions and indexes, emptied). Each session writes
+  batches of the sink's size (--batch-rows, default 2,000), one transaction
+  each, the way the sink's store did until 2026-12-04: binary COPY into a
+  temporary staging table, then INSERT .. SELECT .. ON CONFLICT DO NOTHING
+  into `telemetry` (deduplication included). Timed from the start of both sessions to the
   end of the later one;
 - the store's naive one-INSERT-per-row baseline (examples/bench_store.rs).
 

@@ -1,11 +1,13 @@
 //! PostgreSQL-only behaviour: the `telemetry_numeric` view (PostgreSQL and
-//! TimescaleDB) and the DEFAULT partition's rows moving into a day partition.
+//! TimescaleDB), the DEFAULT partition's rows moving into a day partition,
+//! and a batch larger than one insert statement.
 
-use crate::common::store::{row, DAY_MS};
+use crate::common::store::{fleet_rows, row, DAY_MS};
 use crate::engine::postgres::{count, ms, relation_exists};
 use crate::engine::Engine;
 use iotpipe::record::now_ms;
 use iotpipe::store::postgres::partition;
+use iotpipe::store::DeadLetterRow;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,4 +56,31 @@ pub async fn rows_caught_by_the_default_partition_move_into_a_new_day_partition(
     assert_eq!(count(&db, "SELECT count(*) FROM telemetry_default").await, 0);
     assert_eq!(count(&db, &format!("SELECT count(*) FROM {table}")).await, 1);
     store2.enforce_retention().await.expect("retention");
+}
+
+/// A batch goes 500 rows per statement in one transaction: a record id
+/// twice in one batch, in different statements, is stored once and counted
+/// once as a duplicate; the batch's dead letter commits with it.
+pub async fn a_batch_of_many_statements_stores_each_id_once(engine: &Engine) {
+    let mut store = engine.connect(3).await;
+    let mut rows = fleet_rows(1_200, 2 * DAY_MS);
+    let again = rows[3].clone();
+    rows.push(again);
+    let dead = DeadLetterRow {
+        source: "kafka:iot-dead-letters/0@1".into(),
+        received_ms: now_ms(),
+        reason: "invalid_json".into(),
+        error: "test".into(),
+        mqtt_topic: None,
+        headers: vec![],
+        payload: bytes::Bytes::from_static(b"x"),
+    };
+    let out = store.write(&rows, std::slice::from_ref(&dead)).await.expect("write");
+    assert_eq!((out.inserted, out.duplicates, out.dead_letters_inserted), (1_200, 1, 1));
+    let db = engine.pg().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM telemetry").await, 1_200);
+    assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM telemetry").await, 1_200);
+    assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 1);
+    let out = store.write(&rows, &[]).await.expect("write again");
+    assert_eq!((out.inserted, out.duplicates), (0, 1_201));
 }

@@ -1,9 +1,9 @@
 //! PostgreSQL store: `telemetry` partitioned by UTC day (or a TimescaleDB
-//! hypertable), `dead_letters`, the `telemetry_numeric` view; writes by
-//! binary COPY into a staging table, one transaction per batch.
+//! hypertable), `dead_letters`, the `telemetry_numeric` view; writes a
+//! batch by one prepared `INSERT .. SELECT .. FROM unnest(..)` (see `batch`).
 
+mod batch;
 mod connect;
-mod copy;
 pub mod jobs;
 pub mod migrate;
 pub mod partition;
@@ -14,12 +14,12 @@ pub use migrate::Flavor;
 use crate::record::now_ms;
 use crate::store::time_rule::{duration_ms, effective_time_ms};
 use crate::store::{DeadLetterRow, RetentionOutcome, StoreConfig, StoreError, StoreRow, StoreStatus, WriteOutcome};
+use batch::{system_time, Staged};
 use connect::Target;
-use copy::{system_time, Staged};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use time::Date;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 /// Advisory lock key of partition changes ("iotpipe" + 2); per database.
 const PARTITION_LOCK: i64 = 0x696f_7470_6970_6502;
@@ -82,6 +82,9 @@ pub struct PostgresStore {
     target: Target,
     /// The connection; None after it was lost or a write timed out.
     client: Option<Client>,
+    /// The batch insert prepared on `client`; None until the first write
+    /// on that connection.
+    insert: Option<Statement>,
     /// Partitions managed here, or a hypertable.
     flavor: Flavor,
     /// The retention window.
@@ -120,6 +123,7 @@ impl PostgresStore {
         Ok(Self {
             target,
             client: Some(client),
+            insert: None,
             flavor,
             retention: cfg.retention.get(),
             partitions_ahead: cfg.partitions_ahead,
@@ -153,14 +157,25 @@ impl PostgresStore {
         };
         let mut client = self.take_client().await?;
         let known_days = &mut self.known_days;
+        let prepared = self.insert.take();
         let work = async {
             if !new_days.is_empty() {
                 ensure_partitions(&mut client, known_days, &new_days).await?;
             }
-            copy::write_batch(&mut client, &staged, dead).await
+            let insert = match prepared {
+                Some(s) => s,
+                None => batch::prepare(&client).await?,
+            };
+            let written = batch::write_batch(&mut client, &insert, &staged, dead).await?;
+            Ok((written, insert))
         };
         let result = tokio::time::timeout(self.write_timeout, work).await;
-        let written = self.finish(client, result, "postgres write")?;
+        let (written, insert) = self.finish(client, result, "postgres write")?;
+        // Kept only with the connection it was prepared on (a failed write
+        // prepares it again, on whichever connection comes next).
+        if self.client.is_some() {
+            self.insert = Some(insert);
+        }
         Ok(WriteOutcome {
             inserted: written.rows,
             duplicates: rows.len() as u64 - written.rows,
@@ -295,6 +310,7 @@ impl PostgresStore {
         match self.client.take() {
             Some(c) if !c.is_closed() => Ok(c),
             _ => {
+                self.insert = None;
                 let client = self.target.open().await?;
                 tracing::info!(store = %self.target.describe, "Reconnected to PostgreSQL.");
                 Ok(client)
