@@ -77,6 +77,16 @@ impl AckHandle {
         self.release(&mut s);
     }
 
+    /// Several messages are durable (a journal batch's fsync): one lock and
+    /// one release for all of them.
+    pub fn complete_many(&self, seqs: &[u64]) {
+        let mut s = self.lock();
+        for &seq in seqs {
+            s.seq.complete(seq);
+        }
+        self.release(&mut s);
+    }
+
     /// Retry acks that did not fit in the request channel.
     pub fn flush(&self) {
         let mut s = self.lock();
@@ -129,11 +139,12 @@ impl AckHandle {
     }
 
     fn release(&self, s: &mut AckState) {
-        let mut ready = Vec::new();
         let epoch = s.epoch;
-        let drained = s.seq.drain_ready(epoch, &mut ready);
-        self.metrics.acks_abandoned.fetch_add(drained.abandoned, Relaxed);
-        s.queued.extend(ready);
+        let AckState { seq, queued, .. } = s;
+        let drained = seq.drain_ready(epoch, queued);
+        if drained.abandoned > 0 {
+            self.metrics.acks_abandoned.fetch_add(drained.abandoned, Relaxed);
+        }
         while let Some(t) = s.queued.front().copied() {
             if self.client.try_ack(t).is_err() {
                 break;

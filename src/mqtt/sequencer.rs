@@ -63,7 +63,7 @@ impl<T> Sequencer<T> {
 
     /// Release, in arrival order, the tokens of the completed prefix of the
     /// current epoch into `out`; entries of ended epochs are dropped.
-    pub fn drain_ready(&mut self, current_epoch: u64, out: &mut Vec<T>) -> Drained {
+    pub fn drain_ready(&mut self, current_epoch: u64, out: &mut impl Extend<T>) -> Drained {
         let mut drained = Drained::default();
         while let Some(front) = self.entries.front() {
             if front.epoch < current_epoch {
@@ -72,7 +72,7 @@ impl<T> Sequencer<T> {
                 }
             } else if front.done {
                 if let Some(Entry { token: Some(t), .. }) = self.entries.pop_front() {
-                    out.push(t);
+                    out.extend(Some(t));
                 }
             } else {
                 break;

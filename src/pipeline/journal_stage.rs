@@ -101,9 +101,7 @@ pub async fn ingest(
             biased;
             Some((seqs, res)) = pending.next(), if !pending.is_empty() => {
                 res?;
-                for seq in seqs {
-                    acks.complete(seq);
-                }
+                acks.complete_many(&seqs);
             }
             () = tokio::time::sleep(FULL_RETRY), if !waiting.is_empty() => {}
             r = rx.recv(), if waiting.is_empty() && !closed => match r {
