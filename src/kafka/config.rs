@@ -60,7 +60,7 @@ impl Default for KafkaConfig {
             retention: HumanDuration::secs(3 * 86400),
             topic_config: BTreeMap::new(),
             delivery_timeout: HumanDuration::secs(60),
-            linger: HumanDuration::millis(20),
+            linger: HumanDuration::millis(10),
             properties: BTreeMap::new(),
         }
     }
