@@ -6,6 +6,7 @@
 
 use super::diagnosis::ErrorReporter;
 use super::{ClientError, KafkaConfig};
+use crate::record::headers::ReadHeaders;
 use crate::record::{DurableRecord, Position};
 use crate::telemetry::ConsumerMetrics;
 use bytes::Bytes;
@@ -238,6 +239,7 @@ impl GroupConsumer {
     /// row, byte or time bound.
     pub async fn next_batch(&self) -> Vec<DurableRecord> {
         let mut errors = 0u64;
+        let mut topics = TopicNames::default();
         let first = loop {
             // The stream's wake-up is edge-triggered and can be lost when
             // librdkafka serves an internal event (statistics, rebalance)
@@ -248,7 +250,7 @@ impl GroupConsumer {
             // bounds that stall to one slice.
             let Ok(received) = tokio::time::timeout(RECV_SLICE, self.consumer.recv()).await else { continue };
             match received {
-                Ok(m) => break detach(&m),
+                Ok(m) => break detach(&m, &mut topics),
                 // Consumer errors (a subscribed topic that does not exist yet,
                 // a broker going away) are reported by librdkafka and retried
                 // by it; they are not fatal to the sink.
@@ -268,7 +270,7 @@ impl GroupConsumer {
             match tokio::time::timeout_at(deadline.into(), self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Ok(m)) => {
-                    let r = detach(&m);
+                    let r = detach(&m, &mut topics);
                     bytes += r.payload.len();
                     batch.push(r);
                 }
@@ -326,24 +328,49 @@ impl GroupConsumer {
 /// Topic, partition and offset of a record read from Kafka.
 fn kafka_position(r: &DurableRecord) -> Option<(&str, i32, i64)> {
     match &r.position {
-        Position::Kafka { topic, partition, offset } => Some((topic.as_str(), *partition, *offset)),
+        Position::Kafka { topic, partition, offset } => Some((topic, *partition, *offset)),
         Position::Journal { .. } => None,
+    }
+}
+
+/// The topic names of one batch, shared by its records: a batch reads a
+/// few topics, so one allocation per topic instead of one per record.
+#[derive(Default)]
+struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    /// Most names kept: past that (a batch across many per-pair topics),
+    /// the rest are allocated per record, as before.
+    const MAX: usize = 32;
+
+    fn get(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.0.iter().find(|t| &***t == topic) {
+            return Arc::clone(t);
+        }
+        let t: Arc<str> = Arc::from(topic);
+        if self.0.len() < Self::MAX {
+            self.0.push(Arc::clone(&t));
+        }
+        t
     }
 }
 
 /// A consumed message, detached from librdkafka: header values lossily
 /// UTF-8, a missing payload empty.
-fn detach<M: Message>(m: &M) -> DurableRecord {
+fn detach<M: Message>(m: &M, topics: &mut TopicNames) -> DurableRecord {
     let headers = m
         .headers()
         .map(|h| {
-            h.iter()
-                .map(|hd| (hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned()))
-                .collect()
+            let bytes = h.iter().map(|hd| hd.key.len() + hd.value.map_or(0, <[u8]>::len)).sum();
+            let mut out = ReadHeaders::with_capacity(h.count(), bytes);
+            for hd in h.iter() {
+                out.push_lossy(hd.key, hd.value.unwrap_or_default());
+            }
+            out
         })
         .unwrap_or_default();
     DurableRecord {
-        position: Position::Kafka { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() },
+        position: Position::Kafka { topic: topics.get(m.topic()), partition: m.partition(), offset: m.offset() },
         timestamp_ms: m.timestamp().to_millis(),
         headers,
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
@@ -358,7 +385,7 @@ mod tests {
         DurableRecord {
             position: Position::Kafka { topic: topic.into(), partition, offset },
             timestamp_ms: None,
-            headers: vec![],
+            headers: ReadHeaders::default(),
             payload: Bytes::new(),
         }
     }

@@ -124,7 +124,7 @@ fn dead_letter(
         reason: text.to_string(),
         error: detail.to_string(),
         mqtt_topic: hdr.mqtt_topic.map(str::to_string),
-        headers: rec.headers.clone(),
+        headers: rec.headers.to_pairs(),
         payload: rec.payload.clone(),
     };
     Decoded::Dead(row, reason)
@@ -139,7 +139,7 @@ mod tests {
         DurableRecord {
             position: Position::Kafka { topic: "iot.a.p".into(), partition: 1, offset: 42 },
             timestamp_ms: Some(1_700_000_000_000),
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers.iter().copied().collect(),
             payload: Bytes::copy_from_slice(payload),
         }
     }

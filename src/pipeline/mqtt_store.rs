@@ -224,7 +224,7 @@ fn to_record(router: &Router, jseq: u64, bytes: &bytes::Bytes) -> (DurableRecord
     let rec = DurableRecord {
         position: Position::Journal { seq: jseq },
         timestamp_ms: Some(out.timestamp_ms),
-        headers: out.headers.to_pairs(),
+        headers: (&out.headers).into(),
         payload: out.value,
     };
     (rec, inbound.received_ms)

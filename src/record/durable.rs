@@ -3,16 +3,19 @@
 //! this type; each source builds it (the Kafka consumer from librdkafka's
 //! messages, `run` from a routed journal record).
 
+use super::headers::ReadHeaders;
 use super::RecordId;
 use bytes::Bytes;
 use std::fmt;
+use std::sync::Arc;
 
 /// Where a record was read from. Names the record in dead letters, and
 /// gives a record that carries no id of its own a stable one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Position {
-    /// A Kafka record: its topic, partition and offset.
-    Kafka { topic: String, partition: i32, offset: i64 },
+    /// A Kafka record: its topic (shared by the records of one consumer
+    /// read), partition and offset.
+    Kafka { topic: Arc<str>, partition: i32, offset: i64 },
     /// A journal record: its sequence number.
     Journal { seq: u64 },
 }
@@ -48,7 +51,7 @@ pub struct DurableRecord {
     /// else the receive time, of a journal record), ms since the epoch.
     pub timestamp_ms: Option<i64>,
     /// Header values are text; bytes that are not UTF-8 are replaced.
-    pub headers: Vec<(String, String)>,
+    pub headers: ReadHeaders,
     pub payload: Bytes,
 }
 
@@ -75,7 +78,7 @@ mod tests {
         DurableRecord {
             position: Position::Kafka { topic: "iot.a.p".into(), partition: 1, offset },
             timestamp_ms,
-            headers: vec![],
+            headers: ReadHeaders::default(),
             payload: Bytes::from_static(payload),
         }
     }

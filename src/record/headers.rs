@@ -97,6 +97,81 @@ impl HeaderList {
     }
 }
 
+/// A record's headers as a reader finds them: any producer, any number of
+/// headers, names and values back to back in one string. The sink reads
+/// one per record; a `Vec` of `String` pairs cost it two allocations (and
+/// frees) per header (BENCHMARKS.md, "sink, one buffer per record's headers").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadHeaders {
+    text: String,
+    /// Per header, where its name ends and where its value ends in `text`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl ReadHeaders {
+    /// Room for `headers` headers of `bytes` bytes of names and values.
+    pub fn with_capacity(headers: usize, bytes: usize) -> Self {
+        Self { text: String::with_capacity(bytes), ends: Vec::with_capacity(headers) }
+    }
+
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((name_end, self.text.len()));
+    }
+
+    /// A header whose value may not be UTF-8: invalid bytes are replaced.
+    pub fn push_lossy(&mut self, name: &str, value: &[u8]) {
+        self.push(name, &String::from_utf8_lossy(value));
+    }
+
+    /// The headers, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let name = self.text.get(start..name_end).unwrap_or("");
+            let value = self.text.get(name_end..value_end).unwrap_or("");
+            start = value_end;
+            (name, value)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The headers as owned pairs (a dead letter keeps them so).
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for ReadHeaders {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut h = Self::default();
+        for (k, v) in pairs {
+            h.push(k.as_ref(), v.as_ref());
+        }
+        h
+    }
+}
+
+/// What a reader of a record written by iotpipe finds.
+impl From<&HeaderList> for ReadHeaders {
+    fn from(written: &HeaderList) -> Self {
+        let mut h = Self::with_capacity(written.len(), written.text.len() + 16 * written.len());
+        for (k, v) in written.iter() {
+            h.push(k, v);
+        }
+        h
+    }
+}
+
 /// Headers of a routed record, in the documented order.
 pub fn encode_record(m: &RecordMeta<'_>) -> HeaderList {
     let fixed = m.tenant_id.len() + m.project_id.len() + m.device_id.len() + m.mqtt_topic.len();
@@ -161,11 +236,10 @@ pub struct Decoded<'a> {
 
 impl<'a> Decoded<'a> {
     /// Read the known headers; unknown ones are ignored, the last of a repeated one wins.
-    pub fn parse(headers: &'a [(String, String)]) -> Self {
+    pub fn parse(headers: &'a ReadHeaders) -> Self {
         let mut d = Self::default();
-        for (k, v) in headers {
-            let v = v.as_str();
-            match k.as_str() {
+        for (k, v) in headers.iter() {
+            match k {
                 TENANT_ID => d.tenant_id = Some(v),
                 PROJECT_ID => d.project_id = Some(v),
                 DEVICE_ID => d.device_id = Some(v),
@@ -264,8 +338,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn owned(h: HeaderList) -> Vec<(String, String)> {
-        h.to_pairs()
+    fn owned(h: HeaderList) -> ReadHeaders {
+        ReadHeaders::from(&h)
     }
 
     /// The formatter the header contract was first written with.
@@ -293,6 +367,25 @@ mod tests {
     }
 
     #[test]
+    fn read_headers_keep_any_names_in_order() {
+        let mut h = ReadHeaders::with_capacity(2, 8);
+        h.push("x-trace", "abc");
+        h.push("", "");
+        h.push_lossy("bin", b"a\xffb");
+        h.push(TENANT_ID, "acme");
+        let got: Vec<_> = h.iter().collect();
+        assert_eq!(got, [("x-trace", "abc"), ("", ""), ("bin", "a\u{fffd}b"), (TENANT_ID, "acme")]);
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.to_pairs()[2], ("bin".to_string(), "a\u{fffd}b".to_string()));
+        let again: ReadHeaders = h.to_pairs().into_iter().collect();
+        assert_eq!(again, h);
+        assert!(ReadHeaders::default().is_empty());
+        // Ten headers, more than the bridge ever writes: none is dropped.
+        let many: ReadHeaders = (0..10).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+        assert_eq!(many.iter().last(), Some(("k9", "v9")));
+    }
+
+    #[test]
     fn what_the_bridge_writes_the_sink_reads() {
         let id = RecordId::derive(Some(1_700_000_000_123), 0, "t", b"{}");
         let meta = RecordMeta {
@@ -305,7 +398,7 @@ mod tests {
             event_ms: Some(1_700_000_000_123),
         };
         let h = owned(encode_record(&meta));
-        assert_eq!(h[5], ("received_at".to_string(), "2023-11-14T22:13:20.500Z".to_string()));
+        assert_eq!(h.iter().nth(5), Some(("received_at", "2023-11-14T22:13:20.500Z")));
         let d = Decoded::parse(&h);
         assert_eq!(d.tenant_id, Some("acme"));
         assert_eq!(d.device_id, Some("d1"));
@@ -330,7 +423,7 @@ mod tests {
         let d = Decoded::parse(&h);
         assert_eq!(d.reason(), Some(DeadLetterReason::Oversize));
         assert_eq!(d.error, Some("too big"));
-        assert!(h.contains(&("original_size".to_string(), "9000".to_string())));
+        assert!(h.iter().any(|kv| kv == ("original_size", "9000")));
     }
 
     #[test]
