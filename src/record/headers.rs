@@ -90,11 +90,6 @@ impl HeaderList {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// The headers as owned pairs, as a consumer reads them back.
-    pub fn to_pairs(&self) -> Vec<(String, String)> {
-        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
 }
 
 /// A record's headers as a reader finds them: any producer, any number of

@@ -25,13 +25,10 @@ pub fn lookup<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
         return Some(cur);
     }
     for token in pointer.strip_prefix('/')?.split('/') {
-        let token: Cow<str> = if token.contains('~') {
-            Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
-        } else {
-            Cow::Borrowed(token)
-        };
+        let token = unescape(token);
         let mut de = serde_json::Deserializer::from_str(cur.get());
-        cur = Child { token: &token }.deserialize(&mut de).ok()??;
+        let [found, _] = Children { tokens: [Some(&token), None] }.deserialize(&mut de).ok()?;
+        cur = found?;
     }
     Some(cur)
 }
@@ -91,8 +88,8 @@ fn unescape(token: &str) -> Cow<'_, str> {
     }
 }
 
-/// The members of a top-level object (by key) or array (by index) that up
-/// to two tokens name, validating the rest as it goes.
+/// The members of an object (by key) or array (by index) that up to two
+/// tokens name, validating the rest as it goes; a scalar has none.
 struct Children<'t> {
     tokens: [Option<&'t str>; 2],
 }
@@ -110,7 +107,8 @@ impl<'de> Visitor<'de> for Children<'_> {
         f.write_str("a JSON object or array")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // A repeated key: the last one counts, as in [`lookup`].
+        // A repeated key: the last one counts, as in `serde_json::Value`, the
+        // sink's decoder and the envelope, so every stage reads the same value.
         let mut found = [None, None];
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let hits = self.tokens.map(|t| t == Some(key.as_ref()));
@@ -141,70 +139,23 @@ impl<'de> Visitor<'de> for Children<'_> {
         }
         Ok(found)
     }
-}
-
-/// Finds one member of an object (by key) or array (by index) in raw JSON.
-struct Child<'t> {
-    token: &'t str,
-}
-
-impl<'de> DeserializeSeed<'de> for Child<'_> {
-    type Value = Option<&'de RawValue>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Child<'_> {
-    type Value = Option<&'de RawValue>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object or array")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // A repeated key: the last one counts, as in `serde_json::Value`, the
-        // sink's decoder and the envelope, so every stage reads the same value.
-        let mut found = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == self.token {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let Some(index) = array_index(self.token) else {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            return Ok(None);
-        };
-        let mut i = 0;
-        let mut found = None;
-        while let Some(v) = seq.next_element::<&'de RawValue>()? {
-            if i == index {
-                found = Some(v);
-            }
-            i += 1;
-        }
-        Ok(found)
-    }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([None, None])
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([None, None])
     }
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([None, None])
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([None, None])
     }
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([None, None])
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([None, None])
     }
 }
 
