@@ -51,12 +51,16 @@ pub struct AckHandle {
     state: Arc<Mutex<AckState>>,
     client: Client,
     metrics: Arc<MessageMetrics>,
+    /// MQTT 5's receive maximum (`mqtt.max_in_flight`): the server must not
+    /// send more QoS 1/2 messages than this unacked [MQTT-3.3.4-9]. `None`
+    /// with 3.1.1, where the broker's own setting is the window.
+    receive_maximum: Option<usize>,
 }
 
 impl AckHandle {
-    fn new(client: Client, metrics: Arc<MessageMetrics>) -> Self {
+    fn new(client: Client, metrics: Arc<MessageMetrics>, receive_maximum: Option<usize>) -> Self {
         let state = AckState { seq: Sequencer::new(), leave: Leave::Staying, epoch: 0, queued: VecDeque::new() };
-        Self { state: Arc::new(Mutex::new(state)), client, metrics }
+        Self { state: Arc::new(Mutex::new(state)), client, metrics, receive_maximum }
     }
 
     fn lock(&self) -> MutexGuard<'_, AckState> {
@@ -64,10 +68,17 @@ impl AckHandle {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn register(&self, token: Option<AckToken>) -> u64 {
+    /// Register a received message: its sequence number, and whether it is
+    /// a QoS 1/2 message that came past the receive maximum. The broker's
+    /// window holds every message it has no PUBACK for: those whose ack
+    /// waits in the sequencer and those queued for the request channel.
+    fn register(&self, token: Option<AckToken>) -> (u64, bool) {
         let mut s = self.lock();
         let epoch = s.epoch;
-        s.seq.push(epoch, token)
+        let counted = token.is_some();
+        let seq = s.seq.push(epoch, token);
+        let unacked = s.seq.tokens() + s.queued.len();
+        (seq, counted && self.receive_maximum.is_some_and(|max| unacked > max))
     }
 
     /// The message `seq` is durable downstream: ack it, and whatever it was holding back.
@@ -217,7 +228,8 @@ impl Source {
                 None => t.clone(),
             })
             .collect();
-        let acks = AckHandle::new(client.clone(), metrics.clone());
+        let receive_maximum = (cfg.version == MqttVersion::V5).then_some(usize::from(cfg.max_in_flight));
+        let acks = AckHandle::new(client.clone(), metrics.clone(), receive_maximum);
         tracing::info!(client_id, url = cfg.url, "MQTT session configured.");
         Ok(Self { cfg: cfg.clone(), filters, driver, client, acks, metrics, health })
     }
@@ -248,6 +260,8 @@ impl Source {
         // not left with the broker.
         let mut leaving = false;
         let mut stopping = false;
+        // The broker sending past the receive maximum is warned about once per connection.
+        let mut warned_past_window = false;
         loop {
             let event = tokio::select! {
                 biased;
@@ -275,13 +289,17 @@ impl Source {
                         continue;
                     }
                     self.metrics.on_received(msg.redelivered);
-                    let seq = self.acks.register(token);
+                    let (seq, past) = self.acks.register(token);
+                    if past {
+                        self.past_window(&mut warned_past_window);
+                    }
                     if tx.send(Received { seq, msg }).await.is_err() {
                         return if stopping { Ok(()) } else { Err(SourceError::Downstream) };
                     }
                 }
                 Ok(Event::Connected { session_present }) => {
                     backoff.reset();
+                    warned_past_window = false;
                     self.health.set_mqtt_connected(true);
                     tracing::info!(session_present, "Connected to the MQTT broker.");
                     last_error = None;
@@ -354,6 +372,22 @@ impl Source {
 }
 
 impl Source {
+    /// A QoS 1/2 message came while `mqtt.max_in_flight` were unacked: the
+    /// broker breaks MQTT 5's receive maximum, and what the process holds
+    /// (memory) then grows with what the broker sends (docs/bridge.md).
+    fn past_window(&self, warned: &mut bool) {
+        self.metrics.mqtt_past_receive_maximum.fetch_add(1, Relaxed);
+        if !*warned {
+            *warned = true;
+            tracing::warn!(
+                max_in_flight = self.cfg.max_in_flight,
+                "The MQTT broker sends more unacknowledged messages than the receive maximum \
+                 (mqtt.max_in_flight); memory then grows with what it sends. \
+                 Mosquitto before 2.0.13 does this (docs/bridge.md)."
+            );
+        }
+    }
+
     /// Send the UNSUBSCRIBEs that take this member out of its shared group.
     /// False (and the member drains as if staying) when they cannot be queued.
     fn leave_group(&mut self) -> bool {

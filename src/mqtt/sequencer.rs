@@ -23,6 +23,8 @@ pub struct Sequencer<T> {
     entries: VecDeque<Entry<T>>,
     /// Sequence number of `entries[0]`.
     base: u64,
+    /// Entries holding a token (QoS 1 or 2): what the broker counts as unacked.
+    tokens: usize,
 }
 
 /// What one `drain_ready` released.
@@ -34,7 +36,7 @@ pub struct Drained {
 
 impl<T> Default for Sequencer<T> {
     fn default() -> Self {
-        Self { entries: VecDeque::new(), base: 0 }
+        Self { entries: VecDeque::new(), base: 0, tokens: 0 }
     }
 }
 
@@ -45,6 +47,7 @@ impl<T> Sequencer<T> {
 
     /// Register a received message; returns its sequence number.
     pub fn push(&mut self, epoch: u64, token: Option<T>) -> u64 {
+        self.tokens += usize::from(token.is_some());
         self.entries.push_back(Entry { epoch, token, done: false });
         self.base + self.entries.len() as u64 - 1
     }
@@ -69,10 +72,12 @@ impl<T> Sequencer<T> {
             if front.epoch < current_epoch {
                 if let Some(Entry { token: Some(_), .. }) = self.entries.pop_front() {
                     drained.abandoned += 1;
+                    self.tokens -= 1;
                 }
             } else if front.done {
                 if let Some(Entry { token: Some(t), .. }) = self.entries.pop_front() {
                     out.extend(Some(t));
+                    self.tokens -= 1;
                 }
             } else {
                 break;
@@ -89,6 +94,12 @@ impl<T> Sequencer<T> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Registered entries with a token (QoS 1 or 2) not yet released: the
+    /// messages the broker still waits for a PUBACK of.
+    pub fn tokens(&self) -> usize {
+        self.tokens
     }
 }
 
@@ -112,6 +123,25 @@ mod tests {
         s.drain_ready(0, &mut out);
         assert_eq!(out, ['a', 'b', 'c']);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn tokens_count_what_still_waits_for_an_ack() {
+        let mut s = Sequencer::new();
+        let a = s.push(0, Some(1));
+        let _qos0 = s.push(0, None);
+        let c = s.push(0, Some(3));
+        assert_eq!((s.len(), s.tokens()), (3, 2));
+        let mut out = vec![];
+        s.complete(c);
+        s.drain_ready(0, &mut out);
+        assert_eq!(s.tokens(), 2, "c waits behind a");
+        s.complete(a);
+        s.drain_ready(0, &mut out);
+        assert_eq!((s.len(), s.tokens()), (2, 1), "a released; the QoS 0 entry holds c back");
+        let _new = s.push(1, Some(1));
+        s.drain_ready(1, &mut out);
+        assert_eq!((s.len(), s.tokens()), (1, 1), "the ended connection's entries are dropped");
     }
 
     #[test]
@@ -164,6 +194,7 @@ mod tests {
                 s.complete(seq);
                 s.drain_ready(0, &mut out);
                 prop_assert!(out.windows(2).all(|w| w[0] + 1 == w[1]));
+                prop_assert_eq!(s.tokens(), 200 - out.len());
             }
             prop_assert_eq!(out, (0..200u64).collect::<Vec<_>>());
         }

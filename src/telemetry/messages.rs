@@ -31,6 +31,9 @@ pub struct MessageMetrics {
     /// Deliveries whose ack was not sent because the MQTT connection that
     /// carried the message had ended; the broker redelivers those.
     pub acks_abandoned: AtomicU64,
+    /// QoS 1/2 messages the broker sent while `mqtt.max_in_flight` were
+    /// already unacked (MQTT 5 receive maximum broken).
+    pub mqtt_past_receive_maximum: AtomicU64,
     pub kafka_retries: AtomicU64,
     pub kafka_producer_restarts: AtomicU64,
     /// Messages received while shutting down, left unacked for the broker to keep.
@@ -217,6 +220,12 @@ impl MessageMetrics {
             "iotpipe_mqtt_acks_abandoned_total",
             "Delivered messages not acked because their MQTT connection had ended (the broker redelivers them).",
             self.acks_abandoned.load(Relaxed),
+        );
+        counter(
+            o,
+            "iotpipe_mqtt_past_receive_maximum_total",
+            "QoS 1/2 messages the broker sent while mqtt.max_in_flight were unacked (MQTT 5 receive maximum broken).",
+            self.mqtt_past_receive_maximum.load(Relaxed),
         );
         counter(
             o,

@@ -67,6 +67,17 @@ impl Mosquitto {
     }
 }
 
+/// The services' Mosquitto's version, from `mosquitto -h` ("mosquitto
+/// version 2.0.11").
+pub fn mosquitto_version() -> (u32, u32, u32) {
+    let bin = super::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
+    let out = Command::new(bin).arg("-h").output().expect("run mosquitto -h");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().skip_while(|w| *w != "version").nth(1).expect("a version in mosquitto -h");
+    let mut n = version.split('.').map(|p| p.parse::<u32>().expect("a numeric version"));
+    (n.next().unwrap_or(0), n.next().unwrap_or(0), n.next().unwrap_or(0))
+}
+
 /// Start the services' Mosquitto on `conf` and wait until each of its
 /// listener `ports` is open.
 fn spawn_mosquitto(conf: &Path, ports: &[u16]) -> Child {
