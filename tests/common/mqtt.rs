@@ -67,11 +67,15 @@ impl Mosquitto {
     }
 }
 
+/// The services' Mosquitto binary.
+fn mosquitto_bin() -> String {
+    super::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto").to_string()
+}
+
 /// The services' Mosquitto's version, from `mosquitto -h` ("mosquitto
 /// version 2.0.11").
 pub fn mosquitto_version() -> (u32, u32, u32) {
-    let bin = super::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
-    let out = Command::new(bin).arg("-h").output().expect("run mosquitto -h");
+    let out = Command::new(mosquitto_bin()).arg("-h").output().expect("run mosquitto -h");
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.split_whitespace().skip_while(|w| *w != "version").nth(1).expect("a version in mosquitto -h");
     let mut n = version.split('.').map(|p| p.parse::<u32>().expect("a numeric version"));
@@ -81,8 +85,7 @@ pub fn mosquitto_version() -> (u32, u32, u32) {
 /// Start the services' Mosquitto on `conf` and wait until each of its
 /// listener `ports` is open.
 fn spawn_mosquitto(conf: &Path, ports: &[u16]) -> Child {
-    let bin = super::services::shared(&["mosquitto"]).get("IOTPIPE_TEST_MOSQUITTO_BIN").unwrap_or("mosquitto");
-    let child = Command::new(bin)
+    let child = Command::new(mosquitto_bin())
         .arg("-c")
         .arg(conf)
         .stdout(Stdio::null())
