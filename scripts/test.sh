@@ -20,7 +20,35 @@ if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential >/dev/null
 fi
 
-echo "== services"
+# Each stage's header carries the minutes since the start, and the summary at
+# the end lists them, so a slow CI run shows where its time went.
+started=$SECONDS
+stage_names=()
+stage_starts=()
+stage() {
+    stage_names+=("$1")
+    stage_starts+=("$SECONDS")
+    printf '== %s (at %dm%02ds)\n' "$1" $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60))
+}
+summary() {
+    local rc=$? i end
+    echo "== stage times (exit $rc)"
+    for i in "${!stage_names[@]}"; do
+        end=${stage_starts[$((i + 1))]:-$SECONDS}
+        printf '   %-28s %4ds\n' "${stage_names[$i]}" $((end - stage_starts[i]))
+    done
+    printf '   %-28s %4ds\n' total $((SECONDS - started))
+    df -h . 2>/dev/null | awk 'NR == 2 { print "   disk: " $4 " free of " $2 " after the run" }'
+}
+trap summary EXIT
+
+# A fresh clone gains nothing from incremental compilation, which writes
+# about 2 GB of its own under target/debug.
+if [[ ${CI:-} == true ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+
+stage services
 bash scripts/services.sh install
 bash scripts/services.sh up
 bash scripts/services.sh tools
@@ -30,13 +58,13 @@ if [[ ${IOTPIPE_TEST_SASL:-0} == 1 ]]; then
     bash scripts/services.sh up tansu >/dev/null
 fi
 
-echo "== format and lint"
+stage "format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The fuzz checks (src/fuzzing.rs) are compiled only with their feature.
 cargo clippy --all-targets --locked --features fuzzing -- -D warnings
 
-echo "== tests"
+stage tests
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked --profile ci
     # The fuzz corpus replay needs the `fuzzing` feature (docs/fuzzing.md).
@@ -51,13 +79,13 @@ fi
 # features, since dev-dependencies unify differently).
 [[ -x target/debug/iotpipe ]] || cargo build --locked --bin iotpipe
 
-echo "== deployment manifests"
+stage "deployment manifests"
 IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/check-deploy.sh
 
-echo "== dashboards and alerts"
+stage "dashboards and alerts"
 IOTPIPE_BIN="$PWD/target/debug/iotpipe" bash scripts/check-observability.sh
 
-echo "== container image"
+stage "container image"
 bash scripts/container-test.sh
 
 # The short fault matrix (RELIABILITY.md): a quiet run, a PostgreSQL outage
@@ -67,7 +95,7 @@ bash scripts/container-test.sh
 # It runs the release binary the container test just built (what the image
 # ships; a debug build's memory says little about the 64 MiB limit), or the
 # debug one when there is none.
-echo "== fault matrix (--short)"
+stage "fault matrix (--short)"
 fm_bin="$PWD/dist/amd64/iotpipe"
 [[ -x $fm_bin ]] || fm_bin="$PWD/target/debug/iotpipe"
 IOTPIPE_BIN="$fm_bin" bash scripts/fault-matrix.sh --short
@@ -76,5 +104,5 @@ IOTPIPE_BIN="$fm_bin" bash scripts/fault-matrix.sh --short
 # through the bridge, the sink and `iotpipe run` with the default (shared)
 # topology; fails when a peak RSS is over its bound (bridge 24 MiB, sink
 # 48 MiB, run 64 MiB) or a message is missing. Same binary as the matrix.
-echo "== scaling (--short)"
+stage "scaling (--short)"
 IOTPIPE_BIN="$fm_bin" python3 scripts/bench_scale.py --short
