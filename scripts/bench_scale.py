@@ -22,7 +22,8 @@ keyed by tenant/project/device, `kafka.partitions` partitions); "per-pair" is
 `kafka.topic = "iot.{tenant_id}.{project_id}"` (a topic per pair).
 
 Usage: scripts/bench-scale.sh [--pairs 10,100,1000,10000] [--topologies shared,per-pair]
-       [--count N] [--components bridge,sink,run] [--out DIR] [--short]
+       [--count N] [--components bridge,sink,run] [--kafka KEY=VALUE] [--mqtt KEY=VALUE]
+       [--out DIR] [--short]
 --short is the CI form: 1,000 pairs, the default (shared) topology and
 `run`, and exit 1 when a case is incomplete or a peak is over its bound
 (--max-bridge-mib 24, --max-sink-mib 48, --max-run-mib 64). The per-pair
@@ -92,6 +93,7 @@ class Sampler:
 
 
 EXTRA_KAFKA = []
+EXTRA_MQTT = []
 
 
 def kafka_cfg(brokers, topology, partitions):
@@ -128,7 +130,8 @@ def publish_and_measure(args, proc, port, broker, pairs, component, topology, pa
 
 def run_bridge(args, work, env, topology, pairs, procs):
     broker, brokers = start_brokers(work, env, procs)
-    sections = {**source_sections(broker, "bench-scale"), "kafka": kafka_cfg(brokers, topology, args.partitions[topology])}
+    sections = {**source_sections(broker, "bench-scale", tomllib.loads("\n".join(EXTRA_MQTT))),
+                "kafka": kafka_cfg(brokers, topology, args.partitions[topology])}
     bridge, port = start(args, work, "bridge", f"bridge-{topology}-{pairs}", sections, procs)
     partitions = args.partitions[topology] * (pairs if topology == "per-pair" else 1)
     out = publish_and_measure(args, bridge, port, broker, pairs, "bridge", topology, partitions)
@@ -182,7 +185,7 @@ def api_walk(port):
 
 def run_single(args, work, env, pairs, procs):
     broker = start_mosquitto(work, env, procs)
-    sections = {**source_sections(broker, "bench-scale-run"), "store": {"url": f"sqlite://{work}/run-{pairs}.db"},
+    sections = {**source_sections(broker, "bench-scale-run", tomllib.loads("\n".join(EXTRA_MQTT))), "store": {"url": f"sqlite://{work}/run-{pairs}.db"},
                 "journal": {"path": f"{work}/journal-{pairs}"}}
     run, port = start(args, work, "run", f"run-{pairs}", sections, procs)
     out = publish_and_measure(args, run, port, broker, pairs, "run", "-", 0)
@@ -280,6 +283,8 @@ def main():
     ap.add_argument("--per-pair-partitions", type=int, default=1, help="partitions of each per-pair topic")
     ap.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
                     help='extra [kafka] line for bridge and sink, e.g. compression="none" (repeatable)')
+    ap.add_argument("--mqtt", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra [mqtt] line for the bridge and run, e.g. max_in_flight=4000 (repeatable)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds a case may take before it is cut short")
     ap.add_argument("--out", help="directory for results.json, the table and the SVG plot")
     ap.add_argument("--short", action="store_true",
@@ -292,6 +297,7 @@ def main():
         args.pairs, args.count, args.topologies = "1000", 30_000, "shared"
     args.bin = BIN
     EXTRA_KAFKA.extend(args.kafka)
+    EXTRA_MQTT.extend(args.mqtt)
     args.partitions = {"shared": args.shared_partitions, "per-pair": args.per_pair_partitions}
     pairs_list = [int(p) for p in args.pairs.split(",")]
     topologies = [t for t in args.topologies.split(",") if t]

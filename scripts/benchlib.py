@@ -97,6 +97,22 @@ def quantile(before, after, q):
     return prev_le
 
 
+def mosquitto_bin(env):
+    """The Mosquitto the benchmarks and the fault matrix start: the test
+    services' one, or BENCH_MOSQUITTO_BIN for another build (docs/bridge.md:
+    Debian's 2.0.11 does not keep the MQTT window)."""
+    return os.environ.get("BENCH_MOSQUITTO_BIN") or env.get("IOTPIPE_TEST_MOSQUITTO_BIN", "mosquitto")
+
+
+def mosquitto_version(binary):
+    """(major, minor, patch) from `mosquitto -h` ("mosquitto version 2.0.11")."""
+    out = subprocess.run([binary, "-h"], capture_output=True, text=True).stdout.split()
+    if "version" not in out[:-1]:
+        raise RuntimeError(f"{binary} -h printed no version")
+    parts = (out[out.index("version") + 1].split(".") + ["0", "0"])[:3]
+    return tuple(int(p) if p.isdigit() else 0 for p in parts)
+
+
 def start_mosquitto(work, env, procs, max_queued=1_000_000):
     port = free_port()
     conf = os.path.join(work, "mosquitto.conf")
@@ -105,10 +121,7 @@ def start_mosquitto(work, env, procs, max_queued=1_000_000):
                 f"max_queued_messages {max_queued}\nmax_inflight_messages 1000\nmessage_size_limit 0\n")
         if os.geteuid() == 0:
             f.write("user root\n")
-    # BENCH_MOSQUITTO_BIN runs another Mosquitto build than the test services'
-    # (docs/bridge.md: Debian's 2.0.11 does not keep the MQTT window).
-    mosquitto = os.environ.get("BENCH_MOSQUITTO_BIN") or env.get("IOTPIPE_TEST_MOSQUITTO_BIN", "mosquitto")
-    procs.append(subprocess.Popen([mosquitto, "-c", conf],
+    procs.append(subprocess.Popen([mosquitto_bin(env), "-c", conf],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     wait_port(port)
     return f"mqtt://127.0.0.1:{port}"

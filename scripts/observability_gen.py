@@ -744,6 +744,13 @@ def rule_groups(runbook_base=RUNBOOK_BASE_URL, down="seen", components=COMMANDS,
                   "iotpipe {{ $labels.instance }} lost its MQTT connection {{ $value | humanize }} times "
                   "in 15 minutes",
                   "A flapping connection redelivers messages and stalls acknowledgements."),
+            alert("IotpipeMqttBrokerPastWindow", "increase(iotpipe_mqtt_past_receive_maximum_total[10m]) > 0",
+                  "1m", "warning",
+                  "The MQTT broker of iotpipe {{ $labels.instance }} sends past the receive maximum",
+                  "{{ $value | humanize }} QoS 1/2 messages arrived in 10 minutes while mqtt.max_in_flight "
+                  "were already unacknowledged: the broker does not keep MQTT 5's receive maximum, so the "
+                  "bridge's memory is not bounded by its window. Mosquitto before 2.0.13 does this once "
+                  "acknowledgements lag; upgrade the broker."),
         ]},
         {"name": "iotpipe-delivery", "rules": [
             alert("IotpipeDeliveryStalled", "iotpipe_delivery_stalled_seconds > 60", "1m", "critical",

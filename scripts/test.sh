@@ -89,7 +89,7 @@ stage "container image"
 bash scripts/container-test.sh
 
 # The short fault matrix (RELIABILITY.md): a quiet run, a PostgreSQL outage
-# and a Kafka stall in journal mode, nothing lost or stored twice, every bridge and sink
+# and a Kafka stall in direct and in journal mode, nothing lost or stored twice, every bridge and sink
 # below 64 MiB, and a Prometheus with the shipped rules raising the alerts
 # each scenario expects and no others.
 # It runs the release binary the container test just built (what the image
