@@ -502,7 +502,11 @@ def pipeline():
             [prom(f"sum by (instance) (increase(iotpipe_mqtt_reconnects_total{{{S}}}[$__rate_interval]))",
                   "reconnects {{instance}}"),
              prom(rate("iotpipe_mqtt_redelivered_total"), "redelivered/s {{instance}}"),
-             prom(rate("iotpipe_mqtt_acks_abandoned_total"), "acks abandoned/s {{instance}}")], w=8)
+             prom(rate("iotpipe_mqtt_acks_abandoned_total"), "acks abandoned/s {{instance}}"),
+             prom(rate("iotpipe_mqtt_past_receive_maximum_total"), "past the receive maximum/s {{instance}}")], w=8,
+            description="Reconnects, messages the broker sent again, acks dropped with a lost connection, and "
+                        "messages the broker sent past the receive maximum (mqtt.max_in_flight; "
+                        "IotpipeMqttBrokerPastWindow).")
 
     b.panel("timeseries", "Delivery stalled", [prom(f"iotpipe_delivery_stalled_seconds{{{S}}}", "{{instance}}")],
             w=8, unit="s", description="Seconds since delivery (Kafka for the bridge, the store for run) last made "
