@@ -26,7 +26,7 @@ Usage: scripts/bench-scale.sh [--pairs 10,100,1000,10000] [--topologies shared,p
        [--out DIR] [--short]
 --short is the CI form: 1,000 pairs, the default (shared) topology and
 `run`, and exit 1 when a case is incomplete or a peak is over its bound
-(--max-bridge-mib 24, --max-sink-mib 48, --max-run-mib 64). The per-pair
+(--max-bridge-mib 24, --max-sink-mib 48, --max-run-mib 48). The per-pair
 topology has no such bound: its memory grows with the number of topics
 (docs/topology.md), so CI does not run it.
 """
@@ -291,7 +291,7 @@ def main():
                     help="the CI form: 1,000 pairs, shared topology and run, 30,000 messages, bounds checked")
     ap.add_argument("--max-bridge-mib", type=float, default=24)
     ap.add_argument("--max-sink-mib", type=float, default=48)
-    ap.add_argument("--max-run-mib", type=float, default=64)
+    ap.add_argument("--max-run-mib", type=float, default=48)
     args = ap.parse_args()
     if args.short:
         args.pairs, args.count, args.topologies = "1000", 30_000, "shared"

@@ -103,6 +103,6 @@ IOTPIPE_BIN="$fm_bin" bash scripts/fault-matrix.sh --short
 # The short scaling benchmark (docs/topology.md): 1,000 tenant/project pairs
 # through the bridge, the sink and `iotpipe run` with the default (shared)
 # topology; fails when a peak RSS is over its bound (bridge 24 MiB, sink
-# 48 MiB, run 64 MiB) or a message is missing. Same binary as the matrix.
+# 48 MiB, run 48 MiB) or a message is missing. Same binary as the matrix.
 stage "scaling (--short)"
 IOTPIPE_BIN="$fm_bin" python3 scripts/bench_scale.py --short
