@@ -96,6 +96,11 @@ EXTRA_KAFKA = []
 EXTRA_MQTT = []
 
 
+def mqtt_extra():
+    """The --mqtt lines as [mqtt] keys, for the bridge and `run`."""
+    return tomllib.loads("\n".join(EXTRA_MQTT))
+
+
 def kafka_cfg(brokers, topology, partitions):
     """[kafka] of bridge and sink: the topology's topic and partitions, the --kafka lines on top."""
     extra = tomllib.loads("\n".join(EXTRA_KAFKA))
@@ -130,7 +135,7 @@ def publish_and_measure(args, proc, port, broker, pairs, component, topology, pa
 
 def run_bridge(args, work, env, topology, pairs, procs):
     broker, brokers = start_brokers(work, env, procs)
-    sections = {**source_sections(broker, "bench-scale", tomllib.loads("\n".join(EXTRA_MQTT))),
+    sections = {**source_sections(broker, "bench-scale", mqtt_extra()),
                 "kafka": kafka_cfg(brokers, topology, args.partitions[topology])}
     bridge, port = start(args, work, "bridge", f"bridge-{topology}-{pairs}", sections, procs)
     partitions = args.partitions[topology] * (pairs if topology == "per-pair" else 1)
@@ -185,8 +190,8 @@ def api_walk(port):
 
 def run_single(args, work, env, pairs, procs):
     broker = start_mosquitto(work, env, procs)
-    sections = {**source_sections(broker, "bench-scale-run", tomllib.loads("\n".join(EXTRA_MQTT))), "store": {"url": f"sqlite://{work}/run-{pairs}.db"},
-                "journal": {"path": f"{work}/journal-{pairs}"}}
+    sections = {**source_sections(broker, "bench-scale-run", mqtt_extra()),
+                "store": {"url": f"sqlite://{work}/run-{pairs}.db"}, "journal": {"path": f"{work}/journal-{pairs}"}}
     run, port = start(args, work, "run", f"run-{pairs}", sections, procs)
     out = publish_and_measure(args, run, port, broker, pairs, "run", "-", 0)
     if out["complete"]:
