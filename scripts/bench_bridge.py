@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (BIN, Iotpipe, add_json_option, bridge_sections, cpu_seconds, histogram,  # noqa: E402
@@ -28,6 +29,8 @@ def main():
     ap.add_argument("--latency-count", type=int, default=50_000)
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--journal", action="store_true", help="run the bridge in journal mode (a [journal] section)")
+    ap.add_argument("--journal-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --journal, a [journal] key in TOML syntax (repeatable), e.g. 'preallocate = false'")
     ap.add_argument("--perf", metavar="FILE", help="record a perf profile of the bridge during the throughput run")
     add_json_option(ap)
     args = ap.parse_args()
@@ -49,7 +52,8 @@ def main():
         base_rate = args.count / base_wall
 
         # 2. The bridge, PUBACK after Kafka delivery.
-        journal = {"path": os.path.join(work, "journal"), "max_size": "1GiB"} if args.journal else None
+        journal = ({"path": os.path.join(work, "journal"), "max_size": "1GiB",
+                    **tomllib.loads("\n".join(args.journal_set))} if args.journal else None)
         bridge = Iotpipe("bridge", work, "bridge", bridge_sections(broker, brokers, journal=journal), procs).ready()
         # Warm-up creates the topics.
         simulate(broker, 2_000)

@@ -167,11 +167,13 @@ impl Drop for Scratch {
 
 /// The bytes become the journal's only segment file (with mode bit 0 set, a
 /// valid segment header is put in front of them, so the fuzzer works on the
-/// frames). Then the journal is opened the way the bridge opens it, and every
+/// frames; mode bit 1 makes it a preallocated segment's header, whose
+/// trailing zeros are unwritten space, not a torn tail). Then the journal is opened the way the bridge opens it, and every
 /// record is read with the real reader. Invariants: open either reports
 /// `Corrupt` or recovers exactly the valid prefix of frames (decoded here
 /// independently), the reader returns exactly those records in order and
-/// then nothing, a torn tail is cut at the end of that prefix, reopening
+/// then nothing, a torn tail is cut at the end of that prefix (and reported
+/// as the bytes up to the last non-zero one in a preallocated segment), reopening
 /// finds the same records and cuts nothing more, and every stored message
 /// that decodes re-encodes to the same bytes.
 pub fn journal_reader(data: &[u8]) {
@@ -179,7 +181,8 @@ pub fn journal_reader(data: &[u8]) {
     let window = 1024 * (1 + u32::from(mode >> 4));
     let mut file = Vec::with_capacity(body.len() + journal::SEGMENT_HEADER);
     if mode & 1 == 1 {
-        file.extend_from_slice(&journal::SegmentHeader { first_seq: 0, tail_window: window }.encode());
+        let preallocated = mode & 2 == 2;
+        file.extend_from_slice(&journal::SegmentHeader { first_seq: 0, tail_window: window, preallocated }.encode());
     }
     file.extend_from_slice(body);
 
@@ -189,7 +192,9 @@ pub fn journal_reader(data: &[u8]) {
         return; // the machine, not the input
     }
     let expected = valid_prefix(&file);
-    let opened = match Journal::open(JournalConfig::at(&dir)) {
+    // The new active segment need not be zero-filled: recovery is what is checked.
+    let cfg = JournalConfig { preallocate: false, ..JournalConfig::at(&dir) };
+    let opened = match Journal::open(cfg.clone()) {
         Ok(o) => o,
         Err(JournalError::Corrupt { .. }) => return,
         Err(e) => panic!("journal open failed with other than Corrupt: {e}"),
@@ -201,9 +206,13 @@ pub fn journal_reader(data: &[u8]) {
     };
     assert_eq!(records.0, want, "records read differ from the valid frames");
     assert_eq!(records.1.first_seq, 0);
-    assert_eq!(records.1.truncated_bytes, file.len() as u64 - valid_len);
+    let written = match journal::SegmentHeader::decode(&file) {
+        Some(h) if h.preallocated => file.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1).max(valid_len),
+        _ => file.len() as u64,
+    };
+    assert_eq!(records.1.truncated_bytes, written - valid_len);
 
-    let again = match Journal::open(JournalConfig::at(&dir)) {
+    let again = match Journal::open(cfg) {
         Ok(o) => read_all(o),
         Err(e) => panic!("reopening a recovered journal failed: {e}"),
     };

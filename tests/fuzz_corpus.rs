@@ -75,7 +75,8 @@ fn the_clean_journal_seed_is_read_back_whole() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/journal_reader/clean");
     let data = std::fs::read(path).expect("read seed");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut file = iotpipe::journal::SegmentHeader { first_seq: 0, tail_window: 1024 }.encode().to_vec();
+    let mut file =
+        iotpipe::journal::SegmentHeader { first_seq: 0, tail_window: 1024, preallocated: false }.encode().to_vec();
     file.extend_from_slice(&data[1..]);
     std::fs::write(dir.path().join(format!("{:020}.seg", 0)), file).expect("write segment");
     let (journal, rec) =

@@ -378,7 +378,8 @@ async fn a_failed_write_poisons_the_journal_until_it_is_reopened() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path());
+    // Growing segments: a preallocated one would be renamed over the link below.
+    let cfg = JournalConfig { preallocate: false, ..config(tmp.path()) };
     let (j, _) = Journal::open(cfg.clone()).unwrap();
     // 100-byte records: 35 fit in a 4 KiB segment; the next segment's file
     // is /dev/full, so creating it fails with ENOSPC.
@@ -455,23 +456,35 @@ fn frame_ends(seg: &[u8]) -> Vec<u64> {
     ends
 }
 
+/// Where the written bytes of a damaged last segment end: its length, or
+/// for a preallocated one (zero-filled before it was written) the end of its
+/// last non-zero byte, since zeros there cannot be told from unwritten space.
+fn written_end(seg: &[u8]) -> u64 {
+    if seg.starts_with(b"IOTPJRN2") && seg.len() as u64 >= SEGMENT_HEADER {
+        seg.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
+    } else {
+        seg.len() as u64
+    }
+}
+
 /// Reopen a damaged copy and check: every record wholly before the cut is
-/// back, nothing after it, and the tail is reported.
+/// back, nothing after it, and the tail (up to `written`, see
+/// [`written_end`]) is reported.
 fn check_recovery(
     cfg: &JournalConfig,
     payloads: &[Bytes],
     in_earlier_segments: usize,
     ends: &[u64],
     cut: u64,
-    garbage: usize,
+    written: u64,
 ) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (j, rec) = Journal::open(cfg.clone()).unwrap_or_else(|e| panic!("cut {cut} garbage {garbage}: {e}"));
+    let (j, rec) = Journal::open(cfg.clone()).unwrap_or_else(|e| panic!("cut {cut} written {written}: {e}"));
     let kept = in_earlier_segments + ends.iter().filter(|&&e| e <= cut).count();
     let boundary = ends.iter().copied().filter(|&e| e <= cut).max().unwrap_or(SEGMENT_HEADER.min(cut));
     let boundary = if cut < SEGMENT_HEADER { 0 } else { boundary };
     assert_eq!(rec.next_seq, kept as u64, "cut {cut}");
-    assert_eq!(rec.truncated_bytes, cut - boundary + garbage as u64, "cut {cut} garbage {garbage}");
+    assert_eq!(rec.truncated_bytes, written.max(boundary) - boundary, "cut {cut} written {written}");
     if cut > 0 {
         assert_eq!(rec.torn_tail.is_some(), rec.truncated_bytes > 0, "cut {cut}");
     }
@@ -502,7 +515,7 @@ fn truncation_at_every_byte_of_the_last_segment_keeps_the_committed_prefix() {
         copy_dir(&pristine, &cfg.path);
         let victim = segments(&cfg.path).pop().unwrap();
         std::fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(cut).unwrap();
-        check_recovery(&cfg, &payloads, earlier, &ends, cut, 0);
+        check_recovery(&cfg, &payloads, earlier, &ends, cut, written_end(&last[..cut as usize]));
     }
 }
 
@@ -526,7 +539,7 @@ proptest! {
         let mut damaged = bytes[..cut as usize].to_vec();
         damaged.extend_from_slice(&garbage);
         std::fs::write(&victim, &damaged).unwrap();
-        check_recovery(&cfg, &payloads, payloads.len() - ends.len(), &ends, cut, garbage.len());
+        check_recovery(&cfg, &payloads, payloads.len() - ends.len(), &ends, cut, written_end(&damaged));
     }
 }
 
@@ -580,4 +593,122 @@ async fn corruption_far_from_the_end_of_the_last_segment_is_an_error() {
     let (j, rec) = Journal::open(cfg).unwrap();
     assert_eq!((rec.next_seq, rec.truncated_bytes), (299, FRAME_HEADER + 50));
     j.close().await.unwrap();
+}
+
+/// Length of each segment file of `dir`, in order.
+fn segment_lens(dir: &Path) -> Vec<u64> {
+    segments(dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).collect()
+}
+
+/// Preallocated segments: the active one is zero-filled to `segment_size`
+/// (the next one prepared once it is half full), a rolled one is cut to its
+/// records, and close cuts the active one too.
+#[tokio::test]
+async fn preallocated_segments_are_full_size_while_active_and_cut_to_their_records_when_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig { segment_size: ByteSize::kib(64), ..config(tmp.path()) };
+    let seg = cfg.segment_size.bytes();
+    let (j, _) = Journal::open(cfg.clone()).unwrap();
+    assert_eq!(segment_lens(&cfg.path), vec![seg], "zero-filled from the start");
+    let payloads: Vec<Bytes> = (0..1000).map(|i| payload(i, 100 + i % 50)).collect();
+    append_all(&j, &payloads).await;
+    let lens = segment_lens(&cfg.path);
+    assert!(lens.len() >= 3, "{lens:?}");
+    assert_eq!(*lens.last().unwrap(), seg, "the active segment keeps its preallocated size");
+    for (i, &len) in lens[..lens.len() - 1].iter().enumerate() {
+        assert!(len < seg && len > seg - 300, "sealed segment {i} is {len} bytes");
+    }
+    assert_eq!(drain(&mut j.reader(0).unwrap()).len(), 1000);
+    j.close().await.unwrap();
+    let lens = segment_lens(&cfg.path);
+    assert!(*lens.last().unwrap() < seg, "close cuts the active segment: {lens:?}");
+    assert!(!cfg.path.join("next.seg.tmp").exists(), "no prepared file is left behind");
+    for p in segments(&cfg.path) {
+        assert_eq!(&std::fs::read(&p).unwrap()[..8], b"IOTPJRN2", "{}", p.display());
+    }
+    let (j, rec) = Journal::open(cfg).unwrap();
+    assert_eq!((rec.next_seq, rec.truncated_bytes, rec.torn_tail), (1000, 0, None));
+    let read = drain(&mut j.reader(0).unwrap());
+    assert!(read.iter().enumerate().all(|(i, (seq, p))| *seq == i as u64 && *p == payloads[i]));
+    j.close().await.unwrap();
+}
+
+/// A crash leaves the active segment at full size, zeros after its last
+/// record (and maybe a prepared next file): recovery keeps every record,
+/// cuts the zeros and reports no torn tail. A torn write before the zeros
+/// is cut and reported like one at the end of a growing segment; damage
+/// further than `max_batch` before the last written byte is corruption.
+#[tokio::test]
+async fn recovery_of_a_crashed_preallocated_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig { segment_size: ByteSize::kib(64), ..config(tmp.path()) };
+    let (j, _) = Journal::open(cfg.clone()).unwrap();
+    let payloads: Vec<Bytes> = (0..300).map(|i| payload(i, 150)).collect();
+    append_all(&j, &payloads).await;
+    // The files as a crash now would leave them (everything appended is fsync'd).
+    let crashed = tmp.path().join("crashed");
+    copy_dir(&cfg.path, &crashed);
+    std::fs::write(crashed.join("next.seg.tmp"), vec![0u8; 4096]).unwrap();
+    j.close().await.unwrap();
+    let active = segments(&crashed).pop().unwrap();
+    let pristine = std::fs::read(&active).unwrap();
+    assert_eq!(pristine.len() as u64, cfg.segment_size.bytes());
+    let written = pristine.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+    let records_in_active = frame_ends(&pristine[..written as usize]).len();
+    let at = |dir: &Path| JournalConfig { path: dir.to_path_buf(), ..cfg.clone() };
+
+    let clean = tmp.path().join("clean");
+    copy_dir(&crashed, &clean);
+    let (j, rec) = Journal::open(at(&clean)).unwrap();
+    assert_eq!((rec.next_seq, rec.truncated_bytes, rec.torn_tail), (300, 0, None));
+    assert!(!clean.join("next.seg.tmp").exists(), "a leftover preparation is removed");
+    let read = drain(&mut j.reader(0).unwrap());
+    assert!(read.len() == 300 && read.iter().enumerate().all(|(i, (s, p))| *s == i as u64 && *p == payloads[i]));
+    j.close().await.unwrap();
+    let cut = segments(&clean).iter().map(|p| std::fs::metadata(p).unwrap().len()).nth(segments(&crashed).len() - 1);
+    assert_eq!(cut, Some(written), "the zeros are cut, the records kept");
+
+    // A torn write: 200 bytes of junk after the last record, zeros after that.
+    let torn = tmp.path().join("torn");
+    copy_dir(&crashed, &torn);
+    let mut b = pristine.clone();
+    b[written as usize..written as usize + 200].fill(0xA5);
+    std::fs::write(segments(&torn).pop().unwrap(), &b).unwrap();
+    let (j, rec) = Journal::open(at(&torn)).unwrap();
+    assert_eq!((rec.next_seq, rec.truncated_bytes), (300, 200));
+    assert_eq!(rec.torn_tail.map(|t| t.offset), Some(written));
+    j.close().await.unwrap();
+
+    // The last record damaged: within one batch of the written end, torn.
+    let last = tmp.path().join("last");
+    copy_dir(&crashed, &last);
+    let mut b = pristine.clone();
+    b[written as usize - 3] ^= 1;
+    std::fs::write(segments(&last).pop().unwrap(), &b).unwrap();
+    let (j, rec) = Journal::open(at(&last)).unwrap();
+    assert_eq!((rec.next_seq, rec.truncated_bytes), (299, FRAME_HEADER + 150));
+    j.close().await.unwrap();
+
+    // Damage far before the written end, whatever zeros follow it: corrupt.
+    assert!(records_in_active > 20, "{records_in_active} records in the active segment");
+    let far = tmp.path().join("far");
+    copy_dir(&crashed, &far);
+    let mut b = pristine;
+    b[SEGMENT_HEADER as usize + 20] ^= 1;
+    std::fs::write(segments(&far).pop().unwrap(), &b).unwrap();
+    let err = Journal::open(at(&far)).err().expect("must refuse to open");
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+}
+
+/// Without `preallocate` segments grow as they are written, as before.
+#[tokio::test]
+async fn without_preallocation_segments_grow_as_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig { segment_size: ByteSize::kib(64), preallocate: false, ..config(tmp.path()) };
+    let (j, _) = Journal::open(cfg.clone()).unwrap();
+    assert_eq!(segment_lens(&cfg.path), vec![SEGMENT_HEADER]);
+    append_all(&j, &[payload(0, 10)]).await;
+    assert_eq!(segment_lens(&cfg.path), vec![SEGMENT_HEADER + FRAME_HEADER + 10]);
+    j.close().await.unwrap();
+    assert_eq!(&std::fs::read(&segments(&cfg.path)[0]).unwrap()[..8], b"IOTPJRN1");
 }

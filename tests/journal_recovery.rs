@@ -56,6 +56,15 @@ fn write_journal(dir: &Path, n: u64) -> u64 {
     });
     let bytes = journal.used_bytes();
     drop(journal);
+    // The dropped journal's threads finish in the background (cut the active
+    // segment, stop preparing the next); a crashed process would be gone.
+    let lock = std::fs::File::open(dir.join("lock")).expect("the journal's lock file");
+    let waited = Instant::now();
+    while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(waited.elapsed() < Duration::from_secs(10), "the dropped journal kept its lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(lock);
     println!("journaled {n} records, {} MiB, in {:?}", bytes >> 20, started.elapsed());
     bytes
 }

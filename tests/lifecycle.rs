@@ -122,8 +122,10 @@ fn newest_segment(dir: &Path) -> PathBuf {
 fn corrupt_journal(dir: &Path) {
     use std::os::unix::fs::FileExt;
     let seg = newest_segment(dir);
+    // The records' end: a preallocated segment is zeros after its last record.
+    let bytes = std::fs::read(&seg).expect("read segment");
+    let len = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1);
     let f = std::fs::OpenOptions::new().write(true).open(&seg).expect("open segment");
-    let len = f.metadata().expect("segment size").len();
     f.write_all_at(&[0xA5; 64], len * 3 / 4).expect("corrupt segment");
 }
 

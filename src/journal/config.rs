@@ -39,6 +39,13 @@ pub struct JournalConfig {
     /// Most payload bytes read from the journal and not yet delivered (a
     /// record larger than this is forwarded on its own).
     pub forward_max_bytes: ByteSize,
+    /// Zero-fill each segment file to `segment_size` before appending to it
+    /// (the next one in the background), so a group commit's `fdatasync`
+    /// writes only data: no file size, no block allocation. Costs up to two
+    /// segments of disk beyond `max_size`; skipped while the filesystem has
+    /// no room for them. Turn it off on copy-on-write filesystems (btrfs,
+    /// ZFS), where overwriting allocates anyway.
+    pub preallocate: bool,
 }
 
 impl Default for JournalConfig {
@@ -51,6 +58,7 @@ impl Default for JournalConfig {
             ack_sync_interval: HumanDuration::millis(100),
             forward_max_records: 4096,
             forward_max_bytes: ByteSize::mib(8),
+            preallocate: true,
         }
     }
 }

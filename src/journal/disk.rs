@@ -44,7 +44,7 @@ pub struct LowSpace {
 impl DiskGuard {
     /// A guard keeping `max_batch` twice over plus [`SLACK`] free.
     pub fn new(max_batch: u64) -> Self {
-        Self { reserve: max_batch.saturating_mul(2).saturating_add(SLACK), last: Mutex::new(None) }
+        Self { reserve: reserve(max_batch), last: Mutex::new(None) }
     }
 
     /// May `bytes` more be admitted, with `reserved` admitted now of which
@@ -79,8 +79,13 @@ impl DiskGuard {
     }
 }
 
+/// Bytes kept free for a writer with this `max_batch`.
+pub fn reserve(max_batch: u64) -> u64 {
+    max_batch.saturating_mul(2).saturating_add(SLACK)
+}
+
 /// Bytes an unprivileged writer may still allocate on `dir`'s filesystem.
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub fn free_bytes(dir: &Path) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }

@@ -10,11 +10,13 @@
 //! A segment file starts with a 24-byte header:
 //!
 //! ```text
-//! [magic "IOTPJRN1"][first_seq u64 LE][tail_window u32 LE][crc u32 LE of the first 20 bytes]
+//! [magic "IOTPJRN1" or "IOTPJRN2"][first_seq u64 LE][tail_window u32 LE][crc u32 LE of the first 20 bytes]
 //! ```
 //!
 //! `tail_window` is the writer's `max_batch`: the most bytes it ever had
 //! written but not yet fsync'd, so the longest torn tail a crash can leave.
+//! `IOTPJRN2` marks a preallocated segment: zero-filled to its full size
+//! before its first record, so what follows the last record is zeros.
 
 /// Bytes before the payload of every record.
 pub const FRAME_HEADER: usize = 16;
@@ -22,8 +24,10 @@ pub const FRAME_HEADER: usize = 16;
 pub const SEGMENT_HEADER: usize = 24;
 /// Largest payload a frame may declare; a larger length field is corruption.
 pub const MAX_PAYLOAD: usize = 1 << 30;
-/// First bytes of every segment file (the trailing digit is the format version).
+/// First bytes of a segment file that grows as it is written.
 const SEGMENT_MAGIC: [u8; 8] = *b"IOTPJRN1";
+/// First bytes of a preallocated (zero-filled) segment file.
+const PREALLOCATED_MAGIC: [u8; 8] = *b"IOTPJRN2";
 
 /// A decoded record, borrowing its payload from the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,13 +120,15 @@ pub struct SegmentHeader {
     pub first_seq: u64,
     /// Longest torn tail a crash of the writer that wrote the segment can leave.
     pub tail_window: u32,
+    /// The file was zero-filled to its full size before its first record.
+    pub preallocated: bool,
 }
 
 impl SegmentHeader {
     /// The header's bytes.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER] {
         let mut b = [0u8; SEGMENT_HEADER];
-        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[0..8].copy_from_slice(if self.preallocated { &PREALLOCATED_MAGIC } else { &SEGMENT_MAGIC });
         b[8..16].copy_from_slice(&self.first_seq.to_le_bytes());
         b[16..20].copy_from_slice(&self.tail_window.to_le_bytes());
         let crc = crc32c::crc32c(&b[..20]);
@@ -133,10 +139,15 @@ impl SegmentHeader {
     /// Parse a header; `None` when it is short, of another format or damaged.
     pub fn decode(buf: &[u8]) -> Option<Self> {
         let b = buf.get(..SEGMENT_HEADER)?;
-        if b[0..8] != SEGMENT_MAGIC || crc32c::crc32c(&b[..20]) != le_u32(&b[20..24]) {
+        let preallocated = match &b[0..8] {
+            m if m == SEGMENT_MAGIC => false,
+            m if m == PREALLOCATED_MAGIC => true,
+            _ => return None,
+        };
+        if crc32c::crc32c(&b[..20]) != le_u32(&b[20..24]) {
             return None;
         }
-        Some(Self { first_seq: le_u64(&b[8..16]), tail_window: le_u32(&b[16..20]) })
+        Some(Self { first_seq: le_u64(&b[8..16]), tail_window: le_u32(&b[16..20]), preallocated })
     }
 }
 
@@ -181,8 +192,12 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
-        let h = SegmentHeader { first_seq: 42, tail_window: 1 << 20 };
+        let h = SegmentHeader { first_seq: 42, tail_window: 1 << 20, preallocated: false };
+        let p = SegmentHeader { preallocated: true, ..h };
+        assert_eq!(SegmentHeader::decode(&p.encode()), Some(p));
+        assert_eq!(&p.encode()[..8], b"IOTPJRN2");
         let mut b = h.encode();
+        assert_eq!(&b[..8], b"IOTPJRN1");
         assert_eq!(SegmentHeader::decode(&b), Some(h));
         assert_eq!(SegmentHeader::decode(&b[..SEGMENT_HEADER - 1]), None);
         b[9] ^= 1;

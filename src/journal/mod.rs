@@ -11,6 +11,7 @@
 //! ```
 //!
 //! Files: `frame` (framing and checksums, pure), `segment` (segment files),
+//! `prealloc` (zero-filled segments, and preparing the next one),
 //! `writer` (the group commit thread), `reader`, `recovery` and `scan`, `ack` (the ack
 //! file and its thread), `codec` (what the bridge stores), `config`.
 
@@ -21,6 +22,7 @@ mod config;
 mod disk;
 mod error;
 mod frame;
+mod prealloc;
 mod reader;
 mod recovery;
 mod scan;
@@ -100,7 +102,7 @@ impl Journal {
             disk: disk::DiskGuard::new(cfg_max_batch),
         });
         let (writer, rx) = mpsc::channel();
-        Writer::new(shared.clone(), rec.active, next_seq, segment::EMPTY_LEN, next_seq)
+        Writer::new(shared.clone(), rec.active, next_seq, segment::EMPTY_LEN, next_seq, rec.preallocated)
             .spawn(rx, lock.clone())
             .map_err(|e| JournalError::io(&dir, e))?;
         let (acks, rx) = mpsc::channel();

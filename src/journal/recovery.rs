@@ -10,17 +10,23 @@
 //!   stored in the segment header) of the end is a torn write: the file is
 //!   truncated there, reported in [`Recovery`] and logged. Only unsynced bytes
 //!   can be torn, and the writer never has more than one batch unsynced.
+//! - In a preallocated last segment (zero-filled before its first record)
+//!   the same holds with "the end" read as the end of the written bytes: a
+//!   defect followed only by zeros is where the records end (the zeros are
+//!   cut, nothing is reported), one within `tail_window` bytes of the last
+//!   non-zero byte is a torn write.
 //! - Any other defect is `JournalError::Corrupt`: never skipped.
 //! - A new segment is started, so each segment is written by one process
 //!   with one `max_batch`.
 
 use super::ack::{self, AckFile};
 use super::frame::{SegmentHeader, SEGMENT_HEADER};
+use super::prealloc;
 use super::scan::scan_frames;
 use super::segment::{self, SegmentInfo};
 use super::{JournalConfig, JournalError};
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// What `Journal::open` found and repaired.
@@ -65,6 +71,8 @@ pub struct Recovered {
     pub segments: Vec<SegmentInfo>,
     /// The active segment, open for appending.
     pub active: File,
+    /// The active segment is preallocated.
+    pub preallocated: bool,
     /// First undelivered sequence number.
     pub acked: u64,
     /// The report.
@@ -86,6 +94,11 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
         }
     };
 
+    // A preparation cut short by a crash: never a segment.
+    match std::fs::remove_file(dir.join(segment::PREPARED)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(e)),
+        _ => {}
+    }
     let mut seqs = segment::list(dir).map_err(io_err)?;
     let mut removed_segments = 0;
     while seqs.len() > 1 && seqs[1] <= acked {
@@ -121,7 +134,8 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
         }
     }
     let next_seq = expected.unwrap_or(acked);
-    let active = segment::create(dir, next_seq, window).map_err(io_err)?;
+    let prepared = prealloc::prepare_now(dir, cfg);
+    let (active, preallocated) = prealloc::create(dir, prepared, next_seq, window).map_err(io_err)?;
     segments.push(SegmentInfo { first_seq: next_seq, len: segment::EMPTY_LEN });
 
     let oldest = segments[0].first_seq;
@@ -154,14 +168,15 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
         torn_tail,
         ack_reset,
     };
-    Ok(Recovered { segments, active, acked, recovery })
+    Ok(Recovered { segments, active, preallocated, acked, recovery })
 }
 
 /// A segment after its scan.
 struct Scanned {
     records: u64,
     next_seq: u64,
-    /// Length before any truncation.
+    /// Length of the written bytes before any truncation (a preallocated
+    /// segment's zeros not counted).
     len_before: u64,
     /// Length after.
     len: u64,
@@ -194,10 +209,21 @@ fn scan_segment(p: &Path, first: u64, is_last: bool) -> Result<(Scanned, Option<
     let Some((offset, reason)) = scan.defect else {
         return Ok((scanned, None));
     };
-    let tail = len.saturating_sub(offset);
     if !is_last {
         return Err(corrupt(offset, format!("{reason}, in a segment that is not the last")));
     }
+    // Where the written bytes end: the file's end, or in a preallocated
+    // segment the last non-zero byte (the zeros after it were never written).
+    let end = if header.preallocated { written_end(&mut file, offset, len).map_err(io_err)? } else { len };
+    if end == offset {
+        // Zeros from the defect on: the unwritten rest of a preallocated segment.
+        file.set_len(offset).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        scanned.len = offset;
+        scanned.len_before = offset;
+        return Ok((scanned, None));
+    }
+    let tail = end - offset;
     if tail > u64::from(header.tail_window) {
         let reason = format!(
             "{reason}, {tail} bytes before the end of the last segment (a crash tears at most {} bytes)",
@@ -209,7 +235,27 @@ fn scan_segment(p: &Path, first: u64, is_last: bool) -> Result<(Scanned, Option<
     file.sync_all().map_err(io_err)?;
     warn_torn(p, offset, tail, &reason);
     scanned.len = offset;
+    scanned.len_before = end;
     Ok((scanned, Some(TornTail { segment: p.to_path_buf(), offset, reason })))
+}
+
+/// Offset just past the last non-zero byte of `file` in `from..len` (`from` if there is none).
+fn written_end(file: &mut File, from: u64, len: u64) -> io::Result<u64> {
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut at, mut end) = (from, from);
+    while at < len {
+        let want = usize::try_from(len - at).unwrap_or(buf.len()).min(buf.len());
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            end = at + i as u64 + 1;
+        }
+        at += n as u64;
+    }
+    Ok(end)
 }
 
 fn warn_torn(p: &Path, offset: u64, truncated_bytes: u64, reason: &str) {

@@ -6,6 +6,7 @@
 
 use super::batch::Batch;
 use super::frame;
+use super::prealloc::{self, Preparation};
 use super::segment::{self, SegmentInfo};
 use super::shared::Shared;
 use super::JournalError;
@@ -129,12 +130,35 @@ pub struct Writer {
     pending: Vec<Pending>,
     /// Set after a failed write or fsync: nothing more is written.
     failed: Option<String>,
+    /// The active segment was zero-filled to `segment_size` before its first record.
+    preallocated: bool,
+    /// The next segment, being zero-filled in the background.
+    next: Option<Preparation>,
 }
 
 impl Writer {
-    /// A writer appending to the segment `active_first`, `active_len` bytes long.
-    pub fn new(shared: Arc<Shared>, file: File, active_first: u64, active_len: u64, next_seq: u64) -> Self {
-        Self { shared, file, active_first, active_len, next_seq, buf: Vec::new(), pending: Vec::new(), failed: None }
+    /// A writer appending to the segment `active_first`, `active_len` bytes
+    /// long (`preallocated`: zero-filled to its full size).
+    pub fn new(
+        shared: Arc<Shared>,
+        file: File,
+        active_first: u64,
+        active_len: u64,
+        next_seq: u64,
+        preallocated: bool,
+    ) -> Self {
+        Self {
+            shared,
+            file,
+            active_first,
+            active_len,
+            next_seq,
+            buf: Vec::new(),
+            pending: Vec::new(),
+            failed: None,
+            preallocated,
+            next: None,
+        }
     }
 
     /// Start the thread. It holds `lock` (the directory lock) until it has
@@ -180,6 +204,7 @@ impl Writer {
                 next = rx.try_recv().ok();
             }
             self.commit();
+            self.prepare_next();
         }
         if let Some(req) = carry {
             self.refuse(req);
@@ -188,7 +213,40 @@ impl Writer {
             self.refuse(req);
         }
         self.shared.committed.send_modify(|c| c.closed = true);
+        self.tidy();
         shutdown
+    }
+
+    /// Once a preallocated active segment is half full, zero-fill the next
+    /// one in the background (only then: its appends need no new blocks, so
+    /// the preparation cannot take space they were promised).
+    fn prepare_next(&mut self) {
+        let half = self.shared.cfg.segment_size.bytes() / 2;
+        if self.preallocated && self.next.is_none() && self.failed.is_none() && self.active_len > half {
+            self.next = Preparation::start(self.shared.dir.clone(), self.shared.cfg.clone());
+        }
+    }
+
+    /// On the way out: stop a preparation and remove its file, and cut the
+    /// active segment's zeros (recovery would, after a crash).
+    fn tidy(&mut self) {
+        if let Some(p) = self.next.take() {
+            if p.cancel().is_some() {
+                let _ = std::fs::remove_file(self.shared.dir.join(segment::PREPARED));
+            }
+        }
+        if self.preallocated && self.failed.is_none() {
+            if let Err(error) = self.seal() {
+                let path = segment::path(&self.shared.dir, self.active_first);
+                tracing::warn!(path = %path.display(), %error, "Could not cut a preallocated journal segment to its records; the next open does.");
+            }
+        }
+    }
+
+    /// Cut a preallocated active segment to its records and make that durable.
+    fn seal(&mut self) -> io::Result<()> {
+        self.file.set_len(self.active_len)?;
+        self.file.sync_all()
     }
 
     /// Encode a batch's records into the group commit, rolling to a new
@@ -274,10 +332,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Close the active segment and start one at `next_seq`.
+    /// Close the active segment and start one at `next_seq`: the prepared
+    /// one if there is one (waiting for its preparation), else one prepared
+    /// now, else a growing one.
     fn roll(&mut self) -> io::Result<()> {
         let window = u32::try_from(self.shared.cfg.max_batch.bytes()).unwrap_or(u32::MAX);
-        self.file = segment::create(&self.shared.dir, self.next_seq, window)?;
+        if self.preallocated {
+            // Readers and recovery take a sealed segment's file length as its end.
+            self.seal()?;
+        }
+        let prepared = match self.next.take() {
+            Some(p) => p.finish(),
+            None => prealloc::prepare_now(&self.shared.dir, &self.shared.cfg),
+        };
+        (self.file, self.preallocated) = prealloc::create(&self.shared.dir, prepared, self.next_seq, window)?;
         self.active_first = self.next_seq;
         self.active_len = segment::EMPTY_LEN;
         self.shared.segments().push(SegmentInfo { first_seq: self.next_seq, len: segment::EMPTY_LEN });
