@@ -43,8 +43,8 @@ pub struct JournalConfig {
     /// (the next one in the background), so a group commit's `fdatasync`
     /// writes only data: no file size, no block allocation. Costs up to two
     /// segments of disk beyond `max_size`; skipped while the filesystem has
-    /// no room for them. Turn it off on copy-on-write filesystems (btrfs,
-    /// ZFS), where overwriting allocates anyway.
+    /// no room for them, and on tmpfs, ramfs, btrfs and ZFS (memory, or
+    /// copy-on-write: no use there).
     pub preallocate: bool,
 }
 

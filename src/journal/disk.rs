@@ -84,6 +84,23 @@ pub fn reserve(max_batch: u64) -> u64 {
     max_batch.saturating_mul(2).saturating_add(SLACK)
 }
 
+/// Filesystems where zero-filling a file ahead buys nothing: memory-backed
+/// ones (tmpfs, ramfs: the zeros would be memory, and an fsync writes
+/// nothing) and copy-on-write ones (btrfs, ZFS: an overwrite allocates
+/// anyway). `statfs(2)` magic numbers.
+const NO_PREALLOCATION: [(i64, &str); 4] =
+    [(0x0102_1994, "tmpfs"), (0x8584_58f6, "ramfs"), (0x9123_683e, "btrfs"), (0x2fc1_2fc1, "zfs")];
+
+/// The kind of `dir`'s filesystem when preallocating segments there is of
+/// no use (see [`NO_PREALLOCATION`]); `None` for any other filesystem, or
+/// one that cannot be queried.
+pub fn no_preallocation(dir: &Path) -> Option<&'static str> {
+    let s = rustix::fs::statfs(dir).ok()?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    let kind = s.f_type as i64;
+    NO_PREALLOCATION.iter().find(|(magic, _)| *magic == kind).map(|(_, name)| *name)
+}
+
 /// Bytes an unprivileged writer may still allocate on `dir`'s filesystem.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
@@ -93,6 +110,14 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_backed_filesystems_are_not_preallocated_on() {
+        if std::path::Path::new("/dev/shm").is_dir() {
+            assert_eq!(no_preallocation(std::path::Path::new("/dev/shm")), Some("tmpfs"));
+        }
+        assert_eq!(no_preallocation(std::path::Path::new("/nonexistent/dir")), None);
+    }
 
     #[test]
     fn a_budget_smaller_than_the_reserve_refuses_and_a_freed_one_admits() {

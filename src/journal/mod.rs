@@ -100,6 +100,7 @@ impl Journal {
             closed: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
             disk: disk::DiskGuard::new(cfg_max_batch),
+            preallocate: rec.preallocate,
         });
         let (writer, rx) = mpsc::channel();
         Writer::new(shared.clone(), rec.active, next_seq, segment::EMPTY_LEN, next_seq, rec.preallocated)

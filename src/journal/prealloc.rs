@@ -1,7 +1,8 @@
 //! Preallocated segments: when to zero-fill one, and the background
 //! preparation of the next while the active one fills.
 //!
-//! A segment is preallocated only while the filesystem has room for it and
+//! Not on filesystems where it is of no use (`disk::no_preallocation`:
+//! memory-backed or copy-on-write). A segment is preallocated only while the filesystem has room for it and
 //! twice the disk guard's reserve besides, so a preparation never takes the
 //! space that admitted appends were promised. A preparation runs in the
 //! background only while the active segment is itself preallocated (its
@@ -25,13 +26,28 @@ fn room_for(dir: &Path, cfg: &JournalConfig) -> bool {
     disk::free_bytes(dir).is_some_and(|free| free >= need)
 }
 
-/// Zero-fill the next segment now, if configured and there is room.
+/// Is `journal.preallocate` on, and of use on `dir`'s filesystem?
+pub fn wanted(dir: &Path, cfg: &JournalConfig) -> bool {
+    if !cfg.preallocate {
+        return false;
+    }
+    match disk::no_preallocation(dir) {
+        None => true,
+        Some(kind) => {
+            tracing::info!(path = %dir.display(), filesystem = kind, "Journal segments are not preallocated on this filesystem.");
+            false
+        }
+    }
+}
+
+/// Zero-fill the next segment now, if there is room (the caller checked
+/// [`wanted`]).
 pub fn prepare_now(dir: &Path, cfg: &JournalConfig) -> Option<File> {
     prepare_unless(dir, cfg, &AtomicBool::new(false))
 }
 
 fn prepare_unless(dir: &Path, cfg: &JournalConfig, cancel: &AtomicBool) -> Option<File> {
-    if !cfg.preallocate || !room_for(dir, cfg) {
+    if !room_for(dir, cfg) {
         return None;
     }
     match segment::prepare(dir, cfg.segment_size.bytes(), cancel) {
@@ -59,12 +75,9 @@ pub struct Preparation {
 }
 
 impl Preparation {
-    /// Start preparing the next segment in the background (`None` when not
-    /// configured or the thread cannot start).
+    /// Start preparing the next segment in the background (`None` when the
+    /// thread cannot start).
     pub fn start(dir: PathBuf, cfg: JournalConfig) -> Option<Self> {
-        if !cfg.preallocate {
-            return None;
-        }
         let (tx, done) = mpsc::sync_channel(1);
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = cancel.clone();

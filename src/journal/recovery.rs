@@ -73,6 +73,8 @@ pub struct Recovered {
     pub active: File,
     /// The active segment is preallocated.
     pub preallocated: bool,
+    /// Segments are to be preallocated (configured, and of use on this filesystem).
+    pub preallocate: bool,
     /// First undelivered sequence number.
     pub acked: u64,
     /// The report.
@@ -134,7 +136,8 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
         }
     }
     let next_seq = expected.unwrap_or(acked);
-    let prepared = prealloc::prepare_now(dir, cfg);
+    let preallocate = prealloc::wanted(dir, cfg);
+    let prepared = if preallocate { prealloc::prepare_now(dir, cfg) } else { None };
     let (active, preallocated) = prealloc::create(dir, prepared, next_seq, window).map_err(io_err)?;
     segments.push(SegmentInfo { first_seq: next_seq, len: segment::EMPTY_LEN });
 
@@ -168,7 +171,7 @@ pub fn recover(cfg: &JournalConfig) -> Result<Recovered, JournalError> {
         torn_tail,
         ack_reset,
     };
-    Ok(Recovered { segments, active, preallocated, acked, recovery })
+    Ok(Recovered { segments, active, preallocated, preallocate, acked, recovery })
 }
 
 /// A segment after its scan.

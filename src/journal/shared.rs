@@ -46,6 +46,8 @@ pub struct Shared {
     pub fsyncs: AtomicU64,
     /// Free space of the journal's filesystem, the second size bound.
     pub disk: DiskGuard,
+    /// Segments are preallocated (`preallocate`, and of use on this filesystem).
+    pub preallocate: bool,
 }
 
 impl Shared {

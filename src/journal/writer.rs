@@ -343,7 +343,8 @@ impl Writer {
         }
         let prepared = match self.next.take() {
             Some(p) => p.finish(),
-            None => prealloc::prepare_now(&self.shared.dir, &self.shared.cfg),
+            None if self.shared.preallocate => prealloc::prepare_now(&self.shared.dir, &self.shared.cfg),
+            None => None,
         };
         (self.file, self.preallocated) = prealloc::create(&self.shared.dir, prepared, self.next_seq, window)?;
         self.active_first = self.next_seq;
