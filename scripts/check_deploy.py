@@ -141,6 +141,7 @@ DRAIN_MARGIN_S = 5
 STARTUP_BASE_S = 60
 JOURNAL_RECOVERY_MIB_S = 189
 DEFAULT_JOURNAL_MIB = 1024
+DEFAULT_SEGMENT_MIB = 64
 # Labels a Prometheus operator object must carry to be selected by
 # kube-prometheus-stack's Prometheus.
 MONITORING_SELECTOR_LABELS = ("release",)
@@ -849,6 +850,35 @@ def journal_mib(cfg: dict, cmd: str) -> int | None:
     return size_mib((j or {}).get("max_size", f"{DEFAULT_JOURNAL_MIB}MiB"))
 
 
+def journal_path_and_segment_mib(cfg: dict) -> tuple[str, int]:
+    """The journal's directory and segment size (MiB) in a config, with the defaults."""
+    j = cfg.get("journal") or {}
+    return j.get("path", "data/journal"), size_mib(j.get("segment_size", f"{DEFAULT_SEGMENT_MIB}MiB"))
+
+
+def volume_size_mib(docs: list[dict], w: dict, volumes: dict, mounts: list[dict], path: str) -> int | None:
+    """Size of the volume a container holds `path` on: its volumeClaimTemplate, the PVC in the render,
+    or an emptyDir's sizeLimit; None when it cannot be told (a relative path, no such volume)."""
+    under = [m for m in mounts if path == m.get("mountPath", "").rstrip("/")
+             or path.startswith(m.get("mountPath", "").rstrip("/") + "/")]
+    if not path.startswith("/") or not under:
+        return None
+    name = max(under, key=lambda m: len(m["mountPath"]))["name"]
+    storage = None
+    for t in (w.get("spec") or {}).get("volumeClaimTemplates") or []:
+        if (t.get("metadata") or {}).get("name") == name:
+            storage = (((t.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+    v = volumes.get(name) or {}
+    if "persistentVolumeClaim" in v:
+        claim = (v["persistentVolumeClaim"] or {}).get("claimName")
+        for d in docs:
+            if d.get("kind") == "PersistentVolumeClaim" and (d.get("metadata") or {}).get("name") == claim:
+                storage = (((d.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+    if "emptyDir" in v:
+        storage = (v["emptyDir"] or {}).get("sizeLimit")
+    return math.floor(parse_quantity(storage) / 2**20) if storage else None
+
+
 def url_port(url: str, default: int) -> int:
     m = re.match(r"^[a-z0-9+]+://(?:[^@/]*@)?(\[[^\]]*\]|[^:/?]*)(?::([0-9]+))?", url)
     return int(m.group(2)) if m and m.group(2) else default
@@ -1099,6 +1129,13 @@ def check_workloads(r: Render, report: Report) -> None:
                     bad(w, f"{cname}: startup probe allows {budget} s, below {need_start} s "
                            f"({STARTUP_BASE_S} s{f' + recovery of a {jm} MiB journal at {JOURNAL_RECOVERY_MIB_S} MiB/s (half the measured rate)' if jm else ''}): "
                            "the kubelet would restart the pod while it recovers")
+                # Disk: the journal's volume holds max_size and two preallocated segments.
+                if jm:
+                    jpath, seg = journal_path_and_segment_mib(cfg)
+                    size = volume_size_mib(docs, w, volumes, mounts, jpath)
+                    if size is not None and size < jm + 2 * seg:
+                        bad(w, f"{cname}: the journal's volume ({size} MiB) is smaller than journal.max_size "
+                               f"({jm} MiB) plus two preallocated segments of {seg} MiB (docs/journal.md)")
             # MQTT client ids: per pod (stable pod name) and per namespace.
             if cmd in MQTT_COMMANDS and not hook:
                 base = w["metadata"]["name"]
@@ -1908,6 +1945,9 @@ BREAKS = [
      lambda d: edit_config(d, "StatefulSet", lambda t: t.replace('grace_period = "25s"', 'grace_period = "60s"'))),
     ("kustomize:overlays/prod", "startup probe of 60 s with a 1536 MiB journal",
      lambda d: container(d, "StatefulSet")["startupProbe"].update(failureThreshold=30)),
+    ("kustomize:overlays/prod", "journal volume of 1536Mi for a 1536 MiB journal (no room for preallocated segments)",
+     lambda d: first(d, "StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"].update(
+         storage="1536Mi")),
     ("kustomize:overlays/prod", "MQTT client id left to the host name",
      lambda d: drop_env(container(d, "StatefulSet"), "IOTPIPE_MQTT__CLIENT_ID")),
     ("kustomize:overlays/prod", "MQTT client id without the namespace",

@@ -712,3 +712,42 @@ async fn without_preallocation_segments_grow_as_written() {
     j.close().await.unwrap();
     assert_eq!(&std::fs::read(&segments(&cfg.path)[0]).unwrap()[..8], b"IOTPJRN1");
 }
+
+/// `commit_delay`: under continuous load the writer waits for more appends
+/// and commits them together (far fewer fsyncs than appends); an append
+/// after a quiet spell is committed at once, not after the delay.
+#[tokio::test]
+async fn commit_delay_groups_appends_under_load_and_never_delays_an_idle_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg =
+        JournalConfig { commit_delay: HumanDuration::millis(20), max_size: ByteSize::mib(16), ..config(tmp.path()) };
+    let (j, _) = Journal::open(cfg.clone()).unwrap();
+    let a = j.appender();
+    // 100 appends, one every millisecond, each awaited by its own task.
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        tasks.push(tokio::spawn(a.enqueue(payload(i, 20)).unwrap()));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let grouped = j.fsyncs();
+    assert!(grouped <= 40, "{grouped} fsyncs for 100 appends a millisecond apart with a 20 ms commit delay");
+    j.close().await.unwrap();
+
+    let cfg = JournalConfig { commit_delay: HumanDuration::secs(1), ..cfg };
+    let cfg = JournalConfig { path: tmp.path().join("idle"), ..cfg };
+    let (j, _) = Journal::open(cfg).unwrap();
+    let a = j.appender();
+    a.append(payload(0, 10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = std::time::Instant::now();
+    a.append(payload(1, 10)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "an append after a quiet spell waited {:?}",
+        started.elapsed()
+    );
+    j.close().await.unwrap();
+}

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 const MIN_SEGMENT_SIZE: u64 = 4 * 1024;
 /// Smallest accepted `max_batch` and `forward_max_bytes`.
 const MIN_BATCH: u64 = 1024;
+/// Largest accepted `commit_delay`: every append under load waits this long.
+const MAX_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Largest accepted `forward_max_records` (tokio's semaphore has a limit, and
 /// more would defeat the bound).
 const MAX_FORWARD_RECORDS: usize = 1 << 20;
@@ -30,6 +32,12 @@ pub struct JournalConfig {
     /// Most bytes written per `fdatasync` (one group commit). Also bounds the
     /// torn tail that recovery accepts after a crash.
     pub max_batch: ByteSize,
+    /// Under continuous load (the previous group commit ended less than
+    /// this long before the next append arrived), how long the writer waits
+    /// for more appends before it writes and fsyncs them: fewer, larger
+    /// commits for at most this much more latency per append. `0s`: commit
+    /// at once.
+    pub commit_delay: HumanDuration,
     /// How often the delivered position is written to disk while acks arrive.
     pub ack_sync_interval: HumanDuration,
     /// Most records read from the journal and not yet delivered downstream
@@ -55,6 +63,7 @@ impl Default for JournalConfig {
             max_size: ByteSize::mib(1024),
             segment_size: ByteSize::mib(64),
             max_batch: ByteSize::mib(1),
+            commit_delay: HumanDuration(std::time::Duration::from_micros(500)),
             ack_sync_interval: HumanDuration::millis(100),
             forward_max_records: 4096,
             forward_max_bytes: ByteSize::mib(8),
@@ -96,6 +105,9 @@ impl JournalConfig {
         if self.max_batch.bytes() < MIN_BATCH || self.max_batch.bytes() > u64::from(u32::MAX) {
             return bad("max_batch", format!("{} must be between 1KiB and 4GiB", self.max_batch));
         }
+        if self.commit_delay.get() > MAX_COMMIT_DELAY {
+            return bad("commit_delay", format!("{} is above {MAX_COMMIT_DELAY:?}", self.commit_delay));
+        }
         if self.ack_sync_interval.get().is_zero() {
             return bad("ack_sync_interval", "must be greater than zero".into());
         }
@@ -128,6 +140,8 @@ mod tests {
         assert_eq!(cfg.max_size, ByteSize(2 << 30));
         assert_eq!(cfg.segment_size, ByteSize::mib(64));
         assert_eq!(cfg.ack_sync_interval.get(), std::time::Duration::from_millis(100));
+        assert_eq!(cfg.commit_delay.get(), std::time::Duration::from_micros(500));
+        assert!(cfg.preallocate);
         cfg.validate().unwrap();
         JournalConfig::default().validate().unwrap();
     }
@@ -139,5 +153,10 @@ mod tests {
         assert_eq!(cfg.validate().unwrap_err().key, "max_size");
         let cfg = JournalConfig { segment_size: ByteSize(100), ..JournalConfig::default() };
         assert_eq!(cfg.validate().unwrap_err().key, "segment_size");
+        let cfg: JournalConfig = toml::from_str("commit_delay = \"2s\"").unwrap();
+        assert_eq!(cfg.validate().unwrap_err().key, "commit_delay");
+        let cfg: JournalConfig = toml::from_str("commit_delay = \"0s\"\npreallocate = false").unwrap();
+        assert_eq!((cfg.commit_delay.get(), cfg.preallocate), (std::time::Duration::ZERO, false));
+        cfg.validate().unwrap();
     }
 }

@@ -16,6 +16,7 @@ use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// A message to the writer thread.
@@ -176,6 +177,8 @@ impl Writer {
     /// Serve requests until `Shutdown` (returned, to be confirmed) or until every sender is gone.
     fn run(mut self, rx: Receiver<Request>) -> Option<oneshot::Sender<()>> {
         let max_batch = self.shared.cfg.max_batch.bytes();
+        let delay = self.shared.cfg.commit_delay.get();
+        let mut last_commit: Option<Instant> = None;
         let mut carry: Option<Request> = None;
         let mut shutdown = None;
         while shutdown.is_none() {
@@ -186,6 +189,9 @@ impl Writer {
             if next.is_none() {
                 break; // every sender is gone
             }
+            // Under continuous load, wait up to `commit_delay` for more.
+            let deadline =
+                last_commit.filter(|t| !delay.is_zero() && t.elapsed() <= delay).map(|_| Instant::now() + delay);
             // The batch: everything that queued up while the last fsync ran.
             while let Some(req) = next.take() {
                 match req {
@@ -202,8 +208,15 @@ impl Writer {
                     }
                 }
                 next = rx.try_recv().ok();
+                if let (None, Some(deadline)) = (&next, deadline) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !left.is_zero() && (self.buf.len() as u64) < max_batch {
+                        next = rx.recv_timeout(left).ok();
+                    }
+                }
             }
             self.commit();
+            last_commit = Some(Instant::now());
             self.prepare_next();
         }
         if let Some(req) = carry {
