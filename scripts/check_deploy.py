@@ -80,6 +80,10 @@ HELM_SCENARIOS = {
         {"strimzi": {"enabled": True, "sinkReadPrefixes": ["iot."]},
          "kafka": {"partitions": 6, "topicConfig": {"retention.ms": 604800000}}}, "iotpipe"),
     # terminationGracePeriodSeconds and the startup probe follow the values.
+    "helm:run only, grace 70s": (
+        {**yaml.safe_load((CHART / "ci" / "run-values.yaml").read_text()), "run": {
+            **yaml.safe_load((CHART / "ci" / "run-values.yaml").read_text())["run"], "gracePeriod": "70s"}},
+        "iotpipe-dev"),
     "helm:grace 90s/2m, journal 4GiB": (
         {"bridge": {"gracePeriod": "90s"}, "sink": {"gracePeriod": "2m"},
          "journal": {"enabled": True, "maxSize": "4GiB", "size": "5Gi"}}, "iotpipe"),

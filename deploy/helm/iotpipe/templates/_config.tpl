@@ -173,7 +173,7 @@ grace_period = {{ .Values.sink.gracePeriod | toJson }}
 {{ include "iotpipe.config.store" (dict "ctx" . "url" .Values.run.storeUrl) }}
 
 [run]
-grace_period = {{ .Values.bridge.gracePeriod | toJson }}
+grace_period = {{ .Values.run.gracePeriod | toJson }}
 
 [journal]
 path = "/var/lib/iotpipe/journal"
