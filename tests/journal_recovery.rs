@@ -106,6 +106,13 @@ fn watch_recovery(p: &Iotpipe, also: impl Fn(&Iotpipe)) -> Seen {
     }
 }
 
+/// Does `/readyz` still say "recovering journal"? Asked after a reading,
+/// it tells whether that reading was taken during recovery: recovery may
+/// end (and MQTT connect, the dashboard mount) between two requests.
+fn still_recovering(p: &Iotpipe) -> bool {
+    p.get("/readyz").1.contains("recovering journal")
+}
+
 fn bridge_toml(mqtt: &Mosquitto, kafka: &Tansu, client_id: &str, journal: &Path) -> String {
     let extra = format!("[journal]\npath = {:?}\nmax_size = \"1GiB\"\n", journal.display().to_string());
     bridge_config(&mqtt.url(), &kafka.brokers(), client_id, &extra)
@@ -120,7 +127,10 @@ fn bridge_answers_healthz_and_says_recovering_journal_while_a_large_journal_reco
     write_journal(&journal, RECORDS);
     let bridge = Iotpipe::bridge(dir.path(), &bridge_toml(&mqtt, &kafka, "bridge-recovering", &journal));
     let seen = watch_recovery(&bridge, |b| {
-        assert!(b.metric("iotpipe_mqtt_connected") == 0.0, "MQTT connects only once the journal is open");
+        let connected = b.metric("iotpipe_mqtt_connected");
+        if still_recovering(b) {
+            assert!(connected == 0.0, "MQTT connects only once the journal is open");
+        }
     });
     println!("{seen:?}");
     assert!(seen.recovering >= 2, "/readyz said \"recovering journal\" only {} times", seen.recovering);
@@ -175,7 +185,10 @@ fn run_answers_healthz_while_its_journal_recovers_and_mounts_the_dashboard_after
     );
     let run = Iotpipe::run(dir.path(), &toml);
     let seen = watch_recovery(&run, |r| {
-        assert_eq!(r.get("/").0, 503, "the dashboard is mounted once the store is open");
+        let dashboard = r.get("/").0;
+        if still_recovering(r) {
+            assert_eq!(dashboard, 503, "the dashboard is mounted once the store is open");
+        }
     });
     println!("{seen:?}");
     assert!(seen.recovering >= 2, "/readyz said \"recovering journal\" only {} times", seen.recovering);
