@@ -61,6 +61,7 @@ scenarios! {
     postgres => the_numeric_view_lists_numbers_at_the_top_and_one_level_down: postgres, timescale;
     postgres => rows_caught_by_the_default_partition_move_into_a_new_day_partition: postgres;
     postgres => a_batch_of_many_statements_stores_each_id_once: postgres, timescale;
+    postgres => a_batch_with_a_stored_row_is_copied_then_inserted: postgres, timescale;
 
     timescale => hypertables_and_their_jobs_exist_and_run: timescale;
     timescale => a_failing_job_shows_in_the_job_metrics: timescale;

@@ -1,6 +1,7 @@
 //! PostgreSQL-only behaviour: the `telemetry_numeric` view (PostgreSQL and
 //! TimescaleDB), the DEFAULT partition's rows moving into a day partition,
-//! and a batch larger than one insert statement.
+//! a batch larger than one insert statement, and a batch whose COPY meets
+//! a row already stored.
 
 use crate::common::store::{fleet_rows, row, DAY_MS};
 use crate::engine::postgres::{count, ms, relation_exists};
@@ -83,4 +84,62 @@ pub async fn a_batch_of_many_statements_stores_each_id_once(engine: &Engine) {
     assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 1);
     let out = store.write(&rows, &[]).await.expect("write again");
     assert_eq!((out.inserted, out.duplicates), (0, 1_201));
+}
+
+/// Rows inserted into `telemetry`'s partitions (or chunks), as the server's
+/// statistics count them: aborted inserts included. Waits until they reach
+/// `at_least` (the counters are published up to a second or so after a
+/// transaction ends), or 20 s; returns the count then.
+async fn tuples_inserted(db: &tokio_postgres::Client, at_least: i64) -> i64 {
+    let sql = "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables \
+               WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'telemetry'::regclass)";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = count(db, sql).await;
+        if n >= at_least || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A batch goes by binary COPY; one holding a row already stored (placed
+/// last, so the COPY writes every other row before it fails) is written
+/// again by INSERT .. ON CONFLICT DO NOTHING. The server's count of inserted
+/// tuples shows both attempts: the rolled-back COPY's rows and the INSERT's.
+/// What is stored is each row once, and the duplicate is counted.
+pub async fn a_batch_with_a_stored_row_is_copied_then_inserted(engine: &Engine) {
+    let mut store = engine.connect(3).await;
+    let db = engine.pg().await;
+    let first = fleet_rows(1_000, DAY_MS);
+    let out = store.write(&first, &[]).await.expect("write the first batch");
+    assert_eq!((out.inserted, out.duplicates), (1_000, 0));
+    let before = tuples_inserted(&db, 1_000).await;
+    assert_eq!(before, 1_000, "the first batch, once");
+
+    let stored = first.iter().max_by_key(|r| (r.time_ms, r.id)).expect("rows").clone();
+    let mut second = fleet_rows(999, DAY_MS);
+    for (i, r) in second.iter_mut().enumerate() {
+        // Before the stored row in (time, id) order, so it is copied last.
+        r.time_ms = r.time_ms.min(stored.time_ms - 1 - i as i64);
+    }
+    second.push(stored);
+    let out = store.write(&second, &[]).await.expect("write the batch with a stored row");
+    assert_eq!((out.inserted, out.duplicates), (999, 1));
+    let after = tuples_inserted(&db, before + 2 * 999).await;
+    // The COPY's rows up to the stored one (which counts too, in this
+    // server's version) were written and rolled back; INSERT alone writes 999.
+    assert!((2 * 999..=2 * 1_000).contains(&(after - before)), "COPY, then INSERT: {} tuples", after - before);
+    assert_eq!(count(&db, "SELECT count(*) FROM telemetry").await, 1_999);
+    assert_eq!(count(&db, "SELECT count(DISTINCT (time, id)) FROM telemetry").await, 1_999);
+
+    // The batches right after a conflict go by INSERT: the same batch again
+    // is all duplicates, and no tuple is written for it.
+    let out = store.write(&second, &[]).await.expect("write it again");
+    assert_eq!((out.inserted, out.duplicates), (0, 1_000));
+    let third = fleet_rows(10, DAY_MS);
+    let out = store.write(&third, &[]).await.expect("write new rows");
+    assert_eq!((out.inserted, out.duplicates), (10, 0));
+    assert_eq!(tuples_inserted(&db, after + 10).await - after, 10);
+    assert_eq!(count(&db, "SELECT count(*) FROM telemetry").await, 2_009);
 }

@@ -1,29 +1,73 @@
-//! One batch in one transaction: the rows go, a bounded chunk at a time
-//! ([`CHUNK_ROWS`], [`CHUNK_PAYLOAD_BYTES`]), as
-//! ten column arrays to `INSERT .. SELECT .. FROM unnest(..) ON CONFLICT DO
-//! NOTHING`, prepared once per connection; then the batch's dead letters.
-//! No staging table: creating and dropping a temporary table per batch cost
-//! the server more than the rows did (BENCHMARKS.md, 2026-12-04). A batch
-//! that is one such statement and nothing else runs without BEGIN and
-//! COMMIT: one statement is one transaction.
+//! One batch in one transaction: the rows go by binary `COPY` straight into
+//! `telemetry`, or, while duplicates are expected ([`Method`]), a bounded
+//! chunk at a time ([`CHUNK_ROWS`], [`CHUNK_PAYLOAD_BYTES`]) as ten column
+//! arrays to `INSERT .. SELECT .. FROM unnest(..) ON CONFLICT DO NOTHING`;
+//! then the batch's dead letters. Both statements are prepared once per
+//! connection. `COPY` is the cheaper of the two for the server (no executor
+//! per row, rows inserted in groups) but stops at the first row whose key is
+//! already stored (SQLSTATE 23505, `unique_violation`): the caller then
+//! writes the same batch again by `INSERT`, which skips such rows, so what is
+//! stored is the same either way (docs/storage.md, "Writes"). No staging
+//! table: creating and dropping a temporary table per batch cost the server
+//! more than the rows did (BENCHMARKS.md, 2026-12-04). A batch that is one
+//! statement and nothing else runs without BEGIN and COMMIT: one statement
+//! is one transaction.
 
 use crate::store::json::{self, JsonRules};
 use crate::store::{DeadLetterRow, StoreError, StoreRow};
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{Client, GenericClient, Statement};
+use tokio_postgres::{Client, CopyInSink, GenericClient, Statement, Transaction};
 
-/// The batch insert; prepare it once per connection ([`prepare`]).
+/// The batch insert, for batches that may hold rows already stored.
 const INSERT_SQL: &str = "INSERT INTO telemetry \
     (time, received_at, event_time, tenant_id, project_id, device_id, mqtt_topic, id, payload, raw) \
     SELECT * FROM unnest($1::timestamptz[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[], \
     $6::text[], $7::text[], $8::uuid[], $9::jsonb[], $10::bytea[]) ON CONFLICT DO NOTHING";
 
+/// The batch copy: same columns, same order as [`INSERT_SQL`].
+const COPY_SQL: &str = "COPY telemetry \
+    (time, received_at, event_time, tenant_id, project_id, device_id, mqtt_topic, id, payload, raw) \
+    FROM STDIN (FORMAT binary)";
+
+/// The column types of [`COPY_SQL`], in its order.
+const COPY_TYPES: [Type; 10] = [
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::UUID,
+    Type::JSONB,
+    Type::BYTEA,
+];
+
+/// SQLSTATE `unique_violation`: a copied row's key is already stored.
+pub const UNIQUE_VIOLATION: &str = "23505";
+
 const DEAD_LETTER_SQL: &str = "INSERT INTO dead_letters \
     (source, received_at, reason, error, mqtt_topic, headers, payload) \
     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+
+/// How a batch's rows are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Binary `COPY`: fails on a row already stored.
+    Copy,
+    /// `INSERT .. ON CONFLICT DO NOTHING`: skips rows already stored.
+    Insert,
+}
+
+/// The two statements, prepared on one connection.
+pub struct Prepared {
+    insert: Statement,
+    copy: Statement,
+}
 
 /// Most rows per INSERT: each statement's parameters are encoded whole in
 /// one message (and the connection's write buffer keeps that size), so the
@@ -53,39 +97,100 @@ pub struct Written {
     pub dead_letters: u64,
 }
 
-/// Prepare the batch insert on `client` (valid for that connection only).
-pub async fn prepare(client: &Client) -> Result<Statement, StoreError> {
-    client.prepare(INSERT_SQL).await.map_err(|e| StoreError::pg("prepare the batch insert", e))
+/// Prepare the batch statements on `client` (valid for that connection only).
+pub async fn prepare(client: &Client) -> Result<Prepared, StoreError> {
+    let insert = client.prepare(INSERT_SQL).await.map_err(|e| StoreError::pg("prepare the batch insert", e))?;
+    let copy = client.prepare(COPY_SQL).await.map_err(|e| StoreError::pg("prepare the batch copy", e))?;
+    Ok(Prepared { insert, copy })
 }
 
-/// Write one batch: all of it or nothing. `insert` is [`prepare`]d on `client`.
+/// Write one batch by `method`: all of it or nothing. `prepared` is
+/// [`prepare`]d on `client`. By [`Method::Copy`] a row already stored fails
+/// the batch with [`UNIQUE_VIOLATION`] and nothing of it is kept.
 pub async fn write_batch(
     client: &mut Client,
-    insert: &Statement,
+    prepared: &Prepared,
     rows: &[Staged<'_>],
     dead: &[DeadLetterRow],
+    method: Method,
 ) -> Result<Written, StoreError> {
-    if dead.is_empty() && chunk_len(rows) == rows.len() {
+    let one_statement = match method {
+        Method::Copy => !rows.is_empty(),
+        Method::Insert => chunk_len(rows) == rows.len(),
+    };
+    if dead.is_empty() && one_statement {
         // One statement is one transaction: no BEGIN and COMMIT round trips.
-        return Ok(Written { rows: insert_rows(&*client, insert, rows).await?, dead_letters: 0 });
+        let rows = match method {
+            Method::Copy => copy_rows(copy_sink(&*client, &prepared.copy).await?, rows).await?,
+            Method::Insert => insert_rows(&*client, &prepared.insert, rows).await?,
+        };
+        return Ok(Written { rows, dead_letters: 0 });
     }
     let tx = client.transaction().await.map_err(|e| StoreError::pg("begin", e))?;
     let mut written = Written { rows: 0, dead_letters: 0 };
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let (chunk, after) = rest.split_at(chunk_len(rest));
-        rest = after;
-        written.rows += insert_rows(&tx, insert, chunk).await?;
+    match method {
+        Method::Copy if !rows.is_empty() => {
+            let sink = tx.copy_in(&prepared.copy).await.map_err(|e| StoreError::pg("copy rows", e))?;
+            written.rows = copy_rows(sink, rows).await?;
+        }
+        Method::Copy => {}
+        Method::Insert => {
+            let mut rest = rows;
+            while !rest.is_empty() {
+                let (chunk, after) = rest.split_at(chunk_len(rest));
+                rest = after;
+                written.rows += insert_rows(&tx, &prepared.insert, chunk).await?;
+            }
+        }
     }
+    written.dead_letters = insert_dead_letters(&tx, dead).await?;
+    tx.commit().await.map_err(|e| StoreError::pg("commit", e))?;
+    Ok(written)
+}
+
+/// Start the batch copy on `client`, outside a transaction.
+async fn copy_sink(client: &Client, copy: &Statement) -> Result<CopyInSink<Bytes>, StoreError> {
+    client.copy_in(copy).await.map_err(|e| StoreError::pg("copy rows", e))
+}
+
+/// Send `rows` through `sink` in binary COPY format (flushed every few KiB,
+/// so memory does not grow with the batch); how many were stored.
+async fn copy_rows(sink: CopyInSink<Bytes>, rows: &[Staged<'_>]) -> Result<u64, StoreError> {
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
+    for s in rows {
+        let r = s.row;
+        let payload = is_jsonb(&r.payload).then_some(JsonbText(&r.payload));
+        writer
+            .as_mut()
+            .write(&[
+                &system_time(s.time_ms),
+                &system_time(r.received_ms),
+                &pg_event_time(r.event_time_ms),
+                &pg_text(&r.tenant_id),
+                &pg_text(&r.project_id),
+                &pg_text(&r.device_id),
+                &pg_text(&r.mqtt_topic),
+                &r.id,
+                &payload,
+                &r.payload.as_ref(),
+            ])
+            .await
+            .map_err(|e| StoreError::pg("copy rows", e))?;
+    }
+    writer.finish().await.map_err(|e| StoreError::pg("copy rows", e))
+}
+
+/// Insert the batch's dead letters (none: nothing sent); how many were new.
+async fn insert_dead_letters(tx: &Transaction<'_>, dead: &[DeadLetterRow]) -> Result<u64, StoreError> {
     if dead.is_empty() {
-        tx.commit().await.map_err(|e| StoreError::pg("commit", e))?;
-        return Ok(written);
+        return Ok(0);
     }
     let stmt = tx.prepare(DEAD_LETTER_SQL).await.map_err(|e| StoreError::pg("prepare dead-letter insert", e))?;
+    let mut inserted = 0;
     for d in dead {
         let headers = headers_json(&d.headers);
         let topic = d.mqtt_topic.as_deref().map(pg_text);
-        written.dead_letters += tx
+        inserted += tx
             .execute(
                 &stmt,
                 &[
@@ -101,8 +206,7 @@ pub async fn write_batch(
             .await
             .map_err(|e| StoreError::pg("insert dead letter", e))?;
     }
-    tx.commit().await.map_err(|e| StoreError::pg("commit", e))?;
-    Ok(written)
+    Ok(inserted)
 }
 
 /// How many of `rows` (from the start) go in one INSERT: at least one, at
@@ -167,7 +271,7 @@ impl<'a> Columns<'a> {
             let r = s.row;
             c.time.push(system_time(s.time_ms));
             c.received.push(system_time(r.received_ms));
-            c.event.push(r.event_time_ms.filter(|ms| (PG_MIN_MS..=PG_MAX_MS).contains(ms)).map(system_time));
+            c.event.push(pg_event_time(r.event_time_ms));
             c.tenant.push(pg_text(&r.tenant_id));
             c.project.push(pg_text(&r.project_id));
             c.device.push(pg_text(&r.device_id));
@@ -188,6 +292,11 @@ pub fn system_time(ms: i64) -> SystemTime {
     } else {
         UNIX_EPOCH - d
     }
+}
+
+/// The event time as `timestamptz`: none when PostgreSQL's range cannot hold it.
+fn pg_event_time(ms: Option<i64>) -> Option<SystemTime> {
+    ms.filter(|ms| (PG_MIN_MS..=PG_MAX_MS).contains(ms)).map(system_time)
 }
 
 /// PostgreSQL text cannot hold NUL: it becomes U+FFFD.

@@ -1,10 +1,12 @@
 //! PostgreSQL store: `telemetry` partitioned by UTC day (or a TimescaleDB
 //! hypertable), `dead_letters`, the `telemetry_numeric` view; writes a
-//! batch by one prepared `INSERT .. SELECT .. FROM unnest(..)` (see `batch`).
+//! batch by binary `COPY`, or by `INSERT .. ON CONFLICT DO NOTHING` while
+//! rows already stored are expected (see `batch` and `method`).
 
 mod batch;
 mod connect;
 pub mod jobs;
+mod method;
 pub mod migrate;
 pub mod partition;
 pub mod timescale;
@@ -14,12 +16,13 @@ pub use migrate::Flavor;
 use crate::record::now_ms;
 use crate::store::time_rule::{duration_ms, effective_time_ms};
 use crate::store::{DeadLetterRow, RetentionOutcome, StoreConfig, StoreError, StoreRow, StoreStatus, WriteOutcome};
-use batch::{system_time, Staged};
+use batch::{system_time, Method, Prepared, Staged};
 use connect::Target;
+use method::MethodPolicy;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use time::Date;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 /// Advisory lock key of partition changes ("iotpipe" + 2); per database.
 const PARTITION_LOCK: i64 = 0x696f_7470_6970_6502;
@@ -82,9 +85,11 @@ pub struct PostgresStore {
     target: Target,
     /// The connection; None after it was lost or a write timed out.
     client: Option<Client>,
-    /// The batch insert prepared on `client`; None until the first write
-    /// on that connection.
-    insert: Option<Statement>,
+    /// The batch statements prepared on `client`; None until the first
+    /// write on that connection.
+    prepared: Option<Prepared>,
+    /// Whether the next batch goes by `COPY` or by `INSERT`.
+    method: MethodPolicy,
     /// Partitions managed here, or a hypertable.
     flavor: Flavor,
     /// The retention window.
@@ -123,7 +128,8 @@ impl PostgresStore {
         Ok(Self {
             target,
             client: Some(client),
-            insert: None,
+            prepared: None,
+            method: MethodPolicy::default(),
             flavor,
             retention: cfg.retention.get(),
             partitions_ahead: cfg.partitions_ahead,
@@ -157,25 +163,60 @@ impl PostgresStore {
         };
         let mut client = self.take_client().await?;
         let known_days = &mut self.known_days;
-        let prepared = self.insert.take();
+        let prepared = self.prepared.take();
+        let method = self.method.next();
         let work = async {
             if !new_days.is_empty() {
                 ensure_partitions(&mut client, known_days, &new_days).await?;
             }
-            let insert = match prepared {
-                Some(s) => s,
+            let prepared = match prepared {
+                Some(p) => p,
                 None => batch::prepare(&client).await?,
             };
-            let written = batch::write_batch(&mut client, &insert, &staged, dead).await?;
-            Ok((written, insert))
+            let first = batch::write_batch(&mut client, &prepared, &staged, dead, method).await;
+            let outcome = match first {
+                // COPY met a row already stored, or was refused outright
+                // (not a lost connection, not a timeout): the same batch by INSERT.
+                Err(e) if method == Method::Copy && !e.is_retryable() && e.sqlstate().is_some() => {
+                    let again = batch::write_batch(&mut client, &prepared, &staged, dead, Method::Insert).await?;
+                    Fallback::After(e, again)
+                }
+                other => Fallback::None(other?),
+            };
+            Ok((outcome, prepared))
         };
         let result = tokio::time::timeout(self.write_timeout, work).await;
-        let (written, insert) = self.finish(client, result, "postgres write")?;
+        let (outcome, prepared) = self.finish(client, result, "postgres write")?;
         // Kept only with the connection it was prepared on (a failed write
         // prepares it again, on whichever connection comes next).
         if self.client.is_some() {
-            self.insert = Some(insert);
+            self.prepared = Some(prepared);
         }
+        let written = match outcome {
+            Fallback::None(w) => {
+                self.method.written(method);
+                w
+            }
+            Fallback::After(e, w) => {
+                if e.sqlstate() == Some(batch::UNIQUE_VIOLATION) {
+                    self.method.conflict();
+                    tracing::debug!(
+                        store = %self.target.describe,
+                        "A batch held rows already stored: written by INSERT .. ON CONFLICT DO NOTHING, as are the next {}.",
+                        method::INSERT_AFTER_CONFLICT
+                    );
+                } else if !self.method.copy_refused() {
+                    self.method.refuse_copy();
+                    tracing::warn!(
+                        store = %self.target.describe,
+                        error = %e,
+                        "COPY into telemetry failed where INSERT worked: batches are written by INSERT from now on."
+                    );
+                }
+                self.method.written(Method::Insert);
+                w
+            }
+        };
         Ok(WriteOutcome {
             inserted: written.rows,
             duplicates: rows.len() as u64 - written.rows,
@@ -310,7 +351,7 @@ impl PostgresStore {
         match self.client.take() {
             Some(c) if !c.is_closed() => Ok(c),
             _ => {
-                self.insert = None;
+                self.prepared = None;
                 let client = self.target.open().await?;
                 tracing::info!(store = %self.target.describe, "Reconnected to PostgreSQL.");
                 Ok(client)
@@ -340,6 +381,13 @@ impl PostgresStore {
             Err(_) => Err(StoreError::Timeout { what, after: self.write_timeout }),
         }
     }
+}
+
+/// A batch's result: written as first tried, or by `INSERT` after the
+/// `COPY` failed with the error kept here.
+enum Fallback {
+    None(batch::Written),
+    After(StoreError, batch::Written),
 }
 
 /// Names of the tables attached to `telemetry`.
