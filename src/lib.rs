@@ -5,6 +5,11 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+/// `memcpy`/`memmove` of the static x86_64 (musl) binary, exported by
+/// `main.rs` there only.
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+pub mod fastmem;
 /// Property checks shared by the fuzz targets (`fuzz/`) and `tests/fuzz_corpus.rs`;
 /// only with the `fuzzing` feature, never in the shipped binary.
 #[cfg(feature = "fuzzing")]
