@@ -196,6 +196,21 @@ mod tests {
         (0..n).map(|i| (i * 131 + 7) as u8).collect()
     }
 
+    /// `len` bytes moved `shift` up (the destination overlaps the source's
+    /// end) and `shift` down (it overlaps the source's start), within a
+    /// buffer with `spare` more bytes after both ranges.
+    fn check_overlaps(len: usize, shift: usize, spare: usize) {
+        let buf = pattern(len + shift + spare);
+        let mut up = buf.clone();
+        // SAFETY: `shift` + `len` lies within the buffer.
+        unsafe { copy(up.as_mut_ptr().add(shift), up.as_ptr(), len) };
+        assert_eq!(up, reference(&buf, 0, shift, len), "up, len {len}, shift {shift}");
+        let mut down = buf.clone();
+        // SAFETY: as above.
+        unsafe { copy(down.as_mut_ptr(), down.as_ptr().add(shift), len) };
+        assert_eq!(down, reference(&buf, shift, 0, len), "down, len {len}, shift {shift}");
+    }
+
     #[test]
     fn copies_every_length_and_alignment_between_separate_buffers() {
         for len in 0..=600 {
@@ -217,17 +232,7 @@ mod tests {
     fn overlapping_copies_move_like_memmove_in_both_directions() {
         for len in 0..=300 {
             for shift in 1..=(len + 2).min(80) {
-                let buf = pattern(len + shift + 8);
-                // Up: the destination overlaps the source's end.
-                let mut up = buf.clone();
-                // SAFETY: `from` + `len` and `to` + `len` lie within the buffer.
-                unsafe { copy(up.as_mut_ptr().add(shift), up.as_ptr(), len) };
-                assert_eq!(up, reference(&buf, 0, shift, len), "up, len {len}, shift {shift}");
-                // Down: the destination overlaps the source's start.
-                let mut down = buf.clone();
-                // SAFETY: as above.
-                unsafe { copy(down.as_mut_ptr(), down.as_ptr().add(shift), len) };
-                assert_eq!(down, reference(&buf, shift, 0, len), "down, len {len}, shift {shift}");
+                check_overlaps(len, shift, 8);
             }
             // Onto itself.
             let buf = pattern(len + 1);
@@ -247,15 +252,7 @@ mod tests {
             unsafe { copy(dst.as_mut_ptr(), src.as_ptr(), len) };
             assert_eq!(dst, src);
             for shift in [1, 7, 64, len / 3] {
-                let buf = pattern(len + shift);
-                let mut up = buf.clone();
-                // SAFETY: `shift` + `len` lies within the buffer.
-                unsafe { copy(up.as_mut_ptr().add(shift), up.as_ptr(), len) };
-                assert_eq!(up, reference(&buf, 0, shift, len), "up, len {len}, shift {shift}");
-                let mut down = buf.clone();
-                // SAFETY: as above.
-                unsafe { copy(down.as_mut_ptr(), down.as_ptr().add(shift), len) };
-                assert_eq!(down, reference(&buf, shift, 0, len), "down, len {len}, shift {shift}");
+                check_overlaps(len, shift, 0);
             }
         }
     }

@@ -158,21 +158,20 @@ async fn copy_sink(client: &Client, copy: &Statement) -> Result<CopyInSink<Bytes
 async fn copy_rows(sink: CopyInSink<Bytes>, rows: &[Staged<'_>]) -> Result<u64, StoreError> {
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
     for s in rows {
-        let r = s.row;
-        let payload = is_jsonb(&r.payload).then_some(JsonbText(&r.payload));
+        let v = RowValues::of(s);
         writer
             .as_mut()
             .write(&[
-                &system_time(s.time_ms),
-                &system_time(r.received_ms),
-                &pg_event_time(r.event_time_ms),
-                &pg_text(&r.tenant_id),
-                &pg_text(&r.project_id),
-                &pg_text(&r.device_id),
-                &pg_text(&r.mqtt_topic),
-                &r.id,
-                &payload,
-                &r.payload.as_ref(),
+                &v.time,
+                &v.received,
+                &v.event,
+                &v.tenant,
+                &v.project,
+                &v.device,
+                &v.topic,
+                &v.id,
+                &v.payload,
+                &v.raw,
             ])
             .await
             .map_err(|e| StoreError::pg("copy rows", e))?;
@@ -268,19 +267,53 @@ impl<'a> Columns<'a> {
             raw: Vec::with_capacity(n),
         };
         for s in rows {
-            let r = s.row;
-            c.time.push(system_time(s.time_ms));
-            c.received.push(system_time(r.received_ms));
-            c.event.push(pg_event_time(r.event_time_ms));
-            c.tenant.push(pg_text(&r.tenant_id));
-            c.project.push(pg_text(&r.project_id));
-            c.device.push(pg_text(&r.device_id));
-            c.topic.push(pg_text(&r.mqtt_topic));
-            c.id.push(r.id);
-            c.payload.push(is_jsonb(&r.payload).then_some(JsonbText(&r.payload)));
-            c.raw.push(r.payload.as_ref());
+            let v = RowValues::of(s);
+            c.time.push(v.time);
+            c.received.push(v.received);
+            c.event.push(v.event);
+            c.tenant.push(v.tenant);
+            c.project.push(v.project);
+            c.device.push(v.device);
+            c.topic.push(v.topic);
+            c.id.push(v.id);
+            c.payload.push(v.payload);
+            c.raw.push(v.raw);
         }
         c
+    }
+}
+
+/// One row's ten column values, in the order of both statements' columns,
+/// borrowing the row's text and bytes: what `COPY` sends per row and
+/// [`Columns`] collects per column.
+struct RowValues<'a> {
+    time: SystemTime,
+    received: SystemTime,
+    event: Option<SystemTime>,
+    tenant: Cow<'a, str>,
+    project: Cow<'a, str>,
+    device: Cow<'a, str>,
+    topic: Cow<'a, str>,
+    id: uuid::Uuid,
+    payload: Option<JsonbText<'a>>,
+    raw: &'a [u8],
+}
+
+impl<'a> RowValues<'a> {
+    fn of(s: &Staged<'a>) -> Self {
+        let r = s.row;
+        RowValues {
+            time: system_time(s.time_ms),
+            received: system_time(r.received_ms),
+            event: pg_event_time(r.event_time_ms),
+            tenant: pg_text(&r.tenant_id),
+            project: pg_text(&r.project_id),
+            device: pg_text(&r.device_id),
+            topic: pg_text(&r.mqtt_topic),
+            id: r.id,
+            payload: is_jsonb(&r.payload).then_some(JsonbText(&r.payload)),
+            raw: r.payload.as_ref(),
+        }
     }
 }
 
