@@ -22,6 +22,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod pipeline;
 pub mod record;
+pub mod residency;
 pub mod retry;
 pub mod route;
 pub mod shutdown;

@@ -49,5 +49,7 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 }
 
 fn main() -> std::process::ExitCode {
+    // The relocation table was read before `main`; nothing reads it again.
+    iotpipe::residency::release_startup_pages();
     iotpipe::cli::main()
 }
