@@ -1,6 +1,7 @@
-//! The one JSON check of the stores: whether a payload is one JSON value the
-//! store's JSON type takes. One streaming pass with serde_json, no tree
-//! built. What differs between the stores is a [`JsonRules`] parameter.
+//! JSON in the stores, one place for each rule: whether a payload is one JSON
+//! value the store's JSON type takes (one streaming pass with serde_json, no
+//! tree built; what differs between the stores is a [`JsonRules`]
+//! parameter), and the object a dead letter's headers are stored as.
 
 use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 
@@ -26,6 +27,15 @@ impl JsonRules {
 pub fn is_json(payload: &[u8], rules: JsonRules) -> bool {
     let mut de = serde_json::Deserializer::from_slice(payload);
     Check(rules).deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+/// A record's headers as the JSON object the dead-letter tables hold: one
+/// member per name, a repeated name keeping its last value. `text` maps
+/// each name and value to what the store can hold (PostgreSQL has no NUL in
+/// text).
+pub fn headers_object(headers: &[(String, String)], text: impl Fn(&str) -> String) -> serde_json::Value {
+    let map = headers.iter().map(|(k, v)| (text(k), serde_json::Value::String(text(v)))).collect();
+    serde_json::Value::Object(map)
 }
 
 /// Reads any JSON value under `rules`; parsing numbers (unlike `IgnoredAny`)

@@ -341,13 +341,9 @@ pub fn pg_text(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// Headers as a JSON object (a repeated name keeps its last value).
+/// Headers as a JSON object ([`json::headers_object`]), NUL replaced.
 fn headers_json(headers: &[(String, String)]) -> serde_json::Value {
-    let map = headers
-        .iter()
-        .map(|(k, v)| (pg_text(k).into_owned(), serde_json::Value::String(pg_text(v).into_owned())))
-        .collect();
-    serde_json::Value::Object(map)
+    json::headers_object(headers, |s| pg_text(s).into_owned())
 }
 
 /// Whether `payload` is JSON that `jsonb` accepts: valid UTF-8 JSON (as

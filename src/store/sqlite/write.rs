@@ -3,6 +3,7 @@
 //! (rows and last receive time per device) in step with `telemetry`.
 
 use super::json::is_json;
+use crate::store::json::headers_object;
 use crate::store::time_rule::effective_time_ms;
 use crate::store::{DeadLetterRow, StoreError, StoreRow};
 use rusqlite::{Connection, TransactionBehavior};
@@ -172,11 +173,9 @@ pub fn expire(conn: &mut Connection, cutoff_ms: i64) -> Result<Expired, StoreErr
     Ok(out)
 }
 
-/// Headers as a JSON object (a repeated name keeps its last value).
+/// Headers as JSON text ([`headers_object`]).
 fn headers_json(headers: &[(String, String)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> =
-        headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-    serde_json::Value::Object(map).to_string()
+    headers_object(headers, str::to_owned).to_string()
 }
 
 #[cfg(test)]
