@@ -133,7 +133,12 @@ impl BatchWriter {
                 Some(done) = writing.next(), if !writing.is_empty() => match done {
                     Ok(c) => {
                         aborts.pop_front();
-                        self.metrics.on_batch(c.written.inserted, c.written.duplicates, c.started.elapsed());
+                        self.metrics.on_batch(
+                            c.written.inserted,
+                            c.written.duplicates,
+                            c.written.redone_by_insert,
+                            c.started.elapsed(),
+                        );
                         self.consumer.store_offsets(&c.offsets);
                         self.pool.push(c.store);
                     }

@@ -198,7 +198,7 @@ impl JournalToStore {
         let started = Instant::now();
         let cx = WriteContext { metrics: &self.store_metrics, health: &self.health, backoff_max: self.backoff_max };
         let written = write_until_done(&mut self.store, rows, dead, &cx).await;
-        self.store_metrics.on_batch(written.inserted, written.duplicates, started.elapsed());
+        self.store_metrics.on_batch(written.inserted, written.duplicates, written.redone_by_insert, started.elapsed());
         if let Some((last, _)) = batch.last() {
             if let Err(error) = self.journal.ack(*last) {
                 tracing::error!(%error, "Could not record the journal's delivered position.");

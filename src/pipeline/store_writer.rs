@@ -55,6 +55,9 @@ pub struct Written {
     /// Ids of the rows the store refused on their own (now `store_rejected`
     /// dead letters): stored, but not as rows.
     pub rejected: Vec<uuid::Uuid>,
+    /// The batch's committed write was its second (COPY, then INSERT:
+    /// [`crate::store::WriteOutcome::redone_by_insert`]).
+    pub redone_by_insert: bool,
 }
 
 /// Everything writing needs besides the store.
@@ -83,6 +86,7 @@ pub async fn write_until_done(
                 cx.metrics.on_committed(rows.iter().map(committed), crate::record::now_ms());
                 totals.inserted += o.inserted;
                 totals.duplicates += o.duplicates;
+                totals.redone_by_insert |= o.redone_by_insert;
                 return totals;
             }
             Err(e) if e.is_retryable() => {

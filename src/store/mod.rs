@@ -88,6 +88,10 @@ pub struct WriteOutcome {
     pub dead_letters_inserted: u64,
     /// Dead letters already stored under the same `source`.
     pub dead_letters_duplicates: u64,
+    /// The batch was written twice: PostgreSQL's binary `COPY` failed (a
+    /// row already stored, or COPY refused) and the batch went again by
+    /// `INSERT .. ON CONFLICT DO NOTHING` (docs/storage.md, "Writes").
+    pub redone_by_insert: bool,
 }
 
 /// What one [`Store::enforce_retention`] run did.

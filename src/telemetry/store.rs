@@ -31,6 +31,8 @@ pub struct StoreMetrics {
     /// Rows the store already had (replays after a crash or rebalance).
     pub rows_duplicate: AtomicU64,
     pub batches: AtomicU64,
+    /// Batches written twice: COPY first, then INSERT (PostgreSQL).
+    pub batches_redone: AtomicU64,
     pub store_errors: AtomicU64,
     pub retention_runs: AtomicU64,
     pub retention_failures: AtomicU64,
@@ -57,8 +59,11 @@ impl StoreMetrics {
         Self::default()
     }
 
-    pub fn on_batch(&self, written: u64, duplicates: u64, took: Duration) {
+    /// One batch committed: `redone` when it was written a second time by
+    /// INSERT after its COPY failed.
+    pub fn on_batch(&self, written: u64, duplicates: u64, redone: bool, took: Duration) {
         self.batches.fetch_add(1, Relaxed);
+        self.batches_redone.fetch_add(u64::from(redone), Relaxed);
         self.rows_written.fetch_add(written, Relaxed);
         self.rows_duplicate.fetch_add(duplicates, Relaxed);
         self.batch_latency.observe(took);
@@ -162,6 +167,13 @@ impl StoreMetrics {
         counter(o, "iotpipe_sink_batches_total", "Batches committed to the store.", self.batches.load(Relaxed));
         counter(
             o,
+            "iotpipe_sink_batches_redone_total",
+            "Batches whose binary COPY into PostgreSQL failed (a row already stored, or COPY refused) and that were \
+             written again by INSERT .. ON CONFLICT DO NOTHING.",
+            self.batches_redone.load(Relaxed),
+        );
+        counter(
+            o,
             "iotpipe_sink_store_errors_total",
             "Failed store writes (each retried).",
             self.store_errors.load(Relaxed),
@@ -218,13 +230,14 @@ mod tests {
     #[test]
     fn renders_store_metrics_with_a_fixed_reason_set() {
         let m = StoreMetrics::new();
-        m.on_batch(10, 2, Duration::from_millis(4));
+        m.on_batch(10, 2, true, Duration::from_millis(4));
         m.on_dead_letter(DeadLetterReason::MissingTenant, "kafka:t/0@1", "x");
         m.on_dead_letter(DeadLetterReason::parse("anything at all"), "kafka:t/0@2", "x");
         m.on_retention(1, 5);
         let mut t = String::new();
         m.render(&mut t);
         assert!(t.contains("iotpipe_sink_rows_written_total 10\n"));
+        assert!(t.contains("iotpipe_sink_batches_redone_total 1\n"));
         assert!(t.contains("iotpipe_sink_rows_duplicate_total 2\n"));
         assert!(t.contains("iotpipe_sink_dead_lettered_total{reason=\"missing_tenant\"} 1\n"));
         assert!(t.contains("iotpipe_sink_dead_lettered_total{reason=\"other\"} 1\n"));

@@ -114,6 +114,7 @@ pub async fn a_batch_with_a_stored_row_is_copied_then_inserted(engine: &Engine) 
     let first = fleet_rows(1_000, DAY_MS);
     let out = store.write(&first, &[]).await.expect("write the first batch");
     assert_eq!((out.inserted, out.duplicates), (1_000, 0));
+    assert!(!out.redone_by_insert, "the first batch goes by COPY alone");
     let before = tuples_inserted(&db, 1_000).await;
     assert_eq!(before, 1_000, "the first batch, once");
 
@@ -126,6 +127,7 @@ pub async fn a_batch_with_a_stored_row_is_copied_then_inserted(engine: &Engine) 
     second.push(stored);
     let out = store.write(&second, &[]).await.expect("write the batch with a stored row");
     assert_eq!((out.inserted, out.duplicates), (999, 1));
+    assert!(out.redone_by_insert, "COPY met the stored row: the batch went again by INSERT");
     let after = tuples_inserted(&db, before + 2 * 999).await;
     // The COPY's rows up to the stored one (which counts too, in this
     // server's version) were written and rolled back; INSERT alone writes 999.
@@ -137,6 +139,7 @@ pub async fn a_batch_with_a_stored_row_is_copied_then_inserted(engine: &Engine) 
     // is all duplicates, and no tuple is written for it.
     let out = store.write(&second, &[]).await.expect("write it again");
     assert_eq!((out.inserted, out.duplicates), (0, 1_000));
+    assert!(!out.redone_by_insert, "after a conflict, batches go by INSERT first");
     let third = fleet_rows(10, DAY_MS);
     let out = store.write(&third, &[]).await.expect("write new rows");
     assert_eq!((out.inserted, out.duplicates), (10, 0));

@@ -119,6 +119,7 @@ impl InfluxStore {
             rejected,
             dead_letters_inserted: dead.len() as u64 - dead_rejected,
             dead_letters_duplicates: 0,
+            redone_by_insert: false,
         })
     }
 

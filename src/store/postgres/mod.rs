@@ -192,6 +192,7 @@ impl PostgresStore {
         if self.client.is_some() {
             self.prepared = Some(prepared);
         }
+        let redone_by_insert = matches!(outcome, Fallback::After(..));
         let written = match outcome {
             Fallback::None(w) => {
                 self.method.written(method);
@@ -223,6 +224,7 @@ impl PostgresStore {
             rejected: 0,
             dead_letters_inserted: written.dead_letters,
             dead_letters_duplicates: dead.len() as u64 - written.dead_letters,
+            redone_by_insert,
         })
     }
 

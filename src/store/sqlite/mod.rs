@@ -111,6 +111,7 @@ impl SqliteStore {
             rejected: 0,
             dead_letters_inserted: written.dead_letters,
             dead_letters_duplicates: dead.len() as u64 - written.dead_letters,
+            redone_by_insert: false,
         })
     }
 
