@@ -6,7 +6,7 @@
 //! headers and the dynamic relocation table (`.rela.dyn`). The startup code
 //! reads the table once to relocate the binary; in the static image binary
 //! it is 1.1 MiB, all of it resident from then on, which was 7% of the
-//! bridge's peak RSS (BENCHMARKS.md, "Bridge peak RSS: the relocation
+//! bridge's peak RSS (BENCHMARKS.md, "bridge peak RSS, the relocation
 //! table"). The segment is a read-only private file mapping, so dropping
 //! its pages (`MADV_DONTNEED`) cannot lose anything: a later read (the
 //! unwinder walking the program headers, the dynamic linker looking up a
@@ -108,8 +108,8 @@ impl Phdr {
 pub fn release_startup_pages() -> usize {
     let Some((start, len)) = first_segment() else { return 0 };
     let page = rustix::param::page_size();
-    // Whole pages only: the segment starts on a page boundary (offset 0);
-    // its last partial page may share a page with nothing else, but is kept.
+    // Whole pages only: the segment starts on a page boundary (file offset
+    // 0), and its last, partial page is kept.
     let len = len / page * page;
     if len == 0 {
         return 0;
