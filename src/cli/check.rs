@@ -211,7 +211,6 @@ async fn check_mqtt(config: &Config) -> Result<String, String> {
         loop {
             match driver.poll().await {
                 Ok(Event::Connected { .. }) => return Ok(format!("{} connected", config.mqtt.url)),
-                Ok(Event::Refused(code)) => return Err(format!("{} refused the connection: {code}", config.mqtt.url)),
                 Ok(_) => {}
                 Err(e) => return Err(format!("{}: {e}", config.mqtt.url)),
             }

@@ -1,15 +1,17 @@
 //! MQTT source: a persistent session whose PUBACKs are sent only when the
 //! pipeline says a message is durable, in arrival order.
 //!
-//! The task that polls the event loop never waits on an ack: acks are queued
-//! with `try_ack` by whoever completes a message (see rumqtt#1025), and the
-//! connection epoch guards against acking on a connection that did not
-//! deliver the message.
+//! The task that polls the session never waits on an ack: acks are queued
+//! with `try_ack` by whoever completes a message, the session writes all
+//! that are queued in one go, and the connection epoch guards against
+//! acking on a connection that did not deliver the message.
 
 mod config;
 mod options;
 mod sequencer;
 mod session;
+mod transport;
+mod wire;
 
 pub use config::{parse_mqtt_url, MqttConfig, MqttUrl, MqttVersion, Qos};
 pub use options::{install_crypto_provider, OptionsError};
@@ -156,12 +158,9 @@ impl AckHandle {
         if drained.abandoned > 0 {
             self.metrics.acks_abandoned.fetch_add(drained.abandoned, Relaxed);
         }
-        while let Some(t) = s.queued.front().copied() {
-            if self.client.try_ack(t).is_err() {
-                break;
-            }
-            s.queued.pop_front();
-            self.metrics.acks_sent.fetch_add(1, Relaxed);
+        if !s.queued.is_empty() {
+            let sent = self.client.try_ack_many(&mut s.queued);
+            self.metrics.acks_sent.fetch_add(sent as u64, Relaxed);
         }
     }
 
@@ -336,9 +335,6 @@ impl Source {
                             "Left the shared subscription group; finishing what the broker had already sent."
                         );
                     }
-                }
-                Ok(Event::Refused(code)) => {
-                    tracing::error!(code, "The MQTT broker refused the connection.");
                 }
                 Ok(Event::DisconnectSent) => {
                     if stopping {

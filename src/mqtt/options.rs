@@ -1,9 +1,10 @@
-//! Building rumqttc options (3.1.1 and 5) from the config: persistent
-//! session, credentials, TLS, flow control.
+//! The session's connection options from the config: the broker's
+//! address, persistent session, credentials, TLS, flow control.
 
-use super::{parse_mqtt_url, MqttConfig};
-use rumqttc::{TlsConfiguration, Transport};
+use super::wire::ConnectFields;
+use super::{parse_mqtt_url, MqttConfig, MqttVersion};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
@@ -15,50 +16,41 @@ pub enum OptionsError {
     Tls(String),
 }
 
-/// Largest MQTT packet the bridge accepts: the protocol maximum, so that an
-/// oversize message reaches the bridge and is dead-lettered instead of being
-/// discarded by the broker.
-pub const MAX_INCOMING_PACKET: usize = 268_435_455;
-
-pub fn v5(cfg: &MqttConfig, client_id: &str, clean: bool) -> Result<rumqttc::v5::MqttOptions, OptionsError> {
-    let url = parse_mqtt_url(&cfg.url).map_err(OptionsError::Url)?;
-    let mut o = rumqttc::v5::MqttOptions::new(client_id, url.host, url.port);
-    o.set_keep_alive(cfg.keep_alive.get());
-    o.set_clean_start(clean);
-    if !clean {
-        o.set_session_expiry_interval(Some(u32::try_from(cfg.session_expiry.get().as_secs()).unwrap_or(u32::MAX)));
-    }
-    o.set_receive_maximum(Some(cfg.max_in_flight));
-    o.set_max_packet_size(Some(MAX_INCOMING_PACKET as u32));
-    o.set_manual_acks(true);
-    o.set_connection_timeout(cfg.connect_timeout.get().as_secs().max(1));
-    o.set_request_channel_capacity(usize::from(cfg.max_in_flight) * 2 + 64);
-    o.set_outgoing_inflight_upper_limit(1000);
-    if let Some(user) = &cfg.username {
-        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-    }
-    if url.tls {
-        o.set_transport(Transport::Tls(tls(cfg)?));
-    }
-    Ok(o)
+/// Where and how the session connects: the broker's address, TLS, and
+/// what CONNECT carries.
+#[derive(Clone)]
+pub struct ConnectSpec {
+    pub version: MqttVersion,
+    pub host: String,
+    pub port: u16,
+    /// rustls client config for `mqtts://`; `None` for plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub fields: ConnectFields,
+    /// How long the TCP connect, the TLS handshake and the CONNACK may take together.
+    pub connect_timeout: Duration,
 }
 
-pub fn v311(cfg: &MqttConfig, client_id: &str, clean: bool) -> Result<rumqttc::MqttOptions, OptionsError> {
+/// The session's options from the config. `clean` is for one-off probes
+/// (`iotpipe check`); the bridge always resumes a persistent session.
+pub fn spec(cfg: &MqttConfig, client_id: &str, clean: bool) -> Result<ConnectSpec, OptionsError> {
     let url = parse_mqtt_url(&cfg.url).map_err(OptionsError::Url)?;
-    let mut o = rumqttc::MqttOptions::new(client_id, url.host, url.port);
-    o.set_keep_alive(cfg.keep_alive.get());
-    o.set_clean_session(clean);
-    o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET);
-    o.set_manual_acks(true);
-    o.set_request_channel_capacity(usize::from(cfg.max_in_flight) * 2 + 64);
-    o.set_inflight(1000);
-    if let Some(user) = &cfg.username {
-        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-    }
-    if url.tls {
-        o.set_transport(Transport::Tls(tls(cfg)?));
-    }
-    Ok(o)
+    let tls = if url.tls { Some(tls(cfg)?) } else { None };
+    let credentials = cfg.username.as_ref().map(|u| (u.clone(), cfg.password.clone().unwrap_or_default()));
+    Ok(ConnectSpec {
+        version: cfg.version,
+        host: url.host,
+        port: url.port,
+        tls,
+        fields: ConnectFields {
+            client_id: client_id.to_string(),
+            keep_alive: cfg.keep_alive.get(),
+            clean,
+            session_expiry: (!clean).then(|| cfg.session_expiry.get()),
+            receive_maximum: cfg.max_in_flight,
+            credentials,
+        },
+        connect_timeout: cfg.connect_timeout.get(),
+    })
 }
 
 fn read(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, OptionsError> {
@@ -67,7 +59,7 @@ fn read(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, OptionsErr
 
 /// rustls client config: the CA file if given, else the system roots; a
 /// client certificate for mutual TLS if given.
-fn tls(cfg: &MqttConfig) -> Result<TlsConfiguration, OptionsError> {
+fn tls(cfg: &MqttConfig) -> Result<Arc<rustls::ClientConfig>, OptionsError> {
     install_crypto_provider();
     let roots = crate::tls::root_store("mqtt.ca_file", cfg.ca_file.as_deref()).map_err(|e| match e {
         crate::tls::RootsError::Read { path, source } => OptionsError::File { key: "mqtt.ca_file", path, source },
@@ -89,7 +81,7 @@ fn tls(cfg: &MqttConfig) -> Result<TlsConfiguration, OptionsError> {
         }
         _ => builder.with_no_client_auth(),
     };
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 pub use crate::tls::install_crypto_provider;

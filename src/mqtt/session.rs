@@ -1,11 +1,23 @@
 //! One MQTT session, 3.1.1 or 5 behind one interface: the client handle
-//! (acks, subscribe, disconnect) and the event-loop driver.
+//! (acks, subscribe, disconnect) and the driver that owns the connection.
+//!
+//! The driver reads whatever the socket holds, decodes every whole packet
+//! in it, and before it waits again writes everything queued through the
+//! client (acks, subscriptions, the disconnect) in one write: the acks of a
+//! batch of messages cost one system call, not one each.
 
-use super::options;
+use super::options::{self, ConnectSpec};
+use super::transport::{self, Stream, TransportError};
+use super::wire::{self, Incoming, Malformed, Unencodable};
 use super::{MqttConfig, MqttVersion, Qos};
 use crate::record::{now_ms, Inbound};
-use rumqttc::v5::mqttbytes::v5 as p5;
-use rumqttc::v5::mqttbytes::QoS as Qos5;
+use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// What an ack needs: the packet id and the QoS it arrived with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,96 +26,99 @@ pub struct AckToken {
     pub qos: u8,
 }
 
-/// The handle through which acks, subscriptions and the disconnect are sent.
-#[derive(Clone)]
-pub enum Client {
-    V5(rumqttc::v5::AsyncClient),
-    V311(rumqttc::AsyncClient),
+/// A request other than an ack, queued for the driver.
+#[derive(Debug)]
+enum Request {
+    Subscribe(Vec<String>, Qos),
+    Unsubscribe(String),
+    Disconnect,
 }
 
-/// The request channel is full (or the event loop is gone): try again shortly.
+/// What the client queued and the driver has not written yet.
+#[derive(Default)]
+struct Outbox {
+    acks: Vec<AckToken>,
+    requests: VecDeque<Request>,
+}
+
+struct Shared {
+    outbox: Mutex<Outbox>,
+    /// Wakes the driver when the outbox stops being empty.
+    wake: Notify,
+    /// Most acks the outbox holds (`mqtt.max_in_flight` × 2 + 64).
+    ack_capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Outbox> {
+        // A poisoned lock means a panic elsewhere; the queues stay consistent.
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, request: Request) -> bool {
+        let mut o = self.lock();
+        let was_empty = o.acks.is_empty() && o.requests.is_empty();
+        o.requests.push_back(request);
+        drop(o);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+}
+
+/// The handle through which acks, subscriptions and the disconnect are sent.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+/// The outbox is full: try again shortly.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ChannelFull;
 
 impl Client {
     pub fn try_ack(&self, t: AckToken) -> Result<(), ChannelFull> {
-        match self {
-            Client::V5(c) => {
-                let mut p = p5::Publish::new("", qos5(t.qos), Vec::new(), None);
-                p.pkid = t.pkid;
-                c.try_ack(&p).map_err(|_| ChannelFull)
-            }
-            Client::V311(c) => {
-                let mut p = rumqttc::Publish::new("", qos4(t.qos), Vec::new());
-                p.pkid = t.pkid;
-                c.try_ack(&p).map_err(|_| ChannelFull)
-            }
+        let mut o = self.shared.lock();
+        if o.acks.len() >= self.shared.ack_capacity {
+            return Err(ChannelFull);
         }
+        let was_empty = o.acks.is_empty() && o.requests.is_empty();
+        o.acks.push(t);
+        drop(o);
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
     }
 
-    /// Queue the subscriptions without waiting (the caller polls the event loop).
-    pub fn try_subscribe(&self, filters: &[String], qos: Qos) -> bool {
-        match self {
-            Client::V5(c) => {
-                let fs = filters.iter().map(|f| {
-                    let mut filter = p5::Filter::new(f.clone(), qos5(qos.level()));
-                    filter.retain_forward_rule = p5::RetainForwardRule::OnNewSubscribe;
-                    filter
-                });
-                c.try_subscribe_many(fs).is_ok()
-            }
-            Client::V311(c) => {
-                let fs = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos4(qos.level())));
-                c.try_subscribe_many(fs).is_ok()
-            }
+    /// Queue acks from the front of `acks` while there is room; returns how
+    /// many were taken (one lock for all of them).
+    pub fn try_ack_many(&self, acks: &mut VecDeque<AckToken>) -> usize {
+        let mut o = self.shared.lock();
+        let was_empty = o.acks.is_empty() && o.requests.is_empty();
+        let room = self.shared.ack_capacity.saturating_sub(o.acks.len());
+        let n = room.min(acks.len());
+        o.acks.extend(acks.drain(..n));
+        drop(o);
+        if was_empty && n > 0 {
+            self.shared.wake.notify_one();
         }
+        n
+    }
+
+    /// Queue the subscriptions without waiting (the caller polls the driver).
+    pub fn try_subscribe(&self, filters: &[String], qos: Qos) -> bool {
+        self.shared.push(Request::Subscribe(filters.to_vec(), qos))
     }
 
     /// Queue one UNSUBSCRIBE per filter without waiting.
     pub fn try_unsubscribe(&self, filters: &[String]) -> bool {
-        filters.iter().all(|f| match self {
-            Client::V5(c) => c.try_unsubscribe(f.clone()).is_ok(),
-            Client::V311(c) => c.try_unsubscribe(f.clone()).is_ok(),
-        })
+        filters.iter().all(|f| self.shared.push(Request::Unsubscribe(f.clone())))
     }
 
     pub fn try_disconnect(&self) -> bool {
-        match self {
-            Client::V5(c) => c.try_disconnect().is_ok(),
-            Client::V311(c) => c.try_disconnect().is_ok(),
-        }
-    }
-}
-
-fn qos5(level: u8) -> Qos5 {
-    match level {
-        0 => Qos5::AtMostOnce,
-        1 => Qos5::AtLeastOnce,
-        _ => Qos5::ExactlyOnce,
-    }
-}
-
-fn level5(q: Qos5) -> u8 {
-    match q {
-        Qos5::AtMostOnce => 0,
-        Qos5::AtLeastOnce => 1,
-        Qos5::ExactlyOnce => 2,
-    }
-}
-
-fn level4(q: rumqttc::QoS) -> u8 {
-    match q {
-        rumqttc::QoS::AtMostOnce => 0,
-        rumqttc::QoS::AtLeastOnce => 1,
-        rumqttc::QoS::ExactlyOnce => 2,
-    }
-}
-
-fn qos4(level: u8) -> rumqttc::QoS {
-    match level {
-        0 => rumqttc::QoS::AtMostOnce,
-        1 => rumqttc::QoS::AtLeastOnce,
-        _ => rumqttc::QoS::ExactlyOnce,
+        self.shared.push(Request::Disconnect)
     }
 }
 
@@ -113,7 +128,6 @@ pub enum Event {
     Connected {
         session_present: bool,
     },
-    Refused(String),
     Subscribed {
         failures: Vec<String>,
     },
@@ -128,105 +142,266 @@ pub enum Event {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]
-    V5(#[from] rumqttc::v5::ConnectionError),
+    Transport(#[from] TransportError),
+    #[error("no CONNACK within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("the broker refused the connection: {0}")]
+    Refused(String),
+    #[error("the broker answered CONNECT with another packet: {0:?}")]
+    NotConnAck(Incoming),
     #[error(transparent)]
-    V311(#[from] rumqttc::ConnectionError),
-}
-
-/// Owns the socket; must be polled continuously.
-pub enum Driver {
-    V5(Box<rumqttc::v5::EventLoop>),
-    V311(Box<rumqttc::EventLoop>),
+    Malformed(#[from] Malformed),
+    #[error(transparent)]
+    Unencodable(#[from] Unencodable),
+    #[error("I/O with the broker: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the broker closed the connection")]
+    Closed,
+    #[error("the broker disconnected: {0}")]
+    ServerDisconnect(String),
+    #[error("no PINGRESP within the keep-alive interval ({0:?})")]
+    PingTimeout(Duration),
 }
 
 /// Build a session. `clean` is for one-off probes (`iotpipe check`); the
 /// bridge always uses a persistent session.
 pub fn connect(cfg: &MqttConfig, client_id: &str, clean: bool) -> Result<(Client, Driver), options::OptionsError> {
-    let cap = usize::from(cfg.max_in_flight) * 2 + 64;
-    Ok(match cfg.version {
-        MqttVersion::V5 => {
-            let (c, e) = rumqttc::v5::AsyncClient::new(options::v5(cfg, client_id, clean)?, cap);
-            (Client::V5(c), Driver::V5(Box::new(e)))
-        }
-        MqttVersion::V311 => {
-            let (c, e) = rumqttc::AsyncClient::new(options::v311(cfg, client_id, clean)?, cap);
-            (Client::V311(c), Driver::V311(Box::new(e)))
-        }
-    })
+    let spec = options::spec(cfg, client_id, clean)?;
+    let shared = Arc::new(Shared {
+        outbox: Mutex::new(Outbox::default()),
+        wake: Notify::new(),
+        ack_capacity: usize::from(cfg.max_in_flight) * 2 + 64,
+    });
+    let driver = Driver { spec, shared: shared.clone(), conn: None, events: VecDeque::new() };
+    Ok((Client { shared }, driver))
+}
+
+/// Owns the connection; must be polled continuously.
+pub struct Driver {
+    spec: ConnectSpec,
+    shared: Arc<Shared>,
+    conn: Option<Conn>,
+    /// Decoded and not yet returned by `poll`.
+    events: VecDeque<Event>,
+}
+
+/// What the read buffer keeps free before each read.
+const READ_CHUNK: usize = 64 * 1024;
+
+struct Conn {
+    io: Box<dyn Stream>,
+    version: MqttVersion,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    keep_alive: Duration,
+    next_ping: Instant,
+    awaiting_pingresp: bool,
+    /// Packet id of our next SUBSCRIBE/UNSUBSCRIBE (never 0).
+    next_pkid: u16,
+    /// DISCONNECT went out: nothing more is read or written.
+    closed: bool,
 }
 
 impl Driver {
+    /// The next event. Connects first when there is no connection; after an
+    /// error the next call connects again.
     pub async fn poll(&mut self) -> Result<Event, SessionError> {
-        match self {
-            Driver::V5(el) => {
-                use rumqttc::v5::{Event as E, Incoming as I};
-                match el.poll().await? {
-                    E::Incoming(I::ConnAck(ack)) => Ok(match ack.code {
-                        p5::ConnectReturnCode::Success => Event::Connected { session_present: ack.session_present },
-                        code => Event::Refused(format!("{code:?}")),
-                    }),
-                    E::Incoming(I::SubAck(ack)) => Ok(Event::Subscribed {
-                        failures: ack
-                            .return_codes
-                            .iter()
-                            .filter(|c| !matches!(c, p5::SubscribeReasonCode::Success(_)))
-                            .map(|c| format!("{c:?}"))
-                            .collect(),
-                    }),
-                    E::Incoming(I::UnsubAck(_)) => Ok(Event::Unsubscribed),
-                    E::Incoming(I::Publish(p)) => {
-                        let token =
-                            (p.qos != Qos5::AtMostOnce).then_some(AckToken { pkid: p.pkid, qos: level5(p.qos) });
-                        let topic = String::from_utf8(p.topic.to_vec())
-                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                        Ok(Event::Publish(
-                            Inbound { topic, payload: p.payload, received_ms: now_ms(), redelivered: p.dup },
-                            token,
-                        ))
-                    }
-                    E::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Event::DisconnectSent),
-                    _ => Ok(Event::Other),
-                }
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(event);
             }
-            Driver::V311(el) => {
-                use rumqttc::{Event as E, Packet as P};
-                match el.poll().await? {
-                    E::Incoming(P::ConnAck(ack)) => Ok(match ack.code {
-                        rumqttc::ConnectReturnCode::Success => {
-                            Event::Connected { session_present: ack.session_present }
-                        }
-                        code => Event::Refused(format!("{code:?}")),
-                    }),
-                    E::Incoming(P::SubAck(ack)) => Ok(Event::Subscribed {
-                        failures: ack
-                            .return_codes
-                            .iter()
-                            .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                            .map(|c| format!("{c:?}"))
-                            .collect(),
-                    }),
-                    E::Incoming(P::UnsubAck(_)) => Ok(Event::Unsubscribed),
-                    E::Incoming(P::Publish(p)) => {
-                        let token = (p.qos != rumqttc::QoS::AtMostOnce)
-                            .then_some(AckToken { pkid: p.pkid, qos: level4(p.qos) });
-                        Ok(Event::Publish(
-                            Inbound { topic: p.topic, payload: p.payload, received_ms: now_ms(), redelivered: p.dup },
-                            token,
-                        ))
-                    }
-                    E::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Event::DisconnectSent),
-                    _ => Ok(Event::Other),
-                }
+            let Some(conn) = self.conn.as_mut() else {
+                let (conn, session_present) = self.open().await?;
+                self.conn = Some(conn);
+                return Ok(Event::Connected { session_present });
+            };
+            if conn.closed {
+                // Only a stop follows a DISCONNECT; wait for it.
+                std::future::pending::<()>().await;
+            }
+            if let Err(e) = conn.step(&self.shared, &mut self.events).await {
+                self.conn = None;
+                self.events.clear();
+                return Err(e);
             }
         }
     }
 
-    /// Drop the connection state and every ack still queued in the request
-    /// channel (they belong to the connection that ended).
+    /// Connect, send CONNECT and wait for the CONNACK, all within the connect timeout.
+    async fn open(&self) -> Result<(Conn, bool), SessionError> {
+        let spec = &self.spec;
+        let attempt = async {
+            let io = transport::open(&spec.host, spec.port, spec.tls.as_ref()).await?;
+            let mut conn = Conn {
+                io,
+                version: spec.version,
+                rbuf: BytesMut::with_capacity(READ_CHUNK),
+                wbuf: BytesMut::with_capacity(4096),
+                keep_alive: spec.fields.keep_alive,
+                next_ping: Instant::now() + spec.fields.keep_alive,
+                awaiting_pingresp: false,
+                next_pkid: 1,
+                closed: false,
+            };
+            wire::connect(spec.version, &spec.fields, &mut conn.wbuf)?;
+            conn.write_out().await?;
+            match conn.read_packet().await? {
+                Incoming::ConnAck { refused: Some(code), .. } => Err(SessionError::Refused(code)),
+                Incoming::ConnAck { session_present, server_keep_alive, .. } => {
+                    if let Some(secs) = server_keep_alive {
+                        conn.keep_alive = Duration::from_secs(u64::from(secs.max(1)));
+                        conn.next_ping = Instant::now() + conn.keep_alive;
+                    }
+                    Ok((conn, session_present))
+                }
+                other => Err(SessionError::NotConnAck(other)),
+            }
+        };
+        tokio::time::timeout(spec.connect_timeout, attempt)
+            .await
+            .map_err(|_| SessionError::ConnectTimeout(spec.connect_timeout))?
+    }
+
+    /// Drop the connection and everything queued for it: acks belong to the
+    /// connection that delivered their messages, and the session task asks
+    /// again for the subscriptions it still needs once reconnected.
     pub fn clean(&mut self) {
-        match self {
-            Driver::V5(el) => el.clean(),
-            Driver::V311(el) => el.clean(),
+        self.conn = None;
+        self.events.clear();
+        let mut o = self.shared.lock();
+        o.acks.clear();
+        o.requests.clear();
+    }
+}
+
+impl Conn {
+    /// Write what is queued, then wait for the broker, the client or the
+    /// keep-alive, and decode what came in into `events`.
+    async fn step(&mut self, shared: &Shared, events: &mut VecDeque<Event>) -> Result<(), SessionError> {
+        let disconnect = self.take_outbox(shared)?;
+        self.write_out().await?;
+        if disconnect {
+            self.closed = true;
+            events.push_back(Event::DisconnectSent);
+            return Ok(());
         }
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            read = self.io.read_buf(&mut self.rbuf) => {
+                if read? == 0 {
+                    return Err(SessionError::Closed);
+                }
+                self.decode(events)?;
+            }
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep_until(self.next_ping) => {
+                if self.awaiting_pingresp {
+                    return Err(SessionError::PingTimeout(self.keep_alive));
+                }
+                wire::pingreq(&mut self.wbuf);
+                self.awaiting_pingresp = true;
+                self.next_ping = Instant::now() + self.keep_alive;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode the outbox into the write buffer; true when it held a disconnect.
+    fn take_outbox(&mut self, shared: &Shared) -> Result<bool, SessionError> {
+        let (acks, requests) = {
+            let mut o = shared.lock();
+            if o.acks.is_empty() && o.requests.is_empty() {
+                return Ok(false);
+            }
+            (std::mem::take(&mut o.acks), std::mem::take(&mut o.requests))
+        };
+        for t in &acks {
+            wire::publish_ack(&mut self.wbuf, t.qos, t.pkid);
+        }
+        // Hand the (now empty) vector back so its capacity is reused.
+        {
+            let mut o = shared.lock();
+            if o.acks.is_empty() {
+                let mut acks = acks;
+                acks.clear();
+                o.acks = acks;
+            }
+        }
+        let mut disconnect = false;
+        for r in requests {
+            match r {
+                Request::Subscribe(filters, qos) => {
+                    let pkid = self.pkid();
+                    wire::subscribe(self.version, pkid, &filters, qos, &mut self.wbuf)?;
+                }
+                Request::Unsubscribe(filter) => {
+                    let pkid = self.pkid();
+                    wire::unsubscribe(self.version, pkid, &filter, &mut self.wbuf)?;
+                }
+                Request::Disconnect => {
+                    wire::disconnect(&mut self.wbuf);
+                    disconnect = true;
+                    break;
+                }
+            }
+        }
+        Ok(disconnect)
+    }
+
+    fn pkid(&mut self) -> u16 {
+        let id = self.next_pkid;
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    async fn write_out(&mut self) -> Result<(), SessionError> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await?;
+            self.io.flush().await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Read until one whole packet is in (the CONNACK).
+    async fn read_packet(&mut self) -> Result<Incoming, SessionError> {
+        let mut need = 0;
+        loop {
+            if let Some(p) = wire::read(self.version, &mut self.rbuf, &mut need)? {
+                return Ok(p);
+            }
+            self.rbuf.reserve(need.max(1024));
+            if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(SessionError::Closed);
+            }
+        }
+    }
+
+    /// Decode every whole packet in the read buffer.
+    fn decode(&mut self, events: &mut VecDeque<Event>) -> Result<(), SessionError> {
+        let mut need = 0;
+        while let Some(packet) = wire::read(self.version, &mut self.rbuf, &mut need)? {
+            match packet {
+                Incoming::Publish { topic, payload, qos, pkid, dup } => {
+                    let token = (qos > 0).then_some(AckToken { pkid, qos });
+                    let msg = Inbound { topic, payload, received_ms: now_ms(), redelivered: dup };
+                    events.push_back(Event::Publish(msg, token));
+                }
+                Incoming::PubRel { pkid } => wire::pubcomp(&mut self.wbuf, pkid),
+                Incoming::SubAck { failures } => events.push_back(Event::Subscribed { failures }),
+                Incoming::UnsubAck => events.push_back(Event::Unsubscribed),
+                Incoming::PingResp => self.awaiting_pingresp = false,
+                Incoming::Disconnect { reason } => return Err(SessionError::ServerDisconnect(reason)),
+                Incoming::ConnAck { .. } | Incoming::Other => events.push_back(Event::Other),
+            }
+        }
+        // A packet larger than what is free: make room for all of it at once.
+        if need > self.rbuf.capacity() - self.rbuf.len() {
+            self.rbuf.reserve(need);
+        }
+        Ok(())
     }
 }
