@@ -405,3 +405,174 @@ impl Conn {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::HumanDuration;
+    use rumqttc::v5::mqttbytes::v5 as p5;
+    use rumqttc::v5::mqttbytes::QoS;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A broker of one connection, scripted by the test.
+    async fn broker() -> (TcpListener, MqttConfig) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cfg = MqttConfig {
+            url: format!("mqtt://127.0.0.1:{port}"),
+            keep_alive: HumanDuration::secs(1),
+            connect_timeout: HumanDuration::secs(5),
+            max_in_flight: 10,
+            ..MqttConfig::default()
+        };
+        (listener, cfg)
+    }
+
+    /// Accept, read the CONNECT and answer it.
+    async fn accept(listener: &TcpListener, code: p5::ConnectReturnCode) -> TcpStream {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        loop {
+            s.read_buf(&mut buf).await.unwrap();
+            if let Ok(p) = p5::Packet::read(&mut buf, None) {
+                assert!(matches!(p, p5::Packet::Connect(..)), "{p:?}");
+                break;
+            }
+        }
+        let mut out = BytesMut::new();
+        let ack = p5::ConnAck { session_present: false, code, properties: None };
+        p5::Packet::ConnAck(ack).write(&mut out, None).unwrap();
+        s.write_all(&out).await.unwrap();
+        s
+    }
+
+    fn publish(buf: &mut BytesMut, qos: QoS, pkid: u16) {
+        let mut p = p5::Publish::new("mtic/msg/client/realtime/t/p", qos, format!("{{\"n\":{pkid}}}"), None);
+        p.pkid = pkid;
+        p5::Packet::Publish(p).write(buf, None).unwrap();
+    }
+
+    /// Poll the driver in a task; its events come out of the channel.
+    fn drive(mut driver: Driver) -> tokio::sync::mpsc::UnboundedReceiver<Result<Event, SessionError>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let ev = driver.poll().await;
+                let failed = ev.is_err();
+                if tx.send(ev).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    async fn next(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<Event, SessionError>>,
+    ) -> Result<Event, SessionError> {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("driver running")
+    }
+
+    #[tokio::test]
+    async fn acks_go_out_in_order_as_queued_and_qos2_is_completed() {
+        let (listener, cfg) = broker().await;
+        let (client, driver) = connect(&cfg, "t1", false).unwrap();
+        let mut events = drive(driver);
+        let mut s = accept(&listener, p5::ConnectReturnCode::Success).await;
+        assert!(matches!(next(&mut events).await, Ok(Event::Connected { session_present: false })));
+
+        let mut out = BytesMut::new();
+        for pkid in 1..=3 {
+            publish(&mut out, QoS::AtLeastOnce, pkid);
+        }
+        publish(&mut out, QoS::ExactlyOnce, 4);
+        publish(&mut out, QoS::AtMostOnce, 0);
+        s.write_all(&out).await.unwrap();
+        let mut tokens = Vec::new();
+        for _ in 0..5 {
+            match next(&mut events).await {
+                Ok(Event::Publish(msg, token)) => {
+                    assert_eq!(msg.topic, "mtic/msg/client/realtime/t/p");
+                    tokens.push(token);
+                }
+                other => panic!("expected a publish, got {other:?}"),
+            }
+        }
+        assert_eq!(tokens[4], None, "QoS 0 needs no ack");
+        let mut queued: VecDeque<AckToken> = tokens.into_iter().flatten().collect();
+        assert_eq!(client.try_ack_many(&mut queued), 4);
+
+        let mut acks = [0u8; 16];
+        s.read_exact(&mut acks).await.unwrap();
+        assert_eq!(acks, [0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3, 0x50, 2, 0, 4]);
+
+        // QoS 2's second step: PUBREL is answered with PUBCOMP.
+        let mut out = BytesMut::new();
+        p5::Packet::PubRel(p5::PubRel::new(4, None)).write(&mut out, None).unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut comp = [0u8; 4];
+        s.read_exact(&mut comp).await.unwrap();
+        assert_eq!(comp, [0x70, 2, 0, 4]);
+        assert!(client.try_subscribe(&["a/#".to_string()], Qos::AtLeastOnce));
+        let mut buf = BytesMut::new();
+        let sub = loop {
+            s.read_buf(&mut buf).await.unwrap();
+            if let Ok(p) = p5::Packet::read(&mut buf, None) {
+                break p;
+            }
+        };
+        let p5::Packet::Subscribe(sub) = sub else { panic!("{sub:?}") };
+        assert_eq!(sub.filters[0].path, "a/#");
+        assert_ne!(sub.pkid, 0);
+
+        assert!(client.try_disconnect());
+        assert!(matches!(next(&mut events).await, Ok(Event::DisconnectSent)));
+        let mut disc = [0u8; 2];
+        s.read_exact(&mut disc).await.unwrap();
+        assert_eq!(disc, [0xE0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_stops_answering_pings_ends_the_connection() {
+        let (listener, cfg) = broker().await;
+        let (_client, driver) = connect(&cfg, "t2", false).unwrap();
+        let mut events = drive(driver);
+        let mut s = accept(&listener, p5::ConnectReturnCode::Success).await;
+        assert!(matches!(next(&mut events).await, Ok(Event::Connected { .. })));
+        let mut ping = [0u8; 2];
+        s.read_exact(&mut ping).await.unwrap();
+        assert_eq!(ping, [0xC0, 0], "a PINGREQ after the keep-alive interval");
+        // Not answered: the next interval ends the connection.
+        assert!(matches!(next(&mut events).await, Err(SessionError::PingTimeout(_))));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_reason_and_a_closed_one_is_an_error() {
+        let (listener, cfg) = broker().await;
+        let (_client, mut driver) = connect(&cfg, "t3", false).unwrap();
+        let (res, _s) = tokio::join!(driver.poll(), accept(&listener, p5::ConnectReturnCode::NotAuthorized));
+        let err = res.unwrap_err();
+        assert!(matches!(&err, SessionError::Refused(code) if code == "NotAuthorized"), "{err}");
+
+        let (res, s) = tokio::join!(driver.poll(), accept(&listener, p5::ConnectReturnCode::Success));
+        assert!(matches!(res, Ok(Event::Connected { .. })));
+        drop(s);
+        assert!(matches!(driver.poll().await, Err(SessionError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn the_outbox_holds_at_most_its_capacity_and_clean_empties_it() {
+        let (_listener, cfg) = broker().await;
+        let (client, mut driver) = connect(&cfg, "t4", false).unwrap();
+        let cap = usize::from(cfg.max_in_flight) * 2 + 64;
+        let mut queued: VecDeque<AckToken> = (1..=cap as u16 + 5).map(|pkid| AckToken { pkid, qos: 1 }).collect();
+        assert_eq!(client.try_ack_many(&mut queued), cap);
+        assert_eq!(queued.len(), 5, "what did not fit stays with the caller");
+        assert_eq!(client.try_ack(AckToken { pkid: 9, qos: 1 }), Err(ChannelFull));
+        driver.clean();
+        assert_eq!(client.try_ack_many(&mut queued), 5);
+    }
+}
