@@ -752,9 +752,9 @@ def rule_groups(runbook_base=RUNBOOK_BASE_URL, down="seen", components=COMMANDS,
                   "1m", "warning",
                   "The MQTT broker of iotpipe {{ $labels.instance }} sends past the receive maximum",
                   "{{ $value | humanize }} QoS 1/2 messages arrived in 10 minutes while mqtt.max_in_flight "
-                  "were already unacknowledged: the broker does not keep MQTT 5's receive maximum, so the "
-                  "bridge's memory is not bounded by its window. Mosquitto before 2.0.13 does this once "
-                  "acknowledgements lag; upgrade the broker."),
+                  "were already unacknowledged: the broker does not keep MQTT 5's receive maximum. The "
+                  "bridge holds its window by not reading, so what the broker sent past it waits in the "
+                  "connection. Mosquitto before 2.0.13 does this once acknowledgements lag; upgrade the broker."),
         ]},
         {"name": "iotpipe-delivery", "rules": [
             alert("IotpipeDeliveryStalled", "iotpipe_delivery_stalled_seconds > 60", "1m", "critical",

@@ -68,8 +68,8 @@ fn forwards_20000_messages_to_tenant_topics_with_keys_headers_and_unchanged_byte
 }
 
 /// MQTT 5's receive maximum (`mqtt.max_in_flight`) is the broker's to keep;
-/// a broker that sends past it is counted and warned about, because the
-/// bridge's memory then grows with what it sends. Mosquitto before 2.0.13
+/// a broker that sends past it is counted and warned about, and the bridge
+/// stops reading so that it holds no more than the window. Mosquitto before 2.0.13
 /// does (on each PUBACK of the oldest message in flight it moves up to a
 /// window's worth of queued messages into flight; docs/bridge.md), so on
 /// Debian's 2.0.11 the count must be above 0, and with a fixed broker 0.
@@ -87,12 +87,22 @@ fn a_broker_sending_past_the_receive_maximum_is_counted_and_warned_about() {
 
     // 200 pairs, a topic each: a pair's first message waits for its topic
     // while later ones are delivered, so the acks (in arrival order) trail.
-    let published = std::process::Command::new(Iotpipe::binary())
+    let mut simulate = std::process::Command::new(Iotpipe::binary())
         .args(["simulate", "--broker", &mqtt.url(), "--count", &N.to_string(), "--qos", "1"])
         .args(["--tenants", "20", "--projects", "10", "--devices", "2", "--timeout", "90s"])
         .stdout(std::process::Stdio::null())
-        .status()
+        .spawn()
         .expect("run simulate");
+    // Whatever the broker sends, the bridge holds at most the window and
+    // the one message past it that shows the broker broke the window.
+    let mut most_in_flight = 0.0f64;
+    let published = loop {
+        most_in_flight = most_in_flight.max(bridge.metric("iotpipe_messages_in_flight"));
+        if let Some(status) = simulate.try_wait().expect("simulate status") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
     assert!(published.success(), "simulate published every message");
     let records = read_until_complete(&kafka.brokers(), N, Duration::from_secs(120));
     let (missing, dups) = coverage(&records, N);
@@ -102,7 +112,9 @@ fn a_broker_sending_past_the_receive_maximum_is_counted_and_warned_about() {
     let past = bridge.metric("iotpipe_mqtt_past_receive_maximum_total");
     let warned = bridge.log_text().contains("more unacknowledged messages than the receive maximum");
     let version = mosquitto_version();
-    eprintln!("Mosquitto {version:?}: {past} messages past the receive maximum");
+    eprintln!("Mosquitto {version:?}: {past} messages past the receive maximum, at most {most_in_flight} in flight");
+    assert!(most_in_flight <= 21.0, "at most max_in_flight + 1 = 21 messages held, saw {most_in_flight}");
+    assert!(most_in_flight >= 10.0, "the sampling saw the window in use ({most_in_flight})");
     if version < (2, 0, 13) {
         assert!(past > 0.0, "Mosquitto {version:?} sends past the window here, and the bridge counts it");
         assert!(warned, "and warns about it");

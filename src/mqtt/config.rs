@@ -96,7 +96,8 @@ pub struct MqttConfig {
     /// How long the broker keeps the session while the bridge is away (MQTT 5).
     pub session_expiry: HumanDuration,
     /// Unacknowledged messages the broker may have outstanding to the bridge
-    /// (MQTT 5 receive maximum; with 3.1.1 the broker's own limit applies).
+    /// (MQTT 5 receive maximum), and the most the session holds unacked with
+    /// either version: past it, it stops reading until acks go out.
     pub max_in_flight: u16,
     pub reconnect_backoff_min: HumanDuration,
     pub reconnect_backoff_max: HumanDuration,

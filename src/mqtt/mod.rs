@@ -261,6 +261,12 @@ impl Source {
         let mut stopping = false;
         // The broker sending past the receive maximum is warned about once per connection.
         let mut warned_past_window = false;
+        // What the session holds unacked is bounded whatever the broker
+        // does: past the window (plus the one message that shows the broker
+        // sent past it) the session stops taking messages until acks go out.
+        let acks = self.acks.clone();
+        let window = usize::from(self.cfg.max_in_flight);
+        let may_read = || acks.outstanding() <= window;
         loop {
             let event = tokio::select! {
                 biased;
@@ -278,7 +284,7 @@ impl Source {
                     }
                     continue;
                 }
-                ev = self.driver.poll() => ev,
+                ev = self.driver.poll_gated(may_read) => ev,
             };
             match event {
                 Ok(Event::Publish(msg, token)) => {
@@ -369,8 +375,8 @@ impl Source {
 
 impl Source {
     /// A QoS 1/2 message came while `mqtt.max_in_flight` were unacked: the
-    /// broker breaks MQTT 5's receive maximum, and what the process holds
-    /// (memory) then grows with what the broker sends (docs/bridge.md).
+    /// broker breaks MQTT 5's receive maximum. The session then stops
+    /// reading until acks go out (docs/bridge.md).
     fn past_window(&self, warned: &mut bool) {
         self.metrics.mqtt_past_receive_maximum.fetch_add(1, Relaxed);
         if !*warned {
@@ -378,8 +384,8 @@ impl Source {
             tracing::warn!(
                 max_in_flight = self.cfg.max_in_flight,
                 "The MQTT broker sends more unacknowledged messages than the receive maximum \
-                 (mqtt.max_in_flight); memory then grows with what it sends. \
-                 Mosquitto before 2.0.13 does this (docs/bridge.md)."
+                 (mqtt.max_in_flight); the bridge stops reading whenever the window is full, \
+                 which holds the broker back. Mosquitto before 2.0.13 does this (docs/bridge.md)."
             );
         }
     }

@@ -1,10 +1,12 @@
 //! One MQTT session, 3.1.1 or 5 behind one interface: the client handle
 //! (acks, subscribe, disconnect) and the driver that owns the connection.
 //!
-//! The driver reads whatever the socket holds, decodes every whole packet
-//! in it, and before it waits again writes everything queued through the
-//! client (acks, subscriptions, the disconnect) in one write: the acks of a
-//! batch of messages cost one system call, not one each.
+//! The driver reads whatever the socket holds, hands out the packets in it
+//! one by one, and before it waits again writes everything queued through
+//! the client (acks, subscriptions, the disconnect) in one write: the acks
+//! of a batch of messages cost one system call, not one each. The session
+//! task can stop the reading while its window is full
+//! ([`Driver::poll_gated`]); pings and acks go on.
 
 use super::options::{self, ConnectSpec};
 use super::transport::{self, Stream, TransportError};
@@ -196,6 +198,8 @@ struct Conn {
     keep_alive: Duration,
     next_ping: Instant,
     awaiting_pingresp: bool,
+    /// Reading was paused since the last PINGREQ went out.
+    paused_since_ping: bool,
     /// Packet id of our next SUBSCRIBE/UNSUBSCRIBE (never 0).
     next_pkid: u16,
     /// DISCONNECT went out: nothing more is read or written.
@@ -206,6 +210,15 @@ impl Driver {
     /// The next event. Connects first when there is no connection; after an
     /// error the next call connects again.
     pub async fn poll(&mut self) -> Result<Event, SessionError> {
+        self.poll_gated(|| true).await
+    }
+
+    /// Like [`Driver::poll`], but takes messages from the broker only while
+    /// `may_read()` is true. While it is false nothing is read from the
+    /// socket (TCP then holds the broker back) and nothing more is decoded,
+    /// but acks, requests and keep-alive pings still go out; every ack
+    /// queued wakes the session to ask `may_read` again.
+    pub async fn poll_gated(&mut self, may_read: impl Fn() -> bool) -> Result<Event, SessionError> {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(event);
@@ -219,7 +232,16 @@ impl Driver {
                 // Only a stop follows a DISCONNECT; wait for it.
                 std::future::pending::<()>().await;
             }
-            if let Err(e) = conn.step(&self.shared, &mut self.events).await {
+            let reading = may_read();
+            let result = match reading {
+                true => match conn.next_event() {
+                    Ok(Some(event)) => return Ok(event),
+                    Ok(None) => conn.step(&self.shared, &mut self.events, true).await,
+                    Err(e) => Err(e),
+                },
+                false => conn.step(&self.shared, &mut self.events, false).await,
+            };
+            if let Err(e) = result {
                 self.conn = None;
                 self.events.clear();
                 return Err(e);
@@ -240,6 +262,7 @@ impl Driver {
                 keep_alive: spec.fields.keep_alive,
                 next_ping: Instant::now() + spec.fields.keep_alive,
                 awaiting_pingresp: false,
+                paused_since_ping: false,
                 next_pkid: 1,
                 closed: false,
             };
@@ -275,10 +298,16 @@ impl Driver {
 }
 
 impl Conn {
-    /// Write what is queued, then wait for the broker, the client or the
-    /// keep-alive, and decode what came in into `events`.
-    async fn step(&mut self, shared: &Shared, events: &mut VecDeque<Event>) -> Result<(), SessionError> {
+    /// Write what is queued (and a PINGREQ when one is due), then wait for
+    /// the broker (when `reading`), the client or the keep-alive.
+    async fn step(&mut self, shared: &Shared, events: &mut VecDeque<Event>, reading: bool) -> Result<(), SessionError> {
         let disconnect = self.take_outbox(shared)?;
+        if !reading {
+            self.paused_since_ping = true;
+        }
+        if !disconnect && Instant::now() >= self.next_ping {
+            self.ping()?;
+        }
         self.write_out().await?;
         if disconnect {
             self.closed = true;
@@ -290,22 +319,28 @@ impl Conn {
         }
         tokio::select! {
             biased;
-            read = self.io.read_buf(&mut self.rbuf) => {
+            read = self.io.read_buf(&mut self.rbuf), if reading => {
                 if read? == 0 {
                     return Err(SessionError::Closed);
                 }
-                self.decode(events)?;
             }
             () = shared.wake.notified() => {}
-            () = tokio::time::sleep_until(self.next_ping) => {
-                if self.awaiting_pingresp {
-                    return Err(SessionError::PingTimeout(self.keep_alive));
-                }
-                wire::pingreq(&mut self.wbuf);
-                self.awaiting_pingresp = true;
-                self.next_ping = Instant::now() + self.keep_alive;
-            }
+            // The ping itself goes out at the start of the next step.
+            () = tokio::time::sleep_until(self.next_ping) => {}
         }
+        Ok(())
+    }
+
+    /// Queue a PINGREQ. The broker's PINGRESP must have come by the next
+    /// one, unless reading paused in between (it may be unread in the socket).
+    fn ping(&mut self) -> Result<(), SessionError> {
+        if self.awaiting_pingresp && !self.paused_since_ping {
+            return Err(SessionError::PingTimeout(self.keep_alive));
+        }
+        wire::pingreq(&mut self.wbuf);
+        self.awaiting_pingresp = true;
+        self.paused_since_ping = false;
+        self.next_ping = Instant::now() + self.keep_alive;
         Ok(())
     }
 
@@ -380,29 +415,38 @@ impl Conn {
         }
     }
 
-    /// Decode every whole packet in the read buffer.
-    fn decode(&mut self, events: &mut VecDeque<Event>) -> Result<(), SessionError> {
+    /// Decode packets from the read buffer up to the next one the session
+    /// task must see; `None` when no whole packet is left. PUBREL and
+    /// PINGRESP are handled here.
+    fn next_event(&mut self) -> Result<Option<Event>, SessionError> {
         let mut need = 0;
         while let Some(packet) = wire::read(self.version, &mut self.rbuf, &mut need)? {
-            match packet {
+            let event = match packet {
                 Incoming::Publish { topic, payload, qos, pkid, dup } => {
                     let token = (qos > 0).then_some(AckToken { pkid, qos });
                     let msg = Inbound { topic, payload, received_ms: now_ms(), redelivered: dup };
-                    events.push_back(Event::Publish(msg, token));
+                    Event::Publish(msg, token)
                 }
-                Incoming::PubRel { pkid } => wire::pubcomp(&mut self.wbuf, pkid),
-                Incoming::SubAck { failures } => events.push_back(Event::Subscribed { failures }),
-                Incoming::UnsubAck => events.push_back(Event::Unsubscribed),
-                Incoming::PingResp => self.awaiting_pingresp = false,
+                Incoming::PubRel { pkid } => {
+                    wire::pubcomp(&mut self.wbuf, pkid);
+                    continue;
+                }
+                Incoming::PingResp => {
+                    self.awaiting_pingresp = false;
+                    continue;
+                }
+                Incoming::SubAck { failures } => Event::Subscribed { failures },
+                Incoming::UnsubAck => Event::Unsubscribed,
                 Incoming::Disconnect { reason } => return Err(SessionError::ServerDisconnect(reason)),
-                Incoming::ConnAck { .. } | Incoming::Other => events.push_back(Event::Other),
-            }
+                Incoming::ConnAck { .. } | Incoming::Other => Event::Other,
+            };
+            return Ok(Some(event));
         }
         // A packet larger than what is free: make room for all of it at once.
         if need > self.rbuf.capacity() - self.rbuf.len() {
             self.rbuf.reserve(need);
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -574,5 +618,47 @@ mod tests {
         assert_eq!(client.try_ack(AckToken { pkid: 9, qos: 1 }), Err(ChannelFull));
         driver.clean();
         assert_eq!(client.try_ack_many(&mut queued), 5);
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_takes_no_message_but_keeps_pinging_and_an_ack_reopens_it() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (listener, cfg) = broker().await;
+        let (client, mut driver) = connect(&cfg, "t5", false).unwrap();
+        let open = Arc::new(AtomicBool::new(false));
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let gate = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = driver.poll_gated(|| gate.load(Ordering::SeqCst)).await;
+                let failed = ev.is_err();
+                if tx.send(ev).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut s = accept(&listener, p5::ConnectReturnCode::Success).await;
+        assert!(matches!(next(&mut events).await, Ok(Event::Connected { .. })));
+        let mut out = BytesMut::new();
+        publish(&mut out, QoS::AtLeastOnce, 1);
+        s.write_all(&out).await.unwrap();
+
+        // Gate closed for three keep-alive intervals: no message is taken,
+        // and the unanswered pings (they are not even read) end nothing.
+        let mut pings = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut pings)).await.unwrap().unwrap();
+        assert_eq!(pings, [0xC0, 0, 0xC0, 0, 0xC0, 0]);
+        assert!(events.try_recv().is_err(), "nothing was handed out while the gate was closed");
+
+        // An ack queued wakes the session, which asks the gate again.
+        open.store(true, Ordering::SeqCst);
+        client.try_ack(AckToken { pkid: 77, qos: 1 }).unwrap();
+        match next(&mut events).await {
+            Ok(Event::Publish(msg, Some(t))) => assert_eq!((msg.payload.as_ref(), t.pkid), (&b"{\"n\":1}"[..], 1)),
+            other => panic!("expected the publish, got {other:?}"),
+        }
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).await.unwrap();
+        assert_eq!(ack, [0x40, 2, 0, 77]);
     }
 }
