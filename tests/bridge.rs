@@ -186,7 +186,13 @@ fn kafka_stalled_for_20s_loses_nothing_and_applies_backpressure() {
     let mqtt = Mosquitto::start(100_000);
     let kafka = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Iotpipe::bridge(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-stall", ""));
+    // A keep-alive of 5 s: the 20 s stall is four times what the broker
+    // waits for a packet (1.5 × keep-alive), and the session must keep the
+    // connection through it while the pipeline takes nothing.
+    let cfg = bridge_config(&mqtt.url(), &kafka.brokers(), "bridge-stall", "")
+        .replace("qos = 1\n", "qos = 1\nkeep_alive = \"5s\"\n");
+    assert!(cfg.contains("keep_alive = \"5s\""), "the test config sets the keep-alive");
+    let bridge = Iotpipe::bridge(dir.path(), &cfg);
     eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
 
     let publisher = spawn_publish(mqtt.url(), 0..N, Some(500));
@@ -218,6 +224,7 @@ fn kafka_stalled_for_20s_loses_nothing_and_applies_backpressure() {
     eventually(Duration::from_secs(20), "bridge ready again", || bridge.get("/readyz").0 == 200);
     eventually(Duration::from_secs(20), "all acked", || bridge.metric("iotpipe_messages_in_flight") == 0.0);
     assert_eq!(bridge.metric("iotpipe_delivery_stalled_seconds"), 0.0, "nothing waits, nothing is stalled");
+    assert_eq!(bridge.metric("iotpipe_mqtt_reconnects_total"), 0.0, "the MQTT connection lasted through the stall");
 }
 
 #[test]

@@ -32,7 +32,13 @@ impl Ingress {
     ) -> Result<Self, PipelineError> {
         let source = Source::new(cfg, metrics, health)?;
         let acks = source.acks();
-        let (tx, messages) = mpsc::channel::<Received>(usize::from(cfg.max_in_flight).max(16));
+        // Room for every message the session can hold unacked (it stops
+        // reading past `max_in_flight + 1`), so sending does not wait and
+        // the session task keeps writing acks and pings whatever downstream
+        // does. (Just after a reconnect the channel may still hold messages
+        // of the ended connection, which no longer count: then a send can
+        // wait until they are taken.)
+        let (tx, messages) = mpsc::channel::<Received>(usize::from(cfg.max_in_flight) + 1);
         tasks.finishing("mqtt-session", source.run(tx, signals.drain(), signals.stop()));
         Ok(Self { acks, messages })
     }
