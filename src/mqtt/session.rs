@@ -497,11 +497,19 @@ mod tests {
     }
 
     /// Poll the driver in a task; its events come out of the channel.
-    fn drive(mut driver: Driver) -> tokio::sync::mpsc::UnboundedReceiver<Result<Event, SessionError>> {
+    fn drive(driver: Driver) -> tokio::sync::mpsc::UnboundedReceiver<Result<Event, SessionError>> {
+        drive_gated(driver, || true)
+    }
+
+    /// The same, reading from the broker only while `gate()` is true.
+    fn drive_gated(
+        mut driver: Driver,
+        gate: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Result<Event, SessionError>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
-                let ev = driver.poll().await;
+                let ev = driver.poll_gated(&gate).await;
                 let failed = ev.is_err();
                 if tx.send(ev).is_err() || failed {
                     return;
@@ -624,19 +632,10 @@ mod tests {
     async fn a_closed_gate_takes_no_message_but_keeps_pinging_and_an_ack_reopens_it() {
         use std::sync::atomic::{AtomicBool, Ordering};
         let (listener, cfg) = broker().await;
-        let (client, mut driver) = connect(&cfg, "t5", false).unwrap();
+        let (client, driver) = connect(&cfg, "t5", false).unwrap();
         let open = Arc::new(AtomicBool::new(false));
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
         let gate = open.clone();
-        tokio::spawn(async move {
-            loop {
-                let ev = driver.poll_gated(|| gate.load(Ordering::SeqCst)).await;
-                let failed = ev.is_err();
-                if tx.send(ev).is_err() || failed {
-                    return;
-                }
-            }
-        });
+        let mut events = drive_gated(driver, move || gate.load(Ordering::SeqCst));
         let mut s = accept(&listener, p5::ConnectReturnCode::Success).await;
         assert!(matches!(next(&mut events).await, Ok(Event::Connected { .. })));
         let mut out = BytesMut::new();

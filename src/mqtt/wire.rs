@@ -84,7 +84,6 @@ pub fn read(version: MqttVersion, buf: &mut BytesMut, need: &mut usize) -> Resul
 }
 
 fn from_v5(p: p5::Packet) -> Incoming {
-    use rumqttc::v5::mqttbytes::QoS;
     match p {
         p5::Packet::ConnAck(ack) => Incoming::ConnAck {
             session_present: ack.session_present,
@@ -95,11 +94,8 @@ fn from_v5(p: p5::Packet) -> Incoming {
             topic: String::from_utf8(p.topic.to_vec())
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             payload: p.payload,
-            qos: match p.qos {
-                QoS::AtMostOnce => 0,
-                QoS::AtLeastOnce => 1,
-                QoS::ExactlyOnce => 2,
-            },
+            // Both codecs' QoS are `repr(u8)` with the protocol's levels.
+            qos: p.qos as u8,
             pkid: p.pkid,
             dup: p.dup,
         },
@@ -120,7 +116,6 @@ fn from_v5(p: p5::Packet) -> Incoming {
 }
 
 fn from_v4(p: p4::Packet) -> Incoming {
-    use rumqttc::mqttbytes::QoS;
     match p {
         p4::Packet::ConnAck(ack) => Incoming::ConnAck {
             session_present: ack.session_present,
@@ -130,11 +125,8 @@ fn from_v4(p: p4::Packet) -> Incoming {
         p4::Packet::Publish(p) => Incoming::Publish {
             topic: p.topic,
             payload: p.payload,
-            qos: match p.qos {
-                QoS::AtMostOnce => 0,
-                QoS::AtLeastOnce => 1,
-                QoS::ExactlyOnce => 2,
-            },
+            // Both codecs' QoS are `repr(u8)` with the protocol's levels.
+            qos: p.qos as u8,
             pkid: p.pkid,
             dup: p.dup,
         },
@@ -290,21 +282,11 @@ pub fn unsubscribe(version: MqttVersion, pkid: u16, filter: &str, buf: &mut Byte
 }
 
 fn qos5(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
-    use rumqttc::v5::mqttbytes::QoS;
-    match q.level() {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
+    rumqttc::v5::mqttbytes::qos(q.level()).unwrap_or(rumqttc::v5::mqttbytes::QoS::ExactlyOnce)
 }
 
 fn qos4(q: Qos) -> rumqttc::mqttbytes::QoS {
-    use rumqttc::mqttbytes::QoS;
-    match q.level() {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
+    rumqttc::mqttbytes::qos(q.level()).unwrap_or(rumqttc::mqttbytes::QoS::ExactlyOnce)
 }
 
 #[cfg(test)]
