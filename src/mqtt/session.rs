@@ -392,12 +392,20 @@ impl Conn {
         id
     }
 
+    /// Write the buffer out. Cancel-safe: `write_buf` takes what it wrote
+    /// off the front of the buffer, so when the session task's select drops
+    /// this half-way, the next step goes on from the first unwritten byte
+    /// (with `write_all` the written part would go out again).
     async fn write_out(&mut self) -> Result<(), SessionError> {
-        if !self.wbuf.is_empty() {
-            self.io.write_all(&self.wbuf).await?;
-            self.io.flush().await?;
-            self.wbuf.clear();
+        if self.wbuf.is_empty() {
+            return Ok(());
         }
+        while !self.wbuf.is_empty() {
+            if self.io.write_buf(&mut self.wbuf).await? == 0 {
+                return Err(SessionError::Closed);
+            }
+        }
+        self.io.flush().await?;
         Ok(())
     }
 
