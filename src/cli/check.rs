@@ -219,7 +219,7 @@ async fn check_mqtt(config: &Config) -> Result<String, String> {
     .await
     .unwrap_or_else(|_| Err(format!("{}: no answer within {timeout:?}", config.mqtt.url)));
     if outcome.is_ok() {
-        client.try_disconnect();
+        client.disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(500), driver.poll()).await;
     }
     outcome

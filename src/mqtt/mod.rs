@@ -2,7 +2,7 @@
 //! pipeline says a message is durable, in arrival order.
 //!
 //! The task that polls the session never waits on an ack: acks are queued
-//! with `try_ack` by whoever completes a message, the session writes all
+//! with `try_ack_many` by whoever completes a message, the session writes all
 //! that are queued in one go, and the connection epoch guards against
 //! acking on a connection that did not deliver the message.
 
@@ -42,7 +42,7 @@ struct AckState {
     leave: Leave,
     /// Incremented when a connection ends.
     epoch: u64,
-    /// Acks released by the sequencer that the request channel had no room for yet.
+    /// Acks released by the sequencer that the session's outbox had no room for yet.
     queued: VecDeque<AckToken>,
 }
 
@@ -73,7 +73,7 @@ impl AckHandle {
     /// Register a received message: its sequence number, and whether it is
     /// a QoS 1/2 message that came past the receive maximum. The broker's
     /// window holds every message it has no PUBACK for: those whose ack
-    /// waits in the sequencer and those queued for the request channel.
+    /// waits in the sequencer and those queued for the session's outbox.
     fn register(&self, token: Option<AckToken>) -> (u64, bool) {
         let mut s = self.lock();
         let epoch = s.epoch;
@@ -100,7 +100,7 @@ impl AckHandle {
         self.release(&mut s);
     }
 
-    /// Retry acks that did not fit in the request channel.
+    /// Retry acks that did not fit in the session's outbox.
     pub fn flush(&self) {
         let mut s = self.lock();
         self.release(&mut s);
@@ -272,15 +272,14 @@ impl Source {
                 biased;
                 () = stop.until_set(), if !stopping => {
                     stopping = true;
-                    if !self.client.try_disconnect() {
-                        return Ok(());
-                    }
+                    self.client.disconnect();
                     continue;
                 }
                 () = drain.until_set(), if !draining => {
                     draining = true;
                     if self.cfg.leave_group_on_shutdown && self.cfg.shared_group.is_some() {
-                        leaving = self.leave_group();
+                        self.leave_group();
+                        leaving = true;
                     }
                     continue;
                 }
@@ -312,14 +311,12 @@ impl Source {
                         // Reconnected while leaving: a resumed session may
                         // still hold the subscriptions (the UNSUBACK was lost).
                         if session_present {
-                            leaving = self.leave_group();
+                            self.leave_group();
                         } else {
                             self.acks.set_leave(Leave::Left { last: Instant::now() });
                         }
                     } else if !session_present || !accepted {
-                        if !self.client.try_subscribe(&self.filters, self.cfg.qos) {
-                            tracing::error!("Could not queue the subscription request.");
-                        }
+                        self.client.subscribe(&self.filters, self.cfg.qos);
                     } else {
                         self.health.set_mqtt_subscribed(true);
                     }
@@ -391,18 +388,12 @@ impl Source {
     }
 
     /// Send the UNSUBSCRIBEs that take this member out of its shared group.
-    /// False (and the member drains as if staying) when they cannot be queued.
-    fn leave_group(&mut self) -> bool {
-        if !self.client.try_unsubscribe(&self.filters) {
-            tracing::warn!("Could not queue the UNSUBSCRIBE; leaving unacked messages with the broker instead.");
-            self.acks.set_leave(Leave::Staying);
-            return false;
-        }
+    fn leave_group(&mut self) {
+        self.client.unsubscribe(&self.filters);
         self.acks.set_leave(Leave::Requested { waiting: self.filters.len() });
         tracing::info!(filters = ?self.filters, "Shutting down: leaving the shared subscription group.");
-        true
     }
 }
 
-/// Poll for acks that did not fit in the request channel.
+/// Poll for acks that did not fit in the session's outbox.
 pub const ACK_RETRY_INTERVAL: Duration = Duration::from_millis(5);

@@ -18,7 +18,6 @@ pub enum OptionsError {
 
 /// Where and how the session connects: the broker's address, TLS, and
 /// what CONNECT carries.
-#[derive(Clone)]
 pub struct ConnectSpec {
     pub version: MqttVersion,
     pub host: String,

@@ -57,15 +57,28 @@ impl Shared {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, request: Request) -> bool {
+    /// Change the outbox under its lock, and wake the driver when that made
+    /// an empty outbox non-empty (otherwise it is awake, or already woken).
+    fn queue<R>(&self, change: impl FnOnce(&mut Outbox) -> R) -> R {
         let mut o = self.lock();
-        let was_empty = o.acks.is_empty() && o.requests.is_empty();
-        o.requests.push_back(request);
+        let was_empty = o.is_empty();
+        let result = change(&mut o);
+        let now_empty = o.is_empty();
         drop(o);
-        if was_empty {
+        if was_empty && !now_empty {
             self.wake.notify_one();
         }
-        true
+        result
+    }
+
+    fn push(&self, request: Request) {
+        self.queue(|o| o.requests.push_back(request));
+    }
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.requests.is_empty()
     }
 }
 
@@ -75,52 +88,33 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
-/// The outbox is full: try again shortly.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ChannelFull;
-
 impl Client {
-    pub fn try_ack(&self, t: AckToken) -> Result<(), ChannelFull> {
-        let mut o = self.shared.lock();
-        if o.acks.len() >= self.shared.ack_capacity {
-            return Err(ChannelFull);
-        }
-        let was_empty = o.acks.is_empty() && o.requests.is_empty();
-        o.acks.push(t);
-        drop(o);
-        if was_empty {
-            self.shared.wake.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Queue acks from the front of `acks` while there is room; returns how
-    /// many were taken (one lock for all of them).
+    /// Queue acks from the front of `acks` while the outbox has room; returns
+    /// how many were taken (one lock for all of them). What did not fit stays
+    /// with the caller, to be offered again.
     pub fn try_ack_many(&self, acks: &mut VecDeque<AckToken>) -> usize {
-        let mut o = self.shared.lock();
-        let was_empty = o.acks.is_empty() && o.requests.is_empty();
-        let room = self.shared.ack_capacity.saturating_sub(o.acks.len());
-        let n = room.min(acks.len());
-        o.acks.extend(acks.drain(..n));
-        drop(o);
-        if was_empty && n > 0 {
-            self.shared.wake.notify_one();
+        let capacity = self.shared.ack_capacity;
+        self.shared.queue(|o| {
+            let n = capacity.saturating_sub(o.acks.len()).min(acks.len());
+            o.acks.extend(acks.drain(..n));
+            n
+        })
+    }
+
+    /// Queue the subscriptions (the caller polls the driver, which sends them).
+    pub fn subscribe(&self, filters: &[String], qos: Qos) {
+        self.shared.push(Request::Subscribe(filters.to_vec(), qos));
+    }
+
+    /// Queue one UNSUBSCRIBE per filter.
+    pub fn unsubscribe(&self, filters: &[String]) {
+        for f in filters {
+            self.shared.push(Request::Unsubscribe(f.clone()));
         }
-        n
     }
 
-    /// Queue the subscriptions without waiting (the caller polls the driver).
-    pub fn try_subscribe(&self, filters: &[String], qos: Qos) -> bool {
-        self.shared.push(Request::Subscribe(filters.to_vec(), qos))
-    }
-
-    /// Queue one UNSUBSCRIBE per filter without waiting.
-    pub fn try_unsubscribe(&self, filters: &[String]) -> bool {
-        filters.iter().all(|f| self.shared.push(Request::Unsubscribe(f.clone())))
-    }
-
-    pub fn try_disconnect(&self) -> bool {
-        self.shared.push(Request::Disconnect)
+    pub fn disconnect(&self) {
+        self.shared.push(Request::Disconnect);
     }
 }
 
@@ -174,7 +168,7 @@ pub fn connect(cfg: &MqttConfig, client_id: &str, clean: bool) -> Result<(Client
         wake: Notify::new(),
         ack_capacity: usize::from(cfg.max_in_flight) * 2 + 64,
     });
-    let driver = Driver { spec, shared: shared.clone(), conn: None, events: VecDeque::new() };
+    let driver = Driver { spec, shared: shared.clone(), conn: None };
     Ok((Client { shared }, driver))
 }
 
@@ -183,8 +177,6 @@ pub struct Driver {
     spec: ConnectSpec,
     shared: Arc<Shared>,
     conn: Option<Conn>,
-    /// Decoded and not yet returned by `poll`.
-    events: VecDeque<Event>,
 }
 
 /// What the read buffer keeps free before each read.
@@ -195,6 +187,9 @@ struct Conn {
     version: MqttVersion,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// The acks taken from the outbox in this step (swapped with the
+    /// outbox's vector, so neither allocates again).
+    acks: Vec<AckToken>,
     keep_alive: Duration,
     next_ping: Instant,
     awaiting_pingresp: bool,
@@ -220,9 +215,6 @@ impl Driver {
     /// queued wakes the session to ask `may_read` again.
     pub async fn poll_gated(&mut self, may_read: impl Fn() -> bool) -> Result<Event, SessionError> {
         loop {
-            if let Some(event) = self.events.pop_front() {
-                return Ok(event);
-            }
             let Some(conn) = self.conn.as_mut() else {
                 let (conn, session_present) = self.open().await?;
                 self.conn = Some(conn);
@@ -232,19 +224,21 @@ impl Driver {
                 // Only a stop follows a DISCONNECT; wait for it.
                 std::future::pending::<()>().await;
             }
+            // A packet already read goes out first; only then does the
+            // session write, wait and read again.
             let reading = may_read();
-            let result = match reading {
-                true => match conn.next_event() {
-                    Ok(Some(event)) => return Ok(event),
-                    Ok(None) => conn.step(&self.shared, &mut self.events, true).await,
-                    Err(e) => Err(e),
-                },
-                false => conn.step(&self.shared, &mut self.events, false).await,
+            let decoded = if reading { conn.next_event() } else { Ok(None) };
+            let result = match decoded {
+                Ok(None) => conn.step(&self.shared, reading).await,
+                other => other,
             };
-            if let Err(e) = result {
-                self.conn = None;
-                self.events.clear();
-                return Err(e);
+            match result {
+                Ok(Some(event)) => return Ok(event),
+                Ok(None) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Err(e);
+                }
             }
         }
     }
@@ -259,6 +253,7 @@ impl Driver {
                 version: spec.version,
                 rbuf: BytesMut::with_capacity(READ_CHUNK),
                 wbuf: BytesMut::with_capacity(4096),
+                acks: Vec::new(),
                 keep_alive: spec.fields.keep_alive,
                 next_ping: Instant::now() + spec.fields.keep_alive,
                 awaiting_pingresp: false,
@@ -290,7 +285,6 @@ impl Driver {
     /// again for the subscriptions it still needs once reconnected.
     pub fn clean(&mut self) {
         self.conn = None;
-        self.events.clear();
         let mut o = self.shared.lock();
         o.acks.clear();
         o.requests.clear();
@@ -299,8 +293,9 @@ impl Driver {
 
 impl Conn {
     /// Write what is queued (and a PINGREQ when one is due), then wait for
-    /// the broker (when `reading`), the client or the keep-alive.
-    async fn step(&mut self, shared: &Shared, events: &mut VecDeque<Event>, reading: bool) -> Result<(), SessionError> {
+    /// the broker (when `reading`), the client or the keep-alive. Returns
+    /// `DisconnectSent` once the DISCONNECT went out.
+    async fn step(&mut self, shared: &Shared, reading: bool) -> Result<Option<Event>, SessionError> {
         let disconnect = self.take_outbox(shared)?;
         if !reading {
             self.paused_since_ping = true;
@@ -311,8 +306,7 @@ impl Conn {
         self.write_out().await?;
         if disconnect {
             self.closed = true;
-            events.push_back(Event::DisconnectSent);
-            return Ok(());
+            return Ok(Some(Event::DisconnectSent));
         }
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
@@ -328,7 +322,7 @@ impl Conn {
             // The ping itself goes out at the start of the next step.
             () = tokio::time::sleep_until(self.next_ping) => {}
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Queue a PINGREQ. The broker's PINGRESP must have come by the next
@@ -346,24 +340,16 @@ impl Conn {
 
     /// Encode the outbox into the write buffer; true when it held a disconnect.
     fn take_outbox(&mut self, shared: &Shared) -> Result<bool, SessionError> {
-        let (acks, requests) = {
+        let requests = {
             let mut o = shared.lock();
-            if o.acks.is_empty() && o.requests.is_empty() {
+            if o.is_empty() {
                 return Ok(false);
             }
-            (std::mem::take(&mut o.acks), std::mem::take(&mut o.requests))
+            std::mem::swap(&mut o.acks, &mut self.acks);
+            std::mem::take(&mut o.requests)
         };
-        for t in &acks {
+        for t in self.acks.drain(..) {
             wire::publish_ack(&mut self.wbuf, t.qos, t.pkid);
-        }
-        // Hand the (now empty) vector back so its capacity is reused.
-        {
-            let mut o = shared.lock();
-            if o.acks.is_empty() {
-                let mut acks = acks;
-                acks.clear();
-                o.acks = acks;
-            }
         }
         let mut disconnect = false;
         for r in requests {
@@ -576,7 +562,7 @@ mod tests {
         let mut comp = [0u8; 4];
         s.read_exact(&mut comp).await.unwrap();
         assert_eq!(comp, [0x70, 2, 0, 4]);
-        assert!(client.try_subscribe(&["a/#".to_string()], Qos::AtLeastOnce));
+        client.subscribe(&["a/#".to_string()], Qos::AtLeastOnce);
         let mut buf = BytesMut::new();
         let sub = loop {
             s.read_buf(&mut buf).await.unwrap();
@@ -588,7 +574,7 @@ mod tests {
         assert_eq!(sub.filters[0].path, "a/#");
         assert_ne!(sub.pkid, 0);
 
-        assert!(client.try_disconnect());
+        client.disconnect();
         assert!(matches!(next(&mut events).await, Ok(Event::DisconnectSent)));
         let mut disc = [0u8; 2];
         s.read_exact(&mut disc).await.unwrap();
@@ -631,7 +617,8 @@ mod tests {
         let mut queued: VecDeque<AckToken> = (1..=cap as u16 + 5).map(|pkid| AckToken { pkid, qos: 1 }).collect();
         assert_eq!(client.try_ack_many(&mut queued), cap);
         assert_eq!(queued.len(), 5, "what did not fit stays with the caller");
-        assert_eq!(client.try_ack(AckToken { pkid: 9, qos: 1 }), Err(ChannelFull));
+        let mut one = VecDeque::from([AckToken { pkid: 9, qos: 1 }]);
+        assert_eq!(client.try_ack_many(&mut one), 0, "a full outbox takes nothing");
         driver.clean();
         assert_eq!(client.try_ack_many(&mut queued), 5);
     }
@@ -659,7 +646,7 @@ mod tests {
 
         // An ack queued wakes the session, which asks the gate again.
         open.store(true, Ordering::SeqCst);
-        client.try_ack(AckToken { pkid: 77, qos: 1 }).unwrap();
+        assert_eq!(client.try_ack_many(&mut VecDeque::from([AckToken { pkid: 77, qos: 1 }])), 1);
         match next(&mut events).await {
             Ok(Event::Publish(msg, Some(t))) => assert_eq!((msg.payload.as_ref(), t.pkid), (&b"{\"n\":1}"[..], 1)),
             other => panic!("expected the publish, got {other:?}"),

@@ -189,7 +189,7 @@ pub struct ConnectFields {
     pub credentials: Option<(String, String)>,
 }
 
-/// Saturating seconds for a protocol field of `N` bits.
+/// Whole seconds, saturating at the protocol field's maximum.
 fn secs_u16(d: Duration) -> u16 {
     u16::try_from(d.as_secs()).unwrap_or(u16::MAX)
 }
@@ -206,8 +206,12 @@ pub struct Unencodable {
     pub reason: String,
 }
 
+/// The codec's error (3.1.1's or 5's) for `packet`.
+fn unencodable<E: std::fmt::Display>(packet: &'static str) -> impl Fn(E) -> Unencodable {
+    move |e| Unencodable { packet, reason: e.to_string() }
+}
+
 pub fn connect(version: MqttVersion, c: &ConnectFields, buf: &mut BytesMut) -> Result<(), Unencodable> {
-    let err = |e: &dyn std::fmt::Display| Unencodable { packet: "CONNECT", reason: e.to_string() };
     match version {
         MqttVersion::V5 => {
             let mut props = p5::ConnectProperties::new();
@@ -221,14 +225,14 @@ pub fn connect(version: MqttVersion, c: &ConnectFields, buf: &mut BytesMut) -> R
                 properties: Some(props),
             };
             let login = c.credentials.as_ref().map(|(u, p)| p5::Login::new(u.clone(), p.clone()));
-            p5::Packet::Connect(connect, None, login).write(buf, None).map_err(|e| err(&e))?;
+            p5::Packet::Connect(connect, None, login).write(buf, None).map_err(unencodable("CONNECT"))?;
         }
         MqttVersion::V311 => {
             let mut connect = p4::Connect::new(c.client_id.clone());
             connect.keep_alive = secs_u16(c.keep_alive);
             connect.clean_session = c.clean;
             connect.login = c.credentials.as_ref().map(|(u, p)| p4::Login::new(u.clone(), p.clone()));
-            p4::Packet::Connect(connect).write(buf, MAX_INCOMING_PACKET).map_err(|e| err(&e))?;
+            p4::Packet::Connect(connect).write(buf, MAX_INCOMING_PACKET).map_err(unencodable("CONNECT"))?;
         }
     }
     Ok(())
@@ -243,7 +247,6 @@ pub fn subscribe(
     qos: Qos,
     buf: &mut BytesMut,
 ) -> Result<(), Unencodable> {
-    let err = |e: &dyn std::fmt::Display| Unencodable { packet: "SUBSCRIBE", reason: e.to_string() };
     match version {
         MqttVersion::V5 => {
             let filters = filters
@@ -255,27 +258,26 @@ pub fn subscribe(
                 })
                 .collect();
             let packet = p5::Subscribe { pkid, filters, properties: None };
-            p5::Packet::Subscribe(packet).write(buf, None).map_err(|e| err(&e))?;
+            p5::Packet::Subscribe(packet).write(buf, None).map_err(unencodable("SUBSCRIBE"))?;
         }
         MqttVersion::V311 => {
             let filters = filters.iter().map(|f| p4::SubscribeFilter::new(f.clone(), qos4(qos))).collect();
             let packet = p4::Subscribe { pkid, filters };
-            p4::Packet::Subscribe(packet).write(buf, MAX_INCOMING_PACKET).map_err(|e| err(&e))?;
+            p4::Packet::Subscribe(packet).write(buf, MAX_INCOMING_PACKET).map_err(unencodable("SUBSCRIBE"))?;
         }
     }
     Ok(())
 }
 
 pub fn unsubscribe(version: MqttVersion, pkid: u16, filter: &str, buf: &mut BytesMut) -> Result<(), Unencodable> {
-    let err = |e: &dyn std::fmt::Display| Unencodable { packet: "UNSUBSCRIBE", reason: e.to_string() };
     match version {
         MqttVersion::V5 => {
             let packet = p5::Unsubscribe { pkid, filters: vec![filter.to_string()], properties: None };
-            p5::Packet::Unsubscribe(packet).write(buf, None).map_err(|e| err(&e))?;
+            p5::Packet::Unsubscribe(packet).write(buf, None).map_err(unencodable("UNSUBSCRIBE"))?;
         }
         MqttVersion::V311 => {
             let packet = p4::Unsubscribe { pkid, topics: vec![filter.to_string()] };
-            p4::Packet::Unsubscribe(packet).write(buf, MAX_INCOMING_PACKET).map_err(|e| err(&e))?;
+            p4::Packet::Unsubscribe(packet).write(buf, MAX_INCOMING_PACKET).map_err(unencodable("UNSUBSCRIBE"))?;
         }
     }
     Ok(())
