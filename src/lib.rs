@@ -30,4 +30,5 @@ pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 pub mod units;

@@ -45,6 +45,47 @@ pub fn root_store(key: &str, ca_file: Option<&Path>) -> Result<RootCertStore, Ro
     Ok(roots)
 }
 
+/// A client certificate for mutual TLS: the files and the config keys naming them.
+pub struct ClientCert<'a> {
+    pub cert_key: &'static str,
+    pub cert: &'a Path,
+    pub key_key: &'static str,
+    pub key: &'a Path,
+}
+
+/// A client certificate that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCertError {
+    #[error("cannot read {path}: {source}")]
+    Read { key: &'static str, path: String, source: std::io::Error },
+    /// `<key>: <what is wrong>`.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A rustls client config over `roots`, presenting `client` when given.
+pub fn client_config(
+    roots: RootCertStore,
+    client: Option<ClientCert<'_>>,
+) -> Result<rustls::ClientConfig, ClientCertError> {
+    install_crypto_provider();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let Some(c) = client else { return Ok(builder.with_no_client_auth()) };
+    let read = |key: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| ClientCertError::Read { key, path: path.display().to_string(), source })
+    };
+    let cert_pem = read(c.cert_key, c.cert)?;
+    let key_pem = read(c.key_key, c.key)?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect();
+    let certs = certs.map_err(|e| ClientCertError::Invalid(format!("{}: {e}", c.cert_key)))?;
+    let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| ClientCertError::Invalid(format!("{}: {e}", c.key_key)))?
+        .ok_or_else(|| ClientCertError::Invalid(format!("{} holds no private key", c.key_key)))?;
+    builder.with_client_auth_cert(certs, private_key).map_err(|e| {
+        ClientCertError::Invalid(format!("{} / {} ({}): {e}", c.cert_key, c.key_key, c.key.display()))
+    })
+}
+
 /// rustls needs one process-wide crypto provider; ring is compiled in.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();

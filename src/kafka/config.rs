@@ -8,6 +8,18 @@ use std::collections::BTreeMap;
 
 const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 
+/// Which client writes the bridge's records to Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProducerKind {
+    /// librdkafka: every security protocol and compression.
+    #[default]
+    Librdkafka,
+    /// iotpipe's own producer: state per topic of ~100 bytes and one request
+    /// per broker for all partitions; plaintext or ssl, none/lz4/zstd.
+    Native,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -36,7 +48,9 @@ pub struct KafkaConfig {
     /// over `retention`. `cleanup.policy = "delete"` is always set unless
     /// given here.
     pub topic_config: BTreeMap<String, String>,
-    /// How long librdkafka tries one send before the bridge re-sends it itself.
+    /// The bridge's producer: `librdkafka` or `native` (docs/topology.md).
+    pub producer: ProducerKind,
+    /// How long the producer tries one send before the bridge re-sends it itself.
     pub delivery_timeout: HumanDuration,
     pub linger: HumanDuration,
     /// Any librdkafka property, passed through verbatim (wins over the keys
@@ -59,6 +73,7 @@ impl Default for KafkaConfig {
             replication_factor: -1,
             retention: HumanDuration::secs(3 * 86400),
             topic_config: BTreeMap::new(),
+            producer: ProducerKind::Librdkafka,
             delivery_timeout: HumanDuration::secs(60),
             linger: HumanDuration::millis(10),
             properties: BTreeMap::new(),
@@ -93,7 +108,11 @@ impl KafkaConfig {
         if let Some(key) = self.topic_config.keys().find(|k| k.is_empty() || k.contains(char::is_whitespace)) {
             return Err(KeyError::new(format!("topic_config.{key}"), "is not a topic config name"));
         }
-        super::security::validate(&self.properties, "properties")
+        super::security::validate(&self.properties, "properties")?;
+        if self.producer == ProducerKind::Native {
+            super::native::validate(self)?;
+        }
+        Ok(())
     }
 
     /// The configs of a topic the bridge creates: `cleanup.policy = delete`,

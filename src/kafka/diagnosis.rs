@@ -131,7 +131,7 @@ impl ErrorReporter {
         }
     }
 
-    fn report(&self, d: Diagnosis) {
+    pub(super) fn report(&self, d: Diagnosis) {
         let Ok(mut s) = self.state.lock() else { return };
         let due = match &s.logged {
             Some((step, at)) => *step != d.step || at.elapsed() >= REPEAT,

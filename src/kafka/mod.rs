@@ -1,8 +1,9 @@
 //! Every Kafka client part in one place: the idempotent producer whose
-//! delivery reports drive the acks, the consumer group of the sink (offsets
+//! delivery reports drive the acks (librdkafka's, or iotpipe's own native
+//! one), the consumer group of the sink (offsets
 //! stored after the store commit), topic creation, the reachability probe,
-//! and the classification of delivery failures. librdkafka lives here and
-//! nowhere else: what this module exports speaks the crate's own types
+//! and the classification of delivery failures. librdkafka and the Kafka
+//! protocol live here and nowhere else: what this module exports speaks the crate's own types
 //! ([`ClientError`], [`DurableRecord`](crate::record::DurableRecord),
 //! [`Pending`], [`Delivery`]), never librdkafka's.
 
@@ -13,6 +14,7 @@ mod config;
 mod consumer;
 mod diagnosis;
 mod error;
+mod native;
 mod probe;
 mod producer;
 mod security;
@@ -20,7 +22,7 @@ mod security;
 pub use admin::{run_topic_creator, TopicAdmin, TopicRequests};
 pub use classify::Failure;
 use client::common_config;
-pub use config::{resolve_property_files, KafkaConfig};
+pub use config::{resolve_property_files, KafkaConfig, ProducerKind};
 pub use consumer::{ConsumerSettings, GroupConsumer, NextOffset};
 pub use diagnosis::{Diagnosis, Step};
 pub use error::ClientError;

@@ -1,7 +1,9 @@
-//! The Kafka producer: librdkafka with `enable.idempotence`, `acks=all`;
-//! every record carries its pipeline state as the delivery opaque, and the
-//! delivery callback hands it back over a channel, with the failure as a
-//! [`ClientError`].
+//! The Kafka producer: librdkafka with `enable.idempotence`, `acks=all`
+//! (the default), or the native one (`kafka.producer = "native"`,
+//! [`super::native`]); both report every record back over one channel as
+//! [`Delivery`], with a failure as a [`ClientError`]. With librdkafka, a
+//! record carries its pipeline state as the delivery opaque, and the
+//! delivery callback hands it back.
 
 use super::diagnosis::ErrorReporter;
 use super::{ClientError, KafkaConfig};
@@ -77,8 +79,75 @@ fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// The producer, recreated in place after a fatal error.
+/// The producer the bridge sends through.
 pub struct Producer {
+    backend: Backend,
+}
+
+enum Backend {
+    Librdkafka(Librdkafka),
+    Native(super::native::NativeProducer),
+}
+
+impl Producer {
+    pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, ClientError> {
+        let backend = match cfg.producer {
+            super::ProducerKind::Librdkafka => Backend::Librdkafka(Librdkafka::new(cfg, reports)?),
+            super::ProducerKind::Native => Backend::Native(super::native::NativeProducer::new(cfg, reports)?),
+        };
+        Ok(Self { backend })
+    }
+
+    /// The native producer's task, once: the caller runs it under its
+    /// supervisor (librdkafka runs its own threads: `None`).
+    pub fn take_task(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        match &mut self.backend {
+            Backend::Librdkafka(_) => None,
+            Backend::Native(n) => n.take_engine(),
+        }
+    }
+
+    /// Hand one record over; waits (asynchronously) while the producer is full.
+    pub async fn send(&self, pending: Box<Pending>) {
+        match &self.backend {
+            Backend::Librdkafka(p) => p.send(pending).await,
+            Backend::Native(n) => n.send(pending).await,
+        }
+    }
+
+    /// The idempotent producer's fatal error, if any (the native producer
+    /// starts over with a new producer id by itself).
+    pub fn fatal_error(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Librdkafka(p) => p.fatal_error(),
+            Backend::Native(_) => None,
+        }
+    }
+
+    /// Start over after a fatal error; what the old producer still held
+    /// comes back as failed deliveries and is sent again (librdkafka), or is
+    /// sent again under a new producer id (native).
+    pub fn recreate(&mut self) -> Result<(), ClientError> {
+        match &mut self.backend {
+            Backend::Librdkafka(p) => p.recreate(),
+            Backend::Native(n) => {
+                n.recreate();
+                Ok(())
+            }
+        }
+    }
+
+    /// Records handed over and not yet reported.
+    pub fn in_flight(&self) -> i32 {
+        match &self.backend {
+            Backend::Librdkafka(p) => p.inner.in_flight_count(),
+            Backend::Native(n) => n.in_flight(),
+        }
+    }
+}
+
+/// The librdkafka producer, recreated in place after a fatal error.
+struct Librdkafka {
     inner: ThreadedProducer<Context>,
     cfg: ClientConfig,
     reports: mpsc::UnboundedSender<Delivery>,
@@ -88,8 +157,8 @@ pub struct Producer {
 /// Wait between attempts when librdkafka's queue is full.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
 
-impl Producer {
-    pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, ClientError> {
+impl Librdkafka {
+    fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, ClientError> {
         let cc = producer_config(cfg);
         let errors = Arc::new(ErrorReporter::new("producer"));
         let inner = cc.create_with_context(Context { reports: reports.clone(), errors: errors.clone() })?;
@@ -97,7 +166,7 @@ impl Producer {
     }
 
     /// Hand one record to librdkafka; waits (asynchronously) while its queue is full.
-    pub async fn send(&self, mut pending: Box<Pending>) {
+    async fn send(&self, mut pending: Box<Pending>) {
         loop {
             let topic = pending.out.topic.clone();
             let key = pending.out.key.clone();
@@ -128,33 +197,17 @@ impl Producer {
         }
     }
 
-    /// The idempotent producer's fatal error, if any.
-    pub fn fatal_error(&self) -> Option<String> {
+    fn fatal_error(&self) -> Option<String> {
         self.inner.client().fatal_error().map(|(code, msg)| format!("{code:?}: {msg}"))
     }
 
-    /// Replace a producer that hit a fatal error; what the old one still
-    /// held comes back as failed deliveries and is sent again.
-    pub fn recreate(&mut self) -> Result<(), ClientError> {
+    /// Replace a producer that hit a fatal error.
+    fn recreate(&mut self) -> Result<(), ClientError> {
         let fresh: ThreadedProducer<Context> =
             self.cfg.create_with_context(Context { reports: self.reports.clone(), errors: self.errors.clone() })?;
         let old = std::mem::replace(&mut self.inner, fresh);
         old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         drop(old);
         Ok(())
-    }
-
-    /// The last connection problem librdkafka reported, if any.
-    pub fn last_problem(&self) -> Option<super::Diagnosis> {
-        self.errors.last()
-    }
-
-    pub fn in_flight(&self) -> i32 {
-        self.inner.in_flight_count()
-    }
-
-    /// Wait for outstanding deliveries (blocking; call from a blocking context).
-    pub fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
-        Ok(self.inner.flush(timeout)?)
     }
 }

@@ -10,7 +10,6 @@ mod config;
 mod options;
 mod sequencer;
 mod session;
-mod transport;
 mod wire;
 
 pub use config::{parse_mqtt_url, MqttConfig, MqttUrl, MqttVersion, Qos};

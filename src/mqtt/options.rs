@@ -52,10 +52,6 @@ pub fn spec(cfg: &MqttConfig, client_id: &str, clean: bool) -> Result<ConnectSpe
     })
 }
 
-fn read(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, OptionsError> {
-    std::fs::read(path).map_err(|source| OptionsError::File { key, path: path.display().to_string(), source })
-}
-
 /// rustls client config: the CA file if given, else the system roots; a
 /// client certificate for mutual TLS if given.
 fn tls(cfg: &MqttConfig) -> Result<Arc<rustls::ClientConfig>, OptionsError> {
@@ -64,22 +60,19 @@ fn tls(cfg: &MqttConfig) -> Result<Arc<rustls::ClientConfig>, OptionsError> {
         crate::tls::RootsError::Read { path, source } => OptionsError::File { key: "mqtt.ca_file", path, source },
         other => OptionsError::Tls(other.to_string()),
     })?;
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = read("mqtt.client_cert_file", cert)?;
-            let key_pem = read("mqtt.client_key_file", key)?;
-            let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect();
-            let certs = certs.map_err(|e| OptionsError::Tls(format!("mqtt.client_cert_file: {e}")))?;
-            let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-                .map_err(|e| OptionsError::Tls(format!("mqtt.client_key_file: {e}")))?
-                .ok_or_else(|| OptionsError::Tls("mqtt.client_key_file holds no private key".into()))?;
-            builder.with_client_auth_cert(certs, private_key).map_err(|e| {
-                OptionsError::Tls(format!("mqtt.client_cert_file / mqtt.client_key_file ({}): {e}", key.display()))
-            })?
-        }
-        _ => builder.with_no_client_auth(),
+    let client = match (&cfg.client_cert_file, &cfg.client_key_file) {
+        (Some(cert), Some(key)) => Some(crate::tls::ClientCert {
+            cert_key: "mqtt.client_cert_file",
+            cert,
+            key_key: "mqtt.client_key_file",
+            key,
+        }),
+        _ => None,
     };
+    let config = crate::tls::client_config(roots, client).map_err(|e| match e {
+        crate::tls::ClientCertError::Read { key, path, source } => OptionsError::File { key, path, source },
+        crate::tls::ClientCertError::Invalid(m) => OptionsError::Tls(m),
+    })?;
     Ok(Arc::new(config))
 }
 

@@ -9,7 +9,7 @@
 //! ([`Driver::poll_gated`]); pings and acks go on.
 
 use super::options::{self, ConnectSpec};
-use super::transport::{self, Stream, TransportError};
+use crate::transport::{self, Stream, TransportError};
 use super::wire::{self, Incoming, Malformed, Unencodable};
 use super::{MqttConfig, MqttVersion, Qos};
 use crate::record::{now_ms, Inbound};

@@ -35,7 +35,7 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
     });
     let router = crate::route::Router::new(&config.route, &config.targets)?;
     let (reports_tx, reports) = mpsc::unbounded_channel();
-    let producer = Producer::new(&config.kafka, reports_tx)?;
+    let mut producer = Producer::new(&config.kafka, reports_tx)?;
     let admin = TopicAdmin::new(&config.kafka)?;
 
     // HTTP and the Kafka side first: /healthz answers, and /readyz says
@@ -45,6 +45,14 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
     let signals = Signals::default();
     serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), axum::Router::new()).await?;
     tasks.background("kafka-probe", run_probe(config.kafka.clone(), health.clone()));
+    if let Some(task) = producer.take_task() {
+        // Background: it runs until the end, so the forwarder's last
+        // deliveries still go out while it drains.
+        tasks.background("kafka-producer", async move {
+            task.await;
+            Ok::<(), PipelineError>(())
+        });
+    }
     let (mut topics, topic_rx) = TopicRequests::channel();
     topics.request(router.dead_letter_topic());
     tasks.background("topic-creator", async move {

@@ -1,11 +1,12 @@
-//! The byte stream under the MQTT session: TCP, or TLS over TCP (rustls).
+//! The byte stream under the MQTT session and the native Kafka producer:
+//! TCP, or TLS over TCP (rustls).
 
 use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-/// A connected stream to the broker.
+/// A connected stream to a broker (MQTT or Kafka).
 pub trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Stream for T {}
 

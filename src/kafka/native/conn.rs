@@ -1,0 +1,131 @@
+//! One connection to one Kafka broker: a request written whole, its
+//! response read back by size prefix and checked against the correlation id.
+//! A connection carries one request at a time; the producer keeps one per
+//! broker.
+
+use super::protocol::{self, Malformed};
+use crate::transport::{self, Stream};
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Responses larger than this are refused (the largest the producer asks
+/// for is metadata of the topics it writes to).
+const MAX_RESPONSE: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error(transparent)]
+    Open(#[from] transport::TransportError),
+    #[error("connection to broker {addr} lost: {source}")]
+    Io { addr: String, source: io::Error },
+    #[error("broker {addr} did not answer within {secs} s")]
+    Timeout { addr: String, secs: u64 },
+    #[error("broker {addr}: {source}")]
+    Malformed { addr: String, source: Malformed },
+    #[error("broker {addr} answered request {expected} with {got}")]
+    Correlation { addr: String, expected: i32, got: i32 },
+    #[error("broker {addr} speaks no {api} version this producer writes ({ours})")]
+    Unsupported { addr: String, api: &'static str, ours: String },
+}
+
+/// The API versions both sides speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    pub produce: i16,
+    pub init_producer_id: i16,
+}
+
+pub struct Conn {
+    stream: Box<dyn Stream>,
+    addr: String,
+    client_id: Arc<str>,
+    next_correlation: i32,
+    timeout: Duration,
+    pub versions: Versions,
+}
+
+impl Conn {
+    /// Connect, and agree on API versions.
+    pub async fn open(
+        host: &str,
+        port: u16,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        client_id: Arc<str>,
+        timeout: Duration,
+    ) -> Result<Self, ConnError> {
+        let addr = format!("{host}:{port}");
+        let stream = match tokio::time::timeout(timeout, transport::open(host, port, tls)).await {
+            Ok(s) => s?,
+            Err(_) => return Err(ConnError::Timeout { addr, secs: timeout.as_secs() }),
+        };
+        let placeholder = Versions { produce: 0, init_producer_id: 0 };
+        let mut conn = Self { stream, addr, client_id, next_correlation: 0, timeout, versions: placeholder };
+        let id = conn.correlation();
+        let body = conn.call(id, &protocol::api_versions_request(id, &conn.client_id.clone())).await?;
+        let (error, apis) = protocol::api_versions_response(&body).map_err(|e| conn.malformed(e))?;
+        if error != 0 {
+            return Err(conn.malformed(Malformed { what: "ApiVersions", detail: "error code set" }));
+        }
+        let pick = |key, ours: (i16, i16), api| {
+            protocol::pick_version(&apis, key, ours).ok_or_else(|| ConnError::Unsupported {
+                addr: conn.addr.clone(),
+                api,
+                ours: format!("v{}–v{}", ours.0, ours.1),
+            })
+        };
+        let produce = pick(protocol::API_PRODUCE, protocol::PRODUCE_VERSIONS, "Produce")?;
+        let init_producer_id =
+            pick(protocol::API_INIT_PRODUCER_ID, protocol::INIT_PRODUCER_ID_VERSIONS, "InitProducerId")?;
+        pick(protocol::API_METADATA, (protocol::METADATA_VERSION, protocol::METADATA_VERSION), "Metadata")?;
+        conn.versions = Versions { produce, init_producer_id };
+        Ok(conn)
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn malformed(&self, source: Malformed) -> ConnError {
+        ConnError::Malformed { addr: self.addr.clone(), source }
+    }
+
+    /// The next correlation id.
+    pub fn correlation(&mut self) -> i32 {
+        self.next_correlation = self.next_correlation.wrapping_add(1) & i32::MAX;
+        self.next_correlation
+    }
+
+    /// Send `request` (built with correlation id `id`) and read its response
+    /// body (after the correlation id).
+    pub async fn call(&mut self, id: i32, request: &[u8]) -> Result<Bytes, ConnError> {
+        let secs = self.timeout.as_secs();
+        match tokio::time::timeout(self.timeout, self.exchange(id, request)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnError::Timeout { addr: self.addr.clone(), secs }),
+        }
+    }
+
+    async fn exchange(&mut self, id: i32, request: &[u8]) -> Result<Bytes, ConnError> {
+        let io = |addr: &str| {
+            let addr = addr.to_string();
+            move |source| ConnError::Io { addr, source }
+        };
+        self.stream.write_all(request).await.map_err(io(&self.addr))?;
+        self.stream.flush().await.map_err(io(&self.addr))?;
+        let size = self.stream.read_i32().await.map_err(io(&self.addr))?;
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        if !(4..=MAX_RESPONSE).contains(&size) {
+            return Err(self.malformed(Malformed { what: "response", detail: "size out of range" }));
+        }
+        let mut buf = BytesMut::zeroed(size);
+        self.stream.read_exact(&mut buf).await.map_err(io(&self.addr))?;
+        let got = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if got != id {
+            return Err(ConnError::Correlation { addr: self.addr.clone(), expected: id, got });
+        }
+        Ok(buf.freeze().slice(4..))
+    }
+}
