@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn batch_layout_crc_and_records() {
-        let mut records = vec![out(Some("k1"), "{\"a\":1}", 1_000), out(None, "v2", 1_005)];
+        let mut records = [out(Some("k1"), "{\"a\":1}", 1_000), out(None, "v2", 1_005)];
         records[0].headers = crate::record::headers::encode_record(&crate::record::headers::RecordMeta {
             tenant_id: "acme",
             project_id: "p1",

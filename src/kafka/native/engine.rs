@@ -23,6 +23,10 @@
 //! - **Memory** is what the bridge hands in (bounded by its MQTT window or
 //!   journal window) plus one encoded request per broker.
 
+// Records stay in the boxes they came in: they go back out as `Delivery`
+// (boxed) without moving their ~300 bytes each time a batch is retried.
+#![allow(clippy::vec_box)]
+
 use super::batch::{self, Compression, Encoder};
 use super::conn::{Conn, ConnError};
 use super::protocol::{self, PartitionResult};
@@ -46,6 +50,10 @@ const METADATA_CHUNK: usize = 1_000;
 /// Backoff after a failed connection or request, doubling up to the cap.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Metadata of topics not there yet (being created, electing) is asked for
+/// again after this, doubling up to the cap while none appears.
+const UNKNOWN_MIN: Duration = Duration::from_millis(250);
+const UNKNOWN_MAX: Duration = Duration::from_secs(2);
 /// How often queued records are checked against `delivery_timeout`.
 const EXPIRY_TICK: Duration = Duration::from_millis(500);
 
@@ -157,6 +165,7 @@ pub struct Engine {
     control_busy: bool,
     control_retry_at: Option<Instant>,
     control_backoff: Duration,
+    unknown_backoff: Duration,
     next_bootstrap: usize,
     producer: Option<(i64, i16)>,
     work: FuturesUnordered<Work>,
@@ -239,6 +248,7 @@ impl Engine {
             control_busy: false,
             control_retry_at: None,
             control_backoff: BACKOFF_MIN,
+            unknown_backoff: UNKNOWN_MIN,
             next_bootstrap: 0,
             producer: None,
             work: FuturesUnordered::new(),
@@ -662,6 +672,7 @@ impl Engine {
         }
         let now = Instant::now();
         let mut answered: HashSet<Arc<str>> = HashSet::new();
+        let mut learned = false;
         for t in m.topics {
             let Some(name) = asked.iter().find(|a| ***a == *t.name).cloned() else { continue };
             answered.insert(name.clone());
@@ -681,6 +692,7 @@ impl Engine {
             if leaders.iter().any(|&l| l < 0) {
                 self.wanted.insert(name.clone());
             }
+            learned |= !self.topics.contains_key(&name);
             let parts = match self.topics.remove(&name) {
                 Some(mut old) => {
                     while old.parts.len() < t.partitions.len() {
@@ -712,7 +724,8 @@ impl Engine {
         }
         if !self.wanted.is_empty() {
             // Topics still being created or electing: ask again shortly.
-            self.control_retry_at = Some(now + Duration::from_millis(250));
+            self.unknown_backoff = if learned { UNKNOWN_MIN } else { (self.unknown_backoff * 2).min(UNKNOWN_MAX) };
+            self.control_retry_at = Some(now + self.unknown_backoff);
         }
     }
 

@@ -126,7 +126,7 @@ pub struct NativeProducer {
     shared: Arc<Shared>,
     reports: mpsc::UnboundedSender<Delivery>,
     /// Taken once by the caller (a lock only so the handle can be shared).
-    engine: std::sync::Mutex<Option<Engine>>,
+    engine: std::sync::Mutex<Option<Box<Engine>>>,
 }
 
 fn creation(e: impl std::fmt::Display) -> ClientError {
@@ -153,12 +153,12 @@ impl NativeProducer {
         let shared = Arc::new(Shared::default());
         let errors = Arc::new(ErrorReporter::new("producer"));
         let engine = Engine::new(settings, rx, reports.clone(), shared.clone(), errors);
-        Ok(Self { tx, shared, reports, engine: std::sync::Mutex::new(Some(engine)) })
+        Ok(Self { tx, shared, reports, engine: std::sync::Mutex::new(Some(Box::new(engine))) })
     }
 
     /// The task that does the work: run it under the pipeline's supervisor.
     pub fn take_engine(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-        self.engine.lock().ok()?.take().map(Engine::run)
+        self.engine.lock().ok()?.take().map(|e| e.run())
     }
 
     /// Hand one record over; waits while the engine's channel is full.

@@ -189,8 +189,11 @@ pub fn api_versions_request(correlation_id: i32, client_id: &str) -> Bytes {
     Request::new(API_VERSIONS, 0, correlation_id, client_id, 0).finish()
 }
 
-/// `(api_key, min, max)` per API; the error code of the response.
-pub fn api_versions_response(body: &[u8]) -> Result<(i16, Vec<(i16, i16, i16)>), Malformed> {
+/// One API a broker speaks: `(api_key, min version, max version)`.
+pub type ApiRange = (i16, i16, i16);
+
+/// The error code of the response, and the APIs.
+pub fn api_versions_response(body: &[u8]) -> Result<(i16, Vec<ApiRange>), Malformed> {
     let mut r = Reader::new(body, "ApiVersions");
     let error = r.i16()?;
     let n = r.len()?;
@@ -202,7 +205,7 @@ pub fn api_versions_response(body: &[u8]) -> Result<(i16, Vec<(i16, i16, i16)>),
 }
 
 /// The highest version in `ours` the broker also speaks.
-pub fn pick_version(apis: &[(i16, i16, i16)], key: i16, ours: (i16, i16)) -> Option<i16> {
+pub fn pick_version(apis: &[ApiRange], key: i16, ours: (i16, i16)) -> Option<i16> {
     let &(_, min, max) = apis.iter().find(|(k, _, _)| *k == key)?;
     let v = max.min(ours.1);
     (v >= ours.0 && v >= min).then_some(v)
