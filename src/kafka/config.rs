@@ -12,11 +12,15 @@ const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProducerKind {
-    /// librdkafka: every security protocol and compression.
+    /// The native producer when it can write what the config asks for,
+    /// librdkafka otherwise (SASL, gzip or snappy, the TLS options the native
+    /// one refuses).
     #[default]
+    Auto,
+    /// librdkafka: every security protocol and compression.
     Librdkafka,
-    /// iotpipe's own producer: state per topic of ~100 bytes and one request
-    /// per broker for all partitions; plaintext or ssl, none/lz4/zstd.
+    /// iotpipe's own producer: state per partition of ~100 bytes and one
+    /// request per broker for all partitions; plaintext or ssl, none/lz4/zstd.
     Native,
 }
 
@@ -48,7 +52,7 @@ pub struct KafkaConfig {
     /// over `retention`. `cleanup.policy = "delete"` is always set unless
     /// given here.
     pub topic_config: BTreeMap<String, String>,
-    /// The bridge's producer: `librdkafka` or `native` (docs/topology.md).
+    /// The bridge's producer: `auto`, `native` or `librdkafka` (docs/topology.md).
     pub producer: ProducerKind,
     /// How long the producer tries one send before the bridge re-sends it itself.
     pub delivery_timeout: HumanDuration,
@@ -73,7 +77,7 @@ impl Default for KafkaConfig {
             replication_factor: -1,
             retention: HumanDuration::secs(3 * 86400),
             topic_config: BTreeMap::new(),
-            producer: ProducerKind::Librdkafka,
+            producer: ProducerKind::Auto,
             delivery_timeout: HumanDuration::secs(60),
             linger: HumanDuration::millis(10),
             properties: BTreeMap::new(),
@@ -113,6 +117,16 @@ impl KafkaConfig {
             super::native::validate(self)?;
         }
         Ok(())
+    }
+
+    /// The producer the bridge runs: `auto` resolved against what the
+    /// native producer can write.
+    pub fn chosen_producer(&self) -> ProducerKind {
+        match self.producer {
+            ProducerKind::Auto if super::native::validate(self).is_ok() => ProducerKind::Native,
+            ProducerKind::Auto => ProducerKind::Librdkafka,
+            chosen => chosen,
+        }
     }
 
     /// The configs of a topic the bridge creates: `cleanup.policy = delete`,
@@ -157,6 +171,23 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().key, "compression");
         let bad = KafkaConfig { delivery_timeout: HumanDuration::secs(0), ..KafkaConfig::default() };
         assert_eq!(bad.validate().unwrap_err().key, "delivery_timeout");
+    }
+
+    #[test]
+    fn auto_takes_the_native_producer_unless_the_config_needs_librdkafka() {
+        let c = KafkaConfig::default();
+        assert_eq!(c.chosen_producer(), ProducerKind::Native);
+        let gzip = KafkaConfig { compression: "gzip".into(), ..KafkaConfig::default() };
+        assert_eq!(gzip.chosen_producer(), ProducerKind::Librdkafka);
+        assert_eq!(gzip.validate(), Ok(()), "auto: gzip is librdkafka's to write");
+        let mut sasl = KafkaConfig::default();
+        sasl.properties.insert("security.protocol".into(), "sasl_plaintext".into());
+        sasl.properties.insert("sasl.mechanisms".into(), "PLAIN".into());
+        assert_eq!(sasl.chosen_producer(), ProducerKind::Librdkafka);
+        let forced = KafkaConfig { producer: ProducerKind::Librdkafka, ..KafkaConfig::default() };
+        assert_eq!(forced.chosen_producer(), ProducerKind::Librdkafka);
+        let native_gzip = KafkaConfig { producer: ProducerKind::Native, ..gzip };
+        assert_eq!(native_gzip.validate().unwrap_err().key, "compression");
     }
 
     #[test]

@@ -91,9 +91,11 @@ enum Backend {
 
 impl Producer {
     pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, ClientError> {
-        let backend = match cfg.producer {
-            super::ProducerKind::Librdkafka => Backend::Librdkafka(Librdkafka::new(cfg, reports)?),
+        let chosen = cfg.chosen_producer();
+        tracing::info!(producer = ?chosen, configured = ?cfg.producer, "Kafka producer.");
+        let backend = match chosen {
             super::ProducerKind::Native => Backend::Native(super::native::NativeProducer::new(cfg, reports)?),
+            _ => Backend::Librdkafka(Librdkafka::new(cfg, reports)?),
         };
         Ok(Self { backend })
     }
