@@ -81,9 +81,9 @@ pub fn client_config(
     let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| ClientCertError::Invalid(format!("{}: {e}", c.key_key)))?
         .ok_or_else(|| ClientCertError::Invalid(format!("{} holds no private key", c.key_key)))?;
-    builder.with_client_auth_cert(certs, private_key).map_err(|e| {
-        ClientCertError::Invalid(format!("{} / {} ({}): {e}", c.cert_key, c.key_key, c.key.display()))
-    })
+    builder
+        .with_client_auth_cert(certs, private_key)
+        .map_err(|e| ClientCertError::Invalid(format!("{} / {} ({}): {e}", c.cert_key, c.key_key, c.key.display())))
 }
 
 /// rustls needs one process-wide crypto provider; ring is compiled in.

@@ -9,10 +9,10 @@
 //! ([`Driver::poll_gated`]); pings and acks go on.
 
 use super::options::{self, ConnectSpec};
-use crate::transport::{self, Stream, TransportError};
 use super::wire::{self, Incoming, Malformed, Unencodable};
 use super::{MqttConfig, MqttVersion, Qos};
 use crate::record::{now_ms, Inbound};
+use crate::transport::{self, Stream, TransportError};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};

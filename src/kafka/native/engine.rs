@@ -325,9 +325,9 @@ impl Engine {
 
     fn problem(&self, e: &ConnError) {
         let step = match e {
-            ConnError::Open(crate::transport::TransportError::Tls { .. } | crate::transport::TransportError::ServerName(_)) => {
-                Step::Tls
-            }
+            ConnError::Open(
+                crate::transport::TransportError::Tls { .. } | crate::transport::TransportError::ServerName(_),
+            ) => Step::Tls,
             ConnError::Open(_) | ConnError::Io { .. } | ConnError::Timeout { .. } => Step::Tcp,
             _ => Step::Other,
         };
@@ -392,7 +392,11 @@ impl Engine {
             }
         }
         for p in expired {
-            let code = if self.topics.contains_key(p.out.topic.as_str()) { C::MessageTimedOut } else { C::UnknownTopicOrPartition };
+            let code = if self.topics.contains_key(p.out.topic.as_str()) {
+                C::MessageTimedOut
+            } else {
+                C::UnknownTopicOrPartition
+            };
             self.report(Delivery::Failed(p, error(code)));
         }
     }

@@ -52,7 +52,10 @@ pub fn validate(cfg: &KafkaConfig) -> Result<(), KeyError> {
     if Compression::parse(&cfg.compression).is_none() {
         return Err(KeyError::new(
             "compression",
-            format!("`{}` is written by producer = \"librdkafka\" only; the native producer writes none, lz4 or zstd", cfg.compression),
+            format!(
+                "`{}` is written by producer = \"librdkafka\" only; the native producer writes none, lz4 or zstd",
+                cfg.compression
+            ),
         ));
     }
     let proto = super::protocol(&cfg.properties);
@@ -65,7 +68,10 @@ pub fn validate(cfg: &KafkaConfig) -> Result<(), KeyError> {
     for (key, value, what) in UNSUPPORTED {
         if let Some(v) = cfg.properties.get(key) {
             if value.is_empty() || v.trim().eq_ignore_ascii_case(value) {
-                return Err(KeyError::new(format!("properties.{key}"), format!("the native producer does not support {what}")));
+                return Err(KeyError::new(
+                    format!("properties.{key}"),
+                    format!("the native producer does not support {what}"),
+                ));
             }
         }
     }
@@ -166,7 +172,8 @@ impl NativeProducer {
         self.shared.in_flight.fetch_add(1, Relaxed);
         if let Err(mpsc::error::SendError(Cmd::Send(p))) = self.tx.send(Cmd::Send(pending)).await {
             self.shared.in_flight.fetch_sub(1, Relaxed);
-            let _ = self.reports.send(Delivery::Failed(p, ClientError::from(KafkaError::MessageProduction(C::PurgeQueue))));
+            let _ =
+                self.reports.send(Delivery::Failed(p, ClientError::from(KafkaError::MessageProduction(C::PurgeQueue))));
         }
     }
 

@@ -381,7 +381,10 @@ mod tests {
         assert_eq!(pick_version(&[(API_PRODUCE, 0, 2)], API_PRODUCE, PRODUCE_VERSIONS), None);
         assert_eq!(pick_version(&[(API_PRODUCE, 9, 11)], API_PRODUCE, PRODUCE_VERSIONS), None);
         assert_eq!(pick_version(&apis, API_INIT_PRODUCER_ID, INIT_PRODUCER_ID_VERSIONS), Some(0));
-        assert_eq!(pick_version(&[(API_INIT_PRODUCER_ID, 0, 5)], API_INIT_PRODUCER_ID, INIT_PRODUCER_ID_VERSIONS), Some(4));
+        assert_eq!(
+            pick_version(&[(API_INIT_PRODUCER_ID, 0, 5)], API_INIT_PRODUCER_ID, INIT_PRODUCER_ID_VERSIONS),
+            Some(4)
+        );
         assert_eq!(pick_version(&apis, 99, (0, 1)), None);
     }
 
@@ -423,7 +426,10 @@ mod tests {
         let v0 = init_producer_id_request(3, "c", 0);
         assert_eq!(&body(&v0)[11..], &[0xFF, 0xFF, 0, 0, 0xEA, 0x60]);
         let v4 = init_producer_id_request(3, "c", 4);
-        assert_eq!(&body(&v4)[11..], &[0, 0, 0, 0, 0xEA, 0x60, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0]);
+        assert_eq!(
+            &body(&v4)[11..],
+            &[0, 0, 0, 0, 0xEA, 0x60, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0]
+        );
         // A flexible response: header tagged fields, then the fields, then its own tagged fields.
         let flexible = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 0];
         assert_eq!(init_producer_id_response(&flexible, 4), Ok((0, 9, 2)));
