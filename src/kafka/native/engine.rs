@@ -96,14 +96,17 @@ pub struct Shared {
 struct Part {
     topic: Arc<str>,
     partition: i32,
+    /// Records not sent yet, in arrival order.
     queue: VecDeque<Box<Pending>>,
-    /// A batch to send again as it was, before anything queued.
-    retry: Vec<Box<Pending>>,
-    /// Its sequence number, while the broker may have it (`None`: never
-    /// written, e.g. refused, so it takes the next number).
-    retry_seq: Option<i32>,
-    /// Records to send one per batch (after a batch was too large).
-    solo: usize,
+    /// A batch whose outcome is unknown, to send again exactly as it was
+    /// before anything else.
+    resend: Vec<Box<Pending>>,
+    /// Its sequence number while the broker may have it (`None` once the
+    /// producer id changed: it takes the next number of the new id).
+    resend_seq: Option<i32>,
+    /// Records of a batch too large for the broker: sent one per batch,
+    /// after `resend` and before `queue`.
+    solo: VecDeque<Box<Pending>>,
     next_seq: i32,
     busy: bool,
     queued: bool,
@@ -111,7 +114,7 @@ struct Part {
 
 impl Part {
     fn has_work(&self) -> bool {
-        !self.retry.is_empty() || !self.queue.is_empty()
+        !self.resend.is_empty() || !self.solo.is_empty() || !self.queue.is_empty()
     }
 }
 
@@ -138,6 +141,8 @@ struct Sent {
     part: usize,
     records: Vec<Box<Pending>>,
     seq: i32,
+    /// The producer id and epoch it was written under.
+    producer: (i64, i16),
 }
 
 enum Done {
@@ -506,23 +511,16 @@ impl Engine {
                 continue;
             }
             let part = &mut self.parts[idx];
-            let (records, seq) = if !part.retry.is_empty() {
-                let seq = *part.retry_seq.get_or_insert(part.next_seq);
-                let take = if part.solo > 0 { 1 } else { part.retry.len() };
-                let rest = part.retry.split_off(take);
-                let records = std::mem::replace(&mut part.retry, rest);
-                if !part.retry.is_empty() {
-                    // The rest of a split batch: never written, numbered after this one.
-                    part.retry_seq = None;
-                }
-                (records, seq)
+            let (records, seq) = if !part.resend.is_empty() {
+                (std::mem::take(&mut part.resend), part.resend_seq.take().unwrap_or(part.next_seq))
+            } else if let Some(p) = part.solo.pop_front() {
+                (vec![p], part.next_seq)
             } else {
-                let limit = if part.solo > 0 { 1 } else { usize::MAX };
                 let mut records = Vec::new();
                 let mut bytes = 0;
                 while let Some(p) = part.queue.front() {
                     let size = batch::record_size(&p.out);
-                    if records.len() >= limit || (!records.is_empty() && bytes + size > self.s.batch_bytes) {
+                    if !records.is_empty() && bytes + size > self.s.batch_bytes {
                         break;
                     }
                     bytes += size;
@@ -530,10 +528,9 @@ impl Engine {
                 }
                 (records, part.next_seq)
             };
-            part.solo = part.solo.saturating_sub(records.len());
             part.busy = true;
             total += records.iter().map(|p| batch::record_size(&p.out)).sum::<usize>();
-            chosen.push(Sent { part: idx, records, seq });
+            chosen.push(Sent { part: idx, records, seq, producer: (pid, epoch) });
         }
         if chosen.is_empty() {
             return;
@@ -573,7 +570,9 @@ impl Engine {
         let mut req = protocol::Request::new(protocol::API_PRODUCE, 0, 0, &self.s.client_id, size + 64);
         req.null_string();
         req.i16(-1);
-        req.i32(i32::try_from(self.s.request_timeout.as_millis()).unwrap_or(i32::MAX));
+        // The broker gives up before we do, so its answer (a timeout) arrives.
+        let broker_timeout = self.s.request_timeout.saturating_sub(self.s.request_timeout / 6);
+        req.i32(i32::try_from(broker_timeout.as_millis()).unwrap_or(i32::MAX));
         let mut groups: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
         for (i, s) in chosen.iter().enumerate() {
             let t = &*self.parts[s.part].topic;
@@ -627,7 +626,7 @@ impl Engine {
                         self.producer = Some((id, epoch));
                         for part in &mut self.parts {
                             part.next_seq = 0;
-                            part.retry_seq = None;
+                            part.resend_seq = None;
                         }
                         self.errors.clear();
                     }
@@ -738,9 +737,9 @@ impl Engine {
             topic: topic.clone(),
             partition: i32::try_from(partition).unwrap_or(i32::MAX),
             queue: VecDeque::new(),
-            retry: Vec::new(),
-            retry_seq: None,
-            solo: 0,
+            resend: Vec::new(),
+            resend_seq: None,
+            solo: VecDeque::new(),
             next_seq: 0,
             busy: false,
             queued: false,
@@ -772,27 +771,32 @@ impl Engine {
             }
         };
         let mut new_id = false;
+        let codes: HashMap<(&str, i32), i16> =
+            results.iter().map(|r| ((r.topic.as_str(), r.partition), r.error)).collect();
         for s in sent {
             let part = &self.parts[s.part];
-            let code = results
-                .iter()
-                .find(|r| r.partition == part.partition && *r.topic == *part.topic)
-                .map_or(-1, |r| r.error);
+            let code = codes.get(&(&*part.topic, part.partition)).copied().unwrap_or(-1);
             let n = s.records.len();
             let outcome = if results.is_empty() { Outcome::Again } else { outcome(code, n) };
             let part = &mut self.parts[s.part];
             part.busy = false;
             match outcome {
                 Outcome::Written => {
-                    part.next_seq = part.next_seq.wrapping_add(i32::try_from(n).unwrap_or(0)) & i32::MAX;
-                    part.retry_seq = None;
+                    // Under a producer id since replaced, the sequence
+                    // started over: this batch does not move it.
+                    if self.producer == Some(s.producer) {
+                        part.next_seq = part.next_seq.wrapping_add(i32::try_from(n).unwrap_or(0)) & i32::MAX;
+                    }
                     for p in s.records {
                         self.report(Delivery::Delivered(p));
                     }
                 }
                 Outcome::Again | Outcome::NewProducerId => {
-                    prepend(&mut part.retry, s.records);
-                    part.retry_seq = Some(s.seq);
+                    // Nothing else of this partition went out meanwhile (one
+                    // batch in flight), so `resend` is empty. Its number
+                    // holds only under the id it was written with.
+                    part.resend = s.records;
+                    part.resend_seq = (self.producer == Some(s.producer)).then_some(s.seq);
                     if outcome == Outcome::NewProducerId {
                         new_id = true;
                     } else {
@@ -801,12 +805,11 @@ impl Engine {
                     }
                 }
                 Outcome::Split => {
-                    prepend(&mut part.retry, s.records);
-                    part.retry_seq = None;
-                    part.solo = part.solo.max(n);
+                    for p in s.records.into_iter().rev() {
+                        part.solo.push_front(p);
+                    }
                 }
                 Outcome::Refused(code) => {
-                    part.retry_seq = None;
                     for p in s.records {
                         self.report(Delivery::Failed(p, error(code)));
                     }
@@ -822,12 +825,6 @@ impl Engine {
             self.producer = None;
         }
     }
-}
-
-/// Put `records` (sent earlier) before what is already waiting to be sent again.
-fn prepend(retry: &mut Vec<Box<Pending>>, mut records: Vec<Box<Pending>>) {
-    records.append(retry);
-    *retry = records;
 }
 
 /// Stamp a request's header with the version and correlation id of the

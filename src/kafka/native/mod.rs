@@ -40,12 +40,14 @@ const REQUEST_BYTES: usize = 4 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const METADATA_MAX_AGE: Duration = Duration::from_secs(300);
 
-/// Properties the native producer cannot honour, and why.
-const UNSUPPORTED: [(&str, &str, &str); 3] = [
-    ("ssl.key.password", "", "an encrypted private key (give it unencrypted)"),
-    ("enable.ssl.certificate.verification", "false", "turning certificate verification off"),
-    ("ssl.endpoint.identification.algorithm", "none", "turning host name verification off"),
-];
+/// The `ssl.*` properties the native producer reads; any other one (inline
+/// PEMs, keystores, cipher lists, CRLs, an encrypted key's password) is
+/// librdkafka's to honour.
+const SSL_READ: [&str; 3] = ["ssl.ca.location", "ssl.certificate.location", "ssl.key.location"];
+
+/// Properties the native producer accepts only with the value that keeps verification on.
+const VERIFY_ON: [(&str, &str); 2] =
+    [("enable.ssl.certificate.verification", "true"), ("ssl.endpoint.identification.algorithm", "https")];
 
 /// The `[kafka]` settings `producer = "native"` needs; keys relative to `[kafka]`.
 pub fn validate(cfg: &KafkaConfig) -> Result<(), KeyError> {
@@ -65,15 +67,24 @@ pub fn validate(cfg: &KafkaConfig) -> Result<(), KeyError> {
             format!("`{proto}`: SASL needs producer = \"librdkafka\"; the native producer speaks plaintext and ssl"),
         ));
     }
-    for (key, value, what) in UNSUPPORTED {
-        if let Some(v) = cfg.properties.get(key) {
-            if value.is_empty() || v.trim().eq_ignore_ascii_case(value) {
-                return Err(KeyError::new(
-                    format!("properties.{key}"),
-                    format!("the native producer does not support {what}"),
-                ));
-            }
+    for (key, on) in VERIFY_ON {
+        if cfg.properties.get(key).is_some_and(|v| !v.trim().eq_ignore_ascii_case(on)) {
+            return Err(KeyError::new(
+                format!("properties.{key}"),
+                "the native producer always verifies the broker's certificate and name",
+            ));
         }
+    }
+    let verify_keys = VERIFY_ON.map(|(k, _)| k);
+    if let Some(key) = cfg
+        .properties
+        .keys()
+        .find(|k| k.starts_with("ssl.") && !SSL_READ.contains(&k.as_str()) && !verify_keys.contains(&k.as_str()))
+    {
+        return Err(KeyError::new(
+            format!("properties.{key}"),
+            "is read by producer = \"librdkafka\" only; the native producer reads ssl.ca.location, ssl.certificate.location and ssl.key.location",
+        ));
     }
     bootstrap(&cfg.brokers).map(|_| ()).map_err(|e| KeyError::new("brokers", e))
 }
@@ -218,6 +229,13 @@ mod tests {
         assert_eq!(validate(&noverify).unwrap_err().key, "properties.enable.ssl.certificate.verification");
         noverify.properties.insert("enable.ssl.certificate.verification".into(), "true".into());
         assert_eq!(validate(&noverify), Ok(()));
+        let mut inline = KafkaConfig::default();
+        inline.properties.insert("ssl.ca.pem".into(), "-----BEGIN CERTIFICATE-----".into());
+        assert_eq!(validate(&inline).unwrap_err().key, "properties.ssl.ca.pem");
+        assert_eq!(
+            KafkaConfig { producer: crate::kafka::ProducerKind::Auto, ..inline }.chosen_producer(),
+            crate::kafka::ProducerKind::Librdkafka
+        );
         let mut half = KafkaConfig::default();
         half.properties.insert("security.protocol".into(), "ssl".into());
         half.properties.insert("ssl.certificate.location".into(), "/x.pem".into());
