@@ -14,6 +14,8 @@
 mod batch;
 mod conn;
 mod engine;
+#[cfg(test)]
+mod engine_tests;
 mod protocol;
 
 use super::diagnosis::ErrorReporter;
