@@ -85,13 +85,12 @@ fn body_len(out: &Outbound, ts_delta: i64, offset_delta: i64) -> usize {
         None => 1,
     };
     n += varint_len(len_i64(out.value.len())) + out.value.len();
-    let mut headers = 0usize;
-    let mut count = 0i64;
-    for (k, v) in out.headers.iter() {
-        headers += varint_len(len_i64(k.len())) + k.len() + varint_len(len_i64(v.len())) + v.len();
-        count += 1;
-    }
-    n + varint_len(count) + headers
+    let headers: usize = out
+        .headers
+        .iter()
+        .map(|(k, v)| varint_len(len_i64(k.len())) + k.len() + varint_len(len_i64(v.len())) + v.len())
+        .sum();
+    n + varint_len(len_i64(out.headers.len())) + headers
 }
 
 fn put_record(buf: &mut Vec<u8>, out: &Outbound, ts_delta: i64, offset_delta: i64) {
@@ -108,7 +107,7 @@ fn put_record(buf: &mut Vec<u8>, out: &Outbound, ts_delta: i64, offset_delta: i6
     }
     put_varint(buf, len_i64(out.value.len()));
     buf.extend_from_slice(&out.value);
-    put_varint(buf, len_i64(out.headers.iter().count()));
+    put_varint(buf, len_i64(out.headers.len()));
     for (k, v) in out.headers.iter() {
         put_varint(buf, len_i64(k.len()));
         buf.extend_from_slice(k.as_bytes());
@@ -117,10 +116,15 @@ fn put_record(buf: &mut Vec<u8>, out: &Outbound, ts_delta: i64, offset_delta: i6
     }
 }
 
-/// The size of one record in a batch, uncompressed (for batch limits).
+/// At least the size of one record in a batch, uncompressed (for batch
+/// limits): every varint counted at its largest, so nothing is encoded to
+/// know it.
 pub fn record_size(out: &Outbound) -> usize {
-    let n = body_len(out, 0, 0) + 8;
-    n + varint_len(len_i64(n))
+    // Length, attributes, timestamp delta, offset delta, key length, value
+    // length, header count.
+    const FIXED: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+    let headers: usize = out.headers.iter().map(|(k, v)| 10 + k.len() + v.len()).sum();
+    FIXED + out.key.as_deref().map_or(0, str::len) + out.value.len() + headers
 }
 
 /// Writes batches; keeps its scratch buffers between batches.

@@ -47,6 +47,30 @@ const METADATA_MAX_AGE: Duration = Duration::from_secs(300);
 /// librdkafka's to honour.
 const SSL_READ: [&str; 3] = ["ssl.ca.location", "ssl.certificate.location", "ssl.key.location"];
 
+/// librdkafka producer properties (prefixes): they tune librdkafka's own
+/// batching, retries and delivery, so a config that sets one means
+/// librdkafka (`kafka.linger`, `kafka.compression` and
+/// `kafka.delivery_timeout` are the native producer's).
+const LIBRDKAFKA_PRODUCER: [&str; 17] = [
+    "queue.buffering.",
+    "batch.",
+    "linger.ms",
+    "compression.",
+    "message.",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "retries",
+    "retry.",
+    "max.in.flight",
+    "partitioner",
+    "sticky.partitioning",
+    "transactional.",
+    "delivery.timeout.ms",
+    "request.timeout.ms",
+];
+
 /// Properties the native producer accepts only with the value that keeps verification on.
 const VERIFY_ON: [(&str, &str); 2] =
     [("enable.ssl.certificate.verification", "true"), ("ssl.endpoint.identification.algorithm", "https")];
@@ -76,6 +100,12 @@ pub fn validate(cfg: &KafkaConfig) -> Result<(), KeyError> {
                 "the native producer always verifies the broker's certificate and name",
             ));
         }
+    }
+    if let Some(key) = cfg.properties.keys().find(|k| LIBRDKAFKA_PRODUCER.iter().any(|p| k.starts_with(p))) {
+        return Err(KeyError::new(
+            format!("properties.{key}"),
+            "tunes librdkafka's producer: producer = \"librdkafka\" reads it, the native producer does not",
+        ));
     }
     let verify_keys = VERIFY_ON.map(|(k, _)| k);
     if let Some(key) = cfg
@@ -231,6 +261,12 @@ mod tests {
         assert_eq!(validate(&noverify).unwrap_err().key, "properties.enable.ssl.certificate.verification");
         noverify.properties.insert("enable.ssl.certificate.verification".into(), "true".into());
         assert_eq!(validate(&noverify), Ok(()));
+        let mut tuned = KafkaConfig::default();
+        tuned.properties.insert("linger.ms".into(), "5".into());
+        assert_eq!(validate(&tuned).unwrap_err().key, "properties.linger.ms");
+        tuned.properties.clear();
+        tuned.properties.insert("session.timeout.ms".into(), "6000".into());
+        assert_eq!(validate(&tuned), Ok(()), "a consumer group setting is not the producer's");
         let mut inline = KafkaConfig::default();
         inline.properties.insert("ssl.ca.pem".into(), "-----BEGIN CERTIFICATE-----".into());
         assert_eq!(validate(&inline).unwrap_err().key, "properties.ssl.ca.pem");
