@@ -177,6 +177,10 @@ pub struct Engine {
     encoder: Encoder,
     next_expiry: Instant,
     next_refresh: Instant,
+    /// The loop's clock, read once per turn.
+    now: Instant,
+    /// Brokers to send to this turn (kept to reuse its allocation).
+    due: Vec<i32>,
     rng: rand::rngs::StdRng,
 }
 
@@ -259,6 +263,8 @@ impl Engine {
             work: FuturesUnordered::new(),
             encoder: Encoder::default(),
             next_expiry: now + EXPIRY_TICK,
+            now,
+            due: Vec::new(),
             rng: rand::SeedableRng::from_entropy(),
         }
     }
@@ -266,8 +272,13 @@ impl Engine {
     /// Run until the handle is dropped and everything handed in is reported.
     pub async fn run(mut self) {
         let mut open = true;
+        // One timer for the whole run, moved when the next deadline moves
+        // (a new one per turn cost a timer-wheel insert and removal each).
+        let timer = tokio::time::sleep_until(Instant::now() + self.s.metadata_max_age);
+        tokio::pin!(timer);
         loop {
             let now = Instant::now();
+            self.now = now;
             if now >= self.next_expiry {
                 self.expire(now);
                 self.next_expiry = now + EXPIRY_TICK;
@@ -281,6 +292,9 @@ impl Engine {
                 return;
             }
             let wake = self.next_wake(now);
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
                 Some(done) = self.work.next(), if !self.work.is_empty() => self.complete(done),
@@ -301,7 +315,7 @@ impl Engine {
                         self.shared.flushing.store(true, Relaxed);
                     }
                 },
-                () = tokio::time::sleep_until(wake) => {}
+                () = &mut timer => {}
             }
         }
     }
@@ -368,7 +382,7 @@ impl Engine {
             if !part.queued && !part.busy {
                 part.queued = true;
                 b.ready.push_back(idx);
-                b.ready_since.get_or_insert_with(Instant::now);
+                b.ready_since.get_or_insert(self.now);
             }
         }
     }
@@ -412,19 +426,23 @@ impl Engine {
             return;
         }
         let linger = if self.shared.flushing.load(Relaxed) { Duration::ZERO } else { self.s.linger };
-        let nodes: Vec<i32> = self
-            .brokers
-            .iter()
-            .filter(|(_, b)| {
-                !b.busy
-                    && b.retry_at.is_none_or(|at| at <= now)
-                    && b.ready_since.is_some_and(|since| since + linger <= now || b.ready_bytes >= self.s.batch_bytes)
-            })
-            .map(|(&n, _)| n)
-            .collect();
-        for node in nodes {
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        due.extend(
+            self.brokers
+                .iter()
+                .filter(|(_, b)| {
+                    !b.busy
+                        && b.retry_at.is_none_or(|at| at <= now)
+                        && b.ready_since
+                            .is_some_and(|since| since + linger <= now || b.ready_bytes >= self.s.batch_bytes)
+                })
+                .map(|(&n, _)| n),
+        );
+        for &node in &due {
             self.send_to(node);
         }
+        self.due = due;
     }
 
     fn dispatch_control(&mut self, now: Instant) {
