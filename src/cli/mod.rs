@@ -208,9 +208,9 @@ fn block_on<T>(rt: tokio::runtime::Runtime, fut: impl std::future::Future<Output
     out
 }
 
-/// The bridge's own work is light next to librdkafka's threads; one runtime
-/// thread avoids cross-thread wake-ups on every message (measured: fewer
-/// context switches, lower CPU per message).
+/// The bridge's work (MQTT session, routing, the native Kafka producer) fits
+/// one runtime thread; one thread avoids cross-thread wake-ups on every
+/// message (measured: fewer context switches, lower CPU per message).
 fn single_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
