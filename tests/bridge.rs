@@ -3,8 +3,8 @@
 mod common;
 
 use common::eventually;
-use common::kafka::{read_all, read_until_complete, topics, Record, Tansu};
-use common::mqtt::{block_on, drain_session, message, mosquitto_version, publish_raw, spawn_publish, Mosquitto};
+use common::kafka::{assert_routed, read_all, read_until_complete, topics, Record, Tansu};
+use common::mqtt::{block_on, drain_session, mosquitto_version, publish_raw, spawn_publish, Mosquitto};
 use common::process::{bridge_config, Iotpipe};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,26 +38,7 @@ fn forwards_20000_messages_to_tenant_topics_with_keys_headers_and_unchanged_byte
     assert_eq!(dups, 0, "no fault, so no duplicates");
     assert_eq!(records.len() as u64, N);
 
-    let mut ids = std::collections::HashSet::new();
-    for r in &records {
-        let seq = r.seq().unwrap();
-        let (mqtt_topic, payload) = message(seq);
-        assert_eq!(r.payload, payload, "payload bytes unchanged for seq {seq}");
-        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-        let device = v["deviceId"].as_str().unwrap();
-        let parts: Vec<&str> = mqtt_topic.rsplitn(3, '/').collect();
-        let (project, tenant) = (parts[0], parts[1]);
-        assert_eq!(r.topic, format!("iot.{tenant}.{project}"));
-        assert_eq!(r.key.as_deref(), Some(format!("{tenant}/{project}/{device}").as_str()));
-        assert_eq!(r.headers["tenant_id"], tenant);
-        assert_eq!(r.headers["project_id"], project);
-        assert_eq!(r.headers["device_id"], device);
-        assert_eq!(r.headers["mqtt_topic"], mqtt_topic);
-        assert!(r.headers["received_at"].ends_with('Z'));
-        let id = uuid::Uuid::parse_str(&r.headers["id"]).expect("id header is a UUID");
-        assert_eq!(id.get_version_num(), 7);
-        assert!(ids.insert(id), "ids are unique");
-    }
+    assert_routed(&records);
     assert_eq!(topics(&kafka.brokers(), "iot.").len(), 6, "3 tenants x 2 projects");
     eventually(Duration::from_secs(10), "metrics settle", || {
         bridge.metric("iotpipe_messages_delivered_total") == N as f64

@@ -4,8 +4,8 @@
 mod common;
 
 use common::eventually;
-use common::kafka::{read_until_complete, topics, Record, Tansu};
-use common::mqtt::{message, spawn_publish, Mosquitto};
+use common::kafka::{assert_routed, read_until_complete, topics, Record, Tansu};
+use common::mqtt::{spawn_publish, Mosquitto};
 use common::process::{bridge_config, Iotpipe};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -28,28 +28,6 @@ fn missing_and_duplicates(records: &[Record], n: u64) -> (Vec<u64>, u64) {
     }
     let missing = (0..n).filter(|s| !count.contains_key(s)).collect();
     (missing, count.values().map(|c| c - 1).sum())
-}
-
-/// Every record as the bridge routes it: topic per pair, key, headers, bytes.
-fn assert_routed(records: &[Record]) {
-    for r in records {
-        let seq = r.seq().expect("seq");
-        let (mqtt_topic, payload) = message(seq);
-        assert_eq!(r.payload, payload, "payload bytes unchanged for seq {seq}");
-        let v: serde_json::Value = serde_json::from_slice(&payload).expect("json");
-        let device = v["deviceId"].as_str().expect("deviceId");
-        let parts: Vec<&str> = mqtt_topic.rsplitn(3, '/').collect();
-        let (project, tenant) = (parts[0], parts[1]);
-        assert_eq!(r.topic, format!("iot.{tenant}.{project}"));
-        assert_eq!(r.key.as_deref(), Some(format!("{tenant}/{project}/{device}").as_str()));
-        assert_eq!(r.headers["tenant_id"], tenant);
-        assert_eq!(r.headers["project_id"], project);
-        assert_eq!(r.headers["device_id"], device);
-        assert_eq!(r.headers["mqtt_topic"], mqtt_topic);
-        assert!(r.headers["received_at"].ends_with('Z'));
-        assert_eq!(r.headers["event_time"].len(), r.headers["received_at"].len(), "event_time from /ts");
-        uuid::Uuid::parse_str(&r.headers["id"]).expect("id header is a UUID");
-    }
 }
 
 #[test]

@@ -103,6 +103,36 @@ impl Record {
     }
 }
 
+/// Every record as the bridge routes the test messages (`super::mqtt::message`):
+/// a topic per pair, the key, the headers (a UUIDv7 id, one per message:
+/// a redelivered copy keeps its id; the event time from `/ts`) and the
+/// payload bytes unchanged.
+pub fn assert_routed(records: &[Record]) {
+    let mut id_of: HashMap<u64, uuid::Uuid> = HashMap::new();
+    let mut seq_of: HashMap<uuid::Uuid, u64> = HashMap::new();
+    for r in records {
+        let seq = r.seq().expect("seq");
+        let (mqtt_topic, payload) = super::mqtt::message(seq);
+        assert_eq!(r.payload, payload, "payload bytes unchanged for seq {seq}");
+        let v: serde_json::Value = serde_json::from_slice(&payload).expect("json");
+        let device = v["deviceId"].as_str().expect("deviceId");
+        let parts: Vec<&str> = mqtt_topic.rsplitn(3, '/').collect();
+        let (project, tenant) = (parts[0], parts[1]);
+        assert_eq!(r.topic, format!("iot.{tenant}.{project}"));
+        assert_eq!(r.key.as_deref(), Some(format!("{tenant}/{project}/{device}").as_str()));
+        assert_eq!(r.headers["tenant_id"], tenant);
+        assert_eq!(r.headers["project_id"], project);
+        assert_eq!(r.headers["device_id"], device);
+        assert_eq!(r.headers["mqtt_topic"], mqtt_topic);
+        assert!(r.headers["received_at"].ends_with('Z'));
+        assert_eq!(r.headers["event_time"].len(), r.headers["received_at"].len(), "event_time from /ts");
+        let id = uuid::Uuid::parse_str(&r.headers["id"]).expect("id header is a UUID");
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(*id_of.entry(seq).or_insert(id), id, "a copy of message {seq} keeps its id");
+        assert_eq!(*seq_of.entry(id).or_insert(seq), seq, "no two messages share an id");
+    }
+}
+
 /// Topics on the broker whose name starts with `prefix`.
 pub fn topics(brokers: &str, prefix: &str) -> Vec<String> {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("consumer");

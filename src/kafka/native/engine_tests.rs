@@ -207,6 +207,10 @@ struct Running {
 }
 
 fn start(bootstrap: &str, linger: Duration) -> Running {
+    start_with(bootstrap, linger, Duration::from_secs(30))
+}
+
+fn start_with(bootstrap: &str, linger: Duration, delivery_timeout: Duration) -> Running {
     let (host, port) = bootstrap.rsplit_once(':').expect("host:port");
     let settings = Settings {
         bootstrap: vec![(host.to_string(), port.parse().expect("port"))],
@@ -214,7 +218,7 @@ fn start(bootstrap: &str, linger: Duration) -> Running {
         client_id: Arc::from("test"),
         compression: Compression::None,
         linger,
-        delivery_timeout: Duration::from_secs(30),
+        delivery_timeout,
         request_timeout: Duration::from_secs(5),
         batch_bytes: 1_000_000,
         request_bytes: 4 << 20,
@@ -337,24 +341,7 @@ async fn an_out_of_order_sequence_takes_a_new_producer_id_and_sends_again() {
 #[tokio::test]
 async fn records_for_a_topic_that_never_appears_fail_after_the_delivery_timeout() {
     let (addr, _seen) = broker(vec![], Box::new(|_, _| 0)).await;
-    let (host, port) = addr.rsplit_once(':').expect("host:port");
-    let settings = Settings {
-        bootstrap: vec![(host.to_string(), port.parse().expect("port"))],
-        tls: None,
-        client_id: Arc::from("test"),
-        compression: Compression::None,
-        linger: Duration::from_millis(5),
-        delivery_timeout: Duration::from_millis(700),
-        request_timeout: Duration::from_secs(5),
-        batch_bytes: 1_000_000,
-        request_bytes: 4 << 20,
-        metadata_max_age: Duration::from_secs(300),
-        auto_create: false,
-    };
-    let (tx, rx) = mpsc::channel(16);
-    let (rtx, reports) = mpsc::unbounded_channel();
-    tokio::spawn(Engine::new(settings, rx, rtx, Arc::new(Shared::default()), Arc::new(ErrorReporter::new("t"))).run());
-    let mut e = Running { tx, reports };
+    let mut e = start_with(&addr, Duration::from_millis(5), Duration::from_millis(700));
     let t0 = Instant::now();
     e.send(pending(0, "missing", "{}")).await;
     assert_eq!(e.reports(1).await, vec![(0, Some(Failure::Retry))], "the bridge sends it again later");
