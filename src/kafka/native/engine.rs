@@ -39,7 +39,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -89,8 +89,6 @@ pub enum Cmd {
 pub struct Shared {
     /// Records handed in and not yet reported.
     pub in_flight: AtomicI64,
-    /// Send what is queued without waiting for `linger`.
-    pub flushing: AtomicBool,
 }
 
 struct Part {
@@ -179,6 +177,8 @@ pub struct Engine {
     next_refresh: Instant,
     /// The loop's clock, read once per turn.
     now: Instant,
+    /// Send what is queued without waiting for `linger` (the handle is gone).
+    flushing: bool,
     /// Brokers to send to this turn (kept to reuse its allocation).
     due: Vec<i32>,
     rng: rand::rngs::StdRng,
@@ -264,6 +264,7 @@ impl Engine {
             encoder: Encoder::default(),
             next_expiry: now + EXPIRY_TICK,
             now,
+            flushing: false,
             due: Vec::new(),
             rng: rand::SeedableRng::from_entropy(),
         }
@@ -312,7 +313,8 @@ impl Engine {
                     Some(Cmd::Reset) => self.producer = None,
                     None => {
                         open = false;
-                        self.shared.flushing.store(true, Relaxed);
+                        // The handle is gone: send what is queued without waiting for `linger`.
+                        self.flushing = true;
                     }
                 },
                 () = &mut timer => {}
@@ -322,7 +324,7 @@ impl Engine {
 
     fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = self.next_expiry.min(self.next_refresh);
-        let linger = if self.shared.flushing.load(Relaxed) { Duration::ZERO } else { self.s.linger };
+        let linger = if self.flushing { Duration::ZERO } else { self.s.linger };
         for b in self.brokers.values() {
             if let Some(at) = b.retry_at {
                 wake = wake.min(at);
@@ -354,7 +356,8 @@ impl Engine {
     }
 
     fn enqueue(&mut self, p: Box<Pending>) {
-        if batch::record_size(&p.out) > self.s.batch_bytes {
+        let size = batch::record_size(&p.out);
+        if size > self.s.batch_bytes {
             self.report(Delivery::Failed(p, error(C::MessageSizeTooLarge)));
             return;
         }
@@ -369,7 +372,6 @@ impl Engine {
         let i = batch::partition_for(p.out.key.as_deref(), n, || rand::Rng::gen::<usize>(rng));
         let idx = topic.parts[i];
         let leader = topic.leaders[i];
-        let size = batch::record_size(&p.out);
         self.parts[idx].queue.push_back(p);
         self.make_ready(idx, leader, size);
     }
@@ -387,11 +389,11 @@ impl Engine {
         }
     }
 
+    /// A partition's number is its place in its topic's `parts` and `leaders`.
     fn leader_of(&self, idx: usize) -> Option<i32> {
         let part = &self.parts[idx];
         let topic = self.topics.get(&part.topic)?;
-        let i = topic.parts.iter().position(|&p| p == idx)?;
-        topic.leaders.get(i).copied().filter(|&l| l >= 0)
+        topic.leaders.get(usize::try_from(part.partition).ok()?).copied().filter(|&l| l >= 0)
     }
 
     /// Fail what waited longer than `delivery_timeout` without being sent.
@@ -425,7 +427,7 @@ impl Engine {
         if self.producer.is_none() {
             return;
         }
-        let linger = if self.shared.flushing.load(Relaxed) { Duration::ZERO } else { self.s.linger };
+        let linger = if self.flushing { Duration::ZERO } else { self.s.linger };
         let mut due = std::mem::take(&mut self.due);
         due.clear();
         due.extend(
@@ -524,7 +526,7 @@ impl Engine {
                 self.parts[idx].queued = true;
                 if let Some(b) = self.brokers.get_mut(&node) {
                     b.ready.push_back(idx);
-                    b.ready_since.get_or_insert_with(Instant::now);
+                    b.ready_since.get_or_insert(self.now);
                 }
                 continue;
             }
