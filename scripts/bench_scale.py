@@ -163,10 +163,19 @@ def run_sink(args, work, env, topology, pairs, brokers, procs):
     pg = env["IOTPIPE_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
     db = f"bench_scale_{topology.replace('-', '_')}_{pairs}_{time.time_ns()}"
     sections = sink_sections(brokers, f"{pg}/{db}", db, kafka=kafka_cfg(brokers, topology, args.partitions[topology]))
-    sink, port = start(args, work, "sink", f"sink-{topology}-{pairs}", sections, procs)
+    name = f"sink-{topology}-{pairs}"
+    sink, port = start(args, work, "sink", name, sections, procs)
     wait_port(port)
     # Timed from the first stored row: joining the group is not throughput.
     wait_count(port, "iotpipe_sink_rows_written_total", 1, args.timeout, sink)
+    if sink.poll() is not None:
+        # A sink that ended is a result (incomplete), with the reason from its log.
+        with open(os.path.join(work, f"{name}.log"), errors="replace") as f:
+            tail = "".join(f.readlines()[-15:])
+        print(f"bench-scale: sink {topology} pairs={pairs:,} ended with status {sink.poll()}:\n{tail}", file=sys.stderr)
+        return {"component": "sink", "topology": topology, "pairs": pairs, "count": args.count, "complete": False,
+                "delivered": 0, "wall_s": 0, "rate": None, "cpu_us": None, "rss_mib": Sampler(sink).peak_mib(),
+                "partitions": args.partitions[topology] * (pairs if topology == "per-pair" else 1)}
     cpu0 = cpu_seconds(sink.pid)
     t0 = time.time()
     ok = wait_count(port, "iotpipe_sink_rows_written_total", args.count, args.timeout, sink)

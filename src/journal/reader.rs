@@ -31,6 +31,9 @@ pub struct Reader {
     next_seq: u64,
     /// The open segment, positioned at `next_seq`.
     cur: Option<Cursor>,
+    /// The committed state last read from the writer: records below its
+    /// `next_seq` are read without asking again (a lock per record).
+    seen: Committed,
 }
 
 impl Reader {
@@ -41,7 +44,8 @@ impl Reader {
         if seq < first || seq > next {
             return Err(JournalError::OutOfRange { seq, first, next });
         }
-        Ok(Self { shared, rx, next_seq: seq, cur: None })
+        let seen = *rx.borrow();
+        Ok(Self { shared, rx, next_seq: seq, cur: None, seen })
     }
 
     /// Sequence number of the record the next call returns.
@@ -55,6 +59,7 @@ impl Reader {
     pub async fn next(&mut self) -> Result<Option<(u64, Bytes)>, JournalError> {
         loop {
             let c = *self.rx.borrow_and_update();
+            self.seen = c;
             if self.next_seq < c.next_seq {
                 return self.read(c).map(Some);
             }
@@ -66,7 +71,12 @@ impl Reader {
 
     /// The next record if one is committed now, without waiting.
     pub fn try_next(&mut self) -> Result<Option<(u64, Bytes)>, JournalError> {
-        let c = *self.rx.borrow_and_update();
+        // An older committed state is still true of the records it covers
+        // (a commit only adds), so it is asked for again only once they are read.
+        if self.next_seq >= self.seen.next_seq {
+            self.seen = *self.rx.borrow_and_update();
+        }
+        let c = self.seen;
         if self.next_seq < c.next_seq {
             return self.read(c).map(Some);
         }

@@ -266,15 +266,22 @@ impl Source {
         let acks = self.acks.clone();
         let window = usize::from(self.cfg.max_in_flight);
         let may_read = || acks.outstanding() <= window;
+        // The stop and drain signals, waited on for the whole run: a fresh
+        // wait per event (a lock, a waiter registered and removed) cost ~3%
+        // of the bridge's CPU per message (BENCHMARKS.md, "Bridge profile").
+        let stop_signal = stop.until_set();
+        tokio::pin!(stop_signal);
+        let drain_signal = drain.until_set();
+        tokio::pin!(drain_signal);
         loop {
             let event = tokio::select! {
                 biased;
-                () = stop.until_set(), if !stopping => {
+                () = &mut stop_signal, if !stopping => {
                     stopping = true;
                     self.client.disconnect();
                     continue;
                 }
-                () = drain.until_set(), if !draining => {
+                () = &mut drain_signal, if !draining => {
                     draining = true;
                     if self.cfg.leave_group_on_shutdown && self.cfg.shared_group.is_some() {
                         self.leave_group();
@@ -359,9 +366,10 @@ impl Source {
                         tracing::warn!(%error, retry_in = ?delay, "MQTT connection lost or refused; reconnecting.");
                         last_error = Some(text);
                     }
+                    // Not stopping (returned above), so the signal is still pending.
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        () = stop.until_set() => return Ok(()),
+                        () = &mut stop_signal => return Ok(()),
                     }
                 }
             }

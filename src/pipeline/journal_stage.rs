@@ -34,11 +34,23 @@ use tokio::sync::{mpsc, Notify};
 /// the journal (journal mode).
 pub trait Completion: Send + Sync {
     fn complete(&self, seq: u64);
+
+    /// Several at once (the reports of one produce response): one lock and
+    /// one release for all of them.
+    fn complete_many(&self, seqs: &[u64]) {
+        for &seq in seqs {
+            self.complete(seq);
+        }
+    }
 }
 
 impl Completion for AckHandle {
     fn complete(&self, seq: u64) {
         AckHandle::complete(self, seq);
+    }
+
+    fn complete_many(&self, seqs: &[u64]) {
+        AckHandle::complete_many(self, seqs);
     }
 }
 
@@ -294,10 +306,16 @@ impl JournalAcks {
 
 impl Completion for JournalAcks {
     fn complete(&self, seq: u64) {
+        self.complete_many(&[seq]);
+    }
+
+    fn complete_many(&self, seqs: &[u64]) {
         let (last, records, bytes) = {
             let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let s = &mut *guard;
-            s.seq.complete(seq);
+            for &seq in seqs {
+                s.seq.complete(seq);
+            }
             s.seq.drain_ready(0, &mut s.ready);
             let last = s.ready.last().map(|(jseq, _)| *jseq);
             let bytes = s.ready.iter().map(|(_, h)| h.bytes as usize).sum::<usize>();
@@ -516,6 +534,35 @@ mod tests {
         assert_eq!(journal.acked_seq(), Some(1));
         signals.set_stop();
         assert!(feeder.await.unwrap().is_ok());
+    }
+
+    /// Completions handed over together (one produce response) in any
+    /// order: the journal moves over the completed prefix only, and the
+    /// window frees exactly that prefix.
+    #[tokio::test]
+    async fn completing_many_at_once_moves_over_the_completed_prefix_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = JournalConfig::at(dir.path());
+        let (journal, _) = Journal::open(cfg.clone()).unwrap();
+        let journal = Arc::new(journal);
+        let appender = journal.appender();
+        for n in 0..6 {
+            appender.append(inbound(n)).await.unwrap();
+        }
+        let window = Arc::new(Window::new(&cfg));
+        let acks = JournalAcks::new(journal.clone(), window.clone());
+        let seqs: Vec<u64> = (0..6).map(|j| acks.register(j, window.take(100))).collect();
+        // 0 is still out: nothing moves, nothing is freed.
+        acks.complete_many(&[seqs[3], seqs[1], seqs[2]]);
+        assert_eq!(journal.acked_seq(), None);
+        assert_eq!(window.in_use(), (6, 600));
+        // 0 and 5 together: 0..=3 is complete, 4 holds the rest.
+        acks.complete_many(&[seqs[5], seqs[0]]);
+        assert_eq!(journal.acked_seq(), Some(3));
+        assert_eq!(window.in_use(), (2, 200));
+        acks.complete_many(&[seqs[4], seqs[4]]);
+        assert_eq!(journal.acked_seq(), Some(5));
+        assert_eq!(window.in_use(), (0, 0));
     }
 
     /// A batch larger than the free space is halved until parts fit: a

@@ -45,7 +45,15 @@ pub struct Forwarder {
     pub flush_within: Duration,
     /// When the producer was last recreated.
     pub recreated_at: Option<Instant>,
+    /// Sequence numbers delivered by the reports being handled, completed
+    /// together (reused).
+    pub delivered: Vec<u64>,
 }
+
+/// Most delivery reports handled in one turn of the loop: the reports of a
+/// produce response arrive together, and completing them together takes the
+/// completion's lock once instead of once per message.
+const REPORTS_PER_TURN: usize = 512;
 
 /// Failed deliveries waiting for their backoff, soonest first. Holds at most
 /// what is in flight (bounded by `mqtt.max_in_flight` or the journal window).
@@ -89,17 +97,20 @@ impl Forwarder {
     pub async fn run(mut self, mut inbound: mpsc::Receiver<Received>, mut stop: Stop) -> Result<(), PipelineError> {
         let mut retries = Retries::default();
         let mut upstream_open = true;
+        // Waited on for the whole run, not afresh per message.
+        let stopped = stop.until_set();
+        tokio::pin!(stopped);
         loop {
             let retry_at = retries.next_due();
             tokio::select! {
                 biased;
-                Some(report) = self.reports.recv() => self.handle_report(report, &mut retries),
+                Some(report) = self.reports.recv() => self.handle_reports(report, &mut retries),
                 () = sleep_until(retry_at), if retry_at.is_some() => {
                     while let Some(p) = retries.pop_due(Instant::now()) {
                         self.producer.send(p).await;
                     }
                 }
-                () = stop.until_set() => break,
+                () = &mut stopped => break,
                 r = inbound.recv(), if upstream_open => match r {
                     Some(r) => self.forward(r).await,
                     None => upstream_open = false,
@@ -127,7 +138,7 @@ impl Forwarder {
         let mut discard = Retries::default();
         while self.producer.in_flight() > 0 && Instant::now() < until {
             tokio::select! {
-                Some(report) = self.reports.recv() => self.handle_report(report, &mut discard),
+                Some(report) = self.reports.recv() => self.handle_reports(report, &mut discard),
                 () = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
@@ -158,11 +169,32 @@ impl Forwarder {
         }
     }
 
-    fn handle_report(&mut self, report: Delivery, retries: &mut Retries) {
+    /// `first` and the reports already queued behind it (up to
+    /// [`REPORTS_PER_TURN`]); the delivered ones completed together.
+    fn handle_reports(&mut self, first: Delivery, retries: &mut Retries) {
+        let mut delivered = std::mem::take(&mut self.delivered);
+        self.handle_report(first, retries, &mut delivered);
+        for _ in 1..REPORTS_PER_TURN {
+            match self.reports.try_recv() {
+                Ok(report) => self.handle_report(report, retries, &mut delivered),
+                Err(_) => break,
+            }
+        }
+        if !delivered.is_empty() {
+            self.completion.complete_many(&delivered);
+            delivered.clear();
+        }
+        self.delivered = delivered;
+    }
+
+    /// One report: a delivery is counted and its sequence number added to
+    /// `delivered` (the caller completes it); a failure is dead-lettered or
+    /// retried.
+    fn handle_report(&mut self, report: Delivery, retries: &mut Retries, delivered: &mut Vec<u64>) {
         match report {
             Delivery::Delivered(p) => {
                 self.metrics.on_delivered(p.out.reason, p.out.tenant_id(), p.out.project_id(), p.received_at.elapsed());
-                self.completion.complete(p.seq);
+                delivered.push(p.seq);
             }
             Delivery::Failed(mut p, error) => match error.failure() {
                 Failure::Reject if p.out.reason.is_none() => {

@@ -102,6 +102,7 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
         topics,
         flush_within: config.bridge.grace_period.get(),
         recreated_at: None,
+        delivered: Vec::new(),
     };
     tasks.finishing("kafka-forwarder", forwarder.run(inbound, signals.stop()));
 
