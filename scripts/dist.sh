@@ -115,6 +115,9 @@ for arch in ${ARCHES//,/ }; do
         bin=$CROSS_TARGET_DIR/$target/release/iotpipe
     fi
     [[ $(elf_machine "$bin") == "$machine" ]] || { echo "dist.sh: $bin is not an $arch binary" >&2; exit 1; }
+    # musl's default thread stack (librdkafka's threads) comes from PT_GNU_STACK (build.rs).
+    stack=$(readelf -lW "$bin" | awk '$1 == "GNU_STACK" { print $6 }')
+    ((${stack:-0} >= 8388608)) || { echo "dist.sh: $bin: PT_GNU_STACK size ${stack:-missing}, not 8 MiB (build.rs)" >&2; exit 1; }
     mkdir -p "dist/$arch"
     install -m 0755 "$bin" "dist/$arch/iotpipe"
     echo "dist.sh: dist/$arch/iotpipe ($(stat -c %s "dist/$arch/iotpipe") bytes) in $((SECONDS - start)) s" >&2
