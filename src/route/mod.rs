@@ -4,6 +4,7 @@
 mod config;
 mod pattern;
 pub(crate) mod payload;
+mod scan;
 mod template;
 
 pub use config::{PayloadFormat, RouteConfig, Targets};

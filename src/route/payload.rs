@@ -4,6 +4,7 @@
 //! `RawValue` instead of building a `Value` tree: the message path parses
 //! each payload once and allocates almost nothing.
 
+use super::scan::{self, Scan};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -42,6 +43,17 @@ pub fn parse_and_find<'a>(
     text: &'a str,
     pointers: [Option<&str>; 2],
 ) -> Result<[Option<&'a RawValue>; 2], serde_json::Error> {
+    find(text, pointers, true)
+}
+
+/// [`parse_and_find`], through the byte scanner ([`super::scan`]) or not:
+/// without it, the serde pass it replaced, still used for what the scanner
+/// leaves undecided, and kept selectable to compare the two.
+pub(super) fn find<'a>(
+    text: &'a str,
+    pointers: [Option<&str>; 2],
+    scanner: bool,
+) -> Result<[Option<&'a RawValue>; 2], serde_json::Error> {
     // Each pointer as its first token and what follows it, if anything.
     let split = pointers.map(|p| {
         p.and_then(|p| p.strip_prefix('/')).map(|p| match p.split_once('/') {
@@ -60,13 +72,33 @@ pub fn parse_and_find<'a>(
         return general();
     }
     let tokens = split.map(|t| t.map(|(first, _)| unescape(first)));
-    let mut de = serde_json::Deserializer::from_str(text);
-    let children = Children { tokens: [tokens[0].as_deref(), tokens[1].as_deref()] };
-    let top = match children.deserialize(&mut de) {
-        Ok(top) if de.end().is_ok() => top,
-        // Invalid, or a key this pass cannot read (a lone surrogate escape,
-        // which `parse` accepts): the general path decides, as before.
-        _ => return general(),
+    let tokens = [tokens[0].as_deref(), tokens[1].as_deref()];
+    let verdict = if scanner { scan::scan(text, tokens) } else { Scan::Unsure };
+    let top = match verdict {
+        Scan::Valid(values) => {
+            // The found values as `RawValue`s (parsing again only them).
+            let mut top = [None, None];
+            for (slot, value) in top.iter_mut().zip(values) {
+                if let Some(value) = value {
+                    match serde_json::from_str::<&RawValue>(value) {
+                        Ok(raw) => *slot = Some(raw),
+                        Err(_) => return general(),
+                    }
+                }
+            }
+            top
+        }
+        // The general path gives serde's error.
+        Scan::Invalid => return general(),
+        Scan::Unsure => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            match (Children { tokens }).deserialize(&mut de) {
+                Ok(top) if de.end().is_ok() => top,
+                // Invalid, or a key this pass cannot read (a lone surrogate
+                // escape, which `parse` accepts): the general path decides.
+                _ => return general(),
+            }
+        }
     };
     let mut found = [None, None];
     for (i, slot) in found.iter_mut().enumerate() {
@@ -160,7 +192,7 @@ impl<'de> Visitor<'de> for Children<'_> {
 }
 
 /// An array index token (RFC 6901: `0` or digits without a leading zero; no sign).
-fn array_index(token: &str) -> Option<usize> {
+pub(super) fn array_index(token: &str) -> Option<usize> {
     let canonical = token == "0" || (!token.starts_with('0') && token.bytes().all(|b| b.is_ascii_digit()));
     if canonical {
         token.parse().ok()
