@@ -4,8 +4,8 @@
 //! (glibc: 8 MiB). librdkafka's threads are created that way, and with
 //! thousands of topics its main thread needs more: the static musl binary
 //! (the image's) crashed with SIGSEGV on its stack guard page when a sink
-//! subscribed to 10,000 per-pair topics (BENCHMARKS.md, "tenant/project
-//! pairs"). musl takes its default thread stack size from the program's
+//! subscribed to 10,000 per-pair topics (BENCHMARKS.md, "the sink at
+//! 10,000 per-pair topics"). musl takes its default thread stack size from the program's
 //! PT_GNU_STACK size, so the binary is linked with glibc's default, 8 MiB
 //! (musl's ceiling for it). It is address space: only the pages a thread
 //! touches are memory. Rust's own threads set their stack size themselves.

@@ -164,6 +164,7 @@ def run_sink(args, work, env, topology, pairs, brokers, procs):
     db = f"bench_scale_{topology.replace('-', '_')}_{pairs}_{time.time_ns()}"
     sections = sink_sections(brokers, f"{pg}/{db}", db, kafka=kafka_cfg(brokers, topology, args.partitions[topology]))
     name = f"sink-{topology}-{pairs}"
+    partitions = args.partitions[topology] * (pairs if topology == "per-pair" else 1)
     sink, port = start(args, work, "sink", name, sections, procs)
     wait_port(port)
     # Timed from the first stored row: joining the group is not throughput.
@@ -175,7 +176,7 @@ def run_sink(args, work, env, topology, pairs, brokers, procs):
         print(f"bench-scale: sink {topology} pairs={pairs:,} ended with status {sink.poll()}:\n{tail}", file=sys.stderr)
         return {"component": "sink", "topology": topology, "pairs": pairs, "count": args.count, "complete": False,
                 "delivered": 0, "wall_s": 0, "rate": None, "cpu_us": None, "rss_mib": Sampler(sink).peak_mib(),
-                "partitions": args.partitions[topology] * (pairs if topology == "per-pair" else 1)}
+                "partitions": partitions}
     cpu0 = cpu_seconds(sink.pid)
     t0 = time.time()
     ok = wait_count(port, "iotpipe_sink_rows_written_total", args.count, args.timeout, sink)
@@ -186,7 +187,7 @@ def run_sink(args, work, env, topology, pairs, brokers, procs):
            "delivered": rows, "wall_s": wall, "rate": rows / wall,
            "cpu_us": (cpu_seconds(sink.pid) - cpu0) / max(args.count, 1) * 1e6 if alive else None,
            "rss_mib": Sampler(sink).peak_mib(),
-           "partitions": args.partitions[topology] * (pairs if topology == "per-pair" else 1)}
+           "partitions": partitions}
     sink.terminate()
     sink.wait(timeout=60)
     return out

@@ -33,22 +33,12 @@ use tokio::sync::{mpsc, Notify};
 /// Where a delivered message is reported: the MQTT acks (direct mode) or
 /// the journal (journal mode).
 pub trait Completion: Send + Sync {
-    fn complete(&self, seq: u64);
-
-    /// Several at once (the reports of one produce response): one lock and
-    /// one release for all of them.
-    fn complete_many(&self, seqs: &[u64]) {
-        for &seq in seqs {
-            self.complete(seq);
-        }
-    }
+    /// Messages delivered together (the reports of one produce response):
+    /// one lock and one release for all of them.
+    fn complete_many(&self, seqs: &[u64]);
 }
 
 impl Completion for AckHandle {
-    fn complete(&self, seq: u64) {
-        AckHandle::complete(self, seq);
-    }
-
     fn complete_many(&self, seqs: &[u64]) {
         AckHandle::complete_many(self, seqs);
     }
@@ -305,10 +295,6 @@ impl JournalAcks {
 }
 
 impl Completion for JournalAcks {
-    fn complete(&self, seq: u64) {
-        self.complete_many(&[seq]);
-    }
-
     fn complete_many(&self, seqs: &[u64]) {
         let (last, records, bytes) = {
             let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -525,10 +511,10 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing beyond the window is read");
         assert_eq!(window.in_use().0, 100);
         // Completing a later record first frees nothing; the head frees the prefix.
-        acks.complete(got[1].seq);
+        acks.complete_many(&[got[1].seq]);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(rx.try_recv().is_err(), "the head of the line holds the window");
-        acks.complete(got[0].seq);
+        acks.complete_many(&[got[0].seq]);
         let more = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert_eq!(more.seq, 100);
         assert_eq!(journal.acked_seq(), Some(1));
