@@ -15,6 +15,7 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     c.http.validate().map_err(section("http"))?;
     c.bridge.validate().map_err(section("bridge"))?;
     c.sink.validate().map_err(section("sink"))?;
+    c.kafka.validate_consumer(&c.sink.properties).map_err(|(name, e)| ConfigError::in_section(name, e))?;
     c.run.validate().map_err(section("run"))?;
     c.log.validate().map_err(section("log"))?;
     c.store.validate().map_err(section("store"))?;

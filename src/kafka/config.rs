@@ -24,6 +24,20 @@ pub enum ProducerKind {
     Native,
 }
 
+/// Which client reads the sink's records from Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerKind {
+    /// librdkafka's consumer (`cooperative-sticky` assignment): every
+    /// security protocol and consumer property.
+    #[default]
+    Librdkafka,
+    /// iotpipe's own consumer: state per partition of ~150 bytes, one fetch
+    /// per broker for all partitions, `roundrobin` assignment; plaintext or
+    /// ssl, and a few `sink.properties` (docs/topology.md).
+    Native,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -54,6 +68,9 @@ pub struct KafkaConfig {
     pub topic_config: BTreeMap<String, String>,
     /// The bridge's producer: `auto`, `native` or `librdkafka` (docs/topology.md).
     pub producer: ProducerKind,
+    /// The sink's consumer: `librdkafka` or `native` (docs/topology.md). All
+    /// members of one consumer group must use the same one.
+    pub consumer: ConsumerKind,
     /// How long the producer tries one send before the bridge re-sends it itself.
     pub delivery_timeout: HumanDuration,
     pub linger: HumanDuration,
@@ -78,6 +95,7 @@ impl Default for KafkaConfig {
             retention: HumanDuration::secs(3 * 86400),
             topic_config: BTreeMap::new(),
             producer: ProducerKind::Auto,
+            consumer: ConsumerKind::Librdkafka,
             delivery_timeout: HumanDuration::secs(60),
             linger: HumanDuration::millis(10),
             properties: BTreeMap::new(),
@@ -115,6 +133,19 @@ impl KafkaConfig {
         super::security::validate(&self.properties, "properties")?;
         if self.producer == ProducerKind::Native {
             super::native::validate(self)?;
+        }
+        Ok(())
+    }
+
+    /// What `consumer = "native"` needs of `[kafka]` and of the sink's
+    /// consumer properties: the section of the key at fault, and the error.
+    pub fn validate_consumer(
+        &self,
+        sink_properties: &BTreeMap<String, String>,
+    ) -> Result<(), (&'static str, KeyError)> {
+        if self.consumer == ConsumerKind::Native {
+            super::native::validate_connection(self).map_err(|e| ("kafka", e))?;
+            super::native::validate_consumer_properties(sink_properties).map_err(|e| ("sink", e))?;
         }
         Ok(())
     }

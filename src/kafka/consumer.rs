@@ -1,8 +1,11 @@
 //! The sink's consumer group: batches bounded by rows, bytes and time;
-//! offsets stored after the database commit (`enable.auto.offset.store=false`)
-//! and committed by librdkafka, synchronously before partitions are revoked.
-//! Records leave as [`DurableRecord`]s positioned by topic, partition and
-//! offset; librdkafka's messages stay here.
+//! offsets stored after the database commit and committed afterwards,
+//! and before partitions are given up. Two clients keep that contract
+//! (`kafka.consumer`): librdkafka's (`enable.auto.offset.store=false`,
+//! committed by librdkafka, synchronously before partitions are revoked),
+//! here, and iotpipe's own ([`super::native::NativeConsumer`]). Records leave
+//! as [`DurableRecord`]s positioned by topic, partition and offset;
+//! librdkafka's messages stay here.
 
 use super::diagnosis::ErrorReporter;
 use super::{ClientError, KafkaConfig};
@@ -85,8 +88,92 @@ const RECV_SLICE: Duration = Duration::from_millis(250);
 /// How often the consumer lag is computed for the metrics.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A member of the sink's consumer group.
-pub struct GroupConsumer {
+/// A member of the sink's consumer group, through the configured client.
+pub enum GroupConsumer {
+    Librdkafka(Librdkafka),
+    Native(super::native::NativeConsumer),
+}
+
+impl GroupConsumer {
+    pub fn new(
+        kafka: &KafkaConfig,
+        settings: &ConsumerSettings,
+        metrics: Arc<ConsumerMetrics>,
+    ) -> Result<Self, ClientError> {
+        tracing::info!(consumer = ?kafka.consumer, "Kafka consumer.");
+        Ok(match kafka.consumer {
+            super::ConsumerKind::Librdkafka => Self::Librdkafka(Librdkafka::new(kafka, settings, metrics)?),
+            super::ConsumerKind::Native => Self::Native(super::native::NativeConsumer::new(kafka, settings, metrics)?),
+        })
+    }
+
+    /// The native consumer's tasks, once: the caller runs them under its
+    /// supervisor (librdkafka runs its own threads: `None`).
+    pub fn take_task(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        match self {
+            Self::Librdkafka(_) => None,
+            Self::Native(n) => n.take_task(),
+        }
+    }
+
+    /// Report the lag every few seconds (librdkafka; the native consumer's
+    /// reader reports it itself).
+    pub async fn report_lag_forever(self: Arc<Self>) -> Result<(), ClientError> {
+        match &*self {
+            Self::Librdkafka(c) => c.report_lag_forever().await,
+            Self::Native(_) => std::future::pending().await,
+        }
+    }
+
+    /// The next batch: waits for a first record, then collects until the
+    /// row, byte or time bound.
+    pub async fn next_batch(&self) -> Vec<DurableRecord> {
+        match self {
+            Self::Librdkafka(c) => c.next_batch().await,
+            Self::Native(n) => n.next_batch().await,
+        }
+    }
+
+    /// The next offset to read for each partition in `batch` (records not
+    /// read from Kafka have none).
+    pub fn next_offsets(batch: &[DurableRecord]) -> Vec<NextOffset> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for (topic, partition, offset) in batch.iter().filter_map(kafka_position) {
+            let e = next.entry((topic, partition)).or_insert(offset + 1);
+            *e = (*e).max(offset + 1);
+        }
+        next.into_iter().map(|((t, p), o)| NextOffset { topic: t.to_string(), partition: p, offset: o }).collect()
+    }
+
+    /// Mark a batch as processed: its offsets are committed with the next
+    /// commit (or before a revoke). Partitions revoked in the meantime are
+    /// skipped; their new owner re-reads those records.
+    pub fn store_offsets(&self, offsets: &[NextOffset]) {
+        match self {
+            Self::Librdkafka(c) => c.store_offsets(offsets),
+            Self::Native(n) => n.store_offsets(offsets),
+        }
+    }
+
+    /// Commit stored offsets now (shutdown).
+    pub async fn commit_now(&self) {
+        match self {
+            Self::Librdkafka(c) => c.commit_now(),
+            Self::Native(n) => n.commit_now().await,
+        }
+    }
+
+    /// How many partitions the group coordinator gave this member.
+    pub fn assigned(&self) -> usize {
+        match self {
+            Self::Librdkafka(c) => c.assigned(),
+            Self::Native(n) => n.assigned(),
+        }
+    }
+}
+
+/// librdkafka's consumer.
+pub struct Librdkafka {
     consumer: StreamConsumer<Context>,
     max_rows: usize,
     max_bytes: usize,
@@ -96,8 +183,8 @@ pub struct GroupConsumer {
     read_ts: std::sync::Mutex<HashMap<(String, i32), i64>>,
 }
 
-impl GroupConsumer {
-    pub fn new(
+impl Librdkafka {
+    fn new(
         kafka: &KafkaConfig,
         settings: &ConsumerSettings,
         metrics: Arc<ConsumerMetrics>,
@@ -185,7 +272,7 @@ impl GroupConsumer {
     /// Report the lag every `LAG_INTERVAL`, on its own task: the reader
     /// stops reading while the store is down, and the lag must go on
     /// growing in the metrics meanwhile.
-    pub async fn report_lag_forever(self: Arc<Self>) -> Result<(), ClientError> {
+    async fn report_lag_forever(&self) -> Result<(), ClientError> {
         let mut tick = tokio::time::interval(LAG_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -237,7 +324,7 @@ impl GroupConsumer {
 
     /// The next batch: waits for a first record, then collects until the
     /// row, byte or time bound.
-    pub async fn next_batch(&self) -> Vec<DurableRecord> {
+    async fn next_batch(&self) -> Vec<DurableRecord> {
         let mut errors = 0u64;
         let mut topics = TopicNames::default();
         let first = loop {
@@ -284,21 +371,10 @@ impl GroupConsumer {
         batch
     }
 
-    /// The next offset to read for each partition in `batch` (records not
-    /// read from Kafka have none).
-    pub fn next_offsets(batch: &[DurableRecord]) -> Vec<NextOffset> {
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for (topic, partition, offset) in batch.iter().filter_map(kafka_position) {
-            let e = next.entry((topic, partition)).or_insert(offset + 1);
-            *e = (*e).max(offset + 1);
-        }
-        next.into_iter().map(|((t, p), o)| NextOffset { topic: t.to_string(), partition: p, offset: o }).collect()
-    }
-
     /// Mark a batch as processed: its offsets are committed with the next
     /// auto-commit (or before a revoke). Partitions revoked in the meantime
     /// are skipped; their new owner re-reads those records.
-    pub fn store_offsets(&self, offsets: &[NextOffset]) {
+    fn store_offsets(&self, offsets: &[NextOffset]) {
         self.consumer.context().metrics.on_batch_committed();
         for o in offsets {
             let mut tpl = TopicPartitionList::new();
@@ -310,8 +386,7 @@ impl GroupConsumer {
         }
     }
 
-    /// Commit stored offsets now (shutdown).
-    pub fn commit_now(&self) {
+    fn commit_now(&self) {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("Committed consumer offsets."),
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
@@ -319,8 +394,7 @@ impl GroupConsumer {
         }
     }
 
-    /// Whether the group coordinator gave this member partitions.
-    pub fn assigned(&self) -> usize {
+    fn assigned(&self) -> usize {
         self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
     }
 }

@@ -56,6 +56,14 @@ pub async fn run(config: SinkSettings, shutdown: impl Future<Output = ()>) -> Re
 
     let consumer = Arc::new(GroupConsumer::new(&config.kafka, &config.sink.consumer(), consumer_metrics.clone())?);
     tasks.background("consumer-lag", consumer.clone().report_lag_forever());
+    if let Some(task) = consumer.take_task() {
+        // Background: it runs until the end, so the writer's final commit
+        // still reaches Kafka while the sink drains.
+        tasks.background("kafka-consumer", async move {
+            task.await;
+            Ok::<(), PipelineError>(())
+        });
+    }
     let (batch_tx, batches) = mpsc::channel::<DecodedBatch>(1);
     tasks.finishing(
         "kafka-reader",
@@ -160,7 +168,7 @@ impl BatchWriter {
             write.abort();
         }
         writing.clear();
-        self.consumer.commit_now();
+        self.consumer.commit_now().await;
         tracing::info!(
             rows = self.metrics.rows_written.load(Relaxed),
             duplicates = self.metrics.rows_duplicate.load(Relaxed),

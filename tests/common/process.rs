@@ -195,6 +195,7 @@ grace_period = "20s"
 pub fn sink_config(brokers: &str, group: &str) -> SinkConfig {
     SinkConfig {
         brokers: brokers.to_string(),
+        kafka: Vec::new(),
         kafka_properties: String::new(),
         sink: vec![
             ("topics".into(), r#"["^iot\\..+"]"#.into()),
@@ -212,6 +213,8 @@ pub fn sink_config(brokers: &str, group: &str) -> SinkConfig {
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
     brokers: String,
+    /// Further `[kafka]` keys and their TOML values.
+    kafka: Vec<(String, String)>,
     kafka_properties: String,
     /// `[sink]` keys and their TOML values, in order.
     sink: Vec<(String, String)>,
@@ -245,6 +248,12 @@ impl SinkConfig {
         self
     }
 
+    /// A `[kafka]` key (`value` as TOML, e.g. `"\"native\""`).
+    pub fn kafka_key(mut self, key: &str, value: &str) -> Self {
+        set(&mut self.kafka, key, value);
+        self
+    }
+
     /// `[kafka.properties]` lines (TLS, SASL).
     pub fn kafka_properties(mut self, lines: &str) -> Self {
         self.kafka_properties = lines.to_string();
@@ -259,7 +268,7 @@ impl SinkConfig {
 
     pub fn toml(&self) -> String {
         let lines = |keys: &[(String, String)]| keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect::<String>();
-        let mut t = format!("[kafka]\nbrokers = {:?}\n", self.brokers);
+        let mut t = format!("[kafka]\nbrokers = {:?}\n{}", self.brokers, lines(&self.kafka));
         if !self.kafka_properties.is_empty() {
             t.push_str(&format!("\n[kafka.properties]\n{}\n", self.kafka_properties.trim_end()));
         }

@@ -1,7 +1,8 @@
 //! One connection to one Kafka broker: a request written whole, its
 //! response read back by size prefix and checked against the correlation id.
-//! A connection carries one request at a time; the producer keeps one per
-//! broker.
+//! A connection carries one request at a time; the producer and the
+//! consumer keep one per broker (the consumer one more to its group
+//! coordinator).
 
 use super::protocol::{self, Malformed};
 use crate::transport::{self, Stream};
@@ -27,7 +28,7 @@ pub enum ConnError {
     Malformed { addr: String, source: Malformed },
     #[error("broker {addr} answered request {expected} with {got}")]
     Correlation { addr: String, expected: i32, got: i32 },
-    #[error("broker {addr} speaks no {api} version this producer writes ({ours})")]
+    #[error("broker {addr} speaks no {api} version iotpipe speaks ({ours})")]
     Unsupported { addr: String, api: &'static str, ours: String },
 }
 
@@ -48,7 +49,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connect, and agree on API versions.
+    /// Connect for the producer, and agree on API versions.
     pub async fn open(
         host: &str,
         port: u16,
@@ -56,6 +57,37 @@ impl Conn {
         client_id: Arc<str>,
         timeout: Duration,
     ) -> Result<Self, ConnError> {
+        let (mut conn, apis) = Self::connect(host, port, tls, client_id, timeout).await?;
+        let produce = conn.require(&apis, protocol::API_PRODUCE, protocol::PRODUCE_VERSIONS, "Produce")?;
+        let init_producer_id =
+            conn.require(&apis, protocol::API_INIT_PRODUCER_ID, protocol::INIT_PRODUCER_ID_VERSIONS, "InitProducerId")?;
+        conn.versions = Versions { produce, init_producer_id };
+        Ok(conn)
+    }
+
+    /// Connect for the consumer: every request it sends, at its one version.
+    pub async fn open_consumer(
+        host: &str,
+        port: u16,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        client_id: Arc<str>,
+        timeout: Duration,
+    ) -> Result<Self, ConnError> {
+        let (conn, apis) = Self::connect(host, port, tls, client_id, timeout).await?;
+        for (key, version, name) in super::group_protocol::CONSUMER_APIS {
+            conn.require(&apis, key, (version, version), name)?;
+        }
+        Ok(conn)
+    }
+
+    /// Connect, ask which API versions the broker speaks, and check Metadata v4.
+    async fn connect(
+        host: &str,
+        port: u16,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        client_id: Arc<str>,
+        timeout: Duration,
+    ) -> Result<(Self, Vec<protocol::ApiRange>), ConnError> {
         let addr = format!("{host}:{port}");
         let stream = match tokio::time::timeout(timeout, transport::open(host, port, tls)).await {
             Ok(s) => s?,
@@ -69,19 +101,24 @@ impl Conn {
         if error != 0 {
             return Err(conn.malformed(Malformed { what: "ApiVersions", detail: "error code set" }));
         }
-        let pick = |key, ours: (i16, i16), api| {
-            protocol::pick_version(&apis, key, ours).ok_or_else(|| ConnError::Unsupported {
-                addr: conn.addr.clone(),
-                api,
-                ours: format!("v{}–v{}", ours.0, ours.1),
-            })
-        };
-        let produce = pick(protocol::API_PRODUCE, protocol::PRODUCE_VERSIONS, "Produce")?;
-        let init_producer_id =
-            pick(protocol::API_INIT_PRODUCER_ID, protocol::INIT_PRODUCER_ID_VERSIONS, "InitProducerId")?;
-        pick(protocol::API_METADATA, (protocol::METADATA_VERSION, protocol::METADATA_VERSION), "Metadata")?;
-        conn.versions = Versions { produce, init_producer_id };
-        Ok(conn)
+        let v4 = (protocol::METADATA_VERSION, protocol::METADATA_VERSION);
+        conn.require(&apis, protocol::API_METADATA, v4, "Metadata")?;
+        Ok((conn, apis))
+    }
+
+    /// The highest version in `ours` the broker speaks, or why there is none.
+    fn require(
+        &self,
+        apis: &[protocol::ApiRange],
+        key: i16,
+        ours: (i16, i16),
+        api: &'static str,
+    ) -> Result<i16, ConnError> {
+        protocol::pick_version(apis, key, ours).ok_or_else(|| ConnError::Unsupported {
+            addr: self.addr.clone(),
+            api,
+            ours: if ours.0 == ours.1 { format!("v{}", ours.0) } else { format!("v{}–v{}", ours.0, ours.1) },
+        })
     }
 
     pub fn client_id(&self) -> &str {
@@ -101,8 +138,13 @@ impl Conn {
     /// Send `request` (built with correlation id `id`) and read its response
     /// body (after the correlation id).
     pub async fn call(&mut self, id: i32, request: &[u8]) -> Result<Bytes, ConnError> {
-        let secs = self.timeout.as_secs();
-        match tokio::time::timeout(self.timeout, self.exchange(id, request)).await {
+        self.call_within(id, request, self.timeout).await
+    }
+
+    /// The same, with its own timeout (a JoinGroup waits for the whole group).
+    pub async fn call_within(&mut self, id: i32, request: &[u8], timeout: Duration) -> Result<Bytes, ConnError> {
+        let secs = timeout.as_secs();
+        match tokio::time::timeout(timeout, self.exchange(id, request)).await {
             Ok(r) => r,
             Err(_) => Err(ConnError::Timeout { addr: self.addr.clone(), secs }),
         }

@@ -13,10 +13,15 @@
 
 mod batch;
 mod conn;
+mod consumer;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
+mod fetcher;
+mod group;
+mod group_protocol;
 mod protocol;
+mod records;
 
 use super::diagnosis::ErrorReporter;
 use super::producer::{Delivery, Pending};
@@ -32,6 +37,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use batch::Compression;
+pub use consumer::{validate_properties as validate_consumer_properties, NativeConsumer};
 
 /// Records the handle holds before `send` waits.
 const CHANNEL: usize = 1024;
@@ -86,26 +92,34 @@ pub fn validate(cfg: &KafkaConfig) -> Result<(), KeyError> {
             ),
         ));
     }
+    validate_connection(cfg)?;
+    if let Some(key) = cfg.properties.keys().find(|k| LIBRDKAFKA_PRODUCER.iter().any(|p| k.starts_with(p))) {
+        return Err(KeyError::new(
+            format!("properties.{key}"),
+            "tunes librdkafka's producer: producer = \"librdkafka\" reads it, the native producer does not",
+        ));
+    }
+    Ok(())
+}
+
+/// What the native producer and consumer both need of `[kafka]`: a broker
+/// list, plaintext or ssl with verification on, and only the `ssl.*`
+/// properties they read; keys relative to `[kafka]`.
+pub fn validate_connection(cfg: &KafkaConfig) -> Result<(), KeyError> {
     let proto = super::protocol(&cfg.properties);
     if super::uses_sasl(&proto) {
         return Err(KeyError::new(
             "properties.security.protocol",
-            format!("`{proto}`: SASL needs producer = \"librdkafka\"; the native producer speaks plaintext and ssl"),
+            format!("`{proto}`: SASL needs librdkafka; the native Kafka clients speak plaintext and ssl"),
         ));
     }
     for (key, on) in VERIFY_ON {
         if cfg.properties.get(key).is_some_and(|v| !v.trim().eq_ignore_ascii_case(on)) {
             return Err(KeyError::new(
                 format!("properties.{key}"),
-                "the native producer always verifies the broker's certificate and name",
+                "the native Kafka clients always verify the broker's certificate and name",
             ));
         }
-    }
-    if let Some(key) = cfg.properties.keys().find(|k| LIBRDKAFKA_PRODUCER.iter().any(|p| k.starts_with(p))) {
-        return Err(KeyError::new(
-            format!("properties.{key}"),
-            "tunes librdkafka's producer: producer = \"librdkafka\" reads it, the native producer does not",
-        ));
     }
     let verify_keys = VERIFY_ON.map(|(k, _)| k);
     if let Some(key) = cfg
@@ -115,7 +129,7 @@ pub fn validate(cfg: &KafkaConfig) -> Result<(), KeyError> {
     {
         return Err(KeyError::new(
             format!("properties.{key}"),
-            "is read by producer = \"librdkafka\" only; the native producer reads ssl.ca.location, ssl.certificate.location and ssl.key.location",
+            "is read by librdkafka only; the native Kafka clients read ssl.ca.location, ssl.certificate.location and ssl.key.location",
         ));
     }
     bootstrap(&cfg.brokers).map(|_| ()).map_err(|e| KeyError::new("brokers", e))

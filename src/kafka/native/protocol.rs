@@ -1,4 +1,5 @@
-//! The few Kafka requests the native producer sends: ApiVersions v0,
+//! The few Kafka requests the native producer sends (the consumer's are in
+//! `group_protocol.rs`): ApiVersions v0,
 //! Metadata v4, InitProducerId v0–v4 (v2 on in the flexible encoding; some
 //! brokers answer only v3 and later) and Produce v3–v8 (the record-batch
 //! versions before the flexible encoding). Requests are encoded whole, with their size prefix; responses
@@ -220,6 +221,14 @@ pub fn metadata_request(correlation_id: i32, client_id: &str, topics: &[&str], a
         r.string(t);
     }
     r.i8(i8::from(auto_create));
+    r.finish()
+}
+
+/// Metadata v4 for every topic of the cluster (a consumer's regex subscription).
+pub fn metadata_request_all(correlation_id: i32, client_id: &str) -> Bytes {
+    let mut r = Request::new(API_METADATA, METADATA_VERSION, correlation_id, client_id, 8);
+    r.i32(-1);
+    r.i8(0);
     r.finish()
 }
 

@@ -1,0 +1,589 @@
+//! The native consumer's reads: the partitions the group task assigned,
+//! grouped by leader, one fetch per broker at a time carrying all of that
+//! broker's partitions, started after the partition that last returned
+//! records so that a busy partition does not keep the others waiting. Where
+//! a partition has no committed offset, it starts at the earliest one
+//! (`auto.offset.reset = earliest`), as it does when its offset has expired.
+//!
+//! A batch that cannot be decoded (an old message format, an unknown
+//! compression, a corrupt batch that stays corrupt) stops its partition
+//! there with an error: nothing after it is read, nothing is skipped.
+
+use super::conn::{Conn, ConnError};
+use super::consumer::{Assignment, Chunk, Settings, Shared};
+use super::group_protocol as gp;
+use super::protocol;
+use super::records::{BatchError, Decoder};
+use crate::kafka::diagnosis::{Diagnosis, ErrorReporter, Step};
+use crate::record::headers::ReadHeaders;
+use crate::record::{DurableRecord, Position};
+use crate::telemetry::ConsumerMetrics;
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A corrupt batch (CRC) is fetched again this many times before its
+/// partition stops.
+const CRC_RETRIES: u32 = 5;
+/// How often the lag of each partition goes to the metrics.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// Topics per metadata request.
+const METADATA_CHUNK: usize = 1_000;
+/// `read_committed`.
+const READ_COMMITTED: i8 = 1;
+/// Offsets for `auto.offset.reset = earliest`.
+const EARLIEST: i64 = -2;
+
+// Kafka error codes the fetcher acts on.
+const NONE: i16 = 0;
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// Errors after which the partition's leader is looked up again.
+const LEADER_ERRORS: [i16; 8] = [3, 5, 6, 9, 56, 74, 75, 13];
+
+/// One assigned partition.
+struct Part {
+    topic: Arc<str>,
+    partition: i32,
+    /// The next offset to fetch; -1 until known.
+    position: i64,
+    leader: i32,
+    high_watermark: i64,
+    /// Kafka timestamp of the newest record read.
+    newest_ts: Option<i64>,
+    /// Not fetched before this (after an error).
+    retry_at: Option<Instant>,
+    crc_failures: u32,
+    /// The partition stopped at a batch it cannot decode.
+    stopped: bool,
+}
+
+/// What a broker job returns: the broker, its connection if still usable, and the outcome.
+type JobResult = (i32, Option<Conn>, Result<Job, ConnError>);
+type JobFuture = Pin<Box<dyn Future<Output = JobResult> + Send>>;
+
+/// A broker's answer, with the partitions (indices into `parts`) it was about.
+enum Job {
+    Offsets { epoch: u64, asked: Vec<usize>, body: Bytes },
+    Fetch { epoch: u64, asked: Vec<usize>, body: Bytes },
+}
+
+struct Broker {
+    host: String,
+    port: u16,
+    idle: Option<Conn>,
+    busy: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Index into `parts` after the last partition that returned records.
+    next_start: usize,
+}
+
+pub struct Fetcher {
+    s: Arc<Settings>,
+    shared: Arc<Shared>,
+    metrics: Arc<ConsumerMetrics>,
+    errors: Arc<ErrorReporter>,
+    assignment: watch::Receiver<Arc<Assignment>>,
+    epoch: u64,
+    parts: Vec<Part>,
+    index: HashMap<(Arc<str>, i32), usize>,
+    brokers: HashMap<i32, Broker>,
+    meta: Option<Conn>,
+    next_bootstrap: usize,
+    metadata_due: Option<Instant>,
+    meta_backoff: Duration,
+    decoder: Decoder,
+}
+
+impl Fetcher {
+    pub fn new(
+        s: Arc<Settings>,
+        shared: Arc<Shared>,
+        metrics: Arc<ConsumerMetrics>,
+        errors: Arc<ErrorReporter>,
+        assignment: watch::Receiver<Arc<Assignment>>,
+    ) -> Self {
+        Self {
+            s,
+            shared,
+            metrics,
+            errors,
+            assignment,
+            epoch: 0,
+            parts: Vec::new(),
+            index: HashMap::new(),
+            brokers: HashMap::new(),
+            meta: None,
+            next_bootstrap: 0,
+            metadata_due: None,
+            meta_backoff: BACKOFF_MIN,
+            decoder: Decoder::default(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut jobs: FuturesUnordered<JobFuture> = FuturesUnordered::new();
+        let mut lag = tokio::time::interval(LAG_INTERVAL);
+        lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.assignment.has_changed().unwrap_or(false) {
+                let a = self.assignment.borrow_and_update().clone();
+                self.reassign(&a);
+            }
+            if self.metadata_due.is_some_and(|at| at <= Instant::now()) {
+                self.refresh_metadata().await;
+            }
+            let full = self.shared.queued_bytes.load(Relaxed) >= self.s.queue_bytes;
+            if !full {
+                self.start_jobs(&mut jobs);
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                changed = self.assignment.changed() => match changed {
+                    Ok(()) => {
+                        let a = self.assignment.borrow_and_update().clone();
+                        self.reassign(&a);
+                    }
+                    // The group task is gone: the consumer is shutting down.
+                    Err(_) => std::future::pending::<()>().await,
+                },
+                Some((id, conn, result)) = jobs.next(), if !jobs.is_empty() => self.finish(id, conn, result),
+                () = self.shared.room.notified(), if full => {}
+                () = tokio::time::sleep_until(wake) => {}
+                _ = lag.tick() => self.report_lag(),
+            }
+        }
+    }
+
+    fn reassign(&mut self, a: &Assignment) {
+        self.epoch = a.epoch;
+        self.parts = a
+            .partitions
+            .iter()
+            .map(|(topic, partition, start)| Part {
+                topic: topic.clone(),
+                partition: *partition,
+                position: *start,
+                leader: -1,
+                high_watermark: -1,
+                newest_ts: None,
+                retry_at: None,
+                crc_failures: 0,
+                stopped: false,
+            })
+            .collect();
+        self.index = self.parts.iter().enumerate().map(|(i, p)| ((p.topic.clone(), p.partition), i)).collect();
+        for b in self.brokers.values_mut() {
+            b.next_start = 0;
+        }
+        self.metadata_due = (!self.parts.is_empty()).then(Instant::now);
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + Duration::from_secs(1);
+        if let Some(at) = self.metadata_due {
+            wake = wake.min(at);
+        }
+        for b in self.brokers.values() {
+            if let Some(at) = b.retry_at {
+                wake = wake.min(at);
+            }
+        }
+        for p in &self.parts {
+            if let Some(at) = p.retry_at {
+                wake = wake.min(at);
+            }
+        }
+        wake.max(Instant::now())
+    }
+
+    fn problem(&self, e: &ConnError) {
+        let step = match e {
+            ConnError::Open(
+                crate::transport::TransportError::Tls { .. } | crate::transport::TransportError::ServerName(_),
+            ) => Step::Tls,
+            ConnError::Open(_) | ConnError::Io { .. } | ConnError::Timeout { .. } => Step::Tcp,
+            _ => Step::Other,
+        };
+        self.errors.report(Diagnosis { step, detail: e.to_string() });
+    }
+
+    /// Leaders of the assigned partitions, and the brokers' addresses.
+    async fn refresh_metadata(&mut self) {
+        let mut topics: Vec<Arc<str>> = self.parts.iter().map(|p| p.topic.clone()).collect();
+        topics.dedup();
+        let mut leaders: HashMap<(String, i32), i32> = HashMap::new();
+        for chunk in topics.chunks(METADATA_CHUNK) {
+            let names: Vec<&str> = chunk.iter().map(|t| &**t).collect();
+            match self.metadata(&names).await {
+                Ok(md) => {
+                    for b in md.brokers {
+                        let Ok(port) = u16::try_from(b.port) else { continue };
+                        let e = self.brokers.entry(b.node_id).or_insert_with(|| Broker {
+                            host: b.host.clone(),
+                            port,
+                            idle: None,
+                            busy: false,
+                            retry_at: None,
+                            backoff: BACKOFF_MIN,
+                            next_start: 0,
+                        });
+                        if e.host != b.host || e.port != port {
+                            e.host = b.host;
+                            e.port = port;
+                            e.idle = None;
+                        }
+                    }
+                    for t in md.topics {
+                        for (p, error, leader) in t.partitions {
+                            if error == NONE || leader >= 0 {
+                                leaders.insert((t.name.clone(), p), leader);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.problem(&e);
+                    self.meta = None;
+                    self.metadata_due = Some(Instant::now() + self.meta_backoff);
+                    self.meta_backoff = (self.meta_backoff * 2).min(BACKOFF_MAX);
+                    return;
+                }
+            }
+        }
+        let mut unknown = 0;
+        for p in &mut self.parts {
+            p.leader = leaders.get(&(p.topic.to_string(), p.partition)).copied().unwrap_or(-1);
+            if p.leader < 0 {
+                unknown += 1;
+            }
+        }
+        self.meta_backoff = BACKOFF_MIN;
+        self.metadata_due = if unknown > 0 {
+            tracing::debug!(partitions = unknown, "Partitions without a leader; asking again.");
+            Some(Instant::now() + Duration::from_millis(500))
+        } else {
+            Some(Instant::now() + self.s.metadata_interval)
+        };
+    }
+
+    async fn metadata(&mut self, topics: &[&str]) -> Result<protocol::Metadata, ConnError> {
+        if self.meta.is_none() {
+            let n = self.s.bootstrap.len().max(1);
+            let (host, port) = self.s.bootstrap[self.next_bootstrap % n].clone();
+            self.next_bootstrap += 1;
+            self.meta = Some(
+                Conn::open_consumer(&host, port, self.s.tls.as_ref(), self.s.client_id.clone(), self.s.request_timeout)
+                    .await?,
+            );
+        }
+        let Some(conn) = self.meta.as_mut() else {
+            return Err(ConnError::Timeout { addr: "bootstrap".into(), secs: 0 });
+        };
+        let id = conn.correlation();
+        let body = conn.call(id, &protocol::metadata_request(id, conn.client_id(), topics, false)).await?;
+        protocol::metadata_response(&body).map_err(|e| conn.malformed(e))
+    }
+
+    /// A job for every idle broker that has partitions to look up or read.
+    fn start_jobs(&mut self, jobs: &mut FuturesUnordered<JobFuture>) {
+        let now = Instant::now();
+        let ids: Vec<i32> = self.brokers.keys().copied().collect();
+        for id in ids {
+            let Some(b) = self.brokers.get(&id) else { continue };
+            if b.busy || b.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            let ready = |p: &Part| p.leader == id && !p.stopped && p.retry_at.is_none_or(|at| at <= now);
+            let unknown: Vec<usize> =
+                (0..self.parts.len()).filter(|&i| ready(&self.parts[i]) && self.parts[i].position < 0).collect();
+            let job = if !unknown.is_empty() {
+                let mut by_topic: Vec<(&str, Vec<i32>)> = Vec::new();
+                for &i in &unknown {
+                    let p = &self.parts[i];
+                    match by_topic.last_mut() {
+                        Some((t, ps)) if *t == &*p.topic => ps.push(p.partition),
+                        _ => by_topic.push((&p.topic, vec![p.partition])),
+                    }
+                }
+                (gp::list_offsets_request(0, &self.s.client_id, EARLIEST, &by_topic), unknown, true, self.epoch)
+            } else {
+                let n = self.parts.len();
+                let start = b.next_start.min(n);
+                let asked: Vec<usize> = (start..n).chain(0..start).filter(|&i| ready(&self.parts[i])).collect();
+                if asked.is_empty() {
+                    continue;
+                }
+                let list: Vec<(&str, i32, i64)> = asked
+                    .iter()
+                    .map(|&i| (&*self.parts[i].topic, self.parts[i].partition, self.parts[i].position))
+                    .collect();
+                let params = gp::FetchParams {
+                    max_wait_ms: i32::try_from(self.s.fetch_max_wait.as_millis()).unwrap_or(i32::MAX),
+                    min_bytes: 1,
+                    max_bytes: self.s.fetch_max_bytes,
+                    isolation_level: READ_COMMITTED,
+                    partition_max_bytes: self.s.partition_max_bytes,
+                };
+                (gp::fetch_request(0, &self.s.client_id, &params, &list), asked, false, self.epoch)
+            };
+            let (req, asked, offsets, epoch) = job;
+            let Some(b) = self.brokers.get_mut(&id) else { continue };
+            b.busy = true;
+            let conn = b.idle.take();
+            let (host, port) = (b.host.clone(), b.port);
+            let (tls, client_id, timeout) = (self.s.tls.clone(), self.s.client_id.clone(), self.s.request_timeout);
+            // A fetch waits up to max_wait at the broker: allow for it.
+            let call_timeout = timeout + self.s.fetch_max_wait;
+            jobs.push(Box::pin(async move {
+                let mut conn = match conn {
+                    Some(c) => c,
+                    None => match Conn::open_consumer(&host, port, tls.as_ref(), client_id, timeout).await {
+                        Ok(c) => c,
+                        Err(e) => return (id, None, Err(e)),
+                    },
+                };
+                let cid = conn.correlation();
+                let req = Self::stamp(req, cid);
+                match conn.call_within(cid, &req, call_timeout).await {
+                    Ok(body) => {
+                        let job = if offsets {
+                            Job::Offsets { epoch, asked, body }
+                        } else {
+                            Job::Fetch { epoch, asked, body }
+                        };
+                        (id, Some(conn), Ok(job))
+                    }
+                    Err(e) => (id, None, Err(e)),
+                }
+            }));
+        }
+    }
+
+    /// Put the connection's correlation id into a request built without one.
+    fn stamp(request: Bytes, id: i32) -> Bytes {
+        let mut buf = request.try_into_mut().unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+        if let Some(field) = buf.get_mut(8..12) {
+            field.copy_from_slice(&id.to_be_bytes());
+        }
+        buf.freeze()
+    }
+
+    fn finish(&mut self, id: i32, conn: Option<Conn>, result: Result<Job, ConnError>) {
+        let Some(b) = self.brokers.get_mut(&id) else { return };
+        b.busy = false;
+        match result {
+            Ok(job) => {
+                b.idle = conn;
+                b.retry_at = None;
+                b.backoff = BACKOFF_MIN;
+                self.errors.clear();
+                match job {
+                    Job::Offsets { epoch, asked, body } if epoch == self.epoch => self.offsets(&asked, &body),
+                    Job::Fetch { epoch, asked, body } if epoch == self.epoch => self.fetched(id, &asked, &body),
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                b.idle = None;
+                b.retry_at = Some(Instant::now() + b.backoff);
+                b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
+                self.problem(&e);
+                self.metadata_due = Some(Instant::now());
+            }
+        }
+    }
+
+    fn offsets(&mut self, asked: &[usize], body: &[u8]) {
+        let answers = match gp::list_offsets_response(body) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "ListOffsets answer does not parse; asking again.");
+                self.delay(asked);
+                return;
+            }
+        };
+        let mut started = 0usize;
+        for (topic, partition, error, offset) in answers {
+            let Some(&i) = self.index.get(&(Arc::from(topic.as_str()), partition)) else { continue };
+            if error == NONE && offset >= 0 {
+                self.parts[i].position = offset;
+                started += 1;
+                tracing::debug!(topic, partition, offset, "No committed offset: starting at the earliest.");
+            } else {
+                self.leader_error(i, error);
+            }
+        }
+        if started > 0 {
+            tracing::info!(partitions = started, "Partitions without a committed offset start at the earliest.");
+        }
+    }
+
+    fn delay(&mut self, asked: &[usize]) {
+        let at = Instant::now() + BACKOFF_MIN * 5;
+        for &i in asked {
+            if let Some(p) = self.parts.get_mut(i) {
+                p.retry_at = Some(at);
+            }
+        }
+    }
+
+    fn leader_error(&mut self, i: usize, error: i16) {
+        let Some(p) = self.parts.get_mut(i) else { return };
+        if LEADER_ERRORS.contains(&error) {
+            p.leader = -1;
+            self.metadata_due = Some(Instant::now());
+        } else {
+            tracing::warn!(topic = &*p.topic, partition = p.partition, error, "Kafka refused a read; trying again.");
+            p.retry_at = Some(Instant::now() + BACKOFF_MAX);
+        }
+    }
+
+    fn fetched(&mut self, broker: i32, asked: &[usize], body: &Bytes) {
+        let topics = match gp::fetch_response(body) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "Fetch answer does not parse; asking again.");
+                self.delay(asked);
+                return;
+            }
+        };
+        let mut chunks = Vec::new();
+        let mut queued = 0usize;
+        let mut last_with_records = None;
+        for t in topics {
+            let topic: Arc<str> = Arc::from(t.name.as_str());
+            for fp in t.partitions {
+                let Some(&i) = self.index.get(&(topic.clone(), fp.partition)) else { continue };
+                match fp.error {
+                    NONE => {}
+                    OFFSET_OUT_OF_RANGE => {
+                        let p = &mut self.parts[i];
+                        tracing::warn!(
+                            topic = &*p.topic,
+                            partition = p.partition,
+                            offset = p.position,
+                            "Offset out of range (records expired before they were read): starting at the earliest."
+                        );
+                        p.position = -1;
+                        continue;
+                    }
+                    e => {
+                        self.leader_error(i, e);
+                        continue;
+                    }
+                }
+                let p = &mut self.parts[i];
+                p.high_watermark = fp.high_watermark;
+                if fp.records.is_empty() {
+                    continue;
+                }
+                let mut records = VecDeque::new();
+                let mut newest = None::<i64>;
+                let (topic, partition) = (p.topic.clone(), p.partition);
+                let decoded = self.decoder.decode(&fp.records, p.position, &fp.aborted, self.s.max_decompressed, |r| {
+                    let headers = {
+                        let bytes = r.headers.iter().map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len)).sum();
+                        let mut h = ReadHeaders::with_capacity(r.headers.len(), bytes);
+                        for (k, v) in r.headers.iter() {
+                            h.push_lossy(&String::from_utf8_lossy(k), v.unwrap_or_default());
+                        }
+                        h
+                    };
+                    newest = Some(newest.map_or(r.timestamp_ms, |n| n.max(r.timestamp_ms)));
+                    let rec = DurableRecord {
+                        position: Position::Kafka { topic: topic.clone(), partition, offset: r.offset },
+                        timestamp_ms: Some(r.timestamp_ms),
+                        headers,
+                        payload: Bytes::copy_from_slice(r.value.unwrap_or_default()),
+                    };
+                    queued += Shared::cost(&rec);
+                    records.push_back(rec);
+                });
+                let p = &mut self.parts[i];
+                match decoded {
+                    Ok(d) => {
+                        p.position = d.next_offset;
+                        p.crc_failures = 0;
+                    }
+                    Err(e) => {
+                        // What came before the bad batch is delivered; the
+                        // partition goes on from there.
+                        if let Some(last) = records.back() {
+                            if let Position::Kafka { offset, .. } = last.position {
+                                p.position = offset + 1;
+                            }
+                        }
+                        Self::bad_batch(p, &e);
+                    }
+                }
+                if let Some(ts) = newest {
+                    p.newest_ts = Some(p.newest_ts.map_or(ts, |n| n.max(ts)));
+                }
+                if !records.is_empty() {
+                    last_with_records = Some(i);
+                    chunks.push(Chunk { epoch: self.epoch, records });
+                }
+            }
+        }
+        if let (Some(i), Some(b)) = (last_with_records, self.brokers.get_mut(&broker)) {
+            b.next_start = i + 1;
+        }
+        if chunks.is_empty() {
+            return;
+        }
+        self.shared.queued_bytes.fetch_add(queued, Relaxed);
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.extend(chunks);
+        }
+        self.shared.arrived.notify_one();
+    }
+
+    fn bad_batch(p: &mut Part, e: &BatchError) {
+        if matches!(e, BatchError::Crc { .. }) && p.crc_failures < CRC_RETRIES {
+            p.crc_failures += 1;
+            tracing::warn!(topic = &*p.topic, partition = p.partition, error = %e, "Corrupt batch; fetching it again.");
+            p.retry_at = Some(Instant::now() + BACKOFF_MIN * 10);
+            return;
+        }
+        p.stopped = true;
+        tracing::error!(
+            topic = &*p.topic,
+            partition = p.partition,
+            offset = p.position,
+            error = %e,
+            "This partition is not read past a batch the consumer cannot decode; nothing after it is skipped. \
+             Restart the sink after fixing the topic, or read it with consumer = \"librdkafka\"."
+        );
+    }
+
+    /// Lag per partition (high watermark minus position), and how old the
+    /// oldest unread backlog is at least.
+    fn report_lag(&self) {
+        let mut lags = Vec::with_capacity(self.parts.len());
+        let mut oldest_behind = None::<i64>;
+        for p in &self.parts {
+            if p.high_watermark < 0 || p.position < 0 {
+                continue;
+            }
+            let lag = (p.high_watermark - p.position).max(0);
+            if lag > 0 {
+                if let Some(ts) = p.newest_ts {
+                    oldest_behind = Some(oldest_behind.map_or(ts, |o| o.min(ts)));
+                }
+            }
+            lags.push((p.topic.to_string(), p.partition, lag));
+        }
+        self.metrics.set_lags(lags);
+        self.metrics.set_behind_since(oldest_behind);
+    }
+}

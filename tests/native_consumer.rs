@@ -1,0 +1,180 @@
+//! `iotpipe sink` with iotpipe's own Kafka consumer (`kafka.consumer =
+//! "native"`) against real Tansu and PostgreSQL: every record stored once
+//! across hundreds of topics and every compression, through SIGKILLs, and
+//! with members joining and leaving the group.
+
+mod common;
+
+use common::eventually;
+use common::kafka::{bridge_record, Tansu};
+use common::postgres::{count, Server};
+use common::process::{sink_config, Iotpipe, SinkConfig};
+use common::store::fresh_name;
+use std::time::Duration;
+
+type Record = (String, String, Vec<u8>, Vec<(&'static str, String)>);
+
+/// The sink config of these tests: the native consumer, batches of up to
+/// 2,000 rows, 3 days of retention.
+fn config(brokers: &str, store_url: &str, group: &str) -> SinkConfig {
+    sink_config(brokers, group)
+        .kafka_key("consumer", "\"native\"")
+        .sink_key("batch_max_rows", "2000")
+        .store(store_url)
+        .store_key("retention", "\"3d\"")
+}
+
+fn wait_ready(sink: &Iotpipe) {
+    eventually(Duration::from_secs(30), "sink ready", || sink.get("/readyz").0 == 200);
+}
+
+/// The bridge's record `seq`, in topic `iot.t{seq % topics}.p`.
+fn spread(seq: u64, topics: u64) -> Record {
+    let (_, key, payload, headers) = bridge_record(seq);
+    (format!("iot.t{:05}.p", seq % topics), key, payload, headers)
+}
+
+/// Produce with librdkafka's `compression.codec` and wait for every delivery.
+fn produce_compressed(brokers: &str, codec: &str, records: impl IntoIterator<Item = Record>) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("enable.idempotence", "true")
+        .set("compression.codec", codec)
+        .create()
+        .expect("producer");
+    for (topic, key, payload, headers) in records {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in &headers {
+            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut rec = BaseRecord::to(&topic).key(&key).payload(&payload).headers(h);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+}
+
+#[test]
+fn every_compression_across_250_topics_is_stored_once_and_a_replay_adds_nothing() {
+    const N: u64 = 5_000;
+    const TOPICS: u64 = 250;
+    const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+    let kafka = Tansu::start();
+    let url = Server::shared().url(&fresh_name("native_many"));
+    let per = N / CODECS.len() as u64;
+    let started = std::time::Instant::now();
+    for (i, codec) in CODECS.iter().enumerate() {
+        let from = i as u64 * per;
+        produce_compressed(&kafka.brokers(), codec, (from..from + per).map(|s| spread(s, TOPICS)));
+    }
+    eprintln!("produced {N} records to {TOPICS} topics in {:?}", started.elapsed());
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &url, "native-many").toml());
+    wait_ready(&sink);
+    eventually(Duration::from_secs(300), "5,000 rows", || count(&url, "SELECT count(*) FROM telemetry") == N as i64);
+    eprintln!("stored in {:?}", started.elapsed());
+    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
+    assert_eq!(sink.metric("iotpipe_sink_records_consumed_total"), N as f64, "each record read once");
+    // The records' bytes arrive intact through every codec.
+    let (_, _, payload, headers) = bridge_record(N - 1);
+    let id = &headers.iter().find(|(k, _)| *k == "id").unwrap().1;
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        count(&url, &format!("SELECT count(*) FROM telemetry WHERE id = '{id}' AND encode(raw, 'hex') = '{hex}'")),
+        1
+    );
+
+    // A replay of the zstd part is read and deduplicated.
+    produce_compressed(&kafka.brokers(), "zstd", (N - per..N).map(|s| spread(s, TOPICS)));
+    eventually(Duration::from_secs(120), "duplicates counted", || {
+        sink.metric("iotpipe_sink_rows_duplicate_total") == per as f64
+    });
+    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
+    let log = sink.log_text();
+    assert!(log.contains("Joined the consumer group."), "{log}");
+    assert!(
+        log.contains("partitions=1000") || log.contains("partitions\":1000"),
+        "all 250 × 4 partitions assigned:\n{log}"
+    );
+}
+
+/// The sink SIGKILLed three times while records arrive into topics it did
+/// not know at start: one row per record.
+#[test]
+fn sigkill_three_times_still_one_row_per_record() {
+    const N: u64 = 30_000;
+    let kafka = Tansu::start();
+    let url = Server::shared().url(&fresh_name("native_kill"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &url, "native-kill").toml());
+    let brokers = kafka.brokers();
+    let producer = std::thread::spawn(move || {
+        for chunk in 0..30 {
+            produce_compressed(&brokers, "lz4", (chunk * 1_000..(chunk + 1) * 1_000).map(bridge_record));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1_500));
+        sink.kill9();
+        sink.restart();
+    }
+    producer.join().unwrap();
+    eventually(Duration::from_secs(300), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= N as i64);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
+    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
+}
+
+/// Two native members in one group: the second joins mid-run (partitions
+/// move away from the first, which commits what it stored before they go)
+/// and leaves with SIGTERM (it leaves the group; they move back at once).
+#[test]
+fn members_joining_and_leaving_the_group_keep_one_row_per_record() {
+    const N: u64 = 30_000;
+    const TOPICS: u64 = 40;
+    let kafka = Tansu::start();
+    let url = Server::shared().url(&fresh_name("native_group"));
+    produce_compressed(&kafka.brokers(), "none", (0..1_000).map(|s| spread(s, TOPICS)));
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = config(&kafka.brokers(), &url, "native-group").toml();
+    let a = Iotpipe::sink(dir_a.path(), &config);
+    wait_ready(&a);
+    let brokers = kafka.brokers();
+    let producer = std::thread::spawn(move || {
+        for chunk in 1..N / 1_000 {
+            produce_compressed(&brokers, "none", (chunk * 1_000..(chunk + 1) * 1_000).map(|s| spread(s, TOPICS)));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    eventually(Duration::from_secs(60), "the first member has all partitions and reads", || {
+        a.metric("iotpipe_sink_records_consumed_total") > 0.0
+    });
+    let mut b = Iotpipe::sink(dir_b.path(), &config);
+    eventually(Duration::from_secs(60), "the second member gets partitions and reads", || {
+        b.metric("iotpipe_sink_records_consumed_total") > 0.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _) = b.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "the second member leaves cleanly");
+    producer.join().unwrap();
+    eventually(Duration::from_secs(120), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= N as i64);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
+    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
+    let log = a.log_text();
+    assert!(log.contains("Partitions revoked."), "the first member gave partitions away:\n{log}");
+    let log_b = b.log_text();
+    assert!(log_b.contains("Left the consumer group."), "the second member left the group:\n{log_b}");
+}
