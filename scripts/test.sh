@@ -102,7 +102,11 @@ IOTPIPE_BIN="$fm_bin" bash scripts/fault-matrix.sh --short
 
 # The short scaling benchmark (docs/topology.md): 1,000 tenant/project pairs
 # through the bridge, the sink and `iotpipe run` with the default (shared)
-# topology; fails when a peak RSS is over its bound (bridge 24 MiB, sink
-# 48 MiB, run 48 MiB) or a message is missing. Same binary as the matrix.
+# topology, then through the bridge and the sink with a topic per pair read
+# by the native consumer; fails when a peak RSS is over its bound (bridge
+# 24 MiB, sink 48 MiB, run 48 MiB) or a message is missing. Same binary as
+# the matrix.
 stage "scaling (--short)"
 IOTPIPE_BIN="$fm_bin" python3 scripts/bench_scale.py --short
+IOTPIPE_BIN="$fm_bin" python3 scripts/bench_scale.py --short --topologies per-pair --components bridge,sink \
+    --count 5000 --kafka 'consumer="native"'

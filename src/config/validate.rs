@@ -183,6 +183,17 @@ mod tests {
             ("[run]\nbogus = 1", &[], "run"),
             ("[mqtt]\nconnect_timeout = \"0s\"", &[], "mqtt.connect_timeout"),
             ("[kafka]\ndelivery_timeout = \"0s\"", &[], "kafka.delivery_timeout"),
+            ("[kafka]\nconsumer = \"rust\"", &[], "kafka.consumer"),
+            (
+                "[kafka]\nconsumer = \"native\"\n[kafka.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"p\"",
+                &[],
+                "kafka.properties.security.protocol",
+            ),
+            (
+                "[kafka]\nconsumer = \"native\"\n[sink.properties]\n\"fetch.wait.max.ms\" = \"50\"",
+                &[],
+                "sink.properties.fetch.wait.max.ms",
+            ),
             ("[log]\nlevel = \"info,=[\"", &[], "log.level"),
             ("", &[("IOTPIPE_STORE__RETENTION", "5m")], "IOTPIPE_STORE__RETENTION"),
             ("", &[("IOTPIPE_MQTT__QOS", "7")], "IOTPIPE_MQTT__QOS"),

@@ -192,10 +192,17 @@ grace_period = "20s"
 /// `brokers`, the consumer group `group` on the `iot.*` topics, batches of at
 /// most 200 ms, retries of at most 1 s, a 6 s Kafka session, and `{HTTP}` as
 /// the listen address ([`Iotpipe::start`] fills it in).
+///
+/// `IOTPIPE_TEST_KAFKA_CONSUMER` (`native` or `librdkafka`) sets
+/// `kafka.consumer`, so that every sink test can run with either consumer.
 pub fn sink_config(brokers: &str, group: &str) -> SinkConfig {
+    let kafka = match std::env::var("IOTPIPE_TEST_KAFKA_CONSUMER") {
+        Ok(c) if !c.is_empty() => vec![("consumer".to_string(), format!("{c:?}"))],
+        _ => Vec::new(),
+    };
     SinkConfig {
         brokers: brokers.to_string(),
-        kafka: Vec::new(),
+        kafka,
         kafka_properties: String::new(),
         sink: vec![
             ("topics".into(), r#"["^iot\\..+"]"#.into()),

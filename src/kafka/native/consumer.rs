@@ -86,6 +86,7 @@ pub struct Settings {
 }
 
 /// Topic names, and regexes (entries starting with `^`).
+#[derive(Debug)]
 pub struct Subscription {
     pub names: Vec<String>,
     pub patterns: Vec<regex::Regex>,
@@ -370,5 +371,129 @@ impl NativeConsumer {
 
     pub fn assigned(&self) -> usize {
         self.shared.assigned.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::headers::ReadHeaders;
+    use crate::record::Position;
+    use bytes::Bytes;
+    use std::collections::BTreeMap;
+
+    fn record(topic: &str, offset: i64, payload: usize) -> DurableRecord {
+        DurableRecord {
+            position: Position::Kafka { topic: Arc::from(topic), partition: 0, offset },
+            timestamp_ms: Some(offset),
+            headers: ReadHeaders::default(),
+            payload: Bytes::from(vec![b'x'; payload]),
+        }
+    }
+
+    fn consumer(max_rows: usize, max_bytes: usize) -> NativeConsumer {
+        let (final_commit, _) = mpsc::channel(1);
+        NativeConsumer {
+            shared: Arc::new(Shared::new()),
+            max_rows,
+            max_bytes,
+            max_wait: Duration::from_millis(20),
+            queue_bytes: 1_000,
+            metrics: Arc::new(ConsumerMetrics::new(false)),
+            final_commit,
+            task: Mutex::new(None),
+        }
+    }
+
+    fn queue(c: &NativeConsumer, epoch: u64, records: Vec<DurableRecord>) {
+        let cost: usize = records.iter().map(Shared::cost).sum();
+        c.shared.queued_bytes.fetch_add(cost, Relaxed);
+        c.shared.queue.lock().unwrap().push_back(Chunk { epoch, records: records.into() });
+    }
+
+    fn offsets(batch: &[DurableRecord]) -> Vec<i64> {
+        batch
+            .iter()
+            .map(|r| match r.position {
+                Position::Kafka { offset, .. } => offset,
+                Position::Journal { .. } => -1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn regexes_and_names_match_topics_but_never_internal_ones() {
+        let s =
+            Subscription::parse(&["^iot\\..+".into(), "iot-dead-letters".into(), "iot-dead-letters".into()]).unwrap();
+        assert!(s.matches("iot.telemetry") && s.matches("iot.t1.p2") && s.matches("iot-dead-letters"));
+        assert!(!s.matches("iotx") && !s.matches("other") && !s.matches("__consumer_offsets"));
+        assert_eq!(s.names, ["iot-dead-letters"]);
+        assert!(s.has_patterns());
+        assert!(Subscription::parse(&["^iot\\.(".into()]).unwrap_err().contains("not a regex"));
+    }
+
+    #[test]
+    fn only_the_properties_it_reads_are_accepted() {
+        let mut p = BTreeMap::new();
+        p.insert("session.timeout.ms".to_string(), "6000".to_string());
+        p.insert("heartbeat.interval.ms".to_string(), "500".to_string());
+        assert_eq!(validate_properties(&p), Ok(()));
+        p.insert("fetch.max.bytes".to_string(), "1".to_string());
+        assert_eq!(validate_properties(&p).unwrap_err().key, "properties.fetch.max.bytes");
+        p.remove("fetch.max.bytes");
+        p.insert("session.timeout.ms".to_string(), "soon".to_string());
+        assert_eq!(validate_properties(&p).unwrap_err().key, "properties.session.timeout.ms");
+        assert_eq!(millis(&p, "heartbeat.interval.ms", Duration::ZERO), Duration::from_millis(500));
+        assert_eq!(millis(&p, "session.timeout.ms", Duration::from_secs(45)), Duration::from_secs(45));
+    }
+
+    #[tokio::test]
+    async fn batches_follow_the_row_bound_across_chunks_and_release_the_budget() {
+        let c = consumer(3, 1 << 20);
+        c.shared.epoch.store(1, Relaxed);
+        queue(&c, 1, vec![record("a", 0, 10), record("a", 1, 10)]);
+        queue(&c, 1, vec![record("b", 5, 10), record("b", 6, 10)]);
+        let first = c.next_batch().await;
+        assert_eq!(offsets(&first), [0, 1, 5], "three rows, across two chunks, in order");
+        let second = c.next_batch().await;
+        assert_eq!(offsets(&second), [6], "the rest of the split chunk, after max_wait");
+        assert_eq!(c.shared.queued_bytes.load(Relaxed), 0, "every queued byte released");
+        assert!(c.shared.queue.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn records_of_an_earlier_assignment_are_dropped_not_stored() {
+        let c = consumer(100, 1 << 20);
+        c.shared.epoch.store(2, Relaxed);
+        queue(&c, 1, vec![record("a", 0, 10), record("a", 1, 10)]);
+        queue(&c, 2, vec![record("a", 7, 10)]);
+        let batch = c.next_batch().await;
+        assert_eq!(offsets(&batch), [7]);
+        assert_eq!(c.shared.queued_bytes.load(Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_ends_at_its_byte_bound_and_the_fetcher_is_woken_below_the_budget() {
+        let c = consumer(100, 25);
+        c.shared.epoch.store(1, Relaxed);
+        queue(&c, 1, vec![record("a", 0, 20), record("a", 1, 20), record("a", 2, 20)]);
+        let batch = c.next_batch().await;
+        assert_eq!(offsets(&batch), [0, 1], "the bound is reached by the second record");
+        // The queue was over its 1,000-byte budget and went under it: the
+        // fetcher's wait on `room` returns at once.
+        c.shared.queued_bytes.fetch_add(2_000, Relaxed);
+        c.shared.release(2_000, c.queue_bytes);
+        tokio::time::timeout(Duration::from_millis(100), c.shared.room.notified()).await.expect("room notified");
+    }
+
+    #[test]
+    fn stored_offsets_only_move_forward() {
+        let c = consumer(10, 10);
+        let at = |o| NextOffset { topic: "a".into(), partition: 0, offset: o };
+        c.store_offsets(&[at(5)]);
+        c.store_offsets(&[at(3)]);
+        c.store_offsets(&[at(9)]);
+        let stored = c.shared.stored.lock().unwrap();
+        assert_eq!(stored.get(&(Arc::from("a"), 0)), Some(&9));
     }
 }
