@@ -63,6 +63,8 @@ TANSU_SQL_BIN = os.environ.get("IOTPIPE_TEST_TANSU_SQL_BIN") or os.path.join(
     os.path.expanduser("~"), ".cache", "iotpipe", "tansu-sql", "bin", "tansu")
 RULES = os.path.join(REPO, "deploy", "prometheus", "iotpipe.rules.yaml")
 RSS_LIMIT_KIB = 64 * 1024
+# The sink's kafka.consumer (--sink-consumer), one value for the whole run.
+SINK_CONSUMER = ["librdkafka"]
 TENANTS, PROJECTS, DEVICES = 1, 2, 5
 FLEET = TENANTS * PROJECTS * DEVICES
 NICE = ["nice", "-n", "10"]
@@ -419,6 +421,7 @@ max_size = "1GiB"
     def sink_config(self, port):
         return f"""[kafka]
 brokers = "{self.kafka.brokers}"
+consumer = "{SINK_CONSUMER[0]}"
 [sink]
 topics = ["^iot\\\\..+"]
 group_id = "{self.group}"
@@ -1399,6 +1402,8 @@ def main():
     ap.add_argument("--short", action="store_true", help="the CI subset: a few scenarios, small counts")
     ap.add_argument("--scenario", action="append", help="run only this scenario (repeatable); see --list")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    ap.add_argument("--sink-consumer", choices=["librdkafka", "native"], default="librdkafka",
+                    help="the sink's kafka.consumer (default librdkafka)")
     ap.add_argument("--results", help="results directory (default target/fault-matrix/<UTC time>)")
     ap.add_argument("--rate", type=int, default=500, help="messages per second of the load (default 500)")
     ap.add_argument("--duration", type=int, help="seconds of load for the timed scenarios (20 short, 40 full)")
@@ -1408,6 +1413,7 @@ def main():
     ap.add_argument("--alert-rules", default=RULES, help="the rule file to scale and load (default: the shipped one)")
     ap.add_argument("--no-prometheus", action="store_true", help="skip the alert checks (no Prometheus)")
     args = ap.parse_args()
+    SINK_CONSUMER[0] = args.sink_consumer
     if args.alert_time_scale <= 0:
         sys.exit("error: --alert-time-scale must be above 0")
     if not os.access(BIN, os.X_OK):

@@ -67,10 +67,14 @@ cargo clippy --all-targets --locked --features fuzzing -- -D warnings
 stage tests
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked --profile ci
+    # The sink's end-to-end tests again, on the native Kafka consumer
+    # (docs/sink.md, "Two consumers").
+    IOTPIPE_TEST_KAFKA_CONSUMER=native cargo nextest run --locked --profile ci --test sink
     # The fuzz corpus replay needs the `fuzzing` feature (docs/fuzzing.md).
     cargo nextest run --locked --profile ci --features fuzzing --test fuzz_corpus
 else
     cargo test --locked -- --test-threads=2
+    IOTPIPE_TEST_KAFKA_CONSUMER=native cargo test --locked --test sink -- --test-threads=2
     cargo test --locked --features fuzzing --test fuzz_corpus
 fi
 

@@ -1,12 +1,14 @@
 //! `iotpipe sink` with iotpipe's own Kafka consumer (`kafka.consumer =
 //! "native"`) against real Tansu and PostgreSQL: every record stored once
-//! across hundreds of topics and every compression, through SIGKILLs, and
-//! with members joining and leaving the group.
+//! across hundreds of topics and every compression, and with members
+//! joining and leaving the group. The sink's own tests (tests/sink.rs) run
+//! with the native consumer too when `IOTPIPE_TEST_KAFKA_CONSUMER=native`
+//! (CI does both).
 
 mod common;
 
 use common::eventually;
-use common::kafka::{bridge_record, Tansu};
+use common::kafka::{bridge_record, produce_compressed, Tansu};
 use common::postgres::{count, Server};
 use common::process::{sink_config, Iotpipe, SinkConfig};
 use common::store::fresh_name;
@@ -32,37 +34,6 @@ fn wait_ready(sink: &Iotpipe) {
 fn spread(seq: u64, topics: u64) -> Record {
     let (_, key, payload, headers) = bridge_record(seq);
     (format!("iot.t{:05}.p", seq % topics), key, payload, headers)
-}
-
-/// Produce with librdkafka's `compression.codec` and wait for every delivery.
-fn produce_compressed(brokers: &str, codec: &str, records: impl IntoIterator<Item = Record>) {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .set("enable.idempotence", "true")
-        .set("compression.codec", codec)
-        .create()
-        .expect("producer");
-    for (topic, key, payload, headers) in records {
-        let mut h = OwnedHeaders::new();
-        for (k, v) in &headers {
-            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
-        }
-        let mut rec = BaseRecord::to(&topic).key(&key).payload(&payload).headers(h);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    p.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    p.flush(Duration::from_secs(120)).expect("flush");
 }
 
 #[test]
@@ -107,34 +78,6 @@ fn every_compression_across_250_topics_is_stored_once_and_a_replay_adds_nothing(
         log.contains("partitions=1000") || log.contains("partitions\":1000"),
         "all 250 × 4 partitions assigned:\n{log}"
     );
-}
-
-/// The sink SIGKILLed three times while records arrive into topics it did
-/// not know at start: one row per record.
-#[test]
-fn sigkill_three_times_still_one_row_per_record() {
-    const N: u64 = 30_000;
-    let kafka = Tansu::start();
-    let url = Server::shared().url(&fresh_name("native_kill"));
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &url, "native-kill").toml());
-    let brokers = kafka.brokers();
-    let producer = std::thread::spawn(move || {
-        for chunk in 0..30 {
-            produce_compressed(&brokers, "lz4", (chunk * 1_000..(chunk + 1) * 1_000).map(bridge_record));
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(1_500));
-        sink.kill9();
-        sink.restart();
-    }
-    producer.join().unwrap();
-    eventually(Duration::from_secs(300), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= N as i64);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
-    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
 }
 
 /// Two native members in one group: the second joins mid-run (partitions

@@ -257,12 +257,22 @@ pub fn produce(
     brokers: &str,
     records: impl IntoIterator<Item = (String, String, Vec<u8>, Vec<(&'static str, String)>)>,
 ) {
+    produce_compressed(brokers, "none", records);
+}
+
+/// The same, with librdkafka's `compression.codec` (none, gzip, snappy, lz4, zstd).
+pub fn produce_compressed(
+    brokers: &str,
+    codec: &str,
+    records: impl IntoIterator<Item = (String, String, Vec<u8>, Vec<(&'static str, String)>)>,
+) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
+        .set("compression.codec", codec)
         .create()
         .expect("producer");
     for (topic, key, payload, headers) in records {

@@ -32,6 +32,18 @@ pub enum ConnError {
     Unsupported { addr: String, api: &'static str, ours: String },
 }
 
+impl ConnError {
+    /// The step of talking to the broker that failed, for the error reporter.
+    pub fn step(&self) -> crate::kafka::diagnosis::Step {
+        use crate::kafka::diagnosis::Step;
+        match self {
+            Self::Open(transport::TransportError::Tls { .. } | transport::TransportError::ServerName(_)) => Step::Tls,
+            Self::Open(_) | Self::Io { .. } | Self::Timeout { .. } => Step::Tcp,
+            _ => Step::Other,
+        }
+    }
+}
+
 /// The API versions both sides speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Versions {

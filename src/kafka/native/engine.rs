@@ -345,14 +345,7 @@ impl Engine {
     }
 
     fn problem(&self, e: &ConnError) {
-        let step = match e {
-            ConnError::Open(
-                crate::transport::TransportError::Tls { .. } | crate::transport::TransportError::ServerName(_),
-            ) => Step::Tls,
-            ConnError::Open(_) | ConnError::Io { .. } | ConnError::Timeout { .. } => Step::Tcp,
-            _ => Step::Other,
-        };
-        self.errors.report(Diagnosis { step, detail: e.to_string() });
+        self.errors.report(Diagnosis { step: e.step(), detail: e.to_string() });
     }
 
     fn enqueue(&mut self, p: Box<Pending>) {

@@ -14,7 +14,7 @@ use super::consumer::{Assignment, Chunk, Settings, Shared};
 use super::group_protocol as gp;
 use super::protocol;
 use super::records::{BatchError, Decoder};
-use crate::kafka::diagnosis::{Diagnosis, ErrorReporter, Step};
+use crate::kafka::diagnosis::{Diagnosis, ErrorReporter};
 use crate::record::headers::ReadHeaders;
 use crate::record::{DurableRecord, Position};
 use crate::telemetry::ConsumerMetrics;
@@ -207,14 +207,7 @@ impl Fetcher {
     }
 
     fn problem(&self, e: &ConnError) {
-        let step = match e {
-            ConnError::Open(
-                crate::transport::TransportError::Tls { .. } | crate::transport::TransportError::ServerName(_),
-            ) => Step::Tls,
-            ConnError::Open(_) | ConnError::Io { .. } | ConnError::Timeout { .. } => Step::Tcp,
-            _ => Step::Other,
-        };
-        self.errors.report(Diagnosis { step, detail: e.to_string() });
+        self.errors.report(Diagnosis { step: e.step(), detail: e.to_string() });
     }
 
     /// Leaders of the assigned partitions, and the brokers' addresses.

@@ -151,11 +151,8 @@ impl Group {
 
     fn problem(&self, e: &GroupError) {
         let step = match e {
-            GroupError::Conn(ConnError::Open(
-                crate::transport::TransportError::Tls { .. } | crate::transport::TransportError::ServerName(_),
-            )) => Step::Tls,
-            GroupError::Conn(ConnError::Open(_) | ConnError::Io { .. } | ConnError::Timeout { .. }) => Step::Tcp,
-            _ => Step::Other,
+            GroupError::Conn(c) => c.step(),
+            GroupError::Broker(_) => Step::Other,
         };
         self.errors.report(Diagnosis { step, detail: e.to_string() });
     }
