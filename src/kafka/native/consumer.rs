@@ -150,6 +150,12 @@ pub struct Shared {
     pub assigned: AtomicUsize,
 }
 
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Shared {
     fn new() -> Self {
         Self {

@@ -188,22 +188,18 @@ impl Fetcher {
         self.metadata_due = (!self.parts.is_empty()).then(Instant::now);
     }
 
+    /// When the loop must look again without being woken: the earliest
+    /// metadata refresh or retry still ahead (one already past has been
+    /// acted on, or waits for a job in flight, which wakes the loop itself).
     fn next_wake(&self) -> Instant {
-        let mut wake = Instant::now() + Duration::from_secs(1);
-        if let Some(at) = self.metadata_due {
-            wake = wake.min(at);
-        }
-        for b in self.brokers.values() {
-            if let Some(at) = b.retry_at {
-                wake = wake.min(at);
-            }
-        }
-        for p in &self.parts {
-            if let Some(at) = p.retry_at {
-                wake = wake.min(at);
-            }
-        }
-        wake.max(Instant::now())
+        let now = Instant::now();
+        let ahead = self
+            .metadata_due
+            .into_iter()
+            .chain(self.brokers.values().filter_map(|b| b.retry_at))
+            .chain(self.parts.iter().filter_map(|p| p.retry_at))
+            .filter(|at| *at > now);
+        ahead.fold(now + Duration::from_secs(1), Instant::min)
     }
 
     fn problem(&self, e: &ConnError) {
@@ -578,5 +574,62 @@ impl Fetcher {
         }
         self.metrics.set_lags(lags);
         self.metrics.set_behind_since(oldest_behind);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::native::consumer::Subscription;
+
+    fn fetcher() -> Fetcher {
+        let s = Arc::new(Settings {
+            bootstrap: vec![("127.0.0.1".into(), 9092)],
+            tls: None,
+            client_id: Arc::from("test"),
+            group: "g".into(),
+            subscription: Subscription { names: vec!["t".into()], patterns: Vec::new() },
+            session_timeout: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(3),
+            rebalance_timeout: Duration::from_secs(60),
+            commit_interval: Duration::from_secs(1),
+            metadata_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            fetch_max_wait: Duration::from_millis(100),
+            fetch_max_bytes: 1 << 20,
+            partition_max_bytes: 1 << 20,
+            queue_bytes: 1 << 20,
+            max_decompressed: 16 << 20,
+        });
+        let (_tx, rx) = watch::channel(Arc::new(Assignment::default()));
+        Fetcher::new(
+            s,
+            Arc::new(Shared::default()),
+            Arc::new(ConsumerMetrics::new(false)),
+            Arc::new(ErrorReporter::new("consumer")),
+            rx,
+        )
+    }
+
+    fn broker(retry_at: Option<Instant>) -> Broker {
+        Broker { host: "h".into(), port: 1, idle: None, busy: true, retry_at, backoff: BACKOFF_MIN, next_start: 0 }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_already_due_do_not_make_the_loop_spin() {
+        let mut f = fetcher();
+        f.reassign(&Assignment { epoch: 1, partitions: vec![(Arc::from("t"), 0, 5)] });
+        f.metadata_due = Some(Instant::now() + Duration::from_secs(10));
+        // A broker whose retry time passed while its job is in flight, and a
+        // partition whose retry time passed: neither is a reason to wake now.
+        f.brokers.insert(1, broker(Some(Instant::now())));
+        f.parts[0].retry_at = Some(Instant::now());
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(f.next_wake(), Instant::now() + Duration::from_secs(1));
+        // One still ahead is.
+        f.parts[0].retry_at = Some(Instant::now() + Duration::from_millis(300));
+        assert_eq!(f.next_wake(), Instant::now() + Duration::from_millis(300));
+        f.brokers.insert(2, broker(Some(Instant::now() + Duration::from_millis(100))));
+        assert_eq!(f.next_wake(), Instant::now() + Duration::from_millis(100));
     }
 }
