@@ -322,17 +322,24 @@ impl Engine {
         }
     }
 
+    /// When the loop must look again without being woken. A retry time
+    /// already past counts as none: its broker was just dispatched to, or
+    /// has a request in flight whose answer wakes the loop (counting it made
+    /// the loop spin while a hung broker held a request until its timeout).
     fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = self.next_expiry.min(self.next_refresh);
         let linger = if self.flushing { Duration::ZERO } else { self.s.linger };
         for b in self.brokers.values() {
-            if let Some(at) = b.retry_at {
-                wake = wake.min(at);
-            } else if let (false, Some(since)) = (b.busy, b.ready_since) {
-                wake = wake.min(since + linger);
+            match b.retry_at {
+                Some(at) if at > now => wake = wake.min(at),
+                _ => {
+                    if let (false, Some(since)) = (b.busy, b.ready_since) {
+                        wake = wake.min(since + linger);
+                    }
+                }
             }
         }
-        if let Some(at) = self.control_retry_at {
+        if let Some(at) = self.control_retry_at.filter(|at| *at > now) {
             wake = wake.min(at);
         }
         wake.max(now)
@@ -860,5 +867,59 @@ async fn open_or(
     match conn {
         Some(c) => Ok(c),
         None => Conn::open(&host, port, tls.as_ref(), client_id, timeout).await,
+    }
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        let settings = Settings {
+            bootstrap: vec![("127.0.0.1".to_string(), 9)],
+            tls: None,
+            client_id: Arc::from("test"),
+            compression: Compression::None,
+            linger: Duration::from_millis(10),
+            delivery_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            batch_bytes: 1_000_000,
+            request_bytes: 4 << 20,
+            metadata_max_age: Duration::from_secs(300),
+            auto_create: false,
+        };
+        let (_tx, rx) = mpsc::channel(1);
+        let (rtx, _reports) = mpsc::unbounded_channel();
+        Engine::new(settings, rx, rtx, Arc::new(Shared::default()), Arc::new(ErrorReporter::new("test")))
+    }
+
+    fn broker(busy: bool, retry_at: Option<Instant>) -> Broker {
+        Broker {
+            host: "h".into(),
+            port: 1,
+            conn: None,
+            busy,
+            ready: VecDeque::new(),
+            ready_since: None,
+            ready_bytes: 0,
+            retry_at,
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_after_a_retry_time_passed_does_not_make_the_loop_spin() {
+        let mut e = engine();
+        let start = Instant::now();
+        e.next_expiry = start + Duration::from_secs(1);
+        e.next_refresh = start + Duration::from_secs(300);
+        e.brokers.insert(1, broker(true, Some(start)));
+        e.control_busy = true;
+        e.control_retry_at = Some(start);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let now = Instant::now();
+        assert_eq!(e.next_wake(now), start + Duration::from_secs(1), "the next expiry check, not now");
+        e.brokers.insert(2, broker(false, Some(now + Duration::from_millis(200))));
+        assert_eq!(e.next_wake(now), now + Duration::from_millis(200), "a retry still ahead");
     }
 }
