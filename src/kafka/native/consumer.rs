@@ -89,7 +89,7 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Subscription {
     pub names: Vec<String>,
-    pub patterns: Vec<regex::Regex>,
+    pub patterns: Vec<regex_lite::Regex>,
 }
 
 impl Subscription {
@@ -98,7 +98,7 @@ impl Subscription {
         let mut patterns = Vec::new();
         for t in topics {
             if t.starts_with('^') {
-                patterns.push(regex::Regex::new(t).map_err(|e| format!("`{t}` is not a regex: {e}"))?);
+                patterns.push(regex_lite::Regex::new(t).map_err(|e| format!("`{t}` is not a regex: {e}"))?);
             } else {
                 names.push(t.clone());
             }
