@@ -121,3 +121,67 @@ fn members_joining_and_leaving_the_group_keep_one_row_per_record() {
     let log_b = b.log_text();
     assert!(log_b.contains("Left the consumer group."), "the second member left the group:\n{log_b}");
 }
+
+/// A group switching its client one member at a time, as a rolling update
+/// does, both ways: librdkafka's members (`cooperative-sticky`) and native
+/// ones (which offer it too) read in one group, whichever leads. Every record
+/// is stored once.
+#[test]
+fn a_group_switches_between_librdkafka_and_native_one_member_at_a_time() {
+    const TOPICS: u64 = 40;
+    let kafka = Tansu::start();
+    let url = Server::shared().url(&fresh_name("native_switch"));
+    produce_compressed(&kafka.brokers(), "none", (0..1_000).map(|s| spread(s, TOPICS)));
+    let base = config(&kafka.brokers(), &url, "native-switch");
+    let librdkafka = base.clone().kafka_key("consumer", "\"librdkafka\"").toml();
+    let native = base.toml();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let consumed = |m: &Iotpipe| m.metric("iotpipe_sink_records_consumed_total");
+    let reads_on = |m: &Iotpipe, what: &str| {
+        let before = consumed(m);
+        eventually(Duration::from_secs(60), what, || consumed(m) > before);
+    };
+    let mut a = Iotpipe::sink(dirs[0].path(), &librdkafka);
+    wait_ready(&a);
+    // Records keep coming until the last member is alone.
+    let brokers = kafka.brokers();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let producer = std::thread::spawn(move || {
+        let mut chunk = 1;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            produce_compressed(&brokers, "none", (chunk * 1_000..(chunk + 1) * 1_000).map(|s| spread(s, TOPICS)));
+            chunk += 1;
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        chunk * 1_000
+    });
+    reads_on(&a, "the librdkafka member reads");
+
+    // A native member joins the librdkafka group (its leader): both read.
+    let mut b = Iotpipe::sink(dirs[1].path(), &native);
+    reads_on(&b, "the native member gets partitions from the librdkafka leader");
+    reads_on(&a, "the librdkafka member keeps its share");
+    assert_eq!(a.terminate(Duration::from_secs(30)).0, Some(0), "the librdkafka member stops cleanly");
+    reads_on(&b, "the native member reads alone");
+
+    // Back: librdkafka members join the native leader, which keeps what they
+    // own when another native member joins.
+    let mut c = Iotpipe::sink(dirs[2].path(), &librdkafka);
+    reads_on(&c, "a librdkafka member gets partitions from the native leader");
+    let mut d = Iotpipe::sink(dirs[3].path(), &native);
+    reads_on(&d, "a second native member gets partitions");
+    reads_on(&c, "the librdkafka member goes on reading");
+    assert!(b.log_text().contains("leader=true"), "the native member led the group:\n{}", b.log_text());
+    assert_eq!(b.terminate(Duration::from_secs(30)).0, Some(0), "the native members stop cleanly");
+    assert_eq!(d.terminate(Duration::from_secs(30)).0, Some(0), "the native members stop cleanly");
+    reads_on(&c, "the librdkafka member reads alone");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = producer.join().unwrap() as i64;
+    eventually(Duration::from_secs(120), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= n);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), n);
+    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), n);
+    eprintln!("{n} records stored once");
+    c.terminate(Duration::from_secs(30));
+}

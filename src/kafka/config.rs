@@ -28,9 +28,13 @@ pub enum ProducerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsumerKind {
+    /// The native consumer when it can read what the config asks for,
+    /// librdkafka otherwise (SASL, the TLS options the native one refuses,
+    /// consumer properties other than the few it reads).
+    #[default]
+    Auto,
     /// librdkafka's consumer (`cooperative-sticky` assignment): every
     /// security protocol and consumer property.
-    #[default]
     Librdkafka,
     /// iotpipe's own consumer: state per partition of ~150 bytes, one fetch
     /// per broker for all partitions, `roundrobin` assignment; plaintext or
@@ -68,8 +72,9 @@ pub struct KafkaConfig {
     pub topic_config: BTreeMap<String, String>,
     /// The bridge's producer: `auto`, `native` or `librdkafka` (docs/topology.md).
     pub producer: ProducerKind,
-    /// The sink's consumer: `librdkafka` or `native` (docs/topology.md). All
-    /// members of one consumer group must use the same one.
+    /// The sink's consumer: `auto`, `native` or `librdkafka` (docs/sink.md).
+    /// The members of one consumer group read together only when they use
+    /// the same one; a member that meets the other kind waits.
     pub consumer: ConsumerKind,
     /// How long the producer tries one send before the bridge re-sends it itself.
     pub delivery_timeout: HumanDuration,
@@ -95,7 +100,7 @@ impl Default for KafkaConfig {
             retention: HumanDuration::secs(3 * 86400),
             topic_config: BTreeMap::new(),
             producer: ProducerKind::Auto,
-            consumer: ConsumerKind::Librdkafka,
+            consumer: ConsumerKind::Auto,
             delivery_timeout: HumanDuration::secs(60),
             linger: HumanDuration::millis(10),
             properties: BTreeMap::new(),
@@ -144,10 +149,24 @@ impl KafkaConfig {
         sink_properties: &BTreeMap<String, String>,
     ) -> Result<(), (&'static str, KeyError)> {
         if self.consumer == ConsumerKind::Native {
-            super::native::validate_connection(self).map_err(|e| ("kafka", e))?;
-            super::native::validate_consumer_properties(sink_properties).map_err(|e| ("sink", e))?;
+            self.native_consumer_fits(sink_properties)?;
         }
         Ok(())
+    }
+
+    fn native_consumer_fits(&self, sink_properties: &BTreeMap<String, String>) -> Result<(), (&'static str, KeyError)> {
+        super::native::validate_connection(self).map_err(|e| ("kafka", e))?;
+        super::native::validate_consumer_properties(sink_properties).map_err(|e| ("sink", e))
+    }
+
+    /// The consumer the sink runs: `auto` resolved against what the native
+    /// consumer can read with these `[sink] properties`.
+    pub fn chosen_consumer(&self, sink_properties: &BTreeMap<String, String>) -> ConsumerKind {
+        match self.consumer {
+            ConsumerKind::Auto if self.native_consumer_fits(sink_properties).is_ok() => ConsumerKind::Native,
+            ConsumerKind::Auto => ConsumerKind::Librdkafka,
+            chosen => chosen,
+        }
     }
 
     /// The producer the bridge runs: `auto` resolved against what the
@@ -219,6 +238,25 @@ mod tests {
         assert_eq!(forced.chosen_producer(), ProducerKind::Librdkafka);
         let native_gzip = KafkaConfig { producer: ProducerKind::Native, ..gzip };
         assert_eq!(native_gzip.validate().unwrap_err().key, "compression");
+    }
+
+    #[test]
+    fn auto_takes_the_native_consumer_unless_the_config_needs_librdkafka() {
+        let c = KafkaConfig::default();
+        let mut props = BTreeMap::new();
+        assert_eq!(c.chosen_consumer(&props), ConsumerKind::Native);
+        props.insert("session.timeout.ms".into(), "30000".into());
+        assert_eq!(c.chosen_consumer(&props), ConsumerKind::Native, "a property the native consumer reads");
+        props.insert("fetch.wait.max.ms".into(), "50".into());
+        assert_eq!(c.chosen_consumer(&props), ConsumerKind::Librdkafka, "a librdkafka consumer property");
+        assert_eq!(c.validate_consumer(&props), Ok(()), "auto: librdkafka reads it");
+        let native = KafkaConfig { consumer: ConsumerKind::Native, ..KafkaConfig::default() };
+        assert_eq!(native.validate_consumer(&props).unwrap_err().1.key, "properties.fetch.wait.max.ms");
+        let mut sasl = KafkaConfig::default();
+        sasl.properties.insert("security.protocol".into(), "SASL_SSL".into());
+        assert_eq!(sasl.chosen_consumer(&BTreeMap::new()), ConsumerKind::Librdkafka);
+        let forced = KafkaConfig { consumer: ConsumerKind::Librdkafka, ..KafkaConfig::default() };
+        assert_eq!(forced.chosen_consumer(&BTreeMap::new()), ConsumerKind::Librdkafka);
     }
 
     #[test]

@@ -100,10 +100,11 @@ impl GroupConsumer {
         settings: &ConsumerSettings,
         metrics: Arc<ConsumerMetrics>,
     ) -> Result<Self, ClientError> {
-        tracing::info!(consumer = ?kafka.consumer, "Kafka consumer.");
-        Ok(match kafka.consumer {
-            super::ConsumerKind::Librdkafka => Self::Librdkafka(Librdkafka::new(kafka, settings, metrics)?),
+        let chosen = kafka.chosen_consumer(&settings.properties);
+        tracing::info!(configured = ?kafka.consumer, consumer = ?chosen, "Kafka consumer.");
+        Ok(match chosen {
             super::ConsumerKind::Native => Self::Native(super::native::NativeConsumer::new(kafka, settings, metrics)?),
+            _ => Self::Librdkafka(Librdkafka::new(kafka, settings, metrics)?),
         })
     }
 

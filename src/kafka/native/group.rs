@@ -1,10 +1,12 @@
 //! The native consumer's group membership, on its own connection to the
-//! group coordinator: join and sync (the leader assigns with `roundrobin`),
+//! group coordinator: join and sync (the leader assigns with the assignor the
+//! group chose, `cooperative-sticky` or `roundrobin`: see `assignor.rs`),
 //! the committed offsets of the new assignment, heartbeats, offset commits
 //! every `commit_interval`, and a new rebalance when the subscription's
 //! topics or partitions change. Before this member gives its partitions up
 //! (a rebalance, shutdown) it commits what the store has committed.
 
+use super::assignor;
 use super::conn::{Conn, ConnError};
 use super::consumer::{Assignment, Settings, Shared};
 use super::group_protocol as gp;
@@ -16,10 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// The assignor this member offers (Kafka's `RoundRobinAssignor`): a
-/// thousand one-partition topics spread over every member, where `range`
-/// would give them all to the first.
-const ASSIGNOR: &str = "roundrobin";
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -286,10 +284,12 @@ impl Group {
             ILLEGAL_GENERATION | REBALANCE_IN_PROGRESS => Ok(Some(Next::Rejoin)),
             COORDINATOR_NOT_AVAILABLE | NOT_COORDINATOR | COORDINATOR_LOAD_IN_PROGRESS => Ok(Some(Next::Rediscover)),
             INCONSISTENT_GROUP_PROTOCOL => Err(GroupError::Broker(format!(
-                "{api}: the group {} has members that offer no `{ASSIGNOR}` assignment (librdkafka sinks use \
-                 cooperative-sticky): stop them, or run every sink of the group with the same consumer \
-                 (docs/topology.md)",
-                self.s.group
+                "{api}: the group {} assigns with an assignor this member does not offer (it offers `{}` and \
+                 `{}`; a librdkafka sink with a `partition.assignment.strategy` of its own?): this member reads \
+                 nothing and waits for them to leave, retrying every few seconds (docs/sink.md, \"Two consumers\")",
+                self.s.group,
+                assignor::COOPERATIVE_STICKY,
+                assignor::ROUND_ROBIN
             ))),
             GROUP_AUTHORIZATION_FAILED => {
                 Err(GroupError::Broker(format!("{api}: not authorized to use group {}", self.s.group)))
@@ -300,7 +300,7 @@ impl Group {
 
     async fn join(&mut self, topics: &Topics) -> Result<Result<gp::JoinGroup, Next>, GroupError> {
         let names: Vec<&str> = topics.keys().map(String::as_str).collect();
-        let metadata = gp::subscription(&names);
+        let offered = assignor::offered(&names);
         let session_ms = i32::try_from(self.s.session_timeout.as_millis()).unwrap_or(i32::MAX);
         let rebalance_ms = i32::try_from(self.s.rebalance_timeout.as_millis()).unwrap_or(i32::MAX);
         let wait = self.s.rebalance_timeout + self.s.request_timeout;
@@ -316,7 +316,7 @@ impl Group {
                         rebalance_ms,
                         &member,
                         "consumer",
-                        &[(ASSIGNOR, &metadata)],
+                        &offered.each_ref().map(|(name, metadata)| (*name, metadata.as_slice())),
                     )
                 })
                 .await?;
@@ -345,17 +345,17 @@ impl Group {
     async fn assign(&mut self, joined: &gp::JoinGroup) -> Result<Vec<(String, Vec<u8>)>, GroupError> {
         let mut members = Vec::with_capacity(joined.members.len());
         for (id, metadata) in &joined.members {
-            let topics = gp::parse_subscription(metadata).unwrap_or_else(|e| {
+            let subscription = assignor::parse_subscription(metadata).unwrap_or_else(|e| {
                 tracing::warn!(member = id, error = %e, "A member's subscription does not parse; it gets nothing.");
-                Vec::new()
+                assignor::Subscription::default()
             });
-            members.push((id.clone(), topics));
+            members.push((id.clone(), subscription));
         }
         let mut counts = self.joined_topics.clone();
         let missing: Vec<&str> = {
             let mut m: Vec<&str> = members
                 .iter()
-                .flat_map(|(_, t)| t.iter().map(String::as_str))
+                .flat_map(|(_, s)| s.topics.iter().map(String::as_str))
                 .filter(|t| !counts.contains_key(*t))
                 .collect();
             m.sort_unstable();
@@ -367,7 +367,7 @@ impl Group {
             let refs: Vec<&str> = missing.iter().map(String::as_str).collect();
             counts.extend(self.partition_counts(&refs).await?);
         }
-        let plan = gp::round_robin(&members, &counts);
+        let plan = assignor::assign(&joined.protocol, &members, &counts).map_err(|e| GroupError::Broker(e.to_string()))?;
         Ok(plan.into_iter().map(|(member, parts)| (member, gp::assignment(&parts))).collect())
     }
 

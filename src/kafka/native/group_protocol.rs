@@ -529,33 +529,6 @@ pub fn fetch_response(body: &Bytes) -> Result<Vec<FetchedTopic>, Malformed> {
     Ok(topics)
 }
 
-/// Subscription v0: version i16 = 0, topics [string], user_data bytes (null).
-pub fn subscription(topics: &[&str]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(2 + 4 + topics.iter().map(|t| string_size(t)).sum::<usize>() + 4);
-    b.put_i16(0);
-    put_len(&mut b, topics.len());
-    for t in topics {
-        put_string(&mut b, t);
-    }
-    b.put_i32(-1); // user data: null
-    b
-}
-
-/// The topics of a subscription of any version ≥ 0 (later versions append
-/// fields: they are ignored).
-pub fn parse_subscription(b: &[u8]) -> Result<Vec<String>, Malformed> {
-    let mut r = Reader::new(b, "consumer Subscription");
-    if r.i16()? < 0 {
-        return Err(malformed("consumer Subscription", "negative version"));
-    }
-    let n = r.len()?;
-    let mut topics = Vec::with_capacity(n);
-    for _ in 0..n {
-        topics.push(r.string()?.ok_or(malformed("consumer Subscription", "null topic"))?);
-    }
-    Ok(topics)
-}
-
 /// Assignment v0: version i16 = 0, assigned [topic string, partitions [i32]], user_data bytes (null).
 pub fn assignment(parts: &[(String, Vec<i32>)]) -> Vec<u8> {
     let size = 2 + 4 + parts.iter().map(|(t, ps)| string_size(t) + 4 + ps.len() * 4).sum::<usize>() + 4;
@@ -597,6 +570,9 @@ pub fn parse_assignment(b: &[u8]) -> Result<Vec<(String, Vec<i32>)>, Malformed> 
     Ok(parts)
 }
 
+/// An assignment of the whole group: member id → its partitions, by topic.
+pub type Plan = BTreeMap<String, Vec<(String, Vec<i32>)>>;
+
 /// The "roundrobin" assignor, as Kafka's RoundRobinAssignor: members sorted
 /// by id; every partition of every topic any member subscribes to (and that
 /// is in `partitions`, topic → partition count), sorted by (topic,
@@ -604,10 +580,7 @@ pub fn parse_assignment(b: &[u8]) -> Result<Vec<(String, Vec<i32>)>, Malformed> 
 /// to its topic. Every member gets an entry, maybe empty; its partitions are
 /// grouped by topic, in (topic, partition) order. A member id listed twice
 /// counts once, with the union of its subscriptions.
-pub fn round_robin(
-    members: &[(String, Vec<String>)],
-    partitions: &BTreeMap<String, i32>,
-) -> BTreeMap<String, Vec<(String, Vec<i32>)>> {
+pub fn round_robin(members: &[(String, Vec<String>)], partitions: &BTreeMap<String, i32>) -> Plan {
     let mut by_id: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
     for (id, topics) in members {
         by_id.entry(id.as_str()).or_default().extend(topics.iter().map(String::as_str));
@@ -759,7 +732,7 @@ mod tests {
 
     #[test]
     fn join_group_request_layout() {
-        let sub = subscription(&["a", "b"]);
+        let sub = vec![0, 1, 2, 3];
         let req = join_group_request(9, CLIENT, "g", 10_000, 60_000, "m-1", "consumer", &[("roundrobin", &sub)]);
         let mut d = request(&req, API_JOIN_GROUP, 2, 9);
         assert_eq!(d.str(), "g");
@@ -1097,41 +1070,6 @@ mod tests {
         let mut h = body[..body.len() - 4].to_vec();
         h.put_i32(i32::MAX); // partition 2's records: longer than the response
         assert!(fetch_response(&Bytes::from(h)).is_err());
-    }
-
-    #[test]
-    fn subscription_round_trip_and_layout() {
-        let s = subscription(&["a", "bc"]);
-        let mut d = Dec(&s);
-        assert_eq!(d.i16(), 0, "version");
-        assert_eq!(d.i32(), 2);
-        assert_eq!((d.str(), d.str()), ("a".into(), "bc".into()));
-        assert_eq!(d.bytes(), None, "null user data");
-        d.end();
-        assert_eq!(parse_subscription(&s).unwrap(), vec!["a", "bc"]);
-        assert_eq!(parse_subscription(&subscription(&[])).unwrap(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn a_later_subscription_version_parses() {
-        // v1 appends owned partitions, v2 the generation, v3 the rack.
-        let mut b = BytesMut::new();
-        b.put_i16(3);
-        b.put_i32(1);
-        put_str(&mut b, "t");
-        b.put_i32(-1); // user data
-        b.put_i32(1); // owned partitions
-        put_str(&mut b, "t");
-        b.put_i32(1);
-        b.put_i32(0);
-        b.put_i32(5); // generation
-        put_str(&mut b, "rack-a");
-        assert_eq!(parse_subscription(&b).unwrap(), vec!["t"]);
-
-        assert!(parse_subscription(&[]).is_err());
-        assert!(parse_subscription(&[0xFF, 0xFF, 0, 0, 0, 0]).is_err(), "negative version");
-        assert!(parse_subscription(&[0, 0, 0x7F, 0xFF, 0xFF, 0xFF]).is_err(), "huge count");
-        assert!(parse_subscription(&[0, 0, 0, 0, 0, 1, 0, 5, b'a']).is_err(), "truncated topic");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! zstd compression; SASL and the other compressions stay with librdkafka
 //! (the config check says so).
 
+mod assignor;
 mod batch;
 mod conn;
 mod consumer;

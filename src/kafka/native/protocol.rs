@@ -183,6 +183,16 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+
+    /// Nullable bytes (`None` for null), borrowed from the body.
+    pub fn bytes(&mut self) -> Result<Option<&'a [u8]>, Malformed> {
+        let n = self.i32()?;
+        if n < 0 {
+            return Ok(None);
+        }
+        let n = usize::try_from(n).map_err(|_| self.err("truncated"))?;
+        self.take(n).map(Some)
+    }
 }
 
 /// ApiVersions v0: which versions of each API the broker speaks.
