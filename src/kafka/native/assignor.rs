@@ -252,7 +252,8 @@ mod tests {
         let names: Vec<String> = (0..1000).map(|i| format!("iot.t{i:04}.p")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let parts: BTreeMap<String, i32> = names.iter().map(|n| (n.clone(), 1)).collect();
-        let m: Vec<(String, Subscription)> = ["c", "a", "b"].iter().map(|id| (id.to_string(), sub(&refs, &[]))).collect();
+        let m: Vec<(String, Subscription)> =
+            ["c", "a", "b"].iter().map(|id| (id.to_string(), sub(&refs, &[]))).collect();
         let plan = cooperative_sticky(&m, &parts);
         let sizes: Vec<usize> = ["a", "b", "c"].iter().map(|id| flat(&plan, id).len()).collect();
         assert_eq!(sizes, vec![334, 333, 333]);

@@ -367,7 +367,8 @@ impl Group {
             let refs: Vec<&str> = missing.iter().map(String::as_str).collect();
             counts.extend(self.partition_counts(&refs).await?);
         }
-        let plan = assignor::assign(&joined.protocol, &members, &counts).map_err(|e| GroupError::Broker(e.to_string()))?;
+        let plan =
+            assignor::assign(&joined.protocol, &members, &counts).map_err(|e| GroupError::Broker(e.to_string()))?;
         Ok(plan.into_iter().map(|(member, parts)| (member, gp::assignment(&parts))).collect())
     }
 
