@@ -12,6 +12,7 @@
 //! (the config check says so).
 
 mod batch;
+mod bootstrap;
 mod conn;
 mod consumer;
 mod engine;
