@@ -36,8 +36,10 @@ impl ConsumerMetrics {
         Self { per_partition, ..Self::default() }
     }
 
-    /// The lags of the latest report (replaces the previous one).
-    pub fn set_lags(&self, mut lags: Vec<(String, i32, i64)>) {
+    /// The lags of the latest report (replaces the previous one):
+    /// `(topic, partition, lag)`. Topic names are copied only for the
+    /// series kept.
+    pub fn set_lags<T: AsRef<str>>(&self, mut lags: Vec<(T, i32, i64)>) {
         let total: i64 = lags.iter().map(|(_, _, l)| (*l).max(0)).sum();
         self.lag_total.store(total, Relaxed);
         if !self.per_partition {
@@ -48,9 +50,10 @@ impl ConsumerMetrics {
             lags.select_nth_unstable_by(LAGGING_SERIES - 1, |a, b| b.2.cmp(&a.2));
             lags.truncate(LAGGING_SERIES);
         }
-        lags.sort();
+        let mut kept: Vec<(String, i32, i64)> = lags.iter().map(|(t, p, l)| (t.as_ref().to_owned(), *p, *l)).collect();
+        kept.sort();
         if let Ok(mut m) = self.lags.lock() {
-            *m = lags;
+            *m = kept;
         }
     }
 
@@ -120,15 +123,15 @@ mod tests {
     #[test]
     fn lag_per_partition_only_behind_the_switch_and_revoked_partitions_vanish() {
         let m = ConsumerMetrics::new(false);
-        m.set_lags(vec![("iot.a.b".into(), 2, 17), ("iot.c.d".into(), 0, 3)]);
+        m.set_lags(vec![("iot.a.b", 2, 17), ("iot.c.d", 0, 3)]);
         let mut t = String::new();
         m.render(&mut t);
         assert!(t.contains("iotpipe_sink_consumer_lag_records 20\n"));
         assert!(!t.contains("iotpipe_sink_consumer_lag{"));
 
         let m = ConsumerMetrics::new(true);
-        m.set_lags(vec![("iot.a.b".into(), 2, 17), ("iot.c.d".into(), 0, 3)]);
-        m.set_lags(vec![("iot.a.b".into(), 2, 5)]);
+        m.set_lags(vec![("iot.a.b", 2, 17), ("iot.c.d", 0, 3)]);
+        m.set_lags(vec![("iot.a.b", 2, 5)]);
         let mut t = String::new();
         m.render(&mut t);
         assert!(t.contains("iotpipe_sink_consumer_lag{topic=\"iot.a.b\",partition=\"2\"} 5\n"));

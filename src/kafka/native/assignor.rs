@@ -64,23 +64,21 @@ pub struct Subscription {
 /// A subscription of any version ≥ 0; fields after the owned partitions
 /// (generation, rack) are ignored.
 pub fn parse_subscription(b: &[u8]) -> Result<Subscription, Malformed> {
-    const WHAT: &str = "consumer Subscription";
-    let bad = |detail| Malformed { what: WHAT, detail };
-    let mut r = Reader::new(b, WHAT);
+    let mut r = Reader::new(b, "consumer Subscription");
     let version = r.i16()?;
     if version < 0 {
-        return Err(bad("negative version"));
+        return Err(r.err("negative version"));
     }
     let n = r.len()?;
     let mut topics = Vec::with_capacity(n);
     for _ in 0..n {
-        topics.push(r.string()?.ok_or(bad("null topic"))?);
+        topics.push(r.string()?.ok_or(r.err("null topic"))?);
     }
     let mut owned = Vec::new();
     if version >= 1 {
         r.bytes()?; // user data: the assignor's own, not read here
         for _ in 0..r.len()? {
-            let topic = r.string()?.ok_or(bad("null topic"))?;
+            let topic = r.string()?.ok_or(r.err("null topic"))?;
             let np = r.len()?;
             let mut partitions = Vec::with_capacity(np);
             for _ in 0..np {

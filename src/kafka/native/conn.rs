@@ -1,8 +1,9 @@
-//! One connection to one Kafka broker: a request written whole, its
-//! response read back by size prefix and checked against the correlation id.
-//! A connection carries one request at a time; the producer and the
-//! consumer keep one per broker (the consumer one more to its group
-//! coordinator).
+//! One connection to one Kafka broker: a request written whole, with the
+//! connection's next correlation id set in its header as it goes out, its
+//! response read back by size prefix and checked against that id. A
+//! connection carries one request at a time; the producer and the consumer
+//! keep one per broker (the consumer one more to its group coordinator), and
+//! one to a bootstrap broker for metadata ([`super::bootstrap`]).
 
 use super::protocol::{self, Malformed};
 use crate::transport::{self, Stream};
@@ -30,6 +31,8 @@ pub enum ConnError {
     Correlation { addr: String, expected: i32, got: i32 },
     #[error("broker {addr} speaks no {api} version iotpipe speaks ({ours})")]
     Unsupported { addr: String, api: &'static str, ours: String },
+    #[error("no bootstrap broker to connect to")]
+    NoBootstrap,
 }
 
 impl ConnError {
@@ -42,6 +45,13 @@ impl ConnError {
             _ => Step::Other,
         }
     }
+}
+
+/// Which client a connection serves: the APIs checked when it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Producer,
+    Consumer,
 }
 
 /// The API versions both sides speak.
@@ -77,6 +87,21 @@ impl Conn {
         Ok(conn)
     }
 
+    /// Connect for `client` ([`Self::open`] or [`Self::open_consumer`]).
+    pub async fn open_for(
+        client: Client,
+        host: &str,
+        port: u16,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        client_id: Arc<str>,
+        timeout: Duration,
+    ) -> Result<Self, ConnError> {
+        match client {
+            Client::Producer => Self::open(host, port, tls, client_id, timeout).await,
+            Client::Consumer => Self::open_consumer(host, port, tls, client_id, timeout).await,
+        }
+    }
+
     /// Connect for the consumer: every request it sends, at its one version.
     pub async fn open_consumer(
         host: &str,
@@ -107,8 +132,8 @@ impl Conn {
         };
         let placeholder = Versions { produce: 0, init_producer_id: 0 };
         let mut conn = Self { stream, addr, client_id, next_correlation: 0, timeout, versions: placeholder };
-        let id = conn.correlation();
-        let body = conn.call(id, &protocol::api_versions_request(id, &conn.client_id.clone())).await?;
+        let client_id = conn.client_id.clone();
+        let body = conn.call(&mut protocol::api_versions_request(&client_id)).await?;
         let (error, apis) = protocol::api_versions_response(&body).map_err(|e| conn.malformed(e))?;
         if error != 0 {
             return Err(conn.malformed(Malformed { what: "ApiVersions", detail: "error code set" }));
@@ -142,19 +167,21 @@ impl Conn {
     }
 
     /// The next correlation id.
-    pub fn correlation(&mut self) -> i32 {
+    fn correlation(&mut self) -> i32 {
         self.next_correlation = self.next_correlation.wrapping_add(1) & i32::MAX;
         self.next_correlation
     }
 
-    /// Send `request` (built with correlation id `id`) and read its response
-    /// body (after the correlation id).
-    pub async fn call(&mut self, id: i32, request: &[u8]) -> Result<Bytes, ConnError> {
-        self.call_within(id, request, self.timeout).await
+    /// Send `request` (a finished [`protocol::Request`]: this sets its
+    /// correlation id) and read its response body (after the correlation id).
+    pub async fn call(&mut self, request: &mut [u8]) -> Result<Bytes, ConnError> {
+        self.call_within(request, self.timeout).await
     }
 
     /// The same, with its own timeout (a JoinGroup waits for the whole group).
-    pub async fn call_within(&mut self, id: i32, request: &[u8], timeout: Duration) -> Result<Bytes, ConnError> {
+    pub async fn call_within(&mut self, request: &mut [u8], timeout: Duration) -> Result<Bytes, ConnError> {
+        let id = self.correlation();
+        protocol::set_correlation_id(request, id);
         let secs = timeout.as_secs();
         match tokio::time::timeout(timeout, self.exchange(id, request)).await {
             Ok(r) => r,

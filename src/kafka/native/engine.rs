@@ -28,7 +28,8 @@
 #![allow(clippy::vec_box)]
 
 use super::batch::{self, Compression, Encoder};
-use super::conn::{Conn, ConnError};
+use super::bootstrap::Bootstrap;
+use super::conn::{Client, Conn, ConnError};
 use super::protocol::{self, PartitionResult};
 use crate::kafka::diagnosis::{Diagnosis, ErrorReporter, Step};
 use crate::kafka::producer::{Delivery, Pending};
@@ -145,8 +146,8 @@ struct Sent {
 
 enum Done {
     Produce { node: i32, conn: Option<Conn>, result: Result<Vec<PartitionResult>, ConnError> },
-    Metadata { conn: Option<Conn>, result: Result<protocol::Metadata, ConnError>, asked: Vec<Arc<str>> },
-    ProducerId { conn: Option<Conn>, result: Result<(i16, i64, i16), ConnError> },
+    Metadata { control: Bootstrap, result: Result<protocol::Metadata, ConnError>, asked: Vec<Arc<str>> },
+    ProducerId { control: Bootstrap, result: Result<(i16, i64, i16), ConnError> },
 }
 
 type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -164,12 +165,12 @@ pub struct Engine {
     wanted: HashSet<Arc<str>>,
     brokers: HashMap<i32, Broker>,
     in_flight: HashMap<i32, Vec<Sent>>,
-    control: Option<Conn>,
-    control_busy: bool,
+    /// The connection for metadata and producer ids; `None` while a
+    /// request on it is in flight.
+    control: Option<Bootstrap>,
     control_retry_at: Option<Instant>,
     control_backoff: Duration,
     unknown_backoff: Duration,
-    next_bootstrap: usize,
     producer: Option<(i64, i16)>,
     work: FuturesUnordered<Work>,
     encoder: Encoder,
@@ -240,6 +241,13 @@ impl Engine {
         errors: Arc<ErrorReporter>,
     ) -> Self {
         let now = Instant::now();
+        let control = Bootstrap::new(
+            s.bootstrap.clone(),
+            Client::Producer,
+            s.tls.clone(),
+            s.client_id.clone(),
+            s.request_timeout,
+        );
         Self {
             next_refresh: now + s.metadata_max_age,
             s,
@@ -253,12 +261,10 @@ impl Engine {
             wanted: HashSet::new(),
             brokers: HashMap::new(),
             in_flight: HashMap::new(),
-            control: None,
-            control_busy: false,
+            control: Some(control),
             control_retry_at: None,
             control_backoff: BACKOFF_MIN,
             unknown_backoff: UNKNOWN_MIN,
-            next_bootstrap: 0,
             producer: None,
             work: FuturesUnordered::new(),
             encoder: Encoder::default(),
@@ -448,36 +454,23 @@ impl Engine {
     }
 
     fn dispatch_control(&mut self, now: Instant) {
-        if self.control_busy || self.control_retry_at.is_some_and(|at| at > now) {
+        if self.control.is_none() || self.control_retry_at.is_some_and(|at| at > now) {
             return;
         }
         self.control_retry_at = None;
-        let conn = self.control.take();
-        let (host, port) = match self.s.bootstrap.get(self.next_bootstrap % self.s.bootstrap.len().max(1)) {
-            Some(hp) => hp.clone(),
-            None => return,
-        };
-        let (tls, client_id, timeout) = (self.s.tls.clone(), self.s.client_id.clone(), self.s.request_timeout);
-        let open = move |conn: Option<Conn>| open_or(conn, host, port, tls, client_id, timeout);
         if self.producer.is_none() {
-            self.control_busy = true;
+            let Some(mut control) = self.control.take() else { return };
             self.work.push(Box::pin(async move {
-                let mut conn = match open(conn).await {
-                    Ok(c) => c,
-                    Err(e) => return Done::ProducerId { conn: None, result: Err(e) },
-                };
-                let id = conn.correlation();
-                let req = protocol::init_producer_id_request(id, conn.client_id(), conn.versions.init_producer_id);
-                let result = match conn.call(id, &req).await {
-                    Ok(body) => protocol::init_producer_id_response(&body, conn.versions.init_producer_id)
-                        .map_err(|e| conn.malformed(e)),
-                    Err(e) => Err(e),
-                };
-                let conn = result.is_ok().then_some(conn);
-                Done::ProducerId { conn, result }
+                let result = control
+                    .call(
+                        |c| protocol::init_producer_id_request(c.client_id(), c.versions.init_producer_id),
+                        |b, v| protocol::init_producer_id_response(b, v.init_producer_id),
+                    )
+                    .await;
+                Done::ProducerId { control, result }
             }));
         } else if !self.wanted.is_empty() {
-            self.control_busy = true;
+            let Some(mut control) = self.control.take() else { return };
             let asked: Vec<Arc<str>> = {
                 let mut v: Vec<Arc<str>> = self.wanted.iter().take(METADATA_CHUNK).cloned().collect();
                 v.sort_unstable();
@@ -488,22 +481,15 @@ impl Engine {
             }
             let auto_create = self.s.auto_create;
             self.work.push(Box::pin(async move {
-                let mut conn = match open(conn).await {
-                    Ok(c) => c,
-                    Err(e) => return Done::Metadata { conn: None, result: Err(e), asked },
-                };
-                let id = conn.correlation();
                 let names: Vec<&str> = asked.iter().map(|t| &**t).collect();
-                let req = protocol::metadata_request(id, conn.client_id(), &names, auto_create);
-                let result = match conn.call(id, &req).await {
-                    Ok(body) => protocol::metadata_response(&body).map_err(|e| conn.malformed(e)),
-                    Err(e) => Err(e),
-                };
-                let conn = result.is_ok().then_some(conn);
-                Done::Metadata { conn, result, asked }
+                let result = control
+                    .call(
+                        |c| protocol::metadata_request(c.client_id(), &names, auto_create),
+                        |b, _| protocol::metadata_response(b),
+                    )
+                    .await;
+                Done::Metadata { control, result, asked }
             }));
-        } else {
-            self.control = conn;
         }
     }
 
@@ -573,9 +559,9 @@ impl Engine {
                 Ok(r) => r,
                 Err(e) => return Done::Produce { node, conn: Some(conn), result: Err(e) },
             };
-            let (id, version) = (conn.correlation(), conn.versions.produce);
-            stamp(&mut request, version, id);
-            let result = match conn.call(id, &request).await {
+            let version = conn.versions.produce;
+            protocol::set_version(&mut request, version);
+            let result = match conn.call(&mut request).await {
                 Ok(body) => protocol::produce_response(&body, version).map_err(|e| conn.malformed(e)),
                 Err(e) => Err(e),
             };
@@ -584,10 +570,11 @@ impl Engine {
         }));
     }
 
-    /// The produce request for `chosen` (version and correlation id stamped later).
+    /// The produce request for `chosen` (the version is set once the
+    /// connection it goes out on has agreed one, the correlation id as it goes out).
     fn encode(&mut self, chosen: &[Sent], pid: i64, epoch: i16) -> Result<BytesMut, ConnError> {
         let size: usize = chosen.iter().flat_map(|s| s.records.iter()).map(|p| batch::record_size(&p.out)).sum();
-        let mut req = protocol::Request::new(protocol::API_PRODUCE, 0, 0, &self.s.client_id, size + 64);
+        let mut req = protocol::Request::new(protocol::API_PRODUCE, 0, &self.s.client_id, size + 64);
         req.null_string();
         req.i16(-1);
         // The broker gives up before we do, so its answer (a timeout) arrives.
@@ -616,17 +603,16 @@ impl Engine {
                 .map_err(|e| ConnError::Io { addr: "(encoding)".into(), source: e })?;
             }
         }
-        Ok(req.finish_mut())
+        Ok(req.finish())
     }
 
     fn complete(&mut self, done: Done) {
         match done {
             Done::Produce { node, conn, result } => self.produced(node, conn, result),
-            Done::Metadata { conn, result, asked } => {
-                self.control_busy = false;
+            Done::Metadata { control, result, asked } => {
+                self.control = Some(control);
                 match result {
                     Ok(m) => {
-                        self.control = conn;
                         self.control_backoff = BACKOFF_MIN;
                         self.apply_metadata(m, &asked);
                     }
@@ -637,11 +623,10 @@ impl Engine {
                     }
                 }
             }
-            Done::ProducerId { conn, result } => {
-                self.control_busy = false;
+            Done::ProducerId { control, result } => {
+                self.control = Some(control);
                 match result {
                     Ok((0, id, epoch)) => {
-                        self.control = conn;
                         self.control_backoff = BACKOFF_MIN;
                         self.producer = Some((id, epoch));
                         for part in &mut self.parts {
@@ -651,7 +636,6 @@ impl Engine {
                         self.errors.clear();
                     }
                     Ok((code, _, _)) => {
-                        self.control = conn;
                         self.errors.report(Diagnosis {
                             step: Step::Other,
                             detail: format!("the broker refused a producer id (error code {code})"),
@@ -668,7 +652,6 @@ impl Engine {
     }
 
     fn control_failed(&mut self) {
-        self.next_bootstrap += 1;
         self.control_retry_at = Some(Instant::now() + self.control_backoff);
         self.control_backoff = (self.control_backoff * 2).min(BACKOFF_MAX);
     }
@@ -847,14 +830,6 @@ impl Engine {
     }
 }
 
-/// Stamp a request's header with the version and correlation id of the
-/// connection it goes out on (encoded before that connection may exist;
-/// the layout is the same in every Produce version written).
-fn stamp(request: &mut BytesMut, version: i16, id: i32) {
-    request[6..8].copy_from_slice(&version.to_be_bytes());
-    request[8..12].copy_from_slice(&id.to_be_bytes());
-}
-
 /// `conn`, or a new connection.
 async fn open_or(
     conn: Option<Conn>,
@@ -914,7 +889,7 @@ mod wake_tests {
         e.next_expiry = start + Duration::from_secs(1);
         e.next_refresh = start + Duration::from_secs(300);
         e.brokers.insert(1, broker(true, Some(start)));
-        e.control_busy = true;
+        e.control = None; // a request in flight
         e.control_retry_at = Some(start);
         tokio::time::advance(Duration::from_millis(50)).await;
         let now = Instant::now();

@@ -9,7 +9,8 @@
 //! compression, a corrupt batch that stays corrupt) stops its partition
 //! there with an error: nothing after it is read, nothing is skipped.
 
-use super::conn::{Conn, ConnError};
+use super::bootstrap::Bootstrap;
+use super::conn::{Client, Conn, ConnError};
 use super::consumer::{Assignment, Chunk, Settings, Shared};
 use super::group_protocol as gp;
 use super::protocol;
@@ -97,8 +98,8 @@ pub struct Fetcher {
     parts: Vec<Part>,
     index: HashMap<(Arc<str>, i32), usize>,
     brokers: HashMap<i32, Broker>,
-    meta: Option<Conn>,
-    next_bootstrap: usize,
+    /// For metadata.
+    meta: Bootstrap,
     metadata_due: Option<Instant>,
     meta_backoff: Duration,
     decoder: Decoder,
@@ -112,6 +113,13 @@ impl Fetcher {
         errors: Arc<ErrorReporter>,
         assignment: watch::Receiver<Arc<Assignment>>,
     ) -> Self {
+        let meta = Bootstrap::new(
+            s.bootstrap.clone(),
+            Client::Consumer,
+            s.tls.clone(),
+            s.client_id.clone(),
+            s.request_timeout,
+        );
         Self {
             s,
             shared,
@@ -122,8 +130,7 @@ impl Fetcher {
             parts: Vec::new(),
             index: HashMap::new(),
             brokers: HashMap::new(),
-            meta: None,
-            next_bootstrap: 0,
+            meta,
             metadata_due: None,
             meta_backoff: BACKOFF_MIN,
             decoder: Decoder::default(),
@@ -213,7 +220,14 @@ impl Fetcher {
         let mut leaders: HashMap<(String, i32), i32> = HashMap::new();
         for chunk in topics.chunks(METADATA_CHUNK) {
             let names: Vec<&str> = chunk.iter().map(|t| &**t).collect();
-            match self.metadata(&names).await {
+            let md = self
+                .meta
+                .call(
+                    |c| protocol::metadata_request(c.client_id(), &names, false),
+                    |b, _| protocol::metadata_response(b),
+                )
+                .await;
+            match md {
                 Ok(md) => {
                     for b in md.brokers {
                         let Ok(port) = u16::try_from(b.port) else { continue };
@@ -242,7 +256,6 @@ impl Fetcher {
                 }
                 Err(e) => {
                     self.problem(&e);
-                    self.meta = None;
                     self.metadata_due = Some(Instant::now() + self.meta_backoff);
                     self.meta_backoff = (self.meta_backoff * 2).min(BACKOFF_MAX);
                     return;
@@ -263,24 +276,6 @@ impl Fetcher {
         } else {
             Some(Instant::now() + self.s.metadata_interval)
         };
-    }
-
-    async fn metadata(&mut self, topics: &[&str]) -> Result<protocol::Metadata, ConnError> {
-        if self.meta.is_none() {
-            let n = self.s.bootstrap.len().max(1);
-            let (host, port) = self.s.bootstrap[self.next_bootstrap % n].clone();
-            self.next_bootstrap += 1;
-            self.meta = Some(
-                Conn::open_consumer(&host, port, self.s.tls.as_ref(), self.s.client_id.clone(), self.s.request_timeout)
-                    .await?,
-            );
-        }
-        let Some(conn) = self.meta.as_mut() else {
-            return Err(ConnError::Timeout { addr: "bootstrap".into(), secs: 0 });
-        };
-        let id = conn.correlation();
-        let body = conn.call(id, &protocol::metadata_request(id, conn.client_id(), topics, false)).await?;
-        protocol::metadata_response(&body).map_err(|e| conn.malformed(e))
     }
 
     /// A job for every idle broker that has partitions to look up or read.
@@ -304,7 +299,7 @@ impl Fetcher {
                         _ => by_topic.push((&p.topic, vec![p.partition])),
                     }
                 }
-                (gp::list_offsets_request(0, &self.s.client_id, EARLIEST, &by_topic), unknown, true, self.epoch)
+                (gp::list_offsets_request(&self.s.client_id, EARLIEST, &by_topic), unknown, true, self.epoch)
             } else {
                 let n = self.parts.len();
                 let start = b.next_start.min(n);
@@ -323,9 +318,9 @@ impl Fetcher {
                     isolation_level: READ_COMMITTED,
                     partition_max_bytes: self.s.partition_max_bytes,
                 };
-                (gp::fetch_request(0, &self.s.client_id, &params, &list), asked, false, self.epoch)
+                (gp::fetch_request(&self.s.client_id, &params, &list), asked, false, self.epoch)
             };
-            let (req, asked, offsets, epoch) = job;
+            let (mut req, asked, offsets, epoch) = job;
             let Some(b) = self.brokers.get_mut(&id) else { continue };
             b.busy = true;
             let conn = b.idle.take();
@@ -341,9 +336,7 @@ impl Fetcher {
                         Err(e) => return (id, None, Err(e)),
                     },
                 };
-                let cid = conn.correlation();
-                let req = Self::stamp(req, cid);
-                match conn.call_within(cid, &req, call_timeout).await {
+                match conn.call_within(&mut req, call_timeout).await {
                     Ok(body) => {
                         let job = if offsets {
                             Job::Offsets { epoch, asked, body }
@@ -356,15 +349,6 @@ impl Fetcher {
                 }
             }));
         }
-    }
-
-    /// Put the connection's correlation id into a request built without one.
-    fn stamp(request: Bytes, id: i32) -> Bytes {
-        let mut buf = request.try_into_mut().unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
-        if let Some(field) = buf.get_mut(8..12) {
-            field.copy_from_slice(&id.to_be_bytes());
-        }
-        buf.freeze()
     }
 
     fn finish(&mut self, id: i32, conn: Option<Conn>, result: Result<Job, ConnError>) {
@@ -570,7 +554,7 @@ impl Fetcher {
                     oldest_behind = Some(oldest_behind.map_or(ts, |o| o.min(ts)));
                 }
             }
-            lags.push((p.topic.to_string(), p.partition, lag));
+            lags.push((&*p.topic, p.partition, lag));
         }
         self.metrics.set_lags(lags);
         self.metrics.set_behind_since(oldest_behind);

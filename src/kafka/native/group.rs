@@ -7,11 +7,13 @@
 //! (a rebalance, shutdown) it commits what the store has committed.
 
 use super::assignor;
-use super::conn::{Conn, ConnError};
+use super::bootstrap::Bootstrap;
+use super::conn::{Client, Conn, ConnError};
 use super::consumer::{Assignment, Settings, Shared};
 use super::group_protocol as gp;
 use super::protocol;
 use crate::kafka::diagnosis::{Diagnosis, ErrorReporter, Step};
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -63,8 +65,7 @@ pub struct Group {
     final_commit: mpsc::Receiver<oneshot::Sender<()>>,
     coordinator: Option<Conn>,
     /// A connection to any broker, for metadata.
-    meta: Option<Conn>,
-    next_bootstrap: usize,
+    meta: Bootstrap,
     member_id: String,
     generation: i32,
     epoch: u64,
@@ -85,6 +86,13 @@ impl Group {
         assignment: watch::Sender<Arc<Assignment>>,
         final_commit: mpsc::Receiver<oneshot::Sender<()>>,
     ) -> Self {
+        let meta = Bootstrap::new(
+            s.bootstrap.clone(),
+            Client::Consumer,
+            s.tls.clone(),
+            s.client_id.clone(),
+            s.request_timeout,
+        );
         Self {
             s,
             shared,
@@ -92,8 +100,7 @@ impl Group {
             assignment,
             final_commit,
             coordinator: None,
-            meta: None,
-            next_bootstrap: 0,
+            meta,
             member_id: String::new(),
             generation: -1,
             epoch: 0,
@@ -120,7 +127,7 @@ impl Group {
                     self.problem(&e);
                     self.revoke().await;
                     self.coordinator = None;
-                    self.meta = None;
+                    self.meta.disconnect();
                     if self.wait_or_leave(backoff).await {
                         break;
                     }
@@ -175,37 +182,12 @@ impl Group {
         self.heartbeat_loop().await
     }
 
-    async fn meta_conn(&mut self) -> Result<&mut Conn, GroupError> {
-        if self.meta.is_none() {
-            let n = self.s.bootstrap.len().max(1);
-            let (host, port) = &self.s.bootstrap[self.next_bootstrap % n];
-            self.next_bootstrap += 1;
-            let conn =
-                Conn::open_consumer(host, *port, self.s.tls.as_ref(), self.s.client_id.clone(), self.s.request_timeout)
-                    .await?;
-            self.meta = Some(conn);
-        }
-        self.meta.as_mut().ok_or_else(|| GroupError::Broker("no broker connection".into()))
-    }
-
-    /// A call on the metadata connection; the connection is dropped on failure.
-    async fn meta_call(&mut self, build: impl FnOnce(i32, &str) -> bytes::Bytes) -> Result<bytes::Bytes, GroupError> {
-        let conn = self.meta_conn().await?;
-        let id = conn.correlation();
-        let req = build(id, conn.client_id());
-        match conn.call(id, &req).await {
-            Ok(body) => Ok(body),
-            Err(e) => {
-                self.meta = None;
-                Err(e.into())
-            }
-        }
-    }
-
     async fn find_coordinator(&mut self) -> Result<Conn, GroupError> {
-        let group = self.s.group.clone();
-        let body = self.meta_call(|id, client| gp::find_coordinator_request(id, client, &group)).await?;
-        let c = gp::find_coordinator_response(&body).map_err(|e| GroupError::Broker(e.to_string()))?;
+        let group = &self.s.group;
+        let c = self
+            .meta
+            .call(|c| gp::find_coordinator_request(c.client_id(), group), |b, _| gp::find_coordinator_response(b))
+            .await?;
         if c.error != NONE {
             return Err(GroupError::Broker(format!("FindCoordinator for group {group} answered error {}", c.error)));
         }
@@ -217,19 +199,16 @@ impl Group {
 
     /// The cluster's topics the subscription matches, with partition counts.
     async fn subscribed_topics(&mut self) -> Result<Topics, GroupError> {
-        let names = self.s.subscription.names.clone();
-        let all = self.s.subscription.has_patterns();
-        let body = self
-            .meta_call(|id, client| {
-                if all {
-                    protocol::metadata_request_all(id, client)
-                } else {
-                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                    protocol::metadata_request(id, client, &refs, false)
-                }
-            })
-            .await?;
-        let md = protocol::metadata_response(&body).map_err(|e| GroupError::Broker(e.to_string()))?;
+        let subscription = &self.s.subscription;
+        let build = |c: &Conn| {
+            if subscription.has_patterns() {
+                protocol::metadata_request_all(c.client_id())
+            } else {
+                let refs: Vec<&str> = subscription.names.iter().map(String::as_str).collect();
+                protocol::metadata_request(c.client_id(), &refs, false)
+            }
+        };
+        let md = self.meta.call(build, |b, _| protocol::metadata_response(b)).await?;
         Ok(md
             .topics
             .into_iter()
@@ -242,8 +221,13 @@ impl Group {
     async fn partition_counts(&mut self, names: &[&str]) -> Result<Topics, GroupError> {
         let mut out = Topics::new();
         for chunk in names.chunks(1_000) {
-            let body = self.meta_call(|id, client| protocol::metadata_request(id, client, chunk, false)).await?;
-            let md = protocol::metadata_response(&body).map_err(|e| GroupError::Broker(e.to_string()))?;
+            let md = self
+                .meta
+                .call(
+                    |c| protocol::metadata_request(c.client_id(), chunk, false),
+                    |b, _| protocol::metadata_response(b),
+                )
+                .await?;
             for t in md.topics {
                 if t.error == NONE && !t.partitions.is_empty() {
                     out.insert(t.name, i32::try_from(t.partitions.len()).unwrap_or(i32::MAX));
@@ -253,17 +237,12 @@ impl Group {
         Ok(out)
     }
 
-    async fn coordinator_call(
-        &mut self,
-        timeout: Duration,
-        build: impl FnOnce(i32, &str) -> bytes::Bytes,
-    ) -> Result<bytes::Bytes, GroupError> {
+    /// A call to the coordinator; the connection is dropped on failure.
+    async fn coordinator_call(&mut self, timeout: Duration, mut request: BytesMut) -> Result<Bytes, GroupError> {
         let Some(conn) = self.coordinator.as_mut() else {
             return Err(GroupError::Broker("no coordinator connection".into()));
         };
-        let id = conn.correlation();
-        let req = build(id, conn.client_id());
-        match conn.call_within(id, &req, timeout).await {
+        match conn.call_within(&mut request, timeout).await {
             Ok(body) => Ok(body),
             Err(e) => {
                 self.coordinator = None;
@@ -305,21 +284,16 @@ impl Group {
         let rebalance_ms = i32::try_from(self.s.rebalance_timeout.as_millis()).unwrap_or(i32::MAX);
         let wait = self.s.rebalance_timeout + self.s.request_timeout;
         loop {
-            let (group, member) = (self.s.group.clone(), self.member_id.clone());
-            let body = self
-                .coordinator_call(wait, |id, client| {
-                    gp::join_group_request(
-                        id,
-                        client,
-                        &group,
-                        session_ms,
-                        rebalance_ms,
-                        &member,
-                        "consumer",
-                        &offered.each_ref().map(|(name, metadata)| (*name, metadata.as_slice())),
-                    )
-                })
-                .await?;
+            let request = gp::join_group_request(
+                &self.s.client_id,
+                &self.s.group,
+                session_ms,
+                rebalance_ms,
+                &self.member_id,
+                "consumer",
+                &offered.each_ref().map(|(name, metadata)| (*name, metadata.as_slice())),
+            );
+            let body = self.coordinator_call(wait, request).await?;
             let j = gp::join_group_response(&body).map_err(|e| GroupError::Broker(e.to_string()))?;
             if j.error == MEMBER_ID_REQUIRED {
                 self.member_id = j.member_id;
@@ -380,13 +354,10 @@ impl Group {
         } else {
             Vec::new()
         };
-        let (group, member, generation) = (self.s.group.clone(), self.member_id.clone(), self.generation);
         let wait = self.s.rebalance_timeout + self.s.request_timeout;
-        let body = self
-            .coordinator_call(wait, |id, client| {
-                gp::sync_group_request(id, client, &group, generation, &member, &assignments)
-            })
-            .await?;
+        let request =
+            gp::sync_group_request(&self.s.client_id, &self.s.group, self.generation, &self.member_id, &assignments);
+        let body = self.coordinator_call(wait, request).await?;
         let (error, mine) = gp::sync_group_response(&body).map_err(|e| GroupError::Broker(e.to_string()))?;
         if let Some(next) = self.after("SyncGroup", error)? {
             return Ok(Err(next));
@@ -399,12 +370,8 @@ impl Group {
         let mut starts: HashMap<(String, i32), i64> = HashMap::new();
         for chunk in mine.chunks(1_000) {
             let request: Vec<(&str, Vec<i32>)> = chunk.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
-            let group = self.s.group.clone();
-            let body = self
-                .coordinator_call(self.s.request_timeout, |id, client| {
-                    gp::offset_fetch_request(id, client, &group, &request)
-                })
-                .await?;
+            let request = gp::offset_fetch_request(&self.s.client_id, &self.s.group, &request);
+            let body = self.coordinator_call(self.s.request_timeout, request).await?;
             for (topic, partition, offset, error) in
                 gp::offset_fetch_response(&body).map_err(|e| GroupError::Broker(e.to_string()))?
             {
@@ -473,12 +440,9 @@ impl Group {
             by_topic.entry(t).or_default().push((*p, *o));
         }
         let offsets: Vec<(&str, Vec<(i32, i64)>)> = by_topic.into_iter().collect();
-        let (group, member, generation) = (self.s.group.clone(), self.member_id.clone(), self.generation);
-        let body = self
-            .coordinator_call(self.s.request_timeout, |id, client| {
-                gp::offset_commit_request(id, client, &group, generation, &member, &offsets)
-            })
-            .await?;
+        let request =
+            gp::offset_commit_request(&self.s.client_id, &self.s.group, self.generation, &self.member_id, &offsets);
+        let body = self.coordinator_call(self.s.request_timeout, request).await?;
         let results = gp::offset_commit_response(&body).map_err(|e| GroupError::Broker(e.to_string()))?;
         let failed: HashMap<(&str, i32), i16> =
             results.iter().filter(|r| r.2 != NONE).map(|(t, p, e)| ((t.as_str(), *p), *e)).collect();
@@ -507,12 +471,9 @@ impl Group {
         loop {
             let next = tokio::select! {
                 _ = heartbeat.tick() => {
-                    let (group, member, generation) = (self.s.group.clone(), self.member_id.clone(), self.generation);
-                    let body = self
-                        .coordinator_call(self.s.request_timeout, |id, client| {
-                            gp::heartbeat_request(id, client, &group, generation, &member)
-                        })
-                        .await;
+                    let request =
+                        gp::heartbeat_request(&self.s.client_id, &self.s.group, self.generation, &self.member_id);
+                    let body = self.coordinator_call(self.s.request_timeout, request).await;
                     match body {
                         Ok(body) => {
                             let error = gp::heartbeat_response(&body).map_err(|e| GroupError::Broker(e.to_string()))?;
@@ -561,14 +522,11 @@ impl Group {
     /// others take them over now, not after the session timeout.
     async fn leave(&mut self) {
         self.revoke().await;
-        let (group, member) = (self.s.group.clone(), self.member_id.clone());
-        if member.is_empty() {
+        if self.member_id.is_empty() {
             return;
         }
-        match self
-            .coordinator_call(self.s.request_timeout, |id, client| gp::leave_group_request(id, client, &group, &member))
-            .await
-        {
+        let request = gp::leave_group_request(&self.s.client_id, &self.s.group, &self.member_id);
+        match self.coordinator_call(self.s.request_timeout, request).await {
             Ok(body) => match gp::leave_group_response(&body) {
                 Ok(NONE) => tracing::info!("Left the consumer group."),
                 Ok(e) => tracing::debug!(error = e, "LeaveGroup answered an error."),

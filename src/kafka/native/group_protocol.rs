@@ -9,12 +9,13 @@
 //! and the `"roundrobin"` assignor the group leader runs.
 //!
 //! Requests are encoded whole, with their size prefix, by the producer's
-//! [`Request`]; responses are decoded from the body after the correlation
-//! id. Array counts are checked against the bytes left before anything is
-//! reserved for them.
+//! [`Request`] (the connection sets their correlation id as it sends them);
+//! responses are decoded from the body after the correlation id by its
+//! [`Reader`]. Array counts are checked against the bytes left before
+//! anything is reserved for them.
 
 use super::protocol::{Malformed, Reader, Request};
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 
@@ -50,11 +51,6 @@ pub const CONSUMER_APIS: [(i16, i16, &str); 9] = [
     (API_SYNC_GROUP, SYNC_GROUP_VERSION, "SyncGroup"),
 ];
 
-/// The error of a response that does not parse.
-fn malformed(what: &'static str, detail: &'static str) -> Malformed {
-    Malformed { what, detail }
-}
-
 /// The encoded size of a STRING.
 fn string_size(s: &str) -> usize {
     2 + s.len()
@@ -86,83 +82,9 @@ fn put_len(b: &mut Vec<u8>, n: usize) {
     b.put_i32(i32::try_from(n).unwrap_or(i32::MAX));
 }
 
-/// Reads a response body as [`Reader`] does, and its BYTES fields too (which
-/// [`Reader`] has no public way to take).
-struct Body<'a> {
-    buf: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Body<'a> {
-    fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Self { buf, what }
-    }
-
-    fn err(&self, detail: &'static str) -> Malformed {
-        malformed(self.what, detail)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
-        if self.buf.len() < n {
-            return Err(self.err("truncated"));
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn i16(&mut self) -> Result<i16, Malformed> {
-        let mut a = [0u8; 2];
-        a.copy_from_slice(self.take(2)?);
-        Ok(i16::from_be_bytes(a))
-    }
-
-    fn i32(&mut self) -> Result<i32, Malformed> {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(self.take(4)?);
-        Ok(i32::from_be_bytes(a))
-    }
-
-    fn i64(&mut self) -> Result<i64, Malformed> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(i64::from_be_bytes(a))
-    }
-
-    /// A nullable string (`None` for null).
-    fn string(&mut self) -> Result<Option<String>, Malformed> {
-        let n = self.i16()?;
-        if n < 0 {
-            return Ok(None);
-        }
-        let b = self.take(n as usize)?;
-        Ok(Some(String::from_utf8_lossy(b).into_owned()))
-    }
-
-    /// Nullable bytes (`None` for null), borrowed from the body.
-    fn bytes(&mut self) -> Result<Option<&'a [u8]>, Malformed> {
-        let n = self.i32()?;
-        if n < 0 {
-            return Ok(None);
-        }
-        let n = usize::try_from(n).map_err(|_| self.err("truncated"))?;
-        self.take(n).map(Some)
-    }
-
-    /// An array length; null arrays read as empty, counts larger than the
-    /// bytes left are malformed.
-    fn len(&mut self) -> Result<usize, Malformed> {
-        let n = usize::try_from(self.i32()?.max(0)).unwrap_or(0);
-        if n > self.buf.len() {
-            return Err(self.err("array longer than the response"));
-        }
-        Ok(n)
-    }
-}
-
 /// FindCoordinator v1 for a consumer group (key type 0).
-pub fn find_coordinator_request(cid: i32, client_id: &str, group: &str) -> Bytes {
-    let mut r = Request::new(API_FIND_COORDINATOR, FIND_COORDINATOR_VERSION, cid, client_id, string_size(group) + 1);
+pub fn find_coordinator_request(client_id: &str, group: &str) -> BytesMut {
+    let mut r = Request::new(API_FIND_COORDINATOR, FIND_COORDINATOR_VERSION, client_id, string_size(group) + 1);
     r.string(group);
     r.i8(0); // key type: group
     r.finish()
@@ -192,9 +114,7 @@ pub fn find_coordinator_response(body: &[u8]) -> Result<Coordinator, Malformed> 
 
 /// JoinGroup v2: `protocols` are `(name, metadata)` in order of preference;
 /// `member_id` is empty on the first join.
-#[allow(clippy::too_many_arguments)]
 pub fn join_group_request(
-    cid: i32,
     client_id: &str,
     group: &str,
     session_timeout_ms: i32,
@@ -202,14 +122,14 @@ pub fn join_group_request(
     member_id: &str,
     protocol_type: &str,
     protocols: &[(&str, &[u8])],
-) -> Bytes {
+) -> BytesMut {
     let size = string_size(group)
         + 8
         + string_size(member_id)
         + string_size(protocol_type)
         + 4
         + protocols.iter().map(|(name, meta)| string_size(name) + 4 + meta.len()).sum::<usize>();
-    let mut r = Request::new(API_JOIN_GROUP, JOIN_GROUP_VERSION, cid, client_id, size);
+    let mut r = Request::new(API_JOIN_GROUP, JOIN_GROUP_VERSION, client_id, size);
     r.string(group);
     r.i32(session_timeout_ms);
     r.i32(rebalance_timeout_ms);
@@ -239,7 +159,7 @@ pub struct JoinGroup {
 /// id, members (member id, metadata). Null strings read as empty, null
 /// metadata as empty.
 pub fn join_group_response(body: &[u8]) -> Result<JoinGroup, Malformed> {
-    let mut r = Body::new(body, "JoinGroup");
+    let mut r = Reader::new(body, "JoinGroup");
     let _throttle = r.i32()?;
     let error = r.i16()?;
     let generation = r.i32()?;
@@ -259,19 +179,18 @@ pub fn join_group_response(body: &[u8]) -> Result<JoinGroup, Malformed> {
 /// SyncGroup v1: `assignments` are `(member id, assignment)`, sent by the
 /// leader only (the others send none).
 pub fn sync_group_request(
-    cid: i32,
     client_id: &str,
     group: &str,
     generation: i32,
     member_id: &str,
     assignments: &[(String, Vec<u8>)],
-) -> Bytes {
+) -> BytesMut {
     let size = string_size(group)
         + 4
         + string_size(member_id)
         + 4
         + assignments.iter().map(|(id, a)| string_size(id) + 4 + a.len()).sum::<usize>();
-    let mut r = Request::new(API_SYNC_GROUP, SYNC_GROUP_VERSION, cid, client_id, size);
+    let mut r = Request::new(API_SYNC_GROUP, SYNC_GROUP_VERSION, client_id, size);
     r.string(group);
     r.i32(generation);
     r.string(member_id);
@@ -285,7 +204,7 @@ pub fn sync_group_request(
 
 /// SyncGroup v1: throttle, error, this member's assignment (null → empty).
 pub fn sync_group_response(body: &[u8]) -> Result<(i16, Vec<u8>), Malformed> {
-    let mut r = Body::new(body, "SyncGroup");
+    let mut r = Reader::new(body, "SyncGroup");
     let _throttle = r.i32()?;
     let error = r.i16()?;
     let assignment = r.bytes()?.unwrap_or_default().to_vec();
@@ -293,9 +212,9 @@ pub fn sync_group_response(body: &[u8]) -> Result<(i16, Vec<u8>), Malformed> {
 }
 
 /// Heartbeat v1.
-pub fn heartbeat_request(cid: i32, client_id: &str, group: &str, generation: i32, member_id: &str) -> Bytes {
+pub fn heartbeat_request(client_id: &str, group: &str, generation: i32, member_id: &str) -> BytesMut {
     let size = string_size(group) + 4 + string_size(member_id);
-    let mut r = Request::new(API_HEARTBEAT, HEARTBEAT_VERSION, cid, client_id, size);
+    let mut r = Request::new(API_HEARTBEAT, HEARTBEAT_VERSION, client_id, size);
     r.string(group);
     r.i32(generation);
     r.string(member_id);
@@ -310,9 +229,9 @@ pub fn heartbeat_response(body: &[u8]) -> Result<i16, Malformed> {
 }
 
 /// LeaveGroup v1.
-pub fn leave_group_request(cid: i32, client_id: &str, group: &str, member_id: &str) -> Bytes {
+pub fn leave_group_request(client_id: &str, group: &str, member_id: &str) -> BytesMut {
     let size = string_size(group) + string_size(member_id);
-    let mut r = Request::new(API_LEAVE_GROUP, LEAVE_GROUP_VERSION, cid, client_id, size);
+    let mut r = Request::new(API_LEAVE_GROUP, LEAVE_GROUP_VERSION, client_id, size);
     r.string(group);
     r.string(member_id);
     r.finish()
@@ -328,20 +247,19 @@ pub fn leave_group_response(body: &[u8]) -> Result<i16, Malformed> {
 /// Offsets to commit, grouped by topic: `(topic, [(partition, next offset)])`.
 /// OffsetCommit v2, with the broker's retention (-1) and empty metadata.
 pub fn offset_commit_request(
-    cid: i32,
     client_id: &str,
     group: &str,
     generation: i32,
     member_id: &str,
     offsets: &[(&str, Vec<(i32, i64)>)],
-) -> Bytes {
+) -> BytesMut {
     let size = string_size(group)
         + 4
         + string_size(member_id)
         + 8
         + 4
         + offsets.iter().map(|(t, ps)| string_size(t) + 4 + ps.len() * 14).sum::<usize>();
-    let mut r = Request::new(API_OFFSET_COMMIT, OFFSET_COMMIT_VERSION, cid, client_id, size);
+    let mut r = Request::new(API_OFFSET_COMMIT, OFFSET_COMMIT_VERSION, client_id, size);
     r.string(group);
     r.i32(generation);
     r.string(member_id);
@@ -364,7 +282,7 @@ pub fn offset_commit_response(body: &[u8]) -> Result<Vec<(String, i32, i16)>, Ma
     let mut r = Reader::new(body, "OffsetCommit");
     let mut out = Vec::new();
     for _ in 0..r.len()? {
-        let topic = r.string()?.ok_or(malformed("OffsetCommit", "topic without a name"))?;
+        let topic = r.string()?.ok_or(r.err("topic without a name"))?;
         for _ in 0..r.len()? {
             let partition = r.i32()?;
             let error = r.i16()?;
@@ -375,9 +293,9 @@ pub fn offset_commit_response(body: &[u8]) -> Result<Vec<(String, i32, i16)>, Ma
 }
 
 /// OffsetFetch v1: the group's committed offsets of these partitions.
-pub fn offset_fetch_request(cid: i32, client_id: &str, group: &str, topics: &[(&str, Vec<i32>)]) -> Bytes {
+pub fn offset_fetch_request(client_id: &str, group: &str, topics: &[(&str, Vec<i32>)]) -> BytesMut {
     let size = string_size(group) + 4 + topics.iter().map(|(t, ps)| string_size(t) + 4 + ps.len() * 4).sum::<usize>();
-    let mut r = Request::new(API_OFFSET_FETCH, OFFSET_FETCH_VERSION, cid, client_id, size);
+    let mut r = Request::new(API_OFFSET_FETCH, OFFSET_FETCH_VERSION, client_id, size);
     r.string(group);
     r.len(topics.len());
     for (topic, partitions) in topics {
@@ -395,7 +313,7 @@ pub fn offset_fetch_response(body: &[u8]) -> Result<Vec<(String, i32, i64, i16)>
     let mut r = Reader::new(body, "OffsetFetch");
     let mut out = Vec::new();
     for _ in 0..r.len()? {
-        let topic = r.string()?.ok_or(malformed("OffsetFetch", "topic without a name"))?;
+        let topic = r.string()?.ok_or(r.err("topic without a name"))?;
         for _ in 0..r.len()? {
             let partition = r.i32()?;
             let offset = r.i64()?;
@@ -408,9 +326,9 @@ pub fn offset_fetch_response(body: &[u8]) -> Result<Vec<(String, i32, i64, i16)>
 }
 
 /// ListOffsets v1 at `timestamp` (-2 earliest, -1 latest) for every partition listed.
-pub fn list_offsets_request(cid: i32, client_id: &str, timestamp: i64, topics: &[(&str, Vec<i32>)]) -> Bytes {
+pub fn list_offsets_request(client_id: &str, timestamp: i64, topics: &[(&str, Vec<i32>)]) -> BytesMut {
     let size = 8 + topics.iter().map(|(t, ps)| string_size(t) + 4 + ps.len() * 12).sum::<usize>();
-    let mut r = Request::new(API_LIST_OFFSETS, LIST_OFFSETS_VERSION, cid, client_id, size);
+    let mut r = Request::new(API_LIST_OFFSETS, LIST_OFFSETS_VERSION, client_id, size);
     r.i32(-1); // replica id: a consumer
     r.len(topics.len());
     for (topic, partitions) in topics {
@@ -429,7 +347,7 @@ pub fn list_offsets_response(body: &[u8]) -> Result<Vec<(String, i32, i16, i64)>
     let mut r = Reader::new(body, "ListOffsets");
     let mut out = Vec::new();
     for _ in 0..r.len()? {
-        let topic = r.string()?.ok_or(malformed("ListOffsets", "topic without a name"))?;
+        let topic = r.string()?.ok_or(r.err("topic without a name"))?;
         for _ in 0..r.len()? {
             let partition = r.i32()?;
             let error = r.i16()?;
@@ -461,8 +379,8 @@ fn fetch_size(partitions: &[(&str, i32, i64)]) -> usize {
 /// Fetch v4. `partitions`: (topic, partition, fetch offset); consecutive
 /// entries with the same topic form one topic entry of the request (the
 /// caller keeps a topic's partitions together).
-pub fn fetch_request(cid: i32, client_id: &str, params: &FetchParams, partitions: &[(&str, i32, i64)]) -> Bytes {
-    let mut r = Request::new(API_FETCH, FETCH_VERSION, cid, client_id, fetch_size(partitions));
+pub fn fetch_request(client_id: &str, params: &FetchParams, partitions: &[(&str, i32, i64)]) -> BytesMut {
+    let mut r = Request::new(API_FETCH, FETCH_VERSION, client_id, fetch_size(partitions));
     r.i32(-1); // replica id: a consumer
     r.i32(params.max_wait_ms);
     r.i32(params.min_bytes);
@@ -503,7 +421,7 @@ pub struct FetchedTopic {
 /// Fetch v4: throttle, then per topic and partition: partition, error, high
 /// watermark, last stable offset, aborted transactions, records.
 pub fn fetch_response(body: &Bytes) -> Result<Vec<FetchedTopic>, Malformed> {
-    let mut r = Body::new(body, "Fetch");
+    let mut r = Reader::new(body, "Fetch");
     let _throttle = r.i32()?;
     let n = r.len()?;
     let mut topics = Vec::with_capacity(n);
@@ -554,12 +472,12 @@ pub fn parse_assignment(b: &[u8]) -> Result<Vec<(String, Vec<i32>)>, Malformed> 
     }
     let mut r = Reader::new(b, "consumer Assignment");
     if r.i16()? < 0 {
-        return Err(malformed("consumer Assignment", "negative version"));
+        return Err(r.err("negative version"));
     }
     let n = r.len()?;
     let mut parts = Vec::with_capacity(n);
     for _ in 0..n {
-        let topic = r.string()?.ok_or(malformed("consumer Assignment", "null topic"))?;
+        let topic = r.string()?.ok_or(r.err("null topic"))?;
         let np = r.len()?;
         let mut partitions = Vec::with_capacity(np);
         for _ in 0..np {
@@ -658,12 +576,12 @@ mod tests {
     }
 
     /// Checks the size prefix and the header, and returns the body's reader.
-    fn request(req: &Bytes, api: i16, version: i16, cid: i32) -> Dec<'_> {
+    fn request(req: &[u8], api: i16, version: i16) -> Dec<'_> {
         let mut d = Dec(req);
         assert_eq!(d.i32() as usize, req.len() - 4, "size prefix");
         assert_eq!(d.i16(), api, "api key");
         assert_eq!(d.i16(), version, "api version");
-        assert_eq!(d.i32(), cid, "correlation id");
+        assert_eq!(d.i32(), 0, "correlation id: the connection's to set");
         assert_eq!(d.str(), CLIENT, "client id");
         d
     }
@@ -699,8 +617,8 @@ mod tests {
 
     #[test]
     fn find_coordinator_request_layout() {
-        let req = find_coordinator_request(5, CLIENT, "g1");
-        let mut d = request(&req, API_FIND_COORDINATOR, 1, 5);
+        let req = find_coordinator_request(CLIENT, "g1");
+        let mut d = request(&req, API_FIND_COORDINATOR, 1);
         assert_eq!(d.str(), "g1");
         assert_eq!(d.i8(), 0, "key type group");
         d.end();
@@ -733,8 +651,8 @@ mod tests {
     #[test]
     fn join_group_request_layout() {
         let sub = vec![0, 1, 2, 3];
-        let req = join_group_request(9, CLIENT, "g", 10_000, 60_000, "m-1", "consumer", &[("roundrobin", &sub)]);
-        let mut d = request(&req, API_JOIN_GROUP, 2, 9);
+        let req = join_group_request(CLIENT, "g", 10_000, 60_000, "m-1", "consumer", &[("roundrobin", &sub)]);
+        let mut d = request(&req, API_JOIN_GROUP, 2);
         assert_eq!(d.str(), "g");
         assert_eq!(d.i32(), 10_000, "session timeout");
         assert_eq!(d.i32(), 60_000, "rebalance timeout");
@@ -745,8 +663,8 @@ mod tests {
         assert_eq!(d.bytes(), Some(sub));
         d.end();
 
-        let req = join_group_request(1, CLIENT, "g", 1, 2, "", "consumer", &[]);
-        let mut d = request(&req, API_JOIN_GROUP, 2, 1);
+        let req = join_group_request(CLIENT, "g", 1, 2, "", "consumer", &[]);
+        let mut d = request(&req, API_JOIN_GROUP, 2);
         d.str();
         d.i32();
         d.i32();
@@ -804,8 +722,8 @@ mod tests {
     #[test]
     fn sync_group_request_layout() {
         let a = assignment(&[("t".into(), vec![0, 1])]);
-        let req = sync_group_request(4, CLIENT, "g", 7, "m-1", &[("m-1".into(), a.clone()), ("m-2".into(), vec![])]);
-        let mut d = request(&req, API_SYNC_GROUP, 1, 4);
+        let req = sync_group_request(CLIENT, "g", 7, "m-1", &[("m-1".into(), a.clone()), ("m-2".into(), vec![])]);
+        let mut d = request(&req, API_SYNC_GROUP, 1);
         assert_eq!(d.str(), "g");
         assert_eq!(d.i32(), 7, "generation");
         assert_eq!(d.str(), "m-1");
@@ -836,12 +754,12 @@ mod tests {
 
     #[test]
     fn heartbeat_and_leave_group() {
-        let req = heartbeat_request(2, CLIENT, "g", 5, "m");
-        let mut d = request(&req, API_HEARTBEAT, 1, 2);
+        let req = heartbeat_request(CLIENT, "g", 5, "m");
+        let mut d = request(&req, API_HEARTBEAT, 1);
         assert_eq!((d.str(), d.i32(), d.str()), ("g".into(), 5, "m".into()));
         d.end();
-        let req = leave_group_request(3, CLIENT, "g", "m");
-        let mut d = request(&req, API_LEAVE_GROUP, 1, 3);
+        let req = leave_group_request(CLIENT, "g", "m");
+        let mut d = request(&req, API_LEAVE_GROUP, 1);
         assert_eq!((d.str(), d.str()), ("g".into(), "m".into()));
         d.end();
 
@@ -855,8 +773,8 @@ mod tests {
     #[test]
     fn offset_commit_request_layout() {
         let offsets = [("a", vec![(0, 10), (2, 1 << 40)]), ("b", vec![(1, 0)])];
-        let req = offset_commit_request(6, CLIENT, "g", 3, "m", &offsets);
-        let mut d = request(&req, API_OFFSET_COMMIT, 2, 6);
+        let req = offset_commit_request(CLIENT, "g", 3, "m", &offsets);
+        let mut d = request(&req, API_OFFSET_COMMIT, 2);
         assert_eq!(d.str(), "g");
         assert_eq!(d.i32(), 3, "generation");
         assert_eq!(d.str(), "m");
@@ -894,8 +812,8 @@ mod tests {
 
     #[test]
     fn offset_fetch_request_layout() {
-        let req = offset_fetch_request(8, CLIENT, "g", &[("a", vec![0, 1]), ("b", vec![])]);
-        let mut d = request(&req, API_OFFSET_FETCH, 1, 8);
+        let req = offset_fetch_request(CLIENT, "g", &[("a", vec![0, 1]), ("b", vec![])]);
+        let mut d = request(&req, API_OFFSET_FETCH, 1);
         assert_eq!(d.str(), "g");
         assert_eq!(d.i32(), 2);
         assert_eq!(d.str(), "a");
@@ -931,8 +849,8 @@ mod tests {
 
     #[test]
     fn list_offsets_request_layout() {
-        let req = list_offsets_request(11, CLIENT, -2, &[("a", vec![3]), ("b", vec![0, 1])]);
-        let mut d = request(&req, API_LIST_OFFSETS, 1, 11);
+        let req = list_offsets_request(CLIENT, -2, &[("a", vec![3]), ("b", vec![0, 1])]);
+        let mut d = request(&req, API_LIST_OFFSETS, 1);
         assert_eq!(d.i32(), -1, "replica id");
         assert_eq!(d.i32(), 2);
         assert_eq!(d.str(), "a");
@@ -973,8 +891,8 @@ mod tests {
     #[test]
     fn fetch_request_groups_consecutive_partitions_of_a_topic() {
         let parts = [("a", 0, 5), ("a", 2, 7), ("b", 1, 1 << 33), ("a", 1, 0)];
-        let req = fetch_request(12, CLIENT, &PARAMS, &parts);
-        let mut d = request(&req, API_FETCH, 4, 12);
+        let req = fetch_request(CLIENT, &PARAMS, &parts);
+        let mut d = request(&req, API_FETCH, 4);
         assert_eq!(d.i32(), -1, "replica id");
         assert_eq!(d.i32(), 500);
         assert_eq!(d.i32(), 1);
@@ -990,8 +908,8 @@ mod tests {
         }
         d.end();
 
-        let req = fetch_request(1, CLIENT, &PARAMS, &[]);
-        let mut d = request(&req, API_FETCH, 4, 1);
+        let req = fetch_request(CLIENT, &PARAMS, &[]);
+        let mut d = request(&req, API_FETCH, 4);
         d.take(17);
         assert_eq!(d.i32(), 0);
         d.end();
@@ -1003,7 +921,7 @@ mod tests {
         let parts: Vec<(&str, i32, i64)> =
             names.iter().flat_map(|n| (0..10).map(move |p| (n.as_str(), p, i64::from(p) * 1000))).collect();
         assert_eq!(parts.len(), 10_000);
-        let req = fetch_request(1, CLIENT, &PARAMS, &parts);
+        let req = fetch_request(CLIENT, &PARAMS, &parts);
         let header = 4 + 2 + 2 + 4 + 2 + CLIENT.len();
         assert_eq!(req.len(), header + fetch_size(&parts), "the capacity asked for is exactly what is written");
     }

@@ -13,6 +13,7 @@
 
 mod assignor;
 mod batch;
+mod bootstrap;
 mod conn;
 mod consumer;
 mod engine;

@@ -2,10 +2,12 @@
 //! `group_protocol.rs`): ApiVersions v0,
 //! Metadata v4, InitProducerId v0–v4 (v2 on in the flexible encoding; some
 //! brokers answer only v3 and later) and Produce v3–v8 (the record-batch
-//! versions before the flexible encoding). Requests are encoded whole, with their size prefix; responses
-//! are decoded from the body after the size prefix.
+//! versions before the flexible encoding). Requests are encoded whole, with
+//! their size prefix and a correlation id of 0 that the connection sets as it
+//! sends them ([`set_correlation_id`]); responses are decoded from the body
+//! after the size prefix, by [`Reader`] (the consumer's too).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 pub const API_PRODUCE: i16 = 0;
 pub const API_METADATA: i16 = 3;
@@ -28,19 +30,25 @@ pub struct Malformed {
     pub detail: &'static str,
 }
 
+/// Where a finished request's API version and correlation id are: after
+/// the size prefix (4 bytes) and the api key (2).
+const VERSION_AT: std::ops::Range<usize> = 6..8;
+const CORRELATION_AT: std::ops::Range<usize> = 8..12;
+
 /// A request under construction: the size prefix is patched in by [`Request::finish`].
 pub struct Request {
     buf: BytesMut,
 }
 
 impl Request {
-    /// Request header v1: api key, version, correlation id, client id.
-    pub fn new(api_key: i16, version: i16, correlation_id: i32, client_id: &str, capacity: usize) -> Self {
+    /// Request header v1: api key, version, correlation id (0: the
+    /// connection sets it as it sends the request), client id.
+    pub fn new(api_key: i16, version: i16, client_id: &str, capacity: usize) -> Self {
         let mut buf = BytesMut::with_capacity(capacity + 16 + client_id.len());
         buf.put_i32(0);
         buf.put_i16(api_key);
         buf.put_i16(version);
-        buf.put_i32(correlation_id);
+        buf.put_i32(0);
         let mut r = Self { buf };
         r.string(client_id);
         r
@@ -82,16 +90,27 @@ impl Request {
         Ok(())
     }
 
-    /// The finished request, size prefix included.
-    pub fn finish(self) -> Bytes {
-        self.finish_mut().freeze()
-    }
-
-    /// The same, still writable (its header is stamped when it goes out).
-    pub fn finish_mut(mut self) -> BytesMut {
+    /// The finished request, size prefix included; still writable, as its
+    /// correlation id is set when it goes out.
+    pub fn finish(mut self) -> BytesMut {
         let size = i32::try_from(self.buf.len() - 4).unwrap_or(i32::MAX);
         self.buf[..4].copy_from_slice(&size.to_be_bytes());
         self.buf
+    }
+}
+
+/// Set a finished request's correlation id ([`super::conn::Conn`] does, as it sends it).
+pub fn set_correlation_id(request: &mut [u8], id: i32) {
+    if let Some(field) = request.get_mut(CORRELATION_AT) {
+        field.copy_from_slice(&id.to_be_bytes());
+    }
+}
+
+/// Set a finished request's API version (a Produce request is encoded
+/// before the connection that agrees its version may exist).
+pub fn set_version(request: &mut [u8], version: i16) {
+    if let Some(field) = request.get_mut(VERSION_AT) {
+        field.copy_from_slice(&version.to_be_bytes());
     }
 }
 
@@ -106,7 +125,8 @@ impl<'a> Reader<'a> {
         Self { buf, what }
     }
 
-    fn err(&self, detail: &'static str) -> Malformed {
+    /// The error of this response, with `detail`.
+    pub fn err(&self, detail: &'static str) -> Malformed {
         Malformed { what: self.what, detail }
     }
 
@@ -172,6 +192,16 @@ impl<'a> Reader<'a> {
         Ok(Some(String::from_utf8_lossy(b).into_owned()))
     }
 
+    /// Nullable bytes (`None` for null), borrowed from the body.
+    pub fn bytes(&mut self) -> Result<Option<&'a [u8]>, Malformed> {
+        let n = self.i32()?;
+        if n < 0 {
+            return Ok(None);
+        }
+        let n = usize::try_from(n).map_err(|_| self.err("truncated"))?;
+        self.take(n).map(Some)
+    }
+
     /// An array length; null arrays read as empty.
     pub fn len(&mut self) -> Result<usize, Malformed> {
         let n = self.i32()?;
@@ -183,21 +213,11 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
-
-    /// Nullable bytes (`None` for null), borrowed from the body.
-    pub fn bytes(&mut self) -> Result<Option<&'a [u8]>, Malformed> {
-        let n = self.i32()?;
-        if n < 0 {
-            return Ok(None);
-        }
-        let n = usize::try_from(n).map_err(|_| self.err("truncated"))?;
-        self.take(n).map(Some)
-    }
 }
 
 /// ApiVersions v0: which versions of each API the broker speaks.
-pub fn api_versions_request(correlation_id: i32, client_id: &str) -> Bytes {
-    Request::new(API_VERSIONS, 0, correlation_id, client_id, 0).finish()
+pub fn api_versions_request(client_id: &str) -> BytesMut {
+    Request::new(API_VERSIONS, 0, client_id, 0).finish()
 }
 
 /// One API a broker speaks: `(api_key, min version, max version)`.
@@ -223,9 +243,9 @@ pub fn pick_version(apis: &[ApiRange], key: i16, ours: (i16, i16)) -> Option<i16
 }
 
 /// Metadata v4 for `topics` (never "all topics").
-pub fn metadata_request(correlation_id: i32, client_id: &str, topics: &[&str], auto_create: bool) -> Bytes {
+pub fn metadata_request(client_id: &str, topics: &[&str], auto_create: bool) -> BytesMut {
     let size: usize = topics.iter().map(|t| t.len() + 2).sum();
-    let mut r = Request::new(API_METADATA, METADATA_VERSION, correlation_id, client_id, size + 8);
+    let mut r = Request::new(API_METADATA, METADATA_VERSION, client_id, size + 8);
     r.len(topics.len());
     for t in topics {
         r.string(t);
@@ -235,8 +255,8 @@ pub fn metadata_request(correlation_id: i32, client_id: &str, topics: &[&str], a
 }
 
 /// Metadata v4 for every topic of the cluster (a consumer's regex subscription).
-pub fn metadata_request_all(correlation_id: i32, client_id: &str) -> Bytes {
-    let mut r = Request::new(API_METADATA, METADATA_VERSION, correlation_id, client_id, 8);
+pub fn metadata_request_all(client_id: &str) -> BytesMut {
+    let mut r = Request::new(API_METADATA, METADATA_VERSION, client_id, 8);
     r.i32(-1);
     r.i8(0);
     r.finish()
@@ -304,8 +324,8 @@ pub fn metadata_response(body: &[u8]) -> Result<Metadata, Malformed> {
 }
 
 /// InitProducerId for an idempotent (non-transactional) producer.
-pub fn init_producer_id_request(correlation_id: i32, client_id: &str, version: i16) -> Bytes {
-    let mut r = Request::new(API_INIT_PRODUCER_ID, version, correlation_id, client_id, 24);
+pub fn init_producer_id_request(client_id: &str, version: i16) -> BytesMut {
+    let mut r = Request::new(API_INIT_PRODUCER_ID, version, client_id, 24);
     if version >= INIT_PRODUCER_ID_FLEXIBLE {
         r.i8(0); // header: no tagged fields
         r.i8(0); // transactional id: null (compact)
@@ -375,7 +395,7 @@ pub fn produce_response(body: &[u8], version: i16) -> Result<Vec<PartitionResult
 mod tests {
     use super::*;
 
-    fn body(req: &Bytes) -> &[u8] {
+    fn body(req: &[u8]) -> &[u8] {
         let size = i32::from_be_bytes([req[0], req[1], req[2], req[3]]) as usize;
         assert_eq!(size, req.len() - 4, "size prefix");
         &req[4..]
@@ -383,13 +403,34 @@ mod tests {
 
     #[test]
     fn request_header_and_size() {
-        let req = api_versions_request(7, "iotpipe");
+        let mut req = api_versions_request("iotpipe");
         let b = body(&req);
         assert_eq!(&b[..2], &API_VERSIONS.to_be_bytes());
         assert_eq!(&b[2..4], &0i16.to_be_bytes());
-        assert_eq!(&b[4..8], &7i32.to_be_bytes());
+        assert_eq!(&b[4..8], &0i32.to_be_bytes(), "correlation id: set as it goes out");
         assert_eq!(&b[8..10], &7i16.to_be_bytes());
         assert_eq!(&b[10..], b"iotpipe");
+        set_correlation_id(&mut req, 7);
+        set_version(&mut req, 3);
+        let b = body(&req);
+        assert_eq!(&b[..2], &API_VERSIONS.to_be_bytes());
+        assert_eq!(&b[2..4], &3i16.to_be_bytes());
+        assert_eq!(&b[4..8], &7i32.to_be_bytes());
+        assert_eq!(&b[8..], &body(&api_versions_request("iotpipe"))[8..], "nothing else changed");
+    }
+
+    #[test]
+    fn nullable_bytes_are_borrowed_and_checked() {
+        let mut b = BytesMut::new();
+        b.put_i32(-1);
+        b.put_i32(2);
+        b.put_slice(b"ab");
+        b.put_i32(5);
+        b.put_slice(b"cd");
+        let mut r = Reader::new(&b, "test");
+        assert_eq!(r.bytes(), Ok(None));
+        assert_eq!(r.bytes(), Ok(Some(&b"ab"[..])));
+        assert_eq!(r.bytes(), Err(Malformed { what: "test", detail: "truncated" }));
     }
 
     #[test]
@@ -442,9 +483,9 @@ mod tests {
 
     #[test]
     fn init_producer_id_in_both_encodings() {
-        let v0 = init_producer_id_request(3, "c", 0);
+        let v0 = init_producer_id_request("c", 0);
         assert_eq!(&body(&v0)[11..], &[0xFF, 0xFF, 0, 0, 0xEA, 0x60]);
-        let v4 = init_producer_id_request(3, "c", 4);
+        let v4 = init_producer_id_request("c", 4);
         assert_eq!(
             &body(&v4)[11..],
             &[0, 0, 0, 0, 0xEA, 0x60, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0]
