@@ -28,9 +28,10 @@ Usage: scripts/bench-scale.sh [--pairs 10,100,1000,10000] [--topologies shared,p
 a peak is over its bound (--max-bridge-mib 24, --max-sink-mib 48,
 --max-run-mib 48); the default (shared) topology and 30,000 messages unless
 --topologies / --count are given. CI runs it twice: the shared topology with
-`run`, and a topic per pair read by the native consumer
-(`--kafka 'consumer="native"'`; with librdkafka's consumer a per-pair sink's
-memory grows with the number of topics, docs/topology.md).
+`run`, and a topic per pair through the bridge and the sink (on their
+default, native, Kafka clients; `--kafka 'consumer="librdkafka"'` measures
+librdkafka's consumer, whose memory grows with the number of topics,
+docs/topology.md).
 """
 import argparse
 import json

@@ -64,7 +64,7 @@ TANSU_SQL_BIN = os.environ.get("IOTPIPE_TEST_TANSU_SQL_BIN") or os.path.join(
 RULES = os.path.join(REPO, "deploy", "prometheus", "iotpipe.rules.yaml")
 RSS_LIMIT_KIB = 64 * 1024
 # The sink's kafka.consumer (--sink-consumer), one value for the whole run.
-SINK_CONSUMER = ["librdkafka"]
+SINK_CONSUMER = ["auto"]
 TENANTS, PROJECTS, DEVICES = 1, 2, 5
 FLEET = TENANTS * PROJECTS * DEVICES
 NICE = ["nice", "-n", "10"]
@@ -1402,8 +1402,8 @@ def main():
     ap.add_argument("--short", action="store_true", help="the CI subset: a few scenarios, small counts")
     ap.add_argument("--scenario", action="append", help="run only this scenario (repeatable); see --list")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    ap.add_argument("--sink-consumer", choices=["librdkafka", "native"], default="librdkafka",
-                    help="the sink's kafka.consumer (default librdkafka)")
+    ap.add_argument("--sink-consumer", choices=["auto", "librdkafka", "native"], default="auto",
+                    help="the sink's kafka.consumer (default auto, what ships: the native consumer here)")
     ap.add_argument("--results", help="results directory (default target/fault-matrix/<UTC time>)")
     ap.add_argument("--rate", type=int, default=500, help="messages per second of the load (default 500)")
     ap.add_argument("--duration", type=int, help="seconds of load for the timed scenarios (20 short, 40 full)")
