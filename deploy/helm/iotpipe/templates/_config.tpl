@@ -54,6 +54,7 @@ key = {{ $k.key | toJson }}
 dead_letter_topic = {{ $k.deadLetterTopic | toJson }}
 compression = {{ $k.compression | toJson }}
 producer = {{ $k.producer | default "auto" | toJson }}
+consumer = {{ $k.consumer | default "auto" | toJson }}
 create_topics = {{ $k.createTopics }}
 partitions = {{ $k.partitions | int }}
 replication_factor = {{ $k.replicationFactor | int }}
