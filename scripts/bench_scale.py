@@ -159,10 +159,10 @@ def run_bridge(args, work, env, topology, pairs, procs):
     out["rss_mib"] = Sampler(bridge).peak_mib()
     bridge.terminate()
     bridge.wait(timeout=60)
-    return out, brokers
+    return out, brokers, tansu
 
 
-def run_sink(args, work, env, topology, pairs, brokers, procs):
+def run_sink(args, work, env, topology, pairs, brokers, procs, kafka):
     pg = env["IOTPIPE_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
     db = f"bench_scale_{topology.replace('-', '_')}_{pairs}_{time.time_ns()}"
     sections = sink_sections(brokers, f"{pg}/{db}", db, kafka=kafka_cfg(brokers, topology, args.partitions[topology]))
@@ -181,13 +181,16 @@ def run_sink(args, work, env, topology, pairs, brokers, procs):
                 "delivered": 0, "wall_s": 0, "rate": None, "cpu_us": None, "rss_mib": Sampler(sink).peak_mib(),
                 "partitions": partitions}
     cpu0 = cpu_seconds(sink.pid)
+    kafka_cpu0 = cpu_seconds(kafka.pid)
     t0 = time.time()
     ok = wait_count(port, "iotpipe_sink_rows_written_total", args.count, args.timeout, sink)
     wall = time.time() - t0
+    # The stand-in's CPU while it answers the sink's fetches.
+    kafka_cpu_us = (cpu_seconds(kafka.pid) - kafka_cpu0) / max(args.count, 1) * 1e6
     alive = sink.poll() is None
     rows = metric(metrics(port) if alive else "", "iotpipe_sink_rows_written_total")
     out = {"component": "sink", "topology": topology, "pairs": pairs, "count": args.count, "complete": ok,
-           "delivered": rows, "wall_s": wall, "rate": rows / wall,
+           "delivered": rows, "wall_s": wall, "rate": rows / wall, "kafka_cpu_us": kafka_cpu_us,
            "cpu_us": (cpu_seconds(sink.pid) - cpu0) / max(args.count, 1) * 1e6 if alive else None,
            "rss_mib": Sampler(sink).peak_mib(),
            "partitions": partitions}
@@ -361,11 +364,11 @@ def main():
                 procs = []
                 try:
                     if components & {"bridge", "sink"}:
-                        b, brokers = run_bridge(args, work, env, topology, pairs, procs)
+                        b, brokers, tansu = run_bridge(args, work, env, topology, pairs, procs)
                         if "bridge" in components:
                             record(b)
                         if "sink" in components and b["complete"]:
-                            record(run_sink(args, work, env, topology, pairs, brokers, procs))
+                            record(run_sink(args, work, env, topology, pairs, brokers, procs, tansu))
                 finally:
                     stop_all(procs)
             if "run" in components:
