@@ -21,7 +21,7 @@
 //! share stays unassigned in this generation; that member gives it up and
 //! joins again (librdkafka does), and the next generation assigns it.
 
-use super::group_protocol::{round_robin, Plan};
+use super::group_protocol::{round_robin, topic_partitions, Plan};
 use super::protocol::{Malformed, Reader};
 use bytes::BufMut;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -77,15 +77,7 @@ pub fn parse_subscription(b: &[u8]) -> Result<Subscription, Malformed> {
     let mut owned = Vec::new();
     if version >= 1 {
         r.bytes()?; // user data: the assignor's own, not read here
-        for _ in 0..r.len()? {
-            let topic = r.string()?.ok_or(r.err("null topic"))?;
-            let np = r.len()?;
-            let mut partitions = Vec::with_capacity(np);
-            for _ in 0..np {
-                partitions.push(r.i32()?);
-            }
-            owned.push((topic, partitions));
-        }
+        owned = topic_partitions(&mut r)?;
     }
     Ok(Subscription { topics, owned })
 }

@@ -85,6 +85,20 @@ pub struct Settings {
     pub max_decompressed: usize,
 }
 
+impl Settings {
+    /// A connection to one of the bootstrap brokers, opened when first used
+    /// (the group's and the fetcher's metadata requests).
+    pub fn bootstrap_conn(&self) -> super::bootstrap::Bootstrap {
+        super::bootstrap::Bootstrap::new(
+            self.bootstrap.clone(),
+            super::conn::Client::Consumer,
+            self.tls.clone(),
+            self.client_id.clone(),
+            self.request_timeout,
+        )
+    }
+}
+
 /// Topic names, and regexes (entries starting with `^`).
 #[derive(Debug)]
 pub struct Subscription {

@@ -10,7 +10,7 @@
 //! there with an error: nothing after it is read, nothing is skipped.
 
 use super::bootstrap::Bootstrap;
-use super::conn::{Client, Conn, ConnError};
+use super::conn::{Conn, ConnError};
 use super::consumer::{Assignment, Chunk, Settings, Shared};
 use super::group_protocol as gp;
 use super::protocol;
@@ -113,13 +113,7 @@ impl Fetcher {
         errors: Arc<ErrorReporter>,
         assignment: watch::Receiver<Arc<Assignment>>,
     ) -> Self {
-        let meta = Bootstrap::new(
-            s.bootstrap.clone(),
-            Client::Consumer,
-            s.tls.clone(),
-            s.client_id.clone(),
-            s.request_timeout,
-        );
+        let meta = s.bootstrap_conn();
         Self {
             s,
             shared,

@@ -8,7 +8,7 @@
 
 use super::assignor;
 use super::bootstrap::Bootstrap;
-use super::conn::{Client, Conn, ConnError};
+use super::conn::{Conn, ConnError};
 use super::consumer::{Assignment, Settings, Shared};
 use super::group_protocol as gp;
 use super::protocol;
@@ -86,13 +86,7 @@ impl Group {
         assignment: watch::Sender<Arc<Assignment>>,
         final_commit: mpsc::Receiver<oneshot::Sender<()>>,
     ) -> Self {
-        let meta = Bootstrap::new(
-            s.bootstrap.clone(),
-            Client::Consumer,
-            s.tls.clone(),
-            s.client_id.clone(),
-            s.request_timeout,
-        );
+        let meta = s.bootstrap_conn();
         Self {
             s,
             shared,

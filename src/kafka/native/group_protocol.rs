@@ -474,6 +474,12 @@ pub fn parse_assignment(b: &[u8]) -> Result<Vec<(String, Vec<i32>)>, Malformed> 
     if r.i16()? < 0 {
         return Err(r.err("negative version"));
     }
+    topic_partitions(&mut r)
+}
+
+/// `[topic string, partitions [i32]]`, as assignments and subscriptions'
+/// owned partitions carry them.
+pub fn topic_partitions(r: &mut Reader) -> Result<Vec<(String, Vec<i32>)>, Malformed> {
     let n = r.len()?;
     let mut parts = Vec::with_capacity(n);
     for _ in 0..n {
