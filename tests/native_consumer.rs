@@ -1,9 +1,10 @@
 //! `iotpipe sink` with iotpipe's own Kafka consumer (`kafka.consumer =
-//! "native"`) against real Tansu and PostgreSQL: every record stored once
-//! across hundreds of topics and every compression, and with members
-//! joining and leaving the group. The sink's own tests (tests/sink.rs) run
-//! with the native consumer too when `IOTPIPE_TEST_KAFKA_CONSUMER=native`
-//! (CI does both).
+//! "native"`, what `auto` takes) against real Tansu and PostgreSQL: every
+//! record stored once across hundreds of topics and every compression, and
+//! a group switching between librdkafka and native members. The sink's own
+//! tests (tests/sink.rs: members joining and leaving, SIGKILL, outages) run
+//! on the default consumer, and again on librdkafka's with
+//! `IOTPIPE_TEST_KAFKA_CONSUMER=librdkafka` (CI does both).
 
 mod common;
 
@@ -80,48 +81,6 @@ fn every_compression_across_250_topics_is_stored_once_and_a_replay_adds_nothing(
     );
 }
 
-/// Two native members in one group: the second joins mid-run (partitions
-/// move away from the first, which commits what it stored before they go)
-/// and leaves with SIGTERM (it leaves the group; they move back at once).
-#[test]
-fn members_joining_and_leaving_the_group_keep_one_row_per_record() {
-    const N: u64 = 30_000;
-    const TOPICS: u64 = 40;
-    let kafka = Tansu::start();
-    let url = Server::shared().url(&fresh_name("native_group"));
-    produce_compressed(&kafka.brokers(), "none", (0..1_000).map(|s| spread(s, TOPICS)));
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = config(&kafka.brokers(), &url, "native-group").toml();
-    let a = Iotpipe::sink(dir_a.path(), &config);
-    wait_ready(&a);
-    let brokers = kafka.brokers();
-    let producer = std::thread::spawn(move || {
-        for chunk in 1..N / 1_000 {
-            produce_compressed(&brokers, "none", (chunk * 1_000..(chunk + 1) * 1_000).map(|s| spread(s, TOPICS)));
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    });
-    eventually(Duration::from_secs(60), "the first member has all partitions and reads", || {
-        a.metric("iotpipe_sink_records_consumed_total") > 0.0
-    });
-    let mut b = Iotpipe::sink(dir_b.path(), &config);
-    eventually(Duration::from_secs(60), "the second member gets partitions and reads", || {
-        b.metric("iotpipe_sink_records_consumed_total") > 0.0
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let (code, _) = b.terminate(Duration::from_secs(30));
-    assert_eq!(code, Some(0), "the second member leaves cleanly");
-    producer.join().unwrap();
-    eventually(Duration::from_secs(120), "all rows", || count(&url, "SELECT count(*) FROM telemetry") >= N as i64);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
-    assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), N as i64);
-    let log = a.log_text();
-    assert!(log.contains("Partitions revoked."), "the first member gave partitions away:\n{log}");
-    let log_b = b.log_text();
-    assert!(log_b.contains("Left the consumer group."), "the second member left the group:\n{log_b}");
-}
-
 /// A group switching its client one member at a time, as a rolling update
 /// does, both ways: librdkafka's members (`cooperative-sticky`) and native
 /// ones (which offer it too) read in one group, whichever leads. Every record
@@ -175,6 +134,10 @@ fn a_group_switches_between_librdkafka_and_native_one_member_at_a_time() {
     assert!(b.log_text().contains("leader=true"), "the native member led the group:\n{}", b.log_text());
     assert_eq!(b.terminate(Duration::from_secs(30)).0, Some(0), "the native members stop cleanly");
     assert_eq!(d.terminate(Duration::from_secs(30)).0, Some(0), "the native members stop cleanly");
+    for m in [&b, &d] {
+        let log = m.log_text();
+        assert!(log.contains("Left the consumer group."), "a native member leaves the group at shutdown:\n{log}");
+    }
     reads_on(&c, "the librdkafka member reads alone");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = producer.join().unwrap() as i64;
