@@ -386,3 +386,58 @@ fn a_member_leaving_its_shared_group_on_sigterm_strands_nothing() {
         &missing[..missing.len().min(10)]
     );
 }
+
+/// The topic creator runs on the bridge's client library: on the native one
+/// (the default) it sends CreateTopics itself, on librdkafka it goes
+/// through librdkafka's admin client. Either way every topic it creates has
+/// the configured partitions and retention, and every message gets there.
+#[test]
+fn created_topics_have_the_configured_partitions_and_retention_on_either_client_library() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::ClientConfig;
+    const N: u64 = 600;
+    let mqtt = Mosquitto::start(100_000);
+    let kafka = Tansu::start();
+    let mut sent = 0;
+    for (producer, partitions, retention, retention_ms) in
+        [("native", 5, "2h", "7200000"), ("librdkafka", 2, "90m", "5400000")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = bridge_config(&mqtt.url(), &kafka.brokers(), &format!("creator-{producer}"), "")
+            .replace("topic = \"iot.", &format!("topic = \"{producer}."))
+            .replace(
+                "partitions = 3\n",
+                &format!("partitions = {partitions}\nretention = \"{retention}\"\nproducer = \"{producer}\"\n"),
+            );
+        let bridge = Iotpipe::bridge(dir.path(), &cfg);
+        eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
+        spawn_publish(mqtt.url(), sent..sent + N, None).join().unwrap();
+        sent += N;
+        eventually(Duration::from_secs(60), "every message acked", || {
+            bridge.metric("iotpipe_mqtt_acks_sent_total") == N as f64
+        });
+        let created = topics(&kafka.brokers(), &format!("{producer}."));
+        assert_eq!(created.len(), 6, "{producer}: a topic per pair: {created:?}");
+        let md_client: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().expect("consumer");
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().expect("admin");
+        for topic in &created {
+            let md = md_client.fetch_metadata(Some(topic), Duration::from_secs(5)).expect("metadata");
+            assert_eq!(md.topics()[0].partitions().len(), partitions, "{producer}: partitions of {topic}");
+            let configs = block_on(admin.describe_configs(
+                [&ResourceSpecifier::Topic(topic)],
+                &AdminOptions::new().request_timeout(Some(Duration::from_secs(5))),
+            ))
+            .expect("describe configs");
+            let resource = configs.into_iter().next().expect("one resource").expect("described");
+            let retention = resource.get("retention.ms").and_then(|e| e.value.clone());
+            assert_eq!(retention.as_deref(), Some(retention_ms), "{producer}: retention of {topic}");
+        }
+        let log = bridge.log_text();
+        let lines = log.lines().filter(|l| l.contains("Created Kafka topic.") && l.contains(&format!("\"{producer}.")));
+        assert_eq!(lines.count(), created.len(), "{producer}: each created once: {log}");
+    }
+}

@@ -6,7 +6,7 @@
 //! changed: the store's schema version is read, not migrated.
 
 use crate::config::{Command, Config};
-use crate::kafka::{Diagnosis, Prober, Step};
+use crate::kafka::{ClientLibrary, Diagnosis, Prober, Step};
 use crate::mqtt::{connect, Event};
 use crate::store::Store;
 use std::collections::BTreeSet;
@@ -117,7 +117,11 @@ async fn run(cfg: &Config, target: Command) -> Vec<Check> {
         checks.push(Check { name: "mqtt", result: check_mqtt(cfg).await });
     }
     if target != Command::Run {
-        checks.extend(check_kafka(cfg).await);
+        let library = match target {
+            Command::Sink => cfg.kafka.sink_library(&cfg.sink.properties),
+            _ => cfg.kafka.bridge_library(),
+        };
+        checks.extend(check_kafka(cfg, library).await);
     }
     if target != Command::Bridge {
         let result = Store::inspect(&cfg.store)
@@ -137,9 +141,10 @@ async fn run(cfg: &Config, target: Command) -> Vec<Check> {
 }
 
 /// Kafka step by step: TCP to each bootstrap server, then a metadata
-/// request through librdkafka, whose failure names the TLS handshake or the
-/// authentication when that is where it stopped.
-async fn check_kafka(cfg: &Config) -> Vec<Check> {
+/// request through the client library the command runs (`library`), whose
+/// failure names the TLS handshake or the authentication when that is
+/// where it stopped.
+async fn check_kafka(cfg: &Config, library: ClientLibrary) -> Vec<Check> {
     let kafka = &cfg.kafka;
     let mut checks = Vec::new();
     let mut reachable = 0;
@@ -157,13 +162,11 @@ async fn check_kafka(cfg: &Config) -> Vec<Check> {
         let user = kafka.properties.get("sasl.username").map(|u| format!(" as `{u}`")).unwrap_or_default();
         format!("SASL {}{user}", crate::kafka::mechanism(&kafka.properties))
     });
-    let owned = kafka.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let prober = Prober::new(&owned).map_err(|e| Diagnosis { step: Step::Other, detail: e.to_string() })?;
-        prober.diagnose(Duration::from_secs(5))
-    })
-    .await
-    .unwrap_or_else(|e| Err(Diagnosis { step: Step::Other, detail: e.to_string() }));
+    let timeout = Duration::from_secs(5);
+    let outcome = match Prober::new(kafka, library, timeout) {
+        Ok(prober) => prober.diagnose(timeout).await,
+        Err(e) => Err(Diagnosis { step: Step::Other, detail: e.to_string() }),
+    };
     let ca = kafka.properties.get("ssl.ca.location").map(String::as_str).unwrap_or("system roots");
     let tls_ok = || Check { name: "kafka", result: Ok(format!("TLS handshake ok (CA: {ca})")) };
     match outcome {

@@ -1,10 +1,13 @@
 //! Creating missing topics with the configured partitions and retention, on
 //! a task of its own: a create request can take seconds while Kafka is
 //! away, and nothing on the message path may wait for it (the produce itself
-//! waits for the topic inside librdkafka, and is retried).
+//! waits for the topic, and is retried). The creator uses the bridge's
+//! client library ([`ClientLibrary`]): the native one sends CreateTopics to
+//! the controller itself, librdkafka's goes through its admin client.
 
 use super::diagnosis::Reporting;
-use super::KafkaConfig;
+use super::native::{NativeAdmin, NewTopic as NativeTopic};
+use super::{ClientLibrary, KafkaConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 use std::collections::BTreeSet;
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub struct TopicAdmin {
-    client: Option<AdminClient<Reporting>>,
+    client: Option<Creator>,
     known: HashSet<String>,
     /// Topics whose creation failed for a reason that may pass (Kafka down),
     /// with the time of the attempt: tried again after `RETRY_AFTER`.
@@ -24,6 +27,18 @@ pub struct TopicAdmin {
     configs: Vec<(String, String)>,
 }
 
+/// The client that sends the create requests.
+enum Creator {
+    Native(Box<NativeAdmin>),
+    Librdkafka(AdminClient<Reporting>),
+}
+
+/// Why a topic was not created: the broker's answer, or no answer.
+enum NotCreated {
+    Refused(RDKafkaErrorCode),
+    NoAnswer(String),
+}
+
 /// How long one create request may take before the bridge carries on
 /// (the produce itself then waits for the topic).
 const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,11 +47,16 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl TopicAdmin {
-    pub fn new(cfg: &KafkaConfig) -> Result<Self, super::ClientError> {
-        let client = if cfg.create_topics {
-            Some(super::common_config(cfg).create_with_context(Reporting::new("admin"))?)
-        } else {
-            None
+    /// A creator on `library` (the bridge's, [`KafkaConfig::bridge_library`]).
+    pub fn new(cfg: &KafkaConfig, library: ClientLibrary) -> Result<Self, super::ClientError> {
+        let client = match (cfg.create_topics, library) {
+            (false, _) => None,
+            (true, ClientLibrary::Native) => {
+                Some(Creator::Native(Box::new(NativeAdmin::creator(cfg, CREATE_TIMEOUT)?)))
+            }
+            (true, ClientLibrary::Librdkafka) => {
+                Some(Creator::Librdkafka(super::common_config(cfg).create_with_context(Reporting::new("admin"))?))
+            }
         };
         Ok(Self {
             client,
@@ -58,37 +78,51 @@ impl TopicAdmin {
         if self.failed.get(topic).is_some_and(|at| at.elapsed() < RETRY_AFTER) {
             return;
         }
-        let Some(client) = &self.client else {
+        let Some(client) = &mut self.client else {
             self.known.insert(topic.to_string());
             return;
         };
-        let mut new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(self.replication));
-        for (k, v) in &self.configs {
-            new = new.set(k, v);
-        }
-        let opts = AdminOptions::new().request_timeout(Some(CREATE_TIMEOUT)).operation_timeout(Some(CREATE_TIMEOUT));
-        let settled = match client.create_topics([&new], &opts).await {
-            Ok(results) => results.into_iter().all(|r| match r {
-                Ok(name) => {
-                    tracing::info!(
-                        topic = name,
-                        partitions = self.partitions,
-                        configs = ?self.configs,
-                        "Created Kafka topic."
-                    );
-                    true
+        let outcome = match client {
+            Creator::Native(admin) => {
+                let replication = i16::try_from(self.replication).unwrap_or(i16::MAX);
+                let new = NativeTopic { name: topic, partitions: self.partitions, replication, configs: &self.configs };
+                match admin.create(&new, CREATE_TIMEOUT).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(code)) => Err(NotCreated::Refused(code)),
+                    Err(e) => Err(NotCreated::NoAnswer(e.to_string())),
                 }
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => true,
-                Err((name, code)) if transient(code) => {
-                    tracing::warn!(topic = name, ?code, "Could not create Kafka topic yet; trying again later.");
-                    false
+            }
+            Creator::Librdkafka(client) => {
+                let mut new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(self.replication));
+                for (k, v) in &self.configs {
+                    new = new.set(k, v);
                 }
-                Err((name, code)) => {
-                    tracing::warn!(topic = name, ?code, "Could not create Kafka topic; relying on the broker.");
-                    true
+                let opts =
+                    AdminOptions::new().request_timeout(Some(CREATE_TIMEOUT)).operation_timeout(Some(CREATE_TIMEOUT));
+                match client.create_topics([&new], &opts).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .find_map(|r| r.err())
+                        .map_or(Ok(()), |(_, code)| Err(NotCreated::Refused(code))),
+                    Err(e) => Err(NotCreated::NoAnswer(e.to_string())),
                 }
-            }),
-            Err(error) => {
+            }
+        };
+        let settled = match outcome {
+            Ok(()) => {
+                tracing::info!(topic, partitions = self.partitions, configs = ?self.configs, "Created Kafka topic.");
+                true
+            }
+            Err(NotCreated::Refused(RDKafkaErrorCode::TopicAlreadyExists)) => true,
+            Err(NotCreated::Refused(code)) if transient(code) => {
+                tracing::warn!(topic, ?code, "Could not create Kafka topic yet; trying again later.");
+                false
+            }
+            Err(NotCreated::Refused(code)) => {
+                tracing::warn!(topic, ?code, "Could not create Kafka topic; relying on the broker.");
+                true
+            }
+            Err(NotCreated::NoAnswer(error)) => {
                 tracing::warn!(topic, %error, "Could not create Kafka topic yet; trying again later.");
                 false
             }
@@ -212,13 +246,15 @@ mod tests {
             properties: [("socket.connection.setup.timeout.ms".to_string(), "1000".to_string())].into(),
             ..KafkaConfig::default()
         };
-        let mut admin = TopicAdmin::new(&cfg).expect("admin client");
-        admin.ensure("iot.a.b").await;
-        assert!(!admin.known.contains("iot.a.b"), "not settled while Kafka is away");
-        let first = admin.failed.get("iot.a.b").copied().expect("failure recorded");
-        admin.ensure("iot.a.b").await;
-        assert_eq!(admin.failed.get("iot.a.b").copied(), Some(first), "no second attempt within RETRY_AFTER");
-        assert!(admin.due().is_empty(), "not due before the pause is over");
+        for library in [ClientLibrary::Native, ClientLibrary::Librdkafka] {
+            let mut admin = TopicAdmin::new(&cfg, library).expect("admin client");
+            admin.ensure("iot.a.b").await;
+            assert!(!admin.known.contains("iot.a.b"), "{library:?}: not settled while Kafka is away");
+            let first = admin.failed.get("iot.a.b").copied().expect("failure recorded");
+            admin.ensure("iot.a.b").await;
+            assert_eq!(admin.failed.get("iot.a.b").copied(), Some(first), "{library:?}: no second attempt yet");
+            assert!(admin.due().is_empty(), "{library:?}: not due before the pause is over");
+        }
     }
 
     #[tokio::test]

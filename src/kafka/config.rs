@@ -37,9 +37,20 @@ pub enum ConsumerKind {
     /// security protocol and consumer property.
     Librdkafka,
     /// iotpipe's own consumer: state per partition of ~150 bytes, one fetch
-    /// per broker for all partitions, `roundrobin` assignment; plaintext or
-    /// ssl, and a few `sink.properties` (docs/topology.md).
+    /// per broker for all partitions, `cooperative-sticky` or `roundrobin`
+    /// assignment; plaintext or ssl, and a few `sink.properties`
+    /// (docs/topology.md).
     Native,
+}
+
+/// The Kafka client library a process runs: the one its producer (bridge)
+/// or consumer (sink) resolved to. Its side tasks (the topic creator, the
+/// reachability probe, `iotpipe check`) use the same one, so a process on
+/// the native clients runs no librdkafka client at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLibrary {
+    Native,
+    Librdkafka,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +187,22 @@ impl KafkaConfig {
             ProducerKind::Auto if super::native::validate(self).is_ok() => ProducerKind::Native,
             ProducerKind::Auto => ProducerKind::Librdkafka,
             chosen => chosen,
+        }
+    }
+
+    /// The library of the bridge (its producer's).
+    pub fn bridge_library(&self) -> ClientLibrary {
+        match self.chosen_producer() {
+            ProducerKind::Native => ClientLibrary::Native,
+            _ => ClientLibrary::Librdkafka,
+        }
+    }
+
+    /// The library of the sink (its consumer's, with these `[sink] properties`).
+    pub fn sink_library(&self, sink_properties: &BTreeMap<String, String>) -> ClientLibrary {
+        match self.chosen_consumer(sink_properties) {
+            ConsumerKind::Native => ClientLibrary::Native,
+            _ => ClientLibrary::Librdkafka,
         }
     }
 

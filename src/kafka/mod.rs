@@ -22,7 +22,7 @@ mod security;
 pub use admin::{run_topic_creator, TopicAdmin, TopicRequests};
 pub use classify::Failure;
 use client::common_config;
-pub use config::{resolve_property_files, ConsumerKind, KafkaConfig, ProducerKind};
+pub use config::{resolve_property_files, ClientLibrary, ConsumerKind, KafkaConfig, ProducerKind};
 pub use consumer::{ConsumerSettings, GroupConsumer, NextOffset};
 pub use diagnosis::{Diagnosis, Step};
 pub use error::ClientError;

@@ -1,6 +1,7 @@
 //! Is Kafka reachable? A metadata request, for `/readyz`, the
-//! `iotpipe_kafka_reachable` gauges and `iotpipe check`. The request blocks,
-//! so the periodic probe runs it on the blocking pool.
+//! `iotpipe_kafka_reachable` gauges and `iotpipe check`, on the process's
+//! client library ([`ClientLibrary`]). librdkafka's request blocks, so it
+//! runs on the blocking pool.
 //!
 //! The request names one topic (the dead-letter topic), never "all
 //! topics": a metadata answer for every topic of a cluster grows with the
@@ -10,10 +11,11 @@
 //! cluster (docs/topology.md).
 
 use super::diagnosis::{Diagnosis, Reporting, Step};
+use super::native::NativeAdmin;
 use super::ClientError;
-use super::KafkaConfig;
+use super::{ClientLibrary, KafkaConfig};
 use crate::health::Health;
-use rdkafka::consumer::Consumer as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,53 +27,82 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Asks the cluster for metadata: can the brokers be reached?
 pub struct Prober {
-    client: rdkafka::consumer::BaseConsumer<Reporting>,
+    client: Client,
     /// The one topic the metadata request names (whether it exists does not matter).
     topic: String,
 }
 
+enum Client {
+    Native(Box<tokio::sync::Mutex<NativeAdmin>>),
+    Librdkafka(Arc<BaseConsumer<Reporting>>),
+}
+
 impl Prober {
-    pub fn new(cfg: &KafkaConfig) -> Result<Self, ClientError> {
-        let client = super::common_config(cfg).create_with_context(Reporting::new("probe"))?;
+    /// A prober on `library`, whose requests give up after `timeout`.
+    pub fn new(cfg: &KafkaConfig, library: ClientLibrary, timeout: Duration) -> Result<Self, ClientError> {
+        let client = match library {
+            ClientLibrary::Native => {
+                Client::Native(Box::new(tokio::sync::Mutex::new(NativeAdmin::probe(cfg, timeout)?)))
+            }
+            ClientLibrary::Librdkafka => {
+                Client::Librdkafka(Arc::new(super::common_config(cfg).create_with_context(Reporting::new("probe"))?))
+            }
+        };
         Ok(Self { client, topic: cfg.dead_letter_topic.clone() })
     }
 
-    /// Number of brokers in the metadata (blocking).
-    pub fn check(&self, timeout: Duration) -> Result<usize, ClientError> {
-        let md = rdkafka::consumer::Consumer::fetch_metadata(&self.client, Some(&self.topic), timeout)?;
-        Ok(md.brokers().len())
-    }
-
-    /// Like [`check`](Self::check), but a failure says which step of
-    /// connecting failed when librdkafka reported why.
-    pub fn diagnose(&self, timeout: Duration) -> Result<usize, Diagnosis> {
-        self.client.context().errors.clear();
-        let result = self.check(timeout);
-        // Error events reach the context when the client is polled.
-        for _ in 0..32 {
-            if self.client.poll(Duration::ZERO).is_none() {
-                break;
+    /// The number of brokers in the metadata, or which step of connecting
+    /// failed (for librdkafka, when it reported why).
+    pub async fn diagnose(&self, timeout: Duration) -> Result<usize, Diagnosis> {
+        match &self.client {
+            Client::Native(admin) => {
+                let mut admin = admin.lock().await;
+                match tokio::time::timeout(timeout, admin.metadata(&self.topic)).await {
+                    Ok(Ok(md)) => Ok(md.brokers.len()),
+                    Ok(Err(e)) => Err(e.diagnosis()),
+                    Err(_) => {
+                        admin.disconnect();
+                        Err(Diagnosis { step: Step::Other, detail: format!("no metadata within {timeout:?}") })
+                    }
+                }
+            }
+            Client::Librdkafka(client) => {
+                let (client, topic) = (client.clone(), self.topic.clone());
+                tokio::task::spawn_blocking(move || diagnose_blocking(&client, &topic, timeout)).await.unwrap_or_else(
+                    |e| Err(Diagnosis { step: Step::Other, detail: format!("the probe task failed: {e}") }),
+                )
             }
         }
-        result.map_err(|e| {
-            self.client.context().errors.last().unwrap_or_else(|| Diagnosis {
-                step: Step::Other,
-                detail: format!("no metadata within {timeout:?}: {e}"),
-            })
-        })
     }
+}
+
+/// librdkafka's metadata request; a failure says which step of connecting
+/// failed when librdkafka reported why.
+fn diagnose_blocking(client: &BaseConsumer<Reporting>, topic: &str, timeout: Duration) -> Result<usize, Diagnosis> {
+    client.context().errors.clear();
+    let result = client.fetch_metadata(Some(topic), timeout).map(|md| md.brokers().len());
+    // Error events reach the context when the client is polled.
+    for _ in 0..32 {
+        if client.poll(Duration::ZERO).is_none() {
+            break;
+        }
+    }
+    result.map_err(|e| {
+        client
+            .context()
+            .errors
+            .last()
+            .unwrap_or_else(|| Diagnosis { step: Step::Other, detail: format!("no metadata within {timeout:?}: {e}") })
+    })
 }
 
 /// Probe every few seconds and report into `health`, logging changes.
 /// Runs until the task is dropped; fails only if the client cannot be built.
-pub async fn run_probe(cfg: KafkaConfig, health: Arc<Health>) -> Result<(), ClientError> {
-    let prober = Arc::new(Prober::new(&cfg)?);
+pub async fn run_probe(cfg: KafkaConfig, library: ClientLibrary, health: Arc<Health>) -> Result<(), ClientError> {
+    let prober = Prober::new(&cfg, library, PROBE_TIMEOUT)?;
     let mut first = true;
     loop {
-        let p = prober.clone();
-        let outcome = tokio::task::spawn_blocking(move || p.diagnose(PROBE_TIMEOUT))
-            .await
-            .unwrap_or_else(|e| Err(Diagnosis { step: Step::Other, detail: format!("the probe task failed: {e}") }));
+        let outcome = prober.diagnose(PROBE_TIMEOUT).await;
         let ok = outcome.is_ok();
         if health.set_kafka_reachable(ok) != ok || (first && !ok) {
             match outcome {

@@ -38,7 +38,8 @@ pub async fn run(config: SinkSettings, shutdown: impl Future<Output = ()>) -> Re
     let mut tasks = Tasks::new();
     let signals = Signals::default();
     serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), axum::Router::new()).await?;
-    tasks.background("kafka-probe", run_probe(config.kafka.clone(), health.clone()));
+    let library = config.kafka.sink_library(&config.sink.properties);
+    tasks.background("kafka-probe", run_probe(config.kafka.clone(), library, health.clone()));
 
     // One connection per writer; the first proves the store works.
     tokio::pin!(shutdown);

@@ -36,7 +36,8 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
     let router = crate::route::Router::new(&config.route, &config.targets)?;
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let mut producer = Producer::new(&config.kafka, reports_tx)?;
-    let admin = TopicAdmin::new(&config.kafka)?;
+    let library = config.kafka.bridge_library();
+    let admin = TopicAdmin::new(&config.kafka, library)?;
 
     // HTTP and the Kafka side first: /healthz answers, and /readyz says
     // "recovering journal", while recovery reads the journal. MQTT is
@@ -44,7 +45,7 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
     let mut tasks = Tasks::new();
     let signals = Signals::default();
     serve_http(&mut tasks, &config.http.listen, exposition, health.clone(), axum::Router::new()).await?;
-    tasks.background("kafka-probe", run_probe(config.kafka.clone(), health.clone()));
+    tasks.background("kafka-probe", run_probe(config.kafka.clone(), library, health.clone()));
     if let Some(task) = producer.take_task() {
         // Background: it runs until the end, so the forwarder's last
         // deliveries still go out while it drains.

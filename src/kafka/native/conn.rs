@@ -36,14 +36,24 @@ pub enum ConnError {
 }
 
 impl ConnError {
-    /// The step of talking to the broker that failed, for the error reporter.
-    pub fn step(&self) -> crate::kafka::diagnosis::Step {
-        use crate::kafka::diagnosis::Step;
-        match self {
-            Self::Open(transport::TransportError::Tls { .. } | transport::TransportError::ServerName(_)) => Step::Tls,
-            Self::Open(_) | Self::Io { .. } | Self::Timeout { .. } => Step::Tcp,
-            _ => Step::Other,
-        }
+    /// The step of talking to the broker that failed, and what happened, for
+    /// the error reporter and the probe (the step is not said twice).
+    pub fn diagnosis(&self) -> crate::kafka::Diagnosis {
+        use crate::kafka::Step;
+        use transport::TransportError as T;
+        let (step, detail) = match self {
+            Self::Open(T::Tls { addr, source }) => (Step::Tls, format!("{addr}: {source}")),
+            Self::Open(T::ServerName(_)) => (Step::Tls, self.to_string()),
+            Self::Open(T::Tcp { addr, source }) => (Step::Tcp, format!("{addr}: {source}")),
+            // A TLS alert after the handshake (TLS 1.3 refuses a missing
+            // client certificate only then) is the handshake's failure.
+            Self::Io { source, .. } if source.get_ref().is_some_and(|e| e.is::<rustls::Error>()) => {
+                (Step::Tls, self.to_string())
+            }
+            Self::Io { .. } | Self::Timeout { .. } => (Step::Tcp, self.to_string()),
+            _ => (Step::Other, self.to_string()),
+        };
+        crate::kafka::Diagnosis { step, detail }
     }
 }
 
@@ -52,6 +62,10 @@ impl ConnError {
 pub enum Client {
     Producer,
     Consumer,
+    /// Metadata only (the reachability probe).
+    Metadata,
+    /// Metadata and CreateTopics (the bridge's topic creator).
+    Admin,
 }
 
 /// The API versions both sides speak.
@@ -59,6 +73,7 @@ pub enum Client {
 pub struct Versions {
     pub produce: i16,
     pub init_producer_id: i16,
+    pub create_topics: i16,
 }
 
 pub struct Conn {
@@ -83,11 +98,11 @@ impl Conn {
         let produce = conn.require(&apis, protocol::API_PRODUCE, protocol::PRODUCE_VERSIONS, "Produce")?;
         let init_producer_id =
             conn.require(&apis, protocol::API_INIT_PRODUCER_ID, protocol::INIT_PRODUCER_ID_VERSIONS, "InitProducerId")?;
-        conn.versions = Versions { produce, init_producer_id };
+        conn.versions = Versions { produce, init_producer_id, create_topics: 0 };
         Ok(conn)
     }
 
-    /// Connect for `client` ([`Self::open`] or [`Self::open_consumer`]).
+    /// Connect for `client`: the APIs it sends are checked, their versions agreed.
     pub async fn open_for(
         client: Client,
         host: &str,
@@ -99,6 +114,14 @@ impl Conn {
         match client {
             Client::Producer => Self::open(host, port, tls, client_id, timeout).await,
             Client::Consumer => Self::open_consumer(host, port, tls, client_id, timeout).await,
+            Client::Metadata => Ok(Self::connect(host, port, tls, client_id, timeout).await?.0),
+            Client::Admin => {
+                let (mut conn, apis) = Self::connect(host, port, tls, client_id, timeout).await?;
+                let versions = super::admin::CREATE_TOPICS_VERSIONS;
+                conn.versions.create_topics =
+                    conn.require(&apis, super::admin::API_CREATE_TOPICS, versions, "CreateTopics")?;
+                Ok(conn)
+            }
         }
     }
 
@@ -130,7 +153,7 @@ impl Conn {
             Ok(s) => s?,
             Err(_) => return Err(ConnError::Timeout { addr, secs: timeout.as_secs() }),
         };
-        let placeholder = Versions { produce: 0, init_producer_id: 0 };
+        let placeholder = Versions { produce: 0, init_producer_id: 0, create_topics: 0 };
         let mut conn = Self { stream, addr, client_id, next_correlation: 0, timeout, versions: placeholder };
         let client_id = conn.client_id.clone();
         let body = conn.call(&mut protocol::api_versions_request(&client_id)).await?;

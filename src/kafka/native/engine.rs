@@ -358,7 +358,7 @@ impl Engine {
     }
 
     fn problem(&self, e: &ConnError) {
-        self.errors.report(Diagnosis { step: e.step(), detail: e.to_string() });
+        self.errors.report(e.diagnosis());
     }
 
     fn enqueue(&mut self, p: Box<Pending>) {

@@ -15,7 +15,7 @@ use super::consumer::{Assignment, Chunk, Settings, Shared};
 use super::group_protocol as gp;
 use super::protocol;
 use super::records::{BatchError, Decoder};
-use crate::kafka::diagnosis::{Diagnosis, ErrorReporter};
+use crate::kafka::diagnosis::ErrorReporter;
 use crate::record::headers::ReadHeaders;
 use crate::record::{DurableRecord, Position};
 use crate::telemetry::ConsumerMetrics;
@@ -204,7 +204,7 @@ impl Fetcher {
     }
 
     fn problem(&self, e: &ConnError) {
-        self.errors.report(Diagnosis { step: e.step(), detail: e.to_string() });
+        self.errors.report(e.diagnosis());
     }
 
     /// Leaders of the assigned partitions, and the brokers' addresses.

@@ -149,11 +149,10 @@ impl Group {
     }
 
     fn problem(&self, e: &GroupError) {
-        let step = match e {
-            GroupError::Conn(c) => c.step(),
-            GroupError::Broker(_) => Step::Other,
-        };
-        self.errors.report(Diagnosis { step, detail: e.to_string() });
+        self.errors.report(match e {
+            GroupError::Conn(c) => c.diagnosis(),
+            GroupError::Broker(_) => Diagnosis { step: Step::Other, detail: e.to_string() },
+        });
     }
 
     /// One membership: join, sync, then heartbeat and commit until it ends.

@@ -11,6 +11,7 @@
 //! zstd compression; SASL and the other compressions stay with librdkafka
 //! (the config check says so).
 
+mod admin;
 mod assignor;
 mod batch;
 mod bootstrap;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+pub use admin::{NativeAdmin, NewTopic};
 pub use batch::Compression;
 pub use consumer::{validate_properties as validate_consumer_properties, NativeConsumer};
 

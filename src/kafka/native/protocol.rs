@@ -280,6 +280,8 @@ pub struct TopicMeta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metadata {
     pub brokers: Vec<BrokerMeta>,
+    /// The controller's node id (-1: unknown).
+    pub controller: i32,
     pub topics: Vec<TopicMeta>,
 }
 
@@ -296,7 +298,7 @@ pub fn metadata_response(body: &[u8]) -> Result<Metadata, Malformed> {
         brokers.push(BrokerMeta { node_id, host, port });
     }
     let _cluster_id = r.string()?;
-    let _controller = r.i32()?;
+    let controller = r.i32()?;
     let n = r.len()?;
     let mut topics = Vec::with_capacity(n);
     for _ in 0..n {
@@ -320,7 +322,7 @@ pub fn metadata_response(body: &[u8]) -> Result<Metadata, Malformed> {
         partitions.sort_unstable();
         topics.push(TopicMeta { error, name, partitions });
     }
-    Ok(Metadata { brokers, topics })
+    Ok(Metadata { brokers, controller, topics })
 }
 
 /// InitProducerId for an idempotent (non-transactional) producer.
@@ -477,6 +479,7 @@ mod tests {
         }
         let m = metadata_response(&b).unwrap();
         assert_eq!(m.brokers, vec![BrokerMeta { node_id: 1, host: "127.0.0.1".into(), port: 9092 }]);
+        assert_eq!(m.controller, 1);
         assert_eq!(m.topics[0].partitions, vec![(0, 0, 1), (1, 0, 1)], "sorted by partition");
         assert!(metadata_response(&b[..b.len() - 3]).is_err(), "truncated");
     }
