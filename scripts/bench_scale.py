@@ -23,7 +23,11 @@ keyed by tenant/project/device, `kafka.partitions` partitions); "per-pair" is
 
 Usage: scripts/bench-scale.sh [--pairs 10,100,1000,10000] [--topologies shared,per-pair]
        [--count N] [--components bridge,sink,run] [--kafka KEY=VALUE] [--mqtt KEY=VALUE]
-       [--out DIR] [--short]
+       [--out DIR] [--short] [--kafka-stand-in tansu|null]
+--kafka-stand-in null runs the bridge against scripts/null_kafka.py, a broker
+that acknowledges every produce request and keeps nothing: the bridge's own
+rate and cost at any number of topics, without Tansu's per-partition work
+(bridge only; its CPU is reported as the stand-in's).
 --short is the CI form: 1,000 pairs, and exit 1 when a case is incomplete or
 a peak is over its bound (--max-bridge-mib 24, --max-sink-mib 48,
 --max-run-mib 48); the default (shared) topology and 30,000 messages unless
@@ -46,7 +50,7 @@ import tomllib
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, FAST_GROUP, Iotpipe, cpu_seconds, metric, metrics, peak_rss_kib,  # noqa: E402
+from benchlib import (BIN, FAST_GROUP, Iotpipe, cpu_seconds, free_port, metric, metrics, peak_rss_kib,  # noqa: E402
                       services_env, sink_sections, source_sections, start_brokers, start_mosquitto, stop_all,
                       wait_port, wait_ready)
 
@@ -148,8 +152,21 @@ def publish_and_measure(args, proc, port, broker, pairs, component, topology, pa
             "partitions": partitions}
 
 
+def start_null_kafka(partitions, procs):
+    """scripts/null_kafka.py on a free port: the bootstrap servers."""
+    port = free_port()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "null_kafka.py")
+    procs.append(subprocess.Popen([sys.executable, script, "--port", str(port), "--partitions", str(partitions)]))
+    wait_port(port)
+    return f"127.0.0.1:{port}"
+
+
 def run_bridge(args, work, env, topology, pairs, procs):
-    broker, brokers = start_brokers(work, env, procs)
+    if args.kafka_stand_in == "null":
+        broker = start_mosquitto(work, env, procs)
+        brokers = start_null_kafka(args.partitions[topology], procs)
+    else:
+        broker, brokers = start_brokers(work, env, procs)
     tansu = procs[-1]
     sections = {**source_sections(broker, "bench-scale", mqtt_extra()),
                 "kafka": kafka_cfg(brokers, topology, args.partitions[topology])}
@@ -326,6 +343,9 @@ def main():
     ap.add_argument("--short", action="store_true",
                     help="the CI form: 1,000 pairs, bounds checked; the shared topology and 30,000 messages "
                          "unless --topologies / --count say otherwise")
+    ap.add_argument("--kafka-stand-in", choices=["tansu", "null"], default="tansu",
+                    help="the broker behind the bridge: Tansu (default), or scripts/null_kafka.py, which keeps "
+                         "nothing (bridge only)")
     ap.add_argument("--max-bridge-mib", type=float, default=24)
     ap.add_argument("--max-sink-mib", type=float, default=48)
     ap.add_argument("--max-run-mib", type=float, default=48)
@@ -343,6 +363,8 @@ def main():
     pairs_list = [int(p) for p in args.pairs.split(",")]
     topologies = [t for t in args.topologies.split(",") if t]
     components = set(args.components.split(","))
+    if args.kafka_stand_in == "null" and components != {"bridge"}:
+        sys.exit("--kafka-stand-in null measures the bridge only: add --components bridge")
     for t in topologies:
         if t not in TOPIC:
             sys.exit(f"unknown topology {t!r}: shared or per-pair")

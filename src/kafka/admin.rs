@@ -33,6 +33,44 @@ enum Creator {
     Librdkafka(AdminClient<Reporting>),
 }
 
+impl Creator {
+    /// One create request for `topic`.
+    async fn create(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        replication: i32,
+        configs: &[(String, String)],
+    ) -> Result<(), NotCreated> {
+        match self {
+            Self::Native(admin) => {
+                let replication = i16::try_from(replication).unwrap_or(i16::MAX);
+                let new = NativeTopic { name: topic, partitions, replication, configs };
+                match admin.create(&new, CREATE_TIMEOUT).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(code)) => Err(NotCreated::Refused(code)),
+                    Err(e) => Err(NotCreated::NoAnswer(e.to_string())),
+                }
+            }
+            Self::Librdkafka(client) => {
+                let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+                for (k, v) in configs {
+                    new = new.set(k, v);
+                }
+                let opts =
+                    AdminOptions::new().request_timeout(Some(CREATE_TIMEOUT)).operation_timeout(Some(CREATE_TIMEOUT));
+                match client.create_topics([&new], &opts).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .find_map(|r| r.err())
+                        .map_or(Ok(()), |(_, code)| Err(NotCreated::Refused(code))),
+                    Err(e) => Err(NotCreated::NoAnswer(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
 /// Why a topic was not created: the broker's answer, or no answer.
 enum NotCreated {
     Refused(RDKafkaErrorCode),
@@ -82,32 +120,7 @@ impl TopicAdmin {
             self.known.insert(topic.to_string());
             return;
         };
-        let outcome = match client {
-            Creator::Native(admin) => {
-                let replication = i16::try_from(self.replication).unwrap_or(i16::MAX);
-                let new = NativeTopic { name: topic, partitions: self.partitions, replication, configs: &self.configs };
-                match admin.create(&new, CREATE_TIMEOUT).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(code)) => Err(NotCreated::Refused(code)),
-                    Err(e) => Err(NotCreated::NoAnswer(e.to_string())),
-                }
-            }
-            Creator::Librdkafka(client) => {
-                let mut new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(self.replication));
-                for (k, v) in &self.configs {
-                    new = new.set(k, v);
-                }
-                let opts =
-                    AdminOptions::new().request_timeout(Some(CREATE_TIMEOUT)).operation_timeout(Some(CREATE_TIMEOUT));
-                match client.create_topics([&new], &opts).await {
-                    Ok(results) => results
-                        .into_iter()
-                        .find_map(|r| r.err())
-                        .map_or(Ok(()), |(_, code)| Err(NotCreated::Refused(code))),
-                    Err(e) => Err(NotCreated::NoAnswer(e.to_string())),
-                }
-            }
-        };
+        let outcome = client.create(topic, self.partitions, self.replication, &self.configs).await;
         let settled = match outcome {
             Ok(()) => {
                 tracing::info!(topic, partitions = self.partitions, configs = ?self.configs, "Created Kafka topic.");

@@ -74,7 +74,12 @@ fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("queue.buffering.max.messages", "100000")
         .set("queue.buffering.max.kbytes", "16384")
         .set("batch.num.messages", "10000")
-        .set("statistics.interval.ms", "0");
+        .set("statistics.interval.ms", "0")
+        // With the topic creator on, a topic the broker created on a
+        // metadata request would get the broker's defaults, not
+        // `kafka.partitions` and `kafka.retention` (the native producer
+        // asks alike).
+        .set("allow.auto.create.topics", if cfg.create_topics { "false" } else { "true" });
     super::client::apply(&mut c, &cfg.properties, |_| true);
     c
 }
