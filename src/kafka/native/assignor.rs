@@ -122,7 +122,9 @@ pub fn cooperative_sticky(members: &[(String, Subscription)], partitions: &BTree
         entry.1.extend(s.owned.iter().flat_map(|(t, ps)| ps.iter().map(move |&p| (t.as_str(), p))));
     }
     let ids: Vec<&str> = by_id.keys().copied().collect();
-    let subscribed: HashSet<&str> = by_id.values().flat_map(|(t, _)| t.iter().copied()).collect();
+    // Each member's topics, in id order (as `ids`).
+    let topics_of: Vec<&HashSet<&str>> = by_id.values().map(|(t, _)| t).collect();
+    let subscribed: HashSet<&str> = topics_of.iter().flat_map(|t| t.iter().copied()).collect();
     let all: Vec<(&str, i32)> = partitions
         .iter()
         .filter(|(t, _)| subscribed.contains(t.as_str()))
@@ -162,9 +164,8 @@ pub fn cooperative_sticky(members: &[(String, Subscription)], partitions: &BTree
         given[i].extend(mine.iter().take(share[i]).copied());
     }
     for &tp in all.iter().filter(|tp| !claimed.contains_key(*tp)) {
-        let topics = |i: usize| &by_id[ids[i]].0;
         let pick = (0..ids.len())
-            .filter(|&i| topics(i).contains(tp.0))
+            .filter(|&i| topics_of[i].contains(tp.0))
             .min_by_key(|&i| (given[i].len() >= share[i], given[i].len(), i));
         if let Some(i) = pick {
             given[i].push(tp);
