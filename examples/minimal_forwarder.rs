@@ -61,7 +61,7 @@ struct InFlight {
 
 /// The producer settings of iotpipe's bridge (src/kafka/producer.rs, with the
 /// bridge's defaults) that bear on the cost per message, matched here:
-/// enable.idempotence=true, acks=all, compression.type=lz4, linger.ms=10,
+/// enable.idempotence=true, acks=all, compression.type=lz4, linger.ms=5,
 /// message.timeout.ms=60000, queue.buffering.max.messages=100000,
 /// queue.buffering.max.kbytes=16384, batch.num.messages=10000,
 /// statistics.interval.ms=0, log.connection.close=false. Not matched: the
@@ -74,7 +74,7 @@ fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
-        .set("linger.ms", "10")
+        .set("linger.ms", "5")
         .set("message.timeout.ms", "60000")
         .set("queue.buffering.max.messages", "100000")
         .set("queue.buffering.max.kbytes", "16384")

@@ -55,7 +55,8 @@ def measure(pid, broker, count, delivered):
 def run_bridge(work, broker, brokers, args, procs):
     bridge = Iotpipe("bridge", work, "bridge",
                      bridge_sections(broker, brokers, mqtt={"max_in_flight": args.max_in_flight},
-                                     kafka={"producer": args.producer} if args.producer else None), procs).ready()
+                                     kafka={**({"producer": args.producer} if args.producer else {}),
+                                            **dict(kv.split("=", 1) for kv in args.kafka_set)}), procs).ready()
     simulate(broker, WARMUP)
     bridge.wait_metric("iotpipe_messages_delivered_total", WARMUP)
     return measure(bridge.pid, broker, args.count, bridge.delivered)
@@ -91,6 +92,8 @@ def main():
     ap.add_argument("--count", type=int, default=200_000, help="messages per measurement")
     ap.add_argument("--max-in-flight", type=int, default=1000, help="MQTT receive maximum of both")
     ap.add_argument("--producer", choices=["librdkafka", "native"], help="the bridge's kafka.producer (default: its default)")
+    ap.add_argument("--kafka-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [kafka] key of the bridge, e.g. linger=5ms (repeatable; the forwarder keeps its own)")
     add_json_option(ap)
     args = ap.parse_args()
     for path in (BIN, FORWARDER):

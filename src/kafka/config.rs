@@ -113,7 +113,7 @@ impl Default for KafkaConfig {
             producer: ProducerKind::Auto,
             consumer: ConsumerKind::Auto,
             delivery_timeout: HumanDuration::secs(60),
-            linger: HumanDuration::millis(10),
+            linger: HumanDuration::millis(5),
             properties: BTreeMap::new(),
         }
     }
