@@ -23,11 +23,13 @@ keyed by tenant/project/device, `kafka.partitions` partitions); "per-pair" is
 
 Usage: scripts/bench-scale.sh [--pairs 10,100,1000,10000] [--topologies shared,per-pair]
        [--count N] [--components bridge,sink,run] [--kafka KEY=VALUE] [--mqtt KEY=VALUE]
-       [--out DIR] [--short] [--kafka-stand-in tansu|null]
+       [--out DIR] [--short] [--kafka-stand-in tansu|null|memory]
 --kafka-stand-in null runs the bridge against scripts/null_kafka.py, a broker
 that acknowledges every produce request and keeps nothing: the bridge's own
 rate and cost at any number of topics, without Tansu's per-partition work
-(bridge only; its CPU is reported as the stand-in's).
+(bridge only; its CPU is reported as the stand-in's). `memory` is the same
+broker with --keep: it keeps the batches in memory and serves them to the
+sink too.
 --short is the CI form: 1,000 pairs, and exit 1 when a case is incomplete or
 a peak is over its bound (--max-bridge-mib 24, --max-sink-mib 48,
 --max-run-mib 48); the default (shared) topology and 30,000 messages unless
@@ -152,19 +154,20 @@ def publish_and_measure(args, proc, port, broker, pairs, component, topology, pa
             "partitions": partitions}
 
 
-def start_null_kafka(partitions, procs):
-    """scripts/null_kafka.py on a free port: the bootstrap servers."""
+def start_null_kafka(partitions, procs, keep):
+    """scripts/null_kafka.py on a free port (--keep: serving what it keeps): the bootstrap servers."""
     port = free_port()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "null_kafka.py")
-    procs.append(subprocess.Popen([sys.executable, script, "--port", str(port), "--partitions", str(partitions)]))
+    procs.append(subprocess.Popen([sys.executable, script, "--port", str(port), "--partitions", str(partitions),
+                                   *(["--keep"] if keep else [])]))
     wait_port(port)
     return f"127.0.0.1:{port}"
 
 
 def run_bridge(args, work, env, topology, pairs, procs):
-    if args.kafka_stand_in == "null":
+    if args.kafka_stand_in in ("null", "memory"):
         broker = start_mosquitto(work, env, procs)
-        brokers = start_null_kafka(args.partitions[topology], procs)
+        brokers = start_null_kafka(args.partitions[topology], procs, args.kafka_stand_in == "memory")
     else:
         broker, brokers = start_brokers(work, env, procs)
     tansu = procs[-1]
@@ -343,9 +346,9 @@ def main():
     ap.add_argument("--short", action="store_true",
                     help="the CI form: 1,000 pairs, bounds checked; the shared topology and 30,000 messages "
                          "unless --topologies / --count say otherwise")
-    ap.add_argument("--kafka-stand-in", choices=["tansu", "null"], default="tansu",
-                    help="the broker behind the bridge: Tansu (default), or scripts/null_kafka.py, which keeps "
-                         "nothing (bridge only)")
+    ap.add_argument("--kafka-stand-in", choices=["tansu", "null", "memory"], default="tansu",
+                    help="the broker behind the bridge and the sink: Tansu (default), or scripts/null_kafka.py, "
+                         "which keeps nothing (null: bridge only) or keeps the batches in memory (memory)")
     ap.add_argument("--max-bridge-mib", type=float, default=24)
     ap.add_argument("--max-sink-mib", type=float, default=48)
     ap.add_argument("--max-run-mib", type=float, default=48)

@@ -1,25 +1,38 @@
 #!/usr/bin/env python3
-"""A Kafka broker that acknowledges every produce request and keeps nothing:
-the bridge's own cost at any number of topics, without a stand-in's
-per-partition work in the way (scripts/bench_scale.py --kafka-stand-in null).
+"""A Kafka broker that does as little as a broker can: the bridge's and the
+sink's own cost at any number of topics, without a stand-in's per-partition
+work in the way (scripts/bench_scale.py --kafka-stand-in null|memory).
 
-It speaks just what iotpipe's native producer and topic creator send, in
-the non-flexible versions: ApiVersions v0, Metadata v4, InitProducerId v0-v1,
-CreateTopics v0 and Produce v3-v7. Every topic exists, with --partitions
-partitions led by this broker; a produce request is answered with
-consecutive offsets per partition. Not a Kafka: nothing can be read back.
+It speaks just what iotpipe's native producer, topic creator and consumer
+send, in the non-flexible versions: ApiVersions v0, Metadata v4,
+InitProducerId v0-v1, CreateTopics v0, Produce v3-v7, and with --keep Fetch
+v4, ListOffsets v1, OffsetFetch v1, OffsetCommit v2, FindCoordinator v1,
+JoinGroup v2, SyncGroup v1, Heartbeat v1 and LeaveGroup v1. Every topic
+exists, with --partitions partitions led by this broker; a produce request
+is answered with consecutive offsets per partition. Without --keep nothing
+is kept; with it the record batches are kept in memory as they came (their
+base offset set) and served to Fetch, for a group of one member at a time
+(each join is a new generation, its member the leader). Not a Kafka: no
+replication, no retention, no transactions.
 
-    python3 scripts/null_kafka.py --port 9092 [--partitions 1]
+    python3 scripts/null_kafka.py --port 9092 [--partitions 1] [--keep]
 """
 
 import argparse
 import asyncio
+import bisect
 import struct
 
 API_PRODUCE, API_METADATA, API_VERSIONS, API_CREATE_TOPICS, API_INIT_PRODUCER_ID = 0, 3, 18, 19, 22
+API_FETCH, API_LIST_OFFSETS, API_OFFSET_COMMIT, API_OFFSET_FETCH = 1, 2, 8, 9
+API_FIND_COORDINATOR, API_JOIN_GROUP, API_HEARTBEAT, API_LEAVE_GROUP, API_SYNC_GROUP = 10, 11, 12, 13, 14
 # (api key, min version, max version) this broker answers.
 APIS = [(API_PRODUCE, 3, 7), (API_METADATA, 4, 4), (API_VERSIONS, 0, 0), (API_CREATE_TOPICS, 0, 0),
         (API_INIT_PRODUCER_ID, 0, 1)]
+# The consumer's, answered with --keep.
+CONSUMER_APIS = [(API_FETCH, 4, 4), (API_LIST_OFFSETS, 1, 1), (API_OFFSET_COMMIT, 2, 2), (API_OFFSET_FETCH, 1, 1),
+                 (API_FIND_COORDINATOR, 1, 1), (API_JOIN_GROUP, 2, 2), (API_HEARTBEAT, 1, 1),
+                 (API_LEAVE_GROUP, 1, 1), (API_SYNC_GROUP, 1, 1)]
 
 
 class Reader:
@@ -49,16 +62,59 @@ class Reader:
 
 
 def string(s):
+    if s is None:
+        return struct.pack(">h", -1)
     b = s.encode()
     return struct.pack(">h", len(b)) + b
 
 
+def blob(b):
+    return struct.pack(">i", len(b)) + b
+
+
+class Log:
+    """One partition's batches, kept as they came with their base offsets set."""
+
+    def __init__(self):
+        self.lasts, self.batches, self.next = [], [], 0
+
+    def append(self, records, count):
+        base = self.next
+        self.next += count
+        if records:
+            at = 0
+            while at + 61 <= len(records):
+                length = struct.unpack_from(">i", records, at + 8)[0]
+                batch = bytearray(records[at:at + 12 + length])
+                delta = struct.unpack_from(">i", batch, 23)[0]
+                struct.pack_into(">q", batch, 0, base)
+                self.batches.append(bytes(batch))
+                self.lasts.append(base + delta)
+                base += delta + 1
+                at += 12 + length
+        return self.next - count
+
+    def read(self, offset, limit):
+        i = bisect.bisect_left(self.lasts, offset)
+        out, size = [], 0
+        while i < len(self.batches) and (not out or size + len(self.batches[i]) <= limit):
+            out.append(self.batches[i])
+            size += len(self.batches[i])
+            i += 1
+        return b"".join(out)
+
+
 class Broker:
-    def __init__(self, host, port, partitions):
-        self.host, self.port, self.partitions = host, port, partitions
+    def __init__(self, host, port, partitions, keep=False):
+        self.host, self.port, self.partitions, self.keep = host, port, partitions, keep
         self.offsets = {}
+        self.logs = {}
+        self.committed = {}
         self.topics = set()
         self.producer_id = 0
+        self.generation = 0
+        self.members = 0
+        self.assignments = {}
 
     def metadata(self, r):
         n = r.take(">i")
@@ -93,8 +149,11 @@ class Broker:
                     count += struct.unpack_from(">i", records, at + 23)[0] + 1
                     at += 12 + length
                 key = (name, index)
-                base = self.offsets.get(key, 0)
-                self.offsets[key] = base + count
+                if self.keep:
+                    base = self.logs.setdefault(key, Log()).append(records, count)
+                else:
+                    base = self.offsets.get(key, 0)
+                    self.offsets[key] = base + count
                 out.append(struct.pack(">ihqq", index, 0, base, -1))
                 if version >= 5:
                     out.append(struct.pack(">q", 0))
@@ -119,12 +178,135 @@ class Broker:
             out.append(string(name) + struct.pack(">h", 0))
         return b"".join(out)
 
-    def answer(self, body):
+    async def fetch(self, r):
+        r.take(">i")  # replica id
+        max_wait, _min_bytes, max_bytes = r.take(">i"), r.take(">i"), r.take(">i")
+        r.take(">b")  # isolation level
+        asked = []
+        for _ in range(r.take(">i")):
+            name = r.string()
+            asked.append((name, [(r.take(">i"), r.take(">q"), r.take(">i")) for _ in range(r.take(">i"))]))
+
+        def answer():
+            out, total, any_records = [struct.pack(">ii", 0, len(asked))], 0, False
+            for name, parts in asked:
+                out.append(string(name) + struct.pack(">i", len(parts)))
+                for index, offset, part_max in parts:
+                    log = self.logs.get((name, index))
+                    records = b""
+                    if log and total < max_bytes:
+                        records = log.read(offset, min(part_max, max_bytes - total) if total else part_max)
+                        total += len(records)
+                    any_records |= bool(records)
+                    hw = log.next if log else 0
+                    out.append(struct.pack(">ihqqi", index, 0, hw, hw, -1) + blob(records))
+            return b"".join(out), any_records
+
+        out, found = answer()
+        if not found:
+            await asyncio.sleep(min(max_wait, 100) / 1000)
+            out, _ = answer()
+        return out
+
+    def list_offsets(self, r):
+        r.take(">i")
+        out = []
+        topics = r.take(">i")
+        out.append(struct.pack(">i", topics))
+        for _ in range(topics):
+            name = r.string()
+            parts = r.take(">i")
+            out.append(string(name) + struct.pack(">i", parts))
+            for _ in range(parts):
+                index, ts = r.take(">i"), r.take(">q")
+                log = self.logs.get((name, index))
+                offset = (log.next if log else 0) if ts == -1 else 0
+                out.append(struct.pack(">ihqq", index, 0, -1, offset))
+        return b"".join(out)
+
+    def offset_fetch(self, r):
+        group = r.string()
+        out = []
+        topics = r.take(">i")
+        out.append(struct.pack(">i", topics))
+        for _ in range(topics):
+            name = r.string()
+            parts = r.take(">i")
+            out.append(string(name) + struct.pack(">i", parts))
+            for _ in range(parts):
+                index = r.take(">i")
+                offset = self.committed.get((group, name, index), -1)
+                out.append(struct.pack(">iq", index, offset) + string("") + struct.pack(">h", 0))
+        return b"".join(out)
+
+    def offset_commit(self, r):
+        group = r.string()
+        r.take(">i")
+        r.string()
+        r.take(">q")
+        out = []
+        topics = r.take(">i")
+        out.append(struct.pack(">i", topics))
+        for _ in range(topics):
+            name = r.string()
+            parts = r.take(">i")
+            out.append(string(name) + struct.pack(">i", parts))
+            for _ in range(parts):
+                index, offset = r.take(">i"), r.take(">q")
+                r.string()
+                self.committed[(group, name, index)] = offset
+                out.append(struct.pack(">ih", index, 0))
+        return b"".join(out)
+
+    def join_group(self, r):
+        r.string()
+        r.take(">i")
+        r.take(">i")
+        member = r.string()
+        r.string()  # protocol type
+        protocols = [(r.string(), r.blob()) for _ in range(r.take(">i"))]
+        if not member:
+            self.members += 1
+            member = f"member-{self.members}"
+        self.generation += 1
+        name, metadata = protocols[0]
+        return (struct.pack(">ihi", 0, 0, self.generation) + string(name) + string(member) + string(member)
+                + struct.pack(">i", 1) + string(member) + blob(metadata))
+
+    def sync_group(self, r):
+        r.string()
+        r.take(">i")
+        member = r.string()
+        for _ in range(r.take(">i")):
+            who = r.string()
+            self.assignments[who] = r.blob()
+        return struct.pack(">ih", 0, 0) + blob(self.assignments.get(member, b""))
+
+    def answer_consumer(self, api, r):
+        if api == API_LIST_OFFSETS:
+            return self.list_offsets(r)
+        if api == API_OFFSET_FETCH:
+            return self.offset_fetch(r)
+        if api == API_OFFSET_COMMIT:
+            return self.offset_commit(r)
+        if api == API_FIND_COORDINATOR:
+            return struct.pack(">ih", 0, 0) + string(None) + struct.pack(">i", 0) + string(self.host) + \
+                struct.pack(">i", self.port)
+        if api == API_JOIN_GROUP:
+            return self.join_group(r)
+        if api == API_SYNC_GROUP:
+            return self.sync_group(r)
+        if api in (API_HEARTBEAT, API_LEAVE_GROUP):
+            return struct.pack(">ih", 0, 0)
+        return None
+
+    async def answer(self, body):
         r = Reader(body)
         api, version, correlation = r.take(">h"), r.take(">h"), r.take(">i")
         r.string()  # client id
         if api == API_VERSIONS:
-            out = struct.pack(">hi", 0, len(APIS)) + b"".join(struct.pack(">hhh", *a) for a in APIS)
+            apis = APIS + (CONSUMER_APIS if self.keep else [])
+            out = struct.pack(">hi", 0, len(apis)) + b"".join(struct.pack(">hhh", *a) for a in apis)
         elif api == API_METADATA:
             out = self.metadata(r)
         elif api == API_PRODUCE:
@@ -134,6 +316,12 @@ class Broker:
             out = struct.pack(">ihqh", 0, 0, self.producer_id, 0)
         elif api == API_CREATE_TOPICS:
             out = self.create_topics(r)
+        elif self.keep and api == API_FETCH:
+            out = await self.fetch(r)
+        elif self.keep:
+            out = self.answer_consumer(api, r)
+            if out is None:
+                return None
         else:
             return None
         return struct.pack(">ii", len(out) + 4, correlation) + out
@@ -142,7 +330,7 @@ class Broker:
         try:
             while True:
                 size = struct.unpack(">i", await reader.readexactly(4))[0]
-                reply = self.answer(await reader.readexactly(size))
+                reply = await self.answer(await reader.readexactly(size))
                 if reply is None:
                     break
                 writer.write(reply)
@@ -157,8 +345,9 @@ async def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--partitions", type=int, default=1, help="partitions of every topic")
+    ap.add_argument("--keep", action="store_true", help="keep the records in memory and serve them to consumers")
     a = ap.parse_args()
-    broker = Broker(a.host, a.port, a.partitions)
+    broker = Broker(a.host, a.port, a.partitions, a.keep)
     server = await asyncio.start_server(broker.serve, a.host, a.port)
     async with server:
         await server.serve_forever()
