@@ -72,6 +72,19 @@ def blob(b):
     return struct.pack(">i", len(b)) + b
 
 
+def per_partition(r, each):
+    """Read a request's [topic [partition ...]] array and answer it alike:
+    `each(topic, r)` reads one partition's fields and returns its answer."""
+    topics = r.take(">i")
+    out = [struct.pack(">i", topics)]
+    for _ in range(topics):
+        name = r.string()
+        parts = r.take(">i")
+        out.append(string(name) + struct.pack(">i", parts))
+        out.extend(each(name, r) for _ in range(parts))
+    return b"".join(out)
+
+
 class Log:
     """One partition's batches, kept as they came with their base offsets set."""
 
@@ -132,33 +145,24 @@ class Broker:
         r.string()  # transactional id
         r.take(">h")  # acks
         r.take(">i")  # timeout
-        out = []
-        topics = r.take(">i")
-        out.append(struct.pack(">i", topics))
-        for _ in range(topics):
-            name = r.string()
-            parts = r.take(">i")
-            out.append(string(name) + struct.pack(">i", parts))
-            for _ in range(parts):
-                index = r.take(">i")
-                records = r.blob()
-                # Every batch's record count: last offset delta + 1.
-                count, at = 0, 0
-                while at + 61 <= len(records):
-                    length = struct.unpack_from(">i", records, at + 8)[0]
-                    count += struct.unpack_from(">i", records, at + 23)[0] + 1
-                    at += 12 + length
-                key = (name, index)
-                if self.keep:
-                    base = self.logs.setdefault(key, Log()).append(records, count)
-                else:
-                    base = self.offsets.get(key, 0)
-                    self.offsets[key] = base + count
-                out.append(struct.pack(">ihqq", index, 0, base, -1))
-                if version >= 5:
-                    out.append(struct.pack(">q", 0))
-        out.append(struct.pack(">i", 0))  # throttle
-        return b"".join(out)
+
+        def each(name, r):
+            index = r.take(">i")
+            records = r.blob()
+            # Every batch's record count: last offset delta + 1.
+            count, at = 0, 0
+            while at + 61 <= len(records):
+                length = struct.unpack_from(">i", records, at + 8)[0]
+                count += struct.unpack_from(">i", records, at + 23)[0] + 1
+                at += 12 + length
+            key = (name, index)
+            if self.keep:
+                base = self.logs.setdefault(key, Log()).append(records, count)
+            else:
+                base = self.offsets.get(key, 0)
+                self.offsets[key] = base + count
+            return struct.pack(">ihqq", index, 0, base, -1) + (struct.pack(">q", 0) if version >= 5 else b"")
+        return per_partition(r, each) + struct.pack(">i", 0)  # throttle
 
     def create_topics(self, r):
         n = r.take(">i")
@@ -209,54 +213,36 @@ class Broker:
         return out
 
     def list_offsets(self, r):
-        r.take(">i")
-        out = []
-        topics = r.take(">i")
-        out.append(struct.pack(">i", topics))
-        for _ in range(topics):
-            name = r.string()
-            parts = r.take(">i")
-            out.append(string(name) + struct.pack(">i", parts))
-            for _ in range(parts):
-                index, ts = r.take(">i"), r.take(">q")
-                log = self.logs.get((name, index))
-                offset = (log.next if log else 0) if ts == -1 else 0
-                out.append(struct.pack(">ihqq", index, 0, -1, offset))
-        return b"".join(out)
+        r.take(">i")  # replica id
+
+        def each(name, r):
+            index, ts = r.take(">i"), r.take(">q")
+            log = self.logs.get((name, index))
+            offset = (log.next if log else 0) if ts == -1 else 0
+            return struct.pack(">ihqq", index, 0, -1, offset)
+        return per_partition(r, each)
 
     def offset_fetch(self, r):
         group = r.string()
-        out = []
-        topics = r.take(">i")
-        out.append(struct.pack(">i", topics))
-        for _ in range(topics):
-            name = r.string()
-            parts = r.take(">i")
-            out.append(string(name) + struct.pack(">i", parts))
-            for _ in range(parts):
-                index = r.take(">i")
-                offset = self.committed.get((group, name, index), -1)
-                out.append(struct.pack(">iq", index, offset) + string("") + struct.pack(">h", 0))
-        return b"".join(out)
+
+        def each(name, r):
+            index = r.take(">i")
+            offset = self.committed.get((group, name, index), -1)
+            return struct.pack(">iq", index, offset) + string("") + struct.pack(">h", 0)
+        return per_partition(r, each)
 
     def offset_commit(self, r):
         group = r.string()
-        r.take(">i")
-        r.string()
-        r.take(">q")
-        out = []
-        topics = r.take(">i")
-        out.append(struct.pack(">i", topics))
-        for _ in range(topics):
-            name = r.string()
-            parts = r.take(">i")
-            out.append(string(name) + struct.pack(">i", parts))
-            for _ in range(parts):
-                index, offset = r.take(">i"), r.take(">q")
-                r.string()
-                self.committed[(group, name, index)] = offset
-                out.append(struct.pack(">ih", index, 0))
-        return b"".join(out)
+        r.take(">i")  # generation
+        r.string()  # member
+        r.take(">q")  # retention
+
+        def each(name, r):
+            index, offset = r.take(">i"), r.take(">q")
+            r.string()  # metadata
+            self.committed[(group, name, index)] = offset
+            return struct.pack(">ih", index, 0)
+        return per_partition(r, each)
 
     def join_group(self, r):
         r.string()
