@@ -96,7 +96,9 @@ pub struct Fetcher {
     assignment: watch::Receiver<Arc<Assignment>>,
     epoch: u64,
     parts: Vec<Part>,
-    index: HashMap<(Arc<str>, i32), usize>,
+    /// Topic → (partition, index into `parts`): looked up by a borrowed
+    /// name, where an answer is not in the order asked.
+    index: HashMap<Arc<str>, Vec<(i32, usize)>>,
     brokers: HashMap<i32, Broker>,
     /// For metadata.
     meta: Bootstrap,
@@ -182,7 +184,10 @@ impl Fetcher {
                 stopped: false,
             })
             .collect();
-        self.index = self.parts.iter().enumerate().map(|(i, p)| ((p.topic.clone(), p.partition), i)).collect();
+        self.index.clear();
+        for (i, p) in self.parts.iter().enumerate() {
+            self.index.entry(p.topic.clone()).or_default().push((p.partition, i));
+        }
         for b in self.brokers.values_mut() {
             b.next_start = 0;
         }
@@ -381,17 +386,33 @@ impl Fetcher {
         };
         let mut started = 0usize;
         for (topic, partition, error, offset) in answers {
-            let Some(&i) = self.index.get(&(Arc::from(topic.as_str()), partition)) else { continue };
+            let Some(i) = self.find(&topic, partition) else { continue };
             if error == NONE && offset >= 0 {
                 self.parts[i].position = offset;
                 started += 1;
-                tracing::debug!(topic, partition, offset, "No committed offset: starting at the earliest.");
+                tracing::debug!(topic = &*topic, partition, offset, "No committed offset: starting at the earliest.");
             } else {
                 self.leader_error(i, error);
             }
         }
         if started > 0 {
             tracing::info!(partitions = started, "Partitions without a committed offset start at the earliest.");
+        }
+    }
+
+    /// The index into `parts` of a topic's partition.
+    fn find(&self, topic: &str, partition: i32) -> Option<usize> {
+        let ps = self.index.get(topic)?;
+        ps.iter().find(|(p, _)| *p == partition).map(|&(_, i)| i)
+    }
+
+    /// The index into `parts` of the `k`th partition of an answer to a
+    /// request for `asked`: brokers answer in the order asked, so that is
+    /// checked first, and the map is the fallback.
+    fn answered(&self, asked: &[usize], k: usize, topic: &str, partition: i32) -> Option<usize> {
+        match asked.get(k) {
+            Some(&i) if self.parts[i].partition == partition && &*self.parts[i].topic == topic => Some(i),
+            _ => self.find(topic, partition),
         }
     }
 
@@ -416,8 +437,8 @@ impl Fetcher {
     }
 
     fn fetched(&mut self, broker: i32, asked: &[usize], body: &Bytes) {
-        let topics = match gp::fetch_response(body) {
-            Ok(t) => t,
+        let answer = match gp::fetch_response(body) {
+            Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "Fetch answer does not parse; asking again.");
                 self.delay(asked);
@@ -427,79 +448,76 @@ impl Fetcher {
         let mut chunks = Vec::new();
         let mut queued = 0usize;
         let mut last_with_records = None;
-        for t in topics {
-            let topic: Arc<str> = Arc::from(t.name.as_str());
-            for fp in t.partitions {
-                let Some(&i) = self.index.get(&(topic.clone(), fp.partition)) else { continue };
-                match fp.error {
-                    NONE => {}
-                    OFFSET_OUT_OF_RANGE => {
-                        let p = &mut self.parts[i];
-                        tracing::warn!(
-                            topic = &*p.topic,
-                            partition = p.partition,
-                            offset = p.position,
-                            "Offset out of range (records expired before they were read): starting at the earliest."
-                        );
-                        p.position = -1;
-                        continue;
-                    }
-                    e => {
-                        self.leader_error(i, e);
-                        continue;
-                    }
-                }
-                let p = &mut self.parts[i];
-                p.high_watermark = fp.high_watermark;
-                if fp.records.is_empty() {
+        for (k, fp) in answer.into_iter().enumerate() {
+            let Some(i) = self.answered(asked, k, &fp.topic, fp.partition) else { continue };
+            match fp.error {
+                NONE => {}
+                OFFSET_OUT_OF_RANGE => {
+                    let p = &mut self.parts[i];
+                    tracing::warn!(
+                        topic = &*p.topic,
+                        partition = p.partition,
+                        offset = p.position,
+                        "Offset out of range (records expired before they were read): starting at the earliest."
+                    );
+                    p.position = -1;
                     continue;
                 }
-                let mut records = VecDeque::new();
-                let mut newest = None::<i64>;
-                let (topic, partition) = (p.topic.clone(), p.partition);
-                let decoded = self.decoder.decode(&fp.records, p.position, &fp.aborted, self.s.max_decompressed, |r| {
-                    let headers = {
-                        let bytes = r.headers.iter().map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len)).sum();
-                        let mut h = ReadHeaders::with_capacity(r.headers.len(), bytes);
-                        for (k, v) in r.headers.iter() {
-                            h.push_lossy(&String::from_utf8_lossy(k), v.unwrap_or_default());
-                        }
-                        h
-                    };
-                    newest = Some(newest.map_or(r.timestamp_ms, |n| n.max(r.timestamp_ms)));
-                    let rec = DurableRecord {
-                        position: Position::Kafka { topic: topic.clone(), partition, offset: r.offset },
-                        timestamp_ms: Some(r.timestamp_ms),
-                        headers,
-                        payload: Bytes::copy_from_slice(r.value.unwrap_or_default()),
-                    };
-                    queued += Shared::cost(&rec);
-                    records.push_back(rec);
-                });
-                let p = &mut self.parts[i];
-                match decoded {
-                    Ok(d) => {
-                        p.position = d.next_offset;
-                        p.crc_failures = 0;
+                e => {
+                    self.leader_error(i, e);
+                    continue;
+                }
+            }
+            let p = &mut self.parts[i];
+            p.high_watermark = fp.high_watermark;
+            if fp.records.is_empty() {
+                continue;
+            }
+            let mut records = VecDeque::new();
+            let mut newest = None::<i64>;
+            let (topic, partition) = (p.topic.clone(), p.partition);
+            let decoded = self.decoder.decode(&fp.records, p.position, &fp.aborted, self.s.max_decompressed, |r| {
+                let headers = {
+                    let bytes = r.headers.iter().map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len)).sum();
+                    let mut h = ReadHeaders::with_capacity(r.headers.len(), bytes);
+                    for (k, v) in r.headers.iter() {
+                        h.push_lossy(&String::from_utf8_lossy(k), v.unwrap_or_default());
                     }
-                    Err(e) => {
-                        // What came before the bad batch is delivered; the
-                        // partition goes on from there.
-                        if let Some(last) = records.back() {
-                            if let Position::Kafka { offset, .. } = last.position {
-                                p.position = offset + 1;
-                            }
+                    h
+                };
+                newest = Some(newest.map_or(r.timestamp_ms, |n| n.max(r.timestamp_ms)));
+                let rec = DurableRecord {
+                    position: Position::Kafka { topic: topic.clone(), partition, offset: r.offset },
+                    timestamp_ms: Some(r.timestamp_ms),
+                    headers,
+                    payload: Bytes::copy_from_slice(r.value.unwrap_or_default()),
+                };
+                queued += Shared::cost(&rec);
+                records.push_back(rec);
+            });
+            let p = &mut self.parts[i];
+            match decoded {
+                Ok(d) => {
+                    p.position = d.next_offset;
+                    p.crc_failures = 0;
+                }
+                Err(e) => {
+                    // What came before the bad batch is delivered; the
+                    // partition goes on from there.
+                    if let Some(last) = records.back() {
+                        if let Position::Kafka { offset, .. } = last.position {
+                            p.position = offset + 1;
                         }
-                        Self::bad_batch(p, &e);
                     }
+                    Self::bad_batch(p, &e);
                 }
-                if let Some(ts) = newest {
-                    p.newest_ts = Some(p.newest_ts.map_or(ts, |n| n.max(ts)));
-                }
-                if !records.is_empty() {
-                    last_with_records = Some(i);
-                    chunks.push(Chunk { epoch: self.epoch, records });
-                }
+            }
+            if let Some(ts) = newest {
+                p.newest_ts = Some(p.newest_ts.map_or(ts, |n| n.max(ts)));
+            }
+            if !records.is_empty() {
+                last_with_records = Some(i);
+                chunks.push(Chunk { epoch: self.epoch, records });
             }
         }
         if let (Some(i), Some(b)) = (last_with_records, self.brokers.get_mut(&broker)) {
@@ -591,6 +609,29 @@ mod tests {
 
     fn broker(retry_at: Option<Instant>) -> Broker {
         Broker { host: "h".into(), port: 1, idle: None, busy: true, retry_at, backoff: BACKOFF_MIN, next_start: 0 }
+    }
+
+    #[test]
+    fn answers_map_to_partitions_in_the_order_asked_or_by_name() {
+        let mut f = fetcher();
+        let partitions = vec![(Arc::from("a"), 0, 5), (Arc::from("a"), 1, 5), (Arc::from("b"), 0, 5)];
+        f.reassign(&Assignment { epoch: 1, partitions });
+        let asked = [2, 0, 1];
+        // In the order asked.
+        assert_eq!(f.answered(&asked, 0, "b", 0), Some(2));
+        assert_eq!(f.answered(&asked, 1, "a", 0), Some(0));
+        assert_eq!(f.answered(&asked, 2, "a", 1), Some(1));
+        // Out of order, or past the end of what was asked: found by name.
+        assert_eq!(f.answered(&asked, 0, "a", 1), Some(1));
+        assert_eq!(f.answered(&asked, 1, "b", 0), Some(2));
+        assert_eq!(f.answered(&asked, 7, "a", 0), Some(0));
+        // Not assigned.
+        assert_eq!(f.answered(&asked, 0, "b", 1), None);
+        assert_eq!(f.answered(&asked, 0, "c", 0), None);
+        // A new assignment replaces the index.
+        f.reassign(&Assignment { epoch: 2, partitions: vec![(Arc::from("c"), 3, 0)] });
+        assert_eq!(f.answered(&[], 0, "c", 3), Some(0));
+        assert_eq!(f.answered(&[], 0, "a", 0), None);
     }
 
     #[tokio::test(start_paused = true)]

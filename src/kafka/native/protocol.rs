@@ -8,6 +8,7 @@
 //! after the size prefix, by [`Reader`] (the consumer's too).
 
 use bytes::{BufMut, BytesMut};
+use std::borrow::Cow;
 
 pub const API_PRODUCE: i16 = 0;
 pub const API_METADATA: i16 = 3;
@@ -190,6 +191,17 @@ impl<'a> Reader<'a> {
         }
         let b = self.take(n as usize)?;
         Ok(Some(String::from_utf8_lossy(b).into_owned()))
+    }
+
+    /// A nullable string borrowed from the body (`None` for null; copied
+    /// only where it is not UTF-8).
+    pub fn str_ref(&mut self) -> Result<Option<Cow<'a, str>>, Malformed> {
+        let n = self.i16()?;
+        if n < 0 {
+            return Ok(None);
+        }
+        let b = self.take(n as usize)?;
+        Ok(Some(String::from_utf8_lossy(b)))
     }
 
     /// Nullable bytes (`None` for null), borrowed from the body.
