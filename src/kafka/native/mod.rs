@@ -23,6 +23,7 @@ mod engine_tests;
 mod fetcher;
 mod group;
 mod group_protocol;
+mod lz4;
 mod protocol;
 mod records;
 

@@ -15,6 +15,7 @@
 //! aborted transaction of its, until its ABORT marker; its transactional
 //! data batches in between are skipped. Control batches are never handed out.
 
+use super::lz4::{self, Lz4Error};
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
@@ -292,17 +293,25 @@ fn payload<'s>(
         4 => "zstd",
         _ => return Err(BatchError::Compression { base_offset, codec }),
     };
-    scratch.clear();
     let input = batch.records;
-    let done = match codec {
-        1 => read_bounded(flate2::read::MultiGzDecoder::new(input), limit, scratch),
-        2 => snappy(input, limit, scratch),
-        3 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), limit, scratch),
-        _ => zstd_into(input, limit, scratch, zstd),
+    let done = if codec == 3 {
+        // Not cleared: the lz4 reader keeps the buffer's length (see lz4.rs).
+        lz4::decompress(input, limit, scratch).map_err(|e| match e {
+            Lz4Error::TooLarge => Inflate::TooLarge,
+            Lz4Error::Failed(detail) => Inflate::Failed(detail),
+        })
+    } else {
+        scratch.clear();
+        match codec {
+            1 => read_bounded(flate2::read::MultiGzDecoder::new(input), limit, scratch),
+            2 => snappy(input, limit, scratch),
+            _ => zstd_into(input, limit, scratch, zstd),
+        }
+        .map(|()| scratch.len())
     };
     match done {
-        Ok(()) if scratch.len() <= limit => Ok(scratch),
-        Ok(()) | Err(Inflate::TooLarge) => Err(BatchError::TooLarge { base_offset, limit }),
+        Ok(n) if n <= limit => Ok(&scratch[..n]),
+        Ok(_) | Err(Inflate::TooLarge) => Err(BatchError::TooLarge { base_offset, limit }),
         Err(Inflate::Failed(detail)) => Err(BatchError::Decompress { base_offset, codec: name, detail }),
     }
 }
