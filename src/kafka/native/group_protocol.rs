@@ -343,8 +343,11 @@ pub fn list_offsets_request(client_id: &str, timestamp: i64, topics: &[(&str, Ve
     r.finish()
 }
 
-/// ListOffsets v1: `(topic, partition, error, offset)`.
-pub fn list_offsets_response(body: &[u8]) -> Result<Vec<(Cow<'_, str>, i32, i16, i64)>, Malformed> {
+/// One partition of a ListOffsets answer: `(topic, partition, error, offset)`.
+pub type ListedOffset<'a> = (Cow<'a, str>, i32, i16, i64);
+
+/// ListOffsets v1, with the topics' names borrowed from the body.
+pub fn list_offsets_response(body: &[u8]) -> Result<Vec<ListedOffset<'_>>, Malformed> {
     let mut r = Reader::new(body, "ListOffsets");
     let mut out = Vec::new();
     for _ in 0..r.len()? {
