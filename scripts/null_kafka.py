@@ -35,6 +35,9 @@ CONSUMER_APIS = [(API_FETCH, 4, 4), (API_LIST_OFFSETS, 1, 1), (API_OFFSET_COMMIT
                  (API_LEAVE_GROUP, 1, 1), (API_SYNC_GROUP, 1, 1)]
 
 
+I16, I32 = struct.Struct(">h"), struct.Struct(">i")
+
+
 class Reader:
     def __init__(self, buf, at=0):
         self.buf, self.at = buf, at
@@ -186,24 +189,44 @@ class Broker:
         r.take(">i")  # replica id
         max_wait, _min_bytes, max_bytes = r.take(">i"), r.take(">i"), r.take(">i")
         r.take(">b")  # isolation level
-        asked = []
-        for _ in range(r.take(">i")):
-            name = r.string()
-            asked.append((name, [(r.take(">i"), r.take(">q"), r.take(">i")) for _ in range(r.take(">i"))]))
+        # Read inline, without a call per field: a consumer of a topic per
+        # tenant lists thousands of topics in every fetch.
+        asked, buf, at = [], r.buf, r.at
+        (topics,) = I32.unpack_from(buf, at)
+        at += 4
+        for _ in range(topics):
+            (size,) = I16.unpack_from(buf, at)
+            encoded = buf[at:at + 2 + size]  # the name as the answer repeats it
+            name = buf[at + 2:at + 2 + size].decode()
+            (n,) = I32.unpack_from(buf, at + 2 + size)
+            at += 6 + size
+            # (partition, offset, partition max bytes) × n, in one call.
+            asked.append((name, encoded, list(struct.iter_unpack(">iqi", buf[at:at + 16 * n]))))
+            at += 16 * n
+        r.at = at
+        logs = self.logs
+        empty = struct.Struct(">ihqqiI")
+        with_records = struct.Struct(">ihqqii")
 
         def answer():
             out, total, any_records = [struct.pack(">ii", 0, len(asked))], 0, False
-            for name, parts in asked:
-                out.append(string(name) + struct.pack(">i", len(parts)))
+            for name, encoded, parts in asked:
+                out.append(encoded)
+                out.append(I32.pack(len(parts)))
                 for index, offset, part_max in parts:
-                    log = self.logs.get((name, index))
-                    records = b""
-                    if log and total < max_bytes:
-                        records = log.read(offset, min(part_max, max_bytes - total) if total else part_max)
-                        total += len(records)
+                    log = logs.get((name, index))
+                    if log is None:
+                        out.append(empty.pack(index, 0, 0, 0, -1, 0))
+                        continue
+                    hw = log.next
+                    if offset >= hw or total >= max_bytes:
+                        out.append(empty.pack(index, 0, hw, hw, -1, 0))
+                        continue
+                    records = log.read(offset, min(part_max, max_bytes - total) if total else part_max)
+                    total += len(records)
                     any_records |= bool(records)
-                    hw = log.next if log else 0
-                    out.append(struct.pack(">ihqqi", index, 0, hw, hw, -1) + blob(records))
+                    out.append(with_records.pack(index, 0, hw, hw, -1, len(records)))
+                    out.append(records)
             return b"".join(out), any_records
 
         out, found = answer()
