@@ -215,7 +215,7 @@ impl Cursor {
         if have >= n {
             return Ok(n);
         }
-        if let Some(k) = self.take_tail(shared, n, bound) {
+        if let Some(k) = self.from_tail(shared, n, bound) {
             return Ok(k);
         }
         let room = usize::try_from(bound.saturating_sub(self.pos)).unwrap_or(usize::MAX);
@@ -244,7 +244,7 @@ impl Cursor {
     /// [`Self::fill`] from the last group commit's frames, if they are of
     /// this segment and hold the bytes from `pos` to `pos + n` (or to
     /// `bound`); cut at `bound`, as a read would be.
-    fn take_tail(&mut self, shared: &Shared, n: usize, bound: u64) -> Option<usize> {
+    fn from_tail(&mut self, shared: &Shared, n: usize, bound: u64) -> Option<usize> {
         let tail = shared.tail()?;
         let end = tail.offset.saturating_add(tail.frames.len() as u64).min(bound);
         let wanted = self.pos.saturating_add(n as u64).min(bound);
