@@ -199,51 +199,6 @@ async fn a_reader_tails_new_appends_and_ends_on_close() {
     assert!(matches!(a.append(Bytes::from_static(b"late")).await, Err(JournalError::Closed)));
 }
 
-/// A reader that keeps up takes the last group commit's frames from
-/// memory; one that falls behind reads them from the segment files, every
-/// frame's checksum checked.
-#[tokio::test]
-async fn a_reader_that_keeps_up_reads_the_last_commit_from_memory() {
-    use std::io::{Seek, SeekFrom, Write};
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path());
-    let (j, _) = Journal::open(cfg.clone()).unwrap();
-    let mut following = j.reader_from_ack().unwrap();
-    let first = payload(1, 40);
-    assert_eq!(j.appender().append(first.clone()).await.unwrap(), 0);
-    // Scribble over the record's payload on disk: a reader taking it from
-    // the file would find its checksum wrong.
-    let seg = segments(&cfg.path).remove(0);
-    let mut f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    f.seek(SeekFrom::Start(SEGMENT_HEADER + FRAME_HEADER)).unwrap();
-    f.write_all(&[0xEE; 40]).unwrap();
-    drop(f);
-    assert_eq!(drain(&mut following), vec![(0, first)], "from memory");
-    let mut fresh = j.reader_from_ack().unwrap();
-    let second = payload(2, 40);
-    assert_eq!(j.appender().append(second.clone()).await.unwrap(), 1);
-    match fresh.try_next() {
-        Err(JournalError::Corrupt { reason, .. }) => assert!(reason.contains("checksum"), "{reason}"),
-        other => panic!("a reader behind the last commit reads the file: {other:?}"),
-    }
-    assert_eq!(drain(&mut following), vec![(1, second)]);
-
-    // Many commits over several segments, read by a reader that keeps up and
-    // by one that starts after them all.
-    let payloads: Vec<Bytes> = (0..300).map(|i| payload(i, i % 80)).collect();
-    let mut kept_up = Vec::new();
-    for chunk in payloads.chunks(7) {
-        append_all(&j, chunk).await;
-        kept_up.extend(drain(&mut following).into_iter().map(|(_, p)| p));
-    }
-    assert_eq!(kept_up, payloads);
-    assert!(segments(&cfg.path).len() > 3);
-    let mut late = j.reader(2).unwrap();
-    let read: Vec<Bytes> = drain(&mut late).into_iter().map(|(_, p)| p).collect();
-    assert_eq!(read, payloads);
-    j.close().await.unwrap();
-}
-
 #[tokio::test]
 async fn replay_starts_at_the_persisted_ack_position() {
     let tmp = tempfile::tempdir().unwrap();

@@ -101,7 +101,6 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             disk: disk::DiskGuard::new(cfg_max_batch),
             preallocate: rec.preallocate,
-            tail: Mutex::new(None),
         });
         let (writer, rx) = mpsc::channel();
         Writer::new(shared.clone(), rec.active, next_seq, segment::EMPTY_LEN, next_seq, rec.preallocated)

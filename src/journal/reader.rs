@@ -90,7 +90,7 @@ impl Reader {
                 Some(cur) => cur,
                 None => self.cur.insert(Cursor::open(&self.shared, self.next_seq, c)?),
             };
-            match cur.frame(&self.shared, c)? {
+            match cur.frame(c)? {
                 Some((seq, payload)) if seq == self.next_seq => {
                     self.next_seq += 1;
                     return Ok((seq, payload));
@@ -146,7 +146,7 @@ impl Cursor {
         let mut cur = Self { file, path, first_seq, pos, buf: Bytes::new(), buf_pos: pos, sealed_len: None };
         for want in first_seq..seq {
             let bound = cur.bound(c)?;
-            let header = match cur.fill(shared, FRAME_HEADER, bound)? {
+            let header = match cur.fill(FRAME_HEADER, bound)? {
                 FRAME_HEADER => Some((read_u32(&cur.available()[0..4]), read_u64(&cur.available()[8..16]))),
                 _ => None,
             };
@@ -159,9 +159,9 @@ impl Cursor {
     }
 
     /// The next frame within the committed bytes, or `None` at their end.
-    fn frame(&mut self, shared: &Shared, c: Committed) -> Result<Option<(u64, Bytes)>, JournalError> {
+    fn frame(&mut self, c: Committed) -> Result<Option<(u64, Bytes)>, JournalError> {
         let bound = self.bound(c)?;
-        let n = self.fill(shared, FRAME_HEADER, bound)?;
+        let n = self.fill(FRAME_HEADER, bound)?;
         if n == 0 {
             return Ok(None);
         }
@@ -169,7 +169,7 @@ impl Cursor {
             return Err(self.corrupt("short frame header".into()));
         }
         let total = frame::frame_len(read_u32(&self.available()[0..4]) as usize);
-        if total > frame::MAX_PAYLOAD + FRAME_HEADER || self.fill(shared, total, bound)? < total {
+        if total > frame::MAX_PAYLOAD + FRAME_HEADER || self.fill(total, bound)? < total {
             return Err(self.corrupt("short frame".into()));
         }
         let (seq, len) = match frame::decode(self.available()) {
@@ -208,15 +208,11 @@ impl Cursor {
     /// Make at least `n` bytes from `pos` available, reading no further than
     /// `bound`; returns how many are (fewer only at the bound). Reads into a
     /// new chunk (payloads returned earlier share the old one), starting with
-    /// the unread bytes of the old one; or takes the last group commit's
-    /// frames from memory when they hold those bytes.
-    fn fill(&mut self, shared: &Shared, n: usize, bound: u64) -> Result<usize, JournalError> {
+    /// the unread bytes of the old one.
+    fn fill(&mut self, n: usize, bound: u64) -> Result<usize, JournalError> {
         let have = self.available().len();
         if have >= n {
             return Ok(n);
-        }
-        if let Some(k) = self.from_tail(shared, n, bound) {
-            return Ok(k);
         }
         let room = usize::try_from(bound.saturating_sub(self.pos)).unwrap_or(usize::MAX);
         let want = n.max(CHUNK).min(room);
@@ -239,21 +235,6 @@ impl Cursor {
         self.buf = next.freeze();
         self.buf_pos = self.pos;
         Ok(filled.min(n))
-    }
-
-    /// [`Self::fill`] from the last group commit's frames, if they are of
-    /// this segment and hold the bytes from `pos` to `pos + n` (or to
-    /// `bound`); cut at `bound`, as a read would be.
-    fn from_tail(&mut self, shared: &Shared, n: usize, bound: u64) -> Option<usize> {
-        let tail = shared.tail()?;
-        let end = tail.offset.saturating_add(tail.frames.len() as u64).min(bound);
-        let wanted = self.pos.saturating_add(n as u64).min(bound);
-        if tail.segment_first != self.first_seq || tail.offset > self.pos || end < wanted {
-            return None;
-        }
-        self.buf = tail.frames.slice(..usize::try_from(end - tail.offset).ok()?);
-        self.buf_pos = tail.offset;
-        Some(self.available().len().min(n))
     }
 
     fn corrupt(&self, reason: String) -> JournalError {

@@ -21,20 +21,6 @@ pub struct Committed {
     pub closed: bool,
 }
 
-/// The frames of the last group commit, kept in memory for readers: a
-/// reader that keeps up takes them from here instead of reading back from
-/// the page cache what was just written (a copy, a fresh read buffer and a
-/// system call per 64 KiB).
-#[derive(Debug, Clone)]
-pub struct Tail {
-    /// The segment they were written to.
-    pub segment_first: u64,
-    /// Their offset in that segment's file.
-    pub offset: u64,
-    /// Written and fsync'd.
-    pub frames: bytes::Bytes,
-}
-
 /// The shared state.
 pub struct Shared {
     /// The journal directory.
@@ -62,24 +48,12 @@ pub struct Shared {
     pub disk: DiskGuard,
     /// Segments are preallocated (`preallocate`, and of use on this filesystem).
     pub preallocate: bool,
-    /// The last group commit's frames (at most `max_batch` bytes).
-    pub tail: Mutex<Option<Tail>>,
 }
 
 impl Shared {
     /// Lock the segment list (a panic elsewhere does not make it unusable).
     pub fn segments(&self) -> MutexGuard<'_, Vec<SegmentInfo>> {
         self.segments.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The last group commit's frames, if any.
-    pub fn tail(&self) -> Option<Tail> {
-        self.tail.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// Keep `tail` as the last group commit's frames.
-    pub fn set_tail(&self, tail: Tail) {
-        *self.tail.lock().unwrap_or_else(PoisonError::into_inner) = Some(tail);
     }
 
     /// Admit a frame of `bytes` against `max_size`, or fail fast with `Full`,

@@ -8,7 +8,7 @@ use super::batch::Batch;
 use super::frame;
 use super::prealloc::{self, Preparation};
 use super::segment::{self, SegmentInfo};
-use super::shared::{Shared, Tail};
+use super::shared::Shared;
 use super::JournalError;
 use bytes::Bytes;
 use std::fs::File;
@@ -313,17 +313,10 @@ impl Writer {
             }
         }
         let written = self.buf.len() as u64;
+        self.buf.clear();
         match &self.failed {
             None => {
                 if written > 0 {
-                    // The frames go to the readers as they are; the next
-                    // commit stages into a new buffer of the same size.
-                    let frames = std::mem::replace(&mut self.buf, Vec::with_capacity(written as usize));
-                    self.shared.set_tail(Tail {
-                        segment_first: self.active_first,
-                        offset: self.active_len,
-                        frames: frames.into(),
-                    });
                     self.active_len += written;
                     self.shared.grew(written, true);
                     if let Some(last) = self.shared.segments().last_mut() {
@@ -337,7 +330,6 @@ impl Writer {
             }
             Some(reason) => {
                 // Staged frames are exactly the bytes reserved and not written.
-                self.buf.clear();
                 self.shared.release(written);
                 for p in self.pending.drain(..) {
                     let _ = p.done.send(Err(JournalError::Poisoned(reason.clone())));
