@@ -49,11 +49,8 @@ impl NativeAdmin {
 
     /// For `[kafka]`'s brokers and TLS settings.
     fn new(cfg: &KafkaConfig, client: Client, timeout: Duration) -> Result<Self, ClientError> {
-        super::validate_connection(cfg).map_err(|e| super::creation(format!("kafka.{}: {}", e.key, e.message)))?;
-        let tls = super::tls(&cfg.properties).map_err(super::creation)?;
-        let client_id: Arc<str> = Arc::from(super::property(&cfg.properties, "client.id").unwrap_or("iotpipe"));
-        let brokers = super::bootstrap(&cfg.brokers).map_err(super::creation)?;
-        let boot = Bootstrap::new(brokers, client, tls.clone(), client_id.clone(), timeout);
+        let super::Endpoints { bootstrap, tls, client_id } = super::Endpoints::of(cfg, None)?;
+        let boot = Bootstrap::new(bootstrap, client, tls.clone(), client_id.clone(), timeout);
         Ok(Self { boot, controller: None, tls, client_id, timeout })
     }
 

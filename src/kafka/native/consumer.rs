@@ -248,18 +248,14 @@ impl NativeConsumer {
         settings: &ConsumerSettings,
         metrics: Arc<ConsumerMetrics>,
     ) -> Result<Self, ClientError> {
-        super::validate_connection(kafka).map_err(|e| creation(format!("kafka.{}: {}", e.key, e.message)))?;
-        validate_properties(&settings.properties).map_err(|e| creation(format!("sink.{}: {}", e.key, e.message)))?;
         let props = &settings.properties;
-        let client_id = settings
-            .properties
-            .get("client.id")
-            .or_else(|| kafka.properties.get("client.id"))
-            .map_or("iotpipe", |s| s.trim());
+        let own_id = props.get("client.id").map(|s| s.trim()).filter(|s| !s.is_empty());
+        let super::Endpoints { bootstrap, tls, client_id } = super::Endpoints::of(kafka, own_id)?;
+        validate_properties(props).map_err(|e| creation(format!("sink.{}: {}", e.key, e.message)))?;
         let s = Arc::new(Settings {
-            bootstrap: super::bootstrap(&kafka.brokers).map_err(creation)?,
-            tls: super::tls(&kafka.properties).map_err(creation)?,
-            client_id: Arc::from(client_id),
+            bootstrap,
+            tls,
+            client_id,
             group: settings.group_id.clone(),
             subscription: Subscription::parse(&settings.topics).map_err(creation)?,
             session_timeout: millis(props, "session.timeout.ms", SESSION_TIMEOUT),

@@ -201,13 +201,37 @@ fn creation(e: impl std::fmt::Display) -> ClientError {
     ClientError::from(KafkaError::ClientCreation(e.to_string()))
 }
 
+/// Where and as whom every native client connects, from `[kafka]`: the
+/// bootstrap brokers, TLS, and the client id.
+struct Endpoints {
+    bootstrap: Vec<(String, u16)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    client_id: Arc<str>,
+}
+
+impl Endpoints {
+    /// `[kafka]`'s connection, validated (an error names its key). The
+    /// client id is `client_id` if given (the sink's own `client.id`), else
+    /// `kafka.properties.client.id`, else "iotpipe".
+    fn of(cfg: &KafkaConfig, client_id: Option<&str>) -> Result<Self, ClientError> {
+        validate_connection(cfg).map_err(|e| creation(format!("kafka.{}: {}", e.key, e.message)))?;
+        let client_id = client_id.or_else(|| property(&cfg.properties, "client.id")).unwrap_or("iotpipe");
+        Ok(Self {
+            bootstrap: bootstrap(&cfg.brokers).map_err(creation)?,
+            tls: tls(&cfg.properties).map_err(creation)?,
+            client_id: Arc::from(client_id),
+        })
+    }
+}
+
 impl NativeProducer {
     pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, ClientError> {
         validate(cfg).map_err(|e| creation(format!("kafka.{}: {}", e.key, e.message)))?;
+        let Endpoints { bootstrap, tls, client_id } = Endpoints::of(cfg, None)?;
         let settings = Settings {
-            bootstrap: bootstrap(&cfg.brokers).map_err(creation)?,
-            tls: tls(&cfg.properties).map_err(creation)?,
-            client_id: Arc::from(property(&cfg.properties, "client.id").unwrap_or("iotpipe")),
+            bootstrap,
+            tls,
+            client_id,
             compression: Compression::parse(&cfg.compression).unwrap_or(Compression::None),
             linger: cfg.linger.get(),
             delivery_timeout: cfg.delivery_timeout.get(),
