@@ -410,8 +410,8 @@ impl Fetcher {
     /// request for `asked`: brokers answer in the order asked, so that is
     /// checked first, and the map is the fallback.
     fn answered(&self, asked: &[usize], k: usize, topic: &str, partition: i32) -> Option<usize> {
-        match asked.get(k) {
-            Some(&i) if self.parts[i].partition == partition && &*self.parts[i].topic == topic => Some(i),
+        match asked.get(k).and_then(|&i| Some((i, self.parts.get(i)?))) {
+            Some((i, p)) if p.partition == partition && &*p.topic == topic => Some(i),
             _ => self.find(topic, partition),
         }
     }
@@ -625,6 +625,7 @@ mod tests {
         assert_eq!(f.answered(&asked, 0, "a", 1), Some(1));
         assert_eq!(f.answered(&asked, 1, "b", 0), Some(2));
         assert_eq!(f.answered(&asked, 7, "a", 0), Some(0));
+        assert_eq!(f.answered(&[99], 0, "a", 1), Some(1), "an index past the partitions");
         // Not assigned.
         assert_eq!(f.answered(&asked, 0, "b", 1), None);
         assert_eq!(f.answered(&asked, 0, "c", 0), None);
