@@ -183,14 +183,10 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// A nullable string (`None` for null).
+    /// A nullable string (`None` for null), owned: [`Reader::str_ref`]
+    /// copied out of the body.
     pub fn string(&mut self) -> Result<Option<String>, Malformed> {
-        let n = self.i16()?;
-        if n < 0 {
-            return Ok(None);
-        }
-        let b = self.take(n as usize)?;
-        Ok(Some(String::from_utf8_lossy(b).into_owned()))
+        Ok(self.str_ref()?.map(Cow::into_owned))
     }
 
     /// A nullable string borrowed from the body (`None` for null; copied
