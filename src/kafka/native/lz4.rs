@@ -13,6 +13,7 @@
 //! LZ4's library default is linked ones), and every checksum the frame
 //! declares (header, blocks, content) is verified.
 
+use super::codec_error::CodecError;
 use lz4_flex::block::{decompress_into_with_dict, DecompressError};
 use xxhash_rust::xxh32::xxh32;
 
@@ -23,25 +24,11 @@ const SKIPPABLE: u32 = 0x184D_2A50;
 /// How far back a linked block may refer.
 const WINDOW: usize = 64 * 1024;
 
-/// Why a section did not decompress.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Lz4Error {
-    /// More than the limit would come out.
-    TooLarge,
-    Failed(String),
-}
-
-impl From<&'static str> for Lz4Error {
-    fn from(e: &'static str) -> Self {
-        Self::Failed(e.to_string())
-    }
-}
-
 /// Decompress the frames of `input` into `out[..n]` and return `n`.
 /// `out`'s length is the caller's to keep: it only grows (to at most
 /// `limit` plus one block), and what lies past `n` is garbage. More than
-/// `limit` bytes of output is [`Lz4Error::TooLarge`].
-pub fn decompress(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<usize, Lz4Error> {
+/// `limit` bytes of output is [`CodecError::TooLarge`].
+pub fn decompress(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<usize, CodecError> {
     let mut r = Input(input);
     let mut n = 0;
     while !r.0.is_empty() {
@@ -60,7 +47,7 @@ pub fn decompress(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<usize
 }
 
 /// One frame after its magic number, appended at `out[n..]`; the new end.
-fn frame(r: &mut Input, mut n: usize, limit: usize, out: &mut Vec<u8>) -> Result<usize, Lz4Error> {
+fn frame(r: &mut Input, mut n: usize, limit: usize, out: &mut Vec<u8>) -> Result<usize, CodecError> {
     let descriptor = r.0;
     let flg = r.u8()?;
     let bd = r.u8()?;
@@ -112,19 +99,19 @@ fn frame(r: &mut Input, mut n: usize, limit: usize, out: &mut Vec<u8>) -> Result
         let (before, after) = out.split_at_mut(n);
         let dst = after.get_mut(..room).ok_or("LZ4 output buffer too short")?;
         if stored {
-            let dst = dst.get_mut(..len).ok_or(Lz4Error::TooLarge)?;
+            let dst = dst.get_mut(..len).ok_or(CodecError::TooLarge)?;
             dst.copy_from_slice(data);
             n += len;
         } else {
             let dict = if independent { &[][..] } else { &before[start.max(n.saturating_sub(WINDOW))..] };
             match decompress_into_with_dict(data, dst, dict) {
                 Ok(k) => n += k,
-                Err(DecompressError::OutputTooSmall { .. }) if room < block_max => return Err(Lz4Error::TooLarge),
-                Err(e) => return Err(Lz4Error::Failed(e.to_string())),
+                Err(DecompressError::OutputTooSmall { .. }) if room < block_max => return Err(CodecError::TooLarge),
+                Err(e) => return Err(CodecError::Failed(e.to_string())),
             }
         }
         if n > limit {
-            return Err(Lz4Error::TooLarge);
+            return Err(CodecError::TooLarge);
         }
     }
     if content_checksum && xxh32(&out[start..n], 0) != r.u32()? {
@@ -137,7 +124,7 @@ fn frame(r: &mut Input, mut n: usize, limit: usize, out: &mut Vec<u8>) -> Result
 struct Input<'a>(&'a [u8]);
 
 impl<'a> Input<'a> {
-    fn take(&mut self, k: usize) -> Result<&'a [u8], Lz4Error> {
+    fn take(&mut self, k: usize) -> Result<&'a [u8], CodecError> {
         if self.0.len() < k {
             return Err("LZ4 frame cut short".into());
         }
@@ -146,11 +133,11 @@ impl<'a> Input<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, Lz4Error> {
+    fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, Lz4Error> {
+    fn u32(&mut self) -> Result<u32, CodecError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
@@ -185,7 +172,7 @@ mod tests {
         v
     }
 
-    fn read(input: &[u8], limit: usize) -> Result<Vec<u8>, Lz4Error> {
+    fn read(input: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::new();
         let n = decompress(input, limit, &mut out)?;
         out.truncate(n);
@@ -253,14 +240,14 @@ mod tests {
         let plain = vec![0u8; 1 << 20];
         for mode in [BlockMode::Independent, BlockMode::Linked] {
             let enc = encode(FrameInfo::new().block_mode(mode), &plain);
-            assert_eq!(read(&enc, (1 << 20) - 1), Err(Lz4Error::TooLarge), "{mode:?}");
-            assert_eq!(read(&enc, 100), Err(Lz4Error::TooLarge));
+            assert_eq!(read(&enc, (1 << 20) - 1), Err(CodecError::TooLarge), "{mode:?}");
+            assert_eq!(read(&enc, 100), Err(CodecError::TooLarge));
             assert_eq!(read(&enc, 1 << 20).unwrap().len(), 1 << 20, "exactly the limit is fine");
         }
         // A stored (uncompressed) block past the limit.
         let noise: Vec<u8> = sample()[800_000..].to_vec();
         let enc = encode(FrameInfo::new(), &noise);
-        assert_eq!(read(&enc, noise.len() - 1), Err(Lz4Error::TooLarge));
+        assert_eq!(read(&enc, noise.len() - 1), Err(CodecError::TooLarge));
         assert_eq!(read(&enc, noise.len()).unwrap(), noise);
     }
 
@@ -270,10 +257,10 @@ mod tests {
         let info = FrameInfo::new().block_checksums(true).content_checksum(true);
         let enc = encode(info, &plain);
         for cut in [1, 4, 5, 6, 7, 10, 100, enc.len() / 2, enc.len() - 5, enc.len() - 1] {
-            assert!(matches!(read(&enc[..cut], 16 << 20), Err(Lz4Error::Failed(_))), "cut at {cut}");
+            assert!(matches!(read(&enc[..cut], 16 << 20), Err(CodecError::Failed(_))), "cut at {cut}");
         }
         let failed = |input: &[u8], what: &str| match read(input, 16 << 20) {
-            Err(Lz4Error::Failed(e)) => assert!(e.contains(what), "{e}"),
+            Err(CodecError::Failed(e)) => assert!(e.contains(what), "{e}"),
             other => panic!("{other:?}"),
         };
         let mut bad = enc.clone();

@@ -15,6 +15,7 @@ mod admin;
 mod assignor;
 mod batch;
 mod bootstrap;
+mod codec_error;
 mod conn;
 mod consumer;
 mod engine;

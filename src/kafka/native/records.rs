@@ -15,7 +15,8 @@
 //! aborted transaction of its, until its ABORT marker; its transactional
 //! data batches in between are skipped. Control batches are never handed out.
 
-use super::lz4::{self, Lz4Error};
+use super::codec_error::CodecError;
+use super::lz4;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
@@ -296,10 +297,7 @@ fn payload<'s>(
     let input = batch.records;
     let done = if codec == 3 {
         // Not cleared: the lz4 reader keeps the buffer's length (see lz4.rs).
-        lz4::decompress(input, limit, scratch).map_err(|e| match e {
-            Lz4Error::TooLarge => Inflate::TooLarge,
-            Lz4Error::Failed(detail) => Inflate::Failed(detail),
-        })
+        lz4::decompress(input, limit, scratch)
     } else {
         scratch.clear();
         match codec {
@@ -311,26 +309,14 @@ fn payload<'s>(
     };
     match done {
         Ok(n) if n <= limit => Ok(&scratch[..n]),
-        Ok(_) | Err(Inflate::TooLarge) => Err(BatchError::TooLarge { base_offset, limit }),
-        Err(Inflate::Failed(detail)) => Err(BatchError::Decompress { base_offset, codec: name, detail }),
-    }
-}
-
-/// Why a section did not decompress.
-enum Inflate {
-    TooLarge,
-    Failed(String),
-}
-
-impl<E: fmt::Display> From<E> for Inflate {
-    fn from(e: E) -> Self {
-        Self::Failed(e.to_string())
+        Ok(_) | Err(CodecError::TooLarge) => Err(BatchError::TooLarge { base_offset, limit }),
+        Err(CodecError::Failed(detail)) => Err(BatchError::Decompress { base_offset, codec: name, detail }),
     }
 }
 
 /// Everything `r` yields into `out`, up to one byte past `limit` (which
 /// the caller takes as too large).
-fn read_bounded(r: impl Read, limit: usize, out: &mut Vec<u8>) -> Result<(), Inflate> {
+fn read_bounded(r: impl Read, limit: usize, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     r.take(cap).read_to_end(out)?;
     Ok(())
@@ -342,7 +328,7 @@ fn zstd_into(
     limit: usize,
     out: &mut Vec<u8>,
     ctx: &mut Option<zstd::zstd_safe::DCtx<'static>>,
-) -> Result<(), Inflate> {
+) -> Result<(), CodecError> {
     if ctx.is_none() {
         let mut new = zstd::zstd_safe::DCtx::try_create().ok_or("no memory for a zstd context")?;
         new.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
@@ -357,7 +343,7 @@ fn zstd_into(
 /// Snappy as Kafka writes it: xerial's framing (Java) or one raw block
 /// (librdkafka). Each block's declared size is checked against `limit`
 /// before anything is allocated for it.
-fn snappy(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Inflate> {
+fn snappy(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), CodecError> {
     if !input.starts_with(&XERIAL_MAGIC) {
         return snappy_block(input, limit, out);
     }
@@ -370,11 +356,11 @@ fn snappy(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Inflate> 
     Ok(())
 }
 
-fn snappy_block(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Inflate> {
+fn snappy_block(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let start = out.len();
     let len = snap::raw::decompress_len(block)?;
     if len > limit.saturating_sub(start) {
-        return Err(Inflate::TooLarge);
+        return Err(CodecError::TooLarge);
     }
     out.resize(start + len, 0);
     let dst = out.get_mut(start..).unwrap_or_default();
