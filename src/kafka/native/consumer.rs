@@ -24,11 +24,11 @@
 
 use super::fetcher::Fetcher;
 use super::group::Group;
+use super::{creation, key_error};
 use crate::kafka::diagnosis::ErrorReporter;
 use crate::kafka::{ClientError, ConsumerSettings, KafkaConfig, NextOffset};
 use crate::record::DurableRecord;
 use crate::telemetry::ConsumerMetrics;
-use rdkafka::error::KafkaError;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -208,10 +208,6 @@ pub struct NativeConsumer {
     task: Mutex<Option<Box<(Group, Fetcher)>>>,
 }
 
-fn creation(e: impl std::fmt::Display) -> ClientError {
-    ClientError::from(KafkaError::ClientCreation(e.to_string()))
-}
-
 /// The `sink.properties` the native consumer reads, checked; keys relative to `[sink]`.
 pub fn validate_properties(props: &std::collections::BTreeMap<String, String>) -> Result<(), crate::units::KeyError> {
     use crate::units::KeyError;
@@ -251,7 +247,7 @@ impl NativeConsumer {
         let props = &settings.properties;
         let own_id = props.get("client.id").map(|s| s.trim()).filter(|s| !s.is_empty());
         let super::Endpoints { bootstrap, tls, client_id } = super::Endpoints::of(kafka, own_id)?;
-        validate_properties(props).map_err(|e| creation(format!("sink.{}: {}", e.key, e.message)))?;
+        validate_properties(props).map_err(|e| key_error("sink", e))?;
         let s = Arc::new(Settings {
             bootstrap,
             tls,

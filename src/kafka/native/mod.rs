@@ -202,6 +202,12 @@ fn creation(e: impl std::fmt::Display) -> ClientError {
     ClientError::from(KafkaError::ClientCreation(e.to_string()))
 }
 
+/// A config key's error as a client's creation error, the key named with
+/// its section (`kafka.brokers: names no broker`).
+fn key_error(section: &str, e: KeyError) -> ClientError {
+    creation(format!("{section}.{}: {}", e.key, e.message))
+}
+
 /// Where and as whom every native client connects, from `[kafka]`: the
 /// bootstrap brokers, TLS, and the client id.
 struct Endpoints {
@@ -215,7 +221,13 @@ impl Endpoints {
     /// client id is `client_id` if given (the sink's own `client.id`), else
     /// `kafka.properties.client.id`, else "iotpipe".
     fn of(cfg: &KafkaConfig, client_id: Option<&str>) -> Result<Self, ClientError> {
-        validate_connection(cfg).map_err(|e| creation(format!("kafka.{}: {}", e.key, e.message)))?;
+        validate_connection(cfg).map_err(|e| key_error("kafka", e))?;
+        Self::validated(cfg, client_id)
+    }
+
+    /// As [`Endpoints::of`], for a `[kafka]` that has passed
+    /// [`validate_connection`] already (the producer's [`validate`] runs it).
+    fn validated(cfg: &KafkaConfig, client_id: Option<&str>) -> Result<Self, ClientError> {
         let client_id = client_id.or_else(|| property(&cfg.properties, "client.id")).unwrap_or("iotpipe");
         Ok(Self {
             bootstrap: bootstrap(&cfg.brokers).map_err(creation)?,
@@ -227,8 +239,8 @@ impl Endpoints {
 
 impl NativeProducer {
     pub fn new(cfg: &KafkaConfig, reports: mpsc::UnboundedSender<Delivery>) -> Result<Self, ClientError> {
-        validate(cfg).map_err(|e| creation(format!("kafka.{}: {}", e.key, e.message)))?;
-        let Endpoints { bootstrap, tls, client_id } = Endpoints::of(cfg, None)?;
+        validate(cfg).map_err(|e| key_error("kafka", e))?;
+        let Endpoints { bootstrap, tls, client_id } = Endpoints::validated(cfg, None)?;
         let settings = Settings {
             bootstrap,
             tls,
@@ -322,5 +334,21 @@ mod tests {
         half.properties.insert("security.protocol".into(), "ssl".into());
         half.properties.insert("ssl.certificate.location".into(), "/x.pem".into());
         assert!(tls(&half.properties).unwrap_err().contains("go together"));
+    }
+
+    #[test]
+    fn start_up_errors_name_the_key_with_its_section() {
+        let message = |e: Option<ClientError>| e.expect("refused").to_string();
+        let (reports, _) = mpsc::unbounded_channel();
+        let gzip = KafkaConfig { compression: "gzip".into(), ..KafkaConfig::default() };
+        let e = message(NativeProducer::new(&gzip, reports.clone()).err());
+        assert!(e.contains("kafka.compression: `gzip` is written by"), "{e}");
+        let nowhere = KafkaConfig { brokers: " , ".into(), ..KafkaConfig::default() };
+        let e = message(NativeProducer::new(&nowhere, reports).err());
+        assert!(e.contains("kafka.brokers: names no broker"), "{e}");
+        let e = message(Endpoints::of(&nowhere, None).err());
+        assert!(e.contains("kafka.brokers: names no broker"), "{e}");
+        let e = key_error("sink", KeyError::new("properties.fetch.max.bytes", "is read by")).to_string();
+        assert!(e.contains("sink.properties.fetch.max.bytes: is read by"), "{e}");
     }
 }
