@@ -6,22 +6,30 @@ work in the way (scripts/bench_scale.py --kafka-stand-in null|memory).
 It speaks just what iotpipe's native producer, topic creator and consumer
 send, in the non-flexible versions: ApiVersions v0, Metadata v4,
 InitProducerId v0-v1, CreateTopics v0, Produce v3-v7, and with --keep Fetch
-v4, ListOffsets v1, OffsetFetch v1, OffsetCommit v2, FindCoordinator v1,
+v4-v7, ListOffsets v1, OffsetFetch v1, OffsetCommit v2, FindCoordinator v1,
 JoinGroup v2, SyncGroup v1, Heartbeat v1 and LeaveGroup v1. Every topic
 exists, with --partitions partitions led by this broker; a produce request
 is answered with consecutive offsets per partition. Without --keep nothing
 is kept; with it the record batches are kept in memory as they came (their
 base offset set) and served to Fetch, for a group of one member at a time
-(each join is a new generation, its member the leader). Not a Kafka: no
+(each join is a new generation, its member the leader). Fetch v7 keeps
+fetch sessions as Kafka does (KIP-227): a full fetch opens one, an
+incremental fetch names only the partitions that changed and is answered
+only for partitions with records or a new high watermark, and a partition
+that returned records moves to the end of its session's order. With
+--evict-sessions-every N every Nth incremental fetch finds its session gone
+(error 70), as when a broker's session cache evicts it. Not a Kafka: no
 replication, no retention, no transactions.
 
     python3 scripts/null_kafka.py --port 9092 [--partitions 1] [--keep]
+                                  [--evict-sessions-every N] [--stats SECONDS]
 """
 
 import argparse
 import asyncio
 import bisect
 import struct
+import sys
 
 API_PRODUCE, API_METADATA, API_VERSIONS, API_CREATE_TOPICS, API_INIT_PRODUCER_ID = 0, 3, 18, 19, 22
 API_FETCH, API_LIST_OFFSETS, API_OFFSET_COMMIT, API_OFFSET_FETCH = 1, 2, 8, 9
@@ -30,12 +38,24 @@ API_FIND_COORDINATOR, API_JOIN_GROUP, API_HEARTBEAT, API_LEAVE_GROUP, API_SYNC_G
 APIS = [(API_PRODUCE, 3, 7), (API_METADATA, 4, 4), (API_VERSIONS, 0, 0), (API_CREATE_TOPICS, 0, 0),
         (API_INIT_PRODUCER_ID, 0, 1)]
 # The consumer's, answered with --keep.
-CONSUMER_APIS = [(API_FETCH, 4, 4), (API_LIST_OFFSETS, 1, 1), (API_OFFSET_COMMIT, 2, 2), (API_OFFSET_FETCH, 1, 1),
+CONSUMER_APIS = [(API_FETCH, 4, 7), (API_LIST_OFFSETS, 1, 1), (API_OFFSET_COMMIT, 2, 2), (API_OFFSET_FETCH, 1, 1),
                  (API_FIND_COORDINATOR, 1, 1), (API_JOIN_GROUP, 2, 2), (API_HEARTBEAT, 1, 1),
                  (API_LEAVE_GROUP, 1, 1), (API_SYNC_GROUP, 1, 1)]
 
 
 I16, I32 = struct.Struct(">h"), struct.Struct(">i")
+FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH = 70, 71
+# Sessions kept at most; the oldest goes first, as in Kafka's session cache.
+MAX_SESSIONS = 1000
+
+
+class Session:
+    """A fetch session: (topic, partition) -> [encoded topic name, fetch offset,
+    partition max bytes, the high watermark last answered, the offset after
+    the records last answered], in answer order."""
+
+    def __init__(self, sid):
+        self.id, self.epoch, self.parts = sid, 1, {}
 
 
 class Reader:
@@ -111,18 +131,29 @@ class Log:
         return self.next - count
 
     def read(self, offset, limit):
+        return self.read_to(offset, limit)[0]
+
+    def read_to(self, offset, limit):
+        """The batches from `offset` up to `limit` bytes (at least one), and
+        the offset after them."""
         i = bisect.bisect_left(self.lasts, offset)
         out, size = [], 0
         while i < len(self.batches) and (not out or size + len(self.batches[i]) <= limit):
             out.append(self.batches[i])
             size += len(self.batches[i])
             i += 1
-        return b"".join(out)
+        return b"".join(out), (self.lasts[i - 1] + 1 if out else offset)
 
 
 class Broker:
-    def __init__(self, host, port, partitions, keep=False):
+    def __init__(self, host, port, partitions, keep=False, evict_every=0):
         self.host, self.port, self.partitions, self.keep = host, port, partitions, keep
+        self.evict_every = evict_every
+        self.sessions, self.next_session = {}, 1
+        # repeats: records answered again in a session because the consumer
+        # did not name the partition at its new offset.
+        self.stats = {"full": 0, "incremental": 0, "sessions_opened": 0, "sessions_lost": 0, "partitions_named": 0,
+                      "repeats": 0}
         self.offsets = {}
         self.logs = {}
         self.committed = {}
@@ -185,12 +216,14 @@ class Broker:
             out.append(string(name) + struct.pack(">h", 0))
         return b"".join(out)
 
-    async def fetch(self, r):
+    async def fetch(self, r, version):
         r.take(">i")  # replica id
         max_wait, _min_bytes, max_bytes = r.take(">i"), r.take(">i"), r.take(">i")
         r.take(">b")  # isolation level
+        sid, epoch = (r.take(">i"), r.take(">i")) if version >= 7 else (0, -1)
         # Read inline, without a call per field: a consumer of a topic per
         # tenant lists thousands of topics in every fetch.
+        part = struct.Struct(">iqqi" if version >= 5 else ">iqi")
         asked, buf, at = [], r.buf, r.at
         (topics,) = I32.unpack_from(buf, at)
         at += 4
@@ -200,40 +233,139 @@ class Broker:
             name = buf[at + 2:at + 2 + size].decode()
             (n,) = I32.unpack_from(buf, at + 2 + size)
             at += 6 + size
-            # (partition, offset, partition max bytes) × n, in one call.
-            asked.append((name, encoded, list(struct.iter_unpack(">iqi", buf[at:at + 16 * n]))))
-            at += 16 * n
+            # (partition, offset, [log start offset,] partition max bytes) × n, in one call.
+            fields = part.iter_unpack(buf[at:at + part.size * n])
+            parts = [(f[0], f[1], f[-1]) for f in fields] if version >= 5 else list(fields)
+            asked.append((name, encoded, parts))
+            self.stats["partitions_named"] += n
+            at += part.size * n
+        forgotten = []
+        if version >= 7:
+            (topics,) = I32.unpack_from(buf, at)
+            at += 4
+            for _ in range(topics):
+                (size,) = I16.unpack_from(buf, at)
+                name = buf[at + 2:at + 2 + size].decode()
+                (n,) = I32.unpack_from(buf, at + 2 + size)
+                at += 6 + size
+                forgotten.extend((name, p) for (p,) in struct.iter_unpack(">i", buf[at:at + 4 * n]))
+                at += 4 * n
         r.at = at
-        logs = self.logs
-        empty = struct.Struct(">ihqqiI")
-        with_records = struct.Struct(">ihqqii")
 
-        def answer():
-            out, total, any_records = [struct.pack(">ii", 0, len(asked))], 0, False
+        def head(error, session_id):
+            return struct.pack(">ihi", 0, error, session_id) if version >= 7 else I32.pack(0)
+
+        if epoch > 0:
+            self.stats["incremental"] += 1
+            session = self.sessions.get(sid)
+            if session is not None and self.evict_every and self.stats["incremental"] % self.evict_every == 0:
+                del self.sessions[sid]
+                session = None
+            if session is None:
+                self.stats["sessions_lost"] += 1
+                return head(FETCH_SESSION_ID_NOT_FOUND, 0) + I32.pack(0)
+            if session.epoch != epoch:
+                return head(INVALID_FETCH_SESSION_EPOCH, 0) + I32.pack(0)
             for name, encoded, parts in asked:
-                out.append(encoded)
-                out.append(I32.pack(len(parts)))
                 for index, offset, part_max in parts:
-                    log = logs.get((name, index))
-                    if log is None:
-                        out.append(empty.pack(index, 0, 0, 0, -1, 0))
-                        continue
-                    hw = log.next
-                    if offset >= hw or total >= max_bytes:
-                        out.append(empty.pack(index, 0, hw, hw, -1, 0))
-                        continue
-                    records = log.read(offset, min(part_max, max_bytes - total) if total else part_max)
-                    total += len(records)
-                    any_records |= bool(records)
-                    out.append(with_records.pack(index, 0, hw, hw, -1, len(records)))
-                    out.append(records)
-            return b"".join(out), any_records
+                    kept = session.parts.get((name, index))
+                    if kept is None:
+                        session.parts[(name, index)] = [encoded, offset, part_max, -1, -1]
+                    else:
+                        kept[1], kept[2] = offset, part_max
+            for key in forgotten:
+                session.parts.pop(key, None)
+            session.epoch = 1 if epoch == 2**31 - 1 else epoch + 1
+            out, found = self.incremental_answer(session, max_bytes, version)
+            if not found:
+                await asyncio.sleep(min(max_wait, 100) / 1000)
+                out, _ = self.incremental_answer(session, max_bytes, version)
+            return head(0, sid) + out
 
-        out, found = answer()
+        self.stats["full"] += 1
+        session_id = 0
+        if sid:
+            self.sessions.pop(sid, None)
+        if epoch == 0:
+            session = Session(self.next_session)
+            self.next_session += 1
+            for name, encoded, parts in asked:
+                for index, offset, part_max in parts:
+                    session.parts[(name, index)] = [encoded, offset, part_max, -1, -1]
+            if len(self.sessions) >= MAX_SESSIONS:
+                del self.sessions[next(iter(self.sessions))]
+            self.sessions[session.id] = session
+            self.stats["sessions_opened"] += 1
+            session_id = session.id
+        out, found = self.full_answer(asked, max_bytes, version)
         if not found:
             await asyncio.sleep(min(max_wait, 100) / 1000)
-            out, _ = answer()
-        return out
+            out, _ = self.full_answer(asked, max_bytes, version)
+        if session_id:
+            # What the answer told of each partition, for the next incremental one.
+            session = self.sessions.get(session_id)
+            for key, kept in (session.parts.items() if session else ()):
+                log = self.logs.get(key)
+                kept[3] = log.next if log else 0
+        return head(0, session_id) + out
+
+    def full_answer(self, asked, max_bytes, version):
+        """Every partition asked, in the order asked."""
+        logs, v5 = self.logs, version >= 5
+        empty = struct.Struct(">ihqqqiI" if v5 else ">ihqqiI")
+        with_records = struct.Struct(">ihqqqii" if v5 else ">ihqqii")
+        out, total = [I32.pack(len(asked))], 0
+        for name, encoded, parts in asked:
+            out.append(encoded)
+            out.append(I32.pack(len(parts)))
+            for index, offset, part_max in parts:
+                log = logs.get((name, index))
+                hw = log.next if log is not None else 0
+                if log is None or offset >= hw or total >= max_bytes:
+                    out.append(empty.pack(index, 0, hw, hw, 0, -1, 0) if v5 else empty.pack(index, 0, hw, hw, -1, 0))
+                    continue
+                records = log.read(offset, min(part_max, max_bytes - total) if total else part_max)
+                total += len(records)
+                n = len(records)
+                out.append(with_records.pack(index, 0, hw, hw, 0, -1, n) if v5 else
+                           with_records.pack(index, 0, hw, hw, -1, n))
+                out.append(records)
+        return b"".join(out), total > 0
+
+    def incremental_answer(self, session, max_bytes, version):
+        """The session's partitions with records or a new high watermark, in
+        the session's order; those with records then move to its end."""
+        logs = self.logs
+        head = struct.Struct(">ihqqqii")  # v7: with the log start offset
+        runs, total, moved = [], 0, []
+        for key, kept in session.parts.items():
+            encoded, offset, part_max, last_hw, served_to = kept
+            log = logs.get(key)
+            hw = log.next if log is not None else 0
+            records = b""
+            if log is not None and offset < hw and total < max_bytes:
+                records, kept[4] = log.read_to(offset, min(part_max, max_bytes - total) if total else part_max)
+                if offset < served_to:
+                    self.stats["repeats"] += 1
+            if not records and hw == last_hw:
+                continue
+            kept[3] = hw
+            total += len(records)
+            if records:
+                moved.append(key)
+            answer = head.pack(key[1], 0, hw, hw, 0, -1, len(records)) + records
+            if runs and runs[-1][0] == encoded:
+                runs[-1][1].append(answer)
+            else:
+                runs.append((encoded, [answer]))
+        for key in moved:
+            session.parts[key] = session.parts.pop(key)
+        out = [I32.pack(len(runs))]
+        for encoded, answers in runs:
+            out.append(encoded)
+            out.append(I32.pack(len(answers)))
+            out.extend(answers)
+        return b"".join(out), total > 0
 
     def list_offsets(self, r):
         r.take(">i")  # replica id
@@ -326,7 +458,7 @@ class Broker:
         elif api == API_CREATE_TOPICS:
             out = self.create_topics(r)
         elif self.keep and api == API_FETCH:
-            out = await self.fetch(r)
+            out = await self.fetch(r, version)
         elif self.keep:
             out = self.answer_consumer(api, r)
             if out is None:
@@ -355,11 +487,26 @@ async def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--partitions", type=int, default=1, help="partitions of every topic")
     ap.add_argument("--keep", action="store_true", help="keep the records in memory and serve them to consumers")
+    ap.add_argument("--evict-sessions-every", type=int, default=0, metavar="N",
+                    help="every Nth incremental fetch finds its session gone (0: never)")
+    ap.add_argument("--stats", type=float, default=0, metavar="SECONDS",
+                    help="print the fetch counters to stderr this often, when they changed (0: never)")
     a = ap.parse_args()
-    broker = Broker(a.host, a.port, a.partitions, a.keep)
+    broker = Broker(a.host, a.port, a.partitions, a.keep, a.evict_sessions_every)
     server = await asyncio.start_server(broker.serve, a.host, a.port)
     async with server:
+        if a.stats > 0:
+            asyncio.ensure_future(print_stats(broker, a.stats))
         await server.serve_forever()
+
+
+async def print_stats(broker, every):
+    last = None
+    while True:
+        await asyncio.sleep(every)
+        if broker.stats != last:
+            last = dict(broker.stats)
+            print("fetch " + " ".join(f"{k}={v}" for k, v in last.items()), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

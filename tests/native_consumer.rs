@@ -1,7 +1,9 @@
 //! `iotpipe sink` with iotpipe's own Kafka consumer (`kafka.consumer =
 //! "native"`, what `auto` takes) against real Tansu and PostgreSQL: every
 //! record stored once across hundreds of topics and every compression, and
-//! a group switching between librdkafka and native members. The sink's own
+//! a group switching between librdkafka and native members; and, against
+//! the stand-in broker that keeps fetch sessions (scripts/null_kafka.py),
+//! every record once through incremental fetches and lost sessions. The sink's own
 //! tests (tests/sink.rs: members joining and leaving, SIGKILL, outages) run
 //! on the default consumer, and again on librdkafka's with
 //! `IOTPIPE_TEST_KAFKA_CONSUMER=librdkafka` (CI does both).
@@ -9,9 +11,10 @@
 mod common;
 
 use common::eventually;
-use common::kafka::{bridge_record, produce_compressed, Tansu};
+use common::kafka::{bridge_record, produce_compressed, NullKafka, Tansu};
+use common::mqtt::{spawn_publish, Mosquitto};
 use common::postgres::{count, Server};
-use common::process::{sink_config, Iotpipe, SinkConfig};
+use common::process::{bridge_config, sink_config, Iotpipe, SinkConfig};
 use common::store::fresh_name;
 use std::time::Duration;
 
@@ -147,4 +150,45 @@ fn a_group_switches_between_librdkafka_and_native_one_member_at_a_time() {
     assert_eq!(count(&url, "SELECT count(DISTINCT id) FROM telemetry"), n);
     eprintln!("{n} records stored once");
     c.terminate(Duration::from_secs(30));
+}
+
+#[test]
+fn fetch_sessions_read_every_record_once_and_survive_lost_sessions() {
+    const N: u64 = 6_000;
+    let mqtt = Mosquitto::start(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    // Every 4th incremental fetch finds its session gone, as when a broker's
+    // session cache evicts it.
+    let kafka = NullKafka::start(dir.path(), &["--partitions", "3", "--evict-sessions-every", "4"]);
+    let url = Server::shared().url(&fresh_name("native_sessions"));
+    let bridge = Iotpipe::bridge(dir.path(), &bridge_config(&mqtt.url(), &kafka.brokers(), "sessions", ""));
+    eventually(Duration::from_secs(20), "bridge ready", || bridge.get("/readyz").0 == 200);
+    spawn_publish(mqtt.url(), 0..N / 2, None).join().unwrap();
+    eventually(Duration::from_secs(60), "first half in Kafka", || {
+        bridge.metric("iotpipe_messages_delivered_total") == (N / 2) as f64
+    });
+    let sink = Iotpipe::sink(dir.path(), &config(&kafka.brokers(), &url, "native-sessions").toml());
+    wait_ready(&sink);
+    eventually(Duration::from_secs(120), "first half stored", || {
+        count(&url, "SELECT count(*) FROM telemetry") == (N / 2) as i64
+    });
+    // The rest trickles in: many small incremental fetches.
+    spawn_publish(mqtt.url(), N / 2..N, Some(1_000)).join().unwrap();
+    eventually(Duration::from_secs(120), "every row", || count(&url, "SELECT count(*) FROM telemetry") == N as i64);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&url, "SELECT count(*) FROM telemetry"), N as i64);
+    assert_eq!(count(&url, "SELECT count(DISTINCT payload->>'seq') FROM telemetry"), N as i64);
+    assert_eq!(sink.metric("iotpipe_sink_records_consumed_total"), N as f64, "each record read once");
+    assert_eq!(sink.metric("iotpipe_sink_rows_duplicate_total"), 0.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = kafka.stats();
+    let get = |k: &str| stats.get(k).copied().unwrap_or(0);
+    assert!(get("incremental") >= 20, "the sink fetched incrementally: {stats:?}");
+    assert!(get("sessions_lost") >= 3, "sessions were lost on the way: {stats:?}");
+    assert!(get("sessions_opened") > get("sessions_lost"), "and opened again: {stats:?}");
+    assert_eq!(get("repeats"), 0, "each fetch named the partitions it had read on: {stats:?}");
+    // 6 topics × 3 partitions: a full fetch names all 18; incremental ones
+    // name only the partitions that moved.
+    let incremental_named = get("partitions_named") - get("full") * 18;
+    assert!(incremental_named < get("incremental") * 18 * 3 / 4, "incremental fetches named fewer: {stats:?}");
 }

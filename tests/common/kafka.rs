@@ -89,6 +89,54 @@ impl Drop for Tansu {
     }
 }
 
+/// `scripts/null_kafka.py --keep` on a free port: the Kafka stand-in that
+/// keeps fetch sessions as Kafka does (Tansu keeps none), with `extra`
+/// flags; its fetch counters go to a file in `dir`.
+pub struct NullKafka {
+    child: Child,
+    pub port: u16,
+    log: std::path::PathBuf,
+}
+
+impl NullKafka {
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        let port = super::free_port();
+        let log = dir.join(format!("null-kafka-{port}.log"));
+        let script = super::services::repo().join("scripts/null_kafka.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--keep", "--stats", "0.2"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("stand-in log"))
+            .spawn()
+            .expect("start python3 scripts/null_kafka.py");
+        super::wait_for_port(port, Duration::from_secs(10));
+        Self { child, port, log }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The last line of fetch counters (`fetch full=3 incremental=40 ...`).
+    pub fn stats(&self) -> HashMap<String, u64> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let line = text.lines().rev().find(|l| l.starts_with("fetch ")).unwrap_or_default();
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
+    }
+}
+
+impl Drop for NullKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Record {
     pub topic: String,

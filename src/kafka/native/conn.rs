@@ -74,6 +74,8 @@ pub struct Versions {
     pub produce: i16,
     pub init_producer_id: i16,
     pub create_topics: i16,
+    /// Fetch: v7 and up carry fetch sessions.
+    pub fetch: i16,
 }
 
 pub struct Conn {
@@ -98,7 +100,7 @@ impl Conn {
         let produce = conn.require(&apis, protocol::API_PRODUCE, protocol::PRODUCE_VERSIONS, "Produce")?;
         let init_producer_id =
             conn.require(&apis, protocol::API_INIT_PRODUCER_ID, protocol::INIT_PRODUCER_ID_VERSIONS, "InitProducerId")?;
-        conn.versions = Versions { produce, init_producer_id, create_topics: 0 };
+        conn.versions = Versions { produce, init_producer_id, ..conn.versions };
         Ok(conn)
     }
 
@@ -125,7 +127,9 @@ impl Conn {
         }
     }
 
-    /// Connect for the consumer: every request it sends, at its one version.
+    /// Connect for the consumer: every request it sends, each at the
+    /// highest of its versions the broker speaks (Fetch is the one with a
+    /// choice).
     pub async fn open_consumer(
         host: &str,
         port: u16,
@@ -133,9 +137,12 @@ impl Conn {
         client_id: Arc<str>,
         timeout: Duration,
     ) -> Result<Self, ConnError> {
-        let (conn, apis) = Self::connect(host, port, tls, client_id, timeout).await?;
-        for (key, version, name) in super::group_protocol::CONSUMER_APIS {
-            conn.require(&apis, key, (version, version), name)?;
+        let (mut conn, apis) = Self::connect(host, port, tls, client_id, timeout).await?;
+        for (key, versions, name) in super::group_protocol::CONSUMER_APIS {
+            let v = conn.require(&apis, key, versions, name)?;
+            if key == super::group_protocol::API_FETCH {
+                conn.versions.fetch = v;
+            }
         }
         Ok(conn)
     }
@@ -153,7 +160,7 @@ impl Conn {
             Ok(s) => s?,
             Err(_) => return Err(ConnError::Timeout { addr, secs: timeout.as_secs() }),
         };
-        let placeholder = Versions { produce: 0, init_producer_id: 0, create_topics: 0 };
+        let placeholder = Versions { produce: 0, init_producer_id: 0, create_topics: 0, fetch: 0 };
         let mut conn = Self { stream, addr, client_id, next_correlation: 0, timeout, versions: placeholder };
         let client_id = conn.client_id.clone();
         let body = conn.call(&mut protocol::api_versions_request(&client_id)).await?;

@@ -5,6 +5,14 @@
 //! a partition has no committed offset, it starts at the earliest one
 //! (`auto.offset.reset = earliest`), as it does when its offset has expired.
 //!
+//! Where the broker speaks Fetch v7, each broker's fetches run in a fetch
+//! session (`fetch_session.rs`): after the first, full fetch, a fetch names
+//! only the partitions whose offset moved, and the broker answers only for
+//! partitions with news, choosing their order itself (Kafka puts the
+//! partitions that just returned records last). Without sessions (Tansu,
+//! older brokers) every fetch names every partition, in the rotating order
+//! above.
+//!
 //! A batch that cannot be decoded (an old message format, an unknown
 //! compression, a corrupt batch that stays corrupt) stops its partition
 //! there with an error: nothing after it is read, nothing is skipped.
@@ -12,6 +20,7 @@
 use super::bootstrap::Bootstrap;
 use super::conn::{Conn, ConnError};
 use super::consumer::{Assignment, Chunk, Settings, Shared};
+use super::fetch_session::{Session, FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH};
 use super::group_protocol as gp;
 use super::protocol;
 use super::records::{BatchError, Decoder};
@@ -19,7 +28,7 @@ use crate::kafka::diagnosis::ErrorReporter;
 use crate::record::headers::ReadHeaders;
 use crate::record::{DurableRecord, Position};
 use crate::telemetry::ConsumerMetrics;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -65,6 +74,9 @@ struct Part {
     crc_failures: u32,
     /// The partition stopped at a batch it cannot decode.
     stopped: bool,
+    /// (broker, fetch offset) where a broker's fetch session holds this
+    /// partition.
+    session: Option<(i32, i64)>,
 }
 
 /// What a broker job returns: the broker, its connection if still usable, and the outcome.
@@ -73,8 +85,34 @@ type JobFuture = Pin<Box<dyn Future<Output = JobResult> + Send>>;
 
 /// A broker's answer, with the partitions (indices into `parts`) it was about.
 enum Job {
-    Offsets { epoch: u64, asked: Vec<usize>, body: Bytes },
-    Fetch { epoch: u64, asked: Vec<usize>, body: Bytes },
+    /// A new connection, before any request on it.
+    Connected,
+    Offsets {
+        epoch: u64,
+        asked: Vec<usize>,
+        body: Bytes,
+    },
+    Fetch {
+        epoch: u64,
+        sent: FetchSent,
+        body: Bytes,
+    },
+}
+
+/// A request on its way: what its answer will be about.
+enum Pending {
+    Offsets(Vec<usize>),
+    Fetch(FetchSent),
+}
+
+/// What a fetch request said: its version and session, the partitions it
+/// named (indices into `parts`) with their fetch offsets, and those it asked
+/// the session to forget.
+struct FetchSent {
+    version: i16,
+    session: gp::SessionRef,
+    read: Vec<(usize, i64)>,
+    forget: Vec<usize>,
 }
 
 struct Broker {
@@ -86,6 +124,7 @@ struct Broker {
     backoff: Duration,
     /// Index into `parts` after the last partition that returned records.
     next_start: usize,
+    session: Session,
 }
 
 pub struct Fetcher {
@@ -182,6 +221,7 @@ impl Fetcher {
                 retry_at: None,
                 crc_failures: 0,
                 stopped: false,
+                session: None,
             })
             .collect();
         self.index.clear();
@@ -190,6 +230,7 @@ impl Fetcher {
         }
         for b in self.brokers.values_mut() {
             b.next_start = 0;
+            b.session.restart();
         }
         self.metadata_due = (!self.parts.is_empty()).then(Instant::now);
     }
@@ -238,11 +279,13 @@ impl Fetcher {
                             retry_at: None,
                             backoff: BACKOFF_MIN,
                             next_start: 0,
+                            session: Session::default(),
                         });
                         if e.host != b.host || e.port != port {
                             e.host = b.host;
                             e.port = port;
                             e.idle = None;
+                            e.session.clear();
                         }
                     }
                     for t in md.topics {
@@ -277,7 +320,8 @@ impl Fetcher {
         };
     }
 
-    /// A job for every idle broker that has partitions to look up or read.
+    /// A job for every idle broker that has partitions to look up or read:
+    /// first a connection, on which the Fetch version is agreed.
     fn start_jobs(&mut self, jobs: &mut FuturesUnordered<JobFuture>) {
         let now = Instant::now();
         let ids: Vec<i32> = self.brokers.keys().copied().collect();
@@ -287,9 +331,16 @@ impl Fetcher {
                 continue;
             }
             let ready = |p: &Part| p.leader == id && !p.stopped && p.retry_at.is_none_or(|at| at <= now);
+            if !self.parts.iter().any(ready) {
+                continue;
+            }
+            let Some(conn) = &b.idle else {
+                self.start(jobs, id, None);
+                continue;
+            };
             let unknown: Vec<usize> =
                 (0..self.parts.len()).filter(|&i| ready(&self.parts[i]) && self.parts[i].position < 0).collect();
-            let job = if !unknown.is_empty() {
+            let (req, job) = if !unknown.is_empty() {
                 let mut by_topic: Vec<(&str, Vec<i32>)> = Vec::new();
                 for &i in &unknown {
                     let p = &self.parts[i];
@@ -298,18 +349,17 @@ impl Fetcher {
                         _ => by_topic.push((&p.topic, vec![p.partition])),
                     }
                 }
-                (gp::list_offsets_request(&self.s.client_id, EARLIEST, &by_topic), unknown, true, self.epoch)
+                let req = gp::list_offsets_request(&self.s.client_id, EARLIEST, &by_topic);
+                (req, Pending::Offsets(unknown))
             } else {
-                let n = self.parts.len();
-                let start = b.next_start.min(n);
-                let asked: Vec<usize> = (start..n).chain(0..start).filter(|&i| ready(&self.parts[i])).collect();
-                if asked.is_empty() {
-                    continue;
-                }
-                let list: Vec<(&str, i32, i64)> = asked
+                let sent = self.plan_fetch(id, conn.versions.fetch, b, now);
+                let read: Vec<(&str, i32, i64)> = sent
+                    .read
                     .iter()
-                    .map(|&i| (&*self.parts[i].topic, self.parts[i].partition, self.parts[i].position))
+                    .map(|&(i, offset)| (&*self.parts[i].topic, self.parts[i].partition, offset))
                     .collect();
+                let forget: Vec<(&str, i32)> =
+                    sent.forget.iter().map(|&i| (&*self.parts[i].topic, self.parts[i].partition)).collect();
                 let params = gp::FetchParams {
                     max_wait_ms: i32::try_from(self.s.fetch_max_wait.as_millis()).unwrap_or(i32::MAX),
                     min_bytes: 1,
@@ -317,37 +367,73 @@ impl Fetcher {
                     isolation_level: READ_COMMITTED,
                     partition_max_bytes: self.s.partition_max_bytes,
                 };
-                (gp::fetch_request(&self.s.client_id, &params, &list), asked, false, self.epoch)
+                let list = gp::FetchList { read: &read, forget: &forget };
+                (gp::fetch_request(&self.s.client_id, sent.version, &params, sent.session, &list), Pending::Fetch(sent))
             };
-            let (mut req, asked, offsets, epoch) = job;
-            let Some(b) = self.brokers.get_mut(&id) else { continue };
-            b.busy = true;
-            let conn = b.idle.take();
-            let (host, port) = (b.host.clone(), b.port);
-            let (tls, client_id, timeout) = (self.s.tls.clone(), self.s.client_id.clone(), self.s.request_timeout);
-            // A fetch waits up to max_wait at the broker: allow for it.
-            let call_timeout = timeout + self.s.fetch_max_wait;
-            jobs.push(Box::pin(async move {
-                let mut conn = match conn {
-                    Some(c) => c,
-                    None => match Conn::open_consumer(&host, port, tls.as_ref(), client_id, timeout).await {
-                        Ok(c) => c,
-                        Err(e) => return (id, None, Err(e)),
-                    },
-                };
-                match conn.call_within(&mut req, call_timeout).await {
-                    Ok(body) => {
-                        let job = if offsets {
-                            Job::Offsets { epoch, asked, body }
-                        } else {
-                            Job::Fetch { epoch, asked, body }
-                        };
-                        (id, Some(conn), Ok(job))
-                    }
-                    Err(e) => (id, None, Err(e)),
-                }
-            }));
+            self.start(jobs, id, Some((req, job)));
         }
+    }
+
+    /// What broker `id`'s next fetch names. Without a session: every ready
+    /// partition, starting after the one that last returned records. In a
+    /// session: the ready partitions the session does not hold at their
+    /// position, and the ones it holds that are no longer to be read (led
+    /// elsewhere, stopped, waiting to retry, offset unknown).
+    fn plan_fetch(&self, id: i32, version: i16, b: &Broker, now: Instant) -> FetchSent {
+        let ready = |p: &Part| p.leader == id && !p.stopped && p.retry_at.is_none_or(|at| at <= now);
+        let session = if version >= gp::FETCH_SESSION_VERSION { b.session.next() } else { gp::SessionRef::default() };
+        let (mut read, mut forget) = (Vec::new(), Vec::new());
+        if version >= gp::FETCH_SESSION_VERSION && b.session.incremental() {
+            for (i, p) in self.parts.iter().enumerate() {
+                let held = p.session.filter(|&(broker, _)| broker == id);
+                if ready(p) && p.position >= 0 {
+                    if held.map(|(_, offset)| offset) != Some(p.position) {
+                        read.push((i, p.position));
+                    }
+                } else if held.is_some() {
+                    forget.push(i);
+                }
+            }
+        } else {
+            let n = self.parts.len();
+            let start = b.next_start.min(n);
+            read = (start..n)
+                .chain(0..start)
+                .filter(|&i| ready(&self.parts[i]) && self.parts[i].position >= 0)
+                .map(|i| (i, self.parts[i].position))
+                .collect();
+        }
+        FetchSent { version, session, read, forget }
+    }
+
+    /// Run one request on broker `id`'s connection, or open one.
+    fn start(&mut self, jobs: &mut FuturesUnordered<JobFuture>, id: i32, request: Option<(BytesMut, Pending)>) {
+        let Some(b) = self.brokers.get_mut(&id) else { return };
+        b.busy = true;
+        let conn = b.idle.take();
+        let (host, port) = (b.host.clone(), b.port);
+        let (tls, client_id, timeout) = (self.s.tls.clone(), self.s.client_id.clone(), self.s.request_timeout);
+        // A fetch waits up to max_wait at the broker: allow for it.
+        let call_timeout = timeout + self.s.fetch_max_wait;
+        let epoch = self.epoch;
+        jobs.push(Box::pin(async move {
+            let (Some(mut conn), Some((mut req, pending))) = (conn, request) else {
+                return match Conn::open_consumer(&host, port, tls.as_ref(), client_id, timeout).await {
+                    Ok(c) => (id, Some(c), Ok(Job::Connected)),
+                    Err(e) => (id, None, Err(e)),
+                };
+            };
+            match conn.call_within(&mut req, call_timeout).await {
+                Ok(body) => {
+                    let job = match pending {
+                        Pending::Offsets(asked) => Job::Offsets { epoch, asked, body },
+                        Pending::Fetch(sent) => Job::Fetch { epoch, sent, body },
+                    };
+                    (id, Some(conn), Ok(job))
+                }
+                Err(e) => (id, None, Err(e)),
+            }
+        }));
     }
 
     fn finish(&mut self, id: i32, conn: Option<Conn>, result: Result<Job, ConnError>) {
@@ -360,9 +446,21 @@ impl Fetcher {
                 b.backoff = BACKOFF_MIN;
                 self.errors.clear();
                 match job {
+                    Job::Connected => {}
                     Job::Offsets { epoch, asked, body } if epoch == self.epoch => self.offsets(&asked, &body),
-                    Job::Fetch { epoch, asked, body } if epoch == self.epoch => self.fetched(id, &asked, &body),
-                    _ => {}
+                    Job::Fetch { epoch, sent, body } if epoch == self.epoch => self.fetched(id, &sent, &body),
+                    Job::Offsets { .. } => {}
+                    Job::Fetch { sent, body, .. } => {
+                        // Read for an assignment since replaced. A session
+                        // it opened is closed by the next full fetch.
+                        if sent.session.epoch == 0 {
+                            if let Ok(a) = gp::fetch_response(&body, sent.version) {
+                                if a.session_id != 0 {
+                                    b.session.close_later(a.session_id);
+                                }
+                            }
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -371,6 +469,8 @@ impl Fetcher {
                 b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
                 self.problem(&e);
                 self.metadata_due = Some(Instant::now());
+                // Whether the broker took the last request is unknown.
+                self.restart_session(id);
             }
         }
     }
@@ -380,7 +480,7 @@ impl Fetcher {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "ListOffsets answer does not parse; asking again.");
-                self.delay(asked);
+                self.delay(asked.iter().copied());
                 return;
             }
         };
@@ -400,6 +500,47 @@ impl Fetcher {
         }
     }
 
+    /// Broker `id`'s next fetch is a full one, in a new session.
+    fn restart_session(&mut self, id: i32) {
+        if let Some(b) = self.brokers.get_mut(&id) {
+            b.session.restart();
+        }
+        for p in &mut self.parts {
+            if p.session.is_some_and(|(broker, _)| broker == id) {
+                p.session = None;
+            }
+        }
+    }
+
+    /// The broker took a fetch without error: what its session holds now.
+    fn settle_session(&mut self, id: i32, sent: &FetchSent, answered_id: i32) {
+        let Some(b) = self.brokers.get_mut(&id) else { return };
+        let mut after = b.session;
+        after.answered(sent.session, answered_id);
+        if sent.session.epoch == 0 {
+            // A full fetch: a new session, if any, holds what it named.
+            self.restart_session(id);
+        }
+        if let Some(b) = self.brokers.get_mut(&id) {
+            b.session = after;
+        }
+        if !after.incremental() {
+            return;
+        }
+        for &(i, offset) in &sent.read {
+            if let Some(p) = self.parts.get_mut(i) {
+                p.session = Some((id, offset));
+            }
+        }
+        for &i in &sent.forget {
+            if let Some(p) = self.parts.get_mut(i) {
+                if p.session.is_some_and(|(broker, _)| broker == id) {
+                    p.session = None;
+                }
+            }
+        }
+    }
+
     /// The index into `parts` of a topic's partition.
     fn find(&self, topic: &str, partition: i32) -> Option<usize> {
         let ps = self.index.get(topic)?;
@@ -409,16 +550,16 @@ impl Fetcher {
     /// The index into `parts` of the `k`th partition of an answer to a
     /// request for `asked`: brokers answer in the order asked, so that is
     /// checked first, and the map is the fallback.
-    fn answered(&self, asked: &[usize], k: usize, topic: &str, partition: i32) -> Option<usize> {
-        match asked.get(k).and_then(|&i| Some((i, self.parts.get(i)?))) {
+    fn answered(&self, asked: &[(usize, i64)], k: usize, topic: &str, partition: i32) -> Option<usize> {
+        match asked.get(k).and_then(|&(i, _)| Some((i, self.parts.get(i)?))) {
             Some((i, p)) if p.partition == partition && &*p.topic == topic => Some(i),
             _ => self.find(topic, partition),
         }
     }
 
-    fn delay(&mut self, asked: &[usize]) {
+    fn delay(&mut self, asked: impl IntoIterator<Item = usize>) {
         let at = Instant::now() + BACKOFF_MIN * 5;
-        for &i in asked {
+        for i in asked {
             if let Some(p) = self.parts.get_mut(i) {
                 p.retry_at = Some(at);
             }
@@ -436,19 +577,36 @@ impl Fetcher {
         }
     }
 
-    fn fetched(&mut self, broker: i32, asked: &[usize], body: &Bytes) {
-        let answer = match gp::fetch_response(body) {
+    fn fetched(&mut self, broker: i32, sent: &FetchSent, body: &Bytes) {
+        let answer = match gp::fetch_response(body, sent.version) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "Fetch answer does not parse; asking again.");
-                self.delay(asked);
+                self.restart_session(broker);
+                self.delay(sent.read.iter().map(|&(i, _)| i));
                 return;
             }
         };
+        match answer.error {
+            NONE => self.settle_session(broker, sent, answer.session_id),
+            FETCH_SESSION_ID_NOT_FOUND | INVALID_FETCH_SESSION_EPOCH => {
+                tracing::debug!(broker, error = answer.error, "Fetch session lost; the next fetch is a full one.");
+                self.restart_session(broker);
+                return;
+            }
+            e => {
+                tracing::warn!(broker, error = e, "Kafka refused a fetch; asking again.");
+                self.restart_session(broker);
+                self.delay(sent.read.iter().map(|&(i, _)| i));
+                return;
+            }
+        }
+        // An incremental answer is in the broker's order, not the order asked.
+        let asked: &[(usize, i64)] = if sent.session.epoch > 0 { &[] } else { &sent.read };
         let mut chunks = Vec::new();
         let mut queued = 0usize;
         let mut last_with_records = None;
-        for (k, fp) in answer.into_iter().enumerate() {
+        for (k, fp) in answer.partitions.into_iter().enumerate() {
             let Some(i) = self.answered(asked, k, &fp.topic, fp.partition) else { continue };
             match fp.error {
                 NONE => {}
@@ -608,7 +766,16 @@ mod tests {
     }
 
     fn broker(retry_at: Option<Instant>) -> Broker {
-        Broker { host: "h".into(), port: 1, idle: None, busy: true, retry_at, backoff: BACKOFF_MIN, next_start: 0 }
+        Broker {
+            host: "h".into(),
+            port: 1,
+            idle: None,
+            busy: true,
+            retry_at,
+            backoff: BACKOFF_MIN,
+            next_start: 0,
+            session: Session::default(),
+        }
     }
 
     #[test]
@@ -616,7 +783,7 @@ mod tests {
         let mut f = fetcher();
         let partitions = vec![(Arc::from("a"), 0, 5), (Arc::from("a"), 1, 5), (Arc::from("b"), 0, 5)];
         f.reassign(&Assignment { epoch: 1, partitions });
-        let asked = [2, 0, 1];
+        let asked = [(2, 5), (0, 5), (1, 5)];
         // In the order asked.
         assert_eq!(f.answered(&asked, 0, "b", 0), Some(2));
         assert_eq!(f.answered(&asked, 1, "a", 0), Some(0));
@@ -625,7 +792,7 @@ mod tests {
         assert_eq!(f.answered(&asked, 0, "a", 1), Some(1));
         assert_eq!(f.answered(&asked, 1, "b", 0), Some(2));
         assert_eq!(f.answered(&asked, 7, "a", 0), Some(0));
-        assert_eq!(f.answered(&[99], 0, "a", 1), Some(1), "an index past the partitions");
+        assert_eq!(f.answered(&[(99, 0)], 0, "a", 1), Some(1), "an index past the partitions");
         // Not assigned.
         assert_eq!(f.answered(&asked, 0, "b", 1), None);
         assert_eq!(f.answered(&asked, 0, "c", 0), None);
@@ -633,6 +800,64 @@ mod tests {
         f.reassign(&Assignment { epoch: 2, partitions: vec![(Arc::from("c"), 3, 0)] });
         assert_eq!(f.answered(&[], 0, "c", 3), Some(0));
         assert_eq!(f.answered(&[], 0, "a", 0), None);
+    }
+
+    /// What a plan names: (partition indices read with offsets, indices forgotten, session).
+    fn plan(f: &Fetcher, version: i16) -> (Vec<(usize, i64)>, Vec<usize>, gp::SessionRef, FetchSent) {
+        let sent = f.plan_fetch(1, version, &f.brokers[&1], Instant::now());
+        (sent.read.clone(), sent.forget.clone(), sent.session, sent)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_names_only_partitions_that_moved_and_forgets_the_ones_not_read() {
+        let mut f = fetcher();
+        let partitions = vec![(Arc::from("a"), 0, 5), (Arc::from("a"), 1, 5), (Arc::from("b"), 0, 5)];
+        f.reassign(&Assignment { epoch: 1, partitions });
+        f.brokers.insert(1, broker(None));
+        for p in &mut f.parts {
+            p.leader = 1;
+        }
+        // The first fetch is full and asks for a session.
+        let (read, forget, session, sent) = plan(&f, 7);
+        assert_eq!((read, forget, session), (vec![(0, 5), (1, 5), (2, 5)], vec![], gp::SessionRef { id: 0, epoch: 0 }));
+        f.settle_session(1, &sent, 55);
+        assert!(f.parts.iter().all(|p| p.session == Some((1, 5))));
+        // Nothing moved: an incremental fetch that names nothing.
+        let (read, forget, session, sent) = plan(&f, 7);
+        assert_eq!((read, forget, session), (vec![], vec![], gp::SessionRef { id: 55, epoch: 1 }));
+        f.settle_session(1, &sent, 55);
+        // One partition read on, one waiting to retry, one now led elsewhere.
+        f.parts[0].position = 9;
+        f.parts[1].retry_at = Some(Instant::now() + Duration::from_secs(1));
+        let (read, forget, session, sent) = plan(&f, 7);
+        assert_eq!((read, forget, session), (vec![(0, 9)], vec![1], gp::SessionRef { id: 55, epoch: 2 }));
+        f.settle_session(1, &sent, 55);
+        assert_eq!(f.parts.iter().map(|p| p.session).collect::<Vec<_>>(), [Some((1, 9)), None, Some((1, 5))]);
+        f.parts[2].leader = 2;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (read, forget, session, sent) = plan(&f, 7);
+        assert_eq!((read, forget, session), (vec![(1, 5)], vec![2], gp::SessionRef { id: 55, epoch: 3 }));
+        f.settle_session(1, &sent, 55);
+        assert_eq!(f.parts.iter().map(|p| p.session).collect::<Vec<_>>(), [Some((1, 9)), Some((1, 5)), None]);
+        // A lost session: the next fetch is full and closes the old one.
+        f.restart_session(1);
+        assert!(f.parts.iter().all(|p| p.session.is_none()));
+        let (read, _, session, sent) = plan(&f, 7);
+        assert_eq!((read, session), (vec![(0, 9), (1, 5)], gp::SessionRef { id: 55, epoch: 0 }));
+        // The broker keeps no session: every fetch stays full.
+        f.settle_session(1, &sent, 0);
+        let (read, _, session, _) = plan(&f, 7);
+        assert_eq!((read, session), (vec![(0, 9), (1, 5)], gp::SessionRef { id: 0, epoch: 0 }));
+        assert!(f.parts.iter().all(|p| p.session.is_none()));
+        // Before v7 there are no sessions at all.
+        f.brokers.get_mut(&1).unwrap().session.answered(gp::SessionRef::default(), 60);
+        let (read, forget, session, _) = plan(&f, 4);
+        assert_eq!((read, forget, session), (vec![(0, 9), (1, 5)], vec![], gp::SessionRef::default()));
+        // A new assignment: a full fetch again.
+        f.reassign(&Assignment { epoch: 2, partitions: vec![(Arc::from("c"), 0, 1)] });
+        f.parts[0].leader = 1;
+        let (read, _, session, _) = plan(&f, 7);
+        assert_eq!((read, session), (vec![(0, 1)], gp::SessionRef { id: 60, epoch: 0 }));
     }
 
     #[tokio::test(start_paused = true)]

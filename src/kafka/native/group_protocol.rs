@@ -21,7 +21,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 
 pub const API_FETCH: i16 = 1;
-pub const FETCH_VERSION: i16 = 4;
+/// Fetch v4 to v7: v7 adds fetch sessions (KIP-227), which the fetcher uses
+/// where the broker speaks it.
+pub const FETCH_VERSIONS: (i16, i16) = (4, 7);
+/// The first Fetch version with sessions.
+pub const FETCH_SESSION_VERSION: i16 = 7;
 pub const API_LIST_OFFSETS: i16 = 2;
 pub const LIST_OFFSETS_VERSION: i16 = 1;
 pub const API_OFFSET_COMMIT: i16 = 8;
@@ -39,17 +43,18 @@ pub const LEAVE_GROUP_VERSION: i16 = 1;
 pub const API_SYNC_GROUP: i16 = 14;
 pub const SYNC_GROUP_VERSION: i16 = 1;
 
-/// (api key, version, name) of every request the consumer sends (for the ApiVersions check).
-pub const CONSUMER_APIS: [(i16, i16, &str); 9] = [
-    (API_FETCH, FETCH_VERSION, "Fetch"),
-    (API_LIST_OFFSETS, LIST_OFFSETS_VERSION, "ListOffsets"),
-    (API_OFFSET_COMMIT, OFFSET_COMMIT_VERSION, "OffsetCommit"),
-    (API_OFFSET_FETCH, OFFSET_FETCH_VERSION, "OffsetFetch"),
-    (API_FIND_COORDINATOR, FIND_COORDINATOR_VERSION, "FindCoordinator"),
-    (API_JOIN_GROUP, JOIN_GROUP_VERSION, "JoinGroup"),
-    (API_HEARTBEAT, HEARTBEAT_VERSION, "Heartbeat"),
-    (API_LEAVE_GROUP, LEAVE_GROUP_VERSION, "LeaveGroup"),
-    (API_SYNC_GROUP, SYNC_GROUP_VERSION, "SyncGroup"),
+/// (api key, (lowest, highest) version, name) of every request the consumer
+/// sends (for the ApiVersions check).
+pub const CONSUMER_APIS: [(i16, (i16, i16), &str); 9] = [
+    (API_FETCH, FETCH_VERSIONS, "Fetch"),
+    (API_LIST_OFFSETS, (LIST_OFFSETS_VERSION, LIST_OFFSETS_VERSION), "ListOffsets"),
+    (API_OFFSET_COMMIT, (OFFSET_COMMIT_VERSION, OFFSET_COMMIT_VERSION), "OffsetCommit"),
+    (API_OFFSET_FETCH, (OFFSET_FETCH_VERSION, OFFSET_FETCH_VERSION), "OffsetFetch"),
+    (API_FIND_COORDINATOR, (FIND_COORDINATOR_VERSION, FIND_COORDINATOR_VERSION), "FindCoordinator"),
+    (API_JOIN_GROUP, (JOIN_GROUP_VERSION, JOIN_GROUP_VERSION), "JoinGroup"),
+    (API_HEARTBEAT, (HEARTBEAT_VERSION, HEARTBEAT_VERSION), "Heartbeat"),
+    (API_LEAVE_GROUP, (LEAVE_GROUP_VERSION, LEAVE_GROUP_VERSION), "LeaveGroup"),
+    (API_SYNC_GROUP, (SYNC_GROUP_VERSION, SYNC_GROUP_VERSION), "SyncGroup"),
 ];
 
 /// The encoded size of a STRING.
@@ -363,7 +368,7 @@ pub fn list_offsets_response(body: &[u8]) -> Result<Vec<ListedOffset<'_>>, Malfo
     Ok(out)
 }
 
-/// Fetch v4 settings.
+/// Fetch settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchParams {
     pub max_wait_ms: i32,
@@ -374,30 +379,78 @@ pub struct FetchParams {
     pub partition_max_bytes: i32,
 }
 
-/// The body size of a Fetch v4 request for `partitions`, exactly.
-fn fetch_size(partitions: &[(&str, i32, i64)]) -> usize {
-    let topics: usize = partitions.chunk_by(|a, b| a.0 == b.0).map(|run| string_size(run[0].0) + 4).sum();
-    4 + 4 + 4 + 4 + 1 + 4 + topics + partitions.len() * 16
+/// A fetch session's place in a request (Fetch v7, KIP-227): `id` 0 and
+/// `epoch` 0 ask for a new session; a session's `id` with `epoch` 0 closes
+/// it and asks for a new one; `epoch` ≥ 1 is an incremental fetch, which
+/// names only the partitions that changed since the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionRef {
+    pub id: i32,
+    pub epoch: i32,
 }
 
-/// Fetch v4. `partitions`: (topic, partition, fetch offset); consecutive
-/// entries with the same topic form one topic entry of the request (the
-/// caller keeps a topic's partitions together).
-pub fn fetch_request(client_id: &str, params: &FetchParams, partitions: &[(&str, i32, i64)]) -> BytesMut {
-    let mut r = Request::new(API_FETCH, FETCH_VERSION, client_id, fetch_size(partitions));
+/// The partitions of a Fetch request: (topic, partition, fetch offset) to
+/// read, and (topic, partition) to leave the session; consecutive entries
+/// with the same topic form one topic entry (the caller keeps a topic's
+/// partitions together).
+pub struct FetchList<'a> {
+    pub read: &'a [(&'a str, i32, i64)],
+    /// v7: the partitions the session no longer reads; ignored before v7.
+    pub forget: &'a [(&'a str, i32)],
+}
+
+/// The body size of a Fetch request, exactly.
+fn fetch_size(version: i16, list: &FetchList<'_>) -> usize {
+    let topics: usize = list.read.chunk_by(|a, b| a.0 == b.0).map(|run| string_size(run[0].0) + 4).sum();
+    let per_partition = if version >= 5 { 24 } else { 16 };
+    let mut size = 4 + 4 + 4 + 4 + 1 + 4 + topics + list.read.len() * per_partition;
+    if version >= FETCH_SESSION_VERSION {
+        let forgotten: usize = list.forget.chunk_by(|a, b| a.0 == b.0).map(|run| string_size(run[0].0) + 4).sum();
+        size += 8 + 4 + forgotten + list.forget.len() * 4;
+    }
+    size
+}
+
+/// Fetch v4 to v7 (`version`): the partitions to read and, from v7, the
+/// session and the partitions it forgets.
+pub fn fetch_request(
+    client_id: &str,
+    version: i16,
+    params: &FetchParams,
+    session: SessionRef,
+    list: &FetchList<'_>,
+) -> BytesMut {
+    let mut r = Request::new(API_FETCH, version, client_id, fetch_size(version, list));
     r.i32(-1); // replica id: a consumer
     r.i32(params.max_wait_ms);
     r.i32(params.min_bytes);
     r.i32(params.max_bytes);
     r.i8(params.isolation_level);
-    r.len(partitions.chunk_by(|a, b| a.0 == b.0).count());
-    for run in partitions.chunk_by(|a, b| a.0 == b.0) {
+    if version >= FETCH_SESSION_VERSION {
+        r.i32(session.id);
+        r.i32(session.epoch);
+    }
+    r.len(list.read.chunk_by(|a, b| a.0 == b.0).count());
+    for run in list.read.chunk_by(|a, b| a.0 == b.0) {
         r.string(run[0].0);
         r.len(run.len());
         for &(_, partition, offset) in run {
             r.i32(partition);
             put_i64(&mut r, offset);
+            if version >= 5 {
+                put_i64(&mut r, -1); // log start offset: a consumer's is unknown
+            }
             r.i32(params.partition_max_bytes);
+        }
+    }
+    if version >= FETCH_SESSION_VERSION {
+        r.len(list.forget.chunk_by(|a, b| a.0 == b.0).count());
+        for run in list.forget.chunk_by(|a, b| a.0 == b.0) {
+            r.string(run[0].0);
+            r.len(run.len());
+            for &(_, partition) in run {
+                r.i32(partition);
+            }
         }
     }
     r.finish()
@@ -417,14 +470,26 @@ pub struct FetchedPartition<'a> {
     pub records: Bytes,
 }
 
-/// Fetch v4: throttle, then per topic and partition: partition, error, high
-/// watermark, last stable offset, aborted transactions, records. One flat
-/// list in the answer's order, which allocates nothing per topic: a fetch
+/// A Fetch answer: from v7 an error for the whole request (a session the
+/// broker no longer has, a stale session epoch) and the session's id (0:
+/// no session); then the partitions in one flat list in the answer's
+/// order, which allocates nothing per topic: a fetch without a session
 /// lists every assigned partition, thousands of them when every tenant has
 /// its own topic.
-pub fn fetch_response(body: &Bytes) -> Result<Vec<FetchedPartition<'_>>, Malformed> {
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FetchAnswer<'a> {
+    pub error: i16,
+    pub session_id: i32,
+    pub partitions: Vec<FetchedPartition<'a>>,
+}
+
+/// Fetch v4 to v7 (`version`): throttle, from v7 error and session id, then
+/// per topic and partition: partition, error, high watermark, last stable
+/// offset, from v5 log start offset, aborted transactions, records.
+pub fn fetch_response(body: &Bytes, version: i16) -> Result<FetchAnswer<'_>, Malformed> {
     let mut r = Reader::new(body, "Fetch");
     let _throttle = r.i32()?;
+    let (error, session_id) = if version >= FETCH_SESSION_VERSION { (r.i16()?, r.i32()?) } else { (0, 0) };
     let mut partitions = Vec::new();
     for _ in 0..r.len()? {
         let topic = r.str_ref()?.ok_or(r.err("topic without a name"))?;
@@ -435,6 +500,9 @@ pub fn fetch_response(body: &Bytes) -> Result<Vec<FetchedPartition<'_>>, Malform
             let error = r.i16()?;
             let high_watermark = r.i64()?;
             let _last_stable_offset = r.i64()?;
+            if version >= 5 {
+                let _log_start_offset = r.i64()?;
+            }
             let na = r.len()?;
             let mut aborted = Vec::with_capacity(na);
             for _ in 0..na {
@@ -451,7 +519,7 @@ pub fn fetch_response(body: &Bytes) -> Result<Vec<FetchedPartition<'_>>, Malform
             });
         }
     }
-    Ok(partitions)
+    Ok(FetchAnswer { error, session_id, partitions })
 }
 
 /// Assignment v0: version i16 = 0, assigned [topic string, partitions [i32]], user_data bytes (null).
@@ -617,9 +685,10 @@ mod tests {
         // OffsetFetch < 1, FindCoordinator < 1, JoinGroup < 2, Heartbeat/LeaveGroup/SyncGroup < 1.
         let lowest = [(1, 4), (2, 1), (8, 2), (9, 1), (10, 1), (11, 2), (12, 1), (13, 1), (14, 1)];
         let mut keys = Vec::new();
-        for (key, version, name) in CONSUMER_APIS {
+        for (key, (version, highest), name) in CONSUMER_APIS {
             let &(_, min) = lowest.iter().find(|(k, _)| *k == key).unwrap();
             assert!(version >= min, "{name} v{version}");
+            assert!(highest >= version, "{name} v{version}-v{highest}");
             assert!(!name.is_empty());
             keys.push(key);
         }
@@ -901,10 +970,16 @@ mod tests {
         partition_max_bytes: 1 << 20,
     };
 
+    const NO_SESSION: SessionRef = SessionRef { id: 0, epoch: 0 };
+
+    fn read_only<'a>(read: &'a [(&'a str, i32, i64)]) -> FetchList<'a> {
+        FetchList { read, forget: &[] }
+    }
+
     #[test]
     fn fetch_request_groups_consecutive_partitions_of_a_topic() {
         let parts = [("a", 0, 5), ("a", 2, 7), ("b", 1, 1 << 33), ("a", 1, 0)];
-        let req = fetch_request(CLIENT, &PARAMS, &parts);
+        let req = fetch_request(CLIENT, 4, &PARAMS, NO_SESSION, &read_only(&parts));
         let mut d = request(&req, API_FETCH, 4);
         assert_eq!(d.i32(), -1, "replica id");
         assert_eq!(d.i32(), 500);
@@ -921,11 +996,44 @@ mod tests {
         }
         d.end();
 
-        let req = fetch_request(CLIENT, &PARAMS, &[]);
+        let req = fetch_request(CLIENT, 4, &PARAMS, NO_SESSION, &read_only(&[]));
         let mut d = request(&req, API_FETCH, 4);
         d.take(17);
         assert_eq!(d.i32(), 0);
         d.end();
+    }
+
+    #[test]
+    fn fetch_v7_request_carries_the_session_and_what_it_forgets() {
+        let read = [("a", 0, 5), ("a", 2, 7), ("b", 1, 9)];
+        let forget = [("c", 0), ("c", 3), ("a", 1)];
+        let session = SessionRef { id: 77, epoch: 12 };
+        let list = FetchList { read: &read, forget: &forget };
+        let req = fetch_request(CLIENT, 7, &PARAMS, session, &list);
+        let mut d = request(&req, API_FETCH, 7);
+        assert_eq!((d.i32(), d.i32(), d.i32(), d.i32(), d.i8()), (-1, 500, 1, 52_428_800, 1));
+        assert_eq!((d.i32(), d.i32()), (77, 12), "session id and epoch");
+        assert_eq!(d.i32(), 2);
+        for (topic, partitions) in [("a", vec![(0, 5), (2, 7)]), ("b", vec![(1, 9)])] {
+            assert_eq!(d.str(), topic);
+            assert_eq!(d.i32() as usize, partitions.len());
+            for (p, o) in partitions {
+                assert_eq!((d.i32(), d.i64(), d.i64(), d.i32()), (p, o, -1, 1 << 20), "v5's log start offset: -1");
+            }
+        }
+        assert_eq!(d.i32(), 2, "forgotten: c, then a");
+        assert_eq!(d.str(), "c");
+        assert_eq!((d.i32(), d.i32(), d.i32()), (2, 0, 3));
+        assert_eq!(d.str(), "a");
+        assert_eq!((d.i32(), d.i32()), (1, 1));
+        d.end();
+        let header = 4 + 2 + 2 + 4 + 2 + CLIENT.len();
+        assert_eq!(req.len(), header + fetch_size(7, &list), "sized up front");
+        // v4 leaves the session and the forgotten list out.
+        let req = fetch_request(CLIENT, 4, &PARAMS, session, &list);
+        assert_eq!(req.len(), header + fetch_size(4, &list));
+        // Session 8, three log start offsets 24, forgotten: count 4, "c" and "a" 3 + 4 each, partitions 12.
+        assert_eq!(fetch_size(7, &list) - fetch_size(4, &list), 8 + 24 + 4 + 7 + 7 + 12);
     }
 
     #[test]
@@ -934,9 +1042,15 @@ mod tests {
         let parts: Vec<(&str, i32, i64)> =
             names.iter().flat_map(|n| (0..10).map(move |p| (n.as_str(), p, i64::from(p) * 1000))).collect();
         assert_eq!(parts.len(), 10_000);
-        let req = fetch_request(CLIENT, &PARAMS, &parts);
         let header = 4 + 2 + 2 + 4 + 2 + CLIENT.len();
-        assert_eq!(req.len(), header + fetch_size(&parts), "the capacity asked for is exactly what is written");
+        for version in [4, 5, 7] {
+            let req = fetch_request(CLIENT, version, &PARAMS, NO_SESSION, &read_only(&parts));
+            assert_eq!(
+                req.len(),
+                header + fetch_size(version, &read_only(&parts)),
+                "v{version}: the capacity asked for is exactly what is written"
+            );
+        }
     }
 
     #[test]
@@ -971,7 +1085,9 @@ mod tests {
         b.put_i32(0);
         b.put_i32(0);
         let body = b.freeze();
-        let p = fetch_response(&body).unwrap();
+        let answer = fetch_response(&body, 4).unwrap();
+        assert_eq!((answer.error, answer.session_id), (0, 0), "v4 has no session");
+        let p = answer.partitions;
         assert_eq!(p.len(), 3);
         assert!(p.iter().all(|p| p.topic == "t"));
         assert!(matches!(p[0].topic, Cow::Borrowed(_)), "the topic's name is borrowed from the body");
@@ -991,17 +1107,55 @@ mod tests {
         assert_eq!((p[1].partition, p[1].error, p[1].high_watermark), (1, 1, -1));
         assert!(p[1].aborted.is_empty() && p[1].records.is_empty(), "nulls read as empty");
         assert!(p[2].aborted.is_empty() && p[2].records.is_empty());
-        every_prefix_fails(&body, |b| fetch_response(&Bytes::copy_from_slice(b)).map(|p| p.len()));
+        every_prefix_fails(&body, |b| fetch_response(&Bytes::copy_from_slice(b), 4).map(|a| a.partitions.len()));
 
         let mut h = BytesMut::new();
         h.put_i32(0);
         h.put_i32(1);
         put_str(&mut h, "t");
         h.put_i32(i32::MAX);
-        assert!(fetch_response(&h.freeze()).is_err(), "huge partition count");
+        assert!(fetch_response(&h.freeze(), 4).is_err(), "huge partition count");
         let mut h = body[..body.len() - 4].to_vec();
         h.put_i32(i32::MAX); // partition 2's records: longer than the response
-        assert!(fetch_response(&Bytes::from(h)).is_err());
+        assert!(fetch_response(&Bytes::from(h), 4).is_err());
+    }
+
+    #[test]
+    fn fetch_v7_response_with_a_session_and_log_start_offsets() {
+        let mut b = BytesMut::new();
+        b.put_i32(0); // throttle
+        b.put_i16(0);
+        b.put_i32(991); // session id
+        b.put_i32(2);
+        for (topic, partition, hw) in [("t", 3, 50), ("u", 0, 8)] {
+            put_str(&mut b, topic);
+            b.put_i32(1);
+            b.put_i32(partition);
+            b.put_i16(0);
+            b.put_i64(hw);
+            b.put_i64(hw);
+            b.put_i64(2); // log start offset
+            b.put_i32(-1); // aborted: null
+            b.put_i32(3);
+            b.put_slice(b"abc");
+        }
+        let body = b.freeze();
+        let a = fetch_response(&body, 7).unwrap();
+        assert_eq!((a.error, a.session_id), (0, 991));
+        let got: Vec<_> =
+            a.partitions.iter().map(|p| (&*p.topic, p.partition, p.high_watermark, &p.records[..])).collect();
+        assert_eq!(got, [("t", 3, 50, &b"abc"[..]), ("u", 0, 8, &b"abc"[..])]);
+        every_prefix_fails(&body, |b| fetch_response(&Bytes::copy_from_slice(b), 7).map(|a| a.partitions.len()));
+
+        // A session the broker no longer has: the error, no partitions.
+        let mut b = BytesMut::new();
+        b.put_i32(0);
+        b.put_i16(70);
+        b.put_i32(0);
+        b.put_i32(0);
+        let body = b.freeze();
+        let a = fetch_response(&body, 7).unwrap();
+        assert_eq!((a.error, a.session_id, a.partitions.len()), (70, 0, 0));
     }
 
     #[test]

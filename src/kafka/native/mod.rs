@@ -21,6 +21,7 @@ mod consumer;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
+mod fetch_session;
 mod fetcher;
 mod group;
 mod group_protocol;
