@@ -2,8 +2,9 @@
 """Fairness under a flood: the quiet tenants' publish -> stored latency while
 one tenant floods, in both Kafka topologies.
 
-Per topology, on a fresh Mosquitto, Tansu and PostgreSQL database, with one
-bridge and one sink:
+Per topology, on a fresh Mosquitto, Tansu (or with --kafka-stand-in memory
+scripts/null_kafka.py, which keeps fetch sessions as Kafka does and Tansu
+does not) and PostgreSQL database, with one bridge and one sink:
 
 1. no flood: QUIET_PAIRS pairs publish QUIET_RATE msg/s in all for DURATION.
 2. flood x20: the same quiet load, and one more tenant ("flood") publishing
@@ -19,6 +20,7 @@ flood is delayed, never dropped.
 
 Usage: scripts/bench-fairness.sh [--topologies shared,per-pair] [--quiet-pairs N]
        [--quiet-rate R] [--duration S] [--flood-factor F] [--no-saturate]
+       [--kafka-stand-in tansu|memory]
 """
 import argparse
 import os
@@ -30,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (BIN, FAST_GROUP, Iotpipe, bridge_sections, services_env, sink_sections,  # noqa: E402
-                      start_brokers, stop_all)
+                      start_brokers, start_mosquitto, start_null_kafka, stop_all)
 
 TOPIC = {"shared": "iot.telemetry", "per-pair": "iot.{tenant_id}.{project_id}"}
 PARTITIONS = {"shared": 12, "per-pair": 1}
@@ -99,7 +101,11 @@ def run_topology(args, env, topology):
     procs = []
     db = f"bench_fair_{topology.replace('-', '_')}_{time.time_ns()}"
     try:
-        broker, brokers = start_brokers(work, env, procs)
+        if args.kafka_stand_in == "memory":
+            broker = start_mosquitto(work, env, procs)
+            brokers = start_null_kafka(PARTITIONS[topology], procs, keep=True)
+        else:
+            broker, brokers = start_brokers(work, env, procs)
         kafka = {"topic": TOPIC[topology], "partitions": PARTITIONS[topology], "properties": FAST_GROUP}
         bridge = Iotpipe("bridge", work, "bridge",
                          bridge_sections(broker, brokers, client_id="bench-fair", kafka=kafka), procs)
@@ -135,6 +141,8 @@ def main():
     ap.add_argument("--flood-factor", type=int, default=20, help="the flood tenant's rate in quiet-pair shares")
     ap.add_argument("--no-saturate", dest="saturate", action="store_false")
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--kafka-stand-in", choices=["tansu", "memory"], default="tansu",
+                    help="the broker: Tansu, or scripts/null_kafka.py keeping the records and fetch sessions")
     args = ap.parse_args()
     env = services_env("postgres")
     rows = []

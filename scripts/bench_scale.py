@@ -52,9 +52,9 @@ import tomllib
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, FAST_GROUP, Iotpipe, cpu_seconds, free_port, metric, metrics, peak_rss_kib,  # noqa: E402
-                      services_env, sink_sections, source_sections, start_brokers, start_mosquitto, stop_all,
-                      wait_port, wait_ready)
+from benchlib import (BIN, FAST_GROUP, Iotpipe, cpu_seconds, metric, metrics, peak_rss_kib,  # noqa: E402
+                      services_env, sink_sections, source_sections, start_brokers, start_mosquitto,
+                      start_null_kafka, stop_all, wait_port, wait_ready)
 
 TOPIC = {"shared": "iot.telemetry", "per-pair": "iot.{tenant_id}.{project_id}"}
 
@@ -152,16 +152,6 @@ def publish_and_measure(args, proc, port, broker, pairs, component, topology, pa
             "delivered": delivered, "wall_s": wall, "rate": delivered / wall, "kafka_cpu_us": kafka_cpu_us,
             "cpu_us": (cpu_seconds(proc.pid) - cpu0) / max(args.count, 1) * 1e6 if alive else None,
             "partitions": partitions}
-
-
-def start_null_kafka(partitions, procs, keep):
-    """scripts/null_kafka.py on a free port (--keep: serving what it keeps): the bootstrap servers."""
-    port = free_port()
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "null_kafka.py")
-    procs.append(subprocess.Popen([sys.executable, script, "--port", str(port), "--partitions", str(partitions),
-                                   *(["--keep"] if keep else [])]))
-    wait_port(port)
-    return f"127.0.0.1:{port}"
 
 
 def run_bridge(args, work, env, topology, pairs, procs):

@@ -173,6 +173,17 @@ def stop_all(procs):
             p.kill()
 
 
+def start_null_kafka(partitions, procs, keep, extra=()):
+    """scripts/null_kafka.py on a free port (--keep: serving what it keeps,
+    with fetch sessions as Kafka keeps them): the bootstrap servers."""
+    port = free_port()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "null_kafka.py")
+    procs.append(subprocess.Popen([sys.executable, script, "--port", str(port), "--partitions", str(partitions),
+                                   *(["--keep"] if keep else []), *extra]))
+    wait_port(port)
+    return f"127.0.0.1:{port}"
+
+
 def start_brokers(work, env, procs, max_queued=1_000_000):
     """A private Mosquitto and Tansu for one measurement: (MQTT URL, Kafka bootstrap servers)."""
     return start_mosquitto(work, env, procs, max_queued), start_tansu(env, procs)
