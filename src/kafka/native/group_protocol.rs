@@ -1,8 +1,9 @@
 //! The Kafka requests of iotpipe's own consumer: group membership
 //! (FindCoordinator v1, JoinGroup v2, SyncGroup v1, Heartbeat v1,
 //! LeaveGroup v1), offsets (OffsetCommit v2, OffsetFetch v1, ListOffsets v1)
-//! and Fetch v4. Every version is a fixed, non-flexible one that both Kafka
-//! 4.0 (which removed the oldest versions) and older brokers speak.
+//! and Fetch v4 to v7 (v7 where the broker speaks it, for fetch sessions).
+//! Every version is a non-flexible one that both Kafka 4.0 (which removed
+//! the oldest versions) and older brokers speak.
 //!
 //! Also Kafka's consumer protocol (protocol type `"consumer"`), carried as
 //! opaque bytes inside JoinGroup and SyncGroup: subscriptions, assignments
