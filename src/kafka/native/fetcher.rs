@@ -79,6 +79,13 @@ struct Part {
     session: Option<(i32, i64)>,
 }
 
+impl Part {
+    /// Whether broker `id` is to read it now.
+    fn ready(&self, id: i32, now: Instant) -> bool {
+        self.leader == id && !self.stopped && self.retry_at.is_none_or(|at| at <= now)
+    }
+}
+
 /// What a broker job returns: the broker, its connection if still usable, and the outcome.
 type JobResult = (i32, Option<Conn>, Result<Job, ConnError>);
 type JobFuture = Pin<Box<dyn Future<Output = JobResult> + Send>>;
@@ -330,7 +337,7 @@ impl Fetcher {
             if b.busy || b.retry_at.is_some_and(|at| at > now) {
                 continue;
             }
-            let ready = |p: &Part| p.leader == id && !p.stopped && p.retry_at.is_none_or(|at| at <= now);
+            let ready = |p: &Part| p.ready(id, now);
             if !self.parts.iter().any(ready) {
                 continue;
             }
@@ -380,7 +387,7 @@ impl Fetcher {
     /// position, and the ones it holds that are no longer to be read (led
     /// elsewhere, stopped, waiting to retry, offset unknown).
     fn plan_fetch(&self, id: i32, version: i16, b: &Broker, now: Instant) -> FetchSent {
-        let ready = |p: &Part| p.leader == id && !p.stopped && p.retry_at.is_none_or(|at| at <= now);
+        let ready = |p: &Part| p.ready(id, now);
         let session = if version >= gp::FETCH_SESSION_VERSION { b.session.next() } else { gp::SessionRef::default() };
         let (mut read, mut forget) = (Vec::new(), Vec::new());
         if version >= gp::FETCH_SESSION_VERSION && b.session.incremental() {
