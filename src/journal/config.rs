@@ -63,7 +63,7 @@ impl Default for JournalConfig {
             max_size: ByteSize::mib(1024),
             segment_size: ByteSize::mib(64),
             max_batch: ByteSize::mib(1),
-            commit_delay: HumanDuration(std::time::Duration::from_millis(2)),
+            commit_delay: HumanDuration(std::time::Duration::from_millis(5)),
             ack_sync_interval: HumanDuration::millis(100),
             forward_max_records: 4096,
             forward_max_bytes: ByteSize::mib(8),
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(cfg.max_size, ByteSize(2 << 30));
         assert_eq!(cfg.segment_size, ByteSize::mib(64));
         assert_eq!(cfg.ack_sync_interval.get(), std::time::Duration::from_millis(100));
-        assert_eq!(cfg.commit_delay.get(), std::time::Duration::from_millis(2));
+        assert_eq!(cfg.commit_delay.get(), std::time::Duration::from_millis(5));
         assert!(cfg.preallocate);
         cfg.validate().unwrap();
         JournalConfig::default().validate().unwrap();
