@@ -6,11 +6,14 @@
 # comparison's script and prints one table of ratios against the targets,
 # also written to target/bench/summary.md (BENCHMARKS.md, "All comparisons").
 #
-#   scripts/bench.sh [--quick] [--only NAME[,NAME...]] [--musl-bin PATH] [--out-dir DIR]
+#   scripts/bench.sh [--quick] [--only NAME[,NAME...]] [--pin CPUS|none] [--musl-bin PATH] [--out-dir DIR]
 #
 #   --quick      20,000 messages per measurement, one round, 10 s latency
 #                windows: proves the run works, the figures are rough
 #   --only       forwarder, allocator, journal, sink, e2e (repeatable)
+#   --pin        the CPUs of the measured process (bridge or minimal forwarder)
+#                in the forwarder, allocator and journal comparisons; the
+#                load runs on the others. Default: the last CPU; none: unpinned
 #   --musl-bin   a static binary to use instead of building dist/amd64/iotpipe
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +28,7 @@ while (($#)); do
         IFS=, read -r -a names <<<"$2"; selected+=("${names[@]}"); shift 2 ;;
     --only=*) IFS=, read -r -a names <<<"${1#--only=}"; selected+=("${names[@]}"); shift ;;
     --musl-bin|--musl-bin=*) musl_given=1; [[ $1 == *=* ]] && shift || shift 2 ;;
-    --out-dir) shift 2 ;;
+    --out-dir|--pin) shift 2 ;;
     *) shift ;;
     esac
 done

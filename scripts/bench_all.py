@@ -18,11 +18,20 @@ typed in):
   e2e        scripts/bench_e2e.py in direct and journal mode: publish ->
              row committed in PostgreSQL, p50 and p99 at 2,000 msg/s
 
+The bridge comparisons (forwarder, allocator, journal) run with the measured
+process (the bridge, or the minimal forwarder) pinned to one CPU and the load
+(the script, Mosquitto, Tansu, the publisher) to the others
+(IOTPIPE_BENCH_PIN, scripts/benchlib.py): unpinned, the CPU per message of
+the same binary moves by up to half from run to run on a 2-core machine,
+with where the scheduler puts the bridge among the load (BENCHMARKS.md).
+--pin CPUS chooses the CPUs, --pin none runs unpinned.
+
 Prints the table and writes it to <out-dir>/summary.md. Exits 1 if a
 comparison failed to run (its row says so); a target not met is a figure,
 not a failure. Usage (normally through scripts/bench.sh, which builds the
 binaries first):
-    python3 scripts/bench_all.py [--quick] [--only NAME[,NAME...]] [--musl-bin PATH] [--out-dir DIR]
+    python3 scripts/bench_all.py [--quick] [--only NAME[,NAME...]] [--pin CPUS|none] [--musl-bin PATH]
+                                 [--out-dir DIR]
 """
 import argparse
 import datetime
@@ -36,7 +45,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from benchlib import BIN, REPO, mosquitto_bin, mosquitto_version, services_env  # noqa: E402
+from benchlib import BIN, REPO, mosquitto_bin, mosquitto_version, parse_cpus, services_env  # noqa: E402
 
 COMPARISONS = ("forwarder", "allocator", "journal", "sink", "e2e")
 
@@ -63,7 +72,8 @@ TARGETS = {
 
 
 def run_script(out_dir, name, script, args, env=None):
-    """Run scripts/<script> with --json; its figures. Its own output goes to this run's output."""
+    """Run scripts/<script> with --json; its figures. Its own output goes to this run's output.
+    `env`: variables added to this process's environment for the script."""
     result = os.path.join(out_dir, f"{name}.json")
     if os.path.exists(result):
         os.remove(result)
@@ -100,7 +110,7 @@ def fmt_bound(key, bound):
 def forwarder(ctx):
     r = run_script(ctx.out_dir, "forwarder", "bench_forwarder.py",
                    ["--rounds", str(ctx.size["rounds"]), "--count", str(ctx.size["count"]),
-                    "--max-in-flight", str(MAX_IN_FLIGHT)])
+                    "--max-in-flight", str(MAX_IN_FLIGHT)], env=ctx.pin_env)
     b, f, ratio = r["bridge"], r["forwarder"], r["ratio"]
     return [
         row("bridge_cpu", ratio["cpu_us"], f"{ratio['cpu_us']:.2f}×",
@@ -114,7 +124,7 @@ def allocator(ctx):
         raise RuntimeError(f"no static musl binary at {ctx.musl_bin} (scripts/bench.sh builds it with scripts/dist.sh)")
     r = run_script(ctx.out_dir, "allocator", "bench_binaries.py",
                    [f"glibc={BIN}", f"musl={ctx.musl_bin}", "--rounds", str(ctx.size["rounds"]),
-                    "--count", str(ctx.size["binaries_count"])])
+                    "--count", str(ctx.size["binaries_count"])], env=ctx.pin_env)
     m, g = r["median"]["musl"], r["median"]["glibc"]
     cpu = r["ratio"]["musl"]["cpu_us"]
     return [
@@ -141,7 +151,7 @@ def journal(ctx):
         for mode in (("direct", "journal") if r % 2 == 0 else ("journal", "direct")):
             args = ["--count", str(ctx.size["count"]), "--latency-count", "2000"]
             runs[mode].append(run_script(ctx.out_dir, f"journal-{mode}-{r + 1}", "bench_bridge.py",
-                                         args + (["--journal"] if mode == "journal" else [])))
+                                         args + (["--journal"] if mode == "journal" else []), env=ctx.pin_env))
     med = {mode: {k: statistics.median(x[k] for x in rs) for k in ("msg_s", "cpu_us")} for mode, rs in runs.items()}
     j, d = med["journal"], med["direct"]
     rate, cpu = j["msg_s"] / d["msg_s"], j["cpu_us"] / d["cpu_us"]
@@ -180,6 +190,38 @@ class Context:
         self.out_dir = args.out_dir
         self.size = SIZES[args.quick]
         self.musl_bin = args.musl_bin
+        self.pin = args.pin
+        # Set, or cleared, for the bridge comparisons: an IOTPIPE_BENCH_PIN of the caller's does not leak in.
+        self.pin_env = {"IOTPIPE_BENCH_PIN": args.pin}
+
+
+def default_pin():
+    """The highest-numbered CPU this process may use, when it may use two or more; else none."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return str(allowed[-1]) if len(allowed) >= 2 else ""
+
+
+def pin_arg(spec):
+    """--pin: a CPU list, or none (an empty string: unpinned)."""
+    if spec.strip().lower() == "none":
+        return ""
+    try:
+        cpus = parse_cpus(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed or not allowed - cpus:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: name some of the CPUs this process may use ({','.join(map(str, sorted(allowed)))}) and "
+            "leave at least one for the load, or none")
+    return spec
+
+
+def pin_note(pin):
+    if not pin:
+        return "unpinned"
+    rest = ",".join(map(str, sorted(os.sched_getaffinity(0) - parse_cpus(pin))))
+    return f"bridge comparisons pinned (the measured process on CPU {pin}, the load on {rest})"
 
 
 def git(*args):
@@ -196,6 +238,10 @@ def machine():
     return f"{os.cpu_count()} cores, {mem_kib / 1024 / 1024:.0f} GiB, {platform.machine()}"
 
 
+def pinned_any(selected):
+    return any(n in selected for n in ("forwarder", "allocator", "journal"))
+
+
 def table(rows):
     lines = ["| comparison | measured | target | met |", "|---|---|---|---|"]
     for r in rows:
@@ -210,6 +256,10 @@ def main():
                     help="small counts, one round (proves the run works; the figures are rough)")
     ap.add_argument("--only", action="append", default=[], metavar="NAME[,NAME]",
                     help=f"run only these comparisons ({', '.join(COMPARISONS)}); repeatable")
+    ap.add_argument("--pin", type=pin_arg, default=default_pin(), metavar="CPUS|none",
+                    help="for the forwarder, allocator and journal comparisons, run the measured process on these "
+                         "CPUs and the load on the others (default: the last CPU when there are two or more); "
+                         "none: unpinned")
     ap.add_argument("--musl-bin", default=os.path.join(REPO, "dist", "amd64", "iotpipe"),
                     help="the static musl binary of the image (default: dist/amd64/iotpipe, from scripts/dist.sh)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "target", "bench"),
@@ -237,7 +287,8 @@ def main():
     dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
     head = (f"{'Quick run' if args.quick else 'Run'} of scripts/bench.sh{' --quick' if args.quick else ''}"
             f"{' --only ' + ','.join(only) if only else ''}: {started:%Y-%m-%d %H:%M} UTC, commit "
-            f"{git('rev-parse', '--short', 'HEAD')}{dirty}, {os.path.relpath(BIN, REPO)}, {machine()}, load average "
+            f"{git('rev-parse', '--short', 'HEAD')}{dirty}, {os.path.relpath(BIN, REPO)}, {machine()}, "
+            f"{pin_note(args.pin) if pinned_any(selected) else 'no bridge comparison'}, load average "
             f"{os.getloadavg()[0]:.1f} at the end, {(time.time() - t0) / 60:.1f} min")
     text = f"{head}\n\n{table(rows)}\n"
     print("\n" + text, end="")

@@ -54,7 +54,8 @@ def main():
         # 2. The bridge, PUBACK after Kafka delivery.
         journal = ({"path": os.path.join(work, "journal"), "max_size": "1GiB",
                     **tomllib.loads("\n".join(args.journal_set))} if args.journal else None)
-        bridge = Iotpipe("bridge", work, "bridge", bridge_sections(broker, brokers, journal=journal), procs).ready()
+        bridge = Iotpipe("bridge", work, "bridge", bridge_sections(broker, brokers, journal=journal), procs,
+                         measured=True).ready()
         # Warm-up creates the topics.
         simulate(broker, 2_000)
         bridge.wait_metric("iotpipe_messages_delivered_total", 2_000, step=0.05)

@@ -29,8 +29,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BIN, REPO, Iotpipe, add_json_option, bridge_sections, cpu_seconds, peak_rss_kib,  # noqa: E402
-                      services_env, simulate, start_mosquitto, start_tansu, stop_all, write_json)
+from benchlib import (BIN, REPO, Iotpipe, add_json_option, bridge_sections, cpu_seconds,  # noqa: E402
+                      measured_preexec, peak_rss_kib, services_env, simulate, start_mosquitto, start_tansu,
+                      stop_all, write_json)
 
 FORWARDER = os.environ.get("FORWARDER_BIN") or os.path.join(REPO, "target", "release", "examples", "minimal_forwarder")
 WARMUP = 2_000
@@ -56,7 +57,8 @@ def run_bridge(work, broker, brokers, args, procs):
     bridge = Iotpipe("bridge", work, "bridge",
                      bridge_sections(broker, brokers, mqtt={"max_in_flight": args.max_in_flight},
                                      kafka={**({"producer": args.producer} if args.producer else {}),
-                                            **dict(kv.split("=", 1) for kv in args.kafka_set)}), procs).ready()
+                                            **dict(kv.split("=", 1) for kv in args.kafka_set)}), procs,
+                     measured=True).ready()
     simulate(broker, WARMUP)
     bridge.wait_metric("iotpipe_messages_delivered_total", WARMUP)
     return measure(bridge.pid, broker, args.count, bridge.delivered)
@@ -65,7 +67,8 @@ def run_bridge(work, broker, brokers, args, procs):
 def run_forwarder(work, broker, brokers, args, procs):
     fwd = subprocess.Popen([FORWARDER, "--mqtt", broker, "--kafka", brokers, "--max-in-flight",
                             str(args.max_in_flight), "--progress"],
-                           stdout=subprocess.PIPE, stderr=open(os.path.join(work, "forwarder.log"), "w"), text=True)
+                           stdout=subprocess.PIPE, stderr=open(os.path.join(work, "forwarder.log"), "w"), text=True,
+                           preexec_fn=measured_preexec())
     procs.append(fwd)
     acked = [0]
 

@@ -16,6 +16,60 @@ BIN = os.environ.get("IOTPIPE_BIN") or os.path.join(REPO, "target", "release", "
 CLK = os.sysconf("SC_CLK_TCK")
 
 
+def parse_cpus(spec):
+    """A CPU list as taskset and /sys write it ("1", "0,2", "2-3"); the set of CPU numbers.
+    ValueError when it is not one."""
+    cpus = set()
+    for part in filter(None, spec.replace(" ", "").split(",")):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or int(hi or lo) < int(lo):
+            raise ValueError(f"{spec!r} is not a CPU list such as 1, 0,2 or 2-3")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+# The CPUs this script may use as started, before pin_measured: the shared services that
+# services_env starts outlive the benchmark and keep all of them.
+ALL_CPUS = os.sched_getaffinity(0)
+
+
+def unpinned_preexec():
+    os.sched_setaffinity(0, ALL_CPUS)
+
+
+def pin_measured():
+    """IOTPIPE_BENCH_PIN=CPUS (scripts/bench_all.py sets it for the bridge comparisons): the measured
+    process (the bridge, or the minimal forwarder) runs on those CPUs, and this script with everything
+    it starts (Mosquitto, Tansu, the publisher) on the others, so that the measured process's CPU per
+    message is not moved by where the scheduler puts it among the load. The set of measured CPUs,
+    empty when unset."""
+    spec = os.environ.get("IOTPIPE_BENCH_PIN", "")
+    try:
+        cpus = parse_cpus(spec)
+    except ValueError as e:
+        sys.exit(f"IOTPIPE_BENCH_PIN: {e}")
+    if not cpus:
+        return cpus
+    allowed = ALL_CPUS
+    rest = allowed - cpus
+    if not cpus <= allowed or not rest:
+        sys.exit(f"IOTPIPE_BENCH_PIN={spec}: must name some of the CPUs this process may use "
+                 f"({','.join(map(str, sorted(allowed)))}) and leave at least one for the load")
+    os.sched_setaffinity(0, rest)
+    return cpus
+
+
+PINNED = pin_measured()
+
+
+def measured_preexec():
+    """For subprocess.Popen(preexec_fn=...) of the measured process: its CPUs under IOTPIPE_BENCH_PIN,
+    set before it starts (so every thread it creates inherits them); None when not pinned."""
+    if not PINNED:
+        return None
+    return lambda: os.sched_setaffinity(0, PINNED)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,9 +89,9 @@ def wait_port(port, timeout=15):
 
 def services_env(*up):
     subprocess.run(["bash", os.path.join(REPO, "scripts", "services.sh"), "install", "mosquitto", "tansu", *up],
-                   check=True, stdout=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, preexec_fn=unpinned_preexec)
     subprocess.run(["bash", os.path.join(REPO, "scripts", "services.sh"), "up", "tansu", *up], check=True,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, preexec_fn=unpinned_preexec)
     env = {}
     with open(os.path.join(os.environ.get("IOTPIPE_SERVICES_DIR", os.path.join(REPO, ".services")), "env")) as f:
         for line in f:
@@ -234,9 +288,10 @@ def sink_sections(brokers, store_url, group_id, sink=None, properties=None, kafk
 
 class Iotpipe:
     """One `iotpipe <command>` process: its config file (an [http] listener on a free port and
-    [log] level warn added unless given), its stderr in <work>/<name>.log, its metrics."""
+    [log] level warn added unless given), its stderr in <work>/<name>.log, its metrics. `measured`:
+    the process whose CPU the benchmark measures, pinned under IOTPIPE_BENCH_PIN (pin_measured)."""
 
-    def __init__(self, command, work, name, sections, procs, binary=None):
+    def __init__(self, command, work, name, sections, procs, binary=None, measured=False):
         self.command = command
         self.port = free_port()
         sections = {**sections, "http": {"listen": f"127.0.0.1:{self.port}"}}
@@ -246,7 +301,8 @@ class Iotpipe:
             f.write(render_toml(sections))
         self.log = os.path.join(work, f"{name}.log")
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([binary or BIN, command, "--config", self.config], stderr=log)
+            self.proc = subprocess.Popen([binary or BIN, command, "--config", self.config], stderr=log,
+                                         preexec_fn=measured_preexec() if measured else None)
         self.pid = self.proc.pid
         procs.append(self.proc)
 
