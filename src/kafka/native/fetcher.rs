@@ -460,10 +460,11 @@ impl Fetcher {
                     Job::Fetch { sent, body, .. } => {
                         // Read for an assignment since replaced. A session
                         // it opened is closed by the next full fetch.
+                        // Only the answer's header is read: the session id.
                         if sent.session.epoch == 0 {
-                            if let Ok(a) = gp::fetch_response(&body, sent.version) {
-                                if a.session_id != 0 {
-                                    b.session.close_later(a.session_id);
+                            if let Ok(head) = gp::fetch_header(&body, sent.version) {
+                                if head.session_id != 0 {
+                                    b.session.close_later(head.session_id);
                                 }
                             }
                         }
@@ -512,6 +513,11 @@ impl Fetcher {
         if let Some(b) = self.brokers.get_mut(&id) {
             b.session.restart();
         }
+        self.drop_holds(id);
+    }
+
+    /// No partition is held by broker `id`'s session any more.
+    fn drop_holds(&mut self, id: i32) {
         for p in &mut self.parts {
             if p.session.is_some_and(|(broker, _)| broker == id) {
                 p.session = None;
@@ -522,14 +528,11 @@ impl Fetcher {
     /// The broker took a fetch without error: what its session holds now.
     fn settle_session(&mut self, id: i32, sent: &FetchSent, answered_id: i32) {
         let Some(b) = self.brokers.get_mut(&id) else { return };
-        let mut after = b.session;
-        after.answered(sent.session, answered_id);
+        b.session.answered(sent.session, answered_id);
+        let after = b.session;
         if sent.session.epoch == 0 {
             // A full fetch: a new session, if any, holds what it named.
-            self.restart_session(id);
-        }
-        if let Some(b) = self.brokers.get_mut(&id) {
-            b.session = after;
+            self.drop_holds(id);
         }
         if !after.incremental() {
             return;

@@ -484,13 +484,36 @@ pub struct FetchAnswer<'a> {
     pub partitions: Vec<FetchedPartition<'a>>,
 }
 
-/// Fetch v4 to v7 (`version`): throttle, from v7 error and session id, then
-/// per topic and partition: partition, error, high watermark, last stable
+/// What a Fetch answer says before its partitions: enough for an answer
+/// that is not used (its assignment since replaced) to close the session it
+/// opened, without reading the partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FetchHeader {
+    pub throttle_ms: i32,
+    /// From v7: an error for the whole request; 0 before.
+    pub error: i16,
+    /// From v7: the session's id (0: no session); 0 before.
+    pub session_id: i32,
+}
+
+/// The header of a Fetch v4 to v7 (`version`) answer: throttle, from v7
+/// error and session id. The rest of the body is not read.
+pub fn fetch_header(body: &[u8], version: i16) -> Result<FetchHeader, Malformed> {
+    read_fetch_header(&mut Reader::new(body, "Fetch"), version)
+}
+
+fn read_fetch_header(r: &mut Reader<'_>, version: i16) -> Result<FetchHeader, Malformed> {
+    let throttle_ms = r.i32()?;
+    let (error, session_id) = if version >= FETCH_SESSION_VERSION { (r.i16()?, r.i32()?) } else { (0, 0) };
+    Ok(FetchHeader { throttle_ms, error, session_id })
+}
+
+/// Fetch v4 to v7 (`version`): the header ([`fetch_header`]), then per
+/// topic and partition: partition, error, high watermark, last stable
 /// offset, from v5 log start offset, aborted transactions, records.
 pub fn fetch_response(body: &Bytes, version: i16) -> Result<FetchAnswer<'_>, Malformed> {
     let mut r = Reader::new(body, "Fetch");
-    let _throttle = r.i32()?;
-    let (error, session_id) = if version >= FETCH_SESSION_VERSION { (r.i16()?, r.i32()?) } else { (0, 0) };
+    let FetchHeader { error, session_id, .. } = read_fetch_header(&mut r, version)?;
     let mut partitions = Vec::new();
     for _ in 0..r.len()? {
         let topic = r.str_ref()?.ok_or(r.err("topic without a name"))?;
@@ -1157,6 +1180,55 @@ mod tests {
         let body = b.freeze();
         let a = fetch_response(&body, 7).unwrap();
         assert_eq!((a.error, a.session_id, a.partitions.len()), (70, 0, 0));
+    }
+
+    #[test]
+    fn fetch_header_reads_throttle_error_and_session_and_agrees_with_fetch_response() {
+        // v7: throttle, error, session id, then the topics (never read here).
+        let mut b = BytesMut::new();
+        b.put_i32(25); // throttle
+        b.put_i16(0);
+        b.put_i32(991); // session id
+        b.put_i32(1);
+        put_str(&mut b, "t");
+        b.put_i32(1);
+        b.put_i32(0);
+        b.put_i16(0);
+        b.put_i64(5);
+        b.put_i64(5);
+        b.put_i64(0); // log start offset
+        b.put_i32(-1);
+        b.put_i32(-1);
+        let body = b.freeze();
+        let head = fetch_header(&body, 7).unwrap();
+        assert_eq!(head, FetchHeader { throttle_ms: 25, error: 0, session_id: 991 });
+        let a = fetch_response(&body, 7).unwrap();
+        assert_eq!((a.error, a.session_id), (head.error, head.session_id), "both read the same layout");
+        // Only the 10 header bytes are read: the partitions may be cut or garbage.
+        assert_eq!(fetch_header(&body[..10], 7), Ok(head));
+        assert!(fetch_response(&body.slice(..10), 7).is_err());
+        every_prefix_fails(&body[..10], |b| fetch_header(b, 7));
+        // A session error, as fetch_response reads it.
+        let mut e = BytesMut::new();
+        e.put_i32(0);
+        e.put_i16(70);
+        e.put_i32(0);
+        e.put_i32(0);
+        let e = e.freeze();
+        assert_eq!(fetch_header(&e, 7), Ok(FetchHeader { throttle_ms: 0, error: 70, session_id: 0 }));
+        assert_eq!(fetch_response(&e, 7).map(|a| (a.error, a.session_id)), Ok((70, 0)));
+
+        // v4 to v6: the throttle only; no error, no session.
+        let mut b = BytesMut::new();
+        b.put_i32(3); // throttle
+        b.put_i32(0); // no topics
+        let body = b.freeze();
+        for version in [4, 5, 6] {
+            assert_eq!(fetch_header(&body, version), Ok(FetchHeader { throttle_ms: 3, error: 0, session_id: 0 }));
+            let a = fetch_response(&body, version).unwrap();
+            assert_eq!((a.error, a.session_id), (0, 0));
+            every_prefix_fails(&body[..4], |b| fetch_header(b, version));
+        }
     }
 
     #[test]
