@@ -2,7 +2,7 @@
 # Every performance comparison in one run: builds what the selected
 # comparisons need, once (the glibc release binary; the minimal forwarder for
 # `forwarder`; the static musl binary of the image, through scripts/dist.sh,
-# for `allocator`), then runs scripts/bench_all.py, which runs each
+# for `allocator` and `journal`), then runs scripts/bench_all.py, which runs each
 # comparison's script and prints one table of ratios against the targets,
 # also written to target/bench/summary.md (BENCHMARKS.md, "All comparisons").
 #
@@ -13,7 +13,7 @@
 #   --only       forwarder, allocator, journal, sink, e2e (repeatable)
 #   --pin        the CPUs of the measured process (bridge or minimal forwarder)
 #                in the forwarder, allocator and journal comparisons; the
-#                load runs on the others. Default: the last CPU; none: unpinned
+#                load runs on the others. Default: none (unpinned)
 #   --musl-bin   a static binary to use instead of building dist/amd64/iotpipe
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,5 +37,5 @@ wants() { local n; for n in "${selected[@]}"; do [[ $n == "$1" ]] && return 0; d
 
 cargo build --release --locked --quiet --bin iotpipe
 if wants forwarder; then cargo build --release --locked --quiet --example minimal_forwarder; fi
-if wants allocator && [[ -z $musl_given ]]; then bash scripts/dist.sh; fi
+if { wants allocator || wants journal; } && [[ -z $musl_given ]]; then bash scripts/dist.sh; fi
 exec python3 scripts/bench_all.py "${args[@]}"

@@ -12,19 +12,21 @@ typed in):
              against the glibc build (CPU µs/msg), and the image binary's
              peak RSS (the binary the pods run)
   journal    scripts/bench_bridge.py in direct and journal mode, taking
-             turns round by round (msg/s, CPU µs/msg)
+             turns round by round (msg/s, CPU µs/msg), with the image's
+             static binary (--musl-bin) when there is one, as the pods run
+             it
   sink       scripts/bench_sink.py: sink rows/s against two concurrent raw
              COPY streams of the same rows into the same table
   e2e        scripts/bench_e2e.py in direct and journal mode: publish ->
              row committed in PostgreSQL, p50 and p99 at 2,000 msg/s
 
-The bridge comparisons (forwarder, allocator, journal) run with the measured
-process (the bridge, or the minimal forwarder) pinned to one CPU and the load
-(the script, Mosquitto, Tansu, the publisher) to the others
-(IOTPIPE_BENCH_PIN, scripts/benchlib.py): unpinned, the CPU per message of
-the same binary moves by up to half from run to run on a 2-core machine,
-with where the scheduler puts the bridge among the load (BENCHMARKS.md).
---pin CPUS chooses the CPUs, --pin none runs unpinned.
+--pin CPUS runs the bridge comparisons (forwarder, allocator, journal) with
+the measured process (the bridge, or the minimal forwarder) on those CPUs
+and the load (the script, Mosquitto, Tansu, the publisher) on the others
+(IOTPIPE_BENCH_PIN, scripts/benchlib.py). Unpinned (the default) the bridge
+is the bottleneck and runs near its top rate; pinned on a 2-core machine
+the load has one core to itself and sets a lower rate, at which the
+per-message costs are higher (BENCHMARKS.md, "pinned and unpinned").
 
 Prints the table and writes it to <out-dir>/summary.md. Exits 1 if a
 comparison failed to run (its row says so); a target not met is a figure,
@@ -146,18 +148,25 @@ def broker_window():
 
 
 def journal(ctx):
+    """Journal mode against direct mode, with the binary the pods run (the image's, as the peak RSS
+    row): the glibc build's malloc makes journal mode's allocations dearer than jemalloc does
+    (BENCHMARKS.md). Without that binary, the glibc build, and the rows say so."""
+    image = ctx.musl_bin and os.access(ctx.musl_bin, os.X_OK)
+    binary = ctx.musl_bin if image else BIN
+    shown = "the image's binary" if image else f"{os.path.relpath(BIN, REPO)}: no image binary at {ctx.musl_bin}"
     runs = {"direct": [], "journal": []}
     for r in range(ctx.size["rounds"]):
         for mode in (("direct", "journal") if r % 2 == 0 else ("journal", "direct")):
             args = ["--count", str(ctx.size["count"]), "--latency-count", "2000"]
             runs[mode].append(run_script(ctx.out_dir, f"journal-{mode}-{r + 1}", "bench_bridge.py",
-                                         args + (["--journal"] if mode == "journal" else []), env=ctx.pin_env))
+                                         args + (["--journal"] if mode == "journal" else []),
+                                         env={**ctx.pin_env, "IOTPIPE_BIN": binary}))
     med = {mode: {k: statistics.median(x[k] for x in rs) for k in ("msg_s", "cpu_us")} for mode, rs in runs.items()}
     j, d = med["journal"], med["direct"]
     rate, cpu = j["msg_s"] / d["msg_s"], j["cpu_us"] / d["cpu_us"]
     return [
-        row("journal_rate", rate, f"{rate:.2f}×", f"{j['msg_s']:,.0f} ÷ {d['msg_s']:,.0f} msg/s"),
-        row("journal_cpu", cpu, f"{cpu:.2f}×", f"{j['cpu_us']:.1f} ÷ {d['cpu_us']:.1f} µs/msg"),
+        row("journal_rate", rate, f"{rate:.2f}×", f"{j['msg_s']:,.0f} ÷ {d['msg_s']:,.0f} msg/s; {shown}"),
+        row("journal_cpu", cpu, f"{cpu:.2f}×", f"{j['cpu_us']:.2f} ÷ {d['cpu_us']:.2f} µs/msg; {shown}"),
     ]
 
 
@@ -195,15 +204,9 @@ class Context:
         self.pin_env = {"IOTPIPE_BENCH_PIN": args.pin}
 
 
-def default_pin():
-    """The highest-numbered CPU this process may use, when it may use two or more; else none."""
-    allowed = sorted(os.sched_getaffinity(0))
-    return str(allowed[-1]) if len(allowed) >= 2 else ""
-
-
 def pin_arg(spec):
     """--pin: a CPU list, or none (an empty string: unpinned)."""
-    if spec.strip().lower() == "none":
+    if spec.strip().lower() in ("", "none"):
         return ""
     try:
         cpus = parse_cpus(spec)
@@ -256,10 +259,9 @@ def main():
                     help="small counts, one round (proves the run works; the figures are rough)")
     ap.add_argument("--only", action="append", default=[], metavar="NAME[,NAME]",
                     help=f"run only these comparisons ({', '.join(COMPARISONS)}); repeatable")
-    ap.add_argument("--pin", type=pin_arg, default=default_pin(), metavar="CPUS|none",
+    ap.add_argument("--pin", type=pin_arg, default="", metavar="CPUS|none",
                     help="for the forwarder, allocator and journal comparisons, run the measured process on these "
-                         "CPUs and the load on the others (default: the last CPU when there are two or more); "
-                         "none: unpinned")
+                         "CPUs and the load on the others (default: none, unpinned)")
     ap.add_argument("--musl-bin", default=os.path.join(REPO, "dist", "amd64", "iotpipe"),
                     help="the static musl binary of the image (default: dist/amd64/iotpipe, from scripts/dist.sh)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "target", "bench"),

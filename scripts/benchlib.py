@@ -28,9 +28,19 @@ def parse_cpus(spec):
     return cpus
 
 
-# The CPUs this script may use as started, before pin_measured: the shared services that
-# services_env starts outlive the benchmark and keep all of them.
-ALL_CPUS = os.sched_getaffinity(0)
+def measured_cpus():
+    """IOTPIPE_BENCH_PIN as a set of CPUs (empty when unset); exits on a malformed list."""
+    spec = os.environ.get("IOTPIPE_BENCH_PIN", "")
+    try:
+        return parse_cpus(spec)
+    except ValueError as e:
+        sys.exit(f"IOTPIPE_BENCH_PIN: {e}")
+
+
+# The CPUs this script may use, the measured ones included: a script that another pinned
+# script started (bench_binaries.py runs bench_bridge.py) has only the load's CPUs. The
+# shared services that services_env starts outlive the benchmark and get all of them.
+ALL_CPUS = os.sched_getaffinity(0) | measured_cpus()
 
 
 def unpinned_preexec():
@@ -43,18 +53,14 @@ def pin_measured():
     it starts (Mosquitto, Tansu, the publisher) on the others, so that the measured process's CPU per
     message is not moved by where the scheduler puts it among the load. The set of measured CPUs,
     empty when unset."""
-    spec = os.environ.get("IOTPIPE_BENCH_PIN", "")
-    try:
-        cpus = parse_cpus(spec)
-    except ValueError as e:
-        sys.exit(f"IOTPIPE_BENCH_PIN: {e}")
+    cpus = measured_cpus()
     if not cpus:
         return cpus
-    allowed = ALL_CPUS
-    rest = allowed - cpus
-    if not cpus <= allowed or not rest:
-        sys.exit(f"IOTPIPE_BENCH_PIN={spec}: must name some of the CPUs this process may use "
-                 f"({','.join(map(str, sorted(allowed)))}) and leave at least one for the load")
+    online = set(range(os.cpu_count() or 1))
+    rest = ALL_CPUS - cpus
+    if not cpus <= online or not rest:
+        sys.exit(f"IOTPIPE_BENCH_PIN={os.environ['IOTPIPE_BENCH_PIN']}: must name some of this machine's CPUs "
+                 f"({','.join(map(str, sorted(ALL_CPUS)))}) and leave at least one for the load")
     os.sched_setaffinity(0, rest)
     return cpus
 
