@@ -1144,14 +1144,17 @@ mod tests {
         assert!(fetch_response(&Bytes::from(h), 4).is_err());
     }
 
-    #[test]
-    fn fetch_v7_response_with_a_session_and_log_start_offsets() {
+    /// A Fetch v7 answer: throttle, error, session id, then one partition
+    /// per topic — (topic, partition, high watermark, records; `None` null)
+    /// — with its last stable offset at the high watermark, log start
+    /// offset 2 and no aborted transactions.
+    fn v7_answer(throttle: i32, error: i16, session_id: i32, topics: &[(&str, i32, i64, Option<&[u8]>)]) -> Bytes {
         let mut b = BytesMut::new();
-        b.put_i32(0); // throttle
-        b.put_i16(0);
-        b.put_i32(991); // session id
-        b.put_i32(2);
-        for (topic, partition, hw) in [("t", 3, 50), ("u", 0, 8)] {
+        b.put_i32(throttle);
+        b.put_i16(error);
+        b.put_i32(session_id);
+        b.put_i32(topics.len() as i32);
+        for &(topic, partition, hw, records) in topics {
             put_str(&mut b, topic);
             b.put_i32(1);
             b.put_i32(partition);
@@ -1160,10 +1163,21 @@ mod tests {
             b.put_i64(hw);
             b.put_i64(2); // log start offset
             b.put_i32(-1); // aborted: null
-            b.put_i32(3);
-            b.put_slice(b"abc");
+            match records {
+                Some(r) => {
+                    b.put_i32(r.len() as i32);
+                    b.put_slice(r);
+                }
+                None => b.put_i32(-1),
+            }
         }
-        let body = b.freeze();
+        b.freeze()
+    }
+
+    #[test]
+    fn fetch_v7_response_with_a_session_and_log_start_offsets() {
+        let abc: Option<&[u8]> = Some(b"abc");
+        let body = v7_answer(0, 0, 991, &[("t", 3, 50, abc), ("u", 0, 8, abc)]);
         let a = fetch_response(&body, 7).unwrap();
         assert_eq!((a.error, a.session_id), (0, 991));
         let got: Vec<_> =
@@ -1172,12 +1186,7 @@ mod tests {
         every_prefix_fails(&body, |b| fetch_response(&Bytes::copy_from_slice(b), 7).map(|a| a.partitions.len()));
 
         // A session the broker no longer has: the error, no partitions.
-        let mut b = BytesMut::new();
-        b.put_i32(0);
-        b.put_i16(70);
-        b.put_i32(0);
-        b.put_i32(0);
-        let body = b.freeze();
+        let body = v7_answer(0, 70, 0, &[]);
         let a = fetch_response(&body, 7).unwrap();
         assert_eq!((a.error, a.session_id, a.partitions.len()), (70, 0, 0));
     }
@@ -1185,21 +1194,7 @@ mod tests {
     #[test]
     fn fetch_header_reads_throttle_error_and_session_and_agrees_with_fetch_response() {
         // v7: throttle, error, session id, then the topics (never read here).
-        let mut b = BytesMut::new();
-        b.put_i32(25); // throttle
-        b.put_i16(0);
-        b.put_i32(991); // session id
-        b.put_i32(1);
-        put_str(&mut b, "t");
-        b.put_i32(1);
-        b.put_i32(0);
-        b.put_i16(0);
-        b.put_i64(5);
-        b.put_i64(5);
-        b.put_i64(0); // log start offset
-        b.put_i32(-1);
-        b.put_i32(-1);
-        let body = b.freeze();
+        let body = v7_answer(25, 0, 991, &[("t", 0, 5, None)]);
         let head = fetch_header(&body, 7).unwrap();
         assert_eq!(head, FetchHeader { throttle_ms: 25, error: 0, session_id: 991 });
         let a = fetch_response(&body, 7).unwrap();
@@ -1209,12 +1204,7 @@ mod tests {
         assert!(fetch_response(&body.slice(..10), 7).is_err());
         every_prefix_fails(&body[..10], |b| fetch_header(b, 7));
         // A session error, as fetch_response reads it.
-        let mut e = BytesMut::new();
-        e.put_i32(0);
-        e.put_i16(70);
-        e.put_i32(0);
-        e.put_i32(0);
-        let e = e.freeze();
+        let e = v7_answer(0, 70, 0, &[]);
         assert_eq!(fetch_header(&e, 7), Ok(FetchHeader { throttle_ms: 0, error: 70, session_id: 0 }));
         assert_eq!(fetch_response(&e, 7).map(|a| (a.error, a.session_id)), Ok((70, 0)));
 
