@@ -37,10 +37,20 @@ def measured_cpus():
         sys.exit(f"IOTPIPE_BENCH_PIN: {e}")
 
 
-# The CPUs this script may use, the measured ones included: a script that another pinned
-# script started (bench_binaries.py runs bench_bridge.py) has only the load's CPUs. The
+# The CPUs this script may use, the measured ones that exist included: a script that another
+# pinned script started (bench_binaries.py runs bench_bridge.py) has only the load's CPUs. The
 # shared services that services_env starts outlive the benchmark and get all of them.
-ALL_CPUS = os.sched_getaffinity(0) | measured_cpus()
+ALL_CPUS = os.sched_getaffinity(0) | (measured_cpus() & set(range(os.cpu_count() or 1)))
+
+
+def load_cpus(cpus, allowed):
+    """The CPUs of `allowed` left for the load when the measured process runs on `cpus`.
+    ValueError unless `cpus` is some of `allowed` and leaves at least one."""
+    rest = allowed - cpus
+    if not cpus or not cpus <= allowed or not rest:
+        raise ValueError(f"must name some of the CPUs {','.join(map(str, sorted(allowed)))} "
+                         "and leave at least one for the load")
+    return rest
 
 
 def unpinned_preexec():
@@ -56,11 +66,10 @@ def pin_measured():
     cpus = measured_cpus()
     if not cpus:
         return cpus
-    online = set(range(os.cpu_count() or 1))
-    rest = ALL_CPUS - cpus
-    if not cpus <= online or not rest:
-        sys.exit(f"IOTPIPE_BENCH_PIN={os.environ['IOTPIPE_BENCH_PIN']}: must name some of this machine's CPUs "
-                 f"({','.join(map(str, sorted(ALL_CPUS)))}) and leave at least one for the load")
+    try:
+        rest = load_cpus(cpus, ALL_CPUS)
+    except ValueError as e:
+        sys.exit(f"IOTPIPE_BENCH_PIN={os.environ['IOTPIPE_BENCH_PIN']}: {e}")
     os.sched_setaffinity(0, rest)
     return cpus
 
