@@ -4,6 +4,7 @@ mod common;
 
 use common::eventually;
 use common::kafka::{bridge_record, produce, Tansu};
+use common::mqtt::{DEVICES, PROJECTS, TENANTS};
 use common::postgres::{count, query, PrivatePostgres, Server};
 use common::process::{sink_config, Iotpipe, SinkConfig};
 use common::store::fresh_name;
@@ -66,10 +67,14 @@ fn stores_50000_records_exactly_once_even_when_replayed() {
 fn records_trickling_in_are_all_stored() {
     const N: u64 = 6_000;
     const CHUNK: u64 = 100;
+    // One record of every tenant/project pair (one topic each).
+    const EVERY_PAIR: u64 = TENANTS * PROJECTS * DEVICES;
     let kafka = Tansu::start();
     let url = Server::shared().url(&fresh_name("sink_trickle"));
-    // The topics exist before the sink subscribes.
-    produce(&kafka.brokers(), (0..CHUNK).map(bridge_record));
+    // Every topic exists before the sink subscribes: a topic appearing later
+    // would rebalance the group while batches are in flight, and those
+    // records would be read again (stored once, but not read once).
+    produce(&kafka.brokers(), (0..EVERY_PAIR).map(bridge_record));
     let dir = tempfile::tempdir().unwrap();
     let config = config(&kafka.brokers(), &url, "sink-trickle")
         .sink_key("batch_max_rows", "150")
@@ -77,8 +82,8 @@ fn records_trickling_in_are_all_stored() {
         .toml();
     let sink = Iotpipe::sink(dir.path(), &config);
     wait_ready(&sink);
-    for start in (CHUNK..N).step_by(CHUNK as usize) {
-        produce(&kafka.brokers(), (start..start + CHUNK).map(bridge_record));
+    for start in (EVERY_PAIR..N).step_by(CHUNK as usize) {
+        produce(&kafka.brokers(), (start..(start + CHUNK).min(N)).map(bridge_record));
         std::thread::sleep(Duration::from_millis(20));
     }
     eventually(Duration::from_secs(60), "every record consumed", || {
