@@ -132,6 +132,36 @@ async fn a_batch_spans_segments_and_is_refused_whole_when_full() {
     j.close().await.unwrap();
 }
 
+/// A reader skips records within its segment and across segments, and
+/// reads on from there; it never goes back, and never past what is committed.
+#[tokio::test]
+async fn a_reader_skips_to_a_later_record_within_and_across_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let payloads: Vec<Bytes> = (0..400).map(|i| payload(i, 30 + i % 20)).collect();
+    let (j, _) = Journal::open(cfg.clone()).unwrap();
+    append_all(&j, &payloads).await;
+    assert!(segments(&cfg.path).len() > 3, "the records span several segments");
+    let mut r = j.reader(0).unwrap();
+    assert_eq!(r.try_next().unwrap().unwrap().0, 0);
+    r.skip_to(5).unwrap(); // within the open segment
+    assert_eq!(r.try_next().unwrap().unwrap(), (5, payloads[5].clone()));
+    r.skip_to(300).unwrap(); // segments later
+    assert_eq!(r.try_next().unwrap().unwrap(), (300, payloads[300].clone()));
+    r.skip_to(100).unwrap(); // behind: stays
+    assert_eq!(r.position(), 301);
+    r.skip_to(400).unwrap(); // the end of what is committed
+    assert!(r.try_next().unwrap().is_none());
+    assert!(matches!(r.skip_to(401), Err(JournalError::OutOfRange { seq: 401, .. })));
+    let read = drain(&mut {
+        let mut r = j.reader(0).unwrap();
+        r.skip_to(399).unwrap();
+        r
+    });
+    assert_eq!(read, vec![(399, payloads[399].clone())]);
+    j.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appenders_get_contiguous_seqs_and_each_record_is_read_once() {
     const TASKS: usize = 8;

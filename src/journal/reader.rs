@@ -83,6 +83,30 @@ impl Reader {
         Ok(None)
     }
 
+    /// Move on to record `seq` without returning the records before it
+    /// (they were passed on another way). `seq` is between the position and
+    /// the next record to be committed; a position already there or past it
+    /// stays. Within the open segment it steps over frame headers; elsewhere
+    /// the next read opens the segment holding `seq` and seeks in it.
+    pub fn skip_to(&mut self, seq: u64) -> Result<(), JournalError> {
+        if seq <= self.next_seq {
+            return Ok(());
+        }
+        let c = *self.rx.borrow_and_update();
+        self.seen = c;
+        if seq > c.next_seq {
+            let first = self.shared.segments().first().map_or(0, |s| s.first_seq);
+            return Err(JournalError::OutOfRange { seq, first, next: c.next_seq });
+        }
+        let holder = self.shared.segments().iter().rev().find(|s| s.first_seq <= seq).map(|s| s.first_seq);
+        match &mut self.cur {
+            Some(cur) if Some(cur.first_seq) == holder => cur.skip(self.next_seq, seq, c)?,
+            _ => self.cur = None,
+        }
+        self.next_seq = seq;
+        Ok(())
+    }
+
     fn read(&mut self, c: Committed) -> Result<(u64, Bytes), JournalError> {
         let mut switched = false;
         loop {
@@ -144,18 +168,24 @@ impl Cursor {
         };
         let pos = SEGMENT_HEADER as u64;
         let mut cur = Self { file, path, first_seq, pos, buf: Bytes::new(), buf_pos: pos, sealed_len: None };
-        for want in first_seq..seq {
-            let bound = cur.bound(c)?;
-            let header = match cur.fill(FRAME_HEADER, bound)? {
-                FRAME_HEADER => Some((read_u32(&cur.available()[0..4]), read_u64(&cur.available()[8..16]))),
+        cur.skip(first_seq, seq, c)?;
+        Ok(cur)
+    }
+
+    /// From record `from` (at `pos`) to record `to`, reading frame headers only.
+    fn skip(&mut self, from: u64, to: u64, c: Committed) -> Result<(), JournalError> {
+        for want in from..to {
+            let bound = self.bound(c)?;
+            let header = match self.fill(FRAME_HEADER, bound)? {
+                FRAME_HEADER => Some((read_u32(&self.available()[0..4]), read_u64(&self.available()[8..16]))),
                 _ => None,
             };
             match header {
-                Some((len, found)) if found == want => cur.pos += frame::frame_len(len as usize) as u64,
-                _ => return Err(cur.corrupt(format!("cannot find record {want} while seeking to {seq}"))),
+                Some((len, found)) if found == want => self.pos += frame::frame_len(len as usize) as u64,
+                _ => return Err(self.corrupt(format!("cannot find record {want} while seeking to {to}"))),
             }
         }
-        Ok(cur)
+        Ok(())
     }
 
     /// The next frame within the committed bytes, or `None` at their end.

@@ -13,6 +13,7 @@
 //!   delivered position only moves over a completed prefix, and the window
 //!   is freed as it moves.
 
+use super::handoff::{Handoff, Take};
 use super::supervisor::Stop;
 use crate::health::Health;
 use crate::journal::{decode_inbound_shared, Appender, Batch, Journal, JournalConfig, JournalError, Reader};
@@ -20,7 +21,7 @@ use crate::mqtt::{AckHandle, Received, Sequencer};
 use crate::record::Inbound;
 use crate::telemetry::MessageMetrics;
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{FuturesOrdered, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -51,17 +52,28 @@ const FULL_RETRY: Duration = Duration::from_millis(50);
 /// bytes, and by what MQTT has in flight).
 const MAX_BATCH_RECORDS: usize = 1024;
 
-/// Messages appended together, with their MQTT sequence numbers.
+/// The handoff between the ingest and the feed of a bridge (`handoff.rs`):
+/// two full ingest batches, and at most `journal.max_batch` bytes (what one
+/// group commit writes at most).
+pub fn handoff(cfg: &JournalConfig) -> Arc<Handoff> {
+    let max_bytes = usize::try_from(cfg.max_batch.bytes()).unwrap_or(usize::MAX);
+    Arc::new(Handoff::new(2 * MAX_BATCH_RECORDS, max_bytes))
+}
+
+/// Messages appended together, with their MQTT sequence numbers (and the
+/// messages themselves when they are handed to the feed after their commit).
 struct Appending {
     seqs: Vec<u64>,
     batch: Batch,
+    msgs: Vec<Inbound>,
 }
 
 impl Appending {
     /// The first half stays, the second half is returned.
     fn split(&mut self) -> Appending {
         let at = self.seqs.len() / 2;
-        Appending { seqs: self.seqs.split_off(at), batch: self.batch.split_off(at) }
+        let msgs = if self.msgs.is_empty() { Vec::new() } else { self.msgs.split_off(at) };
+        Appending { seqs: self.seqs.split_off(at), batch: self.batch.split_off(at), msgs }
     }
 }
 
@@ -72,14 +84,20 @@ impl Appending {
 /// Whatever has arrived is appended as one batch (one request to the
 /// journal's writer, one completion), so the cost per message stays low
 /// while the writer's group commit collects batches during each fsync.
+/// With a `handoff`, each batch's messages are offered to the feed once
+/// committed, in journal order.
 pub async fn ingest(
     mut rx: mpsc::Receiver<Received>,
     appender: Appender,
     acks: AckHandle,
     health: Arc<Health>,
+    handoff: Option<Arc<Handoff>>,
 ) -> Result<(), JournalError> {
     let max_bytes = appender.max_batch_bytes();
-    let mut pending: Settling = FuturesUnordered::new();
+    let keep = handoff.is_some();
+    // Batches settle in the order they were handed to the writer (its
+    // commits are in that order): the handoff gets them in journal order.
+    let mut pending: Settling = FuturesOrdered::new();
     // Batches refused for lack of space, oldest first: appended before anything newer.
     let mut waiting: VecDeque<Appending> = VecDeque::new();
     let mut closed = false;
@@ -101,13 +119,16 @@ pub async fn ingest(
         }
         tokio::select! {
             biased;
-            Some((seqs, res)) = pending.next(), if !pending.is_empty() => {
-                res?;
+            Some((seqs, msgs, res)) = pending.next(), if !pending.is_empty() => {
+                let first = res?;
                 acks.complete_many(&seqs);
+                if let Some(h) = &handoff {
+                    h.offer(first, msgs);
+                }
             }
             () = tokio::time::sleep(FULL_RETRY), if !waiting.is_empty() => {}
             r = rx.recv(), if waiting.is_empty() && !closed => match r {
-                Some(first) => waiting.push_back(take_batch(first, &mut rx, max_bytes)),
+                Some(first) => waiting.push_back(take_batch(first, &mut rx, max_bytes, keep)),
                 None => closed = true,
             },
         }
@@ -115,8 +136,10 @@ pub async fn ingest(
 }
 
 /// Appends on their way to the journal: each resolves, after the fsync,
-/// with its messages' MQTT sequence numbers.
-type Settling = FuturesUnordered<Pin<Box<dyn Future<Output = (Vec<u64>, Result<u64, JournalError>)> + Send>>>;
+/// with its messages' MQTT sequence numbers, the messages if kept, and its
+/// first journal sequence number.
+type Settling =
+    FuturesOrdered<Pin<Box<dyn Future<Output = (Vec<u64>, Vec<Inbound>, Result<u64, JournalError>)> + Send>>>;
 
 /// Hand the waiting batches to the journal, oldest first, into `pending`.
 /// A batch refused for lack of space is halved until a part fits; what does
@@ -130,11 +153,11 @@ fn submit(
     while let Some(a) = waiting.pop_front() {
         match appender.enqueue_batch(a.batch) {
             Ok(f) => {
-                let seqs = a.seqs;
-                pending.push(Box::pin(async move { (seqs, f.await) }));
+                let (seqs, msgs) = (a.seqs, a.msgs);
+                pending.push_back(Box::pin(async move { (seqs, msgs, f.await) }));
             }
             Err((error @ (JournalError::Full { .. } | JournalError::NoSpace { .. }), batch)) => {
-                let mut a = Appending { seqs: a.seqs, batch };
+                let mut a = Appending { seqs: a.seqs, batch, msgs: a.msgs };
                 if a.seqs.len() > 1 {
                     let rest = a.split();
                     waiting.push_front(rest);
@@ -151,10 +174,12 @@ fn submit(
 }
 
 /// `first` and whatever else is queued, up to `max_bytes` of payload and
-/// [`MAX_BATCH_RECORDS`] messages, encoded for the journal.
-fn take_batch(first: Received, rx: &mut mpsc::Receiver<Received>, max_bytes: usize) -> Appending {
+/// [`MAX_BATCH_RECORDS`] messages, encoded for the journal (the messages
+/// kept beside when `keep`).
+fn take_batch(first: Received, rx: &mut mpsc::Receiver<Received>, max_bytes: usize, keep: bool) -> Appending {
     let records = rx.len().saturating_add(1).min(MAX_BATCH_RECORDS);
     let mut seqs = Vec::with_capacity(records);
+    let mut msgs = Vec::with_capacity(if keep { records } else { 0 });
     // Room for `records` messages like the first, so the buffer seldom grows.
     let each = first.msg.topic.len() + first.msg.payload.len() + crate::journal::ENCODED_OVERHEAD;
     let mut batch = Batch::with_capacity(records, each.saturating_mul(records).min(max_bytes.saturating_add(each)));
@@ -162,11 +187,14 @@ fn take_batch(first: Received, rx: &mut mpsc::Receiver<Received>, max_bytes: usi
     while let Some(r) = next.take() {
         seqs.push(r.seq);
         batch.push_with(|out| crate::journal::encode_inbound_into(&r.msg, out));
+        if keep {
+            msgs.push(r.msg);
+        }
         if seqs.len() < MAX_BATCH_RECORDS && batch.payload_bytes() < max_bytes {
             next = rx.try_recv().ok();
         }
     }
-    Appending { seqs, batch }
+    Appending { seqs, batch, msgs }
 }
 
 fn warn_full(error: &JournalError) {
@@ -324,16 +352,22 @@ const FEED_YIELD_EVERY: u32 = 256;
 
 /// Journal → forwarder: every record from the delivered position on, with
 /// the sequence number `acks` gave it, never more than `window` at a time.
+/// Records the ingest has just committed come from `handoff` while the feed
+/// keeps up, the others from the journal (see `handoff.rs`).
 /// Ends when told to stop, or when the forwarder is gone; a read error ends
 /// it with the error. Each step waits only when it cannot go on at once.
 pub async fn feed(
     mut reader: Reader,
+    handoff: Arc<Handoff>,
     acks: Arc<JournalAcks>,
     window: Arc<Window>,
     tx: mpsc::Sender<Received>,
     mut stop: Stop,
 ) -> Result<(), JournalError> {
     let mut since_yield = 0u32;
+    // The record to pass on next, and whether it is taken from the handoff.
+    let mut next = reader.position();
+    let mut in_memory = false;
     loop {
         since_yield += 1;
         if since_yield == FEED_YIELD_EVERY {
@@ -347,23 +381,47 @@ pub async fn feed(
                 () = stop.until_set() => return Ok(()),
             }
         }
-        let next = match reader.try_next()? {
-            Some(r) => Some(r),
-            None => tokio::select! {
-                r = reader.next() => r?,
-                () = stop.until_set() => return Ok(()),
-            },
+        let (msg, size) = if in_memory {
+            let offered = handoff.offered();
+            tokio::pin!(offered);
+            offered.as_mut().enable();
+            match handoff.take(next) {
+                Take::Record(msg, size) => (msg, size),
+                Take::Empty => {
+                    tokio::select! {
+                        () = offered => {}
+                        () = stop.until_set() => return Ok(()),
+                    }
+                    continue;
+                }
+                Take::Gap => {
+                    reader.skip_to(next)?;
+                    in_memory = false;
+                    continue;
+                }
+            }
+        } else {
+            match reader.try_next()? {
+                Some((jseq, bytes)) => (journaled_message(jseq, &bytes), bytes.len()),
+                None => {
+                    // Every committed record is read: take the next ones
+                    // from the handoff as the ingest commits them.
+                    handoff.resume(next);
+                    in_memory = true;
+                    continue;
+                }
+            }
         };
-        let Some((jseq, bytes)) = next else { return Ok(()) };
-        let cost = window.cost(bytes.len());
+        let jseq = next;
+        next += 1;
+        let cost = window.cost(size);
         if !window.room_for_bytes(cost) {
             tokio::select! {
                 () = window.wait_until(|w| w.room_for_bytes(cost)) => {}
                 () = stop.until_set() => return Ok(()),
             }
         }
-        let held = window.take(bytes.len());
-        let msg = journaled_message(jseq, &bytes);
+        let held = window.take(size);
         let seq = acks.register(jseq, held);
         match tx.try_send(Received { seq, msg }) {
             Ok(()) => {}
@@ -470,14 +528,85 @@ mod tests {
     use super::*;
     use crate::units::ByteSize;
 
-    fn inbound(n: u64) -> Bytes {
-        let msg = Inbound {
+    fn message(n: u64) -> Inbound {
+        Inbound {
             topic: format!("mtic/msg/client/realtime/t/p/{n}"),
             payload: Bytes::from(vec![b'x'; 200]),
-            received_ms: 1,
+            received_ms: i64::try_from(n).unwrap(),
             redelivered: false,
-        };
-        Bytes::from(crate::journal::encode_inbound(&msg))
+        }
+    }
+
+    fn inbound(n: u64) -> Bytes {
+        Bytes::from(crate::journal::encode_inbound(&message(n)))
+    }
+
+    /// Journal records `from..to`, committed, then offered to `handoff` as
+    /// the ingest does, marked (`redelivered`) so that the test can tell
+    /// which records the feed took from memory.
+    async fn commit_and_offer(appender: &Appender, handoff: &Handoff, range: std::ops::Range<u64>) {
+        let mut batch = Batch::new();
+        for n in range.clone() {
+            batch.push(&inbound(n));
+        }
+        let first = appender.enqueue_batch(batch).map_err(|(e, _)| e).unwrap().await.unwrap();
+        assert_eq!(first, range.start);
+        handoff.offer(first, range.map(|n| Inbound { redelivered: true, ..message(n) }).collect());
+    }
+
+    /// Take what the feed passes on until `upto` records are in `got`
+    /// (journal record, taken from memory), completing each; then give the
+    /// feed time to read everything committed and wait on the handoff.
+    async fn receive(rx: &mut mpsc::Receiver<Received>, acks: &JournalAcks, got: &mut Vec<(u64, bool)>, upto: u64) {
+        while (got.len() as u64) < upto {
+            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            acks.complete_many(&[r.seq]);
+            got.push((r.msg.received_ms as u64, r.msg.redelivered));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// The feed reads the backlog from the journal, then takes what is
+    /// committed from the handoff; a batch the handoff cannot hold is read
+    /// from the journal, and the feed comes back to the handoff once it has
+    /// read everything committed. Every record once, in journal order.
+    #[tokio::test]
+    async fn the_feed_takes_from_memory_while_it_keeps_up_and_reads_gaps_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = JournalConfig::at(dir.path());
+        let (journal, _) = Journal::open(cfg.clone()).unwrap();
+        let journal = Arc::new(journal);
+        let appender = journal.appender();
+        for n in 0..10 {
+            appender.append(inbound(n)).await.unwrap();
+        }
+        let handoff = Arc::new(Handoff::new(4, 1 << 20));
+        let window = Arc::new(Window::new(&cfg));
+        let acks = Arc::new(JournalAcks::new(journal.clone(), window.clone()));
+        let (tx, mut rx) = mpsc::channel(100);
+        let signals = crate::shutdown::Signals::default();
+        let reader = journal.reader_from_ack().unwrap();
+        let feeder = tokio::spawn(feed(reader, handoff.clone(), acks.clone(), window.clone(), tx, signals.stop()));
+        let mut got = Vec::new();
+        receive(&mut rx, &acks, &mut got, 10).await;
+        commit_and_offer(&appender, &handoff, 10..13).await; // fits
+        receive(&mut rx, &acks, &mut got, 13).await;
+        commit_and_offer(&appender, &handoff, 13..15).await; // fits
+        commit_and_offer(&appender, &handoff, 15..20).await; // 5 > 4: a gap
+        commit_and_offer(&appender, &handoff, 20..21).await; // from memory only if the feed has caught up
+        receive(&mut rx, &acks, &mut got, 21).await;
+        commit_and_offer(&appender, &handoff, 21..23).await; // caught up again
+        receive(&mut rx, &acks, &mut got, 23).await;
+        let order: Vec<u64> = got.iter().map(|(n, _)| *n).collect();
+        assert_eq!(order, (0..23).collect::<Vec<u64>>(), "each record once, in journal order");
+        let from_memory = |r: std::ops::Range<usize>| got[r].iter().map(|(_, mem)| *mem).collect::<Vec<bool>>();
+        assert_eq!(from_memory(0..10), [false; 10], "the backlog from the journal");
+        assert_eq!(from_memory(10..15), [true; 5], "what follows, from memory");
+        assert_eq!(from_memory(15..20), [false; 5], "the batch the handoff could not hold, from the journal");
+        assert_eq!(from_memory(21..23), [true; 2], "from memory again");
+        assert_eq!(journal.acked_seq(), Some(22));
+        signals.set_stop();
+        assert!(feeder.await.unwrap().is_ok());
     }
 
     /// A backlog far larger than the window: the feed stops at the window
@@ -501,8 +630,14 @@ mod tests {
         let acks = Arc::new(JournalAcks::new(journal.clone(), window.clone()));
         let (tx, mut rx) = mpsc::channel(10_000);
         let signals = crate::shutdown::Signals::default();
-        let feeder =
-            tokio::spawn(feed(journal.reader_from_ack().unwrap(), acks.clone(), window.clone(), tx, signals.stop()));
+        let feeder = tokio::spawn(feed(
+            journal.reader_from_ack().unwrap(),
+            handoff(&cfg),
+            acks.clone(),
+            window.clone(),
+            tx,
+            signals.stop(),
+        ));
         let mut got = Vec::new();
         while got.len() < 100 {
             got.push(rx.recv().await.unwrap());
@@ -567,16 +702,19 @@ mod tests {
         for _ in 0..100 {
             batch.push(&[7u8; 100]);
         }
-        let mut waiting = VecDeque::from([Appending { seqs: (1000..1100).collect(), batch }]);
-        let mut pending: Settling = FuturesUnordered::new();
+        let msgs = (0..100).map(message).collect();
+        let mut waiting = VecDeque::from([Appending { seqs: (1000..1100).collect(), batch, msgs }]);
+        let mut pending: Settling = FuturesOrdered::new();
         let stopped = submit(&appender, &mut waiting, &mut pending).unwrap();
         assert!(matches!(stopped, Some(JournalError::Full { .. })), "{stopped:?}");
         let mut done = Vec::new();
-        while let Some((seqs, res)) = pending.next().await {
-            res.unwrap();
+        // Settled in journal order, each part with its own messages.
+        while let Some((seqs, msgs, res)) = pending.next().await {
+            assert_eq!(res.unwrap(), done.len() as u64, "journal order");
+            let kept: Vec<u64> = msgs.iter().map(|m| 1000 + m.received_ms as u64).collect();
+            assert_eq!(kept, seqs);
             done.extend(seqs);
         }
-        done.sort_unstable();
         let left: Vec<u64> = waiting.iter().flat_map(|a| a.seqs.iter().copied()).collect();
         assert!(done.len() > 30 && !left.is_empty(), "{} appended, {} waiting", done.len(), left.len());
         assert_eq!([done, left.clone()].concat(), (1000..1100).collect::<Vec<u64>>(), "a prefix, then the rest");

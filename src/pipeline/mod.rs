@@ -17,6 +17,7 @@
 
 mod bridge_config;
 pub mod decode;
+mod handoff;
 mod ingress;
 mod journal_stage;
 mod kafka_forwarder;

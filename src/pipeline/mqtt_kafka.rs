@@ -81,13 +81,21 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
             let window = Arc::new(Window::new(jc));
             let jacks = Arc::new(JournalAcks::new(j.clone(), window.clone()));
             let (tx, rx) = mpsc::channel(jc.forward_max_records.min(4096));
+            let handoff = journal_stage::handoff(jc);
             tasks.finishing(
                 "journal-ingest",
-                journal_stage::ingest(ingress.messages, j.appender(), acks.clone(), health.clone()),
+                journal_stage::ingest(
+                    ingress.messages,
+                    j.appender(),
+                    acks.clone(),
+                    health.clone(),
+                    Some(handoff.clone()),
+                ),
             );
+            let reader = j.reader_from_ack()?;
             tasks.finishing(
                 "journal-reader",
-                journal_stage::feed(j.reader_from_ack()?, jacks.clone(), window.clone(), tx, signals.stop()),
+                journal_stage::feed(reader, handoff, jacks.clone(), window.clone(), tx, signals.stop()),
             );
             tasks.background("journal-gauges", journal_stage::gauges(j.clone(), Some(window), metrics.clone()));
             (rx, jacks)

@@ -84,7 +84,7 @@ pub async fn run(
     let acks = ingress.acks.clone();
     tasks.finishing(
         "journal-ingest",
-        journal_stage::ingest(ingress.messages, journal.appender(), acks.clone(), health.clone()),
+        journal_stage::ingest(ingress.messages, journal.appender(), acks.clone(), health.clone(), None),
     );
     let forward = JournalToStore {
         journal: journal.clone(),
