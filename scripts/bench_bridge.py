@@ -77,13 +77,15 @@ def main():
         cpu = cpu_seconds(bridge.pid) - cpu0
         e2e_rate = args.count / e2e_wall
 
-        # 3. Latency at a fixed rate.
-        before = histogram(bridge.metrics(), "iotpipe_delivery_latency_seconds")
-        delivered1 = bridge.delivered()
-        simulate(broker, args.latency_count, rate=args.rate)
-        bridge.wait_metric("iotpipe_messages_delivered_total", delivered1 + args.latency_count, step=0.05)
-        after = histogram(bridge.metrics(), "iotpipe_delivery_latency_seconds")
-        p50, p99 = quantile(before, after, 0.50) * 1e3, quantile(before, after, 0.99) * 1e3
+        # 3. Latency at a fixed rate (not with --latency-count 0).
+        p50 = p99 = None
+        if args.latency_count > 0:
+            before = histogram(bridge.metrics(), "iotpipe_delivery_latency_seconds")
+            delivered1 = bridge.delivered()
+            simulate(broker, args.latency_count, rate=args.rate)
+            bridge.wait_metric("iotpipe_messages_delivered_total", delivered1 + args.latency_count, step=0.05)
+            after = histogram(bridge.metrics(), "iotpipe_delivery_latency_seconds")
+            p50, p99 = quantile(before, after, 0.50) * 1e3, quantile(before, after, 0.99) * 1e3
         rss = peak_rss_kib(bridge.pid) / 1024
 
         print("| measure | value |")
@@ -97,7 +99,10 @@ def main():
         print(f"| bridge peak RSS (VmHWM) | {rss:.1f} MiB |")
         if args.journal:
             print(f"| journal fsyncs during the run | {bridge.metric('iotpipe_journal_fsyncs_total'):,.0f} |")
-        print(f"| latency receive->Kafka ack at {args.rate:,} msg/s | p50 {p50:.2f} ms, p99 {p99:.2f} ms |")
+        if p50 is None:
+            print("| latency receive->Kafka ack | not measured (--latency-count 0) |")
+        else:
+            print(f"| latency receive->Kafka ack at {args.rate:,} msg/s | p50 {p50:.2f} ms, p99 {p99:.2f} ms |")
         write_json(args.json, {"binary": BIN, "mode": "journal" if args.journal else "direct", "count": args.count,
                                "baseline_msg_s": base_rate, "msg_s": e2e_rate, "cpu_us": cpu / args.count * 1e6,
                                "rss_mib": rss, "latency_rate": args.rate, "latency_p50_ms": p50,
