@@ -541,6 +541,23 @@ mod tests {
         Bytes::from(crate::journal::encode_inbound(&message(n)))
     }
 
+    /// A journal opened with `cfg`, `records` records appended, and its
+    /// window and acks.
+    async fn journal_with(
+        cfg: &JournalConfig,
+        records: u64,
+    ) -> (Arc<Journal>, Appender, Arc<Window>, Arc<JournalAcks>) {
+        let (journal, _) = Journal::open(cfg.clone()).unwrap();
+        let journal = Arc::new(journal);
+        let appender = journal.appender();
+        for n in 0..records {
+            appender.append(inbound(n)).await.unwrap();
+        }
+        let window = Arc::new(Window::new(cfg));
+        let acks = Arc::new(JournalAcks::new(journal.clone(), window.clone()));
+        (journal, appender, window, acks)
+    }
+
     /// Journal records `from..to`, committed, then offered to `handoff` as
     /// the ingest does, marked (`redelivered`) so that the test can tell
     /// which records the feed took from memory.
@@ -573,16 +590,8 @@ mod tests {
     #[tokio::test]
     async fn the_feed_takes_from_memory_while_it_keeps_up_and_reads_gaps_from_the_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = JournalConfig::at(dir.path());
-        let (journal, _) = Journal::open(cfg.clone()).unwrap();
-        let journal = Arc::new(journal);
-        let appender = journal.appender();
-        for n in 0..10 {
-            appender.append(inbound(n)).await.unwrap();
-        }
+        let (journal, appender, window, acks) = journal_with(&JournalConfig::at(dir.path()), 10).await;
         let handoff = Arc::new(Handoff::new(4, 1 << 20));
-        let window = Arc::new(Window::new(&cfg));
-        let acks = Arc::new(JournalAcks::new(journal.clone(), window.clone()));
         let (tx, mut rx) = mpsc::channel(100);
         let signals = crate::shutdown::Signals::default();
         let reader = journal.reader_from_ack().unwrap();
@@ -620,14 +629,7 @@ mod tests {
             forward_max_bytes: ByteSize::mib(1),
             ..JournalConfig::at(dir.path())
         };
-        let (journal, _) = Journal::open(cfg.clone()).unwrap();
-        let journal = Arc::new(journal);
-        let appender = journal.appender();
-        for n in 0..1000 {
-            appender.append(inbound(n)).await.unwrap();
-        }
-        let window = Arc::new(Window::new(&cfg));
-        let acks = Arc::new(JournalAcks::new(journal.clone(), window.clone()));
+        let (journal, _, window, acks) = journal_with(&cfg, 1000).await;
         let (tx, mut rx) = mpsc::channel(10_000);
         let signals = crate::shutdown::Signals::default();
         let feeder = tokio::spawn(feed(
@@ -663,15 +665,7 @@ mod tests {
     #[tokio::test]
     async fn completing_many_at_once_moves_over_the_completed_prefix_only() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = JournalConfig::at(dir.path());
-        let (journal, _) = Journal::open(cfg.clone()).unwrap();
-        let journal = Arc::new(journal);
-        let appender = journal.appender();
-        for n in 0..6 {
-            appender.append(inbound(n)).await.unwrap();
-        }
-        let window = Arc::new(Window::new(&cfg));
-        let acks = JournalAcks::new(journal.clone(), window.clone());
+        let (journal, _, window, acks) = journal_with(&JournalConfig::at(dir.path()), 6).await;
         let seqs: Vec<u64> = (0..6).map(|j| acks.register(j, window.take(100))).collect();
         // 0 is still out: nothing moves, nothing is freed.
         acks.complete_many(&[seqs[3], seqs[1], seqs[2]]);
