@@ -99,6 +99,8 @@ def main():
         print(f"| bridge peak RSS (VmHWM) | {rss:.1f} MiB |")
         if args.journal:
             print(f"| journal fsyncs during the run | {bridge.metric('iotpipe_journal_fsyncs_total'):,.0f} |")
+            handed, read = bridge.metric('iotpipe_journal_handed_over_total'), bridge.metric('iotpipe_journal_read_total')
+            print(f"| journal records passed on from memory / read back from disk (whole run) | {handed:,.0f} / {read:,.0f} |")
         if p50 is None:
             print("| latency receive->Kafka ack | not measured (--latency-count 0) |")
         else:

@@ -554,8 +554,13 @@ def pipeline():
             description="Live segment bytes over journal.max_size (iotpipe_journal_limit_bytes). "
                         "IotpipeJournalFilling: above 80%, or above 40% and full within 4 hours at the last hour's "
                         "pace.")
-    b.panel("timeseries", "Journal fsyncs", [prom(rate("iotpipe_journal_fsyncs_total"), "{{instance}}")], w=8,
-            unit="ops")
+    b.panel("timeseries", "Journal fsyncs and reads",
+            [prom(rate("iotpipe_journal_fsyncs_total"), "fsyncs {{instance}}"),
+             prom(rate("iotpipe_journal_handed_over_total"), "passed on from memory {{instance}}"),
+             prom(rate("iotpipe_journal_read_total"), "read back from disk {{instance}}")], w=8, unit="ops",
+            description="Group commits per second, and the bridge's journal records passed on to Kafka: from "
+                        "memory right after their commit, or read back from the journal's files (a backlog: "
+                        "after a restart, or while Kafka was slow).")
 
     b.panel("timeseries", "Sink rows/s",
             [prom(rate("iotpipe_sink_rows_written_total"), "written {{instance}}"),

@@ -356,12 +356,14 @@ const FEED_YIELD_EVERY: u32 = 256;
 /// keeps up, the others from the journal (see `handoff.rs`).
 /// Ends when told to stop, or when the forwarder is gone; a read error ends
 /// it with the error. Each step waits only when it cannot go on at once.
+/// Counts, in `metrics`, the records taken from memory and read from the journal.
 pub async fn feed(
     mut reader: Reader,
     handoff: Arc<Handoff>,
     acks: Arc<JournalAcks>,
     window: Arc<Window>,
     tx: mpsc::Sender<Received>,
+    metrics: Arc<MessageMetrics>,
     mut stop: Stop,
 ) -> Result<(), JournalError> {
     let mut since_yield = 0u32;
@@ -386,7 +388,10 @@ pub async fn feed(
             tokio::pin!(offered);
             offered.as_mut().enable();
             match handoff.take(next) {
-                Take::Record(msg, size) => (msg, size),
+                Take::Record(msg, size) => {
+                    metrics.journal_handed_over.fetch_add(1, Relaxed);
+                    (msg, size)
+                }
                 Take::Empty => {
                     tokio::select! {
                         () = offered => {}
@@ -402,7 +407,10 @@ pub async fn feed(
             }
         } else {
             match reader.try_next()? {
-                Some((jseq, bytes)) => (journaled_message(jseq, &bytes), bytes.len()),
+                Some((jseq, bytes)) => {
+                    metrics.journal_read.fetch_add(1, Relaxed);
+                    (journaled_message(jseq, &bytes), bytes.len())
+                }
                 None => {
                     // Every committed record is read: take the next ones
                     // from the handoff as the ingest commits them.
@@ -595,7 +603,16 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(100);
         let signals = crate::shutdown::Signals::default();
         let reader = journal.reader_from_ack().unwrap();
-        let feeder = tokio::spawn(feed(reader, handoff.clone(), acks.clone(), window.clone(), tx, signals.stop()));
+        let metrics = Arc::new(MessageMetrics::default());
+        let feeder = tokio::spawn(feed(
+            reader,
+            handoff.clone(),
+            acks.clone(),
+            window.clone(),
+            tx,
+            metrics.clone(),
+            signals.stop(),
+        ));
         let mut got = Vec::new();
         receive(&mut rx, &acks, &mut got, 10).await;
         commit_and_offer(&appender, &handoff, 10..13).await; // fits
@@ -613,6 +630,9 @@ mod tests {
         assert_eq!(from_memory(10..15), [true; 5], "what follows, from memory");
         assert_eq!(from_memory(15..20), [false; 5], "the batch the handoff could not hold, from the journal");
         assert_eq!(from_memory(21..23), [true; 2], "from memory again");
+        let memory = got.iter().filter(|(_, mem)| *mem).count() as u64;
+        assert_eq!(metrics.journal_handed_over.load(Relaxed), memory, "counted");
+        assert_eq!(metrics.journal_read.load(Relaxed), 23 - memory, "counted");
         assert_eq!(journal.acked_seq(), Some(22));
         signals.set_stop();
         assert!(feeder.await.unwrap().is_ok());
@@ -638,6 +658,7 @@ mod tests {
             acks.clone(),
             window.clone(),
             tx,
+            Arc::new(MessageMetrics::default()),
             signals.stop(),
         ));
         let mut got = Vec::new();

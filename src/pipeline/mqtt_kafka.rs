@@ -95,7 +95,15 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
             let reader = j.reader_from_ack()?;
             tasks.finishing(
                 "journal-reader",
-                journal_stage::feed(reader, handoff, jacks.clone(), window.clone(), tx, signals.stop()),
+                journal_stage::feed(
+                    reader,
+                    handoff,
+                    jacks.clone(),
+                    window.clone(),
+                    tx,
+                    metrics.clone(),
+                    signals.stop(),
+                ),
             );
             tasks.background("journal-gauges", journal_stage::gauges(j.clone(), Some(window), metrics.clone()));
             (rx, jacks)

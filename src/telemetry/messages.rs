@@ -45,6 +45,11 @@ pub struct MessageMetrics {
     pub journal_replayed: AtomicU64,
     /// Journal: fdatasync calls for appends (one per group commit).
     pub journal_fsyncs: AtomicU64,
+    /// Bridge, journal mode: records the feed passed on from the ingest's
+    /// handoff (in memory, right after their commit), and records it read
+    /// from the journal's files.
+    pub journal_handed_over: AtomicU64,
+    pub journal_read: AtomicU64,
     /// Journal: records read from the journal and not yet delivered (bounded
     /// by `journal.forward_max_records`), and their payload bytes.
     pub journal_forward_records: AtomicI64,
@@ -299,6 +304,18 @@ impl MessageMetrics {
             "iotpipe_journal_fsyncs_total",
             "Journal fdatasync calls for appends (one per group commit).",
             self.journal_fsyncs.load(Relaxed),
+        );
+        counter(
+            o,
+            "iotpipe_journal_handed_over_total",
+            "Bridge: journal records passed on to Kafka from memory right after their commit.",
+            self.journal_handed_over.load(Relaxed),
+        );
+        counter(
+            o,
+            "iotpipe_journal_read_total",
+            "Bridge: journal records read back from the journal's files to pass on to Kafka.",
+            self.journal_read.load(Relaxed),
         );
         gauge(
             o,
