@@ -18,20 +18,23 @@ use bytes::Bytes;
 const VERSION: u8 = 1;
 /// Bytes before the topic.
 const FIXED: usize = 1 + 1 + 8 + 4;
-/// Bytes an encoded message takes beyond its topic and payload.
-pub const ENCODED_OVERHEAD: usize = FIXED;
 const FLAG_REDELIVERED: u8 = 1;
+
+/// Bytes [`encode_inbound`] writes for `msg`.
+pub fn encoded_len(msg: &Inbound) -> usize {
+    FIXED + msg.topic.len() + msg.payload.len()
+}
 
 /// Encode a message for the journal.
 pub fn encode_inbound(msg: &Inbound) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FIXED + msg.topic.len() + msg.payload.len());
+    let mut out = Vec::with_capacity(encoded_len(msg));
     encode_inbound_into(msg, &mut out);
     out
 }
 
 /// [`encode_inbound`], appending to `out`.
 pub fn encode_inbound_into(msg: &Inbound, out: &mut Vec<u8>) {
-    out.reserve(FIXED + msg.topic.len() + msg.payload.len());
+    out.reserve(encoded_len(msg));
     out.push(VERSION);
     out.push(if msg.redelivered { FLAG_REDELIVERED } else { 0 });
     out.extend_from_slice(&msg.received_ms.to_le_bytes());

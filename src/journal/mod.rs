@@ -31,7 +31,7 @@ mod shared;
 mod writer;
 
 pub use batch::Batch;
-pub use codec::{decode_inbound, decode_inbound_shared, encode_inbound, encode_inbound_into, ENCODED_OVERHEAD};
+pub use codec::{decode_inbound, decode_inbound_shared, encode_inbound, encode_inbound_into, encoded_len};
 pub use config::JournalConfig;
 pub use error::JournalError;
 /// Frame and segment-header decoding, for `crate::fuzzing`'s independent

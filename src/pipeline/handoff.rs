@@ -22,7 +22,7 @@
 //! Bounded by records and bytes; the queue only holds records that are
 //! committed and not yet read by the feed.
 
-use crate::journal::ENCODED_OVERHEAD;
+use crate::journal::encoded_len;
 use crate::record::Inbound;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -34,7 +34,7 @@ pub enum Take {
     /// The record it asked for, and its share of the window in bytes (its
     /// size in the journal).
     Record(Inbound, usize),
-    /// Nothing yet: wait for [`Handoff::offered`].
+    /// Nothing yet: wait with [`Handoff::wait`].
     Empty,
     /// A record the feed needs is not here: read it from the journal.
     Gap,
@@ -68,12 +68,6 @@ impl State {
         self.head.saturating_add(self.queue.len() as u64)
     }
 
-    /// Accept nothing more until the feed resumes, and give the feed what
-    /// is queued: it is still in order up to the gap.
-    fn stop_accepting(&mut self) {
-        self.accepting = false;
-    }
-
     fn pop(&mut self) -> Option<(Inbound, usize)> {
         let (msg, n) = self.queue.pop_front()?;
         self.bytes -= n;
@@ -86,11 +80,6 @@ impl State {
         self.bytes = 0;
         self.head = head;
     }
-}
-
-/// A record's size in the journal (its share of the feed's window).
-pub fn journal_size(msg: &Inbound) -> usize {
-    ENCODED_OVERHEAD + msg.topic.len() + msg.payload.len()
 }
 
 impl Handoff {
@@ -127,19 +116,19 @@ impl Handoff {
         }
         if first > tail {
             // Not expected (batches are offered in order): a gap.
-            s.stop_accepting();
+            s.accepting = false;
             drop(s);
             self.offered.notify_one();
             return;
         }
         let skip = usize::try_from(tail - first).unwrap_or(usize::MAX).min(msgs.len());
         let records = msgs.len() - skip;
-        let bytes: usize = msgs[skip..].iter().map(journal_size).sum();
+        let bytes: usize = msgs[skip..].iter().map(encoded_len).sum();
         if s.queue.len() + records > self.max_records || s.bytes.saturating_add(bytes) > self.max_bytes {
-            s.stop_accepting();
+            s.accepting = false;
         } else {
             s.queue.extend(msgs.into_iter().skip(skip).map(|m| {
-                let n = journal_size(&m);
+                let n = encoded_len(&m);
                 (m, n)
             }));
             s.bytes += bytes;
@@ -161,7 +150,7 @@ impl Handoff {
         }
         // A gap, or the feed is not where the queue is (cannot happen while
         // it takes in order): the journal has it.
-        s.stop_accepting();
+        s.accepting = false;
         s.clear(next);
         Take::Gap
     }
@@ -174,10 +163,21 @@ impl Handoff {
         s.accepting = true;
     }
 
-    /// Wait until a batch is offered (register before [`Self::take`] finds
-    /// nothing: see [`Notify::notified`]).
-    pub fn offered(&self) -> tokio::sync::futures::Notified<'_> {
-        self.offered.notified()
+    /// The feed, after [`Self::take`] found nothing: wait until record
+    /// `next` is here or a gap is known (a batch was offered since).
+    pub async fn wait(&self, next: u64) {
+        loop {
+            let offered = self.offered.notified();
+            tokio::pin!(offered);
+            offered.as_mut().enable();
+            {
+                let s = self.state();
+                if !(s.accepting && s.head == next && s.queue.is_empty()) {
+                    return;
+                }
+            }
+            offered.await;
+        }
     }
 
     /// (records, bytes) queued now.
@@ -207,7 +207,7 @@ mod tests {
     fn took(t: Take) -> i64 {
         match t {
             Take::Record(m, n) => {
-                assert_eq!(n, journal_size(&m));
+                assert_eq!(n, encoded_len(&m));
                 m.received_ms
             }
             other => panic!("expected a record, got {other:?}"),
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn the_byte_bound_holds_and_a_batch_out_of_order_is_a_gap() {
-        let one = journal_size(&msgs(0, 1)[0]);
+        let one = encoded_len(&msgs(0, 1)[0]);
         let h = Handoff::new(100, one * 2);
         h.resume(0);
         h.offer(0, msgs(0, 3));
@@ -289,12 +289,9 @@ mod tests {
         let waiting = h.clone();
         let feed = tokio::spawn(async move {
             loop {
-                let offered = waiting.offered();
-                tokio::pin!(offered);
-                offered.as_mut().enable();
                 match waiting.take(0) {
                     Take::Record(m, _) => return m.received_ms,
-                    Take::Empty => offered.await,
+                    Take::Empty => waiting.wait(0).await,
                     Take::Gap => panic!("no gap"),
                 }
             }

@@ -181,7 +181,7 @@ fn take_batch(first: Received, rx: &mut mpsc::Receiver<Received>, max_bytes: usi
     let mut seqs = Vec::with_capacity(records);
     let mut msgs = Vec::with_capacity(if keep { records } else { 0 });
     // Room for `records` messages like the first, so the buffer seldom grows.
-    let each = first.msg.topic.len() + first.msg.payload.len() + crate::journal::ENCODED_OVERHEAD;
+    let each = crate::journal::encoded_len(&first.msg);
     let mut batch = Batch::with_capacity(records, each.saturating_mul(records).min(max_bytes.saturating_add(each)));
     let mut next = Some(first);
     while let Some(r) = next.take() {
@@ -384,9 +384,6 @@ pub async fn feed(
             }
         }
         let (msg, size) = if in_memory {
-            let offered = handoff.offered();
-            tokio::pin!(offered);
-            offered.as_mut().enable();
             match handoff.take(next) {
                 Take::Record(msg, size) => {
                     metrics.journal_handed_over.fetch_add(1, Relaxed);
@@ -394,7 +391,7 @@ pub async fn feed(
                 }
                 Take::Empty => {
                     tokio::select! {
-                        () = offered => {}
+                        () = handoff.wait(next) => {}
                         () = stop.until_set() => return Ok(()),
                     }
                     continue;
