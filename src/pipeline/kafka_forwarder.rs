@@ -173,14 +173,17 @@ impl Forwarder {
     /// [`REPORTS_PER_TURN`]); the delivered ones completed together.
     fn handle_reports(&mut self, first: Delivery, retries: &mut Retries) {
         let mut delivered = std::mem::take(&mut self.delivered);
-        self.handle_report(first, retries, &mut delivered);
+        // One clock read for the turn: the reports arrived together.
+        let now = Instant::now();
+        self.handle_report(first, now, retries, &mut delivered);
         for _ in 1..REPORTS_PER_TURN {
             match self.reports.try_recv() {
-                Ok(report) => self.handle_report(report, retries, &mut delivered),
+                Ok(report) => self.handle_report(report, now, retries, &mut delivered),
                 Err(_) => break,
             }
         }
         if !delivered.is_empty() {
+            self.metrics.progressed();
             self.completion.complete_many(&delivered);
             delivered.clear();
         }
@@ -190,17 +193,18 @@ impl Forwarder {
     /// One report: a delivery is counted and its sequence number added to
     /// `delivered` (the caller completes it); a failure is dead-lettered or
     /// retried.
-    fn handle_report(&mut self, report: Delivery, retries: &mut Retries, delivered: &mut Vec<u64>) {
+    fn handle_report(&mut self, report: Delivery, now: Instant, retries: &mut Retries, delivered: &mut Vec<u64>) {
         match report {
             Delivery::Delivered(p) => {
-                self.metrics.on_delivered(p.out.reason, p.out.tenant_id(), p.out.project_id(), p.received_at.elapsed());
+                let latency = now.saturating_duration_since(p.received_at);
+                self.metrics.on_delivered(p.out.reason, p.out.tenant_id(), p.out.project_id(), latency);
                 delivered.push(p.seq);
             }
             Delivery::Failed(mut p, error) => match error.failure() {
                 Failure::Reject if p.out.reason.is_none() => {
                     tracing::warn!(topic = p.out.topic, %error, "Kafka rejected the message; dead-lettering it.");
                     p.out = self.router.dead_letter(&p.inbound, DeadLetterReason::KafkaRejected, error.to_string());
-                    retries.push(Instant::now(), p);
+                    retries.push(now, p);
                 }
                 kind => {
                     if kind == Failure::Fatal {
@@ -211,7 +215,7 @@ impl Forwarder {
                     self.metrics.on_kafka_retry(&p.out.topic, &error.to_string());
                     let backoff = DELIVERY_RETRY.delay(p.attempts, &mut retries.jitter);
                     p.attempts = p.attempts.saturating_add(1);
-                    retries.push(Instant::now() + backoff, p);
+                    retries.push(now + backoff, p);
                 }
             },
         }

@@ -205,12 +205,16 @@ impl JournalToStore {
             }
         }
         let now = now_ms();
+        let progressed = !done.is_empty();
         for d in done {
             let latency = Duration::from_millis(u64::try_from(now - d.received_ms).unwrap_or(0));
             // A row the store refused on its own is stored as a dead letter.
             let refused = d.id.is_some_and(|id| written.rejected.contains(&id));
             let reason = if refused { Some(DeadLetterReason::StoreRejected) } else { d.reason };
             self.metrics.on_stored(reason, &d.tenant_id, &d.project_id, latency);
+        }
+        if progressed {
+            self.metrics.progressed();
         }
     }
 }

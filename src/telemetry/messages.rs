@@ -115,12 +115,21 @@ impl MessageMetrics {
         clock::now_ms().saturating_sub(self.progress_ms.load(Relaxed)) as f64 / 1000.0
     }
 
-    /// `bridge`: Kafka acknowledged a message (or its dead letter).
+    /// Delivery made progress now: called once per batch of
+    /// [`Self::on_delivered`] / [`Self::on_stored`] calls (a clock read per
+    /// batch, not per message).
+    pub fn progressed(&self) {
+        self.progress_ms.store(clock::now_ms(), Relaxed);
+    }
+
+    /// `bridge`: Kafka acknowledged a message (or its dead letter); the
+    /// caller marks the batch's progress with [`Self::progressed`].
     pub fn on_delivered(&self, reason: Option<DeadLetterReason>, tenant: &str, project: &str, latency: Duration) {
         self.on_durable(&self.delivered, reason, tenant, project, latency);
     }
 
-    /// `run`: a message (or its dead letter) is committed to the store.
+    /// `run`: a message (or its dead letter) is committed to the store;
+    /// the caller marks the batch's progress with [`Self::progressed`].
     pub fn on_stored(&self, reason: Option<DeadLetterReason>, tenant: &str, project: &str, latency: Duration) {
         self.on_durable(&self.stored, reason, tenant, project, latency);
     }
@@ -135,7 +144,6 @@ impl MessageMetrics {
         project: &str,
         latency: Duration,
     ) {
-        self.progress_ms.store(clock::now_ms(), Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
         self.delivery_latency.observe(latency);
         match reason {
@@ -340,6 +348,21 @@ mod tests {
         let mut o = String::new();
         m.render(&mut o, series);
         o
+    }
+
+    /// The stall clock moves once per batch (`progressed`), not with each
+    /// message counted: a batch of deliveries reads the clock once.
+    #[test]
+    fn progress_is_marked_per_batch() {
+        let m = MessageMetrics::new(true);
+        m.add_in_flight(2);
+        m.progress_ms.store(u64::MAX, Relaxed); // "later than now": no stall shows
+        m.on_delivered(None, "acme", "p", Duration::ZERO);
+        m.on_stored(None, "acme", "p", Duration::ZERO);
+        assert_eq!(m.progress_ms.load(Relaxed), u64::MAX, "counting a message does not read the clock");
+        m.progressed();
+        assert!(m.progress_ms.load(Relaxed) <= clock::now_ms());
+        assert_eq!(m.stalled_seconds(), 0.0, "nothing waits after both were counted");
     }
 
     #[test]
