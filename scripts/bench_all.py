@@ -52,8 +52,9 @@ from benchlib import BIN, REPO, load_cpus, mosquitto_bin, mosquitto_version, par
 COMPARISONS = ("forwarder", "allocator", "journal", "sink", "e2e")
 
 # Message counts and rounds: the published run, and --quick (proves the run works; figures are rough).
-# 500,000 messages keep each bridge measurement at 4-6 s at this machine's 90,000-120,000 msg/s (200,000
-# took about 2 s, and a run-to-run spread of ±20% in CPU per message); five rounds, the modes taking turns.
+# 500,000 messages keep each bridge measurement at 4-8 s at the 60,000-115,000 msg/s measured on the 2-core
+# test machines (200,000 took about 2 s, and a run-to-run spread of ±20% in CPU per message); five rounds,
+# the modes taking turns.
 SIZES = {
     False: {"rounds": 5, "count": 500_000, "binaries_count": 250_000, "sink_count": 200_000, "e2e_seconds": 30},
     True: {"rounds": 1, "count": 20_000, "binaries_count": 20_000, "sink_count": 20_000, "e2e_seconds": 10},

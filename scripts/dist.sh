@@ -5,7 +5,9 @@
 #
 # Usage: scripts/dist.sh [--arch amd64[,arm64]]        (default: amd64)
 #
-# amd64 builds with Debian's musl-tools (installed when missing), in target/.
+# amd64 builds with Debian's musl-tools (installed when missing), in target/
+# (or IOTPIPE_DIST_TARGET_DIR: scripts/test.sh builds it in target/dist while
+# its own cargo runs use target/).
 #
 # arm64 is cross-built with cargo-zigbuild, Zig being the C compiler, the
 # archiver and the linker for aarch64-unknown-linux-musl (Zig ships musl's
@@ -32,6 +34,7 @@ done
 ZIGLANG_VERSION=0.15.2
 CARGO_ZIGBUILD_VERSION=0.24.1
 CROSS_TARGET_DIR=${IOTPIPE_CROSS_TARGET_DIR:-target/cross}
+DIST_TARGET_DIR=${IOTPIPE_DIST_TARGET_DIR:-target}
 
 apt_install() {
     ((EUID == 0)) || { echo "dist.sh: missing Debian packages: $*" >&2; exit 1; }
@@ -102,9 +105,9 @@ for arch in ${ARCHES//,/ }; do
     rustup target list --installed 2>/dev/null | grep -qx "$target" || rustup target add "$target" >&2
     start=$SECONDS
     if [[ $arch == amd64 ]]; then
-        echo "dist.sh: cargo build --release --target $target" >&2
-        cargo build --release --locked --target "$target" --bin iotpipe >&2
-        bin=target/$target/release/iotpipe
+        echo "dist.sh: cargo build --release --target $target (target dir $DIST_TARGET_DIR)" >&2
+        CARGO_TARGET_DIR=$DIST_TARGET_DIR cargo build --release --locked --target "$target" --bin iotpipe >&2
+        bin=$DIST_TARGET_DIR/$target/release/iotpipe
     else
         zig_setup
         echo "dist.sh: cargo zigbuild --release --target $target (target dir $CROSS_TARGET_DIR)" >&2
