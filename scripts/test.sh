@@ -6,7 +6,8 @@
 # against live processes (scripts/check-observability.sh), the container
 # image under a 64 MiB limit (scripts/container-test.sh) and the short fault
 # matrix (scripts/fault-matrix.sh --short) and the short scaling benchmark
-# (scripts/bench_scale.py --short).
+# (scripts/bench_scale.py --short). The container stage's static binaries
+# build in the background from the start, at idle priority (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,16 @@ summary() {
     printf '   %-28s %4ds\n' total $((SECONDS - started))
     df -h . 2>/dev/null | awk 'NR == 2 { print "   disk: " $4 " free of " $2 " after the run" }'
 }
+# The static builds started in the background below (stopped on any exit).
+export IOTPIPE_DIST_TARGET_DIR=target/dist
+early_dist_pid=
+early_dist_log=target/dist-early.log
+early_dist_pidfile=target/dist-early.pid
+stop_early_dist() {
+    [[ -n $early_dist_pid ]] || return 0
+    kill -- "-$(cat "$early_dist_pidfile" 2>/dev/null)" 2>/dev/null || true
+    early_dist_pid=
+}
 trap summary EXIT
 
 # A fresh clone gains nothing from incremental compilation, which writes
@@ -68,15 +79,6 @@ fi
 # for what is left. amd64 builds in target/dist and arm64 in target/cross, so
 # no cargo run here waits for their lock. IOTPIPE_TEST_EARLY_DIST=0 builds them
 # in the container stage instead.
-export IOTPIPE_DIST_TARGET_DIR=target/dist
-early_dist_pid=
-early_dist_log=target/dist-early.log
-early_dist_pidfile=target/dist-early.pid
-stop_early_dist() {
-    [[ -n $early_dist_pid ]] || return 0
-    kill -- "-$(cat "$early_dist_pidfile" 2>/dev/null)" 2>/dev/null || true
-    early_dist_pid=
-}
 if [[ ${IOTPIPE_TEST_EARLY_DIST:-1} == 1 ]] && command -v setsid chrt ionice >/dev/null; then
     mkdir -p target
     rm -f "$early_dist_pidfile"
