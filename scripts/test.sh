@@ -79,7 +79,8 @@ fi
 # for what is left. amd64 builds in target/dist and arm64 in target/cross, so
 # no cargo run here waits for their lock. IOTPIPE_TEST_EARLY_DIST=0 builds them
 # in the container stage instead.
-if [[ ${IOTPIPE_TEST_EARLY_DIST:-1} == 1 ]] && command -v setsid chrt ionice >/dev/null; then
+if [[ ${IOTPIPE_TEST_EARLY_DIST:-1} == 1 ]] && command -v setsid >/dev/null && command -v chrt >/dev/null &&
+    command -v ionice >/dev/null; then
     mkdir -p target
     rm -f "$early_dist_pidfile"
     # setsid -w: $! ends with the build and carries its status; the build's

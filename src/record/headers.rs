@@ -289,7 +289,7 @@ pub fn write_ms(out: &mut String, ms: i64) {
     let (secs, millis) = (in_day / 1000, in_day % 1000);
     let mut b = *b"0000-00-00T00:00:00.000Z";
     // Two digits at a time; every value here is in 0..=9999 (years) or smaller.
-    let mut put2 = |at: usize, v: i64| b[at..at + 2].copy_from_slice(&DIGIT_PAIRS[(v % 100) as usize]);
+    let mut put2 = |at: usize, v: i64| b[at..at + 2].copy_from_slice(&DIGIT_PAIRS[v.rem_euclid(100) as usize]);
     put2(0, year / 100);
     put2(2, year);
     put2(5, month);
