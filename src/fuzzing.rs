@@ -57,7 +57,7 @@ pub fn topic_pattern(data: &[u8]) {
     if let Some(caps) = got {
         assert_eq!(caps.len(), pattern.names().len());
         let named: Vec<&str> = levels.iter().zip(&topic_levels).filter(|(l, _)| is_name(l)).map(|(_, v)| *v).collect();
-        assert_eq!(caps, named, "pattern {text:?} topic {topic:?}");
+        assert_eq!(caps.as_slice(), named.as_slice(), "pattern {text:?} topic {topic:?}");
     }
 }
 

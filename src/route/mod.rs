@@ -8,6 +8,7 @@ mod scan;
 mod template;
 
 pub use config::{PayloadFormat, RouteConfig, Targets};
+use pattern::Captures;
 pub use pattern::{validate_filter, PatternError, TopicPattern};
 pub use template::{check_topic_name, Template, TemplateError};
 
@@ -168,7 +169,7 @@ impl Router {
             None => captured(2).into(),
         };
         let event_ms = found[1].and_then(payload::event_time_of);
-        let values: Vec<&str> =
+        let values: Captures<'_> =
             (0..self.capture_of_field.len()).map(|i| if i == 2 { device_id.as_ref() } else { captured(i) }).collect();
         let topic = match self.topic.render_topic(&values) {
             Ok(t) => t,

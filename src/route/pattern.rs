@@ -6,6 +6,12 @@
 //! As in MQTT, a topic starting with `$` never matches a pattern whose first
 //! segment is a wildcard.
 
+use smallvec::SmallVec;
+
+/// A match's captured values, indexed like [`TopicPattern::names`]: on the
+/// stack for up to eight names (routing runs once per message).
+pub type Captures<'t> = SmallVec<[&'t str; 8]>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
@@ -74,8 +80,8 @@ impl TopicPattern {
     }
 
     /// Match a topic; on success the captured values, indexed like `names()`.
-    pub fn captures<'t>(&self, topic: &'t str) -> Option<Vec<&'t str>> {
-        let mut out: Vec<&'t str> = vec![""; self.names.len()];
+    pub fn captures<'t>(&self, topic: &'t str) -> Option<Captures<'t>> {
+        let mut out: Captures<'t> = smallvec::smallvec![""; self.names.len()];
         let starts_with_wildcard =
             matches!(self.segments.first(), Some(Segment::Named(_) | Segment::AnyOne | Segment::Rest));
         if topic.starts_with('$') && starts_with_wildcard {
@@ -139,8 +145,8 @@ mod tests {
     fn default_pattern_captures_tenant_and_project() {
         let pat = p("mtic/msg/client/realtime/{tenant_id}/{project_id}/#");
         assert_eq!(pat.names(), ["tenant_id", "project_id"]);
-        assert_eq!(pat.captures("mtic/msg/client/realtime/t1/p1"), Some(vec!["t1", "p1"]));
-        assert_eq!(pat.captures("mtic/msg/client/realtime/t1/p1/dev/42"), Some(vec!["t1", "p1"]));
+        assert_eq!(pat.captures("mtic/msg/client/realtime/t1/p1"), Some(smallvec::smallvec!["t1", "p1"]));
+        assert_eq!(pat.captures("mtic/msg/client/realtime/t1/p1/dev/42"), Some(smallvec::smallvec!["t1", "p1"]));
     }
 
     #[test]
@@ -156,14 +162,14 @@ mod tests {
     #[test]
     fn without_hash_extra_levels_do_not_match() {
         let pat = p("a/{x}");
-        assert_eq!(pat.captures("a/1"), Some(vec!["1"]));
+        assert_eq!(pat.captures("a/1"), Some(smallvec::smallvec!["1"]));
         assert_eq!(pat.captures("a/1/2"), None);
     }
 
     #[test]
     fn plus_matches_one_level_without_capturing() {
         let pat = p("+/{x}/+");
-        assert_eq!(pat.captures("a/b/c"), Some(vec!["b"]));
+        assert_eq!(pat.captures("a/b/c"), Some(smallvec::smallvec!["b"]));
         assert_eq!(pat.captures("a/b"), None);
     }
 
@@ -171,13 +177,13 @@ mod tests {
     fn dollar_topics_never_match_a_leading_wildcard() {
         assert_eq!(p("{x}/#").captures("$SYS/broker/load"), None);
         assert_eq!(p("#").captures("$SYS/x"), None);
-        assert_eq!(p("$SYS/{x}/#").captures("$SYS/broker/load"), Some(vec!["broker"]));
+        assert_eq!(p("$SYS/{x}/#").captures("$SYS/broker/load"), Some(smallvec::smallvec!["broker"]));
     }
 
     #[test]
     fn unicode_levels_are_captured_verbatim() {
         let pat = p("rt/{tenant_id}/{project_id}");
-        assert_eq!(pat.captures("rt/租户/プロジェクト"), Some(vec!["租户", "プロジェクト"]));
+        assert_eq!(pat.captures("rt/租户/プロジェクト"), Some(smallvec::smallvec!["租户", "プロジェクト"]));
     }
 
     #[test]
@@ -210,7 +216,7 @@ mod tests {
             let pat = p("mtic/msg/client/realtime/{tenant_id}/{project_id}/#");
             let mut topic = format!("mtic/msg/client/realtime/{tenant}/{project}");
             for r in &rest { topic.push('/'); topic.push_str(r); }
-            prop_assert_eq!(pat.captures(&topic), Some(vec![tenant.as_str(), project.as_str()]));
+            prop_assert_eq!(pat.captures(&topic), Some(smallvec::smallvec![tenant.as_str(), project.as_str()]));
         }
 
         #[test]

@@ -76,8 +76,14 @@ impl Template {
 
     /// Render as a Kafka topic name, sanitising substituted values.
     pub fn render_topic(&self, values: &[&str]) -> Result<String, String> {
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-');
         let name = self.render_with(values, |out, v| {
-            out.extend(v.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '_' }))
+            // Most values need no change: copied at once.
+            if v.bytes().all(|b| legal(char::from(b))) {
+                out.push_str(v);
+            } else {
+                out.extend(v.chars().map(|c| if legal(c) { c } else { '_' }));
+            }
         });
         check_topic_name(&name).map(|()| name)
     }

@@ -1,6 +1,6 @@
-//! Kafka's lz4 codec read back: LZ4 frames (magic, descriptor, blocks, end
-//! mark, optional checksums), one after another, decompressed block by
-//! block into the caller's reused buffer.
+//! Kafka's lz4 codec: LZ4 frames (magic, descriptor, blocks, end mark,
+//! optional checksums), written by [`FrameWriter`] and read back by
+//! [`decompress`], each with buffers reused from call to call.
 //!
 //! Why not `lz4_flex::frame::FrameDecoder`: it allocates its block buffers
 //! for every frame and zero-fills them (64 KiB to 12 MiB), and Kafka puts
@@ -9,12 +9,19 @@
 //! CPU. Here the output buffer keeps its length between calls, so it is
 //! zero-filled only where it grows.
 //!
+//! Frames are written by lz4_flex's `FrameEncoder`, one per batch, but the
+//! encoder is kept between batches ([`FrameWriter`]): a new one allocates a
+//! 64 KiB input buffer, an output buffer of the same size and a zeroed
+//! 16 KiB match table for every frame.
+//!
 //! Both block modes are read (Java's producer writes independent blocks,
 //! LZ4's library default is linked ones), and every checksum the frame
 //! declares (header, blocks, content) is verified.
 
 use super::codec_error::CodecError;
 use lz4_flex::block::{decompress_into_with_dict, DecompressError};
+use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+use std::io::Write;
 use xxhash_rust::xxh32::xxh32;
 
 const MAGIC: u32 = 0x184D_2204;
@@ -23,6 +30,38 @@ const SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
 const SKIPPABLE: u32 = 0x184D_2A50;
 /// How far back a linked block may refer.
 const WINDOW: usize = 64 * 1024;
+
+/// Writes LZ4 frames of independent 64 KiB blocks, one per call, with
+/// lz4_flex's frame encoder kept between calls: its buffers and match table
+/// are allocated once, and each frame starts from a cleared table, so every
+/// frame is byte for byte what a new encoder would write.
+pub struct FrameWriter(FrameEncoder<Vec<u8>>);
+
+impl Default for FrameWriter {
+    fn default() -> Self {
+        Self(new_encoder())
+    }
+}
+
+fn new_encoder() -> FrameEncoder<Vec<u8>> {
+    let info = FrameInfo::new().block_size(BlockSize::Max64KB).block_mode(BlockMode::Independent);
+    FrameEncoder::with_frame_info(info, Vec::new())
+}
+
+impl FrameWriter {
+    /// `input` as one frame.
+    pub fn compress(&mut self, input: &[u8]) -> std::io::Result<&[u8]> {
+        if input.is_empty() {
+            // A used encoder writes no frame header for empty input: only a
+            // new one writes the empty frame.
+            self.0 = new_encoder();
+        }
+        self.0.get_mut().clear();
+        self.0.write_all(input)?;
+        self.0.try_finish().map_err(std::io::Error::other)?;
+        Ok(self.0.get_ref())
+    }
+}
 
 /// Decompress the frames of `input` into `out[..n]` and return `n`.
 /// `out`'s length is the caller's to keep: it only grows (to at most
@@ -146,8 +185,6 @@ impl<'a> Input<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
-    use std::io::Write;
 
     fn encode(info: FrameInfo, plain: &[u8]) -> Vec<u8> {
         let mut e = FrameEncoder::with_frame_info(info, Vec::new());
@@ -177,6 +214,28 @@ mod tests {
         let n = decompress(input, limit, &mut out)?;
         out.truncate(n);
         Ok(out)
+    }
+
+    #[test]
+    fn a_kept_writer_writes_what_a_new_encoder_writes() {
+        let sample = sample();
+        let info = FrameInfo::new().block_size(BlockSize::Max64KB).block_mode(BlockMode::Independent);
+        let mut w = FrameWriter::default();
+        for (name, plain) in [
+            ("text, several blocks", &sample[..800_000]),
+            ("one byte", &b"x"[..]),
+            ("noise, stored blocks", &sample[800_000..]),
+            ("empty", &b""[..]),
+            ("exactly one block", &sample[..64 << 10]),
+            ("empty again", &b""[..]),
+            ("one block and a byte", &sample[..(64 << 10) + 1]),
+            ("everything", &sample[..]),
+            ("short text", &sample[..300]),
+        ] {
+            let frame = w.compress(plain).unwrap().to_vec();
+            assert_eq!(frame, encode(info.clone(), plain), "{name}");
+            assert_eq!(read(&frame, 16 << 20).unwrap(), plain, "{name}");
+        }
     }
 
     #[test]
