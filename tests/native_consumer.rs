@@ -34,6 +34,40 @@ fn wait_ready(sink: &Iotpipe) {
     eventually(Duration::from_secs(30), "sink ready", || sink.get("/readyz").0 == 200);
 }
 
+/// The partitions a member owns now, read from its log: a native member logs
+/// each whole assignment (it gives everything up at a rebalance), and
+/// librdkafka's `cooperative-sticky` member logs what is added and taken.
+fn owned(member: &Iotpipe) -> u64 {
+    let log = member.log_text();
+    let incremental = log.contains("consumer=Librdkafka");
+    let count = |line: &str| -> u64 {
+        let n = line.split("partitions=").nth(1).and_then(|rest| rest.split(' ').next());
+        n.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    };
+    let mut owned: u64 = 0;
+    for line in log.lines() {
+        if line.contains("Partitions assigned.") {
+            owned = if incremental { owned + count(line) } else { count(line) };
+        } else if line.contains("Partitions revoked.") {
+            owned = if incremental { owned.saturating_sub(count(line)) } else { 0 };
+        }
+    }
+    owned
+}
+
+/// Wait until the group has settled: every member owns partitions and
+/// together they own all `total`. A member stops only then, as a rolling
+/// update with a readiness gate does. Tansu 0.6.0's coordinator keeps a
+/// leader that leaves in the middle of a rebalance as the group's leader, so
+/// the others rejoin and wait on it forever (a real Kafka elects another);
+/// stopping the leader before the group settled hung this test in CI.
+fn settled(members: &[&Iotpipe], total: u64) {
+    eventually(Duration::from_secs(90), "the group settles with every partition owned", || {
+        let each: Vec<u64> = members.iter().map(|m| owned(m)).collect();
+        each.iter().all(|&n| n > 0) && each.iter().sum::<u64>() == total
+    });
+}
+
 /// The bridge's record `seq`, in topic `iot.t{seq % topics}.p`.
 fn spread(seq: u64, topics: u64) -> Record {
     let (_, key, payload, headers) = bridge_record(seq);
@@ -91,6 +125,8 @@ fn every_compression_across_250_topics_is_stored_once_and_a_replay_adds_nothing(
 #[test]
 fn a_group_switches_between_librdkafka_and_native_one_member_at_a_time() {
     const TOPICS: u64 = 40;
+    // Tansu creates each topic with 4 partitions.
+    const PARTITIONS: u64 = TOPICS * 4;
     let kafka = Tansu::start();
     let url = Server::shared().url(&fresh_name("native_switch"));
     produce_compressed(&kafka.brokers(), "none", (0..1_000).map(|s| spread(s, TOPICS)));
@@ -124,6 +160,7 @@ fn a_group_switches_between_librdkafka_and_native_one_member_at_a_time() {
     let mut b = Iotpipe::sink(dirs[1].path(), &native);
     reads_on(&b, "the native member gets partitions from the librdkafka leader");
     reads_on(&a, "the librdkafka member keeps its share");
+    settled(&[&a, &b], PARTITIONS);
     assert_eq!(a.terminate(Duration::from_secs(30)).0, Some(0), "the librdkafka member stops cleanly");
     reads_on(&b, "the native member reads alone");
 
@@ -135,7 +172,9 @@ fn a_group_switches_between_librdkafka_and_native_one_member_at_a_time() {
     reads_on(&d, "a second native member gets partitions");
     reads_on(&c, "the librdkafka member goes on reading");
     assert!(b.log_text().contains("leader=true"), "the native member led the group:\n{}", b.log_text());
+    settled(&[&b, &c, &d], PARTITIONS);
     assert_eq!(b.terminate(Duration::from_secs(30)).0, Some(0), "the native members stop cleanly");
+    settled(&[&c, &d], PARTITIONS);
     assert_eq!(d.terminate(Duration::from_secs(30)).0, Some(0), "the native members stop cleanly");
     for m in [&b, &d] {
         let log = m.log_text();
