@@ -122,6 +122,22 @@ impl Producer {
         }
     }
 
+    /// Hand records over in their order (to the native producer in one
+    /// step); waits while the producer's queue is full.
+    // Each record stays in its own box: it travels alone from here on
+    // (the engine's queues, delivery reports, retries).
+    #[allow(clippy::vec_box)]
+    pub async fn send_many(&self, pendings: Vec<Box<Pending>>) {
+        match &self.backend {
+            Backend::Librdkafka(p) => {
+                for pending in pendings {
+                    p.send(pending).await;
+                }
+            }
+            Backend::Native(n) => n.send_many(pendings).await,
+        }
+    }
+
     /// The idempotent producer's fatal error, if any (the native producer
     /// starts over with a new producer id by itself).
     pub fn fatal_error(&self) -> Option<String> {

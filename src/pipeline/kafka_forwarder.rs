@@ -55,6 +55,11 @@ pub struct Forwarder {
 /// completion's lock once instead of once per message.
 const REPORTS_PER_TURN: usize = 512;
 
+/// Most messages routed and handed to the producer in one turn of the loop:
+/// what has queued up goes over in one step (one clock read, one hand-over),
+/// while delivery reports wait at most this many messages' routing.
+const MESSAGES_PER_TURN: usize = 64;
+
 /// Failed deliveries waiting for their backoff, soonest first. Holds at most
 /// what is in flight (bounded by `mqtt.max_in_flight` or the journal window).
 #[derive(Default)]
@@ -112,7 +117,7 @@ impl Forwarder {
                 }
                 () = &mut stopped => break,
                 r = inbound.recv(), if upstream_open => match r {
-                    Some(r) => self.forward(r).await,
+                    Some(r) => self.forward(r, &mut inbound).await,
                     None => upstream_open = false,
                 },
             }
@@ -121,15 +126,34 @@ impl Forwarder {
         Ok(())
     }
 
-    async fn forward(&mut self, r: Received) {
+    /// Route `first` and what else has queued behind it (up to
+    /// [`MESSAGES_PER_TURN`]) and hand them to the producer together, in order.
+    async fn forward(&mut self, first: Received, inbound: &mut mpsc::Receiver<Received>) {
+        let now = Instant::now();
+        let first = self.route(first, now);
+        if inbound.is_empty() {
+            self.producer.send(first).await;
+            return;
+        }
+        let mut batch = Vec::with_capacity(inbound.len().saturating_add(1).min(MESSAGES_PER_TURN));
+        batch.push(first);
+        while batch.len() < MESSAGES_PER_TURN {
+            match inbound.try_recv() {
+                Ok(r) => batch.push(self.route(r, now)),
+                Err(_) => break,
+            }
+        }
+        self.producer.send_many(batch).await;
+    }
+
+    fn route(&mut self, r: Received, now: Instant) -> Box<Pending> {
         let out = self.router.route(&r.msg);
         if let Some(reason) = out.reason {
             let detail = out.headers.get(headers::ERROR).unwrap_or("");
             self.metrics.on_dead_letter_routed(reason, &r.msg.topic, detail);
         }
         self.topics.request(&out.topic);
-        let pending = Box::new(Pending { seq: r.seq, inbound: r.msg, out, received_at: Instant::now(), attempts: 0 });
-        self.producer.send(pending).await;
+        Box::new(Pending { seq: r.seq, inbound: r.msg, out, received_at: now, attempts: 0 })
     }
 
     /// Keep completing deliveries until the producer holds none or the time is up.

@@ -165,7 +165,7 @@ impl Router {
         }
         let captured = |field: usize| self.capture_of_field[field].map(|c| captures[c]).unwrap_or("");
         let device_id: std::borrow::Cow<'_, str> = match found[0].and_then(payload::device_id_of) {
-            Some(d) => d.into(),
+            Some(d) => d,
             None => captured(2).into(),
         };
         let event_ms = found[1].and_then(payload::event_time_of);

@@ -39,10 +39,13 @@ pub fn lookup<'a>(doc: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
 /// event time of every message, and a parse plus one walk per pointer read
 /// each payload three times (BENCHMARKS.md, "Bridge profile"). Agrees with
 /// [`parse`] on what is valid and with [`lookup`] on what is found.
+///
+/// Each value comes back as its JSON text (what `RawValue::get` gives):
+/// the scanner's slices are used as they are, not parsed again.
 pub fn parse_and_find<'a>(
     text: &'a str,
     pointers: [Option<&str>; 2],
-) -> Result<[Option<&'a RawValue>; 2], serde_json::Error> {
+) -> Result<[Option<&'a str>; 2], serde_json::Error> {
     find(text, pointers, true)
 }
 
@@ -53,7 +56,7 @@ pub(super) fn find<'a>(
     text: &'a str,
     pointers: [Option<&str>; 2],
     scanner: bool,
-) -> Result<[Option<&'a RawValue>; 2], serde_json::Error> {
+) -> Result<[Option<&'a str>; 2], serde_json::Error> {
     // Each pointer as its first token and what follows it, if anything.
     let split = pointers.map(|p| {
         p.and_then(|p| p.strip_prefix('/')).map(|p| match p.split_once('/') {
@@ -61,9 +64,9 @@ pub(super) fn find<'a>(
             None => (p, None),
         })
     });
-    let general = || -> Result<[Option<&'a RawValue>; 2], serde_json::Error> {
+    let general = || -> Result<[Option<&'a str>; 2], serde_json::Error> {
         let doc = parse(text)?;
-        Ok(pointers.map(|p| p.and_then(|p| lookup(doc, p))))
+        Ok(pointers.map(|p| p.and_then(|p| lookup(doc, p)).map(RawValue::get)))
     };
     // One pass for an object or array at the top; any other document, or a
     // pointer that does not start with `/`, takes the general path.
@@ -74,26 +77,14 @@ pub(super) fn find<'a>(
     let tokens = split.map(|t| t.map(|(first, _)| unescape(first)));
     let tokens = [tokens[0].as_deref(), tokens[1].as_deref()];
     let verdict = if scanner { scan::scan(text, tokens) } else { Scan::Unsure };
-    let top = match verdict {
-        Scan::Valid(values) => {
-            // The found values as `RawValue`s (parsing again only them).
-            let mut top = [None, None];
-            for (slot, value) in top.iter_mut().zip(values) {
-                if let Some(value) = value {
-                    match serde_json::from_str::<&RawValue>(value) {
-                        Ok(raw) => *slot = Some(raw),
-                        Err(_) => return general(),
-                    }
-                }
-            }
-            top
-        }
+    let top: [Option<&'a str>; 2] = match verdict {
+        Scan::Valid(values) => values,
         // The general path gives serde's error.
         Scan::Invalid => return general(),
         Scan::Unsure => {
             let mut de = serde_json::Deserializer::from_str(text);
             match (Children { tokens }).deserialize(&mut de) {
-                Ok(top) if de.end().is_ok() => top,
+                Ok(top) if de.end().is_ok() => top.map(|v| v.map(RawValue::get)),
                 // Invalid, or a key this pass cannot read (a lone surrogate
                 // escape, which `parse` accepts): the general path decides.
                 _ => return general(),
@@ -105,7 +96,11 @@ pub(super) fn find<'a>(
         if let (Some(value), Some((_, rest))) = (top[i], split[i]) {
             *slot = match rest {
                 None => Some(value),
-                Some(rest) => lookup(value, &format!("/{rest}")),
+                // Deeper pointers walk the value, parsed as a `RawValue` for that.
+                Some(rest) => match serde_json::from_str::<&RawValue>(value) {
+                    Ok(raw) => lookup(raw, &format!("/{rest}")).map(RawValue::get),
+                    Err(_) => return general(),
+                },
             };
         }
     }
@@ -204,16 +199,27 @@ pub(super) fn array_index(token: &str) -> Option<usize> {
 /// The device id at `pointer`: strings verbatim, numbers and booleans as text.
 #[cfg(any(test, feature = "fuzzing"))]
 pub fn device_id(doc: &RawValue, pointer: &str) -> Option<String> {
-    device_id_of(lookup(doc, pointer)?)
+    device_id_of(lookup(doc, pointer)?.get()).map(Cow::into_owned)
 }
 
-/// A device id value (found with [`parse_and_find`]) as text.
-pub fn device_id_of(value: &RawValue) -> Option<String> {
-    let raw = value.get().trim();
+/// A device id value (its JSON text, found with [`parse_and_find`]) as
+/// text, borrowed from the payload unless it has escapes.
+pub fn device_id_of(value: &str) -> Option<Cow<'_, str>> {
+    let raw = value.trim();
     match raw.as_bytes().first()? {
-        b'"' => serde_json::from_str::<String>(raw).ok().filter(|s| !s.is_empty()),
-        b'-' | b'0'..=b'9' | b't' | b'f' => Some(raw.to_string()),
+        b'"' => string_of(raw).filter(|s| !s.is_empty()),
+        b'-' | b'0'..=b'9' | b't' | b'f' => Some(Cow::Borrowed(raw)),
         _ => None,
+    }
+}
+
+/// The text of a JSON string (`raw` starts with `"`): between its quotes
+/// when it has no backslash, since a valid string without escapes is its
+/// own text; decoded by serde otherwise.
+fn string_of(raw: &str) -> Option<Cow<'_, str>> {
+    match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+        _ => serde_json::from_str::<String>(raw).ok().map(Cow::Owned),
     }
 }
 
@@ -221,14 +227,15 @@ pub fn device_id_of(value: &RawValue) -> Option<String> {
 /// numeric string) or an RFC 3339 string.
 #[cfg(any(test, feature = "fuzzing"))]
 pub fn event_time_ms(doc: &RawValue, pointer: &str) -> Option<i64> {
-    event_time_of(lookup(doc, pointer)?)
+    event_time_of(lookup(doc, pointer)?.get())
 }
 
-/// An event time value (found with [`parse_and_find`]) in epoch milliseconds.
-pub fn event_time_of(value: &RawValue) -> Option<i64> {
-    let raw = value.get().trim();
+/// An event time value (its JSON text, found with [`parse_and_find`]) in
+/// epoch milliseconds.
+pub fn event_time_of(value: &str) -> Option<i64> {
+    let raw = value.trim();
     match raw.as_bytes().first()? {
-        b'"' => parse_time_str(&serde_json::from_str::<Cow<str>>(raw).ok()?),
+        b'"' => parse_time_str(&string_of(raw)?),
         b'-' | b'0'..=b'9' => epoch_to_ms(raw.parse::<f64>().ok()?),
         _ => None,
     }
@@ -321,6 +328,36 @@ mod tests {
     /// Fuzz finding (fuzz/regressions/payload/duplicate-key): with a repeated
     /// key the route took the first value while the envelope and the sink take
     /// the last, so a record's device id depended on the stage reading it.
+    /// A string without escapes is borrowed from the payload as it is (no
+    /// allocation per message); one with escapes is decoded; both as serde
+    /// decodes them.
+    #[test]
+    fn a_plain_device_id_is_borrowed_and_an_escaped_one_decoded() {
+        for (raw, text, borrowed) in [
+            (r#""dev-1""#, "dev-1", true),
+            (r#" "dev 1" "#, "dev 1", true),
+            (r#""dév/ü""#, "dév/ü", true),
+            (r#""a\"b""#, "a\"b", false),
+            (r#""\u00e9t\u00e9""#, "été", false),
+            (r#""a\\""#, "a\\", false),
+            ("42", "42", true),
+            ("true", "true", true),
+        ] {
+            let id = device_id_of(raw).unwrap();
+            assert_eq!(id, text, "{raw}");
+            assert_eq!(matches!(id, Cow::Borrowed(_)), borrowed, "{raw}");
+            if raw.trim().starts_with('"') {
+                assert_eq!(serde_json::from_str::<String>(raw).unwrap(), text, "{raw}");
+            }
+        }
+        for none in [r#""""#, "null", "{}", "[1]", ""] {
+            assert_eq!(device_id_of(none), None, "{none}");
+        }
+        assert_eq!(event_time_of(r#""1700000000123""#), Some(1_700_000_000_123));
+        assert_eq!(event_time_of(r#""2023-11-14T22:13:20.5Z""#), Some(1_700_000_000_500));
+        assert_eq!(event_time_of(r#""2023-11-14T22:13:20\u002e5Z""#), Some(1_700_000_000_500));
+    }
+
     #[test]
     fn a_repeated_key_resolves_to_its_last_value() {
         let d = doc(r#"{"d": "first", "n": {"x": 1}, "d": "last", "n": {"x": 2}}"#);
@@ -338,13 +375,10 @@ mod tests {
         {
             let found = parse_and_find(text, [Some(a), Some(b)]).unwrap();
             let doc = parse(text).unwrap();
-            assert_eq!(
-                found.map(|v| v.map(RawValue::get)),
-                [lookup(doc, a), lookup(doc, b)].map(|v| v.map(RawValue::get))
-            );
+            assert_eq!(found, [lookup(doc, a), lookup(doc, b)].map(|v| v.map(RawValue::get)));
         }
         let arr = parse_and_find(r#"[{"x": 1}, "y"]"#, [Some("/1"), Some("/0/x")]).unwrap();
-        assert_eq!(arr.map(|v| v.map(RawValue::get)), [Some(r#""y""#), Some("1")]);
+        assert_eq!(arr, [Some(r#""y""#), Some("1")]);
         assert!(parse_and_find("7", [Some("/a"), None]).unwrap().iter().all(Option::is_none));
         assert!(parse_and_find(r#"{"a": 1}"#, [None, None]).unwrap().iter().all(Option::is_none));
     }
@@ -368,7 +402,7 @@ mod tests {
             a in "(/[a-z0-9~]{0,3}){1,3}",
             b in "(/[a-z0-9~]{0,3}){1,3}",
         ) {
-            let ours = parse_and_find(&text, [Some(&a), Some(&b)]).map(|f| f.map(|v| v.map(|r| r.get().to_string())));
+            let ours = parse_and_find(&text, [Some(&a), Some(&b)]).map(|f| f.map(|v| v.map(str::to_string)));
             let theirs = parse(&text).map(|d| [lookup(d, &a), lookup(d, &b)].map(|v| v.map(|r| r.get().to_string())));
             prop_assert_eq!(ours.is_ok(), theirs.is_ok());
             if let (Ok(o), Ok(t)) = (ours, theirs) { prop_assert_eq!(o, t); }

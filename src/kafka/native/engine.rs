@@ -81,6 +81,11 @@ pub struct Settings {
 /// Commands from the [`super::NativeProducer`] handle.
 pub enum Cmd {
     Send(Box<Pending>),
+    /// Records in the order they are to be sent: one channel operation for
+    /// a run of messages the forwarder took together (each record in its
+    /// own box, as it travels alone from here on).
+    #[allow(clippy::vec_box)]
+    SendMany(Vec<Box<Pending>>),
     /// Start over with a new producer id (after a fatal error upstream).
     Reset,
 }
@@ -306,17 +311,13 @@ impl Engine {
                 biased;
                 Some(done) = self.work.next(), if !self.work.is_empty() => self.complete(done),
                 cmd = self.rx.recv(), if open => match cmd {
-                    Some(Cmd::Send(p)) => {
-                        self.enqueue(p);
+                    Some(cmd) => {
+                        self.command(cmd);
                         // Take what else is there without going round the loop.
                         while let Ok(cmd) = self.rx.try_recv() {
-                            match cmd {
-                                Cmd::Send(p) => self.enqueue(p),
-                                Cmd::Reset => self.producer = None,
-                            }
+                            self.command(cmd);
                         }
                     }
-                    Some(Cmd::Reset) => self.producer = None,
                     None => {
                         open = false;
                         // The handle is gone: send what is queued without waiting for `linger`.
@@ -325,6 +326,14 @@ impl Engine {
                 },
                 () = &mut timer => {}
             }
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Send(p) => self.enqueue(p),
+            Cmd::SendMany(ps) => ps.into_iter().for_each(|p| self.enqueue(p)),
+            Cmd::Reset => self.producer = None,
         }
     }
 

@@ -277,6 +277,44 @@ async fn every_ready_partition_goes_in_one_request() {
     assert!(measured.iter().map(Vec::len).max() >= Some(25), "one request carried many partitions");
 }
 
+/// Records handed over together (`Cmd::SendMany`, the forwarder's runs of
+/// messages) go out in their order with consecutive sequence numbers, and
+/// between single sends.
+#[tokio::test]
+async fn records_handed_over_together_keep_their_order() {
+    let (addr, seen) = broker(vec!["t".into()], Box::new(|_, _| 0)).await;
+    let mut e = start(&addr, Duration::from_millis(20));
+    e.send(pending(0, "t", "{}")).await;
+    e.tx.send(Cmd::SendMany((1..40).map(|i| pending(i, "t", "{}")).collect())).await.expect("engine running");
+    e.send(pending(40, "t", "{}")).await;
+    assert_eq!(e.reports(41).await, (0..41).map(|i| (i, None)).collect::<Vec<_>>());
+    let s = seen.lock().expect("lock");
+    let batches: Vec<&SeenBatch> = s.requests.iter().flatten().collect();
+    let mut next = 0;
+    for b in &batches {
+        assert_eq!(b.base_sequence, next, "consecutive sequence numbers");
+        next += b.records;
+    }
+    assert_eq!(next, 41, "every record sent once");
+    // Record i's key is `k{i}` and its value `{}`: each as its zigzag varint
+    // length and bytes, so the pair is found once, in the order handed over.
+    let body: Vec<u8> = batches.iter().flat_map(|b| b.body.iter().copied()).collect();
+    let on_wire = |i: u64| {
+        let key = format!("k{i}");
+        let mut needle = vec![(key.len() * 2) as u8];
+        needle.extend_from_slice(key.as_bytes());
+        needle.extend_from_slice(b"\x04{}");
+        needle
+    };
+    let keys: Vec<usize> = (0..41).filter_map(|i| find(&body, &on_wire(i))).collect();
+    assert_eq!(keys.len(), 41, "every key on the wire");
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "in the order handed over");
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 #[tokio::test]
 async fn a_batch_of_unknown_outcome_goes_again_with_its_sequence_number() {
     // The first produce "times out" (a retriable error); the same batch must come again.

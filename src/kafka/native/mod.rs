@@ -270,7 +270,32 @@ impl NativeProducer {
     /// Hand one record over; waits while the engine's channel is full.
     pub async fn send(&self, pending: Box<Pending>) {
         self.shared.in_flight.fetch_add(1, Relaxed);
-        if let Err(mpsc::error::SendError(Cmd::Send(p))) = self.tx.send(Cmd::Send(pending)).await {
+        if let Err(mpsc::error::SendError(cmd)) = self.tx.send(Cmd::Send(pending)).await {
+            self.refused(cmd);
+        }
+    }
+
+    /// Hand records over in their order, in one channel operation; waits
+    /// while the engine's channel is full.
+    // Each record stays in its own box: it travels alone from here on
+    // (the engine's queues, delivery reports, retries).
+    #[allow(clippy::vec_box)]
+    pub async fn send_many(&self, pendings: Vec<Box<Pending>>) {
+        let n = i64::try_from(pendings.len()).unwrap_or(i64::MAX);
+        self.shared.in_flight.fetch_add(n, Relaxed);
+        if let Err(mpsc::error::SendError(cmd)) = self.tx.send(Cmd::SendMany(pendings)).await {
+            self.refused(cmd);
+        }
+    }
+
+    /// The engine is gone: what `cmd` held comes back as failed deliveries.
+    fn refused(&self, cmd: Cmd) {
+        let pendings = match cmd {
+            Cmd::Send(p) => vec![p],
+            Cmd::SendMany(ps) => ps,
+            Cmd::Reset => Vec::new(),
+        };
+        for p in pendings {
             self.shared.in_flight.fetch_sub(1, Relaxed);
             let _ =
                 self.reports.send(Delivery::Failed(p, ClientError::from(KafkaError::MessageProduction(C::PurgeQueue))));
