@@ -127,7 +127,7 @@ pub fn payload(data: &[u8]) {
     };
     let found = one_pass.unwrap_or_else(|e| panic!("the one-pass search rejected {text:?}, which parse accepts: {e}"));
     assert_eq!(
-        found.map(|v| v.map(|r| r.get())),
+        found,
         [payload::lookup(doc, pointer), payload::lookup(doc, "/ts")].map(|v| v.map(|r| r.get())),
         "pointer {pointer:?} in {text:?}"
     );
