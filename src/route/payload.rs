@@ -325,9 +325,6 @@ mod tests {
         assert_eq!(device_id(d, "/list/00"), None);
     }
 
-    /// Fuzz finding (fuzz/regressions/payload/duplicate-key): with a repeated
-    /// key the route took the first value while the envelope and the sink take
-    /// the last, so a record's device id depended on the stage reading it.
     /// A string without escapes is borrowed from the payload as it is (no
     /// allocation per message); one with escapes is decoded; both as serde
     /// decodes them.
@@ -358,6 +355,9 @@ mod tests {
         assert_eq!(event_time_of(r#""2023-11-14T22:13:20\u002e5Z""#), Some(1_700_000_000_500));
     }
 
+    /// Fuzz finding (fuzz/regressions/payload/duplicate-key): with a repeated
+    /// key the route took the first value while the envelope and the sink take
+    /// the last, so a record's device id depended on the stage reading it.
     #[test]
     fn a_repeated_key_resolves_to_its_last_value() {
         let d = doc(r#"{"d": "first", "n": {"x": 1}, "d": "last", "n": {"x": 2}}"#);
