@@ -54,10 +54,14 @@ COMPARISONS = ("forwarder", "allocator", "journal", "sink", "e2e")
 # Message counts and rounds: the published run, and --quick (proves the run works; figures are rough).
 # 500,000 messages keep each bridge measurement at 4-8 s at the 60,000-115,000 msg/s measured on the 2-core
 # test machines (200,000 took about 2 s, and a run-to-run spread of ±20% in CPU per message); five rounds,
-# the modes taking turns.
+# the modes taking turns. The two builds run 500,000 messages for seven rounds: with 250,000 and five, the
+# musl ÷ glibc median moved between 0.91× and 1.14× over 14 runs of this script in a day (one round's ratio
+# spread ±14%; BENCHMARKS.md).
 SIZES = {
-    False: {"rounds": 5, "count": 500_000, "binaries_count": 250_000, "sink_count": 200_000, "e2e_seconds": 30},
-    True: {"rounds": 1, "count": 20_000, "binaries_count": 20_000, "sink_count": 20_000, "e2e_seconds": 10},
+    False: {"rounds": 5, "count": 500_000, "binaries_rounds": 7, "binaries_count": 500_000, "sink_count": 200_000,
+            "e2e_seconds": 30},
+    True: {"rounds": 1, "count": 20_000, "binaries_rounds": 1, "binaries_count": 20_000, "sink_count": 20_000,
+           "e2e_seconds": 10},
 }
 E2E_RATE = 2_000
 MAX_IN_FLIGHT = 1_000
@@ -128,12 +132,14 @@ def allocator(ctx):
     if not ctx.musl_bin or not os.access(ctx.musl_bin, os.X_OK):
         raise RuntimeError(f"no static musl binary at {ctx.musl_bin} (scripts/bench.sh builds it with scripts/dist.sh)")
     r = run_script(ctx.out_dir, "allocator", "bench_binaries.py",
-                   [f"glibc={BIN}", f"musl={ctx.musl_bin}", "--rounds", str(ctx.size["rounds"]),
+                   [f"glibc={BIN}", f"musl={ctx.musl_bin}", "--rounds", str(ctx.size["binaries_rounds"]),
                     "--count", str(ctx.size["binaries_count"])], env=ctx.pin_env)
     m, g = r["median"]["musl"], r["median"]["glibc"]
     cpu = r["ratio"]["musl"]["cpu_us"]
+    rounds = r["cpu_ratio_per_round"]["musl"]
     return [
-        row("musl_cpu", cpu, f"{cpu:.2f}×", f"{m['cpu_us']:.1f} ÷ {g['cpu_us']:.1f} µs/msg"),
+        row("musl_cpu", cpu, f"{cpu:.2f}×", f"{m['cpu_us']:.1f} ÷ {g['cpu_us']:.1f} µs/msg, median of "
+            f"{len(rounds)} rounds; one round {min(rounds):.2f}–{max(rounds):.2f}×"),
         row("bridge_rss", m["rss_mib"], f"{m['rss_mib']:.1f} MiB",
             f"the image's binary, median; glibc build {g['rss_mib']:.1f} MiB; {broker_window()}"),
     ]

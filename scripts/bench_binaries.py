@@ -2,10 +2,12 @@
 """Compare iotpipe binaries on the bridge benchmark, side by side in one run.
 
 Runs scripts/bench_bridge.py once per binary per round, the binaries taking
-turns (A B C A B C ...) so that drift of the machine (other work, thermal)
-falls on all of them alike, and prints per binary the median over the rounds
-of: end-to-end msg/s, CPU µs per message, peak RSS; and each median's ratio
-to the first binary's. Used to choose the static build's allocator
+turns, in reverse order every other round (A B, B A, A B, ...) so that drift
+of the machine (other work, steal, the broker's growing log) falls on all of
+them alike and none always runs first, and prints per binary the median over
+the rounds of: end-to-end msg/s, CPU µs per message, peak RSS; each median's
+ratio to the first binary's; and the range of the CPU ratio within a round,
+which shows how far one round is from the next. Used to choose the static build's allocator
 (BENCHMARKS.md, "Allocator") and to check the shipped binary against the
 glibc build.
 
@@ -76,7 +78,7 @@ def main():
         shutil.copy2(path, copy)
         runnable.append((name, copy))
     for r in range(args.rounds):
-        for name, path in runnable:
+        for name, path in (runnable if r % 2 == 0 else runnable[::-1]):
             f = run_once(path, args.count, args.journal)
             results[name].append(f)
             print(f"round {r + 1}/{args.rounds} {name}: {f['msg_s']:,.0f} msg/s, {f['cpu_us']:.1f} µs/msg, "
@@ -85,16 +87,21 @@ def main():
     base = med[bins[0][0]]
     mode = "journal mode" if args.journal else "direct mode"
     print(f"\nbridge, {mode}, {args.count:,} QoS 1 messages, median of {args.rounds} rounds (ratio to {bins[0][0]}):\n")
-    print("| binary | msg/s | CPU µs/msg | peak RSS MiB |")
-    print("|---|---|---|---|")
+    # Each round's CPU per message against the first binary's in the same round.
+    paired = {name: [x["cpu_us"] / b["cpu_us"] for x, b in zip(results[name], results[bins[0][0]])]
+              for name, _ in bins}
+    print("| binary | msg/s | CPU µs/msg | CPU ratio, one round | peak RSS MiB |")
+    print("|---|---|---|---|---|")
     for name, _ in bins:
         m = med[name]
         print(f"| {name} | {m['msg_s']:,.0f} ({m['msg_s'] / base['msg_s']:.2f}×) | "
               f"{m['cpu_us']:.1f} ({m['cpu_us'] / base['cpu_us']:.2f}×) | "
+              f"{min(paired[name]):.2f}–{max(paired[name]):.2f}× | "
               f"{m['rss_mib']:.1f} ({m['rss_mib'] / base['rss_mib']:.2f}×) |")
     write_json(args.json, {"mode": "journal" if args.journal else "direct", "count": args.count, "rounds": args.rounds,
                            "base": bins[0][0], "binaries": dict(bins), "median": med, "rounds_each": results,
-                           "ratio": {name: {k: med[name][k] / base[k] for k in KEYS} for name, _ in bins}})
+                           "ratio": {name: {k: med[name][k] / base[k] for k in KEYS} for name, _ in bins},
+                           "cpu_ratio_per_round": paired})
 
 
 if __name__ == "__main__":

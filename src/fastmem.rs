@@ -8,9 +8,11 @@
 //! glibc's `memmove` in the glibc build (BENCHMARKS.md, "2026-12-05: the
 //! static build's memcpy"). These are the usual replacements:
 //!
-//! - up to 64 bytes: unaligned 1/2/4/8/16-byte loads of the head and the
+//! - up to 256 bytes: unaligned 1/2/4/8/16-byte loads of the head and the
 //!   tail (overlapping when the length is not a multiple), all loads before
-//!   any store, so the same code is a correct `memmove`;
+//!   any store, so the same code is a correct `memmove` (from 65 bytes, up
+//!   to 8 blocks of 16 bytes from each end: a record's ~200-byte payload
+//!   copied without a loop);
 //! - up to 4 KiB: a loop of 64-byte blocks (16-byte moves), the last 64
 //!   bytes loaded first and stored last;
 //! - longer: `rep movsb`, which CPUs with ERMS (2013 on) run with wide
@@ -23,6 +25,21 @@
 
 use core::arch::asm;
 use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
+
+/// Copies `$len` bytes (65 to 256) as 16-byte blocks, one per listed index
+/// from the head and as many from the tail (overlapping in the middle),
+/// every block loaded before the first store: written out, as a loop could
+/// be compiled back into a call to `memcpy`. At 8 blocks a side, all 16 SSE
+/// registers.
+macro_rules! head_and_tail {
+    ($dst:expr, $src:expr, $len:expr, [$($i:literal)*]) => {{
+        let (dst, src, tail) = ($dst, $src, $len - 16 * [$($i),*].len());
+        let head = [$(load16(src.add(16 * $i))),*];
+        let last = [$(load16(src.add(tail + 16 * $i))),*];
+        $(store16(dst.add(16 * $i), head[$i]);)*
+        $(store16(dst.add(tail + 16 * $i), last[$i]);)*
+    }};
+}
 
 /// Copy `n` bytes from `src` to `dst`; the ranges may overlap.
 ///
@@ -71,6 +88,8 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
                 store16(dst.add(n - 32), c);
                 store16(dst.add(n - 16), d);
             }
+            65..=128 => head_and_tail!(dst, src, n, [0 1 2 3]),
+            129..=256 => head_and_tail!(dst, src, n, [0 1 2 3 4 5 6 7]),
             // From here on, upwards is safe unless `dst` lies inside `src[1..n]`.
             _ if (dst as usize).wrapping_sub(src as usize) < n => rep_movsb_backward(dst, src, n),
             _ if n < REP_MOVSB_FROM => blocks_forward(dst, src, n),
@@ -97,14 +116,14 @@ unsafe fn store16(p: *mut u8, v: __m128i) {
 /// bytes: 62% of the function's samples sat on that one instruction).
 const REP_MOVSB_FROM: usize = 4096;
 
-/// 65 to [`REP_MOVSB_FROM`] bytes upwards, when `dst` does not lie inside
+/// 257 to [`REP_MOVSB_FROM`] bytes upwards, when `dst` does not lie inside
 /// `src[1..n]`: the last 64 bytes are loaded first, then 64-byte blocks
 /// are copied upwards (each loaded before it is stored, and no block's
 /// store reaches a later block's source, as `dst <= src` or the ranges are
 /// apart), then the last 64 bytes are stored.
 #[inline(always)]
 unsafe fn blocks_forward(dst: *mut u8, src: *const u8, n: usize) {
-    // SAFETY: `n` > 64; every access lies within `src[..n]` or `dst[..n]`.
+    // SAFETY: `n` > 256; every access lies within `src[..n]` or `dst[..n]`.
     // In assembly so that the compiler cannot turn the loop into a call to
     // `memcpy`.
     unsafe {
@@ -231,7 +250,7 @@ mod tests {
     #[test]
     fn overlapping_copies_move_like_memmove_in_both_directions() {
         for len in 0..=300 {
-            for shift in 1..=(len + 2).min(80) {
+            for shift in 1..=(len + 2).min(260) {
                 check_overlaps(len, shift, 8);
             }
             // Onto itself.
