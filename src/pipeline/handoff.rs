@@ -31,9 +31,8 @@ use tokio::sync::Notify;
 /// What the feed gets from [`Handoff::take`].
 #[derive(Debug)]
 pub enum Take {
-    /// The record it asked for, and its share of the window in bytes (its
-    /// size in the journal).
-    Record(Inbound, usize),
+    /// The records from the one it asked for on were added to its run.
+    Taken,
     /// Nothing yet: wait with [`Handoff::wait`].
     Empty,
     /// A record the feed needs is not here: read it from the journal.
@@ -68,11 +67,13 @@ impl State {
         self.head.saturating_add(self.queue.len() as u64)
     }
 
-    fn pop(&mut self) -> Option<(Inbound, usize)> {
-        let (msg, n) = self.queue.pop_front()?;
-        self.bytes -= n;
-        self.head += 1;
-        Some((msg, n))
+    /// Move the first `n` records (at most the queue's) to the back of `out`.
+    fn move_to(&mut self, n: usize, out: &mut VecDeque<(Inbound, usize)>) {
+        let n = n.min(self.queue.len());
+        let mut bytes = 0;
+        out.extend(self.queue.drain(..n).inspect(|(_, size)| bytes += size));
+        self.bytes -= bytes;
+        self.head += n as u64;
     }
 
     fn clear(&mut self, head: u64) {
@@ -137,12 +138,15 @@ impl Handoff {
         self.offered.notify_one();
     }
 
-    /// The feed: record `next`, if it is here.
-    pub fn take(&self, next: u64) -> Take {
+    /// The feed: record `next` and up to `max` - 1 after it, if `next` is
+    /// here, onto the back of `run`, each with its share of the window in
+    /// bytes (its size in the journal); one lock for all of them.
+    pub fn take(&self, next: u64, max: usize, run: &mut VecDeque<(Inbound, usize)>) -> Take {
         let mut s = self.state();
         if s.head == next {
-            if let Some((msg, n)) = s.pop() {
-                return Take::Record(msg, n);
+            if !s.queue.is_empty() {
+                s.move_to(max.max(1), run);
+                return Take::Taken;
             }
             if s.accepting {
                 return Take::Empty;
@@ -204,9 +208,13 @@ mod tests {
             .collect()
     }
 
-    fn took(t: Take) -> i64 {
-        match t {
-            Take::Record(m, n) => {
+    /// Take record `next` alone: its `received_ms`.
+    fn took(h: &Handoff, next: u64) -> i64 {
+        let mut run = VecDeque::new();
+        match h.take(next, 1, &mut run) {
+            Take::Taken => {
+                assert_eq!(run.len(), 1);
+                let (m, n) = run.pop_front().unwrap();
                 assert_eq!(n, encoded_len(&m));
                 m.received_ms
             }
@@ -214,12 +222,16 @@ mod tests {
         }
     }
 
+    fn take(h: &Handoff, next: u64) -> Take {
+        h.take(next, 1, &mut VecDeque::new())
+    }
+
     #[test]
     fn nothing_is_taken_before_the_feed_resumes() {
         let h = Handoff::new(100, 1 << 20);
         h.offer(0, msgs(0, 5));
         assert_eq!(h.in_use().0, 0);
-        assert!(matches!(h.take(0), Take::Gap));
+        assert!(matches!(take(&h, 0), Take::Gap));
     }
 
     #[test]
@@ -228,14 +240,14 @@ mod tests {
         h.resume(10);
         h.offer(10, msgs(10, 3));
         h.offer(13, msgs(13, 2));
-        assert!(matches!(h.take(9), Take::Gap), "asked for a record before the queue");
+        assert!(matches!(take(&h, 9), Take::Gap), "asked for a record before the queue");
         h.resume(10);
         h.offer(10, msgs(10, 3));
         h.offer(13, msgs(13, 2));
         for want in 10..15 {
-            assert_eq!(took(h.take(want as u64)), want);
+            assert_eq!(took(&h, want as u64), want);
         }
-        assert!(matches!(h.take(15), Take::Empty));
+        assert!(matches!(take(&h, 15), Take::Empty));
         assert_eq!(h.in_use(), (0, 0));
     }
 
@@ -247,7 +259,7 @@ mod tests {
         h.offer(15, msgs(15, 8)); // 15..23: 20, 21, 22 are new
         assert_eq!(h.in_use().0, 3);
         for want in 20..23 {
-            assert_eq!(took(h.take(want as u64)), want);
+            assert_eq!(took(&h, want as u64), want);
         }
     }
 
@@ -260,13 +272,13 @@ mod tests {
         h.offer(5, msgs(5, 1)); // after the gap: refused too
         assert_eq!(h.in_use().0, 3);
         for want in 0..3 {
-            assert_eq!(took(h.take(want as u64)), want);
+            assert_eq!(took(&h, want as u64), want);
         }
-        assert!(matches!(h.take(3), Take::Gap));
+        assert!(matches!(take(&h, 3), Take::Gap));
         // Read from the journal up to date, the feed takes batches again.
         h.resume(6);
         h.offer(6, msgs(6, 1));
-        assert_eq!(took(h.take(6)), 6);
+        assert_eq!(took(&h, 6), 6);
     }
 
     #[test]
@@ -276,10 +288,26 @@ mod tests {
         h.resume(0);
         h.offer(0, msgs(0, 3));
         assert_eq!(h.in_use(), (0, 0));
-        assert!(matches!(h.take(0), Take::Gap));
+        assert!(matches!(take(&h, 0), Take::Gap));
         h.resume(0);
         h.offer(1, msgs(1, 1)); // 0 is missing
-        assert!(matches!(h.take(0), Take::Gap));
+        assert!(matches!(take(&h, 0), Take::Gap));
+    }
+
+    #[test]
+    fn a_run_is_taken_under_one_lock_up_to_its_limit() {
+        let h = Handoff::new(100, 1 << 20);
+        h.resume(0);
+        h.offer(0, msgs(0, 5));
+        let mut run = VecDeque::new();
+        assert!(matches!(h.take(0, 3, &mut run), Take::Taken));
+        assert_eq!(run.iter().map(|(m, _)| m.received_ms).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(h.in_use(), (2, 2 * encoded_len(&msgs(0, 1)[0])));
+        // The next run starts after what the last one took.
+        assert!(matches!(h.take(3, 64, &mut run), Take::Taken));
+        assert_eq!(run.iter().map(|(m, _)| m.received_ms).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert_eq!(h.in_use(), (0, 0));
+        assert!(matches!(h.take(5, 64, &mut run), Take::Empty));
     }
 
     #[tokio::test]
@@ -289,8 +317,9 @@ mod tests {
         let waiting = h.clone();
         let feed = tokio::spawn(async move {
             loop {
-                match waiting.take(0) {
-                    Take::Record(m, _) => return m.received_ms,
+                let mut run = VecDeque::new();
+                match waiting.take(0, 8, &mut run) {
+                    Take::Taken => return run[0].0.received_ms,
                     Take::Empty => waiting.wait(0).await,
                     Take::Gap => panic!("no gap"),
                 }

@@ -101,6 +101,9 @@ pub async fn ingest(
     // Batches refused for lack of space, oldest first: appended before anything newer.
     let mut waiting: VecDeque<Appending> = VecDeque::new();
     let mut closed = false;
+    // What one turn takes from `rx`, taken together (one release of the
+    // channel's permits for all, not one per message under its lock).
+    let mut received = Vec::new();
     loop {
         if !waiting.is_empty() {
             match submit(&appender, &mut waiting, &mut pending)? {
@@ -127,10 +130,13 @@ pub async fn ingest(
                 }
             }
             () = tokio::time::sleep(FULL_RETRY), if !waiting.is_empty() => {}
-            r = rx.recv(), if waiting.is_empty() && !closed => match r {
-                Some(first) => waiting.push_back(take_batch(first, &mut rx, max_bytes, keep)),
-                None => closed = true,
-            },
+            n = rx.recv_many(&mut received, MAX_BATCH_RECORDS), if waiting.is_empty() && !closed => {
+                if n == 0 {
+                    closed = true; // closed, and nothing left in it
+                } else {
+                    batch_up(&mut received, max_bytes, keep, &mut waiting);
+                }
+            }
         }
     }
 }
@@ -173,28 +179,35 @@ fn submit(
     Ok(None)
 }
 
-/// `first` and whatever else is queued, up to `max_bytes` of payload and
-/// [`MAX_BATCH_RECORDS`] messages, encoded for the journal (the messages
+/// `received` (emptied) encoded for the journal as batches of up to
+/// `max_bytes` of payload (a batch closes once it holds that much) and
+/// [`MAX_BATCH_RECORDS`] messages, in order, onto `waiting` (the messages
 /// kept beside when `keep`).
-fn take_batch(first: Received, rx: &mut mpsc::Receiver<Received>, max_bytes: usize, keep: bool) -> Appending {
-    let records = rx.len().saturating_add(1).min(MAX_BATCH_RECORDS);
-    let mut seqs = Vec::with_capacity(records);
-    let mut msgs = Vec::with_capacity(if keep { records } else { 0 });
-    // Room for `records` messages like the first, so the buffer seldom grows.
-    let each = crate::journal::encoded_len(&first.msg);
-    let mut batch = Batch::with_capacity(records, each.saturating_mul(records).min(max_bytes.saturating_add(each)));
-    let mut next = Some(first);
-    while let Some(r) = next.take() {
-        seqs.push(r.seq);
-        batch.push_with(|out| crate::journal::encode_inbound_into(&r.msg, out));
+fn batch_up(received: &mut Vec<Received>, max_bytes: usize, keep: bool, waiting: &mut VecDeque<Appending>) {
+    let mut left = received.len();
+    let mut current: Option<Appending> = None;
+    for r in received.drain(..) {
+        let a = current.get_or_insert_with(|| {
+            let records = left.min(MAX_BATCH_RECORDS);
+            // Room for `records` messages like this one, so the buffer seldom grows.
+            let each = crate::journal::encoded_len(&r.msg);
+            Appending {
+                seqs: Vec::with_capacity(records),
+                batch: Batch::with_capacity(records, each.saturating_mul(records).min(max_bytes.saturating_add(each))),
+                msgs: Vec::with_capacity(if keep { records } else { 0 }),
+            }
+        });
+        left -= 1;
+        a.seqs.push(r.seq);
+        a.batch.push_with(|out| crate::journal::encode_inbound_into(&r.msg, out));
         if keep {
-            msgs.push(r.msg);
+            a.msgs.push(r.msg);
         }
-        if seqs.len() < MAX_BATCH_RECORDS && batch.payload_bytes() < max_bytes {
-            next = rx.try_recv().ok();
+        if a.seqs.len() >= MAX_BATCH_RECORDS || a.batch.payload_bytes() >= max_bytes {
+            waiting.extend(current.take());
         }
     }
-    Appending { seqs, batch, msgs }
+    waiting.extend(current);
 }
 
 fn warn_full(error: &JournalError) {
@@ -350,6 +363,9 @@ impl Completion for JournalAcks {
 /// Records the feed passes on between two yields to the runtime.
 const FEED_YIELD_EVERY: u32 = 256;
 
+/// Most records the feed takes from the handoff at once (one lock).
+const FEED_RUN: usize = 64;
+
 /// Journal → forwarder: every record from the delivered position on, with
 /// the sequence number `acks` gave it, never more than `window` at a time.
 /// Records the ingest has just committed come from `handoff` while the feed
@@ -370,6 +386,8 @@ pub async fn feed(
     // The record to pass on next, and whether it is taken from the handoff.
     let mut next = reader.position();
     let mut in_memory = false;
+    // Records taken from the handoff together and not yet passed on, from `next` on.
+    let mut run = VecDeque::with_capacity(FEED_RUN);
     loop {
         since_yield += 1;
         if since_yield == FEED_YIELD_EVERY {
@@ -383,11 +401,13 @@ pub async fn feed(
                 () = stop.until_set() => return Ok(()),
             }
         }
-        let (msg, size) = if in_memory {
-            match handoff.take(next) {
-                Take::Record(msg, size) => {
-                    metrics.journal_handed_over.fetch_add(1, Relaxed);
-                    (msg, size)
+        let (msg, size) = if let Some(taken) = run.pop_front() {
+            taken
+        } else if in_memory {
+            match handoff.take(next, FEED_RUN, &mut run) {
+                Take::Taken => {
+                    metrics.journal_handed_over.fetch_add(run.len() as u64, Relaxed);
+                    continue;
                 }
                 Take::Empty => {
                     tokio::select! {
@@ -544,6 +564,38 @@ mod tests {
 
     fn inbound(n: u64) -> Bytes {
         Bytes::from(crate::journal::encode_inbound(&message(n)))
+    }
+
+    #[test]
+    fn what_one_turn_received_is_batched_in_order_within_both_limits() {
+        let one = crate::journal::encoded_len(&message(0));
+        // Closes after 3 records' payload: 10 messages make batches of 3, 3, 3, 1.
+        let mut received: Vec<Received> = (0..10).map(|n| Received { seq: 100 + n, msg: message(n) }).collect();
+        let mut waiting = VecDeque::new();
+        batch_up(&mut received, 3 * one, true, &mut waiting);
+        assert!(received.is_empty());
+        let sizes: Vec<usize> = waiting.iter().map(|a| a.seqs.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let mut n = 0;
+        for a in &waiting {
+            assert_eq!(a.batch.len(), a.seqs.len());
+            assert_eq!(a.msgs.len(), a.seqs.len(), "kept for the handoff");
+            for (record, (&seq, msg)) in a.batch.records().zip(a.seqs.iter().zip(&a.msgs)) {
+                assert_eq!(seq, 100 + n);
+                assert_eq!(msg.received_ms, n as i64);
+                assert_eq!(crate::journal::decode_inbound(record).unwrap().received_ms, n as i64);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 10);
+        // The record limit, and nothing kept without a handoff.
+        let mut received: Vec<Received> =
+            (0..MAX_BATCH_RECORDS as u64 + 5).map(|n| Received { seq: n, msg: message(n) }).collect();
+        let mut waiting = VecDeque::new();
+        batch_up(&mut received, usize::MAX, false, &mut waiting);
+        let sizes: Vec<usize> = waiting.iter().map(|a| a.seqs.len()).collect();
+        assert_eq!(sizes, [MAX_BATCH_RECORDS, 5]);
+        assert!(waiting.iter().all(|a| a.msgs.is_empty()));
     }
 
     /// A journal opened with `cfg`, `records` records appended, and its

@@ -105,6 +105,10 @@ impl Forwarder {
         // Waited on for the whole run, not afresh per message.
         let stopped = stop.until_set();
         tokio::pin!(stopped);
+        // What one turn takes from `inbound`: taken together, one release of
+        // the channel's permits for all (a `try_recv` per message released
+        // its own, under the channel's lock).
+        let mut received = Vec::with_capacity(MESSAGES_PER_TURN);
         loop {
             let retry_at = retries.next_due();
             tokio::select! {
@@ -116,33 +120,31 @@ impl Forwarder {
                     }
                 }
                 () = &mut stopped => break,
-                r = inbound.recv(), if upstream_open => match r {
-                    Some(r) => self.forward(r, &mut inbound).await,
-                    None => upstream_open = false,
-                },
+                n = inbound.recv_many(&mut received, MESSAGES_PER_TURN), if upstream_open => {
+                    if n == 0 {
+                        upstream_open = false; // closed, and nothing left in it
+                    } else {
+                        self.forward(&mut received).await;
+                    }
+                }
             }
         }
         self.flush().await;
         Ok(())
     }
 
-    /// Route `first` and what else has queued behind it (up to
-    /// [`MESSAGES_PER_TURN`]) and hand them to the producer together, in order.
-    async fn forward(&mut self, first: Received, inbound: &mut mpsc::Receiver<Received>) {
+    /// Route what one turn received (up to [`MESSAGES_PER_TURN`], in order)
+    /// and hand it to the producer together, leaving `received` empty.
+    async fn forward(&mut self, received: &mut Vec<Received>) {
         let now = Instant::now();
-        let first = self.route(first, now);
-        if inbound.is_empty() {
-            self.producer.send(first).await;
+        if received.len() == 1 {
+            if let Some(r) = received.pop() {
+                let one = self.route(r, now);
+                self.producer.send(one).await;
+            }
             return;
         }
-        let mut batch = Vec::with_capacity(inbound.len().saturating_add(1).min(MESSAGES_PER_TURN));
-        batch.push(first);
-        while batch.len() < MESSAGES_PER_TURN {
-            match inbound.try_recv() {
-                Ok(r) => batch.push(self.route(r, now)),
-                Err(_) => break,
-            }
-        }
+        let batch: Vec<_> = received.drain(..).map(|r| self.route(r, now)).collect();
         self.producer.send_many(batch).await;
     }
 
