@@ -2,8 +2,9 @@
 # The static build's allocator, measured: builds the glibc release binary,
 # the static (musl) binary as shipped (jemalloc) and the static binary with
 # musl's own allocator (feature `musl-system-allocator`, its own target dir),
-# then compares them on the bridge benchmark, side by side in one run
-# (scripts/bench_binaries.py; BENCHMARKS.md, "Allocator").
+# then compares them on the bridge benchmark, the three bridges side by side
+# on one load (scripts/bench_binaries.py --together; BENCHMARKS.md,
+# "Allocator" and "the builds side by side").
 #
 #   scripts/bench-allocator.sh [--rounds N] [--count N] [--journal] [--json FILE]
 set -euo pipefail
@@ -18,4 +19,4 @@ CARGO_TARGET_DIR=target/musl-system-allocator \
 exec python3 scripts/bench_binaries.py \
     "glibc=target/release/iotpipe" \
     "musl+jemalloc=target/$target/release/iotpipe" \
-    "musl=target/musl-system-allocator/$target/release/iotpipe" "$@"
+    "musl=target/musl-system-allocator/$target/release/iotpipe" --together "$@"

@@ -18,15 +18,16 @@ typed in):
              journal-mode bridge on the same load at the same time; with
              the image's static binary (--musl-bin) when there is one, as
              the pods run it
-
-CPU ratios come from bridges run side by side because this machine's host
-takes CPU time away at times: one round's ratio of two runs in turns ranged
-over ±14%, of two bridges side by side over a few percent (BENCHMARKS.md,
-"the builds side by side").
   sink       scripts/bench_sink.py: sink rows/s against two concurrent raw
              COPY streams of the same rows into the same table
   e2e        scripts/bench_e2e.py in direct and journal mode: publish ->
              row committed in PostgreSQL, p50 and p99 at 2,000 msg/s
+
+CPU ratios between two builds, and between journal and direct mode, come
+from bridges run side by side because this machine's host takes CPU time
+away at times: one round's ratio of the same two builds ranged 0.83-1.25x
+in turns, 0.95-1.00x side by side (BENCHMARKS.md, "the builds side by
+side").
 
 --pin CPUS runs the bridge comparisons (forwarder, allocator, journal) with
 the measured process (the bridge, or the minimal forwarder) on those CPUs

@@ -17,7 +17,7 @@ so each gets every message of the same load, and the CPU per message of
 each is measured over the same seconds. The machine's drift then falls on
 all of them within a round, not only across rounds: on the 2-core test
 machine, whose host took up to half the CPU at times, one round's CPU ratio
-of two builds ranged over ±14% in turns, and over ±2% together
+of the same two builds ranged 0.83-1.25x in turns, and 0.95-1.00x together
 (BENCHMARKS.md, "the builds side by side"). The bridges share the CPU with
 each other too, so their rates are lower than alone; the ratio is what the
 mode is for.
