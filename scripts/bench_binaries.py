@@ -31,7 +31,8 @@ than from a copy of it, or from the same file read back from disk
 
 Usage (normally through scripts/bench-allocator.sh, which builds the binaries):
     python3 scripts/bench_binaries.py NAME=PATH [NAME=PATH ...] [--rounds 3]
-        [--count 100000] [--journal] [--together] [--json FILE]
+        [--count 100000] [--journal] [--together [--journal-for NAME [--journal-set NAME:KEY=VALUE]]]
+        [--json FILE]
 """
 import argparse
 import json
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -69,9 +71,10 @@ def run_once(path, count, journal):
     return {k: figures[k] for k in KEYS}
 
 
-def run_together(bins, count, journaled):
+def run_together(bins, count, journaled, journal_keys=None):
     """One round of --together: every binary's bridge on the same brokers and the same load, at the same
-    time, those named in `journaled` in journal mode; {name: figures}."""
+    time, those named in `journaled` in journal mode (with the [journal] keys `journal_keys` gives
+    for that name); {name: figures}."""
     env = services_env()
     work = tempfile.mkdtemp(prefix="iotpipe-bench-together-")
     procs = []
@@ -79,7 +82,8 @@ def run_together(bins, count, journaled):
         broker, brokers = start_brokers(work, env, procs)
         bridges = {}
         for i, (name, path) in enumerate(bins):
-            j = {"path": os.path.join(work, f"journal-{i}"), "max_size": "1GiB"} if name in journaled else None
+            j = ({"path": os.path.join(work, f"journal-{i}"), "max_size": "1GiB", **(journal_keys or {}).get(name, {})}
+                 if name in journaled else None)
             bridges[name] = Iotpipe("bridge", work, f"bridge-{i}",
                                     bridge_sections(broker, brokers, client_id=f"iotpipe-bench-{i}", journal=j),
                                     procs, binary=path, measured=True).ready()
@@ -120,10 +124,22 @@ def main():
     ap.add_argument("--journal-for", action="append", default=[], metavar="NAME",
                     help="with --together, run this one in journal mode (repeatable; the same path may be given "
                          "under two names, to compare the modes)")
+    ap.add_argument("--journal-set", action="append", default=[], metavar="NAME:KEY=VALUE",
+                    help="with --journal-for NAME, a [journal] key for that one in TOML syntax (repeatable), "
+                         "e.g. 'j0:commit_delay = \"0s\"', to compare settings side by side")
     add_json_option(ap)
     args = ap.parse_args()
     if args.journal_for and not args.together:
         ap.error("--journal-for needs --together")
+    journal_keys = {}
+    for spec in args.journal_set:
+        name, sep, key = spec.partition(":")
+        if not sep or name not in args.journal_for:
+            ap.error(f"--journal-set {spec}: expected NAME:KEY=VALUE for a NAME given to --journal-for")
+        try:
+            journal_keys.setdefault(name, {}).update(tomllib.loads(key))
+        except tomllib.TOMLDecodeError as e:
+            ap.error(f"--journal-set {spec}: {e}")
     bins = []
     for spec in args.binaries:
         name, sep, path = spec.partition("=")
@@ -143,7 +159,7 @@ def main():
     for r in range(args.rounds):
         if args.together:
             together = run_together(runnable, args.count,
-                                    {n for n, _ in bins} if args.journal else set(args.journal_for))
+                                    {n for n, _ in bins} if args.journal else set(args.journal_for), journal_keys)
         for name, path in (runnable if r % 2 == 0 else runnable[::-1]):
             f = together[name] if args.together else run_once(path, args.count, args.journal)
             results[name].append(f)
@@ -168,7 +184,7 @@ def main():
               f"{min(paired[name]):.2f}–{max(paired[name]):.2f}× | "
               f"{m['rss_mib']:.1f} ({m['rss_mib'] / base['rss_mib']:.2f}×) |")
     write_json(args.json, {"mode": "journal" if args.journal else "direct", "journal_for": args.journal_for,
-                           "together": args.together,
+                           "together": args.together, "journal_set": journal_keys,
                            "count": args.count, "rounds": args.rounds,
                            "base": bins[0][0], "binaries": dict(bins), "median": med, "rounds_each": results,
                            "ratio": {name: {k: med[name][k] / base[k] for k in KEYS} for name, _ in bins},

@@ -22,6 +22,7 @@ mod config;
 mod disk;
 mod error;
 mod frame;
+mod hurry;
 mod prealloc;
 mod reader;
 mod recovery;
@@ -40,6 +41,7 @@ pub use error::JournalError;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use frame::{decode as decode_frame, SegmentHeader, SEGMENT_HEADER};
+pub use hurry::HurryAt;
 pub use reader::Reader;
 pub use recovery::{Recovery, TornTail};
 pub use writer::Appender;
@@ -101,6 +103,7 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             disk: disk::DiskGuard::new(cfg_max_batch),
             preallocate: rec.preallocate,
+            hurry: hurry::Hurry::default(),
         });
         let (writer, rx) = mpsc::channel();
         Writer::new(shared.clone(), rec.active, next_seq, segment::EMPTY_LEN, next_seq, rec.preallocated)

@@ -48,6 +48,8 @@ pub struct Shared {
     pub disk: DiskGuard,
     /// Segments are preallocated (`preallocate`, and of use on this filesystem).
     pub preallocate: bool,
+    /// Appenders ask here for a commit without the rest of the commit delay.
+    pub hurry: super::hurry::Hurry,
 }
 
 impl Shared {

@@ -58,6 +58,12 @@ impl Appender {
         self.enqueue(payload)?.await
     }
 
+    /// Commit what was appended without waiting out the rest of the commit
+    /// delay: the caller cannot append more until it is committed (`hurry.rs`).
+    pub fn hurry(&self) {
+        self.shared.hurry.ask();
+    }
+
     /// Most bytes the writer takes into one group commit (`max_batch`): a
     /// useful upper size for a [`Batch`].
     pub fn max_batch_bytes(&self) -> usize {
@@ -190,7 +196,7 @@ impl Writer {
                 break; // every sender is gone
             }
             // Under continuous load, wait up to `commit_delay` for more.
-            let deadline =
+            let mut deadline =
                 last_commit.filter(|t| !delay.is_zero() && t.elapsed() <= delay).map(|_| Instant::now() + delay);
             // The batch: everything that queued up while the last fsync ran.
             while let Some(req) = next.take() {
@@ -208,14 +214,17 @@ impl Writer {
                     }
                 }
                 next = rx.try_recv().ok();
-                if let (None, Some(deadline)) = (&next, deadline) {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if !left.is_zero() && (self.buf.len() as u64) < max_batch {
-                        // Sleep through the rest of the delay and take what
+                if let (None, Some(until)) = (&next, deadline) {
+                    if Instant::now() < until && (self.buf.len() as u64) < max_batch {
+                        // Wait out the rest of the delay and take what
                         // queued meanwhile, rather than wake for each append
                         // (a context switch here and a futex wake-up for the
-                        // appender, per append).
-                        std::thread::sleep(left);
+                        // appender, per append); an appender that cannot
+                        // send more until this commit ends the wait (`hurry.rs`).
+                        if self.shared.hurry.wait(until) {
+                            // Asked: what queued until now is this commit.
+                            deadline = None;
+                        }
                         next = rx.try_recv().ok();
                     }
                 }

@@ -23,6 +23,7 @@ use crate::retry::RetryPolicy;
 use crate::shutdown::{Drain, Stop};
 use crate::telemetry::MessageMetrics;
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,12 +57,21 @@ pub struct AckHandle {
     /// send more QoS 1/2 messages than this unacked [MQTT-3.3.4-9]. `None`
     /// with 3.1.1, where the broker's own setting is the window.
     receive_maximum: Option<usize>,
+    /// With 3.1.1: the most messages seen unacked at once, the window as
+    /// far as it is known.
+    peak_unacked: Arc<AtomicUsize>,
 }
 
 impl AckHandle {
     fn new(client: Client, metrics: Arc<MessageMetrics>, receive_maximum: Option<usize>) -> Self {
         let state = AckState { seq: Sequencer::new(), leave: Leave::Staying, epoch: 0, queued: VecDeque::new() };
-        Self { state: Arc::new(Mutex::new(state)), client, metrics, receive_maximum }
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            client,
+            metrics,
+            receive_maximum,
+            peak_unacked: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, AckState> {
@@ -79,7 +89,20 @@ impl AckHandle {
         let counted = token.is_some();
         let seq = s.seq.push(epoch, token);
         let unacked = s.seq.tokens() + s.queued.len();
-        (seq, counted && self.receive_maximum.is_some_and(|max| unacked > max))
+        match self.receive_maximum {
+            Some(max) => (seq, counted && unacked > max),
+            None => {
+                self.peak_unacked.fetch_max(unacked, Relaxed);
+                (seq, false)
+            }
+        }
+    }
+
+    /// How many messages the broker sends before it waits for acks: the
+    /// receive maximum with MQTT 5; with 3.1.1 (the broker's own setting)
+    /// the most seen unacked at once so far.
+    pub fn window(&self) -> usize {
+        self.receive_maximum.unwrap_or_else(|| self.peak_unacked.load(Relaxed))
     }
 
     /// The message `seq` is durable downstream: ack it, and whatever it was holding back.

@@ -22,7 +22,6 @@
 //! Bounded by records and bytes; the queue only holds records that are
 //! committed and not yet read by the feed.
 
-use crate::journal::encoded_len;
 use crate::record::Inbound;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -104,8 +103,9 @@ impl Handoff {
     /// Taken when it follows the queue's last record (records the feed has
     /// already read from the journal are dropped); otherwise, or when it
     /// does not fit, it is left to the journal, and so is everything after
-    /// it until the feed has read the journal up to date again.
-    pub fn offer(&self, first: u64, msgs: Vec<Inbound>) {
+    /// it until the feed has read the journal up to date again. Each message
+    /// comes with its size in the journal (its share of the window).
+    pub fn offer(&self, first: u64, msgs: Vec<(Inbound, usize)>) {
         let mut s = self.state();
         if !s.accepting {
             return;
@@ -124,14 +124,11 @@ impl Handoff {
         }
         let skip = usize::try_from(tail - first).unwrap_or(usize::MAX).min(msgs.len());
         let records = msgs.len() - skip;
-        let bytes: usize = msgs[skip..].iter().map(encoded_len).sum();
+        let bytes: usize = msgs[skip..].iter().map(|(_, n)| n).sum();
         if s.queue.len() + records > self.max_records || s.bytes.saturating_add(bytes) > self.max_bytes {
             s.accepting = false;
         } else {
-            s.queue.extend(msgs.into_iter().skip(skip).map(|m| {
-                let n = encoded_len(&m);
-                (m, n)
-            }));
+            s.queue.extend(msgs.into_iter().skip(skip));
             s.bytes += bytes;
         }
         drop(s);
@@ -195,15 +192,21 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::encoded_len;
     use bytes::Bytes;
 
-    fn msgs(from: u64, n: u64) -> Vec<Inbound> {
+    /// Messages `from`.. as offered: each with its size in the journal.
+    fn msgs(from: u64, n: u64) -> Vec<(Inbound, usize)> {
         (from..from + n)
-            .map(|i| Inbound {
-                topic: format!("t/{i}"),
-                payload: Bytes::from(vec![b'x'; 10]),
-                received_ms: i64::try_from(i).unwrap(),
-                redelivered: false,
+            .map(|i| {
+                let m = Inbound {
+                    topic: format!("t/{i}"),
+                    payload: Bytes::from(vec![b'x'; 10]),
+                    received_ms: i64::try_from(i).unwrap(),
+                    redelivered: false,
+                };
+                let n = encoded_len(&m);
+                (m, n)
             })
             .collect()
     }
@@ -283,7 +286,7 @@ mod tests {
 
     #[test]
     fn the_byte_bound_holds_and_a_batch_out_of_order_is_a_gap() {
-        let one = encoded_len(&msgs(0, 1)[0]);
+        let one = msgs(0, 1)[0].1;
         let h = Handoff::new(100, one * 2);
         h.resume(0);
         h.offer(0, msgs(0, 3));
@@ -302,7 +305,7 @@ mod tests {
         let mut run = VecDeque::new();
         assert!(matches!(h.take(0, 3, &mut run), Take::Taken));
         assert_eq!(run.iter().map(|(m, _)| m.received_ms).collect::<Vec<_>>(), [0, 1, 2]);
-        assert_eq!(h.in_use(), (2, 2 * encoded_len(&msgs(0, 1)[0])));
+        assert_eq!(h.in_use(), (2, 2 * msgs(0, 1)[0].1));
         // The next run starts after what the last one took.
         assert!(matches!(h.take(3, 64, &mut run), Take::Taken));
         assert_eq!(run.iter().map(|(m, _)| m.received_ms).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);

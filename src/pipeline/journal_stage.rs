@@ -16,7 +16,7 @@
 use super::handoff::{Handoff, Take};
 use super::supervisor::Stop;
 use crate::health::Health;
-use crate::journal::{decode_inbound_shared, Appender, Batch, Journal, JournalConfig, JournalError, Reader};
+use crate::journal::{decode_inbound_shared, Appender, Batch, HurryAt, Journal, JournalConfig, JournalError, Reader};
 use crate::mqtt::{AckHandle, Received, Sequencer};
 use crate::record::Inbound;
 use crate::telemetry::MessageMetrics;
@@ -61,11 +61,12 @@ pub fn handoff(cfg: &JournalConfig) -> Arc<Handoff> {
 }
 
 /// Messages appended together, with their MQTT sequence numbers (and the
-/// messages themselves when they are handed to the feed after their commit).
+/// messages themselves, each with its size in the journal, when they are
+/// handed to the feed after their commit).
 struct Appending {
     seqs: Vec<u64>,
     batch: Batch,
-    msgs: Vec<Inbound>,
+    msgs: Vec<(Inbound, usize)>,
 }
 
 impl Appending {
@@ -85,7 +86,9 @@ impl Appending {
 /// journal's writer, one completion), so the cost per message stays low
 /// while the writer's group commit collects batches during each fsync.
 /// With a `handoff`, each batch's messages are offered to the feed once
-/// committed, in journal order.
+/// committed, in journal order. Once the messages waiting for a commit take
+/// half of the MQTT window, the writer is asked to commit without waiting
+/// out its commit delay: the broker sends no more until they are acked.
 pub async fn ingest(
     mut rx: mpsc::Receiver<Received>,
     appender: Appender,
@@ -104,9 +107,11 @@ pub async fn ingest(
     // What one turn takes from `rx`, taken together (one release of the
     // channel's permits for all, not one per message under its lock).
     let mut received = Vec::new();
+    let mut hurry = HurryAt::new(acks.window());
     loop {
         if !waiting.is_empty() {
-            match submit(&appender, &mut waiting, &mut pending)? {
+            hurry.set_window(acks.window());
+            match submit(&appender, &mut waiting, &mut pending, &mut hurry)? {
                 Some(error) => {
                     if !health.set_journal_full(true) {
                         warn_full(&error);
@@ -124,6 +129,7 @@ pub async fn ingest(
             biased;
             Some((seqs, msgs, res)) = pending.next(), if !pending.is_empty() => {
                 let first = res?;
+                hurry.settled(seqs.len());
                 acks.complete_many(&seqs);
                 if let Some(h) = &handoff {
                     h.offer(first, msgs);
@@ -145,20 +151,25 @@ pub async fn ingest(
 /// with its messages' MQTT sequence numbers, the messages if kept, and its
 /// first journal sequence number.
 type Settling =
-    FuturesOrdered<Pin<Box<dyn Future<Output = (Vec<u64>, Vec<Inbound>, Result<u64, JournalError>)> + Send>>>;
+    FuturesOrdered<Pin<Box<dyn Future<Output = (Vec<u64>, Vec<(Inbound, usize)>, Result<u64, JournalError>)> + Send>>>;
 
 /// Hand the waiting batches to the journal, oldest first, into `pending`.
 /// A batch refused for lack of space is halved until a part fits; what does
 /// not fit stays waiting, in order. Returns the space error that stopped
-/// it; any other error is the journal's failure.
+/// it; any other error is the journal's failure. Asks the writer to hurry
+/// when `hurry` says so.
 fn submit(
     appender: &Appender,
     waiting: &mut VecDeque<Appending>,
     pending: &mut Settling,
+    hurry: &mut HurryAt,
 ) -> Result<Option<JournalError>, JournalError> {
     while let Some(a) = waiting.pop_front() {
         match appender.enqueue_batch(a.batch) {
             Ok(f) => {
+                if hurry.submitted(a.seqs.len()) {
+                    appender.hurry();
+                }
                 let (seqs, msgs) = (a.seqs, a.msgs);
                 pending.push_back(Box::pin(async move { (seqs, msgs, f.await) }));
             }
@@ -199,9 +210,10 @@ fn batch_up(received: &mut Vec<Received>, max_bytes: usize, keep: bool, waiting:
         });
         left -= 1;
         a.seqs.push(r.seq);
+        let before = a.batch.payload_bytes();
         a.batch.push_with(|out| crate::journal::encode_inbound_into(&r.msg, out));
         if keep {
-            a.msgs.push(r.msg);
+            a.msgs.push((r.msg, a.batch.payload_bytes() - before));
         }
         if a.seqs.len() >= MAX_BATCH_RECORDS || a.batch.payload_bytes() >= max_bytes {
             waiting.extend(current.take());
@@ -266,16 +278,16 @@ impl Window {
 
     /// The share of a record of `len` bytes: a record larger than the
     /// whole window is admitted on its own.
-    fn cost(&self, len: usize) -> u32 {
-        u32::try_from(len.clamp(1, self.max_bytes.max(1))).unwrap_or(u32::MAX)
+    fn share(&self, len: usize) -> Held {
+        Held { bytes: u32::try_from(len.clamp(1, self.max_bytes.max(1))).unwrap_or(u32::MAX) }
     }
 
     fn room_for_record(&self) -> bool {
         self.records.load(Acquire) < self.max_records
     }
 
-    fn room_for_bytes(&self, cost: u32) -> bool {
-        self.bytes.load(Acquire).saturating_add(cost as usize) <= self.max_bytes
+    fn room_for_bytes(&self, share: Held) -> bool {
+        self.bytes.load(Acquire).saturating_add(share.bytes as usize) <= self.max_bytes
     }
 
     /// Wait until `room` holds (only the admitting task waits).
@@ -291,12 +303,10 @@ impl Window {
         }
     }
 
-    /// Take the share of one record of `len` bytes; call once there is room.
-    fn take(&self, len: usize) -> Held {
-        let cost = self.cost(len);
+    /// Hold one record's share; call once there is room.
+    fn hold(&self, share: Held) {
         self.records.fetch_add(1, AcqRel);
-        self.bytes.fetch_add(cost as usize, AcqRel);
-        Held { bytes: cost }
+        self.bytes.fetch_add(share.bytes as usize, AcqRel);
     }
 
     /// Give back the shares of `records` records, `bytes` in all.
@@ -329,9 +339,17 @@ impl JournalAcks {
         Self { journal, window, state: Mutex::new(AckState { seq: Sequencer::new(), ready: Vec::new() }) }
     }
 
-    /// Register journal record `jseq` (in journal order); returns the pipeline's sequence number.
-    fn register(&self, jseq: u64, held: Held) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).seq.push(0, Some((jseq, held)))
+    /// Register journal records `jseq`.. (in journal order), one per share
+    /// in `held`, under one lock; returns the pipeline's sequence number of
+    /// the first (the others follow it, one by one).
+    fn register_run(&self, jseq: u64, held: &[Held]) -> u64 {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first = None;
+        for (i, &h) in held.iter().enumerate() {
+            let seq = s.seq.push(0, Some((jseq + i as u64, h)));
+            first.get_or_insert(seq);
+        }
+        first.unwrap_or_default()
     }
 }
 
@@ -386,8 +404,12 @@ pub async fn feed(
     // The record to pass on next, and whether it is taken from the handoff.
     let mut next = reader.position();
     let mut in_memory = false;
-    // Records taken from the handoff together and not yet passed on, from `next` on.
+    // Records taken from the handoff together and not yet passed on, from
+    // `next` on; registered with `acks` when taken (one lock for the run),
+    // the first as `run_seq`, the others after it.
     let mut run = VecDeque::with_capacity(FEED_RUN);
+    let mut run_seq = 0u64;
+    let mut shares = Vec::with_capacity(FEED_RUN);
     loop {
         since_yield += 1;
         if since_yield == FEED_YIELD_EVERY {
@@ -401,12 +423,16 @@ pub async fn feed(
                 () = stop.until_set() => return Ok(()),
             }
         }
-        let (msg, size) = if let Some(taken) = run.pop_front() {
-            taken
+        let (msg, held, registered) = if let Some((msg, size)) = run.pop_front() {
+            run_seq += 1;
+            (msg, window.share(size), Some(run_seq - 1))
         } else if in_memory {
             match handoff.take(next, FEED_RUN, &mut run) {
                 Take::Taken => {
                     metrics.journal_handed_over.fetch_add(run.len() as u64, Relaxed);
+                    shares.clear();
+                    shares.extend(run.iter().map(|(_, size)| window.share(*size)));
+                    run_seq = acks.register_run(next, &shares);
                     continue;
                 }
                 Take::Empty => {
@@ -426,7 +452,7 @@ pub async fn feed(
             match reader.try_next()? {
                 Some((jseq, bytes)) => {
                     metrics.journal_read.fetch_add(1, Relaxed);
-                    (journaled_message(jseq, &bytes), bytes.len())
+                    (journaled_message(jseq, &bytes), window.share(bytes.len()), None)
                 }
                 None => {
                     // Every committed record is read: take the next ones
@@ -439,15 +465,17 @@ pub async fn feed(
         };
         let jseq = next;
         next += 1;
-        let cost = window.cost(size);
-        if !window.room_for_bytes(cost) {
+        if !window.room_for_bytes(held) {
             tokio::select! {
-                () = window.wait_until(|w| w.room_for_bytes(cost)) => {}
+                () = window.wait_until(|w| w.room_for_bytes(held)) => {}
                 () = stop.until_set() => return Ok(()),
             }
         }
-        let held = window.take(size);
-        let seq = acks.register(jseq, held);
+        window.hold(held);
+        let seq = match registered {
+            Some(seq) => seq,
+            None => acks.register_run(jseq, &[held]),
+        };
         match tx.try_send(Received { seq, msg }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
@@ -580,9 +608,10 @@ mod tests {
         for a in &waiting {
             assert_eq!(a.batch.len(), a.seqs.len());
             assert_eq!(a.msgs.len(), a.seqs.len(), "kept for the handoff");
-            for (record, (&seq, msg)) in a.batch.records().zip(a.seqs.iter().zip(&a.msgs)) {
+            for (record, (&seq, (msg, size))) in a.batch.records().zip(a.seqs.iter().zip(&a.msgs)) {
                 assert_eq!(seq, 100 + n);
                 assert_eq!(msg.received_ms, n as i64);
+                assert_eq!((*size, record.len()), (one, one), "its size in the journal");
                 assert_eq!(crate::journal::decode_inbound(record).unwrap().received_ms, n as i64);
                 n += 1;
             }
@@ -625,7 +654,12 @@ mod tests {
         }
         let first = appender.enqueue_batch(batch).map_err(|(e, _)| e).unwrap().await.unwrap();
         assert_eq!(first, range.start);
-        handoff.offer(first, range.map(|n| Inbound { redelivered: true, ..message(n) }).collect());
+        let sized = |n| {
+            let m = Inbound { redelivered: true, ..message(n) };
+            let size = crate::journal::encoded_len(&m);
+            (m, size)
+        };
+        handoff.offer(first, range.map(sized).collect());
     }
 
     /// Take what the feed passes on until `upto` records are in `got`
@@ -736,7 +770,16 @@ mod tests {
     async fn completing_many_at_once_moves_over_the_completed_prefix_only() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _, window, acks) = journal_with(&JournalConfig::at(dir.path()), 6).await;
-        let seqs: Vec<u64> = (0..6).map(|j| acks.register(j, window.take(100))).collect();
+        // Registered as a run of 4 and two single records, the way the feed does.
+        let held = |n: usize| {
+            let shares = vec![window.share(100); n];
+            shares.iter().for_each(|&h| window.hold(h));
+            shares
+        };
+        let first = acks.register_run(0, &held(4));
+        let mut seqs: Vec<u64> = (first..first + 4).collect();
+        seqs.extend((4..6).map(|j| acks.register_run(j, &held(1))));
+        assert_eq!(seqs, (seqs[0]..seqs[0] + 6).collect::<Vec<u64>>(), "one after the other");
         // 0 is still out: nothing moves, nothing is freed.
         acks.complete_many(&[seqs[3], seqs[1], seqs[2]]);
         assert_eq!(journal.acked_seq(), None);
@@ -766,16 +809,16 @@ mod tests {
         for _ in 0..100 {
             batch.push(&[7u8; 100]);
         }
-        let msgs = (0..100).map(message).collect();
+        let msgs = (0..100).map(|n| (message(n), 0)).collect();
         let mut waiting = VecDeque::from([Appending { seqs: (1000..1100).collect(), batch, msgs }]);
         let mut pending: Settling = FuturesOrdered::new();
-        let stopped = submit(&appender, &mut waiting, &mut pending).unwrap();
+        let stopped = submit(&appender, &mut waiting, &mut pending, &mut HurryAt::new(1000)).unwrap();
         assert!(matches!(stopped, Some(JournalError::Full { .. })), "{stopped:?}");
         let mut done = Vec::new();
         // Settled in journal order, each part with its own messages.
         while let Some((seqs, msgs, res)) = pending.next().await {
             assert_eq!(res.unwrap(), done.len() as u64, "journal order");
-            let kept: Vec<u64> = msgs.iter().map(|m| 1000 + m.received_ms as u64).collect();
+            let kept: Vec<u64> = msgs.iter().map(|(m, _)| 1000 + m.received_ms as u64).collect();
             assert_eq!(kept, seqs);
             done.extend(seqs);
         }
@@ -792,11 +835,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = JournalConfig { forward_max_bytes: ByteSize::kib(1), ..JournalConfig::at(dir.path()) };
         let window = Window::new(&cfg);
-        let cost = window.cost(10_000);
-        assert!(window.room_for_bytes(cost));
-        let big = window.take(10_000);
+        let big = window.share(10_000);
+        assert!(window.room_for_bytes(big));
+        window.hold(big);
         assert_eq!(window.in_use(), (1, 1024));
-        assert!(!window.room_for_bytes(window.cost(1)), "nothing else fits beside it");
+        assert!(!window.room_for_bytes(window.share(1)), "nothing else fits beside it");
         window.release(1, big.bytes as usize);
         assert_eq!(window.in_use(), (0, 0));
     }
