@@ -22,6 +22,10 @@ fn config(dir: &Path) -> JournalConfig {
         segment_size: ByteSize::kib(4),
         max_batch: ByteSize::kib(1),
         ack_sync_interval: HumanDuration::millis(20),
+        // These tests mostly append one record at a time, each waiting for
+        // its commit, so each waits out the commit delay: the default
+        // (20 ms, for the bridge's pipelined appends) would make them 4x slower.
+        commit_delay: HumanDuration::millis(5),
         ..JournalConfig::default()
     }
 }

@@ -35,8 +35,9 @@ pub struct JournalConfig {
     /// Under continuous load (the previous group commit ended less than
     /// this long before the next append arrived), how long the writer waits
     /// for more appends before it writes and fsyncs them: fewer, larger
-    /// commits for at most this much more latency per append. `0s`: commit
-    /// at once.
+    /// commits for at most this much more latency per append. The bridge's
+    /// ingest cuts the wait short once half the MQTT window waits for it.
+    /// `0s`: commit at once.
     pub commit_delay: HumanDuration,
     /// How often the delivered position is written to disk while acks arrive.
     pub ack_sync_interval: HumanDuration,
@@ -63,7 +64,7 @@ impl Default for JournalConfig {
             max_size: ByteSize::mib(1024),
             segment_size: ByteSize::mib(64),
             max_batch: ByteSize::mib(1),
-            commit_delay: HumanDuration(std::time::Duration::from_millis(5)),
+            commit_delay: HumanDuration::millis(20),
             ack_sync_interval: HumanDuration::millis(100),
             forward_max_records: 4096,
             forward_max_bytes: ByteSize::mib(8),
@@ -140,7 +141,7 @@ mod tests {
         assert_eq!(cfg.max_size, ByteSize(2 << 30));
         assert_eq!(cfg.segment_size, ByteSize::mib(64));
         assert_eq!(cfg.ack_sync_interval.get(), std::time::Duration::from_millis(100));
-        assert_eq!(cfg.commit_delay.get(), std::time::Duration::from_millis(5));
+        assert_eq!(cfg.commit_delay.get(), std::time::Duration::from_millis(20));
         assert!(cfg.preallocate);
         cfg.validate().unwrap();
         JournalConfig::default().validate().unwrap();

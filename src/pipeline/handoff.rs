@@ -105,7 +105,7 @@ impl Handoff {
     /// does not fit, it is left to the journal, and so is everything after
     /// it until the feed has read the journal up to date again. Each message
     /// comes with its size in the journal (its share of the window).
-    pub fn offer(&self, first: u64, msgs: Vec<(Inbound, usize)>) {
+    pub fn offer(&self, first: u64, mut msgs: Vec<(Inbound, usize)>) {
         let mut s = self.state();
         if !s.accepting {
             return;
@@ -128,7 +128,9 @@ impl Handoff {
         if s.queue.len() + records > self.max_records || s.bytes.saturating_add(bytes) > self.max_bytes {
             s.accepting = false;
         } else {
-            s.queue.extend(msgs.into_iter().skip(skip));
+            // Without the records already read: the rest goes over as one copy.
+            msgs.drain(..skip);
+            s.queue.extend(msgs);
             s.bytes += bytes;
         }
         drop(s);

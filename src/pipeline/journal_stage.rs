@@ -381,8 +381,26 @@ impl Completion for JournalAcks {
 /// Records the feed passes on between two yields to the runtime.
 const FEED_YIELD_EVERY: u32 = 256;
 
-/// Most records the feed takes from the handoff at once (one lock).
-const FEED_RUN: usize = 64;
+/// Most records the feed takes from the handoff at once (one lock), and
+/// passes on to the forwarder at once (one message on the channel).
+pub const FEED_RUN: usize = 64;
+
+/// Pass on what the feed has gathered (`out`, emptied), as one run; false
+/// when the forwarder is gone or the feed is told to stop meanwhile.
+async fn pass_on(tx: &mpsc::Sender<Vec<Received>>, out: &mut Vec<Received>, stop: &mut Stop) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let run = std::mem::replace(out, Vec::with_capacity(FEED_RUN));
+    match tx.try_send(run) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(run)) => tokio::select! {
+            sent = tx.send(run) => sent.is_ok(),
+            () = stop.until_set() => false,
+        },
+    }
+}
 
 /// Journal → forwarder: every record from the delivered position on, with
 /// the sequence number `acks` gave it, never more than `window` at a time.
@@ -390,13 +408,16 @@ const FEED_RUN: usize = 64;
 /// keeps up, the others from the journal (see `handoff.rs`).
 /// Ends when told to stop, or when the forwarder is gone; a read error ends
 /// it with the error. Each step waits only when it cannot go on at once.
+/// Records go to the forwarder in runs of up to [`FEED_RUN`], each run sent
+/// before the feed waits for anything (the window the run holds is freed
+/// only once the forwarder has it).
 /// Counts, in `metrics`, the records taken from memory and read from the journal.
 pub async fn feed(
     mut reader: Reader,
     handoff: Arc<Handoff>,
     acks: Arc<JournalAcks>,
     window: Arc<Window>,
-    tx: mpsc::Sender<Received>,
+    tx: mpsc::Sender<Vec<Received>>,
     metrics: Arc<MessageMetrics>,
     mut stop: Stop,
 ) -> Result<(), JournalError> {
@@ -410,14 +431,22 @@ pub async fn feed(
     let mut run = VecDeque::with_capacity(FEED_RUN);
     let mut run_seq = 0u64;
     let mut shares = Vec::with_capacity(FEED_RUN);
+    // Records admitted to the window and not yet sent to the forwarder.
+    let mut out = Vec::with_capacity(FEED_RUN);
     loop {
         since_yield += 1;
         if since_yield == FEED_YIELD_EVERY {
             // The steps below mostly go on without waiting: let other tasks run.
             since_yield = 0;
+            if !pass_on(&tx, &mut out, &mut stop).await {
+                return Ok(());
+            }
             tokio::task::yield_now().await;
         }
         if !window.room_for_record() {
+            if !pass_on(&tx, &mut out, &mut stop).await {
+                return Ok(());
+            }
             tokio::select! {
                 () = window.wait_until(Window::room_for_record) => {}
                 () = stop.until_set() => return Ok(()),
@@ -436,6 +465,9 @@ pub async fn feed(
                     continue;
                 }
                 Take::Empty => {
+                    if !pass_on(&tx, &mut out, &mut stop).await {
+                        return Ok(());
+                    }
                     tokio::select! {
                         () = handoff.wait(next) => {}
                         () = stop.until_set() => return Ok(()),
@@ -466,6 +498,9 @@ pub async fn feed(
         let jseq = next;
         next += 1;
         if !window.room_for_bytes(held) {
+            if !pass_on(&tx, &mut out, &mut stop).await {
+                return Ok(());
+            }
             tokio::select! {
                 () = window.wait_until(|w| w.room_for_bytes(held)) => {}
                 () = stop.until_set() => return Ok(()),
@@ -476,13 +511,9 @@ pub async fn feed(
             Some(seq) => seq,
             None => acks.register_run(jseq, &[held]),
         };
-        match tx.try_send(Received { seq, msg }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-            Err(mpsc::error::TrySendError::Full(r)) => tokio::select! {
-                sent = tx.send(r) => if sent.is_err() { return Ok(()) },
-                () = stop.until_set() => return Ok(()),
-            },
+        out.push(Received { seq, msg });
+        if out.len() >= FEED_RUN && !pass_on(&tx, &mut out, &mut stop).await {
+            return Ok(());
         }
     }
 }
@@ -636,8 +667,14 @@ mod tests {
         let (journal, _) = Journal::open(cfg.clone()).unwrap();
         let journal = Arc::new(journal);
         let appender = journal.appender();
+        // Together, as the ingest appends (one at a time, each waiting for
+        // its commit, every append would wait out the commit delay).
+        let mut batch = Batch::new();
         for n in 0..records {
-            appender.append(inbound(n)).await.unwrap();
+            batch.push(&inbound(n));
+        }
+        if !batch.is_empty() {
+            appender.enqueue_batch(batch).map_err(|(e, _)| e).unwrap().await.unwrap();
         }
         let window = Arc::new(Window::new(cfg));
         let acks = Arc::new(JournalAcks::new(journal.clone(), window.clone()));
@@ -665,11 +702,19 @@ mod tests {
     /// Take what the feed passes on until `upto` records are in `got`
     /// (journal record, taken from memory), completing each; then give the
     /// feed time to read everything committed and wait on the handoff.
-    async fn receive(rx: &mut mpsc::Receiver<Received>, acks: &JournalAcks, got: &mut Vec<(u64, bool)>, upto: u64) {
+    async fn receive(
+        rx: &mut mpsc::Receiver<Vec<Received>>,
+        acks: &JournalAcks,
+        got: &mut Vec<(u64, bool)>,
+        upto: u64,
+    ) {
         while (got.len() as u64) < upto {
-            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-            acks.complete_many(&[r.seq]);
-            got.push((r.msg.received_ms as u64, r.msg.redelivered));
+            let run = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            assert!(!run.is_empty() && run.len() <= FEED_RUN);
+            for r in run {
+                acks.complete_many(&[r.seq]);
+                got.push((r.msg.received_ms as u64, r.msg.redelivered));
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -746,8 +791,9 @@ mod tests {
         ));
         let mut got = Vec::new();
         while got.len() < 100 {
-            got.push(rx.recv().await.unwrap());
+            got.extend(rx.recv().await.unwrap());
         }
+        assert_eq!(got.len(), 100);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rx.try_recv().is_err(), "nothing beyond the window is read");
         assert_eq!(window.in_use().0, 100);
@@ -757,7 +803,7 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the head of the line holds the window");
         acks.complete_many(&[got[0].seq]);
         let more = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-        assert_eq!(more.seq, 100);
+        assert_eq!(more.iter().map(|r| r.seq).collect::<Vec<_>>(), [100, 101], "the prefix 0, 1 freed: two more");
         assert_eq!(journal.acked_seq(), Some(1));
         signals.set_stop();
         assert!(feeder.await.unwrap().is_ok());

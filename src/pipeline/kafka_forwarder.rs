@@ -57,8 +57,37 @@ const REPORTS_PER_TURN: usize = 512;
 
 /// Most messages routed and handed to the producer in one turn of the loop:
 /// what has queued up goes over in one step (one clock read, one hand-over),
-/// while delivery reports wait at most this many messages' routing.
-const MESSAGES_PER_TURN: usize = 64;
+/// while delivery reports wait at most this many messages' routing. The
+/// journal feed's runs are as long.
+const MESSAGES_PER_TURN: usize = super::journal_stage::FEED_RUN;
+
+/// Where the forwarder takes its messages from.
+pub enum Upstream {
+    /// The MQTT session's channel, a message at a time (direct mode).
+    Session(mpsc::Receiver<Received>),
+    /// The journal feed's channel, a run of messages at a time (journal mode;
+    /// each run at most [`MESSAGES_PER_TURN`]).
+    Journal(mpsc::Receiver<Vec<Received>>),
+}
+
+impl Upstream {
+    /// Wait for messages, then move what is there (up to `limit` from the
+    /// session; one run from the journal) into `buf`; 0 once closed and
+    /// drained. Cancel-safe: nothing is taken unless it returns.
+    async fn recv_into(&mut self, buf: &mut Vec<Received>, limit: usize) -> usize {
+        match self {
+            Self::Session(rx) => rx.recv_many(buf, limit).await,
+            Self::Journal(rx) => match rx.recv().await {
+                Some(mut run) => {
+                    let n = run.len();
+                    buf.append(&mut run);
+                    n
+                }
+                None => 0,
+            },
+        }
+    }
+}
 
 /// Failed deliveries waiting for their backoff, soonest first. Holds at most
 /// what is in flight (bounded by `mqtt.max_in_flight` or the journal window).
@@ -99,7 +128,7 @@ impl Forwarder {
     /// Forward `inbound` until `stop`, then give outstanding deliveries up to
     /// `flush_within`; what Kafka has not acknowledged by then stays unacked
     /// (with the broker, or in the journal) and is sent again next time.
-    pub async fn run(mut self, mut inbound: mpsc::Receiver<Received>, mut stop: Stop) -> Result<(), PipelineError> {
+    pub async fn run(mut self, mut inbound: Upstream, mut stop: Stop) -> Result<(), PipelineError> {
         let mut retries = Retries::default();
         let mut upstream_open = true;
         // Waited on for the whole run, not afresh per message.
@@ -107,7 +136,7 @@ impl Forwarder {
         tokio::pin!(stopped);
         // What one turn takes from `inbound`: taken together, one release of
         // the channel's permits for all (a `try_recv` per message released
-        // its own, under the channel's lock).
+        // its own, under the channel's lock), or one run from the journal.
         let mut received = Vec::with_capacity(MESSAGES_PER_TURN);
         loop {
             let retry_at = retries.next_due();
@@ -120,7 +149,7 @@ impl Forwarder {
                     }
                 }
                 () = &mut stopped => break,
-                n = inbound.recv_many(&mut received, MESSAGES_PER_TURN), if upstream_open => {
+                n = inbound.recv_into(&mut received, MESSAGES_PER_TURN), if upstream_open => {
                     if n == 0 {
                         upstream_open = false; // closed, and nothing left in it
                     } else {

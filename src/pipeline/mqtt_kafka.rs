@@ -10,7 +10,7 @@
 
 use super::ingress::Ingress;
 use super::journal_stage::{self, Completion, JournalAcks, Window};
-use super::kafka_forwarder::Forwarder;
+use super::kafka_forwarder::{Forwarder, Upstream};
 use super::supervisor::{serve_http, start_up, supervise, Plan, Signals, Tasks};
 use super::{BridgeSettings, PipelineError};
 use crate::health::{Health, Parts};
@@ -80,6 +80,7 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
         (Some(j), Some(jc)) => {
             let window = Arc::new(Window::new(jc));
             let jacks = Arc::new(JournalAcks::new(j.clone(), window.clone()));
+            // Runs of up to FEED_RUN records: room for the whole window in runs of one.
             let (tx, rx) = mpsc::channel(jc.forward_max_records.min(4096));
             let handoff = journal_stage::handoff(jc);
             tasks.finishing(
@@ -106,9 +107,9 @@ pub async fn run(config: BridgeSettings, shutdown: impl Future<Output = ()>) -> 
                 ),
             );
             tasks.background("journal-gauges", journal_stage::gauges(j.clone(), Some(window), metrics.clone()));
-            (rx, jacks)
+            (Upstream::Journal(rx), jacks)
         }
-        _ => (ingress.messages, Arc::new(acks.clone())),
+        _ => (Upstream::Session(ingress.messages), Arc::new(acks.clone())),
     };
     let forwarder = Forwarder {
         router,
