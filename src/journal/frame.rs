@@ -80,14 +80,28 @@ pub fn checksum(seq: u64, payload: &[u8]) -> u32 {
 }
 
 /// Append the frame of `(seq, payload)` to `out`. `payload` must not exceed
-/// [`MAX_PAYLOAD`] (the appender checks).
+/// [`MAX_PAYLOAD`] (the appender checks). The writer seals frames laid
+/// out in place ([`seal`]); this is the same for one record.
+#[cfg(test)]
 pub fn encode(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let start = out.len();
     out.reserve(frame_len(payload.len()));
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(seq, payload).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&[0u8; FRAME_HEADER]);
     out.extend_from_slice(payload);
+    seal(&mut out[start..], seq);
+}
+
+/// Fill in the header of a frame laid out in place: `frame` is
+/// [`FRAME_HEADER`] bytes of any value followed by the payload, and gets
+/// its length, checksum and sequence number `seq`.
+pub fn seal(frame: &mut [u8], seq: u64) {
+    let Some((header, payload)) = frame.split_first_chunk_mut::<FRAME_HEADER>() else {
+        return; // not a frame: never produced by `Batch`
+    };
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    header[0..4].copy_from_slice(&len.to_le_bytes());
+    header[4..8].copy_from_slice(&checksum(seq, payload).to_le_bytes());
+    header[8..16].copy_from_slice(&seq.to_le_bytes());
 }
 
 /// Decode the frame at the start of `buf`; returns it and its length on disk.
@@ -177,6 +191,16 @@ mod tests {
         assert_eq!((f.seq, f.payload, n), (7, &b"hello"[..], FRAME_HEADER + 5));
         let (f, m) = decode(&buf[n..]).unwrap();
         assert_eq!((f.seq, f.payload, m), (8, &b""[..], FRAME_HEADER));
+    }
+
+    #[test]
+    fn a_frame_sealed_in_place_is_the_encoded_frame() {
+        let mut encoded = Vec::new();
+        encode(9, b"payload", &mut encoded);
+        let mut in_place = vec![0xAA; FRAME_HEADER];
+        in_place.extend_from_slice(b"payload");
+        seal(&mut in_place, 9);
+        assert_eq!(in_place, encoded);
     }
 
     #[test]

@@ -3,16 +3,18 @@
 //! `fdatasync`. Each append's future resolves only after the fsync that
 //! covers its records, so the async runtime never waits on the disk. An
 //! append may carry many records ([`Batch`]): one request, one completion.
+//! A batch comes laid out as frames: the writer numbers its records, fills
+//! in their headers and writes the batch's own buffer (one gathered write
+//! for all the batches of a commit), so records are not copied again here.
 
 use super::batch::Batch;
-use super::frame;
 use super::prealloc::{self, Preparation};
 use super::segment::{self, SegmentInfo};
 use super::shared::Shared;
 use super::JournalError;
 use bytes::Bytes;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -132,8 +134,10 @@ pub struct Writer {
     active_len: u64,
     /// Sequence number the next staged record gets.
     next_seq: u64,
-    /// Frames staged for the next write.
-    buf: Vec<u8>,
+    /// Frames staged for the next write, in order (sealed batches).
+    staged: Vec<Vec<u8>>,
+    /// Bytes of `staged`.
+    staged_bytes: u64,
     pending: Vec<Pending>,
     /// Set after a failed write or fsync: nothing more is written.
     failed: Option<String>,
@@ -160,7 +164,8 @@ impl Writer {
             active_first,
             active_len,
             next_seq,
-            buf: Vec::new(),
+            staged: Vec::new(),
+            staged_bytes: 0,
             pending: Vec::new(),
             failed: None,
             preallocated,
@@ -206,7 +211,7 @@ impl Writer {
                         break;
                     }
                     Request::Append { batch, done } => {
-                        if !self.buf.is_empty() && self.buf.len() as u64 + batch.frame_bytes() > max_batch {
+                        if self.staged_bytes > 0 && self.staged_bytes + batch.frame_bytes() > max_batch {
                             carry = Some(Request::Append { batch, done });
                             break;
                         }
@@ -215,7 +220,7 @@ impl Writer {
                 }
                 next = rx.try_recv().ok();
                 if let (None, Some(until)) = (&next, deadline) {
-                    if Instant::now() < until && (self.buf.len() as u64) < max_batch {
+                    if Instant::now() < until && self.staged_bytes < max_batch {
                         // Wait out the rest of the delay and take what
                         // queued meanwhile, rather than wake for each append
                         // (a context switch here and a futex wake-up for the
@@ -276,32 +281,36 @@ impl Writer {
         self.file.sync_all()
     }
 
-    /// Encode a batch's records into the group commit, rolling to a new
-    /// segment first whenever the next record would not fit (committing
-    /// what is staged, so a batch may span segments).
-    fn stage(&mut self, batch: Batch, done: oneshot::Sender<Result<u64, JournalError>>) {
+    /// Number a batch's records and stage their frames for the group commit,
+    /// rolling to a new segment first whenever the next record would not
+    /// fit (committing what is staged, so a batch may span segments).
+    fn stage(&mut self, mut batch: Batch, done: oneshot::Sender<Result<u64, JournalError>>) {
         let first_seq = self.next_seq;
         let segment_size = self.shared.cfg.segment_size.bytes();
-        for payload in batch.records() {
-            let bytes = frame::frame_len(payload.len()) as u64;
-            let staged = self.active_len + self.buf.len() as u64;
-            if self.failed.is_none() && staged > segment::EMPTY_LEN && staged + bytes > segment_size {
+        while !batch.is_empty() && self.failed.is_none() {
+            let staged = self.active_len + self.staged_bytes;
+            let fit = batch.fitting(segment_size.saturating_sub(staged));
+            if fit == 0 && staged > segment::EMPTY_LEN {
                 self.commit();
                 if self.failed.is_none() {
                     if let Err(error) = self.roll() {
                         self.fail(self.next_seq, &error);
                     }
                 }
-            }
-            if self.failed.is_some() {
-                self.shared.release(bytes);
                 continue;
             }
-            frame::encode(self.next_seq, payload, &mut self.buf);
-            self.next_seq += 1;
+            // An empty segment takes a record even if it is larger (at most
+            // a segment's worth: the appender checks).
+            let rest = batch.split_off(fit.max(1));
+            let records = batch.len() as u64;
+            self.staged_bytes += batch.frame_bytes();
+            self.staged.push(batch.seal(self.next_seq));
+            self.next_seq += records;
+            batch = rest;
         }
         match &self.failed {
             Some(reason) => {
+                self.shared.release(batch.frame_bytes());
                 let _ = done.send(Err(JournalError::Poisoned(reason.clone())));
             }
             None => self.pending.push(Pending { first_seq, done }),
@@ -313,16 +322,17 @@ impl Writer {
     /// staged; a commit in the middle of a batch (a segment roll) writes its
     /// first records without completing it.
     fn commit(&mut self) {
-        if self.pending.is_empty() && self.buf.is_empty() {
+        if self.pending.is_empty() && self.staged.is_empty() {
             return;
         }
-        if self.failed.is_none() && !self.buf.is_empty() {
+        if self.failed.is_none() && !self.staged.is_empty() {
             if let Err(error) = self.write_and_sync() {
                 self.fail(self.active_first, &error);
             }
         }
-        let written = self.buf.len() as u64;
-        self.buf.clear();
+        let written = self.staged_bytes;
+        self.staged.clear();
+        self.staged_bytes = 0;
         match &self.failed {
             None => {
                 if written > 0 {
@@ -350,9 +360,21 @@ impl Writer {
     /// One write and one `fdatasync` per `max_batch` bytes (a batch is at most
     /// that, unless one record alone is larger: then it goes in several).
     fn write_and_sync(&mut self) -> io::Result<()> {
-        let chunk = self.shared.cfg.max_batch.bytes() as usize;
-        for part in self.buf.chunks(chunk.max(1)) {
-            self.file.write_all(part)?;
+        let chunk = usize::try_from(self.shared.cfg.max_batch.bytes()).unwrap_or(usize::MAX).max(1);
+        let mut parts = self.staged.iter().map(Vec::as_slice).filter(|b| !b.is_empty());
+        let mut part = parts.next();
+        let mut slices = Vec::with_capacity(self.staged.len());
+        while part.is_some() {
+            // Up to `chunk` bytes, gathered from the staged batches in order.
+            slices.clear();
+            let mut room = chunk;
+            while let Some(bytes) = part.filter(|_| room > 0) {
+                let (now, later) = bytes.split_at(bytes.len().min(room));
+                slices.push(IoSlice::new(now));
+                room -= now.len();
+                part = if later.is_empty() { parts.next() } else { Some(later) };
+            }
+            write_all_gathered(&mut self.file, &mut slices)?;
             self.file.sync_data()?;
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
@@ -410,4 +432,18 @@ impl Writer {
             }
         }
     }
+}
+
+/// Write every byte of `slices` (emptied on the way) with as few `writev`
+/// calls as the kernel takes.
+fn write_all_gathered(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the journal segment took no bytes")),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
