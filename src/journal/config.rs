@@ -55,6 +55,11 @@ pub struct JournalConfig {
     /// no room for them, and on tmpfs, ramfs, btrfs and ZFS (memory, or
     /// copy-on-write: no use there).
     pub preallocate: bool,
+    /// Write preallocated segments (and their zero-fill) with direct I/O
+    /// (`O_DIRECT`), not through the page cache: less CPU per commit, and
+    /// no page-cache pages charged to the container's memory. Where the
+    /// filesystem refuses it, segments are written buffered, as with `false`.
+    pub direct_io: bool,
 }
 
 impl Default for JournalConfig {
@@ -69,6 +74,7 @@ impl Default for JournalConfig {
             forward_max_records: 4096,
             forward_max_bytes: ByteSize::mib(8),
             preallocate: true,
+            direct_io: true,
         }
     }
 }

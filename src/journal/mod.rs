@@ -19,6 +19,7 @@ mod ack;
 mod batch;
 mod codec;
 mod config;
+mod direct;
 mod disk;
 mod error;
 mod frame;

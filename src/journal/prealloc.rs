@@ -50,7 +50,7 @@ fn prepare_unless(dir: &Path, cfg: &JournalConfig, cancel: &AtomicBool) -> Optio
     if !room_for(dir, cfg) {
         return None;
     }
-    match segment::prepare(dir, cfg.segment_size.bytes(), cancel) {
+    match segment::prepare(dir, cfg.segment_size.bytes(), cfg.direct_io, cancel) {
         Ok(file) => Some(file),
         Err(error) => {
             tracing::debug!(path = %dir.display(), %error, "Could not preallocate a journal segment; using a growing one.");

@@ -70,9 +70,17 @@ pub fn create(dir: &Path, first_seq: u64, tail_window: u32) -> io::Result<File> 
 /// filesystem; docs/journal.md, "Preallocated segments"). A failed
 /// preparation (`ENOSPC` included) removes the file, and so does one that
 /// sees `cancel` set between two writes.
-pub fn prepare(dir: &Path, size: u64, cancel: &AtomicBool) -> io::Result<File> {
+///
+/// `direct`: zero-fill with direct I/O where the filesystem takes it
+/// (`direct.rs`), so the zeros do not pass through the page cache.
+pub fn prepare(dir: &Path, size: u64, direct: bool, cancel: &AtomicBool) -> io::Result<File> {
     let p = dir.join(PREPARED);
     let fill = || -> io::Result<File> {
+        if direct {
+            if let Some(file) = super::direct::zero_fill(&p, size, &|| cancel.load(Ordering::Relaxed))? {
+                return Ok(file);
+            }
+        }
         let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&p)?;
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut left = size;
@@ -133,9 +141,9 @@ mod tests {
     #[test]
     fn a_prepared_segment_is_zeros_until_activated_then_a_named_segment_with_its_header() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(prepare(dir.path(), 1 << 20, &AtomicBool::new(true)).is_err(), "cancelled");
+        assert!(prepare(dir.path(), 1 << 20, false, &AtomicBool::new(true)).is_err(), "cancelled");
         assert!(!dir.path().join(PREPARED).exists(), "a cancelled preparation leaves no file");
-        let file = prepare(dir.path(), 3 * ZERO_CHUNK as u64 / 2, &AtomicBool::new(false)).unwrap();
+        let file = prepare(dir.path(), 3 * ZERO_CHUNK as u64 / 2, false, &AtomicBool::new(false)).unwrap();
         let tmp = std::fs::read(dir.path().join(PREPARED)).unwrap();
         assert_eq!(tmp.len(), 3 * ZERO_CHUNK / 2);
         assert!(tmp.iter().all(|&b| b == 0));

@@ -8,13 +8,14 @@
 //! for all the batches of a commit), so records are not copied again here.
 
 use super::batch::Batch;
+use super::direct::{self, DirectSegment};
 use super::prealloc::{self, Preparation};
 use super::segment::{self, SegmentInfo};
 use super::shared::Shared;
 use super::JournalError;
 use bytes::Bytes;
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -143,6 +144,9 @@ pub struct Writer {
     failed: Option<String>,
     /// The active segment was zero-filled to `segment_size` before its first record.
     preallocated: bool,
+    /// Direct writes to the active segment (`direct.rs`): a preallocated
+    /// one, with `direct_io` on, on a filesystem that takes them.
+    direct: Option<DirectSegment>,
     /// The next segment, being zero-filled in the background.
     next: Option<Preparation>,
 }
@@ -158,7 +162,7 @@ impl Writer {
         next_seq: u64,
         preallocated: bool,
     ) -> Self {
-        Self {
+        let mut writer = Self {
             shared,
             file,
             active_first,
@@ -169,7 +173,28 @@ impl Writer {
             pending: Vec::new(),
             failed: None,
             preallocated,
+            direct: None,
             next: None,
+        };
+        writer.open_direct();
+        writer
+    }
+
+    /// Write the active segment with direct I/O if it is preallocated and
+    /// the filesystem takes it (else buffered; a failure to read its last
+    /// block is only logged, the buffered path does not need it).
+    fn open_direct(&mut self) {
+        self.direct = None;
+        let cfg = &self.shared.cfg;
+        if !self.preallocated || !cfg.direct_io || cfg.segment_size.bytes() % direct::BLOCK as u64 != 0 {
+            return;
+        }
+        let path = segment::path(&self.shared.dir, self.active_first);
+        match DirectSegment::open(&path, &self.file, self.active_len) {
+            Ok(d) => self.direct = d,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "Could not open a journal segment for direct I/O; writing it through the page cache.");
+            }
         }
     }
 
@@ -360,10 +385,17 @@ impl Writer {
     /// One write and one `fdatasync` per `max_batch` bytes (a batch is at most
     /// that, unless one record alone is larger: then it goes in several).
     fn write_and_sync(&mut self) -> io::Result<()> {
+        let staged = std::mem::take(&mut self.staged);
+        let result = self.write_staged(&staged);
+        self.staged = staged;
+        result
+    }
+
+    fn write_staged(&mut self, staged: &[Vec<u8>]) -> io::Result<()> {
         let chunk = usize::try_from(self.shared.cfg.max_batch.bytes()).unwrap_or(usize::MAX).max(1);
-        let mut parts = self.staged.iter().map(Vec::as_slice).filter(|b| !b.is_empty());
+        let mut parts = staged.iter().map(Vec::as_slice).filter(|b| !b.is_empty());
         let mut part = parts.next();
-        let mut slices = Vec::with_capacity(self.staged.len());
+        let mut slices = Vec::with_capacity(staged.len());
         while part.is_some() {
             // Up to `chunk` bytes, gathered from the staged batches in order.
             slices.clear();
@@ -374,11 +406,29 @@ impl Writer {
                 room -= now.len();
                 part = if later.is_empty() { parts.next() } else { Some(later) };
             }
-            write_all_gathered(&mut self.file, &mut slices)?;
+            self.write_chunk(&mut slices)?;
             self.file.sync_data()?;
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Write one chunk after the last record: directly if the segment is
+    /// written so, else (or if the filesystem refuses the alignment) with
+    /// a buffered gathered write at the same offset.
+    fn write_chunk(&mut self, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        if let Some(d) = &mut self.direct {
+            if d.write(slices)? {
+                return Ok(());
+            }
+            let end = d.end();
+            let path = segment::path(&self.shared.dir, self.active_first);
+            tracing::info!(path = %path.display(), "The filesystem refused an aligned direct write; writing this journal segment through the page cache.");
+            self.direct = None;
+            // Direct writes do not move the buffered handle's position.
+            self.file.seek(SeekFrom::Start(end))?;
+        }
+        write_all_gathered(&mut self.file, slices)
     }
 
     /// Close the active segment and start one at `next_seq`: the prepared
@@ -398,6 +448,7 @@ impl Writer {
         (self.file, self.preallocated) = prealloc::create(&self.shared.dir, prepared, self.next_seq, window)?;
         self.active_first = self.next_seq;
         self.active_len = segment::EMPTY_LEN;
+        self.open_direct();
         self.shared.segments().push(SegmentInfo { first_seq: self.next_seq, len: segment::EMPTY_LEN });
         self.shared.grew(segment::EMPTY_LEN, false);
         self.publish();
