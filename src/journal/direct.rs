@@ -89,16 +89,16 @@ pub struct DirectSegment {
 }
 
 impl DirectSegment {
-    /// Direct writes to the segment at `path`, whose records end at `len`;
-    /// `file` (the writer's buffered handle) reads the partial block before
-    /// `len` once. `None` where the filesystem refuses `O_DIRECT`.
-    pub fn open(path: &Path, file: &File, len: u64) -> io::Result<Option<Self>> {
+    /// Direct writes to the segment at `path`, whose records end at `len`
+    /// (the partial block before `len` is read once, buffered). `None`
+    /// where the filesystem refuses `O_DIRECT`.
+    pub fn open(path: &Path, len: u64) -> io::Result<Option<Self>> {
         let Some(direct) = open_direct(path, false)? else {
             return Ok(None);
         };
         let mut buf = Aligned::zeroed(CHUNK);
         let tail = (len % BLOCK as u64) as usize;
-        file.read_exact_at(&mut buf.get_mut()[..tail], len - tail as u64)?;
+        File::open(path)?.read_exact_at(&mut buf.get_mut()[..tail], len - tail as u64)?;
         Ok(Some(Self { file: direct, buf, tail, end: len }))
     }
 
@@ -166,7 +166,6 @@ pub fn zero_fill(path: &Path, size: u64, cancelled: &dyn Fn() -> bool) -> io::Re
     let Some(file) = open_direct(path, true)? else {
         return Ok(None);
     };
-    // Never written to: its pages stay the shared zero page, not memory.
     let zeros = Aligned::zeroed(ZERO_CHUNK);
     let mut at = 0u64;
     while at < size {
@@ -193,13 +192,12 @@ pub fn zero_fill(path: &Path, size: u64, cancelled: &dyn Fn() -> bool) -> io::Re
 mod tests {
     use super::*;
 
-    fn segment(dir: &Path, size: usize, head: &[u8]) -> (std::path::PathBuf, File) {
+    fn segment(dir: &Path, size: usize, head: &[u8]) -> std::path::PathBuf {
         let p = dir.join("s");
         let mut bytes = vec![0u8; size];
         bytes[..head.len()].copy_from_slice(head);
         std::fs::write(&p, &bytes).unwrap();
-        let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
-        (p, file)
+        p
     }
 
     /// The filesystem of the temp dir may refuse O_DIRECT (tmpfs): then
@@ -219,8 +217,8 @@ mod tests {
             return;
         }
         let head = b"header-of-24-bytes......";
-        let (p, file) = segment(dir.path(), 4 << 20, head);
-        let mut seg = DirectSegment::open(&p, &file, head.len() as u64).unwrap().unwrap();
+        let p = segment(dir.path(), 4 << 20, head);
+        let mut seg = DirectSegment::open(&p, head.len() as u64).unwrap().unwrap();
         let mut expect = head.to_vec();
         let mut x = 7u32;
         // Sizes around block and chunk boundaries, several parts per commit.
@@ -248,8 +246,8 @@ mod tests {
             return;
         }
         let head: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8 + 1).collect();
-        let (p, file) = segment(dir.path(), 1 << 20, &head);
-        let mut seg = DirectSegment::open(&p, &file, head.len() as u64).unwrap().unwrap();
+        let p = segment(dir.path(), 1 << 20, &head);
+        let mut seg = DirectSegment::open(&p, head.len() as u64).unwrap().unwrap();
         assert!(seg.write(&[IoSlice::new(b"more")]).unwrap());
         assert_eq!(seg.end(), 6004);
         let disk = std::fs::read(&p).unwrap();

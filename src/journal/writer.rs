@@ -181,8 +181,8 @@ impl Writer {
     }
 
     /// Write the active segment with direct I/O if it is preallocated and
-    /// the filesystem takes it (else buffered; a failure to read its last
-    /// block is only logged, the buffered path does not need it).
+    /// the filesystem takes it, else buffered (a failure to open it for
+    /// direct I/O is only logged: the buffered path does not need it).
     fn open_direct(&mut self) {
         self.direct = None;
         let cfg = &self.shared.cfg;
@@ -190,8 +190,11 @@ impl Writer {
             return;
         }
         let path = segment::path(&self.shared.dir, self.active_first);
-        match DirectSegment::open(&path, &self.file, self.active_len) {
-            Ok(d) => self.direct = d,
+        match DirectSegment::open(&path, self.active_len) {
+            Ok(Some(d)) => self.direct = Some(d),
+            Ok(None) => {
+                tracing::info!(path = %path.display(), "The filesystem refused direct I/O; writing this journal segment through the page cache.");
+            }
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "Could not open a journal segment for direct I/O; writing it through the page cache.");
             }
