@@ -37,25 +37,26 @@ const CHUNK: usize = 256 << 10;
 
 /// A buffer whose usable part starts at a [`BLOCK`] boundary, in safe code:
 /// a `Vec` one block longer than needed, used from its first aligned byte.
-struct Aligned {
+pub struct Aligned {
     bytes: Vec<u8>,
     start: usize,
+    len: usize,
 }
 
 impl Aligned {
-    fn zeroed(len: usize) -> Self {
+    /// `len` usable bytes of zeros.
+    pub fn zeroed(len: usize) -> Self {
         let bytes = vec![0u8; len + BLOCK];
         let start = bytes.as_ptr().align_offset(BLOCK).min(BLOCK);
-        Self { bytes, start }
+        Self { bytes, start, len }
     }
 
-    fn get(&self) -> &[u8] {
-        &self.bytes[self.start..self.bytes.len() - (BLOCK - self.start)]
+    pub fn get(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.len]
     }
 
     fn get_mut(&mut self) -> &mut [u8] {
-        let end = self.bytes.len() - (BLOCK - self.start);
-        &mut self.bytes[self.start..end]
+        &mut self.bytes[self.start..self.start + self.len]
     }
 }
 
@@ -69,12 +70,20 @@ fn open_direct(path: &Path, create: bool) -> io::Result<Option<File>> {
     }
     match opts.open(path) {
         Ok(file) => Ok(Some(file)),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => Ok(None),
+        Err(e) if is_einval(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn is_einval(e: &io::Error) -> bool {
+/// Create (or truncate) `path` for direct writes; `None` where the
+/// filesystem refuses them.
+pub fn create(path: &Path) -> io::Result<Option<File>> {
+    open_direct(path, true)
+}
+
+/// The filesystem refused a direct open or write (`EINVAL`: `O_DIRECT`
+/// itself, or the alignment).
+pub fn is_einval(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
 
@@ -155,39 +164,6 @@ impl DirectSegment {
     }
 }
 
-/// Zeros written per write while zero-filling.
-const ZERO_CHUNK: usize = 1 << 20;
-
-/// Zero-fill `size` bytes of `path` (created or truncated) with direct
-/// writes, and fsync it: no page-cache pages to fill and write back. `None`
-/// where the filesystem refuses direct writes (the caller fills it
-/// buffered); `cancelled` is checked between writes.
-pub fn zero_fill(path: &Path, size: u64, cancelled: &dyn Fn() -> bool) -> io::Result<Option<File>> {
-    let Some(file) = open_direct(path, true)? else {
-        return Ok(None);
-    };
-    let zeros = Aligned::zeroed(ZERO_CHUNK);
-    let mut at = 0u64;
-    while at < size {
-        if cancelled() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "preparation cancelled"));
-        }
-        let n = usize::try_from(size - at).unwrap_or(ZERO_CHUNK).min(ZERO_CHUNK).next_multiple_of(BLOCK);
-        match file.write_all_at(&zeros.get()[..n], at) {
-            Ok(()) => {}
-            Err(e) if is_einval(&e) && at == 0 => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        at += n as u64;
-    }
-    if at != size {
-        file.set_len(size)?;
-    }
-    file.sync_all()?;
-    // The segment is then written through the writer's own handles.
-    OpenOptions::new().read(true).write(true).open(path).map(Some)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,22 +230,5 @@ mod tests {
         assert_eq!(&disk[..6000], &head[..]);
         assert_eq!(&disk[6000..6004], b"more");
         assert!(disk[6004..].iter().all(|&b| b == 0));
-    }
-
-    #[test]
-    fn zero_fill_makes_a_file_of_zeros_of_the_size_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        if !direct_here(dir.path()) {
-            return;
-        }
-        let p = dir.path().join("z");
-        std::fs::write(&p, b"old contents").unwrap();
-        let size = 3 * ZERO_CHUNK as u64 / 2 + 1000;
-        assert!(zero_fill(&p, size, &|| false).unwrap().is_some());
-        let z = std::fs::read(&p).unwrap();
-        assert_eq!(z.len() as u64, size);
-        assert!(z.iter().all(|&b| b == 0));
-        let err = zero_fill(&p, size, &|| true).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
     }
 }

@@ -1,8 +1,10 @@
 //! Segment files: names, listing, creation, and the list of live segments.
 
+use super::direct;
 use super::frame::{SegmentHeader, SEGMENT_HEADER};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -76,23 +78,37 @@ pub fn create(dir: &Path, first_seq: u64, tail_window: u32) -> io::Result<File> 
 pub fn prepare(dir: &Path, size: u64, direct: bool, cancel: &AtomicBool) -> io::Result<File> {
     let p = dir.join(PREPARED);
     let fill = || -> io::Result<File> {
-        if direct {
-            if let Some(file) = super::direct::zero_fill(&p, size, &|| cancel.load(Ordering::Relaxed))? {
-                return Ok(file);
-            }
-        }
-        let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&p)?;
-        let zeros = vec![0u8; ZERO_CHUNK];
-        let mut left = size;
-        while left > 0 {
+        let buffered = || OpenOptions::new().create(true).write(true).truncate(true).open(&p);
+        // Direct writes where asked and taken: no page-cache pages to fill and write back.
+        let (mut file, mut direct) = match direct.then(|| direct::create(&p)).transpose()?.flatten() {
+            Some(file) => (file, true),
+            None => (buffered()?, false),
+        };
+        // Aligned, so that a direct handle takes it too.
+        let zeros = direct::Aligned::zeroed(ZERO_CHUNK);
+        let mut at = 0u64;
+        while at < size {
             if cancel.load(Ordering::Relaxed) {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "preparation cancelled"));
             }
-            let n = usize::try_from(left).unwrap_or(ZERO_CHUNK).min(ZERO_CHUNK);
-            file.write_all(&zeros[..n])?;
-            left -= n as u64;
+            let n = usize::try_from(size - at).unwrap_or(ZERO_CHUNK).min(ZERO_CHUNK);
+            // A direct write is whole blocks; the excess is cut below.
+            let n = if direct { n.next_multiple_of(direct::BLOCK) } else { n };
+            match file.write_all_at(&zeros.get()[..n], at) {
+                Ok(()) => at += n as u64,
+                // The filesystem refused the alignment before anything was written.
+                Err(e) if direct && at == 0 && direct::is_einval(&e) => (file, direct) = (buffered()?, false),
+                Err(e) => return Err(e),
+            }
+        }
+        if at != size {
+            file.set_len(size)?;
         }
         file.sync_all()?;
+        if direct {
+            // The segment is then written through ordinary handles.
+            file = OpenOptions::new().read(true).write(true).open(&p)?;
+        }
         Ok(file)
     };
     fill().inspect_err(|_| {
@@ -140,24 +156,31 @@ mod tests {
 
     #[test]
     fn a_prepared_segment_is_zeros_until_activated_then_a_named_segment_with_its_header() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(prepare(dir.path(), 1 << 20, false, &AtomicBool::new(true)).is_err(), "cancelled");
-        assert!(!dir.path().join(PREPARED).exists(), "a cancelled preparation leaves no file");
-        let file = prepare(dir.path(), 3 * ZERO_CHUNK as u64 / 2, false, &AtomicBool::new(false)).unwrap();
-        let tmp = std::fs::read(dir.path().join(PREPARED)).unwrap();
-        assert_eq!(tmp.len(), 3 * ZERO_CHUNK / 2);
-        assert!(tmp.iter().all(|&b| b == 0));
-        assert_eq!(list(dir.path()).unwrap(), Vec::<u64>::new(), "the prepared file is not a segment");
-        let mut file = activate(dir.path(), file, 7, 4096).unwrap();
-        assert!(!dir.path().join(PREPARED).exists());
-        file.write_all(b"next").unwrap();
-        let seg = std::fs::read(path(dir.path(), 7)).unwrap();
-        assert_eq!(seg.len(), 3 * ZERO_CHUNK / 2, "activation keeps the preallocated size");
-        assert_eq!(
-            SegmentHeader::decode(&seg).map(|h| (h.first_seq, h.tail_window, h.preallocated)),
-            Some((7, 4096, true))
-        );
-        assert_eq!(&seg[SEGMENT_HEADER..SEGMENT_HEADER + 4], b"next", "appends start after the header");
-        assert!(seg[SEGMENT_HEADER + 4..].iter().all(|&b| b == 0));
+        // Direct writes too (where the temp dir's filesystem refuses them,
+        // the buffered fallback), and a size that is not whole blocks.
+        for direct in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path();
+            std::fs::write(dir.join(PREPARED), b"an older preparation's bytes").unwrap();
+            assert!(prepare(dir, 1 << 20, direct, &AtomicBool::new(true)).is_err(), "cancelled");
+            assert!(!dir.join(PREPARED).exists(), "a cancelled preparation leaves no file");
+            let size = 3 * ZERO_CHUNK / 2 + 1000;
+            let file = prepare(dir, size as u64, direct, &AtomicBool::new(false)).unwrap();
+            let zeros = std::fs::read(dir.join(PREPARED)).unwrap();
+            assert_eq!(zeros.len(), size, "direct: {direct}");
+            assert!(zeros.iter().all(|&b| b == 0));
+            assert_eq!(list(dir).unwrap(), Vec::<u64>::new(), "the prepared file is not a segment");
+            let mut file = activate(dir, file, 7, 4096).unwrap();
+            assert!(!dir.join(PREPARED).exists());
+            file.write_all(b"next").unwrap();
+            let seg = std::fs::read(path(dir, 7)).unwrap();
+            assert_eq!(seg.len(), size, "activation keeps the preallocated size");
+            assert_eq!(
+                SegmentHeader::decode(&seg).map(|h| (h.first_seq, h.tail_window, h.preallocated)),
+                Some((7, 4096, true))
+            );
+            assert_eq!(&seg[SEGMENT_HEADER..SEGMENT_HEADER + 4], b"next", "appends start after the header");
+            assert!(seg[SEGMENT_HEADER + 4..].iter().all(|&b| b == 0));
+        }
     }
 }

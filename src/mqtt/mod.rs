@@ -427,3 +427,49 @@ impl Source {
 
 /// Poll for acks that did not fit in the session's outbox.
 pub const ACK_RETRY_INTERVAL: Duration = Duration::from_millis(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(receive_maximum: Option<usize>) -> AckHandle {
+        // No I/O: the session connects only once its driver is polled.
+        let (client, _driver) = connect(&MqttConfig::default(), "window-test", false).expect("client");
+        AckHandle::new(client, Arc::new(MessageMetrics::new(false)), receive_maximum)
+    }
+
+    fn token(pkid: u16) -> Option<AckToken> {
+        Some(AckToken { pkid, qos: 1 })
+    }
+
+    #[test]
+    fn with_mqtt_5_the_window_is_the_receive_maximum_and_a_message_past_it_is_flagged() {
+        let acks = handle(Some(3));
+        assert_eq!(acks.window(), 3);
+        let past: Vec<bool> = (1..=4).map(|i| acks.register(token(i)).1).collect();
+        assert_eq!(past, [false, false, false, true]);
+        assert_eq!(acks.window(), 3, "the receive maximum, whatever arrives");
+    }
+
+    #[test]
+    fn with_mqtt_3_1_1_the_window_is_the_most_seen_unacked_at_once() {
+        let acks = handle(None);
+        assert_eq!(acks.window(), 0, "nothing seen yet");
+        let seqs: Vec<u64> = (1..=5).map(|i| acks.register(token(i)).0).collect();
+        assert_eq!(acks.window(), 5);
+        // A QoS 0 message takes no place in the broker's window.
+        assert!(!acks.register(None).1);
+        assert_eq!(acks.window(), 5);
+        // Acked messages leave the window; the peak stays what it was.
+        acks.complete_many(&seqs[..3]);
+        assert_eq!(acks.outstanding(), 3, "two QoS 1 messages and the QoS 0 one");
+        for i in 6..=8 {
+            acks.register(token(i));
+        }
+        assert_eq!(acks.window(), 5, "2 + 3 unacked: not past the peak");
+        acks.register(token(9));
+        assert_eq!(acks.window(), 6);
+        // Never flagged past the window: with 3.1.1 the broker's setting is the window.
+        assert!((10..=2_000).all(|i| !acks.register(token(i)).1));
+    }
+}
