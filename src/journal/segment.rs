@@ -161,9 +161,9 @@ mod tests {
         for direct in [false, true] {
             let tmp = tempfile::tempdir().unwrap();
             let dir = tmp.path();
-            std::fs::write(dir.join(PREPARED), b"an older preparation's bytes").unwrap();
             assert!(prepare(dir, 1 << 20, direct, &AtomicBool::new(true)).is_err(), "cancelled");
             assert!(!dir.join(PREPARED).exists(), "a cancelled preparation leaves no file");
+            std::fs::write(dir.join(PREPARED), b"an older preparation's bytes").unwrap();
             let size = 3 * ZERO_CHUNK / 2 + 1000;
             let file = prepare(dir, size as u64, direct, &AtomicBool::new(false)).unwrap();
             let zeros = std::fs::read(dir.join(PREPARED)).unwrap();
