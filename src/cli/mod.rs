@@ -109,7 +109,11 @@ pub fn main() -> ExitCode {
             })
         }),
         Command::Demo(args) => {
-            init_logging("info,rumqttd=warn,rumqttc=warn", LogFormat::Text);
+            crate::telemetry::init_logging_dropping(
+                "info,rumqttd=warn,rumqttc=warn",
+                LogFormat::Text,
+                crate::demo::is_clean_leave_noise,
+            );
             crate::tls::install_crypto_provider();
             let res = single_thread_runtime()
                 .and_then(|rt| block_on(rt, crate::demo::run(args, shutdown_signal())).map_err(|e| e.to_string()));

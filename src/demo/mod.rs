@@ -5,6 +5,8 @@
 mod broker;
 mod fleet;
 
+pub use broker::is_clean_leave_noise;
+
 use crate::config;
 use crate::pipeline::supervisor::Tasks;
 use crate::pipeline::RunSettings;

@@ -15,7 +15,11 @@ mod store;
 mod timescale;
 
 pub use consumer::ConsumerMetrics;
-pub use logging::{init as init_logging, LogConfig, LogFormat};
+#[cfg(test)]
+pub use logging::tests::passing as log_events_passing;
+pub use logging::{
+    init as init_logging, init_dropping as init_logging_dropping, message as log_message, LogConfig, LogFormat,
+};
 pub use messages::{MessageMetrics, MessageSeries, MAX_TENANT_SERIES};
 pub use process::ProcessInfo;
 pub use store::{CommittedRow, StoreMetrics, MAX_FRESHNESS_SERIES};
