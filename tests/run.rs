@@ -142,18 +142,20 @@ fn a_row_the_store_refuses_is_dead_lettered_and_the_rest_are_stored_and_measured
     assert_eq!(run.get("/healthz").0, 200);
 }
 
+/// `iotpipe demo` on these ports, its data in `dir`.
+fn demo_command(dir: &std::path::Path, http: u16, mqtt: u16) -> Command {
+    let mut cmd = Command::new(Iotpipe::binary());
+    cmd.args(["demo", "--listen", &format!("127.0.0.1:{http}"), "--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+        .arg("--data-dir")
+        .arg(dir);
+    cmd
+}
+
 #[test]
 fn demo_starts_shows_data_through_the_api_and_renders_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let (http, mqtt) = (free_port(), free_port());
-    let mut demo = Command::new(Iotpipe::binary())
-        .args(["demo", "--listen", &format!("127.0.0.1:{http}"), "--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = demo_command(dir.path(), http, mqtt).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let started = Instant::now();
     eventually(Duration::from_secs(30), "tenants through the API", || {
         let (status, body) = http_get(http, "/api/tenants");
@@ -194,10 +196,7 @@ fn demo_starts_shows_data_through_the_api_and_renders_in_chromium() {
 fn the_demo_stops_on_ctrl_c_without_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (http, mqtt) = (free_port(), free_port());
-    let mut demo = Command::new(Iotpipe::binary())
-        .args(["demo", "--listen", &format!("127.0.0.1:{http}"), "--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
-        .arg("--data-dir")
-        .arg(dir.path())
+    let mut demo = demo_command(dir.path(), http, mqtt)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
